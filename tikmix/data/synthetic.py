@@ -1,0 +1,842 @@
+"""The embedded synthetic benchmark: six procedural text domains and nine multiple-choice tasks.
+
+Every document is a pure function of ``(seed, domain, split, index)`` and every task example of
+``(seed, task, split, position)``, so any slice can be regenerated in any process: all randomness comes
+from ``random.Random`` streams seeded by a BLAKE2b hash of those arguments (never Python's ``hash()``,
+never set or dict iteration order). Pure Python (stdlib only); the whole vocabulary is a few hundred
+words, letters, digits and punctuation marks, so a byte-level BPE of ~1k tokens covers it.
+
+Domains (the corpus; splits ``train``, ``val``, ``test``, each from its own RNG streams)
+------------------------------------------------------------------------------------------
+
+| domain  | what a document is | why it matters for mixing | direction a good mixer takes |
+|---------|--------------------|---------------------------|------------------------------|
+| arith   | lines `37 + 45 = 82.` / `81 - 19 = 62.` (0..99, differences >= 0), one line in five in words-for-operators form `37 plus 45 is 82.` | learnable but slow skill; in-domain task `arith_mc` | up early, down once learned |
+| facts   | sentences over a fixed random knowledge base of 200 invented entities x 5 attributes (`The colour of zorbel is teal.` `The friend of zorbel is quax.`): 1,000 distinct facts that documents recombine | memorisation; small, so the data-constrained domain (few train documents) | up, but capped by epochs |
+| grammar | sentences of a small probabilistic grammar with subject-verb agreement across attractors (`the small dog near the red cats runs .`), number-word determiners, and one sentence in seven a counting sentence (`forty two cats and seven cats are forty nine cats .`) | "natural language": broad transfer to task formats, number words | steady share |
+| copy    | `copy: k q z m -> k q z m` and `reverse: a b c -> c b a` lines (3-8 letters; a quarter of the sequences in alphabetical order) | induction-style skill that transfers to in-context tasks | up early |
+| boiler  | three cookie-banner / copyright / newsletter lines, each with one slot of three values (nine distinct lines in all) | saturates within a few hundred steps | down fast |
+| noise   | tokens drawn uniformly from the union vocabulary of the other five domains | unlearnable: loss never falls | down (excess-loss / influence methods), up for pure loss-chasing bandits |
+
+Tasks (multiple choice; splits ``dev`` for targets/tuning and ``test`` for evaluation only)
+------------------------------------------------------------------------------------------
+
+| task             | kind          | taught by        | context -> gold choice (3 distractors unless noted) |
+|------------------|---------------|------------------|-----------------------------------------------------|
+| arith_mc         | in-domain     | arith            | `37 + 45 =` -> `82.` (held-out problems only) |
+| fact_recall      | in-domain     | facts            | `The colour of zorbel is` -> `teal.` |
+| agreement        | in-domain     | grammar          | `the small dog near the red cats` -> `runs .` (1 distractor: `run .`) |
+| copy_complete    | in-domain     | copy             | `copy: k q z m ->` -> `k q z m` |
+| reverse_complete | in-domain     | copy             | `reverse: a b c d ->` -> `d c b a` |
+| arith_words      | out-of-domain | arith + grammar  | `seven plus five is` -> `twelve.` (held-out problems only) |
+| fact_question    | out-of-domain | facts + grammar  | `Q: What colour is zorbel? A:` -> `teal.` |
+| two_hop          | out-of-domain | facts            | `The colour of the friend of zorbel is` -> the friend's colour |
+| sorting          | out-of-domain | copy             | `sort: k q z m ->` -> `k m q z` |
+
+Spacing convention (lm-eval scores ``context + " " + choice``): a context never ends in a space and a
+choice never starts with one, and the training text is written so that every answer slot is preceded by
+exactly one space: arithmetic is `37 + 45 = 82.` (context `37 + 45 =`), facts `... is teal.`, grammar
+sentences are space-separated words with a detached final ` .`, copy lines `... -> k q z m`. So
+``context + " " + gold`` is literally a line of the teaching domain for the in-domain tasks.
+
+Split hygiene
+-------------
+* Documents of different splits (and different indices) come from independent RNG streams.
+* Arithmetic: a stable hash of ``(seed, a, op, b)`` puts ~10% of the 15,050 problems (a + b and a - b
+  with a >= b, a, b in 0..99) in a held-out set, 3% as the dev slice and 7% as the test slice
+  (:func:`arith_split`). Held-out problems never appear in any corpus document of any split, in any form
+  (digits, `plus`/`is` lines, or number words in grammar counting sentences). ``arith_mc`` and
+  ``arith_words`` draw their dev examples only from the dev slice and their test examples only from the
+  test slice, so dev and test never share a problem and neither was seen in training.
+* Facts are intentionally shared between the corpus and the tasks: the fact tasks measure recall of
+  memorised facts (and their recombination, for ``two_hop`` and ``fact_question``). What is disjoint is
+  dev vs test: each (entity, attribute) question goes to dev (~30%) or test (~70%) by a stable hash.
+* The other tasks sample from spaces far larger than the splits; each candidate goes to dev (~30%) or
+  test (~70%) by a stable hash of its context, so dev and test never coincide, and within a split no
+  context repeats.
+* ``task_examples(task, split, n)`` is a prefix of ``task_examples(task, split, m)`` for ``n <= m``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+import types
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+__all__ = [
+    "DOMAINS",
+    "SPLITS",
+    "TASK_SPLITS",
+    "DEFAULT_DOCS",
+    "TASKS",
+    "IN_DOMAIN",
+    "OUT_OF_DOMAIN",
+    "TASK_DOMAINS",
+    "FACT_ATTRIBUTES",
+    "KnowledgeBase",
+    "knowledge_base",
+    "generate_document",
+    "iter_documents",
+    "task_examples",
+    "write_task_files",
+    "arith_split",
+    "number_words",
+    "word_tokens",
+    "domain_vocabulary",
+]
+
+DOMAINS: tuple[str, ...] = ("arith", "facts", "grammar", "copy", "boiler", "noise")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+TASK_SPLITS: tuple[str, ...] = ("dev", "test")
+
+DEFAULT_DOCS: dict[str, dict[str, int]] = {
+    # ~28.6k train documents, ~7M characters: a few million BPE tokens. facts is deliberately small:
+    # 600 documents x ~7 sentences ~ 4 mentions of each of the 1,000 facts per epoch.
+    "train": {"arith": 8000, "facts": 600, "grammar": 8000, "copy": 6000, "boiler": 3000, "noise": 3000},
+    "val": {d: 200 for d in DOMAINS},
+    "test": {d: 200 for d in DOMAINS},
+}
+
+IN_DOMAIN: tuple[str, ...] = ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")
+OUT_OF_DOMAIN: tuple[str, ...] = ("arith_words", "fact_question", "two_hop", "sorting")
+TASKS: tuple[str, ...] = IN_DOMAIN + OUT_OF_DOMAIN
+TASK_DOMAINS: dict[str, tuple[str, ...]] = {
+    "arith_mc": ("arith",),
+    "fact_recall": ("facts",),
+    "agreement": ("grammar",),
+    "copy_complete": ("copy",),
+    "reverse_complete": ("copy",),
+    "arith_words": ("arith", "grammar"),
+    "fact_question": ("facts", "grammar"),
+    "two_hop": ("facts",),
+    "sorting": ("copy",),
+}
+
+FACT_ATTRIBUTES: tuple[str, ...] = ("colour", "home", "food", "job", "friend")
+
+_DOC_MIN_CHARS = 100
+_DOC_MAX_CHARS = 400
+_DEV_FRACTION_PERCENT = 30  # of the non-arith task pools; the rest is test
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation and stable randomness
+# --------------------------------------------------------------------------------------------------
+
+def _check_choice(arg: str, value: object, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"unknown {arg} {value!r}: {arg} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _check_int(arg: str, value: object, minimum: int | None = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{arg} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{arg} must be >= {minimum}, got {value}")
+    return value
+
+
+def _stable_int(*parts: object) -> int:
+    """A 64-bit integer from a BLAKE2b hash of the parts: the same in every process and platform."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def _rng(*parts: object) -> random.Random:
+    return random.Random(_stable_int(*parts))
+
+
+def _fill(rng: random.Random, make_line: Callable[[], str], sep: str) -> str:
+    """Join lines from ``make_line`` until a random target length in [120, 360], never above 400 chars."""
+    target = rng.randint(120, 360)
+    lines: list[str] = []
+    length = 0
+    failures = 0
+    while length < target:
+        line = make_line()
+        new_length = length + (len(sep) if lines else 0) + len(line)
+        if new_length > _DOC_MAX_CHARS:
+            failures += 1
+            if length >= _DOC_MIN_CHARS or failures > 50:
+                break
+            continue
+        lines.append(line)
+        length = new_length
+    return sep.join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers and arithmetic
+# --------------------------------------------------------------------------------------------------
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """English words for 0 <= n <= 999, space-separated, no hyphens or "and": 142 -> 'one hundred forty two'."""
+    n = _check_int("n", n)
+    if n >= 1000:
+        raise ValueError(f"n must be < 1000, got {n}")
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        tens, ones = divmod(n, 10)
+        return _TENS[tens - 2] + ("" if ones == 0 else " " + _ONES[ones])
+    hundreds, rest = divmod(n, 100)
+    return _ONES[hundreds] + " hundred" + ("" if rest == 0 else " " + number_words(rest))
+
+
+_ARITH_MAX = 99  # operands are 0.._ARITH_MAX
+
+
+def _arith_result(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b
+
+
+def arith_split(a: int, op: str, b: int, seed: int = 0) -> str:
+    """Where the problem ``a op b`` lives: 'train' (~90%), 'dev' (~3%) or 'test' (~7%) held-out slice.
+
+    Held-out ('dev' and 'test') problems never appear in any corpus document."""
+    bucket = _stable_int("arith-heldout", seed, a, op, b) % 1000
+    if bucket < 30:
+        return "dev"
+    if bucket < 100:
+        return "test"
+    return "train"
+
+
+@functools.lru_cache(maxsize=8)
+def _arith_problems(seed: int) -> Mapping[str, tuple[tuple[int, str, int], ...]]:
+    """All problems (a + b, and a - b with a >= b) grouped by their slice, in a fixed order."""
+    groups: dict[str, list[tuple[int, str, int]]] = {"train": [], "dev": [], "test": []}
+    for a in range(_ARITH_MAX + 1):
+        for b in range(_ARITH_MAX + 1):
+            groups[arith_split(a, "+", b, seed)].append((a, "+", b))
+            if a >= b:
+                groups[arith_split(a, "-", b, seed)].append((a, "-", b))
+    return types.MappingProxyType({k: tuple(v) for k, v in groups.items()})
+
+
+def _train_problem(rng: random.Random, seed: int) -> tuple[int, str, int]:
+    """A uniformly random training (not held-out) problem."""
+    while True:
+        a, b = rng.randint(0, _ARITH_MAX), rng.randint(0, _ARITH_MAX)
+        op = rng.choice("+-")
+        if op == "-" and a < b:
+            a, b = b, a
+        if arith_split(a, op, b, seed) == "train":
+            return a, op, b
+
+
+def _arith_doc(rng: random.Random, seed: int) -> str:
+    def line() -> str:
+        a, op, b = _train_problem(rng, seed)
+        c = _arith_result(a, op, b)
+        if rng.random() < 0.2:
+            return f"{a} {'plus' if op == '+' else 'minus'} {b} is {c}."
+        return f"{a} {op} {b} = {c}."
+    return _fill(rng, line, "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Grammar
+# --------------------------------------------------------------------------------------------------
+
+_NOUNS = (("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("fox", "foxes"), ("child", "children"),
+          ("farmer", "farmers"), ("teacher", "teachers"), ("horse", "horses"), ("mouse", "mice"),
+          ("king", "kings"), ("girl", "girls"), ("boy", "boys"), ("duck", "ducks"), ("wolf", "wolves"))
+_ADJECTIVES = ("small", "big", "red", "old", "young", "happy", "quiet", "brown", "green", "tall", "lazy",
+               "clever")
+_DET_SG = ("the", "a", "this", "that", "every", "one")
+_DET_PL = ("the", "these", "those", "some", "many") + tuple(_ONES[2:]) + ("twenty",)
+_PREPOSITIONS = ("near", "behind", "beside", "under", "with")
+_V_INTR = (("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("waits", "wait"), ("jumps", "jump"),
+           ("laughs", "laugh"), ("falls", "fall"))
+_V_TRANS = (("sees", "see"), ("likes", "like"), ("follows", "follow"), ("helps", "help"),
+            ("finds", "find"), ("chases", "chase"), ("watches", "watch"))
+_COPULA = ("is", "are")
+_ADVERBS = ("quickly", "slowly", "often", "again", "today", "loudly")
+_SG, _PL = 0, 1
+
+
+def _simple_np(rng: random.Random, number: int, p_adj: float = 0.4) -> str:
+    det = rng.choice(_DET_SG if number == _SG else _DET_PL)
+    adj = rng.choice(_ADJECTIVES) + " " if rng.random() < p_adj else ""
+    return f"{det} {adj}{rng.choice(_NOUNS)[number]}"
+
+
+def _subject_np(rng: random.Random, number: int, p_mod: float, p_attractor: float) -> str:
+    """A subject noun phrase whose head has ``number``, maybe with a modifier containing another noun
+    (of the opposite number with probability ``p_attractor``)."""
+    head = _simple_np(rng, number)
+    if rng.random() >= p_mod:
+        return head
+    other = 1 - number if rng.random() < p_attractor else number
+    kind = rng.random()
+    if kind < 0.6:  # prepositional phrase: "the dog near the cats"
+        return f"{head} {rng.choice(_PREPOSITIONS)} {_simple_np(rng, other)}"
+    verb = rng.choice(_V_TRANS)
+    if kind < 0.8:  # subject relative: "the dog that sees the cats" (verb agrees with the head)
+        return f"{head} that {verb[number]} {_simple_np(rng, other)}"
+    # object relative: "the dog that the cats see" (verb agrees with the inner noun)
+    return f"{head} that {_simple_np(rng, other)} {verb[other]}"
+
+
+def _verb_phrase(rng: random.Random) -> tuple[tuple[str, str], str]:
+    """((singular verb, plural verb), rest): the VP is ``verb[number] + rest``."""
+    kind = rng.random()
+    if kind < 0.35:
+        verb = rng.choice(_V_INTR)
+        rest = " " + rng.choice(_ADVERBS) if rng.random() < 0.4 else ""
+    elif kind < 0.65:
+        verb = rng.choice(_V_TRANS)
+        rest = " " + _simple_np(rng, rng.randrange(2))
+    elif kind < 0.85:
+        verb = _COPULA
+        rest = " " + rng.choice(_ADJECTIVES)
+    else:
+        verb = rng.choice(_V_INTR)
+        rest = f" {rng.choice(_PREPOSITIONS)} {_simple_np(rng, rng.randrange(2))}"
+    return verb, rest
+
+
+def _counting_sentence(rng: random.Random, seed: int) -> str:
+    """Number-word arithmetic in grammar form (training problems only): 'three cats and four cats are
+    seven cats .' / 'nine cats without two cats are seven cats .'"""
+    a, op, b = _train_problem(rng, seed)
+    c = _arith_result(a, op, b)
+    noun = rng.choice(_NOUNS)
+
+    def count(n: int) -> str:
+        return f"{number_words(n)} {noun[_SG if n == 1 else _PL]}"
+
+    if op == "+":
+        return f"{count(a)} and {count(b)} are {count(c)} ."
+    return f"{count(a)} without {count(b)} {'is' if a == 1 else 'are'} {count(c)} ."
+
+
+def _grammar_sentence(rng: random.Random, seed: int) -> str:
+    if rng.random() < 1 / 7:
+        return _counting_sentence(rng, seed)
+    number = rng.randrange(2)
+    subject = _subject_np(rng, number, p_mod=0.45, p_attractor=0.6)
+    verb, rest = _verb_phrase(rng)
+    return f"{subject} {verb[number]}{rest} ."
+
+
+def _grammar_doc(rng: random.Random, seed: int) -> str:
+    return _fill(rng, lambda: _grammar_sentence(rng, seed), " ")
+
+
+# --------------------------------------------------------------------------------------------------
+# Knowledge base (facts)
+# --------------------------------------------------------------------------------------------------
+
+_COLOURS = ("teal", "amber", "crimson", "violet", "olive", "ivory", "indigo", "scarlet", "silver",
+            "golden", "maroon", "azure")
+_FOODS = ("plums", "bread", "rice", "cheese", "figs", "soup", "beans", "honey", "pears", "nuts", "fish",
+          "cakes")
+_JOBS = ("baker", "miner", "sailor", "weaver", "potter", "tailor", "smith", "scribe", "herder", "glazier",
+         "hunter", "healer")
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr",
+           "pl", "qu", "sk", "st", "tr", "sh")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ei")
+_CODAS = ("", "", "n", "r", "l", "x", "m", "k", "s", "th")
+_N_ENTITIES = 200
+_N_CITIES = 24
+
+
+@dataclass(frozen=True, eq=False)
+class KnowledgeBase:
+    """The facts of one seed: ``table[entity][attribute] -> value``, attributes :data:`FACT_ATTRIBUTES`.
+
+    ``home`` values are invented city names, ``friend`` values are other entities."""
+
+    seed: int
+    entities: tuple[str, ...]
+    cities: tuple[str, ...]
+    table: Mapping[str, Mapping[str, str]]
+
+    def value(self, entity: str, attribute: str) -> str:
+        _check_choice("attribute", attribute, FACT_ATTRIBUTES)
+        if entity not in self.table:
+            raise ValueError(f"unknown entity {entity!r}")
+        return self.table[entity][attribute]
+
+    def values(self, attribute: str) -> tuple[str, ...]:
+        """Every value the attribute can take (the distractor pool)."""
+        _check_choice("attribute", attribute, FACT_ATTRIBUTES)
+        return {"colour": _COLOURS, "home": self.cities, "food": _FOODS, "job": _JOBS,
+                "friend": self.entities}[attribute]
+
+    def sentence(self, entity: str, attribute: str) -> str:
+        """The training phrasing: 'The colour of zorbel is teal.'"""
+        return f"The {attribute} of {entity} is {self.value(entity, attribute)}."
+
+    def facts(self) -> list[tuple[str, str, str]]:
+        """All (entity, attribute, value) triples, in a fixed order."""
+        return [(e, a, self.table[e][a]) for e in self.entities for a in FACT_ATTRIBUTES]
+
+    def __len__(self) -> int:
+        return len(self.entities) * len(FACT_ATTRIBUTES)
+
+
+def _invented_name(rng: random.Random) -> str:
+    n_syllables = 1 if rng.random() < 0.2 else 2
+    parts = []
+    for i in range(n_syllables):
+        coda = rng.choice(_CODAS[2:]) if n_syllables == 1 else rng.choice(_CODAS)
+        parts.append(rng.choice(_ONSETS) + rng.choice(_VOWELS) + coda)
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=8)
+def knowledge_base(seed: int = 0) -> KnowledgeBase:
+    """The knowledge base of ``seed``: 200 invented entities, each with a colour, home city, food, job and
+    friend (another entity). Deterministic and cached; shared by the facts corpus and the fact tasks."""
+    seed = _check_int("seed", seed, minimum=None)
+    rng = _rng("knowledge-base", seed)
+    reserved = set(_static_words())
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < _N_ENTITIES + _N_CITIES:
+        name = _invented_name(rng)
+        if len(name) < 3 or len(name) > 9 or name in seen or name in reserved:
+            continue
+        seen.add(name)
+        names.append(name)
+    entities = tuple(names[:_N_ENTITIES])
+    cities = tuple(names[_N_ENTITIES:])
+    table: dict[str, Mapping[str, str]] = {}
+    for i, entity in enumerate(entities):
+        friend_index = rng.randrange(_N_ENTITIES - 1)
+        if friend_index >= i:
+            friend_index += 1  # never one's own friend
+        table[entity] = types.MappingProxyType({
+            "colour": rng.choice(_COLOURS),
+            "home": rng.choice(cities),
+            "food": rng.choice(_FOODS),
+            "job": rng.choice(_JOBS),
+            "friend": entities[friend_index],
+        })
+    return KnowledgeBase(seed=seed, entities=entities, cities=cities, table=types.MappingProxyType(table))
+
+
+def _facts_doc(rng: random.Random, seed: int) -> str:
+    """A few entities, each with a few of its facts in random order, then more entities until long enough."""
+    kb = knowledge_base(seed)
+    pending: list[str] = []
+
+    def line() -> str:
+        if not pending:
+            entity = rng.choice(kb.entities)
+            attributes = list(FACT_ATTRIBUTES)
+            rng.shuffle(attributes)
+            pending.extend(kb.sentence(entity, a) for a in attributes[:rng.randint(2, 5)])
+        return pending.pop()
+    return _fill(rng, line, " ")
+
+
+# --------------------------------------------------------------------------------------------------
+# Copy, boilerplate, noise
+# --------------------------------------------------------------------------------------------------
+
+_LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
+
+
+def _letter_sequence(rng: random.Random, lo: int = 3, hi: int = 8) -> list[str]:
+    k = rng.randint(lo, hi)
+    if rng.random() < 0.25:  # alphabetical runs: the order prior that sorting can lean on
+        return sorted(rng.sample(_LETTERS, k))
+    return [rng.choice(_LETTERS) for _ in range(k)]
+
+
+def _copy_doc(rng: random.Random, seed: int) -> str:
+    def line() -> str:
+        seq = _letter_sequence(rng)
+        if rng.random() < 0.6:
+            return f"copy: {' '.join(seq)} -> {' '.join(seq)}"
+        return f"reverse: {' '.join(seq)} -> {' '.join(reversed(seq))}"
+    return _fill(rng, line, "\n")
+
+
+_BOILER_TEMPLATES = (
+    ("This website uses cookies to improve your experience. By continuing to browse you accept our "
+     "{} policy.", ("cookie", "privacy", "data")),
+    ("Copyright {} Example Media Ltd. All rights reserved. Do not reproduce or redistribute without "
+     "permission.", ("2021", "2022", "2023")),
+    ("Subscribe to our newsletter for the latest {} delivered straight to your inbox every week.",
+     ("news", "offers", "updates")),
+)
+
+
+def _boiler_lines() -> list[str]:
+    return [template.format(v) for template, values in _BOILER_TEMPLATES for v in values]
+
+
+def _boiler_doc(rng: random.Random, seed: int) -> str:
+    def line() -> str:
+        template, values = rng.choice(_BOILER_TEMPLATES)
+        return template.format(rng.choice(values))
+    return _fill(rng, line, "\n")
+
+
+def _noise_doc(rng: random.Random, seed: int) -> str:
+    vocabulary = _noise_vocabulary(seed)
+    target = rng.randint(120, 360)
+    tokens: list[str] = []
+    length = -1
+    while length < target:
+        token = rng.choice(vocabulary)
+        if length + 1 + len(token) > _DOC_MAX_CHARS:
+            break
+        tokens.append(token)
+        length += 1 + len(token)
+    return " ".join(tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(r"[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Split text into words (letter runs), single digits and single punctuation marks."""
+    return _TOKEN_RE.findall(text)
+
+
+def _static_words() -> frozenset[str]:
+    """Every word of the seed-independent vocabularies (what invented names must not collide with)."""
+    words: set[str] = set()
+    for domain in ("arith", "grammar", "copy", "boiler"):
+        words |= _domain_vocabulary(domain, None)
+    words |= set(_COLOURS) | set(_FOODS) | set(_JOBS) | {"the", "of", "is"} | set(FACT_ATTRIBUTES)
+    return frozenset(w.lower() for w in words)
+
+
+def _domain_vocabulary(domain: str, seed: int | None) -> frozenset[str]:
+    if domain == "arith":
+        return frozenset(tuple("0123456789") + ("+", "-", "=", ".", "plus", "minus", "is"))
+    if domain == "grammar":
+        words = {w for pair in _NOUNS + _V_INTR + _V_TRANS for w in pair}
+        words |= set(_ADJECTIVES) | set(_DET_SG) | set(_DET_PL) | set(_PREPOSITIONS) | set(_COPULA)
+        words |= set(_ADVERBS) | set(_ONES) | set(_TENS) | {"hundred", "that", "and", "without", "."}
+        return frozenset(words)
+    if domain == "copy":
+        return frozenset(_LETTERS + ("copy", "reverse", ":", "-", ">"))
+    if domain == "boiler":
+        return frozenset(t for line in _boiler_lines() for t in word_tokens(line))
+    if domain == "facts":
+        assert seed is not None
+        kb = knowledge_base(seed)
+        return frozenset({"The", "of", "is", "."} | set(FACT_ATTRIBUTES) | set(_COLOURS) | set(_FOODS)
+                         | set(_JOBS) | set(kb.entities) | set(kb.cities))
+    raise AssertionError(domain)
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_vocabulary(seed: int) -> tuple[str, ...]:
+    union: set[str] = set()
+    for domain in DOMAINS:
+        if domain != "noise":
+            union |= _domain_vocabulary(domain, seed)
+    return tuple(sorted(union))
+
+
+def domain_vocabulary(domain: str, seed: int = 0) -> frozenset[str]:
+    """The tokens (:func:`word_tokens`) a domain's documents can contain; for ``noise``, the union of the
+    other five domains' vocabularies."""
+    _check_choice("domain", domain, DOMAINS)
+    seed = _check_int("seed", seed, minimum=None)
+    if domain == "noise":
+        return frozenset(_noise_vocabulary(seed))
+    return _domain_vocabulary(domain, seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Documents
+# --------------------------------------------------------------------------------------------------
+
+_DOC_MAKERS: dict[str, Callable[[random.Random, int], str]] = {
+    "arith": _arith_doc,
+    "facts": _facts_doc,
+    "grammar": _grammar_doc,
+    "copy": _copy_doc,
+    "boiler": _boiler_doc,
+    "noise": _noise_doc,
+}
+
+
+def generate_document(domain: str, split: str, index: int, seed: int = 0) -> str:
+    """Document ``index`` of ``domain`` in ``split`` ('train', 'val', 'test'): a pure function of its
+    arguments, about 100-400 characters."""
+    _check_choice("domain", domain, DOMAINS)
+    _check_choice("split", split, SPLITS)
+    index = _check_int("index", index)
+    seed = _check_int("seed", seed, minimum=None)
+    return _DOC_MAKERS[domain](_rng("document", seed, domain, split, index), seed)
+
+
+def iter_documents(domain: str, split: str, n: int, seed: int = 0) -> Iterator[str]:
+    """Documents 0..n-1 of ``domain`` in ``split`` (arguments checked before the first one is made)."""
+    _check_choice("domain", domain, DOMAINS)
+    _check_choice("split", split, SPLITS)
+    n = _check_int("n", n)
+    seed = _check_int("seed", seed, minimum=None)
+
+    def generate() -> Iterator[str]:
+        for index in range(n):
+            yield generate_document(domain, split, index, seed)
+    return generate()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------------
+
+# A candidate is (key, context, gold, distractors); the key identifies the problem (dev/test bucket,
+# uniqueness within a split).
+_Candidate = tuple[str, str, str, list[str]]
+
+
+def _task_bucket(seed: int, task: str, key: str) -> str:
+    return "dev" if _stable_int("task-split", seed, task, key) % 100 < _DEV_FRACTION_PERCENT else "test"
+
+
+def _distractors(rng: random.Random, gold: str, propose: Callable[[], str | None], k: int = 3,
+                 fixed: Sequence[str] = ()) -> list[str]:
+    """``k`` distinct strings != gold: first those of ``fixed``, then from ``propose`` (None = skip)."""
+    out: list[str] = []
+    for c in fixed:
+        if c != gold and c not in out and len(out) < k:
+            out.append(c)
+    tries = 0
+    while len(out) < k:
+        tries += 1
+        if tries > 10000:
+            raise RuntimeError(f"could not find {k} distractors for {gold!r}")
+        c = propose()
+        if c is not None and c != gold and c not in out:
+            out.append(c)
+    return out
+
+
+def _number_distractors(rng: random.Random, gold: int) -> list[int]:
+    offsets = [1, -1, 10, -10, 2, -2, 9, -9, 11, -11, 20, -20]
+    rng.shuffle(offsets)
+    out = []
+    for d in offsets:
+        v = gold + d
+        if v >= 0 and v not in out:
+            out.append(v)
+        if len(out) == 3:
+            break
+    return out
+
+
+def _arith_candidate(task: str, problem: tuple[int, str, int], rng: random.Random) -> _Candidate:
+    a, op, b = problem
+    c = _arith_result(a, op, b)
+    wrong = _number_distractors(rng, c)
+    key = f"{a}{op}{b}"
+    if task == "arith_mc":
+        return key, f"{a} {op} {b} =", f"{c}.", [f"{w}." for w in wrong]
+    word = "plus" if op == "+" else "minus"
+    return (key, f"{number_words(a)} {word} {number_words(b)} is", f"{number_words(c)}.",
+            [f"{number_words(w)}." for w in wrong])
+
+
+_QUESTIONS = {
+    "colour": "Q: What colour is {}? A:",
+    "home": "Q: Where does {} live? A:",
+    "food": "Q: What does {} eat? A:",
+    "job": "Q: What job does {} have? A:",
+    "friend": "Q: Who is {} friends with? A:",
+}
+
+
+def _fact_candidate(task: str, fact: tuple[str, str], rng: random.Random, seed: int) -> _Candidate:
+    kb = knowledge_base(seed)
+    entity, attribute = fact
+    pool = kb.values(attribute)
+    key = f"{entity}|{attribute}"
+    fixed: list[str] = []
+    if task == "two_hop":
+        gold = kb.value(kb.value(entity, "friend"), attribute)
+        context = f"The {attribute} of the friend of {entity} is"
+        fixed = [kb.value(entity, attribute) + "."]  # the one-hop trap
+    else:
+        gold = kb.value(entity, attribute)
+        context = (f"The {attribute} of {entity} is" if task == "fact_recall"
+                   else _QUESTIONS[attribute].format(entity))
+    gold_choice = gold + "."
+    wrong = _distractors(rng, gold_choice, lambda: rng.choice(pool) + ".", fixed=fixed)
+    return key, context, gold_choice, wrong
+
+
+def _agreement_candidate(rng: random.Random) -> _Candidate:
+    number = rng.randrange(2)
+    subject = _subject_np(rng, number, p_mod=0.75, p_attractor=0.75)
+    verb, rest = _verb_phrase(rng)
+    gold = f"{verb[number]}{rest} ."
+    return f"{subject} {gold}", subject, gold, [f"{verb[1 - number]}{rest} ."]
+
+
+def _swap_adjacent(rng: random.Random, seq: list[str]) -> str | None:
+    if len(seq) < 2:
+        return None
+    i = rng.randrange(len(seq) - 1)
+    if seq[i] == seq[i + 1]:
+        return None
+    out = list(seq)
+    out[i], out[i + 1] = out[i + 1], out[i]
+    return " ".join(out)
+
+
+def _replace_one(rng: random.Random, seq: list[str], avoid: Sequence[str] = ()) -> str | None:
+    i = rng.randrange(len(seq))
+    letter = rng.choice(_LETTERS)
+    if letter == seq[i] or letter in avoid:
+        return None
+    out = list(seq)
+    out[i] = letter
+    return " ".join(out)
+
+
+def _sequence_candidate(task: str, rng: random.Random) -> _Candidate:
+    if task == "copy_complete":
+        seq = [rng.choice(_LETTERS) for _ in range(rng.randint(3, 8))]
+        gold_seq = seq
+        context = f"copy: {' '.join(seq)} ->"
+        fixed = [" ".join(reversed(seq))]
+        proposers = [lambda: _replace_one(rng, gold_seq), lambda: _swap_adjacent(rng, gold_seq)]
+    elif task == "reverse_complete":
+        seq = [rng.choice(_LETTERS) for _ in range(rng.randint(3, 8))]
+        gold_seq = list(reversed(seq))
+        context = f"reverse: {' '.join(seq)} ->"
+        fixed = [" ".join(seq)]  # the copy trap
+        proposers = [lambda: _replace_one(rng, gold_seq), lambda: _swap_adjacent(rng, gold_seq)]
+    else:  # sorting: distinct letters; distractors keep the letters (swaps) or change one (replacement)
+        seq = rng.sample(_LETTERS, rng.randint(4, 7))
+        gold_seq = sorted(seq)
+        context = f"sort: {' '.join(seq)} ->"
+        fixed = []
+        proposers = [lambda: _swap_adjacent(rng, gold_seq), lambda: _swap_adjacent(rng, gold_seq),
+                     lambda: _replace_one(rng, gold_seq, avoid=seq)]
+    gold = " ".join(gold_seq)
+    wrong = _distractors(rng, gold, lambda: rng.choice(proposers)(), fixed=fixed)
+    return context, context, gold, wrong
+
+
+def _finite_pool(task: str, split: str, seed: int) -> list:
+    """The problems of a finite-pool task in ``split``, in a seeded random order ([] for open tasks)."""
+    if task in ("arith_mc", "arith_words"):
+        pool: list = list(_arith_problems(seed)[split])
+    elif task in ("fact_recall", "fact_question", "two_hop"):
+        kb = knowledge_base(seed)
+        pool = [(e, a) for e in kb.entities for a in FACT_ATTRIBUTES
+                if _task_bucket(seed, task, f"{e}|{a}") == split]
+    else:
+        return []
+    _rng("task-order", seed, task, split).shuffle(pool)
+    return pool
+
+
+def _candidates(task: str, split: str, n: int, seed: int) -> list[_Candidate]:
+    if task in ("arith_mc", "arith_words", "fact_recall", "fact_question", "two_hop"):
+        pool = _finite_pool(task, split, seed)
+        if n > len(pool):
+            raise ValueError(f"n={n} exceeds the {len(pool)} distinct {split} problems of task {task!r}")
+        out = []
+        for i, item in enumerate(pool[:n]):
+            rng = _rng("task-example", seed, task, split, i)
+            if task.startswith("arith"):
+                out.append(_arith_candidate(task, item, rng))
+            else:
+                out.append(_fact_candidate(task, item, rng, seed))
+        return out
+    # open tasks: one sequential stream per (seed, task, split); keep candidates of this split, unseen
+    stream = _rng("task-stream", seed, task, split)
+    out, seen, tries = [], set(), 0
+    while len(out) < n:
+        tries += 1
+        if tries > 100 * n + 1000:
+            raise ValueError(f"n={n}: could not find that many distinct {split} examples of task {task!r}")
+        if task == "agreement":
+            cand = _agreement_candidate(stream)
+        else:
+            cand = _sequence_candidate(task, stream)
+        if cand[1] in seen or _task_bucket(seed, task, cand[1]) != split:
+            continue
+        seen.add(cand[1])
+        out.append(cand)
+    return out
+
+
+def task_examples(task: str, split: str, n: int, seed: int = 0) -> list[dict]:
+    """``n`` multiple-choice examples of ``task`` in ``split`` ('dev' or 'test').
+
+    Each is ``{"context": str, "choices": list[str], "gold": int}``: 4 distinct choices (2 for
+    ``agreement``), gold at a random position; the context has no trailing space and no choice a leading
+    one (scored as ``context + " " + choice``). Dev and test never share a problem or context; the
+    arithmetic tasks use held-out problems only. Deterministic; a prefix of the result for larger ``n``."""
+    _check_choice("task", task, TASKS)
+    _check_choice("split", split, TASK_SPLITS)
+    n = _check_int("n", n)
+    seed = _check_int("seed", seed, minimum=None)
+    examples = []
+    for i, (_key, context, gold, wrong) in enumerate(_candidates(task, split, n, seed)):
+        rng = _rng("task-gold-position", seed, task, split, i)
+        position = rng.randrange(len(wrong) + 1)
+        choices = list(wrong)
+        choices.insert(position, gold)
+        examples.append({"context": context, "choices": choices, "gold": position})
+    return examples
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_task_files(out_dir: str | os.PathLike, n_dev: int = 200, n_test: int = 500,
+                     seed: int = 0) -> dict[str, dict[str, str]]:
+    """Write ``out_dir/<task>/dev.jsonl`` and ``test.jsonl`` for every task (one JSON object per line,
+    keys context/choices/gold), each file atomically; returns ``{task: {"dev": path, "test": path}}``."""
+    n_dev = _check_int("n_dev", n_dev)
+    n_test = _check_int("n_test", n_test)
+    seed = _check_int("seed", seed, minimum=None)
+    paths: dict[str, dict[str, str]] = {}
+    for task in TASKS:
+        task_dir = os.path.join(os.fspath(out_dir), task)
+        os.makedirs(task_dir, exist_ok=True)
+        paths[task] = {}
+        for split, n in (("dev", n_dev), ("test", n_test)):
+            path = os.path.join(task_dir, f"{split}.jsonl")
+            lines = [json.dumps(ex, ensure_ascii=False) + "\n" for ex in task_examples(task, split, n, seed)]
+            _atomic_write_text(path, "".join(lines))
+            paths[task][split] = path
+    return paths

@@ -1,0 +1,229 @@
+"""One run, end to end: config → data → model → mixer → trainer → test losses → results.json."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tikmix.errors import CheckpointError, ConfigError, TikmixError
+from tikmix.ledger import Ledger
+from tikmix.mixer import MixerContext, build_mixer
+from tikmix.model import build_model, flops_per_token, param_counts
+from tikmix.runlog import RunLogger, write_json_atomic
+from tikmix.sampler import MixtureSampler, check_budget
+from tikmix.trainer import Trainer, eval_windows, resolve_device
+
+# Keys that do not change what a run computes: a resumed run may differ in these.
+_NON_TRAJECTORY = {"logger", "run_dir", "eval", "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
+                   "trainer.save_final_model", "trainer.max_wall_s"}
+
+
+def fingerprint(cfg: dict) -> str:
+    c = json.loads(json.dumps(cfg, default=str))
+    for k in _NON_TRAJECTORY:
+        parts = k.split(".")
+        d = c
+        for p in parts[:-1]:
+            d = d.get(p, {}) if isinstance(d, dict) else {}
+        if isinstance(d, dict):
+            d.pop(parts[-1], None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_steps_from(fracs: Any, total_steps: int) -> list[int]:
+    fracs = list(fracs or [])
+    for f in fracs:
+        if not isinstance(f, (int, float)) or not 0 < f < 1:
+            raise ConfigError("budget.stages", f"stage boundaries are fractions strictly between 0 and 1, got {fracs}")
+    if fracs != sorted(fracs):
+        raise ConfigError("budget.stages", f"stage boundaries must be increasing, got {fracs}")
+    return sorted({s for s in (int(round(f * total_steps)) for f in fracs) if 0 < s < total_steps})
+
+
+def build_targets(cfg: dict, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
+    """Target sets the mixers optimise for: held-out (val split) text of the chosen domains."""
+    tcfg = cfg.get("targets") or {}
+    names = tcfg.get("domains")
+    names = domains if names is None else list(names)
+    unknown = [d for d in names if d not in domains]
+    if unknown:
+        raise ConfigError("targets.domains", f"unknown domain(s) {unknown}; the data has {domains}")
+    out: dict[str, list[dict]] = {}
+    mb = int(cfg["budget"]["micro_batch"])
+    for d in names:
+        w = eval_windows(shards.tokens(d, "val"), seq_len, int(tcfg.get("tokens", 8192)))
+        x = torch.from_numpy(w[:, :-1])
+        out[f"val/{d}"] = [{"input_ids": x[i : i + mb], "labels": x[i : i + mb]} for i in range(0, len(x), mb)]
+    return out
+
+
+def _print_summary(res: dict) -> None:
+    doms = res["domains"]
+    w = max(8, max(len(d) for d in doms))
+    print()
+    print(f"{'domain':<{w}}  {'weight':>7}  {'tokens':>10}  {'epochs':>7}  {'val loss':>8}  {'test ppl':>9}")
+    for d in doms:
+        print(f"{d:<{w}}  {res['final_weights'][d]:>7.3f}  {res['tokens_seen'][d]:>10,}  {res['epochs'][d]:>7.2f}  "
+              f"{res['val_loss'][d]:>8.3f}  {res['test_ppl'][d]:>9.2f}")
+    print(f"{'mean':<{w}}  {'':>7}  {sum(res['tokens_seen'].values()):>10,}  {'':>7}  "
+          f"{np.mean(list(res['val_loss'].values())):>8.3f}  {np.mean(list(res['test_ppl'].values())):>9.2f}")
+    c = res["compute"]
+    print(f"compute: train {c.get('train', 0):.3g} FLOPs, eval {c.get('eval', 0):.3g}, mixer {c.get('mixer_total', 0):.3g}; "
+          f"wall {res['wall_time_s']:.1f}s; results: {res['run_dir']}/results.json")
+
+
+def run(cfg: DictConfig) -> dict:
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.run_dir).resolve()
+    results_path = run_dir / "results.json"
+    if results_path.exists():
+        print(f"[tikmix] {run_dir} already holds a finished run (results.json); nothing to do. "
+              f"Use another hydra.run.dir to train again.")
+        return json.loads(results_path.read_text())
+    container = OmegaConf.to_container(cfg, resolve=True)
+    seed = cfg.seed
+    if not isinstance(seed, int):
+        raise ConfigError("seed", f"must be an integer, got {seed!r}")
+    device = resolve_device(str(cfg.device))
+
+    # data ----------------------------------------------------------------------------------------------
+    from tikmix.data.shards import prepare_data
+
+    shards = prepare_data(cfg.data)
+    domains = list(shards.domains)
+    b = cfg.budget
+    seq_len = b.seq_len
+    total_steps = check_budget(b.total_tokens, b.seq_len, b.batch_size, b.micro_batch, cfg.model.max_position_embeddings)
+    stage_steps = stage_steps_from(b.get("stages"), total_steps)
+    train_arrays = [shards.tokens(d, "train") for d in domains]
+    train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
+    sampler = MixtureSampler(train_arrays, seq_len, b.batch_size, seed, domains)
+
+    # model ---------------------------------------------------------------------------------------------
+    model = build_model(cfg.model, shards.vocab_size, seed, pad_id=shards.eos_id, eos_id=shards.eos_id)
+    counts = param_counts(model)
+    fpt = flops_per_token(model, seq_len)
+
+    # mixer ---------------------------------------------------------------------------------------------
+    ctx = MixerContext(
+        domains=domains, train_tokens=train_tokens, total_steps=total_steps, tokens_per_step=seq_len * b.batch_size,
+        seq_len=seq_len, seed=seed, stage_steps=stage_steps,
+        human_weights=dict(cfg.data.human_weights) if cfg.data.get("human_weights") else None, run_dir=str(run_dir),
+    )
+    mixer = build_mixer(cfg.mixer, domains, ctx)
+    targets = build_targets(cfg, shards, domains, seq_len)
+
+    fp = fingerprint(container)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    ckpt = None
+    if ckpt_path.exists():
+        from tikmix.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("fingerprint") != fp:
+            old = run_dir / "config.yaml"
+            raise CheckpointError(
+                f"{run_dir} holds a checkpoint of a different config ({old} differs from this command's); "
+                f"re-run with the same overrides to resume, or choose another hydra.run.dir"
+            )
+
+    ledger = Ledger()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if ckpt is None:
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(OmegaConf.to_yaml(container))
+        os.replace(tmp, run_dir / "config.yaml")
+    name = f"{cfg.mixer.name}_s{seed}"
+    logger = RunLogger(cfg.logger, run_dir, container, name, resume_id=(ckpt or {}).get("wandb_id"))
+    try:
+        trainer = Trainer(
+            container, model, mixer, sampler, domains, {d: shards.tokens(d, "val") for d in domains}, targets,
+            total_steps, stage_steps, run_dir, ledger, logger, device, fpt, fp,
+        )
+        ctx.tokens_per_step = trainer.tokens_per_step
+        print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
+              f"{counts['non_embedding']:,} non-embedding) budget={b.name}: {total_steps} steps x "
+              f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(domains)}; device={device}; run dir {run_dir}")
+        if ckpt is not None:
+            trainer.load(ckpt)
+            print(f"[tikmix] resumed from {ckpt_path} at step {trainer.state.step}/{total_steps}")
+        else:
+            mixer.prepare()
+        trainer.state.wandb_id = logger.wandb_id
+        state = trainer.fit()
+
+        test_tokens = int(cfg.trainer.test_tokens)
+        test_loss = {d: trainer.eval_loss(eval_windows(shards.tokens(d, "test"), seq_len, test_tokens)) for d in domains}
+        final_w = mixer.weights(total_steps)
+        val_loss = state.val_history[-1]["val_loss"] if state.val_history else trainer.val_losses()
+        if cfg.trainer.save_final_model:
+            _save_hf(model, shards.tokenizer, run_dir / "final_model")
+        res = {
+            "mixer": cfg.mixer.name,
+            "seed": seed,
+            "model": cfg.model.name,
+            "budget": b.name,
+            "data": cfg.data.source,
+            "run_dir": str(run_dir),
+            "domains": domains,
+            "steps": state.step,
+            "final_weights": {d: float(x) for d, x in zip(domains, final_w)},
+            "weights_history": [{"step": h["step"], "weights": dict(zip(domains, h["w"]))} for h in state.weights_history],
+            "val_loss": val_loss,
+            "val_history": state.val_history,
+            "test_loss": test_loss,
+            "test_ppl": {d: float(np.exp(v)) for d, v in test_loss.items()},
+            "tokens_seen": {d: int(x) for d, x in zip(domains, state.tokens_seen)},
+            "train_tokens": train_tokens,
+            "epochs": {d: float(x) / train_tokens[d] for d, x in zip(domains, state.tokens_seen)},
+            "compute": ledger.summary(),
+            "params": counts,
+            "flops_per_token": fpt,
+            "wall_time_s": state.wall_time,
+            "total_time_s": time.perf_counter() - t_start,
+            "mixer_history": mixer.history,
+            "mixer_info": mixer.info,
+            "fingerprint": fp,
+        }
+        write_json_atomic(results_path, res)
+        logger.summary({"final/val_loss_mean": float(np.mean(list(val_loss.values()))),
+                        "final/test_ppl_mean": float(np.mean(list(res["test_ppl"].values()))),
+                        "compute/mixer_flops": ledger.mixer_total})
+        logger.table("final/per_domain", ["domain", "weight", "tokens", "epochs", "val_loss", "test_ppl"],
+                     [[d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]] for d in domains])
+        _print_summary(res)
+        return res
+    finally:
+        logger.finish()
+
+
+def _save_hf(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
+    """Save the final model in Hugging Face format (+ tokenizer), atomically (tmp folder, then rename)."""
+    import shutil
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def main(cfg: DictConfig) -> Any:
+    """Hydra task: run, turning user errors into one clear line and a non-zero exit."""
+    try:
+        res = run(cfg)
+    except TikmixError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return float(np.mean(list(res["val_loss"].values())))

@@ -1,0 +1,360 @@
+"""The one trainer every mixer runs through.
+
+Each step draws a batch whose per-domain counts follow ``mixer.weights(step)``, takes one AdamW step
+(gradient accumulation over micro-batches, clipping, warmup + cosine/WSD schedule) and reports the
+per-domain training loss from the same forward pass to ``mixer.observe``. Before the steps a mixer asked for
+(stage boundaries), the mixer gets a :class:`TrainerProbe` with model access. Checkpoints hold everything
+needed to resume bit-exactly on CPU: model, optimiser, scheduler, mixer, sampler position, ledger, history.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tikmix.checkpoint import load_checkpoint, save_checkpoint
+from tikmix.errors import ConfigError, TikmixError
+from tikmix.ledger import Ledger
+from tikmix.mixer import DomainStats, Mixer, Probe
+from tikmix.runlog import RunLogger, _jsonable
+from tikmix.sampler import MixtureSampler, _rng, mixture_counts
+
+
+class NonFiniteLoss(TikmixError):
+    pass
+
+
+def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float, wsd_decay_frac: float) -> Callable[[int], float]:
+    if schedule not in ("cosine", "wsd", "constant"):
+        raise ConfigError("trainer.schedule", f"unknown schedule {schedule!r}; allowed: cosine, wsd, constant")
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        if schedule == "cosine":
+            p = min(1.0, (step - warmup) / max(1, total - warmup))
+            return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+        decay_start = total - int(round(wsd_decay_frac * total))
+        if step < decay_start:
+            return 1.0
+        p = min(1.0, (step - decay_start) / max(1, total - decay_start))
+        return 1.0 - (1.0 - min_ratio) * p
+
+    return f
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("device", f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name} requested but no CUDA device is available; use device=cpu or auto")
+    return dev
+
+
+def eval_windows(arr: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
+    """Contiguous windows of seq_len+1 tokens (stride seq_len) from the start of a split: a fixed eval set."""
+    n = max(1, min(n_tokens // seq_len, (len(arr) - 1) // seq_len))
+    starts = np.arange(n, dtype=np.int64) * seq_len
+    return np.asarray(arr[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens_seen: np.ndarray | None = None
+    weights_history: list = field(default_factory=list)
+    val_history: list = field(default_factory=list)
+    wall_time: float = 0.0
+    wandb_id: str | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        model: torch.nn.Module,
+        mixer: Mixer,
+        sampler: MixtureSampler,
+        domains: list[str],
+        val_arrays: dict[str, np.ndarray],
+        targets: dict[str, list[dict]],
+        total_steps: int,
+        stage_steps: list[int],
+        run_dir: Path,
+        ledger: Ledger,
+        logger: RunLogger | None,
+        device: torch.device,
+        flops_per_token: float,
+        fingerprint: str,
+    ):
+        t = cfg["trainer"]
+        b = cfg["budget"]
+        self.cfg = cfg
+        self.tcfg = t
+        self.model = model.to(device)
+        self.mixer = mixer
+        self.sampler = sampler
+        self.domains = domains
+        self.m = len(domains)
+        self.targets = targets
+        self.total_steps = total_steps
+        self.stage_steps = stage_steps
+        self.run_dir = Path(run_dir)
+        self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.ledger = ledger
+        self.logger = logger
+        self.device = device
+        self.flops_per_token = flops_per_token
+        self.fingerprint = fingerprint
+        self.seq_len = int(b["seq_len"])
+        self.batch_size = int(b["batch_size"])
+        self.micro_batch = int(b["micro_batch"])
+        self.tokens_per_step = self.seq_len * self.batch_size
+        dtype = t.get("dtype", "auto")
+        if dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError("trainer.dtype", f"unknown dtype {dtype!r}; allowed: auto, fp32, bf16")
+        self.amp_dtype = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and device.type == "cuda")) else None
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": float(t["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=float(t["lr"]), betas=tuple(t["betas"]), eps=float(t["eps"]),
+            **({"fused": True} if device.type == "cuda" else {}),
+        )
+        warmup = int(round(float(b.get("warmup_frac", 0.0)) * total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(t["schedule"], total_steps, warmup, float(t["min_lr_ratio"]), float(t["wsd_decay_frac"]))
+        )
+        self.val_windows = {d: eval_windows(a, self.seq_len, int(t["val_tokens"])) for d, a in val_arrays.items()}
+        self.state = TrainState(tokens_seen=np.zeros(self.m, dtype=np.int64))
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def token_losses(self, windows: torch.Tensor) -> torch.Tensor:
+        """Per-token loss [b, T] of windows [b, T+1] (inputs = all but last, labels = all but first)."""
+        x, y = windows[:, :-1], windows[:, 1:]
+        with self.autocast():
+            logits = self.model(input_ids=x).logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
+
+    @torch.no_grad()
+    def eval_loss(self, windows: np.ndarray) -> float:
+        was = self.model.training
+        self.model.eval()
+        total, n = 0.0, 0
+        for i in range(0, len(windows), self.micro_batch):
+            w = torch.from_numpy(windows[i : i + self.micro_batch]).to(self.device)
+            tl = self.token_losses(w)
+            total += float(tl.sum())
+            n += tl.numel()
+        self.model.train(was)
+        self.ledger.add("eval", self.flops_per_token / 3.0 * n)
+        return total / max(1, n)
+
+    def val_losses(self) -> dict[str, float]:
+        return {d: self.eval_loss(w) for d, w in self.val_windows.items()}
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = self.state
+        return {
+            "fingerprint": self.fingerprint,
+            "step": s.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "mixer": _jsonable(self.mixer.state_dict()),
+            "tokens_seen": s.tokens_seen.tolist(),
+            "weights_history": s.weights_history,
+            "val_history": s.val_history,
+            "wall_time": s.wall_time,
+            "wandb_id": s.wandb_id,
+            "ledger": self.ledger.state_dict(),
+            "domains": self.domains,
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.state_dict(), self.ckpt_path)
+
+    def load(self, ckpt: dict) -> None:
+        from tikmix.errors import CheckpointError
+
+        if ckpt.get("domains") != self.domains:
+            raise CheckpointError(f"checkpoint {self.ckpt_path} was trained on domains {ckpt.get('domains')}, this run has {self.domains}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {self.ckpt_path} does not fit this model/optimiser: {str(e).splitlines()[0]}") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.mixer.load_state_dict(ckpt["mixer"])
+        self.ledger.load_state_dict(ckpt["ledger"])
+        self.state = TrainState(
+            step=int(ckpt["step"]),
+            tokens_seen=np.asarray(ckpt["tokens_seen"], dtype=np.int64),
+            weights_history=list(ckpt["weights_history"]),
+            val_history=list(ckpt["val_history"]),
+            wall_time=float(ckpt["wall_time"]),
+            wandb_id=ckpt.get("wandb_id"),
+        )
+
+    # --- the loop --------------------------------------------------------------------------------------
+    def train_step(self, step: int, w: np.ndarray) -> tuple[float, DomainStats]:
+        tokens, dom = self.sampler.batch(step, w)
+        tokens_t = torch.from_numpy(tokens).to(self.device)
+        dom_t = torch.from_numpy(dom).to(self.device)
+        B, T = self.batch_size, self.seq_len
+        seq_loss = torch.empty(B, device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i in range(0, B, self.micro_batch):
+            tl = self.token_losses(tokens_t[i : i + self.micro_batch])
+            (tl.sum() / (B * T)).backward()
+            seq_loss[i : i + self.micro_batch] = tl.detach().mean(1)
+        loss_sum = torch.zeros(self.m, device=self.device).index_add_(0, dom_t, seq_loss)
+        counts = np.bincount(dom, minlength=self.m)
+        dom_loss = loss_sum.cpu().numpy() / np.maximum(counts, 1)
+        total = float(seq_loss.mean())
+        if not math.isfinite(total):
+            bad = [self.domains[d] for d in range(self.m) if counts[d] and not math.isfinite(dom_loss[d])]
+            raise NonFiniteLoss(
+                f"non-finite training loss at step {step}; domains in the batch: "
+                f"{[self.domains[d] for d in range(self.m) if counts[d]]}, non-finite in: {bad}. "
+                f"The last checkpoint ({self.ckpt_path}) is intact; lower trainer.lr or check the data."
+            )
+        clip = self.tcfg.get("grad_clip")
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        dom_loss[counts == 0] = np.nan
+        self.ledger.add("train", self.flops_per_token * B * T)
+        return total, DomainStats(step=step, counts=counts, loss=dom_loss, tokens=counts * T)
+
+    def probe(self, step: int) -> "TrainerProbe":
+        nxt = [s for s in self.stage_steps if s > step]
+        stage_end = nxt[0] if nxt else self.total_steps
+        return TrainerProbe(self, step, (stage_end - step) * self.tokens_per_step)
+
+    def fit(self) -> TrainState:
+        s = self.state
+        probe_at = set(self.mixer.probe_steps())
+        log_every = max(1, int(self.tcfg.get("log_every", 10)))
+        eval_every = int(self.tcfg.get("eval_every", 0) or 0)
+        ckpt_every = int(self.tcfg.get("ckpt_every", 0) or 0)
+        bar = None
+        if self.tcfg.get("progress", True):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
+        t_last, tok_last, step_last = time.perf_counter(), 0, s.step
+        t0 = time.perf_counter() - s.wall_time
+        self.model.train()
+        while s.step < self.total_steps:
+            step = s.step
+            if step in probe_at:
+                p = self.probe(step)
+                self.mixer.on_probe(p)
+                p.close()
+            w = np.asarray(self.mixer.weights(step), dtype=np.float64)
+            if not s.weights_history or not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12):
+                s.weights_history.append({"step": step, "w": w.tolist()})
+            loss, stats = self.train_step(step, w)
+            self.mixer.observe(stats)
+            s.tokens_seen += stats.tokens
+            s.step += 1
+            s.wall_time = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(1)
+            if s.step % log_every == 0 or s.step == self.total_steps:
+                now = time.perf_counter()
+                tps = (s.step - step_last) * self.tokens_per_step / max(1e-9, now - t_last)
+                t_last, step_last = now, s.step
+                rec = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tps,
+                       "train/tokens": int(s.tokens_seen.sum())}
+                rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
+                rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
+                if self.logger:
+                    self.logger.log(rec, s.step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+            if (eval_every and s.step % eval_every == 0) or s.step == self.total_steps:
+                vl = self.val_losses()
+                s.val_history.append({"step": s.step, "val_loss": vl})
+                if self.logger:
+                    self.logger.log({**{f"val_loss/{d}": v for d, v in vl.items()}, "val_loss/mean": float(np.mean(list(vl.values())))}, s.step)
+            if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
+                self.save()
+        if bar is not None:
+            bar.close()
+        return s
+
+
+class TrainerProbe(Probe):
+    """Model access handed to a mixer at the steps it asked for (see tikmix.mixer.Probe)."""
+
+    def __init__(self, trainer: Trainer, step: int, stage_tokens: int):
+        self.tr = trainer
+        self.step = step
+        self.model = trainer.model
+        self.optimizer = trainer.optimizer
+        self.device = trainer.device
+        self.flops_per_token = trainer.flops_per_token
+        self.stage_tokens = stage_tokens
+        self.seq_len = trainer.seq_len
+        self.targets = trainer.targets
+        self.domains = trainer.domains
+        self.train_tokens = {d: len(a) for d, a in zip(trainer.domains, trainer.sampler.arrays)}
+        self._calls = 0
+        self._was_training = trainer.model.training
+
+    def autocast(self):
+        return self.tr.autocast()
+
+    def _to_batches(self, windows: np.ndarray) -> Iterator[dict]:
+        mb = self.tr.micro_batch
+        for i in range(0, len(windows), mb):
+            x = torch.from_numpy(windows[i : i + mb, :-1]).to(self.device)
+            yield {"input_ids": x, "labels": x}
+
+    def domain_batches(self, domain: str, n_tokens: int, split: str = "train") -> Iterator[dict]:
+        if split != "train":
+            raise ValueError("probe.domain_batches samples the train split; targets hold held-out text")
+        n = max(1, math.ceil(n_tokens / self.seq_len))
+        d = self.domains.index(domain)
+        return self._to_batches(self.tr.sampler.domain_sample(d, n, key=self.step))
+
+    def mixture_batches(self, weights: np.ndarray, n_tokens: int) -> Iterator[dict]:
+        self._calls += 1
+        n = max(1, math.ceil(n_tokens / self.seq_len))
+        rng = _rng(self.tr.sampler.seed, self.step, 0x3A, self._calls)
+        counts = mixture_counts(np.asarray(weights, dtype=np.float64), n, rng)
+        rows = [self.tr.sampler.windows(d, int(c), rng) for d, c in enumerate(counts) if c]
+        return self._to_batches(np.concatenate(rows))
+
+    def val_losses(self) -> dict[str, float]:
+        return self.tr.val_losses()
+
+    def charge(self, flops: float, what: str) -> None:
+        self.tr.ledger.charge_mixer(what, flops)
+
+    def close(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        self.model.train(self._was_training)

@@ -1,0 +1,14 @@
+"""Entry point: `python train.py [group=preset ...] [key=value ...]` (Hydra). See README.md."""
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    from tikmix.run import main as run_main
+
+    return run_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
