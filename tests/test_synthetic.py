@@ -118,6 +118,7 @@ def test_grammar_agreement_and_counting():
     singular_verbs = {v[0] for v in s._V_INTR + s._V_TRANS} | {"is"}
     plural_verbs = {v[1] for v in s._V_INTR + s._V_TRANS} | {"are"}
     n_counting = 0
+    heads = Counter()
     for d in _docs("grammar", n=300):
         for sent in re.findall(r"[^.]+ \.", d):
             sent = sent.strip()
@@ -134,7 +135,9 @@ def test_grammar_agreement_and_counting():
             i = words.index(head)
             if words[i + 1] in singular_verbs | plural_verbs:
                 assert (words[i + 1] in singular_verbs) == (NOUNS[head] == 0), sent
+                heads[NOUNS[head]] += 1
     assert n_counting > 50
+    assert min(heads[0], heads[1]) > 0.3 * sum(heads.values())
 
 
 def test_knowledge_base():
@@ -278,9 +281,11 @@ def test_agreement_gold():
     singular_verbs = {v[0] for v in s._V_INTR + s._V_TRANS} | {"is"}
     plural_verbs = {v[1] for v in s._V_INTR + s._V_TRANS} | {"are"}
     attractors = 0
+    numbers = Counter()
     for ex in s.task_examples("agreement", "test", 300):
         words = ex["context"].split()
         head = next(w for w in words if w in NOUNS)
+        numbers[NOUNS[head]] += 1
         gold, wrong = ex["choices"][ex["gold"]], ex["choices"][1 - ex["gold"]]
         assert gold.split()[1:] == wrong.split()[1:] and gold.endswith(" .")
         verb = gold.split()[0]
@@ -288,6 +293,7 @@ def test_agreement_gold():
         if any(NOUNS.get(w, NOUNS[head]) != NOUNS[head] for w in words):
             attractors += 1
     assert attractors > 100
+    assert min(numbers.values()) > 100  # singular and plural heads both common
 
 
 def test_training_phrasing_matches_in_domain_tasks():

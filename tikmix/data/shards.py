@@ -285,7 +285,12 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
         _log(f"training a byte-level BPE (vocab {tk['vocab_size']}) on up to {tk['train_docs_per_domain']} "
              "train documents per domain")
         per = tk["train_docs_per_domain"]
-        tok_cfg = dict(c, max_docs=min(per, c["max_docs"]) if c["max_docs"] is not None else per)
+        tok_cfg = c
+        # A per-domain cap saves work only where the source can stop early: synthetic and text_dir read one
+        # domain at a time, jsonl/hf with an include list stop when all are full. Otherwise the sampler
+        # must see every document to know when no new domain is showing up.
+        if c["source"] in ("synthetic", "text_dir") or c["domains"] is not None:
+            tok_cfg = dict(c, max_docs=min(per, c["max_docs"]) if c["max_docs"] is not None else per)
         tok = build_tokenizer(c, lambda: iter_documents(tok_cfg, "train"))
     else:
         _log(f"loading tokenizer {tk['name']!r}")

@@ -518,8 +518,8 @@ def _hf_data_files(c: Mapping[str, Any]) -> Any:
 
 
 _HF_HINT = (
-    "it needs Hugging Face hub access (network, HF_HUB_OFFLINE unset) or a local copy: set data.hf.path to a "
-    "local dataset folder or script, or data.hf.path=json with data.hf.data_files"
+    "It needs hub access or a local copy: network with HF_HUB_OFFLINE unset, or data.hf.path set to a local "
+    "dataset folder or script, or data.hf.path=json with data.hf.data_files"
 )
 
 
@@ -544,10 +544,12 @@ def _iter_hf(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iter
         ds = datasets.load_dataset(hf["path"], hf.get("name"), **kwargs)
     except Exception as e:  # noqa: BLE001 - the hub, the network and dataset scripts raise anything
         msg = str(e).splitlines()[0] if str(e) else ""
-        extra = ""
-        if "split" in msg.lower() and split != "train":
-            extra = f"; if the dataset has no such split, set data.hf.splits.{split}: null to carve it from train"
-        raise DataError(f"cannot load {what}: {type(e).__name__}: {msg[:300]}{extra}. {_HF_HINT[0].upper()}{_HF_HINT[1:]}") from e
+        if "split" in msg.lower():
+            hint = (f"Check data.hf.splits.{split}" + ("" if split == "train" else
+                    f", or set data.hf.splits.{split}: null to carve it from train (data.holdout.{split})"))
+        else:
+            hint = _HF_HINT
+        raise DataError(f"cannot load {what}: {type(e).__name__}: {msg[:300]}. {hint}") from e
     it = iter(ds)
     index = 0
     while True:
@@ -556,7 +558,7 @@ def _iter_hf(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iter
         except StopIteration:
             return
         except Exception as e:  # noqa: BLE001
-            raise DataError(f"reading {what} failed at row {index}: {type(e).__name__}: {str(e)[:300]}. {_HF_HINT[0].upper()}{_HF_HINT[1:]}") from e
+            raise DataError(f"reading {what} failed at row {index}: {type(e).__name__}: {str(e)[:300]}. {_HF_HINT}") from e
         domain, text = _row_doc(row, c, f"{what} row {index}")
         index += 1
         if keep(domain) and belongs(text):

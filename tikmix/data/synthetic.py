@@ -70,6 +70,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Sequence
 
 __all__ = [
+    "VERSION",
     "DOMAINS",
     "SPLITS",
     "TASK_SPLITS",
@@ -90,6 +91,10 @@ __all__ = [
     "word_tokens",
     "domain_vocabulary",
 ]
+
+# Bump whenever any generated text (documents or task examples) changes for the same arguments: token
+# shard caches key on it.
+VERSION: str = "1"
 
 DOMAINS: tuple[str, ...] = ("arith", "facts", "grammar", "copy", "boiler", "noise")
 SPLITS: tuple[str, ...] = ("train", "val", "test")

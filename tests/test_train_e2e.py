@@ -1,0 +1,147 @@
+"""End-to-end runs of the real entry point on the smoke budget: results, resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tikmix.errors import CheckpointError
+from tikmix.run import run
+from tikmix.trainer import Trainer
+
+
+@pytest.fixture(scope="session")
+def finished_run(smoke_overrides, tmp_path_factory):
+    from tests.conftest import compose
+
+    rd = tmp_path_factory.mktemp("full") / "run"
+    cfg = compose(smoke_overrides + [f"run_dir={rd}", "trainer.ckpt_every=3", "trainer.eval_every=4"])
+    res = run(cfg)
+    return rd, res
+
+
+def test_results_json_contract(finished_run):
+    rd, res = finished_run
+    on_disk = json.loads((rd / "results.json").read_text())
+    for key in ("mixer", "seed", "domains", "final_weights", "weights_history", "val_loss", "tokens_seen", "compute", "wall_time_s"):
+        assert key in on_disk, key
+    doms = on_disk["domains"]
+    assert set(on_disk["final_weights"]) == set(doms) and abs(sum(on_disk["final_weights"].values()) - 1) < 1e-9
+    assert on_disk["weights_history"][0]["step"] == 0
+    assert sum(on_disk["tokens_seen"].values()) == 8192  # the smoke budget, exactly
+    assert on_disk["compute"]["train"] > 0 and on_disk["compute"]["mixer_total"] == 0
+    # per-domain validation losses differ (the domains are not interchangeable) and are finite
+    vl = on_disk["val_loss"]
+    assert len(set(round(v, 3) for v in vl.values())) > 1
+    assert (rd / "config.yaml").exists() and (rd / "checkpoints" / "last.pt").exists()
+    # the final model loads with transformers as it is
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(rd / "final_model")
+    tok = AutoTokenizer.from_pretrained(rd / "final_model")
+    assert m.config.vocab_size >= len(tok) and tok.pad_token is not None
+
+
+def test_loss_falls(finished_run):
+    rd, res = finished_run
+    rows = [json.loads(l) for l in (rd / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss/mean"] for r in rows if "val_loss/mean" in r]
+    assert val[-1] < val[0]
+
+
+def test_resume_equals_uninterrupted(finished_run, make_cfg, tmp_path, monkeypatch):
+    rd_full, res_full = finished_run
+    rd = tmp_path / "interrupted"
+    cfg = make_cfg("trainer.ckpt_every=3", "trainer.eval_every=4", run_dir=rd)
+    orig = Trainer.train_step
+
+    def crash_at_5(self, step, w):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return orig(self, step, w)
+
+    monkeypatch.setattr(Trainer, "train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 3 and not (rd / "results.json").exists()
+    monkeypatch.setattr(Trainer, "train_step", orig)
+    res = run(cfg)
+    assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU
+    assert res["test_loss"] == res_full["test_loss"]
+    a = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(rd_full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run dir is left alone
+    before = (rd / "results.json").read_bytes()
+    run(cfg)
+    assert (rd / "results.json").read_bytes() == before
+
+
+def test_checkpoint_of_other_config_is_refused_and_kept(make_cfg, tmp_path, monkeypatch):
+    rd = tmp_path / "r"
+    orig = Trainer.train_step
+
+    def crash(self, step, w):
+        if step == 4:
+            raise KeyboardInterrupt
+        return orig(self, step, w)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
+    monkeypatch.setattr(Trainer, "train_step", orig)
+    before = (rd / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="different config"):
+        run(make_cfg("trainer.ckpt_every=2", "trainer.lr=1e-4", run_dir=rd))
+    assert (rd / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def base_args(smoke_overrides):
+    return [o for o in smoke_overrides]
+
+
+@pytest.mark.parametrize(
+    "extra,expect",
+    [
+        (["mixer=nope"], "Could not find 'mixer/nope'"),
+        (["model=huge"], "Could not find 'model/huge'"),
+        (["trainer.lrr=1"], "Could not override 'trainer.lrr'"),
+        (["mixer=fixed", "mixer.weights={arith: 0.5, nosuch: 0.5}"], "config error: mixer.weights: unknown domain(s) ['nosuch']"),
+        (["mixer=fixed", "mixer.weights={arith: 1.5, facts: -0.5}"], "config error: mixer.weights.facts: weight must be finite and >= 0"),
+        (["mixer=fixed", "mixer.weights={arith: 0.5, facts: 0.2}"], "weights sum to 0.7, not 1"),
+        (["budget.seq_len=1024"], "config error: budget.seq_len: 1024 exceeds the model's context"),
+        (["budget.total_tokens=100"], "config error: budget.total_tokens: 100 is smaller than one batch"),
+        (["data=jsonl", "data.root=/nonexistent/corpus"], "data.root"),
+        (["targets.domains=[nosuch]"], "config error: targets.domains"),
+    ],
+)
+def test_bad_input_one_clear_line_nonzero_exit(extra, expect, base_args, tmp_path):
+    rd = tmp_path / "run"
+    r = _train(base_args + [f"hydra.run.dir={rd}", *extra], cwd=tmp_path)
+    assert r.returncode != 0
+    assert expect in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not (rd / "results.json").exists() and not (rd / "checkpoints").exists()
+
+
+def test_corrupt_checkpoint_is_refused_not_overwritten(base_args, tmp_path):
+    rd = tmp_path / "run"
+    (rd / "checkpoints").mkdir(parents=True)
+    bad = rd / "checkpoints" / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = _train(base_args + [f"hydra.run.dir={rd}"], cwd=tmp_path)
+    assert r.returncode == 2 and "corrupt or truncated" in r.stderr and "Traceback" not in r.stderr
+    assert bad.read_bytes() == b"not a checkpoint"

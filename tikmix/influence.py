@@ -1,0 +1,591 @@
+"""Group Influence: the influence of a domain's data on the loss of each target set (TiKMiX, methods.md).
+
+Sign convention: influence is reported as *benefit*.
+
+    S[v, d] = g_vᵀ H⁻¹ ḡ_d
+
+* g_v = ∇θ of the mean token loss on target set v (all its labelled tokens pooled);
+* ḡ_d = ∇θ of the mean token loss on a sample of domain d (gradient accumulation over the sample: no
+  per-example gradients);
+* H⁻¹ = the chosen preconditioner (``identity`` | ``adam`` | ``kfac``, below).
+
+S[v, d] > 0 means upweighting domain d lowers target v's loss to first order: the step
+θ ← θ − ε H⁻¹ ḡ_d changes L_v by −ε S[v, d] + O(ε²). This is −1 × the paper's Eq. 8 (which reports the
+change of f, so negative = helpful).
+
+Eq. 8 sums the member gradients of the group; we use the per-token *mean*. That rescales every domain by
+its token count; the domain samples all have the same number of tokens (``n_tokens`` per domain), so the
+matrix is the paper's up to one common positive factor, to which TiKMiX's objective is invariant (Eq. 9
+divides by max_d S_vd). Group influence is linear in the group, so a mixture w has influence P = S·w.
+
+Preconditioners (H⁻¹ is applied once, to the n target gradients, which are the ones held in memory):
+
+* ``identity``: pure gradient alignment (DoGE/DGA's ⟨∇L_d, ∇L_target⟩; :func:`gradient_alignment`).
+* ``adam``: the optimiser's own diagonal preconditioner 1/(sqrt(v̂)+eps), v̂ = exp_avg_sq/(1 − β₂^step)
+  read from ``torch.optim.AdamW`` state; identity for parameters the optimiser holds no state for yet.
+* ``kfac``: Kronecker-factored curvature per ``nn.Linear`` (bias folded into the weight by appending a
+  constant-1 input): A = E[a aᵀ] over the layer's inputs, G = E[δ δᵀ] over the gradients of the summed
+  token loss w.r.t. the layer's outputs, both averaged over token positions (so G⊗A approximates the
+  Fisher of the mean token loss, i.e. the Gauss-Newton Hessian of what we differentiate). By default δ
+  comes from labels *sampled* from the model's own predictive distribution (the true Fisher, as in
+  Grosse et al. 2023's EK-FAC influence); ``kfac_fisher="empirical"`` uses the data's labels instead.
+  Damping (our choice; the paper is silent): each factor gets λ·(mean eigenvalue of that factor) added to
+  its diagonal, λ = ``damping`` (default 1e-3), i.e. the preconditioned gradient is
+  (G + λ ḡ I)⁻¹ ∇W (A + λ ā I)⁻¹ = ((G + λ ḡ I) ⊗ (A + λ ā I))⁻¹ vec(∇W)  (row-major vec), computed from
+  eigendecompositions. Layers with a factor larger than ``kfac_max_dim`` (e.g. an LM head over a big
+  vocabulary), Linear weights shared with another module (tied embeddings), and every non-Linear
+  parameter (norms, embeddings) get the identity.
+
+Optional random projection (``projection_dim=k``): gradients are mapped to k dimensions by a JL
+projection R/√k with i.i.d. Rademacher (or Gaussian) entries, generated chunk by chunk from a seeded
+``torch.Generator`` (never materialised whole), so E⟨Rx, Ry⟩/k = ⟨x, y⟩. It is applied after the
+preconditioner on the target side and to the raw domain gradient.
+
+Memory: at most the n target gradients and ONE domain gradient are alive at any time: the targets are
+held (flat, or projected), each domain's gradient is accumulated in the parameters' ``.grad`` and reduced
+to n dot products before the next domain starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tikmix.errors import ConfigError
+
+Batch = Mapping[str, torch.Tensor]
+BatchSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int, int]]
+
+HESSIANS = ("identity", "adam", "kfac")
+PARAM_SETS = ("all", "no_embeddings")
+PROJECTIONS = ("rademacher", "gaussian")
+FISHERS = ("sampled", "empirical")
+
+_PROJ_CHUNK_ELEMS = 1 << 22  # at most this many random entries (16 MiB in fp32) generated at once
+
+
+# --------------------------------------------------------------------------------------------------------
+# losses and gradients
+# --------------------------------------------------------------------------------------------------------
+def causal_lm_loss_sum(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    device: torch.device | None = None,
+    autocast: Callable[[], ContextManager] | None = None,
+    sample_generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, int, int]:
+    """Summed next-token loss of a batch ``{"input_ids", "labels"}`` (HF convention: labels unshifted,
+    -100 ignored). Returns (loss_sum, labelled tokens, input tokens).
+
+    With ``sample_generator``, the labels of the labelled positions are replaced by tokens sampled from the
+    model's own predictive distribution (the true-Fisher estimate KFAC uses).
+    """
+    dev = device if device is not None else next(model.parameters()).device
+    ids = batch["input_ids"].to(dev)
+    labels = batch.get("labels")
+    labels = ids if labels is None else labels.to(dev)
+    kwargs = {}
+    if "attention_mask" in batch:
+        kwargs["attention_mask"] = batch["attention_mask"].to(dev)
+    with (autocast() if autocast is not None else contextlib.nullcontext()):
+        out = model(input_ids=ids, use_cache=False, **kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    logits = logits[:, :-1].float()
+    tgt = labels[:, 1:]
+    mask = tgt != -100
+    flat = logits.reshape(-1, logits.shape[-1])
+    if sample_generator is not None:
+        with torch.no_grad():
+            probs = torch.softmax(flat.detach(), dim=-1)
+            sampled = torch.multinomial(probs, 1, generator=sample_generator).squeeze(1)
+        tgt = torch.where(mask.reshape(-1), sampled, torch.full_like(sampled, -100)).reshape(tgt.shape)
+    loss = F.cross_entropy(flat, tgt.reshape(-1), ignore_index=-100, reduction="sum")
+    return loss, int(mask.sum().item()), int(ids.numel())
+
+
+def select_parameters(model: nn.Module, which: str = "all") -> list[tuple[str, nn.Parameter]]:
+    """The trainable parameters influence is measured over: ``all`` or ``no_embeddings`` (drops every
+    ``nn.Embedding`` parameter, and with it a tied LM head, which is the same tensor)."""
+    if which not in PARAM_SETS:
+        raise ConfigError("mixer.params", f"expected one of {PARAM_SETS}, got {which!r}")
+    emb = {id(p) for mod in model.modules() if isinstance(mod, nn.Embedding) for p in mod.parameters(recurse=False)}
+    out = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not (which == "no_embeddings" and id(p) in emb)]
+    if not out:
+        raise ConfigError("mixer.params", f"no trainable parameters left with params={which!r}")
+    return out
+
+
+def _as_iterable(src: BatchSource) -> Iterable[Batch]:
+    return src() if callable(src) else src
+
+
+# --------------------------------------------------------------------------------------------------------
+# preconditioners
+# --------------------------------------------------------------------------------------------------------
+def _adam_groups(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
+    return {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+
+def _adam_diag(optimizer: torch.optim.Optimizer, p: nn.Parameter, group: dict | None) -> torch.Tensor | None:
+    st = optimizer.state.get(p, {})
+    if group is None or "exp_avg_sq" not in st:
+        return None
+    step = st.get("step", 0)
+    step = float(step.item() if torch.is_tensor(step) else step)
+    if step <= 0:
+        return None
+    v_hat = st["exp_avg_sq"].float() / (1.0 - group["betas"][1] ** step)
+    return 1.0 / (v_hat.sqrt() + group["eps"])
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter]) -> list[torch.Tensor | None]:
+    """Per parameter, the diagonal 1/(sqrt(v̂)+eps) of an Adam(W) optimiser (None = identity: no state yet).
+    (GroupInfluence computes these one parameter at a time instead, so no full-size copy is held.)"""
+    groups = _adam_groups(optimizer)
+    return [_adam_diag(optimizer, p, groups.get(id(p))) for p in params]
+
+
+def _damped_inverse(M: torch.Tensor, damping: float) -> torch.Tensor:
+    """(M + λ·mean_eig(M)·I)⁻¹ for a symmetric PSD M (λ absolute when M is 0)."""
+    M = 0.5 * (M + M.T)
+    evals, evecs = torch.linalg.eigh(M.double())
+    evals = evals.clamp_min(0.0)
+    mean = float(evals.mean())
+    lam = damping * mean if mean > 0 else damping
+    inv = (evecs / (evals + lam)) @ evecs.T
+    return inv.to(M.dtype)
+
+
+def kfac_precondition_matrix(grad: torch.Tensor, A_inv: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
+    """G⁻¹ ∇W A⁻¹ for ∇W of shape [out, in] (bias already folded in as the last input column)."""
+    return G_inv @ grad @ A_inv
+
+
+class KFAC:
+    """Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per ``nn.Linear``, collected with hooks (module doc)."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], damping: float = 1e-3, max_dim: int = 4096):
+        if not (damping > 0):
+            raise ConfigError("mixer.damping", f"must be > 0, got {damping}")
+        self.damping = float(damping)
+        self.max_dim = int(max_dim)
+        owners: dict[int, int] = {}
+        for mod in model.modules():
+            for p in mod.parameters(recurse=False):
+                owners[id(p)] = owners.get(id(p), 0) + 1
+        selected = {id(p) for p in params}
+        self.layers: dict[str, nn.Linear] = {}
+        self.skipped: dict[str, str] = {}
+        for name, mod in model.named_modules():
+            if not isinstance(mod, nn.Linear) or id(mod.weight) not in selected:
+                continue
+            din = mod.in_features + (1 if mod.bias is not None else 0)
+            if owners.get(id(mod.weight), 0) > 1:
+                self.skipped[name] = "weight shared with another module (tied)"
+            elif mod.bias is not None and id(mod.bias) not in selected:
+                self.skipped[name] = "bias not in the selected parameters"
+            elif max(din, mod.out_features) > self.max_dim:
+                self.skipped[name] = f"factor dimension {max(din, mod.out_features)} > kfac_max_dim {self.max_dim}"
+            else:
+                self.layers[name] = mod
+        self._A: dict[str, torch.Tensor] = {}
+        self._G: dict[str, torch.Tensor] = {}
+        self._nA: dict[str, int] = {}
+        self._nG: dict[str, int] = {}
+        self.A_inv: dict[str, torch.Tensor] = {}
+        self.G_inv: dict[str, torch.Tensor] = {}
+        self.tokens = 0
+        self.flops = 0.0
+
+    # hooks -----------------------------------------------------------------------------------------------
+    def _fwd_hook(self, name: str, mod: nn.Linear):
+        def hook(_m, inputs, output):
+            a = inputs[0].detach().reshape(-1, mod.in_features).float()
+            if mod.bias is not None:
+                a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+            self._A[name] = self._A.get(name, 0) + a.T @ a
+            self._nA[name] = self._nA.get(name, 0) + a.shape[0]
+            self.flops += 2.0 * a.shape[0] * a.shape[1] ** 2
+            if output.requires_grad:
+                def ghook(g):
+                    d = g.detach().reshape(-1, mod.out_features).float()
+                    self._G[name] = self._G.get(name, 0) + d.T @ d
+                    self._nG[name] = self._nG.get(name, 0) + d.shape[0]
+                    self.flops += 2.0 * d.shape[0] * d.shape[1] ** 2
+
+                output.register_hook(ghook)
+
+        return hook
+
+    def collect(self, model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn) -> None:
+        """Run forward/backward over ``batches`` (gradients of the summed loss) and form the damped inverses.
+        Parameter ``.grad`` is cleared afterwards."""
+        handles = [mod.register_forward_hook(self._fwd_hook(n, mod)) for n, mod in self.layers.items()]
+        try:
+            for batch in batches:
+                loss, _, n_in = loss_fn(model, batch)
+                self.tokens += n_in
+                loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
+        for p in model.parameters():
+            p.grad = None
+        for name in self.layers:
+            if name not in self._A or name not in self._G:
+                self.skipped[name] = "not reached by the KFAC sample"
+                continue
+            A = self._A.pop(name) / self._nA[name]
+            G = self._G.pop(name) / self._nG[name]
+            self.A_inv[name] = _damped_inverse(A, self.damping)
+            self.G_inv[name] = _damped_inverse(G, self.damping)
+            self.flops += 10.0 * (A.shape[0] ** 3 + G.shape[0] ** 3)  # eigendecompositions, roughly
+        for name in list(self.layers):
+            if name not in self.A_inv:
+                del self.layers[name]
+
+    def precondition_(self) -> None:
+        """Replace each covered layer's ``.grad`` by G⁻¹ ∇W A⁻¹ in place (bias folded in)."""
+        for name, mod in self.layers.items():
+            gw = mod.weight.grad
+            if gw is None:
+                continue
+            X = gw.float()
+            if mod.bias is not None:
+                gb = mod.bias.grad if mod.bias.grad is not None else torch.zeros_like(mod.bias)
+                X = torch.cat([X, gb.float()[:, None]], dim=1)
+            Y = kfac_precondition_matrix(X, self.A_inv[name], self.G_inv[name])
+            self.flops += 2.0 * (Y.shape[0] ** 2 * Y.shape[1] + Y.shape[0] * Y.shape[1] ** 2)
+            if mod.bias is not None:
+                mod.weight.grad = Y[:, :-1].to(gw.dtype).contiguous()
+                mod.bias.grad = Y[:, -1].to(gw.dtype).contiguous()
+            else:
+                mod.weight.grad = Y.to(gw.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------
+# random projection
+# --------------------------------------------------------------------------------------------------------
+class Projector:
+    """x ↦ R x / √k with R [k, N] i.i.d. ±1 (or N(0,1)), generated per parameter chunk from a seeded
+    generator: the same (seed, chunk) always gives the same block, so targets and domains share R."""
+
+    def __init__(self, dim: int, seed: int, kind: str = "rademacher", device: torch.device | str = "cpu"):
+        if kind not in PROJECTIONS:
+            raise ConfigError("mixer.projection_kind", f"expected one of {PROJECTIONS}, got {kind!r}")
+        if int(dim) < 1:
+            raise ConfigError("mixer.projection_dim", f"must be null or a positive integer, got {dim}")
+        self.k = int(dim)
+        self.seed = int(seed)
+        self.kind = kind
+        self.device = torch.device(device)
+        self.cols = max(1, _PROJ_CHUNK_ELEMS // self.k)
+        self.flops = 0.0
+
+    def _block(self, idx: int, ncols: int) -> torch.Tensor:
+        g = torch.Generator(device=self.device)
+        g.manual_seed((self.seed * 0x9E3779B97F4A7C15 + idx * 0x632BE59BD9B4E019 + 1) % (2**63 - 1))
+        if self.kind == "rademacher":
+            R = torch.randint(0, 2, (self.k, ncols), generator=g, device=self.device, dtype=torch.int8)
+            return R.float().mul_(2).sub_(1)
+        return torch.randn(self.k, ncols, generator=g, device=self.device)
+
+    def project(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Project the concatenation of ``tensors`` (flattened, in order) to k dims."""
+        out = torch.zeros(self.k, device=self.device, dtype=torch.float32)
+        idx = 0
+        for t in tensors:
+            flat = t.reshape(-1).float()
+            for s in range(0, flat.numel(), self.cols):
+                chunk = flat[s : s + self.cols]
+                out += self._block(idx, chunk.numel()) @ chunk
+                idx += 1
+            self.flops += 2.0 * self.k * flat.numel()
+        return out / math.sqrt(self.k)
+
+
+# --------------------------------------------------------------------------------------------------------
+# group influence
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class InfluenceResult:
+    S: np.ndarray  # [n_targets, n_domains], benefit convention (module doc)
+    targets: list[str]
+    domains: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {t: {d: float(self.S[i, j]) for j, d in enumerate(self.domains)} for i, t in enumerate(self.targets)}
+
+
+class GroupInfluence:
+    """Holds the n preconditioned target gradients of one model state and scores groups of data against them.
+
+    >>> gi = GroupInfluence(model, hessian="adam", optimizer=opt)
+    >>> gi.set_targets({"val": target_batches})
+    >>> s = gi.score(domain_batches)                  # [n] benefit of that group for each target
+    >>> S = gi.matrix({"a": batches_a, "b": batches_b})  # [n, m]
+    >>> gi.release()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        hessian: str = "identity",
+        optimizer: torch.optim.Optimizer | None = None,
+        kfac_batches: BatchSource | None = None,
+        params: str = "all",
+        projection_dim: int | None = None,
+        projection_seed: int = 0,
+        projection_kind: str = "rademacher",
+        damping: float = 1e-3,
+        kfac_max_dim: int = 4096,
+        kfac_fisher: str = "sampled",
+        kfac_seed: int = 0,
+        autocast: Callable[[], ContextManager] | None = None,
+        device: torch.device | str | None = None,
+        flops_per_token: float | None = None,
+        loss_fn: LossFn | None = None,
+    ):
+        if hessian not in HESSIANS:
+            raise ConfigError("mixer.hessian", f"expected one of {HESSIANS}, got {hessian!r}")
+        if kfac_fisher not in FISHERS:
+            raise ConfigError("mixer.kfac_fisher", f"expected one of {FISHERS}, got {kfac_fisher!r}")
+        self.model = model
+        self.hessian = hessian
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.autocast = autocast
+        self.named = select_parameters(model, params)
+        self.params = [p for _, p in self.named]
+        self.sizes = [p.numel() for p in self.params]
+        self.n_params = int(sum(self.sizes))
+        self.flops_per_token = float(flops_per_token) if flops_per_token else 6.0 * sum(p.numel() for p in model.parameters())
+        self._custom_loss = loss_fn
+        self.projector = (
+            Projector(projection_dim, projection_seed, projection_kind, self.device) if projection_dim is not None else None
+        )
+        self.targets: list[str] = []
+        self._T: torch.Tensor | None = None  # [n, N] or [n, k]: the held target gradients
+        self.tokens = {"targets": {}, "groups": 0, "kfac": 0}
+        self.flops = {"gradients": 0.0, "kfac": 0.0, "projection": 0.0, "dots": 0.0}
+        self.norms: dict[str, Any] = {"target_grad": {}, "target_precond": {}}
+        self.wall_s = 0.0
+        self._selected_ids = {id(p) for p in self.params}
+
+        self.optimizer = optimizer
+        self._adam_groups: dict[int, dict] = {}
+        self.kfac: KFAC | None = None
+        t0 = time.perf_counter()
+        if hessian == "adam":
+            if optimizer is None:
+                raise ConfigError("mixer.hessian", "hessian=adam needs the optimiser (its second moments)")
+            self._adam_groups = _adam_groups(optimizer)
+        elif hessian == "kfac":
+            if kfac_batches is None:
+                raise ConfigError("mixer.hessian", "hessian=kfac needs a training sample to estimate the factors")
+            self.kfac = KFAC(model, self.params, damping=damping, max_dim=kfac_max_dim)
+            gen = None
+            if kfac_fisher == "sampled":
+                gen = torch.Generator(device=self.device)
+                gen.manual_seed(int(kfac_seed))
+            with self._grad_scope():
+                self.kfac.collect(model, _as_iterable(kfac_batches), lambda m, b: self._loss(m, b, gen))
+            self.tokens["kfac"] = self.kfac.tokens
+            self.flops["kfac"] += self.kfac.tokens * self.flops_per_token + self.kfac.flops
+        self.wall_s += time.perf_counter() - t0
+
+    # internals ------------------------------------------------------------------------------------------
+    def _loss(self, model: nn.Module, batch: Batch, gen: torch.Generator | None = None):
+        if self._custom_loss is not None:
+            return self._custom_loss(model, batch)
+        return causal_lm_loss_sum(model, batch, device=self.device, autocast=self.autocast, sample_generator=gen)
+
+    @contextlib.contextmanager
+    def _grad_scope(self):
+        """Gradients enabled, only the selected parameters require grad (restored after), grads cleared."""
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            with torch.enable_grad():
+                for p, _ in flags:
+                    p.requires_grad_(id(p) in self._selected_ids)
+                    p.grad = None
+                yield
+        finally:
+            for p, f in flags:
+                p.requires_grad_(f)
+                p.grad = None
+
+    def _accumulate(self, batches: Iterable[Batch]) -> tuple[int, int, float]:
+        """Mean-token-loss gradient of ``batches`` into the selected params' ``.grad``. -> (labelled, inputs, loss)."""
+        for p in self.params:
+            p.grad = None
+        n_lab = n_in = 0
+        loss_total = 0.0
+        for batch in batches:
+            loss, nl, ni = self._loss(self.model, batch)
+            if nl == 0:
+                n_in += ni
+                continue
+            loss.backward()
+            n_lab += nl
+            n_in += ni
+            loss_total += float(loss.detach())
+        self.flops["gradients"] += n_in * self.flops_per_token
+        if n_lab == 0:
+            raise ValueError("a gradient sample has no labelled tokens (all labels are -100, or it is empty)")
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.div_(n_lab)
+        return n_lab, n_in, loss_total / n_lab
+
+    def _grad_norm(self) -> float:
+        return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.params)))
+
+    def _precondition_(self) -> None:
+        if self.hessian == "adam":
+            for p in self.params:
+                d = _adam_diag(self.optimizer, p, self._adam_groups.get(id(p)))
+                if d is not None:
+                    p.grad.mul_(d.to(p.grad.dtype))
+            self.flops["gradients"] += self.n_params
+        elif self.hessian == "kfac":
+            f0 = self.kfac.flops
+            self.kfac.precondition_()
+            self.flops["kfac"] += self.kfac.flops - f0
+
+    def _store_grads(self, row: torch.Tensor) -> None:
+        """Write the current gradient (projected, or flat) into ``row`` without a full-size temporary."""
+        if self.projector is not None:
+            f0 = self.projector.flops
+            row.copy_(self.projector.project([p.grad for p in self.params]))
+            self.flops["projection"] += self.projector.flops - f0
+            return
+        off = 0
+        for p, n in zip(self.params, self.sizes):
+            row[off : off + n].copy_(p.grad.reshape(-1))
+            off += n
+
+    # API ------------------------------------------------------------------------------------------------
+    def set_targets(self, targets: Mapping[str, BatchSource]) -> None:
+        """Compute, precondition (and project) and hold the gradient of each target set."""
+        t0 = time.perf_counter()
+        self.release()
+        names = list(targets)
+        if not names:
+            raise ConfigError("targets", "no target sets to measure influence against")
+        dim = self.projector.k if self.projector is not None else self.n_params
+        T = torch.empty(len(names), dim, device=self.device, dtype=torch.float32)
+        with self._grad_scope():
+            for i, name in enumerate(names):
+                n_lab, n_in, loss = self._accumulate(_as_iterable(targets[name]))
+                self.tokens["targets"][name] = {"labelled": n_lab, "inputs": n_in, "loss": loss}
+                self.norms["target_grad"][name] = self._grad_norm()
+                self._precondition_()
+                self.norms["target_precond"][name] = self._grad_norm()
+                self._store_grads(T[i])
+                for p in self.params:
+                    p.grad = None
+        self.targets = names
+        self._T = T
+        self.wall_s += time.perf_counter() - t0
+
+    def score(self, batches: BatchSource) -> tuple[np.ndarray, dict[str, Any]]:
+        """Benefit of one group (its mean-token gradient) for each held target: ([n], info)."""
+        if self._T is None:
+            raise RuntimeError("set_targets() first")
+        t0 = time.perf_counter()
+        with self._grad_scope():
+            n_lab, n_in, loss = self._accumulate(_as_iterable(batches))
+            norm = self._grad_norm()
+            if self.projector is not None:
+                f0 = self.projector.flops
+                s = self._T @ self.projector.project([p.grad for p in self.params])
+                self.flops["projection"] += self.projector.flops - f0
+            else:
+                s = torch.zeros(len(self.targets), device=self.device, dtype=torch.float32)
+                off = 0
+                for p, n in zip(self.params, self.sizes):
+                    s += self._T[:, off : off + n] @ p.grad.reshape(-1).float()
+                    off += n
+            self.flops["dots"] += 2.0 * self._T.numel()
+            out = s.double().cpu().numpy()
+        self.tokens["groups"] += n_in
+        self.wall_s += time.perf_counter() - t0
+        return out, {"labelled": n_lab, "inputs": n_in, "loss": loss, "grad_norm": norm}
+
+    def matrix(self, groups: Mapping[str, BatchSource]) -> InfluenceResult:
+        """S [n_targets, n_groups]; groups are streamed one at a time."""
+        cols, per = [], {}
+        f0, w0 = self.total_flops(), self.wall_s
+        for name, src in groups.items():
+            s, inf = self.score(src)
+            cols.append(s)
+            per[name] = inf
+        S = np.stack(cols, axis=1) if cols else np.zeros((len(self.targets), 0))
+        info = self.summary()
+        info["groups"] = per
+        info["matrix_flops"] = self.total_flops() - f0
+        info["matrix_wall_s"] = self.wall_s - w0
+        return InfluenceResult(S=S, targets=list(self.targets), domains=list(groups), info=info)
+
+    def total_flops(self) -> float:
+        return float(sum(self.flops.values()))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "hessian": self.hessian,
+            "n_params": self.n_params,
+            "projection_dim": self.projector.k if self.projector is not None else None,
+            "tokens": {"targets": dict(self.tokens["targets"]), "groups": self.tokens["groups"], "kfac": self.tokens["kfac"]},
+            "flops": self.total_flops(),
+            "flops_breakdown": dict(self.flops),
+            "wall_s": self.wall_s,
+            "norms": {k: dict(v) for k, v in self.norms.items()},
+            "kfac_skipped": dict(self.kfac.skipped) if self.kfac is not None else {},
+        }
+
+    def release(self) -> None:
+        self._T = None
+        self.targets = []
+
+
+def group_influence(
+    model: nn.Module,
+    targets: Mapping[str, BatchSource],
+    domains: Mapping[str, BatchSource],
+    **kwargs: Any,
+) -> InfluenceResult:
+    """S[v, d] = g_vᵀ H⁻¹ ḡ_d for every target v and domain d (benefit convention; see the module doc).
+    ``kwargs`` go to :class:`GroupInfluence` (hessian, optimizer, kfac_batches, params, projection_dim, ...)."""
+    gi = GroupInfluence(model, **kwargs)
+    try:
+        gi.set_targets(targets)
+        res = gi.matrix(domains)
+        res.info["wall_s"] = gi.wall_s
+        return res
+    finally:
+        gi.release()
+
+
+def gradient_alignment(
+    model: nn.Module,
+    targets: Mapping[str, BatchSource],
+    domains: Mapping[str, BatchSource],
+    **kwargs: Any,
+) -> InfluenceResult:
+    """DoGE/DGA alignment a[v, d] = ⟨∇L_d, ∇L_v⟩: group influence with the identity Hessian (same code path)."""
+    if kwargs.pop("hessian", "identity") != "identity":
+        raise ValueError("gradient_alignment is the identity-Hessian case; use group_influence for others")
+    return group_influence(model, targets, domains, hessian="identity", **kwargs)

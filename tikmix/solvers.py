@@ -1,0 +1,364 @@
+"""The numerical side of TiKMiX (methods.md, "TiKMiX-D" and "TiKMiX-M"): pure numpy/scipy, no torch.
+
+* :func:`tikmix_objective` — Eq. 9–10, lower is better.
+* :func:`tikmix_d_solve` — TiKMiX-D: SLSQP on the (capped) simplex with the Pareto constraint S·w ≥ S·w_prev.
+* :func:`latin_hypercube_candidates`, :func:`dirichlet_search`, :func:`fit_regressor` — TiKMiX-M.
+* :func:`epoch_caps`, :func:`project_capped_simplex` — the repetition cap the paper leaves out.
+
+S is the influence matrix [n_targets, m_domains] in the *benefit* convention of :mod:`tikmix.influence`
+(S_vd > 0: domain d helps target v).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+from scipy import optimize, stats
+from scipy.stats import qmc
+
+EPS_NORM = 1e-8  # Eq. 9's additive constant
+
+
+# --------------------------------------------------------------------------------------------------------
+# objective (Eq. 9-10)
+# --------------------------------------------------------------------------------------------------------
+def influence_scale(S: np.ndarray) -> np.ndarray:
+    """Eq. 9's per-target normaliser max_d S_vd + 1e-8.
+
+    Guard (our choice; the paper assumes some domain helps every target): where max_d S_vd ≤ 0 (every
+    domain hurts target v), dividing by it would flip the sign and reward *more* harm, so we divide by
+    max_d |S_vd| instead, which keeps P̂_v's sign equal to P_v's.
+    """
+    S = np.atleast_2d(np.asarray(S, dtype=np.float64))
+    mx = S.max(axis=1)
+    return np.where(mx > 0, mx, np.abs(S).max(axis=1)) + EPS_NORM
+
+
+def entropy(w: np.ndarray) -> np.ndarray | float:
+    """H(w) = −Σ w log w with 0 log 0 = 0 (last axis)."""
+    w = np.asarray(w, dtype=np.float64)
+    wl = np.where(w > 0, w * np.log(np.where(w > 0, w, 1.0)), 0.0)
+    return -wl.sum(axis=-1)
+
+
+def tikmix_objective_from_p(
+    P: np.ndarray, w: np.ndarray, scale: np.ndarray, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0
+) -> float | np.ndarray:
+    """Eq. 10 from an aggregate influence vector P [n] (or [k, n]) measured directly (TiKMiX-M's candidates):
+    α·std(P/scale) − β·Σ P/scale − γ·H(w). ``scale`` is :func:`influence_scale` of the domain matrix, so the
+    value is comparable with :func:`tikmix_objective` (the linear prediction)."""
+    Ph = np.asarray(P, dtype=np.float64) / np.asarray(scale, dtype=np.float64)
+    val = alpha * Ph.std(axis=-1) - beta * Ph.sum(axis=-1) - gamma * entropy(w)
+    return float(val) if np.ndim(val) == 0 else val
+
+
+def tikmix_objective(S: np.ndarray, w: np.ndarray, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> float | np.ndarray:
+    """Eq. 10: P = S·w, P̂_v = P_v/(max_d S_vd + 1e-8) (Eq. 9, guarded: :func:`influence_scale`),
+    value = α·std(P̂) − β·ΣP̂ − γ·H(w) (population std). Lower is better. ``w`` may be [m] or [k, m]."""
+    S = np.atleast_2d(np.asarray(S, dtype=np.float64))
+    w = np.asarray(w, dtype=np.float64)
+    return tikmix_objective_from_p(w @ S.T, w, influence_scale(S), alpha, beta, gamma)
+
+
+def _objective_and_grad(S: np.ndarray, scale: np.ndarray, alpha: float, beta: float, gamma: float):
+    Sn = S / scale[:, None]
+    n = Sn.shape[0]
+
+    def f(w):
+        return float(tikmix_objective_from_p(S @ w, w, scale, alpha, beta, gamma))
+
+    def jac(w):
+        Ph = Sn @ w
+        sd = Ph.std()
+        g = -beta * Sn.sum(axis=0)
+        if sd > 1e-12:
+            g = g + alpha * ((Ph - Ph.mean()) @ Sn) / (n * sd)
+        g = g + gamma * (np.log(np.clip(w, 1e-12, None)) + 1.0)
+        return g
+
+    return f, jac
+
+
+# --------------------------------------------------------------------------------------------------------
+# caps
+# --------------------------------------------------------------------------------------------------------
+def epoch_caps(train_tokens: np.ndarray, stage_tokens: float, max_epochs: float | None) -> np.ndarray:
+    """caps_d = min(1, max_epochs·tokens_d / stage_tokens): a stage may not repeat a domain more than
+    ``max_epochs`` times. ``max_epochs=None`` (or stage_tokens ≤ 0) = no cap."""
+    t = np.asarray(train_tokens, dtype=np.float64)
+    if max_epochs is None or stage_tokens <= 0:
+        return np.ones_like(t)
+    return np.minimum(1.0, float(max_epochs) * t / float(stage_tokens))
+
+
+def project_capped_simplex(v: np.ndarray, caps: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean projection of v (or each row of v) onto {w: Σw = 1, 0 ≤ w ≤ caps} (needs Σcaps ≥ 1)."""
+    v = np.asarray(v, dtype=np.float64)
+    if v.ndim == 2:
+        return np.stack([project_capped_simplex(r, caps) for r in v])
+    caps = np.ones_like(v) if caps is None else np.asarray(caps, dtype=np.float64)
+    if caps.sum() < 1 - 1e-12:
+        raise ValueError(f"caps sum to {caps.sum():.6g} < 1: no mixture satisfies them")
+    lo, hi = float(v.min() - caps.max() - 1.0), float(v.max())
+    for _ in range(200):  # Σ clip(v − τ, 0, caps) is non-increasing in τ
+        tau = 0.5 * (lo + hi)
+        if np.clip(v - tau, 0.0, caps).sum() > 1.0:
+            lo = tau
+        else:
+            hi = tau
+    w = np.clip(v - 0.5 * (lo + hi), 0.0, caps)
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------------------------------------
+# TiKMiX-D
+# --------------------------------------------------------------------------------------------------------
+def tikmix_d_solve(
+    S: np.ndarray,
+    w_prev: np.ndarray,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    caps: np.ndarray | None = None,
+    init: str = "uniform",
+    tol: float = 1e-6,
+    maxiter: int = 200,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Minimise Eq. 10 over {Σw = 1, 0 ≤ w ≤ caps, S·w ≥ S·w_prev} with SLSQP (initialised uniform, projected
+    onto the caps). Always returns a feasible w: when SLSQP fails, ends infeasible, or ends worse than w_prev,
+    the answer is w_prev (feasible by construction), and ``info["status"]`` says why.
+
+    Constraints are checked on the normalised scale P̂ (Eq. 9), with tolerance ``tol``.
+    """
+    S = np.atleast_2d(np.asarray(S, dtype=np.float64))
+    n, m = S.shape
+    w_prev = np.asarray(w_prev, dtype=np.float64)
+    if w_prev.shape != (m,):
+        raise ValueError(f"w_prev has shape {w_prev.shape}, S has {m} domains")
+    if not np.all(np.isfinite(S)):
+        raise ValueError("influence matrix has non-finite entries")
+    caps = np.ones(m) if caps is None else np.clip(np.asarray(caps, dtype=np.float64), 0.0, 1.0)
+    info: dict[str, Any] = {"caps": caps.tolist(), "caps_relaxed": False, "w_prev_clipped": False, "init": init}
+    if caps.sum() < 1.0:
+        # No mixture can respect the caps: the least-repeating one is w ∝ caps (the natural distribution).
+        info["caps_relaxed"] = True
+        info["caps_message"] = f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
+        caps = caps / caps.sum() if caps.sum() > 0 else np.ones(m)
+    w_prev = np.clip(w_prev, 0.0, None)
+    w_prev = w_prev / w_prev.sum()
+    if np.any(w_prev > caps + 1e-12):
+        info["w_prev_clipped"] = True
+        info["w_prev_original"] = w_prev.tolist()
+        w_prev = project_capped_simplex(w_prev, caps)
+    scale = influence_scale(S)
+    Sn = S / scale[:, None]
+    f, jac = _objective_and_grad(S, scale, alpha, beta, gamma)
+    ref = Sn @ w_prev
+
+    def slacks(w):
+        return {
+            "sum": float(w.sum() - 1.0),
+            "nonneg_min": float(w.min()),
+            "caps_min": float((caps - w).min()),
+            "pareto_min": float((Sn @ w - ref).min()),
+            "pareto": (S @ w - S @ w_prev).tolist(),  # raw influence units
+        }
+
+    def feasible(w):
+        sl = slacks(w)
+        return abs(sl["sum"]) <= tol and sl["nonneg_min"] >= -tol and sl["caps_min"] >= -tol and sl["pareto_min"] >= -tol
+
+    obj_prev = f(w_prev)
+    info["objective_prev"] = obj_prev
+    if m == 1:
+        info.update(status="trivial", message="one domain", iterations=0, objective=obj_prev, slacks=slacks(w_prev))
+        return w_prev, info
+
+    if init == "uniform":
+        x0 = project_capped_simplex(np.full(m, 1.0 / m), caps)
+    elif init == "prev":
+        x0 = w_prev.copy()
+    else:
+        raise ValueError(f"init must be 'uniform' or 'prev', got {init!r}")
+    cons = [
+        {"type": "eq", "fun": lambda w: np.array([w.sum() - 1.0]), "jac": lambda w: np.ones((1, m))},
+        {"type": "ineq", "fun": lambda w: Sn @ w - ref, "jac": lambda w: Sn},
+    ]
+    bounds = list(zip(np.zeros(m), caps))
+    attempts = []
+    best = None
+    for start_name, start in (("init", x0), ("w_prev", w_prev)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = optimize.minimize(
+                    f, start, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
+                    options={"maxiter": maxiter, "ftol": 1e-10},
+                )
+            w = np.clip(res.x, 0.0, caps)
+            if w.sum() > 0:
+                w = w / w.sum()
+            ok = bool(np.all(np.isfinite(w))) and feasible(w)
+            val = f(w) if ok else float("inf")
+            attempts.append({"start": start_name, "success": bool(res.success), "message": str(res.message),
+                             "iterations": int(res.nit), "feasible": ok, "objective": val})
+            if ok and val <= obj_prev + 1e-9 and (best is None or val < best[1]):
+                best = (w, val, res)
+        except Exception as e:  # a numerical failure must never stop training: fall back to w_prev
+            attempts.append({"start": start_name, "success": False, "message": f"{type(e).__name__}: {e}",
+                             "iterations": 0, "feasible": False, "objective": float("inf")})
+        if best is not None and start_name == "init":
+            break
+    info["attempts"] = attempts
+    if best is None:
+        info.update(status="fallback_prev", iterations=sum(a["iterations"] for a in attempts),
+                    message="SLSQP found no feasible point at least as good as w_prev; keeping w_prev: "
+                    + "; ".join(f"{a['start']}: {a['message']}" for a in attempts),
+                    objective=obj_prev, slacks=slacks(w_prev))
+        return w_prev, info
+    w, val, res = best
+    info.update(status="ok", message=str(res.message), iterations=int(res.nit), objective=val, slacks=slacks(w))
+    return w, info
+
+
+# --------------------------------------------------------------------------------------------------------
+# TiKMiX-M
+# --------------------------------------------------------------------------------------------------------
+def latin_hypercube_candidates(
+    prior: np.ndarray,
+    n: int,
+    low: float = 0.5,
+    high: float = 2.0,
+    seed: int | None = None,
+    max_draws: int | None = None,
+    return_info: bool = False,
+) -> np.ndarray | tuple[np.ndarray, dict]:
+    """N mixtures around ``prior``: LHS over the box Π_d [low·w_d, high·w_d] (clipped to [0, 1]), each
+    point renormalised to the simplex, points that leave their box after renormalising rejected. Draws LHS
+    batches of n until n points are accepted or ``max_draws`` points (default 1000·n) were tried; if fewer
+    were accepted, warns and returns those (``return_info`` gives the counts)."""
+    prior = np.asarray(prior, dtype=np.float64)
+    m = prior.size
+    if not (0 < low <= 1 <= high):
+        raise ValueError(f"need 0 < low <= 1 <= high, got low={low}, high={high}")
+    lo = np.clip(low * prior, 0.0, 1.0)
+    hi = np.clip(high * prior, 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    engine = qmc.LatinHypercube(d=m, rng=rng)
+    max_draws = 1000 * n if max_draws is None else max_draws
+    acc: list[np.ndarray] = []
+    drawn = 0
+    while len(acc) < n and drawn < max_draws:
+        k = min(n, max_draws - drawn)
+        X = lo + engine.random(k) * (hi - lo)
+        drawn += k
+        s = X.sum(axis=1, keepdims=True)
+        X = X[s[:, 0] > 0] / s[s[:, 0] > 0]
+        inside = np.all((X >= lo - 1e-12) & (X <= hi + 1e-12), axis=1)
+        acc.extend(X[inside])
+    out = np.array(acc[:n]).reshape(-1, m)
+    info = {"requested": n, "accepted": len(out), "drawn": drawn}
+    if len(out) < n:
+        warnings.warn(f"latin_hypercube_candidates: only {len(out)} of {n} points stayed in their intervals "
+                      f"after {drawn} draws", RuntimeWarning)
+    return (out, info) if return_info else out
+
+
+def dirichlet_search(
+    predict: Callable[[np.ndarray], np.ndarray],
+    w_init: np.ndarray,
+    T: int = 5,
+    conc_start: float = 10.0,
+    conc_end: float = 1000.0,
+    n_samples: int = 10000,
+    top_k: int = 10,
+    seed: int | None = None,
+    floor: float = 1e-4,
+    project: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, list[dict]]:
+    """Paper Algorithm 1. ``predict(W[k, m]) -> [k]`` returns the predicted objective, LOWER IS BETTER.
+
+    For t = 1..T with concentration c_t log-spaced from ``conc_start`` (broad) to ``conc_end`` (narrow):
+    sample ``n_samples`` points ~ Dir(c_t · max(w_best, floor)) (the floor keeps zero weights samplable),
+    optionally map them through ``project`` (e.g. onto the caps), score them, w_best = mean of the
+    ``top_k`` lowest. Returns (w_best, trace of one dict per round)."""
+    rng = np.random.default_rng(seed)
+    w = np.asarray(w_init, dtype=np.float64)
+    w = w / w.sum()
+    trace = [{"round": 0, "concentration": None, "pred_w_best": float(np.asarray(predict(w[None]))[0])}]
+    for t, c in enumerate(np.geomspace(conc_start, conc_end, T), start=1):
+        a = c * np.maximum(w, floor)
+        X = rng.dirichlet(a, size=n_samples)
+        X = X[np.all(np.isfinite(X), axis=1)]
+        if project is not None:
+            X = project(X)
+        y = np.asarray(predict(X), dtype=np.float64)
+        idx = np.argsort(y, kind="stable")[:top_k]
+        w = X[idx].mean(axis=0)
+        w = w / w.sum()
+        trace.append({"round": t, "concentration": float(c), "pred_top_k_mean": float(y[idx].mean()),
+                      "pred_best_sample": float(y[idx[0]]), "pred_w_best": float(np.asarray(predict(w[None]))[0])})
+    return w, trace
+
+
+def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
+    ss = float(((y - y.mean()) ** 2).sum())
+    return float("nan") if ss == 0 else 1.0 - float(((y - yhat) ** 2).sum()) / ss
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def fit_regressor(
+    X: np.ndarray,
+    y: np.ndarray,
+    seed: int = 0,
+    n_estimators: int = 200,
+    learning_rate: float = 0.05,
+    num_leaves: int = 15,
+    min_child_samples: int = 3,
+    n_folds: int = 5,
+    S: np.ndarray | None = None,
+    objective_kwargs: dict | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """LightGBM w → y on small data (deterministic, one thread). Held-out fit by K-fold (K = min(n_folds, n)):
+    R² and Spearman ρ of the out-of-fold predictions. With ``S``, also the *linear* prediction
+    tikmix_objective(S, w) against the measured y (R², ρ): does the tree earn its cost? The returned model is
+    refit on all data."""
+    import lightgbm as lgb
+
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"X must be [k, m] and y [k]; got {X.shape} and {y.shape}")
+    params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
+                  min_child_samples=min_child_samples, min_child_weight=1e-5, min_data_in_bin=1,
+                  subsample=1.0, colsample_bytree=1.0, reg_lambda=0.0, deterministic=True, force_col_wise=True,
+                  num_threads=1, verbose=-1, random_state=seed)
+
+    def make():
+        return lgb.LGBMRegressor(**params)
+
+    k = len(y)
+    info: dict[str, Any] = {"n": k, "params": {kk: v for kk, v in params.items()}}
+    folds = min(n_folds, k)
+    if folds >= 2 and k >= 4:
+        perm = np.random.default_rng(seed).permutation(k)
+        oof = np.empty(k)
+        for f in range(folds):
+            te = perm[f::folds]
+            tr = np.setdiff1d(perm, te)
+            oof[te] = make().fit(X[tr], y[tr]).predict(X[te])
+        info.update(folds=folds, r2_holdout=_r2(y, oof), spearman_holdout=_spearman(y, oof))
+    else:
+        info.update(folds=0, r2_holdout=float("nan"), spearman_holdout=float("nan"))
+    model = make().fit(X, y)
+    info["r2_train"] = _r2(y, model.predict(X))
+    if S is not None:
+        lin = np.asarray(tikmix_objective(S, X, **(objective_kwargs or {})), dtype=np.float64)
+        info.update(r2_linear=_r2(y, lin), spearman_linear=_spearman(y, lin))
+    return model, info
