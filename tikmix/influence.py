@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tikmix.errors import ConfigError
+from tikmix.errors import ConfigError, DataError
 
 Batch = Mapping[str, torch.Tensor]
 BatchSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
@@ -442,7 +442,7 @@ class GroupInfluence:
             loss_total += float(loss.detach())
         self.flops["gradients"] += n_in * self.flops_per_token
         if n_lab == 0:
-            raise ValueError("a gradient sample has no labelled tokens (all labels are -100, or it is empty)")
+            raise DataError("a gradient sample has no labelled tokens (all labels are -100, or it is empty)")
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -489,7 +489,10 @@ class GroupInfluence:
         T = torch.empty(len(names), dim, device=self.device, dtype=torch.float32)
         with self._grad_scope():
             for i, name in enumerate(names):
-                n_lab, n_in, loss = self._accumulate(_as_iterable(targets[name]))
+                try:
+                    n_lab, n_in, loss = self._accumulate(_as_iterable(targets[name]))
+                except DataError as e:
+                    raise DataError(f"target {name!r}: {e}") from None
                 self.tokens["targets"][name] = {"labelled": n_lab, "inputs": n_in, "loss": loss}
                 self.norms["target_grad"][name] = self._grad_norm()
                 self._precondition_()
@@ -530,7 +533,10 @@ class GroupInfluence:
         cols, per = [], {}
         f0, w0 = self.total_flops(), self.wall_s
         for name, src in groups.items():
-            s, inf = self.score(src)
+            try:
+                s, inf = self.score(src)
+            except DataError as e:
+                raise DataError(f"group {name!r}: {e}") from None
             cols.append(s)
             per[name] = inf
         S = np.stack(cols, axis=1) if cols else np.zeros((len(self.targets), 0))
@@ -555,6 +561,11 @@ class GroupInfluence:
             "norms": {k: dict(v) for k, v in self.norms.items()},
             "kfac_skipped": dict(self.kfac.skipped) if self.kfac is not None else {},
         }
+
+    @property
+    def held_targets(self) -> torch.Tensor | None:
+        """The held target vectors [n, N] (preconditioned; flat in parameter order) or [n, k] (projected)."""
+        return self._T
 
     def release(self) -> None:
         self._T = None

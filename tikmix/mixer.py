@@ -71,6 +71,8 @@ class MixerContext:
     # set by the trainer: launch a sub-run (proxy/reference model) through the same trainer, charged to
     # the mixer. Signature: run_subrun(overrides: dict, name: str) -> dict (the sub-run's results).
     run_subrun: Callable[..., dict] | None = None
+    # set by the trainer: charge(flops, what) adds mixer overhead to the compute ledger as mixer/<what>
+    charge: Callable[[float, str], None] | None = None
 
 
 @dataclass
@@ -81,6 +83,9 @@ class DomainStats:
     counts: np.ndarray  # sequences per domain in this step's batch
     loss: np.ndarray  # mean token loss per domain in this batch (nan where the domain had no sequence)
     tokens: np.ndarray  # tokens per domain in this batch
+    windows: np.ndarray | None = None  # the batch itself: [B, seq_len+1] token windows (int64)
+    row_domains: np.ndarray | None = None  # domain index of each row [B]
+    token_loss: Any = None  # detached per-token training loss [B, seq_len] (torch tensor, on the device)
 
 
 class Probe:
@@ -93,6 +98,7 @@ class Probe:
     * ``mixture_batches(weights, n_tokens)``: batches sampled with a mixture, with their domain ids.
     * ``targets``: dict name -> list of (input_ids [b, T], loss_mask [b, T]) batches.
     * ``val_losses()``: per-domain validation loss.
+    * ``target_losses()``: mean loss on each target set (the supervised tokens).
     * ``charge(flops, what)``: add mixer overhead to the compute ledger.
     """
 
@@ -137,6 +143,13 @@ class Mixer:
 
     def observe(self, stats: DomainStats) -> None:
         """Per-step feedback from the training batch."""
+
+    def loss_weights(self, step: int) -> np.ndarray | None:
+        """Per-domain weights of the training objective, or None for the plain token mean.
+
+        When given (DoReMi's proxy), the step's loss is sum_d a_d * (mean token loss of domain d in the batch).
+        """
+        return None
 
     def probe_steps(self) -> list[int]:
         """Steps (before which) the mixer wants ``on_probe`` called."""

@@ -80,11 +80,13 @@ def _print_summary(res: dict) -> None:
           f"wall {res['wall_time_s']:.1f}s; results: {res['run_dir']}/results.json")
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig, quiet: bool = False) -> dict:
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir).resolve()
     results_path = run_dir / "results.json"
     if results_path.exists():
+        if quiet:
+            return json.loads(results_path.read_text())
         print(f"[tikmix] {run_dir} already holds a finished run (results.json); nothing to do. "
               f"Use another hydra.run.dir to train again.")
         return json.loads(results_path.read_text())
@@ -118,6 +120,9 @@ def run(cfg: DictConfig) -> dict:
         seq_len=seq_len, seed=seed, stage_steps=stage_steps,
         human_weights=dict(cfg.data.human_weights) if cfg.data.get("human_weights") else None, run_dir=str(run_dir),
     )
+    ledger = Ledger()
+    ctx.run_subrun = make_subrun(cfg, ledger)
+    ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
     mixer = build_mixer(cfg.mixer, domains, ctx)
     targets = build_targets(cfg, shards, domains, seq_len)
 
@@ -135,7 +140,6 @@ def run(cfg: DictConfig) -> dict:
                 f"re-run with the same overrides to resume, or choose another hydra.run.dir"
             )
 
-    ledger = Ledger()
     run_dir.mkdir(parents=True, exist_ok=True)
     if ckpt is None:
         tmp = run_dir / ".config.yaml.tmp"
@@ -162,6 +166,7 @@ def run(cfg: DictConfig) -> dict:
 
         test_tokens = int(cfg.trainer.test_tokens)
         test_loss = {d: trainer.eval_loss(eval_windows(shards.tokens(d, "test"), seq_len, test_tokens)) for d in domains}
+        target_loss = {name: trainer.target_loss(batches) for name, batches in targets.items()}
         final_w = mixer.weights(total_steps)
         val_loss = state.val_history[-1]["val_loss"] if state.val_history else trainer.val_losses()
         if cfg.trainer.save_final_model:
@@ -181,6 +186,8 @@ def run(cfg: DictConfig) -> dict:
             "val_history": state.val_history,
             "test_loss": test_loss,
             "test_ppl": {d: float(np.exp(v)) for d, v in test_loss.items()},
+            "target_loss": target_loss,
+            "target_loss_mean": float(np.mean(list(target_loss.values()))) if target_loss else None,
             "tokens_seen": {d: int(x) for d, x in zip(domains, state.tokens_seen)},
             "train_tokens": train_tokens,
             "epochs": {d: float(x) / train_tokens[d] for d, x in zip(domains, state.tokens_seen)},
@@ -199,10 +206,46 @@ def run(cfg: DictConfig) -> dict:
                         "compute/mixer_flops": ledger.mixer_total})
         logger.table("final/per_domain", ["domain", "weight", "tokens", "epochs", "val_loss", "test_ppl"],
                      [[d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]] for d in domains])
-        _print_summary(res)
+        if not quiet:
+            _print_summary(res)
         return res
     finally:
         logger.finish()
+
+
+def make_subrun(parent: DictConfig, ledger: Ledger):
+    """A function mixers call to train a proxy/reference model through this same trainer.
+
+    ``run_subrun(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
+    fixed mixture, a proxy model, a smaller budget) over the parent config, runs it to the end with no
+    external logger and no final-model export, and charges all its compute (training and evaluation) to
+    the parent's ledger as ``mixer/<charge_as>``. Sub-runs live in ``<data.cache_dir>/subruns/<fingerprint>``:
+    a finished sub-run with the same config is reused, not retrained (its compute is still charged: it
+    was spent on this mixture search), and an unfinished one resumes from its checkpoint.
+    """
+
+    def run_subrun(overrides: dict, name: str = "subrun", charge_as: str = "subruns") -> dict:
+        base = OmegaConf.to_container(parent, resolve=True)
+        base.pop("run_dir", None)
+        overrides = dict(overrides or {})
+        if "mixer" in overrides:  # a sub-run's mixer replaces the parent's whole (no leftover keys)
+            base["mixer"] = overrides.pop("mixer")
+        cfg = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(overrides or {}))
+        cfg.logger = {"name": "none"}
+        cfg.trainer.progress = False
+        cfg.trainer.save_final_model = False
+        cfg.run_dir = "."
+        key = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
+        cfg.run_dir = str(root / f"{name}-{key}")
+        reused = (Path(cfg.run_dir) / "results.json").exists()
+        res = run(cfg, quiet=True)
+        c = res["compute"]
+        ledger.charge_mixer(charge_as, c.get("total", 0.0))
+        res["reused"] = reused
+        return res
+
+    return run_subrun
 
 
 def _save_hf(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:

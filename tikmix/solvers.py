@@ -93,22 +93,24 @@ def epoch_caps(train_tokens: np.ndarray, stage_tokens: float, max_epochs: float 
 
 
 def project_capped_simplex(v: np.ndarray, caps: np.ndarray | None = None) -> np.ndarray:
-    """Euclidean projection of v (or each row of v) onto {w: Σw = 1, 0 ≤ w ≤ caps} (needs Σcaps ≥ 1)."""
+    """Euclidean projection of v [m] (or each row of v [k, m]) onto {w: Σw = 1, 0 ≤ w ≤ caps}
+    (needs Σcaps ≥ 1). Bisection on the shift τ in w = clip(v − τ, 0, caps), vectorised over rows."""
     v = np.asarray(v, dtype=np.float64)
-    if v.ndim == 2:
-        return np.stack([project_capped_simplex(r, caps) for r in v])
-    caps = np.ones_like(v) if caps is None else np.asarray(caps, dtype=np.float64)
+    one = v.ndim == 1
+    V = np.atleast_2d(v)
+    caps = np.ones(V.shape[1]) if caps is None else np.asarray(caps, dtype=np.float64)
     if caps.sum() < 1 - 1e-12:
         raise ValueError(f"caps sum to {caps.sum():.6g} < 1: no mixture satisfies them")
-    lo, hi = float(v.min() - caps.max() - 1.0), float(v.max())
-    for _ in range(200):  # Σ clip(v − τ, 0, caps) is non-increasing in τ
+    lo = V.min(axis=1) - caps.max() - 1.0
+    hi = V.max(axis=1)
+    for _ in range(100):  # Σ clip(v − τ, 0, caps) is non-increasing in τ
         tau = 0.5 * (lo + hi)
-        if np.clip(v - tau, 0.0, caps).sum() > 1.0:
-            lo = tau
-        else:
-            hi = tau
-    w = np.clip(v - 0.5 * (lo + hi), 0.0, caps)
-    return w / w.sum()
+        big = np.clip(V - tau[:, None], 0.0, caps).sum(axis=1) > 1.0
+        lo = np.where(big, tau, lo)
+        hi = np.where(big, hi, tau)
+    W = np.clip(V - 0.5 * (lo + hi)[:, None], 0.0, caps)
+    W = W / W.sum(axis=1, keepdims=True)
+    return W[0] if one else W
 
 
 # --------------------------------------------------------------------------------------------------------

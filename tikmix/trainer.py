@@ -172,6 +172,25 @@ class Trainer:
     def val_losses(self) -> dict[str, float]:
         return {d: self.eval_loss(w) for d, w in self.val_windows.items()}
 
+    @torch.no_grad()
+    def target_loss(self, batches: list[dict]) -> float:
+        """Mean loss over the supervised tokens (labels != -100) of a target set, HF label convention."""
+        was = self.model.training
+        self.model.eval()
+        total, n = 0.0, 0
+        for bt in batches:
+            x = bt["input_ids"].to(self.device)
+            y = bt["labels"].to(self.device)
+            with self.autocast():
+                logits = self.model(input_ids=x).logits
+            lg, lb = logits[:, :-1].float(), y[:, 1:]
+            tl = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="sum")
+            total += float(tl)
+            n += int((lb != -100).sum())
+            self.ledger.add("eval", self.flops_per_token / 3.0 * x.numel())
+        self.model.train(was)
+        return total / max(1, n)
+
     # --- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         s = self.state
@@ -222,14 +241,24 @@ class Trainer:
         tokens_t = torch.from_numpy(tokens).to(self.device)
         dom_t = torch.from_numpy(dom).to(self.device)
         B, T = self.batch_size, self.seq_len
-        seq_loss = torch.empty(B, device=self.device)
+        counts = np.bincount(dom, minlength=self.m)
+        lw = self.mixer.loss_weights(step)
+        if lw is None:
+            row_scale = None  # plain mean over every token of the batch
+        else:  # sum_d a_d * mean loss of domain d: each row of domain d weighs a_d / (count_d * T)
+            per_dom = np.asarray(lw, dtype=np.float64) / np.maximum(counts, 1) / T
+            row_scale = torch.from_numpy(per_dom[dom]).to(self.device, torch.float32)
+        token_loss = torch.empty(B, T, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
         for i in range(0, B, self.micro_batch):
             tl = self.token_losses(tokens_t[i : i + self.micro_batch])
-            (tl.sum() / (B * T)).backward()
-            seq_loss[i : i + self.micro_batch] = tl.detach().mean(1)
+            if row_scale is None:
+                (tl.sum() / (B * T)).backward()
+            else:
+                (tl.sum(1) * row_scale[i : i + self.micro_batch]).sum().backward()
+            token_loss[i : i + self.micro_batch] = tl.detach()
+        seq_loss = token_loss.mean(1)
         loss_sum = torch.zeros(self.m, device=self.device).index_add_(0, dom_t, seq_loss)
-        counts = np.bincount(dom, minlength=self.m)
         dom_loss = loss_sum.cpu().numpy() / np.maximum(counts, 1)
         total = float(seq_loss.mean())
         if not math.isfinite(total):
@@ -246,7 +275,8 @@ class Trainer:
         self.scheduler.step()
         dom_loss[counts == 0] = np.nan
         self.ledger.add("train", self.flops_per_token * B * T)
-        return total, DomainStats(step=step, counts=counts, loss=dom_loss, tokens=counts * T)
+        return total, DomainStats(step=step, counts=counts, loss=dom_loss, tokens=counts * T, windows=tokens,
+                                  row_domains=dom, token_loss=token_loss)
 
     def probe(self, step: int) -> "TrainerProbe":
         nxt = [s for s in self.stage_steps if s > step]
@@ -351,6 +381,9 @@ class TrainerProbe(Probe):
 
     def val_losses(self) -> dict[str, float]:
         return self.tr.val_losses()
+
+    def target_losses(self) -> dict[str, float]:
+        return {name: self.tr.target_loss(b) for name, b in self.targets.items()}
 
     def charge(self, flops: float, what: str) -> None:
         self.tr.ledger.charge_mixer(what, flops)

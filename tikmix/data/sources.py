@@ -15,6 +15,7 @@ loaded whole, and memory does not grow with the corpus.
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import importlib
@@ -79,7 +80,7 @@ def _plain(value: Any) -> Any:
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
+    out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(out.get(k), dict) and isinstance(v, Mapping):
             out[k] = _merge(out[k], v)

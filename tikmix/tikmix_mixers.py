@@ -1,0 +1,307 @@
+"""TiKMiX-D and TiKMiX-M as Mixers (methods.md, "TiKMiX-D", "TiKMiX-M", "Schedule").
+
+At each stage boundary (``ctx.stage_steps``) the trainer hands the mixer a probe of the current model:
+
+* TiKMiX-D measures the Group Influence matrix S [targets × domains] (:mod:`tikmix.influence`) and solves
+  Eq. 10 with SLSQP under Σw = 1, 0 ≤ w ≤ caps, S·w ≥ S·w_prev (:func:`tikmix.solvers.tikmix_d_solve`).
+* TiKMiX-M starts from TiKMiX-D's answer w_D, measures N Latin-Hypercube candidate mixtures around it (the
+  influence of a sample actually drawn with each mixture), fits LightGBM w → objective, searches it with
+  the paper's Dirichlet procedure (Algorithm 1) and projects the result onto the caps.
+
+All randomness (projection, KFAC label sampling, LHS, Dirichlet search, LightGBM) is derived from
+(seed, step), so a resumed run re-derives it: the state is the mixture and the history.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from tikmix.errors import ConfigError, DataError
+from tikmix.influence import FISHERS, HESSIANS, PARAM_SETS, PROJECTIONS, GroupInfluence
+from tikmix.mixer import Mixer, MixerContext, register
+from tikmix.solvers import (
+    dirichlet_search,
+    epoch_caps,
+    fit_regressor,
+    influence_scale,
+    latin_hypercube_candidates,
+    project_capped_simplex,
+    tikmix_d_solve,
+    tikmix_objective,
+    tikmix_objective_from_p,
+)
+
+# key -> default. Documented in conf/mixer/tikmix_d.yaml / tikmix_m.yaml.
+D_KEYS: dict[str, Any] = {
+    "name": "tikmix_d",
+    "first_stage": "natural",
+    "alpha": 1.0,
+    "beta": 1.0,
+    "gamma": 1.0,
+    "hessian": "identity",
+    "damping": 1e-3,
+    "kfac_tokens": 4096,
+    "kfac_max_dim": 4096,
+    "kfac_fisher": "sampled",
+    "projection_dim": None,
+    "projection_kind": "rademacher",
+    "params": "all",
+    "tokens_per_domain": 2048,
+    "targets_tokens": 2048,
+    "max_epochs": 4.0,
+    "pareto_tol": 1e-6,
+    "solver_maxiter": 200,
+    "seed": None,
+}
+M_KEYS: dict[str, Any] = {
+    **D_KEYS,
+    "name": "tikmix_m",
+    "n_candidates": 32,
+    "candidate_tokens": 1024,
+    "lhs_low": 0.5,
+    "lhs_high": 2.0,
+    "search_rounds": 5,
+    "conc_start": 10.0,
+    "conc_end": 1000.0,
+    "search_samples": 10000,
+    "top_k": 10,
+    "n_estimators": 200,
+    "learning_rate": 0.05,
+    "num_leaves": 15,
+    "min_child_samples": 3,
+    "cv_folds": 5,
+}
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    return x
+
+
+def _take_tokens(batches: list[dict], n_tokens: int | None) -> list[dict]:
+    """The leading batches of a target set until ``n_tokens`` input tokens (compute, not labelled tokens)."""
+    if n_tokens is None:
+        return list(batches)
+    out, seen = [], 0
+    for b in batches:
+        if seen >= n_tokens:
+            break
+        out.append(b)
+        seen += int(b["input_ids"].numel())
+    return out
+
+
+class _Cfg:
+    """Validated mixer config (attribute access)."""
+
+    def __init__(self, cfg: Mapping[str, Any], keys: dict[str, Any]):
+        raw = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
+        unknown = sorted(set(raw) - set(keys))
+        if unknown:
+            raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer {keys['name']!r}; known keys: {', '.join(sorted(keys))}")
+        vals = {k: raw.get(k, d) for k, d in keys.items()}
+        self.__dict__.update(vals)
+        self._check()
+
+    def _check(self) -> None:
+        def need(cond: bool, key: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"mixer.{key}", msg)
+
+        need(self.first_stage in ("natural", "uniform"), "first_stage", f"natural | uniform, got {self.first_stage!r}")
+        need(self.hessian in HESSIANS, "hessian", f"one of {HESSIANS}, got {self.hessian!r}")
+        need(self.params in PARAM_SETS, "params", f"one of {PARAM_SETS}, got {self.params!r}")
+        need(self.projection_kind in PROJECTIONS, "projection_kind", f"one of {PROJECTIONS}, got {self.projection_kind!r}")
+        need(self.kfac_fisher in FISHERS, "kfac_fisher", f"one of {FISHERS}, got {self.kfac_fisher!r}")
+        need(self.projection_dim is None or int(self.projection_dim) >= 1, "projection_dim", "null or a positive integer")
+        for k in ("alpha", "beta", "gamma"):
+            need(float(getattr(self, k)) >= 0, k, "must be >= 0")
+        need(float(self.damping) > 0, "damping", "must be > 0")
+        for k in ("tokens_per_domain", "kfac_tokens", "kfac_max_dim", "solver_maxiter"):
+            need(int(getattr(self, k)) >= 1, k, "must be a positive integer")
+        need(self.targets_tokens is None or int(self.targets_tokens) >= 1, "targets_tokens", "null (all) or a positive integer")
+        need(self.max_epochs is None or float(self.max_epochs) > 0, "max_epochs", "null (no cap) or > 0")
+        if "n_candidates" in self.__dict__:
+            need(int(self.n_candidates) >= 4, "n_candidates", "need at least 4 measured candidates to fit a regressor")
+            need(0 < float(self.lhs_low) <= 1 <= float(self.lhs_high), "lhs_low", "need 0 < lhs_low <= 1 <= lhs_high")
+            need(int(self.search_rounds) >= 1, "search_rounds", "must be >= 1")
+            need(0 < float(self.conc_start) and 0 < float(self.conc_end), "conc_start", "concentrations must be > 0")
+            need(int(self.top_k) >= 1 and int(self.search_samples) >= int(self.top_k), "top_k", "need 1 <= top_k <= search_samples")
+            need(int(self.candidate_tokens) >= 1, "candidate_tokens", "must be a positive integer")
+
+
+@register("tikmix_d")
+class TiKMiXD(Mixer):
+    """TiKMiX-D: the next stage's mixture minimises Eq. 10 over the measured influence matrix."""
+
+    _keys = D_KEYS
+
+    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
+        self.c = _Cfg(cfg, self._keys)
+        self.seed = int(self.c.seed) if self.c.seed is not None else int(ctx.seed)
+        super().__init__(cfg, domains, ctx)
+        self.info = {"hessian": self.c.hessian, "projection_dim": self.c.projection_dim, "flops": {"influence": 0.0, "candidates": 0.0}}
+
+    # --- interface --------------------------------------------------------------------------------------
+    def initial_weights(self) -> np.ndarray:
+        if self.c.first_stage == "uniform":
+            return np.full(self.m, 1.0 / self.m)
+        tok = self._train_tokens()
+        if tok.sum() <= 0:
+            raise ConfigError("mixer.first_stage", "natural needs the domains' token counts; all are 0")
+        return tok / tok.sum()
+
+    def probe_steps(self) -> list[int]:
+        return sorted(int(s) for s in self.ctx.stage_steps)
+
+    def on_probe(self, probe: Any) -> None:
+        t0 = time.perf_counter()
+        c = self.c
+        w_prev = self._w.copy()
+        caps = epoch_caps(self._train_tokens(), float(probe.stage_tokens), c.max_epochs)
+        seed = self._probe_seed(probe.step)
+        gi = GroupInfluence(
+            probe.model,
+            hessian=c.hessian,
+            optimizer=getattr(probe, "optimizer", None),
+            kfac_batches=(lambda: probe.mixture_batches(w_prev, int(c.kfac_tokens))) if c.hessian == "kfac" else None,
+            params=c.params,
+            projection_dim=None if c.projection_dim is None else int(c.projection_dim),
+            projection_seed=seed,
+            projection_kind=c.projection_kind,
+            damping=float(c.damping),
+            kfac_max_dim=int(c.kfac_max_dim),
+            kfac_fisher=c.kfac_fisher,
+            kfac_seed=seed,
+            autocast=getattr(probe, "autocast", None),
+            device=getattr(probe, "device", None),
+            flops_per_token=getattr(probe, "flops_per_token", None),
+        )
+        record: dict[str, Any] = {"step": int(probe.step), "stage_tokens": int(probe.stage_tokens), "w_prev": self._wd(w_prev),
+                                  "caps": self._wd(caps)}
+        try:
+            targets = {name: _take_tokens(b, c.targets_tokens) for name, b in probe.targets.items()}
+            if not targets:
+                raise DataError("TiKMiX needs at least one target set (config: targets)")
+            gi.set_targets(targets)
+            res = gi.matrix({d: (lambda d=d: probe.domain_batches(d, int(c.tokens_per_domain))) for d in self.domains})
+            S = res.S
+            inf_flops, inf_wall = gi.total_flops(), gi.wall_s
+            probe.charge(inf_flops, "influence")
+            self.info["flops"]["influence"] += inf_flops
+            w, sinfo = tikmix_d_solve(S, w_prev, float(c.alpha), float(c.beta), float(c.gamma), caps=caps,
+                                      init="uniform", tol=float(c.pareto_tol), maxiter=int(c.solver_maxiter))
+            record.update(
+                influence=res.as_dict(),
+                influence_info=_jsonable({k: res.info[k] for k in ("tokens", "norms", "n_params", "hessian", "projection_dim", "kfac_skipped")}),
+                solver=_jsonable(sinfo),
+                cost={"influence_flops": inf_flops, "influence_wall_s": inf_wall},
+            )
+            w = self._refine(probe, gi, S, w, w_prev, caps, seed, record)
+        finally:
+            gi.release()
+        record["weights"] = self._wd(w)
+        record["cost"]["flops"] = float(sum(v for k, v in record["cost"].items() if k.endswith("_flops")))
+        record["cost"]["wall_s"] = time.perf_counter() - t0
+        self._w = w
+        self.history.append(_jsonable(record))
+
+    def state_dict(self) -> dict:
+        d = super().state_dict()
+        d.update(version=1, mixer=self.name, domains=list(self.domains), seed=self.seed)
+        return _jsonable(d)
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("mixer", self.name) != self.name:
+            raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
+        if "domains" in d and list(d["domains"]) != self.domains:
+            raise ValueError(f"state is for domains {d['domains']}, this run has {self.domains}")
+        super().load_state_dict(d)
+        self.seed = int(d.get("seed", self.seed))
+        self.info = dict(d.get("info", self.info))
+
+    # --- helpers ----------------------------------------------------------------------------------------
+    def _refine(self, probe, gi, S, w_d, w_prev, caps, seed, record) -> np.ndarray:
+        """TiKMiX-D's answer is final; TiKMiX-M overrides this."""
+        return w_d
+
+    def _train_tokens(self) -> np.ndarray:
+        tt = self.ctx.train_tokens or {}
+        missing = [d for d in self.domains if d not in tt]
+        if missing:
+            raise ConfigError("mixer", f"no train-token count for domain(s) {missing}")
+        return np.array([float(tt[d]) for d in self.domains])
+
+    def _probe_seed(self, step: int) -> int:
+        return int(np.random.SeedSequence([self.seed, int(step), 0x71C]).generate_state(1)[0])
+
+    def _wd(self, w: np.ndarray) -> dict[str, float]:
+        return {d: float(x) for d, x in zip(self.domains, w)}
+
+
+@register("tikmix_m")
+class TiKMiXM(TiKMiXD):
+    """TiKMiX-M: a LightGBM model of the objective over measured candidate mixtures, searched à la Algorithm 1."""
+
+    _keys = M_KEYS
+
+    def _refine(self, probe, gi, S, w_d, w_prev, caps, seed, record) -> np.ndarray:
+        c = self.c
+        ab = {"alpha": float(c.alpha), "beta": float(c.beta), "gamma": float(c.gamma)}
+        cands, linfo = latin_hypercube_candidates(w_d, int(c.n_candidates), float(c.lhs_low), float(c.lhs_high),
+                                                  seed=seed, return_info=True)
+        scale = influence_scale(S)
+        f0, wall0 = gi.total_flops(), gi.wall_s
+        P_meas, y = [], []
+        for wc in cands:
+            P, _ = gi.score(lambda wc=wc: probe.mixture_batches(wc, int(c.candidate_tokens)))
+            P_meas.append(P)
+            y.append(tikmix_objective_from_p(P, wc, scale, **ab))
+        cand_flops, cand_wall = gi.total_flops() - f0, gi.wall_s - wall0
+        probe.charge(cand_flops, "candidates")
+        self.info["flops"]["candidates"] += cand_flops
+        record["cost"].update(candidates_flops=cand_flops, candidates_wall_s=cand_wall)
+        y = np.asarray(y)
+        lin = np.asarray(tikmix_objective(S, cands, **ab)) if len(cands) else np.zeros(0)
+        m_rec: dict[str, Any] = {"w_D": self._wd(w_d), "lhs": linfo, "candidates": cands.tolist(), "measured": y.tolist(),
+                                 "measured_P": [p.tolist() for p in P_meas], "linear": lin.tolist()}
+        record["tikmix_m"] = m_rec
+        if len(cands) < 4:
+            m_rec["status"] = f"only {len(cands)} candidates: too few to fit a regressor; keeping w_D"
+            return w_d
+        model, finfo = fit_regressor(cands, y, seed=seed % (2**31), n_estimators=int(c.n_estimators),
+                                     learning_rate=float(c.learning_rate), num_leaves=int(c.num_leaves),
+                                     min_child_samples=int(c.min_child_samples), n_folds=int(c.cv_folds),
+                                     S=S, objective_kwargs=ab)
+        capped = bool(np.any(caps < 1.0))
+        project = (lambda X: project_capped_simplex(X, caps)) if capped and caps.sum() >= 1 else None
+        w_s, trace = dirichlet_search(model.predict, w_d, T=int(c.search_rounds), conc_start=float(c.conc_start),
+                                      conc_end=float(c.conc_end), n_samples=int(c.search_samples), top_k=int(c.top_k),
+                                      seed=(seed + 1) % (2**32), project=project)
+        w = project_capped_simplex(w_s, caps) if caps.sum() >= 1 else w_s
+        Sn = S / scale[:, None]
+        m_rec.update(
+            status="ok",
+            fit=finfo,
+            search=trace,
+            w_search=self._wd(w_s),
+            predicted_w=float(model.predict(w[None])[0]),
+            predicted_w_D=float(model.predict(w_d[None])[0]),
+            linear_w=float(tikmix_objective(S, w, **ab)),
+            linear_w_D=float(tikmix_objective(S, w_d, **ab)),
+            pareto_min_vs_prev=float((Sn @ w - Sn @ w_prev).min()),  # reported, not enforced (the paper's M has no such constraint)
+        )
+        return w
