@@ -37,7 +37,8 @@ Preconditioners (H⁻¹ is applied once, to the n target gradients, which are th
   parameter (norms, embeddings) get the identity.
 
 Optional random projection (``projection_dim=k``): gradients are mapped to k dimensions by a JL
-projection R/√k with i.i.d. Rademacher (or Gaussian) entries, generated chunk by chunk from a seeded
+projection R/√k with i.i.d. Gaussian (default: ~3× faster to generate on a CPU than the alternative) or
+Rademacher entries, generated chunk by chunk from a seeded
 ``torch.Generator`` (never materialised whole), so E⟨Rx, Ry⟩/k = ⟨x, y⟩. It is applied after the
 preconditioner on the target side and to the raw domain gradient.
 
@@ -99,7 +100,8 @@ def causal_lm_loss_sum(
     with (autocast() if autocast is not None else contextlib.nullcontext()):
         out = model(input_ids=ids, use_cache=False, **kwargs)
     logits = out.logits if hasattr(out, "logits") else out[0]
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     tgt = labels[:, 1:]
     mask = tgt != -100
     flat = logits.reshape(-1, logits.shape[-1])
@@ -143,7 +145,7 @@ def _adam_diag(optimizer: torch.optim.Optimizer, p: nn.Parameter, group: dict | 
     step = float(step.item() if torch.is_tensor(step) else step)
     if step <= 0:
         return None
-    v_hat = st["exp_avg_sq"].float() / (1.0 - group["betas"][1] ** step)
+    v_hat = st["exp_avg_sq"].to(_acc_dtype(p)) / (1.0 - group["betas"][1] ** step)
     return 1.0 / (v_hat.sqrt() + group["eps"])
 
 
@@ -152,6 +154,11 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[nn.Pa
     (GroupInfluence computes these one parameter at a time instead, so no full-size copy is held.)"""
     groups = _adam_groups(optimizer)
     return [_adam_diag(optimizer, p, groups.get(id(p))) for p in params]
+
+
+def _acc_dtype(p: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype for curvature/gradient statistics: at least fp32 (fp64 models stay fp64)."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def _damped_inverse(M: torch.Tensor, damping: float) -> torch.Tensor:
@@ -208,8 +215,10 @@ class KFAC:
 
     # hooks -----------------------------------------------------------------------------------------------
     def _fwd_hook(self, name: str, mod: nn.Linear):
+        dt = _acc_dtype(mod.weight)
+
         def hook(_m, inputs, output):
-            a = inputs[0].detach().reshape(-1, mod.in_features).float()
+            a = inputs[0].detach().reshape(-1, mod.in_features).to(dt)
             if mod.bias is not None:
                 a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
             self._A[name] = self._A.get(name, 0) + a.T @ a
@@ -217,7 +226,7 @@ class KFAC:
             self.flops += 2.0 * a.shape[0] * a.shape[1] ** 2
             if output.requires_grad:
                 def ghook(g):
-                    d = g.detach().reshape(-1, mod.out_features).float()
+                    d = g.detach().reshape(-1, mod.out_features).to(dt)
                     self._G[name] = self._G.get(name, 0) + d.T @ d
                     self._nG[name] = self._nG.get(name, 0) + d.shape[0]
                     self.flops += 2.0 * d.shape[0] * d.shape[1] ** 2
@@ -259,10 +268,11 @@ class KFAC:
             gw = mod.weight.grad
             if gw is None:
                 continue
-            X = gw.float()
+            dt = self.A_inv[name].dtype
+            X = gw.to(dt)
             if mod.bias is not None:
                 gb = mod.bias.grad if mod.bias.grad is not None else torch.zeros_like(mod.bias)
-                X = torch.cat([X, gb.float()[:, None]], dim=1)
+                X = torch.cat([X, gb.to(dt)[:, None]], dim=1)
             Y = kfac_precondition_matrix(X, self.A_inv[name], self.G_inv[name])
             self.flops += 2.0 * (Y.shape[0] ** 2 * Y.shape[1] + Y.shape[0] * Y.shape[1] ** 2)
             if mod.bias is not None:
@@ -279,7 +289,7 @@ class Projector:
     """x ↦ R x / √k with R [k, N] i.i.d. ±1 (or N(0,1)), generated per parameter chunk from a seeded
     generator: the same (seed, chunk) always gives the same block, so targets and domains share R."""
 
-    def __init__(self, dim: int, seed: int, kind: str = "rademacher", device: torch.device | str = "cpu"):
+    def __init__(self, dim: int, seed: int, kind: str = "gaussian", device: torch.device | str = "cpu"):
         if kind not in PROJECTIONS:
             raise ConfigError("mixer.projection_kind", f"expected one of {PROJECTIONS}, got {kind!r}")
         if int(dim) < 1:
@@ -347,7 +357,7 @@ class GroupInfluence:
         params: str = "all",
         projection_dim: int | None = None,
         projection_seed: int = 0,
-        projection_kind: str = "rademacher",
+        projection_kind: str = "gaussian",
         damping: float = 1e-3,
         kfac_max_dim: int = 4096,
         kfac_fisher: str = "sampled",
@@ -369,6 +379,8 @@ class GroupInfluence:
         self.params = [p for _, p in self.named]
         self.sizes = [p.numel() for p in self.params]
         self.n_params = int(sum(self.sizes))
+        # held targets and dot products: fp32, or fp64 for an fp64 model (projections are always fp32)
+        self._dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.params) and projection_dim is None else torch.float32
         self.flops_per_token = float(flops_per_token) if flops_per_token else 6.0 * sum(p.numel() for p in model.parameters())
         self._custom_loss = loss_fn
         self.projector = (
@@ -451,7 +463,7 @@ class GroupInfluence:
         return n_lab, n_in, loss_total / n_lab
 
     def _grad_norm(self) -> float:
-        return float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in self.params)))
+        return float(torch.sqrt(sum((p.grad.to(_acc_dtype(p)) ** 2).sum() for p in self.params)))
 
     def _precondition_(self) -> None:
         if self.hessian == "adam":
@@ -486,7 +498,7 @@ class GroupInfluence:
         if not names:
             raise ConfigError("targets", "no target sets to measure influence against")
         dim = self.projector.k if self.projector is not None else self.n_params
-        T = torch.empty(len(names), dim, device=self.device, dtype=torch.float32)
+        T = torch.empty(len(names), dim, device=self.device, dtype=self._dtype)
         with self._grad_scope():
             for i, name in enumerate(names):
                 try:
@@ -517,10 +529,10 @@ class GroupInfluence:
                 s = self._T @ self.projector.project([p.grad for p in self.params])
                 self.flops["projection"] += self.projector.flops - f0
             else:
-                s = torch.zeros(len(self.targets), device=self.device, dtype=torch.float32)
+                s = torch.zeros(len(self.targets), device=self.device, dtype=self._dtype)
                 off = 0
                 for p, n in zip(self.params, self.sizes):
-                    s += self._T[:, off : off + n] @ p.grad.reshape(-1).float()
+                    s += self._T[:, off : off + n] @ p.grad.reshape(-1).to(self._dtype)
                     off += n
             self.flops["dots"] += 2.0 * self._T.numel()
             out = s.double().cpu().numpy()

@@ -48,6 +48,22 @@ def stage_steps_from(fracs: Any, total_steps: int) -> list[int]:
     return sorted({s for s in (int(round(f * total_steps)) for f in fracs) if 0 < s < total_steps})
 
 
+def check_repeats(max_epochs: Any, w: np.ndarray, domains: list[str], train_tokens: dict[str, int], total: int) -> None:
+    """Refuse a mixture that would repeat some domain more than trainer.max_repeat_epochs times (static estimate)."""
+    if max_epochs is None:
+        return
+    if not isinstance(max_epochs, (int, float)) or max_epochs <= 0:
+        raise ConfigError("trainer.max_repeat_epochs", f"must be a positive number or null, got {max_epochs!r}")
+    for d, x in zip(domains, w):
+        ep = x * total / train_tokens[d]
+        if ep > max_epochs:
+            raise ConfigError(
+                "trainer.max_repeat_epochs",
+                f"the mixture gives domain {d!r} weight {x:.3f}, i.e. {ep:.1f} epochs over its {train_tokens[d]:,} tokens "
+                f"(limit {max_epochs}); lower its weight or raise the limit",
+            )
+
+
 def build_targets(cfg: dict, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
     """Target sets the mixers optimise for: held-out (val split) text of the chosen domains."""
     tcfg = cfg.get("targets") or {}
@@ -125,6 +141,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
     ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
     mixer = build_mixer(cfg.mixer, domains, ctx)
     targets = build_targets(cfg, shards, domains, seq_len)
+    check_repeats(cfg.trainer.get("max_repeat_epochs"), mixer.weights(0), domains, train_tokens, total_steps * seq_len * b.batch_size)
 
     fp = fingerprint(container)
     ckpt_path = run_dir / "checkpoints" / "last.pt"

@@ -46,7 +46,7 @@ D_KEYS: dict[str, Any] = {
     "kfac_max_dim": 4096,
     "kfac_fisher": "sampled",
     "projection_dim": None,
-    "projection_kind": "rademacher",
+    "projection_kind": "gaussian",
     "params": "all",
     "tokens_per_domain": 2048,
     "targets_tokens": 2048,
