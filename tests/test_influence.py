@@ -20,7 +20,6 @@ from scipy import stats
 from torch import nn
 
 from tikmix.influence import (
-    KFAC,
     GroupInfluence,
     causal_lm_loss_sum,
     gradient_alignment,
@@ -434,3 +433,23 @@ def test_unknown_config_key_is_refused():
         build_mixer({"name": "tikmix_d", "n_candidates": 3}, DOMAINS, _ctx())
     with pytest.raises(ConfigError, match="hessian"):
         build_mixer({"name": "tikmix_d", "hessian": "exact"}, DOMAINS, _ctx())
+
+
+def test_yaml_configs_match_code_defaults_and_build():
+    """conf/mixer/tikmix_{d,m}.yaml: same keys and defaults as the code; tikmix_m inherits tikmix_d's keys."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from tikmix.tikmix_mixers import D_KEYS, M_KEYS
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "mixer"
+    d = OmegaConf.load(conf / "tikmix_d.yaml")
+    m_raw = OmegaConf.load(conf / "tikmix_m.yaml")
+    assert list(m_raw.defaults) == ["tikmix_d", "_self_"]
+    m = OmegaConf.merge(d, {k: v for k, v in m_raw.items() if k != "defaults"})
+    for cfg, keys in ((d, D_KEYS), (m, M_KEYS)):
+        c = OmegaConf.to_container(cfg)
+        assert set(c) == set(keys)
+        assert c == keys
+        build_mixer(cfg, DOMAINS, _ctx())

@@ -19,7 +19,7 @@ from tikmix.mixer import MixerContext, build_mixer
 from tikmix.model import build_model, flops_per_token, param_counts
 from tikmix.runlog import RunLogger, write_json_atomic
 from tikmix.sampler import MixtureSampler, check_budget
-from tikmix.trainer import Trainer, eval_windows, resolve_device
+from tikmix.trainer import Preempted, Trainer, dist_info, eval_windows, resolve_device
 
 # Keys that do not change what a run computes: a resumed run may differ in these.
 _NON_TRAJECTORY = {"logger", "run_dir", "eval", "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
@@ -96,9 +96,32 @@ def _print_summary(res: dict) -> None:
           f"wall {res['wall_time_s']:.1f}s; results: {res['run_dir']}/results.json")
 
 
+def init_distributed(device_name: str) -> tuple[int, int, str]:
+    """Initialise torch.distributed under torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPUs."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world = dist_info()
+    if world > 1 and torch.cuda.is_available() and device_name in ("auto", "cuda"):
+        device_name = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return rank, world, device_name
+
+
 def run(cfg: DictConfig, quiet: bool = False) -> dict:
     t_start = time.perf_counter()
+    rank, world, device_name = init_distributed(str(cfg.device))
     run_dir = Path(cfg.run_dir).resolve()
+    if world > 1:  # every rank uses rank 0's run directory (Hydra's timestamped default may differ by a second)
+        import torch.distributed as dist
+
+        obj = [str(run_dir)]
+        dist.broadcast_object_list(obj, src=0)
+        run_dir = Path(obj[0])
     results_path = run_dir / "results.json"
     if results_path.exists():
         if quiet:
@@ -110,7 +133,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
     seed = cfg.seed
     if not isinstance(seed, int):
         raise ConfigError("seed", f"must be an integer, got {seed!r}")
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(device_name)
 
     # data ----------------------------------------------------------------------------------------------
     from tikmix.data.shards import prepare_data
@@ -157,22 +180,27 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
                 f"re-run with the same overrides to resume, or choose another hydra.run.dir"
             )
 
+        if ckpt.get("world_size", 1) != world:
+            raise CheckpointError(f"{ckpt_path} was written with {ckpt.get('world_size', 1)} processes; resume it with the same number (now {world})")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt is None:
+    if ckpt is None and rank == 0:
         tmp = run_dir / ".config.yaml.tmp"
         tmp.write_text(OmegaConf.to_yaml(container))
         os.replace(tmp, run_dir / "config.yaml")
     name = f"{cfg.mixer.name}_s{seed}"
-    logger = RunLogger(cfg.logger, run_dir, container, name, resume_id=(ckpt or {}).get("wandb_id"))
+    logger = RunLogger(cfg.logger if rank == 0 else {"name": "none"}, run_dir, container, name,
+                       resume_id=(ckpt or {}).get("wandb_id"), write_metrics=rank == 0)
     try:
         trainer = Trainer(
             container, model, mixer, sampler, domains, {d: shards.tokens(d, "val") for d in domains}, targets,
             total_steps, stage_steps, run_dir, ledger, logger, device, fpt, fp,
         )
         ctx.tokens_per_step = trainer.tokens_per_step
-        print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
-              f"{counts['non_embedding']:,} non-embedding) budget={b.name}: {total_steps} steps x "
-              f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(domains)}; device={device}; run dir {run_dir}")
+        if rank == 0:
+            ranks = f" x {world} ranks ({trainer.parallel})" if world > 1 else ""
+            print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
+                  f"{counts['non_embedding']:,} non-embedding) budget={b.name}: {total_steps} steps x "
+                  f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(domains)}; device={device}{ranks}; run dir {run_dir}")
         if ckpt is not None:
             trainer.load(ckpt)
             print(f"[tikmix] resumed from {ckpt_path} at step {trainer.state.step}/{total_steps}")
@@ -186,7 +214,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
         target_loss = {name: trainer.target_loss(batches) for name, batches in targets.items()}
         final_w = mixer.weights(total_steps)
         val_loss = state.val_history[-1]["val_loss"] if state.val_history else trainer.val_losses()
-        if cfg.trainer.save_final_model:
+        if cfg.trainer.save_final_model and rank == 0:
             _save_hf(model, shards.tokenizer, run_dir / "final_model")
         res = {
             "mixer": cfg.mixer.name,
@@ -217,13 +245,15 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
             "mixer_info": mixer.info,
             "fingerprint": fp,
         }
-        write_json_atomic(results_path, res)
+        res["world_size"] = world
+        if rank == 0:
+            write_json_atomic(results_path, res)
         logger.summary({"final/val_loss_mean": float(np.mean(list(val_loss.values()))),
                         "final/test_ppl_mean": float(np.mean(list(res["test_ppl"].values()))),
                         "compute/mixer_flops": ledger.mixer_total})
         logger.table("final/per_domain", ["domain", "weight", "tokens", "epochs", "val_loss", "test_ppl"],
                      [[d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]] for d in domains])
-        if not quiet:
+        if not quiet and rank == 0:
             _print_summary(res)
         return res
     finally:
@@ -286,4 +316,7 @@ def main(cfg: DictConfig) -> Any:
     except TikmixError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:
+        print(f"[tikmix] {e}", file=sys.stderr)
+        sys.exit(75)  # EX_TEMPFAIL: not finished, resumable
     return float(np.mean(list(res["val_loss"].values())))

@@ -48,9 +48,10 @@ def _wandb_key_configured() -> bool:
 
 
 class RunLogger:
-    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, resume_id: str | None = None):
+    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, resume_id: str | None = None,
+                 write_metrics: bool = True):
         self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path = self.run_dir / "metrics.jsonl" if write_metrics else None
         self.wandb = None
         self.wandb_id: str | None = None
         self._warned = False
@@ -81,9 +82,10 @@ class RunLogger:
         self.wandb = None
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
-        rec = {"step": step, **_jsonable(dict(metrics))}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if self.metrics_path is not None:
+            rec = {"step": step, **_jsonable(dict(metrics))}
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         if self.wandb is not None:
             try:
                 self.wandb.log(dict(metrics), step=step)

@@ -14,7 +14,7 @@ All randomness (projection, KFAC label sampling, LHS, Dirichlet search, LightGBM
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -58,8 +58,8 @@ D_KEYS: dict[str, Any] = {
 M_KEYS: dict[str, Any] = {
     **D_KEYS,
     "name": "tikmix_m",
-    "n_candidates": 32,
-    "candidate_tokens": 1024,
+    "n_candidates": 16,
+    "candidate_tokens": 2048,
     "lhs_low": 0.5,
     "lhs_high": 2.0,
     "search_rounds": 5,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,24 @@ from tikmix.sampler import MixtureSampler, _rng, mixture_counts
 
 class NonFiniteLoss(TikmixError):
     pass
+
+
+class Preempted(Exception):
+    """Raised after a clean checkpoint when SIGTERM arrived or trainer.max_wall_s ran out."""
+
+    def __init__(self, step: int, reason: str):
+        self.step = step
+        self.reason = reason
+        super().__init__(f"{reason}: checkpointed at step {step}; run the same command again to resume")
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, (0, 1) when not initialised."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float, wsd_decay_frac: float) -> Callable[[int], float]:
@@ -123,6 +143,25 @@ class Trainer:
         self.batch_size = int(b["batch_size"])
         self.micro_batch = int(b["micro_batch"])
         self.tokens_per_step = self.seq_len * self.batch_size
+        self.rank, self.world = dist_info()
+        if self.batch_size % self.world or (self.batch_size // self.world) % self.micro_batch:
+            raise ConfigError("budget.batch_size", f"{self.batch_size} sequences must split into {self.world} ranks of whole micro-batches of {self.micro_batch}")
+        self.ddp = self.model
+        parallel = t.get("parallel", "ddp")
+        if parallel not in ("ddp", "fsdp"):
+            raise ConfigError("trainer.parallel", f"unknown {parallel!r}; allowed: ddp, fsdp")
+        if self.world > 1:
+            if parallel == "fsdp":
+                from torch.distributed.fsdp import fully_shard
+
+                for layer in self.model.model.layers:
+                    fully_shard(layer)
+                fully_shard(self.model)
+            else:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.parallel = parallel if self.world > 1 else "none"
         dtype = t.get("dtype", "auto")
         if dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError("trainer.dtype", f"unknown dtype {dtype!r}; allowed: auto, fp32, bf16")
@@ -148,11 +187,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def token_losses(self, windows: torch.Tensor) -> torch.Tensor:
+    def token_losses(self, windows: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-token loss [b, T] of windows [b, T+1] (inputs = all but last, labels = all but first)."""
         x, y = windows[:, :-1], windows[:, 1:]
         with self.autocast():
-            logits = self.model(input_ids=x).logits
+            logits = (model or self.model)(input_ids=x).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
 
     @torch.no_grad()
@@ -208,10 +247,28 @@ class Trainer:
             "wandb_id": s.wandb_id,
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
+            "world_size": self.world,
         }
 
     def save(self) -> None:
-        save_checkpoint(self.state_dict(), self.ckpt_path)
+        if self.parallel == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            sd = self.state_dict()
+            sd["model"] = get_model_state_dict(self.model, options=opts)
+            sd["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        else:
+            sd = self.state_dict() if self.rank == 0 else None
+        if self.rank == 0:
+            save_checkpoint(sd, self.ckpt_path)
+        self.barrier()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def load(self, ckpt: dict) -> None:
         from tikmix.errors import CheckpointError
@@ -219,8 +276,15 @@ class Trainer:
         if ckpt.get("domains") != self.domains:
             raise CheckpointError(f"checkpoint {self.ckpt_path} was trained on domains {ckpt.get('domains')}, this run has {self.domains}")
         try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.parallel == "fsdp":
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+                opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+                set_model_state_dict(self.model, ckpt["model"], options=opts)
+                set_optimizer_state_dict(self.model, self.optimizer, ckpt["optimizer"], options=opts)
+            else:
+                self.model.load_state_dict(ckpt["model"])
+                self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {self.ckpt_path} does not fit this model/optimiser: {str(e).splitlines()[0]}") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -248,15 +312,31 @@ class Trainer:
         else:  # sum_d a_d * mean loss of domain d: each row of domain d weighs a_d / (count_d * T)
             per_dom = np.asarray(lw, dtype=np.float64) / np.maximum(counts, 1) / T
             row_scale = torch.from_numpy(per_dom[dom]).to(self.device, torch.float32)
-        token_loss = torch.empty(B, T, device=self.device)
+        # this rank's rows: a contiguous slice of the global batch (all of it in one process)
+        per = B // self.world
+        lo = self.rank * per
+        local = torch.empty(per, T, device=self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        for i in range(0, B, self.micro_batch):
-            tl = self.token_losses(tokens_t[i : i + self.micro_batch])
-            if row_scale is None:
-                (tl.sum() / (B * T)).backward()
-            else:
-                (tl.sum(1) * row_scale[i : i + self.micro_batch]).sum().backward()
-            token_loss[i : i + self.micro_batch] = tl.detach()
+        scale = float(self.world)  # DDP averages gradients over ranks; the objective is the global mean
+        starts = list(range(lo, lo + per, self.micro_batch))
+        for k, i in enumerate(starts):
+            sync = k == len(starts) - 1 or self.parallel != "ddp"
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                tl = self.token_losses(tokens_t[i : i + self.micro_batch], self.ddp)
+                if row_scale is None:
+                    (tl.sum() * (scale / (B * T))).backward()
+                else:
+                    ((tl.sum(1) * row_scale[i : i + self.micro_batch]).sum() * scale).backward()
+            local[i - lo : i - lo + self.micro_batch] = tl.detach()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            parts = [torch.empty_like(local) for _ in range(self.world)]
+            dist.all_gather(parts, local)
+            token_loss = torch.cat(parts)
+        else:
+            token_loss = local
         seq_loss = token_loss.mean(1)
         loss_sum = torch.zeros(self.m, device=self.device).index_add_(0, dom_t, seq_loss)
         dom_loss = loss_sum.cpu().numpy() / np.maximum(counts, 1)
@@ -284,25 +364,63 @@ class Trainer:
         return TrainerProbe(self, step, (stage_end - step) * self.tokens_per_step)
 
     def fit(self) -> TrainState:
+        """Train to the end of the budget. SIGTERM or trainer.max_wall_s checkpoint and raise Preempted."""
         s = self.state
+        bar = None
+        if self.tcfg.get("progress", True) and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
+        stop: dict[str, str | None] = {"reason": None}
+        old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            def on_term(signum, frame):  # noqa: ARG001 — checkpoint at the end of the current step
+                stop["reason"] = "SIGTERM received"
+
+            old_handler = signal.signal(signal.SIGTERM, on_term)
+        try:
+            self._loop(s, bar, stop)
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGTERM, old_handler)
+            if bar is not None:
+                bar.close()
+        return s
+
+    def _loop(self, s: TrainState, bar: Any, stop: dict) -> None:
         probe_at = set(self.mixer.probe_steps())
         log_every = max(1, int(self.tcfg.get("log_every", 10)))
         eval_every = int(self.tcfg.get("eval_every", 0) or 0)
         ckpt_every = int(self.tcfg.get("ckpt_every", 0) or 0)
-        bar = None
-        if self.tcfg.get("progress", True):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
-        t_last, tok_last, step_last = time.perf_counter(), 0, s.step
+        max_wall = self.tcfg.get("max_wall_s")
+        t_last, step_last = time.perf_counter(), s.step
         t0 = time.perf_counter() - s.wall_time
+        t_proc = time.perf_counter()
         self.model.train()
         while s.step < self.total_steps:
             step = s.step
+            if stop["reason"] is None and max_wall and time.perf_counter() - t_proc > float(max_wall):
+                stop["reason"] = f"trainer.max_wall_s={max_wall} reached"
+            if self.world > 1:  # every rank stops at the same step
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if stop["reason"] else 0.0], device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() and not stop["reason"]:
+                    stop["reason"] = "stop requested on another rank"
+            if stop["reason"]:
+                self.save()
+                raise Preempted(step, stop["reason"])
             if step in probe_at:
                 p = self.probe(step)
                 self.mixer.on_probe(p)
                 p.close()
+                if self.world > 1:  # one rank decides, every rank uses its mixture
+                    import torch.distributed as dist
+
+                    obj = [_jsonable(self.mixer.state_dict()) if self.rank == 0 else None]
+                    dist.broadcast_object_list(obj, src=0)
+                    self.mixer.load_state_dict(obj[0])
             w = np.asarray(self.mixer.weights(step), dtype=np.float64)
             if not s.weights_history or not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12):
                 s.weights_history.append({"step": step, "w": w.tolist()})
@@ -321,20 +439,17 @@ class Trainer:
                        "train/tokens": int(s.tokens_seen.sum())}
                 rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
                 rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
-                if self.logger:
+                if self.logger and self.rank == 0:
                     self.logger.log(rec, s.step)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
             if (eval_every and s.step % eval_every == 0) or s.step == self.total_steps:
                 vl = self.val_losses()
                 s.val_history.append({"step": s.step, "val_loss": vl})
-                if self.logger:
+                if self.logger and self.rank == 0:
                     self.logger.log({**{f"val_loss/{d}": v for d, v in vl.items()}, "val_loss/mean": float(np.mean(list(vl.values())))}, s.step)
             if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
                 self.save()
-        if bar is not None:
-            bar.close()
-        return s
 
 
 class TrainerProbe(Probe):
@@ -343,7 +458,7 @@ class TrainerProbe(Probe):
     def __init__(self, trainer: Trainer, step: int, stage_tokens: int):
         self.tr = trainer
         self.step = step
-        self.model = trainer.model
+        self.model = trainer.ddp  # under DDP, backward passes reduce probe gradients across ranks
         self.optimizer = trainer.optimizer
         self.device = trainer.device
         self.flops_per_token = trainer.flops_per_token
@@ -354,12 +469,18 @@ class TrainerProbe(Probe):
         self.train_tokens = {d: len(a) for d, a in zip(trainer.domains, trainer.sampler.arrays)}
         self._calls = 0
         self._was_training = trainer.model.training
+        self.rank, self.world = trainer.rank, trainer.world
 
     def autocast(self):
         return self.tr.autocast()
 
     def _to_batches(self, windows: np.ndarray) -> Iterator[dict]:
         mb = self.tr.micro_batch
+        if self.tr.world > 1:  # each rank takes an equal contiguous share (padded by repeating rows)
+            w = self.tr.world
+            per = -(-len(windows) // w)
+            windows = np.concatenate([windows, windows[: per * w - len(windows)]]) if per * w > len(windows) else windows
+            windows = windows[self.tr.rank * per : (self.tr.rank + 1) * per]
         for i in range(0, len(windows), mb):
             x = torch.from_numpy(windows[i : i + mb, :-1]).to(self.device)
             yield {"input_ids": x, "labels": x}
@@ -389,5 +510,5 @@ class TrainerProbe(Probe):
         self.tr.ledger.charge_mixer(what, flops)
 
     def close(self) -> None:
-        self.model.zero_grad(set_to_none=True)
-        self.model.train(self._was_training)
+        self.tr.model.zero_grad(set_to_none=True)
+        self.tr.model.train(self._was_training)
