@@ -311,12 +311,42 @@ def _save_hf(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
 
 def main(cfg: DictConfig) -> Any:
     """Hydra task: run, turning user errors into one clear line and a non-zero exit."""
+    multirun = _is_multirun()
     try:
         res = run(cfg)
-    except TikmixError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Preempted as e:
-        print(f"[tikmix] {e}", file=sys.stderr)
-        sys.exit(75)  # EX_TEMPFAIL: not finished, resumable
+    except (TikmixError, Preempted) as e:
+        code = 75 if isinstance(e, Preempted) else 2  # 75 = EX_TEMPFAIL: not finished, resumable
+        print(f"{'[tikmix]' if code == 75 else 'error:'} {e}", file=sys.stderr)
+        if not multirun:
+            sys.exit(code)
+        _record_failure(cfg, e)
+        return None
+    except Exception as e:  # noqa: BLE001 — in a sweep, one crashed job never takes down its siblings
+        if not multirun:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        _record_failure(cfg, e)
+        return None
     return float(np.mean(list(res["val_loss"].values())))
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 — not under Hydra
+        return False
+
+
+def _record_failure(cfg: DictConfig, e: BaseException) -> None:
+    """A failed sweep job leaves error.json in its run dir (the table tool shows it as a missing cell)."""
+    try:
+        rd = Path(cfg.run_dir)
+        rd.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(rd / "error.json", {"error": f"{type(e).__name__}: {e}", "time": time.time()})
+    except Exception:  # noqa: BLE001
+        pass

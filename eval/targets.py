@@ -1,0 +1,164 @@
+"""Benchmark-derived targets: a task's non-test split as context + gold answer, loss on the answer only.
+
+methods.md ("Targets"): the mixers may optimise toward in-domain benchmarks, never toward the data the
+evaluation scores (a task's test split) and never toward out-of-domain benchmarks (they measure transfer).
+The documents are rendered through the lm-eval task's own ``doc_to_text`` / ``doc_to_target`` /
+``doc_to_choice`` and ``target_delimiter``, from the same task objects the evaluation stage builds, and
+tokenised exactly as lm-eval's HFLM splits a (context, continuation) pair: trailing spaces of the context
+move to the continuation, the whole string is encoded and the answer is what follows the context's tokens.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable
+
+import torch
+
+from eval import tasks as T
+from tikmix.errors import ConfigError, DataError
+
+# Preferred order of splits to draw target documents from; the split lm-eval evaluates is never used.
+_SPLIT_ORDER = ("validation", "training", "fewshot")
+
+
+def eval_split(task: Any) -> str | None:
+    """The split lm-eval scores: the test split, or the validation split when the task has no test split."""
+    c = task.config
+    return c.test_split or c.validation_split
+
+
+def target_split(task: Any, field: str = "targets.tasks") -> tuple[str, list]:
+    """(split name, docs) of the first usable non-evaluation split of ``task``: validation (when it is not
+    the evaluated split), else train, else the few-shot split. Raises ConfigError when the task has only
+    its evaluation split."""
+    c = task.config
+    scored = eval_split(task)
+    candidates = [("validation", c.validation_split, task.validation_docs),
+                  ("training", c.training_split, task.training_docs),
+                  ("fewshot", getattr(task.fewshot_cfg, "split", None) if getattr(task, "fewshot_cfg", None) else None,
+                   task.fewshot_docs)]
+    for _kind, split, getter in candidates:
+        if split and split != scored and split != c.test_split:
+            docs = getter()
+            if docs is not None and len(docs) > 0:
+                return split, list(docs)
+    raise ConfigError(
+        field, f"task {task.task_name!r} has only its evaluation split ({scored!r}); a target needs a dev, "
+               f"validation or train split that is not scored, and the test split is never used")
+
+
+def render(task: Any, doc: dict) -> tuple[str, str]:
+    """(context, gold continuation with the task's target delimiter) of one document."""
+    ctx = task.doc_to_text(doc)
+    tgt = task.doc_to_target(doc)
+    choices = task.doc_to_choice(doc) if task.config.doc_to_choice is not None else None
+    if isinstance(ctx, int) and choices is not None:  # multiple inputs (winogrande-style): contexts are choices
+        ctx, ans = choices[ctx], tgt
+    elif choices is not None and isinstance(tgt, int):
+        ans = choices[tgt]
+    elif isinstance(tgt, list):
+        ans = tgt[0]
+        if isinstance(ans, int) and choices is not None:
+            ans = choices[ans]
+    else:
+        ans = tgt
+    if isinstance(ans, int) and choices is None:
+        ans = str(ans)
+    delim = task.config.target_delimiter if task.config.target_delimiter is not None else " "
+    return str(ctx), f"{delim}{ans}"
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval HFLM's split of a (context, continuation) pair into token ids (causal models)."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return whole[: len(ctx)], whole[len(ctx):]
+
+
+def _docs_of(obj: Any, field: str) -> list[tuple[Any, dict]]:
+    """(leaf task, doc) pairs of a task or group: the groups' subtasks interleaved round-robin, each
+    subtask's documents in a fixed shuffled order (so a token budget covers every subtask)."""
+    per = []
+    for leaf in T.leaf_tasks(obj):
+        _split, docs = target_split(leaf, field)
+        order = list(range(len(docs)))
+        random.Random(f"targets|{leaf.task_name}").shuffle(order)
+        per.append([(leaf, docs[i]) for i in order])
+    out = []
+    for i in range(max(len(p) for p in per)):
+        out.extend(p[i] for p in per if i < len(p))
+    return out
+
+
+def _batches(rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: int) -> list[dict]:
+    out = []
+    for i in range(0, len(rows), micro_batch):
+        chunk = rows[i : i + micro_batch]
+        T_ = max(len(c) + len(a) for c, a in chunk)
+        ids = torch.full((len(chunk), T_), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), T_), -100, dtype=torch.long)
+        for r, (c, a) in enumerate(chunk):
+            seq = c + a
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            labels[r, len(c) : len(seq)] = torch.tensor(a, dtype=torch.long)
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def benchmark_targets(task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, seq_len: int, n_tokens: int,
+                      micro_batch: int) -> dict[str, list[dict]]:
+    """Target sets ``{"task/<name>": [batch, ...]}`` from lm-eval tasks' non-test splits.
+
+    Each batch is ``{"input_ids": LongTensor[b, T], "labels": LongTensor[b, T]}`` (HF convention: labels
+    unshifted, the model shifts) with ``labels == -100`` everywhere except the gold answer's tokens;
+    one document per row, right-padded with the tokenizer's pad id (labels -100 there), T <= seq_len
+    (a long context is cut from the left, as lm-eval does; a document whose answer alone does not fit is
+    skipped); documents are added until their tokens would exceed ``n_tokens`` (at least one).
+    Out-of-domain tasks of the eval preset are refused (they measure transfer), and so is a task with
+    only a test split; unknown names get close matches.
+    """
+    names = [str(n) for n in (task_names or [])]
+    if not names:
+        return {}
+    cfg = T.cfg_dict(eval_cfg)
+    ood = set(T.as_list(cfg.get("out_of_domain"), "eval.out_of_domain"))
+    bad = [n for n in names if n in ood]
+    if bad:
+        raise ConfigError("targets.tasks", f"{bad} are out-of-domain benchmarks of eval={cfg.get('name')}: they "
+                                           f"measure transfer and are never targets; in-domain ones: "
+                                           f"{T.as_list(cfg.get('in_domain'), 'eval.in_domain')}")
+    if seq_len < 2 or n_tokens < 1 or micro_batch < 1:
+        raise ConfigError("targets.tasks", f"need seq_len >= 2, n_tokens >= 1, micro_batch >= 1 (got {seq_len}, {n_tokens}, {micro_batch})")
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    paths = T.include_paths(cfg)
+    from eval.stage import _quiet
+
+    out: dict[str, list[dict]] = {}
+    with _quiet(cfg.get("log_level")):
+        tm = T.resolve(cfg, names, field="targets.tasks")
+        for name in names:
+            loaded = T.load_task(tm, name, paths)
+            objs = [loaded["groups"][name]] if name in loaded["groups"] else list(loaded["tasks"].values())
+            pairs = [p for obj in objs for p in _docs_of(obj, "targets.tasks")]
+            rows, total = [], 0
+            for leaf, doc in pairs:
+                ctx, ans = render(leaf, doc)
+                c, a = encode_pair(tokenizer, ctx, ans)
+                if not a or len(a) >= seq_len:
+                    continue
+                c = c[-(seq_len - len(a)):]
+                n = len(c) + len(a)
+                if rows and total + n > n_tokens:
+                    break
+                rows.append((c, a))
+                total += n
+            if not rows:
+                raise DataError(f"target task {name!r}: no document fits seq_len={seq_len} with its answer")
+            out[f"task/{name}"] = _batches(rows, int(pad_id), int(micro_batch))
+    return out
