@@ -359,3 +359,29 @@ def log_entry(logger: Any, entry: Mapping[str, Any], step: int | None, final: bo
         summ.update({f"eval/{task}/{t['metric']}_stderr": t["stderr"] for task, t in entry["tasks"].items() if t["stderr"] is not None})
         summ.update({f"eval/{k}": entry[k] for k in ("in_domain_avg", "out_of_domain_avg", "average") if entry.get(k) is not None})
         logger.summary(summ)
+
+
+def stage_evaluator(eval_cfg: Any, tokenizer: Any, run_dir: Path, logger: Any = None, ledger: Any = None,
+                    flops_per_token: float | None = None):
+    """For ``eval.every_stage: true``: a function ``(model, step) -> entry`` to call at each mixture-stage
+    boundary (before that step's training), or None when the config asks for no stage evaluations.
+
+    Each call evaluates in-training (``final=False``: no standard errors unless
+    ``eval.stage_bootstrap_iters`` > 0), logs the scores at ``step`` and charges the forward passes to
+    ``ledger`` as "eval" (``flops_per_token / 3`` per token: forward only)."""
+    cfg = T.cfg_dict(eval_cfg)
+    if (cfg.get("name") or "none") == "none" or not cfg.get("every_stage"):
+        return None
+
+    def run_stage_eval(model: torch.nn.Module, step: int) -> dict | None:
+        entry = evaluate(cfg, model, tokenizer, run_dir, logger=logger, step=step, final=False)
+        charge(ledger, flops_per_token, entry)
+        return entry
+
+    return run_stage_eval
+
+
+def charge(ledger: Any, flops_per_token: float | None, entry: Mapping[str, Any] | None) -> None:
+    """Charge an evaluation's forward passes to the compute ledger's "eval" category."""
+    if ledger is not None and flops_per_token and entry and entry.get("forward_tokens"):
+        ledger.add("eval", float(flops_per_token) / 3.0 * float(entry["forward_tokens"]))

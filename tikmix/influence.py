@@ -377,6 +377,9 @@ class GroupInfluence:
         self.autocast = autocast
         self.named = select_parameters(model, params)
         self.params = [p for _, p in self.named]
+        if any(hasattr(p, "to_local") for p in self.params):  # DTensor: FSDP2-sharded parameters
+            raise ConfigError("trainer.parallel", "TiKMiX's influence gradients are not implemented for FSDP-sharded "
+                              "parameters yet; use trainer.parallel=ddp (or a single process)")
         self.sizes = [p.numel() for p in self.params]
         self.n_params = int(sum(self.sizes))
         # held targets and dot products: fp32, or fp64 for an fp64 model (projections are always fp32)
@@ -392,7 +395,6 @@ class GroupInfluence:
         self.flops = {"gradients": 0.0, "kfac": 0.0, "projection": 0.0, "dots": 0.0}
         self.norms: dict[str, Any] = {"target_grad": {}, "target_precond": {}}
         self.wall_s = 0.0
-        self._selected_ids = {id(p) for p in self.params}
 
         self.optimizer = optimizer
         self._adam_groups: dict[int, dict] = {}
@@ -424,23 +426,18 @@ class GroupInfluence:
 
     @contextlib.contextmanager
     def _grad_scope(self):
-        """Gradients enabled, only the selected parameters require grad (restored after), grads cleared."""
-        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        """Gradients enabled and cleared before and after. ``requires_grad`` is never toggled (a DDP-wrapped
+        model expects every parameter's gradient): unselected parameters get gradients that are ignored."""
         try:
             with torch.enable_grad():
-                for p, _ in flags:
-                    p.requires_grad_(id(p) in self._selected_ids)
-                    p.grad = None
+                self.model.zero_grad(set_to_none=True)
                 yield
         finally:
-            for p, f in flags:
-                p.requires_grad_(f)
-                p.grad = None
+            self.model.zero_grad(set_to_none=True)
 
     def _accumulate(self, batches: Iterable[Batch]) -> tuple[int, int, float]:
         """Mean-token-loss gradient of ``batches`` into the selected params' ``.grad``. -> (labelled, inputs, loss)."""
-        for p in self.params:
-            p.grad = None
+        self.model.zero_grad(set_to_none=True)
         n_lab = n_in = 0
         loss_total = 0.0
         for batch in batches:

@@ -241,6 +241,7 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
             "flops_per_token": fpt,
             "wall_time_s": state.wall_time,
             "total_time_s": time.perf_counter() - t_start,
+            "skipped_steps": state.skipped,
             "mixer_history": mixer.history,
             "mixer_info": mixer.info,
             "fingerprint": fp,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class TrainState:
     val_history: list = field(default_factory=list)
     wall_time: float = 0.0
     wandb_id: str | None = None
+    skipped: list = field(default_factory=list)  # steps whose batch was skipped for a non-finite loss
 
 
 class Trainer:
@@ -245,6 +247,7 @@ class Trainer:
             "val_history": s.val_history,
             "wall_time": s.wall_time,
             "wandb_id": s.wandb_id,
+            "skipped": s.skipped,
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
@@ -297,6 +300,7 @@ class Trainer:
             val_history=list(ckpt["val_history"]),
             wall_time=float(ckpt["wall_time"]),
             wandb_id=ckpt.get("wandb_id"),
+            skipped=list(ckpt.get("skipped", [])),
         )
 
     # --- the loop --------------------------------------------------------------------------------------
@@ -343,6 +347,13 @@ class Trainer:
         total = float(seq_loss.mean())
         if not math.isfinite(total):
             bad = [self.domains[d] for d in range(self.m) if counts[d] and not math.isfinite(dom_loss[d])]
+            if self.tcfg.get("on_nonfinite", "stop") == "skip":
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()  # the step is spent (the budget counts steps), the update is not taken
+                self.state.skipped.append({"step": step, "domains": bad})
+                print(f"[tikmix] step {step}: non-finite loss in {bad}; batch skipped "
+                      f"({len(self.state.skipped)} so far)", file=sys.stderr)
+                return total, None
             raise NonFiniteLoss(
                 f"non-finite training loss at step {step}; domains in the batch: "
                 f"{[self.domains[d] for d in range(self.m) if counts[d]]}, non-finite in: {bad}. "
@@ -425,8 +436,9 @@ class Trainer:
             if not s.weights_history or not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12):
                 s.weights_history.append({"step": step, "w": w.tolist()})
             loss, stats = self.train_step(step, w)
-            self.mixer.observe(stats)
-            s.tokens_seen += stats.tokens
+            if stats is not None:  # None: batch skipped for a non-finite loss (trainer.on_nonfinite=skip)
+                self.mixer.observe(stats)
+                s.tokens_seen += stats.tokens
             s.step += 1
             s.wall_time = time.perf_counter() - t0
             if bar is not None:
@@ -437,7 +449,8 @@ class Trainer:
                 t_last, step_last = now, s.step
                 rec = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tps,
                        "train/tokens": int(s.tokens_seen.sum())}
-                rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
+                if stats is not None:
+                    rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
                 rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
                 if self.logger and self.rank == 0:
                     self.logger.log(rec, s.step)

@@ -1,0 +1,579 @@
+"""The paper's tables and figures from finished runs: ``python -m eval.tables <dirs or sweep dir>``.
+
+    python -m eval.tables multirun/2026-01-01/12-00-00               # a sweep: mixers x seeds
+    python -m eval.tables run_a run_b run_c --out report/ --wandb     # + a W&B run with the tables and figures
+
+Every ``results.json`` under the given folders is one run (sub-runs of mixers, under ``subruns/``, are
+skipped). Runs are grouped by setting (model / budget / data) and, within a setting, by mixer across seeds.
+
+Written into ``--out`` (default: the first folder):
+
+* ``table1.md`` / ``table1.csv``: TiKMiX Table 1's layout: benchmarks as rows (in-domain, then
+  out-of-domain), mixers as columns, mean ± std over seeds (sample std, n-1), the in-domain /
+  out-of-domain / overall Average rows and the "Mixture-search FLOPs" row (``compute.mixer_total``, mean
+  over seeds). Scores are percent. A run that crashed (no results.json) or has no evaluation leaves its
+  cells out, "—" when no seed is left; the notes under the table list such runs.
+* ``perplexity.md`` / ``perplexity.csv``: Aioli Table 2's layout: for each setting, the change in average
+  test perplexity against the ``stratified`` mixer (paired by seed when both have it), and the number of
+  settings where a mixer beats stratified; then the per-domain test perplexities of each setting.
+* ``mixture_<mixer>.png``: each mixer's mixture weights over training (stacked area, mean over seeds);
+  ``score_vs_compute.png``: downstream average against mixture-search FLOPs; ``influence_<mixer>.png``:
+  per-domain influence on each target over the stages, when the mixer's history records it (TiKMiX).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+MIXER_ORDER = ["human", "natural", "stratified", "uniform", "fixed", "doremi", "doremi_online", "odm", "doge",
+               "dga", "aioli", "regmix", "tikmix_d", "tikmix_m"]
+_SKIP_PARTS = {"subruns", "final_model", "checkpoints", "wandb", "eval_tasks", ".cache", "__pycache__"}
+DASH = "—"
+
+
+@dataclass
+class Run:
+    path: Path
+    mixer: str
+    seed: Any
+    setting: str
+    res: dict | None = None
+    problem: str | None = None            # why the run is missing or partial
+    eval: dict | None = field(default=None)
+
+
+# ------------------------------------------------------------------------------------------ collect
+
+
+def _skip(p: Path, roots: list[Path]) -> bool:
+    for r in roots:
+        try:
+            rel = p.relative_to(r)
+        except ValueError:
+            continue
+        return any(part in _SKIP_PARTS for part in rel.parts[:-1])
+    return any(part in _SKIP_PARTS for part in p.parts[:-1])
+
+
+def _setting(model: Any, budget: Any, data: Any) -> str:
+    return f"{model or '?'} / {budget or '?'} / {data or '?'}"
+
+
+def _eval_entry(res: dict, preset: str | None) -> dict | None:
+    if preset:
+        ev = (res.get("evals") or {}).get(preset)
+        if ev is None and isinstance(res.get("eval"), dict) and res["eval"].get("preset") == preset:
+            ev = res["eval"]
+        return ev
+    ev = res.get("eval")
+    return ev if isinstance(ev, dict) and ev.get("tasks") is not None else None
+
+
+def collect(dirs: Iterable[str | Path], preset: str | None = None) -> list[Run]:
+    """Every run under ``dirs``: finished ones (results.json) and crashed ones (a config.yaml of a run,
+    no results.json). Never raises on a bad run: it becomes a Run with ``problem`` set."""
+    roots = [Path(d).expanduser().resolve() for d in dirs]
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for root in roots:
+        if not root.exists():
+            runs.append(Run(root, "?", None, "?", problem=f"{root} does not exist"))
+            continue
+        files = [root / "results.json"] if (root / "results.json").exists() else []
+        files += [p for p in sorted(root.rglob("results.json")) if p != root / "results.json"]
+        for f in files:
+            d = f.parent
+            if d in seen or _skip(f, roots):
+                continue
+            seen.add(d)
+            try:
+                res = json.loads(f.read_text())
+                if not isinstance(res, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as e:
+                m, s, st = _from_config(d)
+                runs.append(Run(d, m, s, st, problem=f"unreadable results.json ({type(e).__name__})"))
+                continue
+            run = Run(d, str(res.get("mixer", "?")), res.get("seed"), _setting(res.get("model"), res.get("budget"), res.get("data")), res=res)
+            run.eval = _eval_entry(res, preset)
+            if run.eval is None:
+                run.problem = f"no evaluation{f' for preset {preset}' if preset else ''} in results.json"
+            runs.append(run)
+        for c in sorted(root.rglob("config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else []):
+            d = c.parent
+            if d in seen or _skip(c, roots) or (d / "results.json").exists():
+                continue
+            m, s, st = _from_config(d)
+            if m is None:
+                continue
+            seen.add(d)
+            runs.append(Run(d, m, s, st, problem="crashed or unfinished (no results.json)"))
+    return runs
+
+
+def _from_config(d: Path) -> tuple[str | None, Any, str]:
+    try:
+        import yaml
+
+        c = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        if not isinstance(c, dict) or "mixer" not in c:
+            return None, None, "?"
+        g = lambda k: (c.get(k) or {}).get("name") if isinstance(c.get(k), dict) else c.get(k)  # noqa: E731
+        data = c.get("data", {}).get("source") if isinstance(c.get("data"), dict) else None
+        return str(g("mixer")), c.get("seed"), _setting(g("model"), g("budget"), data)
+    except Exception:  # noqa: BLE001 - a broken config is just an unknown run
+        return None, None, "?"
+
+
+def mixer_sort_key(m: str) -> tuple:
+    return (MIXER_ORDER.index(m), m) if m in MIXER_ORDER else (len(MIXER_ORDER), m)
+
+
+# ------------------------------------------------------------------------------------------- stats
+
+
+def mean_std(xs: list[float]) -> tuple[float | None, float | None, int]:
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if not xs:
+        return None, None, 0
+    return float(np.mean(xs)), (float(np.std(xs, ddof=1)) if len(xs) > 1 else None), len(xs)
+
+
+def fmt_ms(m: float | None, s: float | None, nd: int = 1) -> str:
+    if m is None:
+        return DASH
+    return f"{m:.{nd}f} ± {s:.{nd}f}" if s is not None else f"{m:.{nd}f}"
+
+
+def fmt_flops(x: float | None) -> str:
+    if x is None:
+        return DASH
+    return "0" if x == 0 else f"{x:.2g}".replace("e+", "e")
+
+
+def _by(runs: list[Run], key) -> dict:
+    out: dict = {}
+    for r in runs:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- Table 1
+
+
+def table1(runs: list[Run]) -> tuple[list[dict], list[str]]:
+    """Per setting: {"setting", "mixers", "rows": [{"benchmark", "group", "cells": {mixer: (mean, std, n)}}]}."""
+    blocks, notes = [], []
+    for setting, rs in sorted(_by([r for r in runs if r.setting != "?" or r.res], lambda r: r.setting).items()):
+        mixers = sorted({r.mixer for r in rs}, key=mixer_sort_key)
+        order: dict[str, str] = {}
+        for r in rs:
+            for t, v in ((r.eval or {}).get("tasks") or {}).items():
+                order.setdefault(t, v.get("group", "other"))
+        rank = {"in_domain": 0, "out_of_domain": 1}
+        tasks = sorted(order, key=lambda t: (rank.get(order[t], 2), list(order).index(t)))
+        rows = []
+        for t in tasks:
+            cells = {m: mean_std([((r.eval or {}).get("tasks") or {}).get(t, {}).get("value") for r in rs if r.mixer == m])
+                     for m in mixers}
+            metric = next((((r.eval or {}).get("tasks") or {}).get(t, {}).get("metric") for r in rs
+                           if ((r.eval or {}).get("tasks") or {}).get(t)), "")
+            rows.append({"benchmark": t, "group": order[t], "metric": metric, "cells": cells})
+        for label, key in (("In-domain average", "in_domain_avg"), ("Out-of-domain average", "out_of_domain_avg"),
+                           ("Average", "average")):
+            cells = {m: mean_std([(r.eval or {}).get(key) for r in rs if r.mixer == m]) for m in mixers}
+            if any(c[2] for c in cells.values()):
+                rows.append({"benchmark": label, "group": "average", "metric": "", "cells": cells})
+        flops = {m: mean_std([((r.res or {}).get("compute") or {}).get("mixer_total") for r in rs if r.mixer == m and r.res])
+                 for m in mixers}
+        rows.append({"benchmark": "Mixture-search FLOPs", "group": "compute", "metric": "FLOPs", "cells": flops})
+        seeds = {m: sum(1 for r in rs if r.mixer == m and r.eval is not None) for m in mixers}
+        runs_n = {m: sum(1 for r in rs if r.mixer == m) for m in mixers}
+        blocks.append({"setting": setting, "mixers": mixers, "rows": rows, "seeds": seeds, "runs": runs_n})
+        dup = [(m, s) for (m, s), g in _by([r for r in rs if r.res], lambda r: (r.mixer, r.seed)).items() if len(g) > 1]
+        if dup:
+            notes.append(f"{setting}: several runs share a (mixer, seed): {dup}; all are averaged")
+    for r in runs:
+        if r.problem:
+            notes.append(f"missing: {r.mixer} seed {r.seed} ({r.setting}) at {r.path}: {r.problem}")
+    return blocks, notes
+
+
+def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
+    out = ["# Table 1: downstream scores (%, mean ± std over seeds)", ""]
+    for b in blocks:
+        if len(blocks) > 1:
+            out += [f"## {b['setting']}", ""]
+        else:
+            out += [f"Setting: {b['setting']}", ""]
+        head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" for m in b["mixers"]]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for row in b["rows"]:
+            if row["group"] == "compute":
+                cells = [fmt_flops(row["cells"][m][0]) for m in b["mixers"]]
+                name = f"**{row['benchmark']}**"
+            else:
+                cells = [fmt_ms(*row["cells"][m][:2]) for m in b["mixers"]]
+                tag = {"in_domain": " (in)", "out_of_domain": " (out)"}.get(row["group"], "")
+                name = f"**{row['benchmark']}**" if row["group"] == "average" else f"{row['benchmark']}{tag}"
+            out.append("| " + " | ".join([name] + cells) + " |")
+        out.append("")
+    out.append("n = seeds with an evaluation / runs found. In-domain benchmarks may serve as mixer targets; "
+               "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total).")
+    if notes:
+        out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def table1_csv(blocks: list[dict], path: Path) -> None:
+    mixers = sorted({m for b in blocks for m in b["mixers"]}, key=mixer_sort_key)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "benchmark", "group", "metric"] + [f"{m}{s}" for m in mixers for s in ("", "_std", "_n")])
+        for b in blocks:
+            for row in b["rows"]:
+                vals = []
+                for m in mixers:
+                    c = row["cells"].get(m, (None, None, 0))
+                    vals += ["" if c[0] is None else c[0], "" if c[1] is None else c[1], c[2]]
+                w.writerow([b["setting"], row["benchmark"], row["group"], row["metric"]] + vals)
+
+
+# ------------------------------------------------------------------------------- perplexity (Aioli)
+
+
+def _avg_ppl(r: Run) -> float | None:
+    p = (r.res or {}).get("test_ppl") or {}
+    vals = [float(v) for v in p.values() if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def perplexity(runs: list[Run], reference: str = "stratified") -> dict:
+    """Aioli Table 2 numbers: per setting and mixer, Δ average test ppl vs ``reference`` (paired by seed
+    when possible), plus per-domain perplexities."""
+    done = [r for r in runs if r.res and r.res.get("test_ppl")]
+    settings = sorted({r.setting for r in done})
+    mixers = sorted({r.mixer for r in done}, key=mixer_sort_key)
+    delta: dict[tuple[str, str], tuple] = {}
+    absolute: dict[tuple[str, str], tuple] = {}
+    per_domain: dict[str, dict] = {}
+    for st in settings:
+        rs = [r for r in done if r.setting == st]
+        ref = {r.seed: _avg_ppl(r) for r in rs if r.mixer == reference}
+        ref_mean = mean_std(list(ref.values()))[0]
+        domains: list[str] = []
+        for r in rs:
+            domains += [d for d in r.res["test_ppl"] if d not in domains]
+        per_domain[st] = {"domains": domains, "cells": {}}
+        for m in mixers:
+            mine = [r for r in rs if r.mixer == m]
+            if not mine:
+                continue
+            absolute[(st, m)] = mean_std([_avg_ppl(r) for r in mine])
+            if ref_mean is not None and m != reference:
+                ds = [(_avg_ppl(r) - (ref[r.seed] if ref.get(r.seed) is not None else ref_mean)) for r in mine if _avg_ppl(r) is not None]
+                delta[(st, m)] = mean_std(ds)
+            for d in domains:
+                per_domain[st]["cells"][(d, m)] = mean_std([r.res["test_ppl"].get(d) for r in mine])
+    wins = {}
+    for m in mixers:
+        compared = [delta[(st, m)] for st in settings if (st, m) in delta and delta[(st, m)][0] is not None]
+        wins[m] = (sum(1 for c in compared if c[0] < 0), len(compared))
+    return {"settings": settings, "mixers": mixers, "delta": delta, "absolute": absolute, "wins": wins,
+            "per_domain": per_domain, "reference": reference}
+
+
+def perplexity_markdown(p: dict) -> str:
+    ref = p["reference"]
+    out = [f"# Test perplexity (Aioli Table 2 layout): change in average test perplexity vs `{ref}`", ""]
+    if not p["settings"]:
+        return "\n".join(out + ["No finished runs with per-domain test perplexity.", ""])
+    head = ["Mixer"] + p["settings"] + ["wins"]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    if ref in p["mixers"]:
+        out.append("| " + " | ".join([f"{ref} (avg ppl)"] + [fmt_ms(*p["absolute"].get((st, ref), (None, None))[:2], nd=3)
+                                                            for st in p["settings"]] + [""]) + " |")
+    for m in p["mixers"]:
+        if m == ref:
+            continue
+        cells = [fmt_ms(*p["delta"].get((st, m), (None, None))[:2], nd=3) for st in p["settings"]]
+        w, n = p["wins"][m]
+        out.append("| " + " | ".join([m] + cells + [f"{w}/{n}" if n else DASH]) + " |")
+    out += ["", f"Δ = average over domains of test perplexity, minus `{ref}`'s (same seed when it exists, else its mean "
+                f"over seeds); mean ± std over seeds; lower is better; wins = settings where Δ < 0."]
+    if ref not in p["mixers"]:
+        out += ["", f"No `{ref}` runs: no differences to report."]
+    for st in p["settings"]:
+        pd_ = p["per_domain"][st]
+        ms = [m for m in p["mixers"] if any((d, m) in pd_["cells"] for d in pd_["domains"])]
+        out += ["", f"## Per-domain test perplexity: {st}", ""]
+        out.append("| Domain | " + " | ".join(ms) + " |")
+        out.append("|" + "---|" * (len(ms) + 1))
+        for d in pd_["domains"] + ["average"]:
+            cells = []
+            for m in ms:
+                c = p["absolute"].get((st, m), (None, None, 0)) if d == "average" else pd_["cells"].get((d, m), (None, None, 0))
+                cells.append(fmt_ms(c[0], c[1], nd=2))
+            out.append("| " + " | ".join([f"**{d}**" if d == "average" else d] + cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def perplexity_csv(p: dict, path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["setting", "mixer", "domain", "ppl_mean", "ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"])
+        for st in p["settings"]:
+            pd_ = p["per_domain"][st]
+            for m in p["mixers"]:
+                if (st, m) not in p["absolute"]:
+                    continue
+                a = p["absolute"][(st, m)]
+                dl = p["delta"].get((st, m), (None, None, 0))
+                w.writerow([st, m, "average", _c(a[0]), _c(a[1]), a[2], _c(dl[0]), _c(dl[1])])
+                for d in pd_["domains"]:
+                    c = pd_["cells"].get((d, m), (None, None, 0))
+                    w.writerow([st, m, d, _c(c[0]), _c(c[1]), c[2], "", ""])
+
+
+def _c(x: Any) -> Any:
+    return "" if x is None else x
+
+
+# ----------------------------------------------------------------------------------------- figures
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _weights_curve(res: dict) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    hist = res.get("weights_history") or []
+    doms = list(res.get("domains") or (hist[0]["weights"].keys() if hist else []))
+    if not hist or not doms:
+        return None
+    total = int(res.get("steps") or max(h["step"] for h in hist) + 1)
+    steps = np.arange(total + 1)
+    w = np.zeros((len(doms), len(steps)))
+    for i, h in enumerate(sorted(hist, key=lambda h: h["step"])):
+        vec = np.array([float(h["weights"].get(d, 0.0)) for d in doms])
+        w[:, int(h["step"]):] = vec[:, None]
+    return doms, steps, w
+
+
+def fig_mixtures(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
+    plt = _plt()
+    written = []
+    for (st, m), rs in sorted(_by([r for r in runs if r.res], lambda r: (r.setting, r.mixer)).items()):
+        curves = [c for c in (_weights_curve(r.res) for r in rs) if c is not None]
+        if not curves:
+            continue
+        doms, steps, _ = curves[0]
+        same = [c for c in curves if c[0] == doms and len(c[1]) == len(steps)]
+        w = np.mean([c[2] for c in same], axis=0)
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        ax.stackplot(steps, w, labels=doms, step="post", alpha=0.9)
+        ax.set_xlim(0, steps[-1])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("mixture weight")
+        ax.set_title(f"{m}: mixture over training" + (f" (mean of {len(same)} seeds)" if len(same) > 1 else "")
+                     + (f"\n{st}" if multi_setting else ""), fontsize=10)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        fig.tight_layout()
+        p = out / (f"mixture_{_slug(m)}" + (f"_{_slug(st)}" if multi_setting else "") + ".png")
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
+    pts = []
+    for (st, m), rs in _by([r for r in runs if r.eval and r.eval.get("average") is not None], lambda r: (r.setting, r.mixer)).items():
+        y = mean_std([r.eval["average"] for r in rs])
+        x = mean_std([((r.res or {}).get("compute") or {}).get("mixer_total", 0.0) for r in rs])
+        pts.append((st, m, x, y))
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    settings = sorted({p[0] for p in pts})
+    markers = "osD^v<>P*X"
+    pos = [p[2][0] for p in pts if p[2][0] and p[2][0] > 0]
+    for st, m, x, y in sorted(pts, key=lambda p: mixer_sort_key(p[1])):
+        ax.errorbar([x[0] or 0.0], [y[0]], yerr=[y[1] or 0.0], xerr=[x[1] or 0.0], fmt=markers[settings.index(st) % len(markers)],
+                    capsize=3, label=m if len(settings) == 1 else f"{m} ({st})")
+        ax.annotate(m, (x[0] or 0.0, y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if pos:
+        ax.set_xscale("symlog", linthresh=min(pos) / 10)
+    ax.set_xlabel("mixture-search FLOPs (0 = static mixture)")
+    ax.set_ylabel("average downstream score (%)")
+    ax.set_title("Downstream score vs mixture-search compute (mean ± std over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out / "score_vs_compute.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
+def _influence_records(res: dict) -> list[dict]:
+    return [h for h in (res.get("mixer_history") or []) if isinstance(h, dict) and isinstance(h.get("influence"), dict)
+            and "step" in h]
+
+
+def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
+    written = []
+    for (st, m), rs in sorted(_by([r for r in runs if r.res and _influence_records(r.res)], lambda r: (r.setting, r.mixer)).items()):
+        # values[target][domain][step] -> list over seeds
+        values: dict[str, dict[str, dict[int, list[float]]]] = {}
+        for r in rs:
+            for h in _influence_records(r.res):
+                for tgt, per in h["influence"].items():
+                    if not isinstance(per, dict):
+                        continue
+                    for d, v in per.items():
+                        if v is not None and math.isfinite(float(v)):
+                            values.setdefault(str(tgt), {}).setdefault(str(d), {}).setdefault(int(h["step"]), []).append(float(v))
+        if not values:
+            continue
+        plt = _plt()
+        targets = sorted(values)
+        ncol = min(3, len(targets))
+        nrow = math.ceil(len(targets) / ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+        for i, tgt in enumerate(targets):
+            ax = axes[i // ncol][i % ncol]
+            for d, by_step in sorted(values[tgt].items()):
+                steps = sorted(by_step)
+                ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", label=d)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_title(tgt, fontsize=9)
+            ax.set_xlabel("step (stage boundary)")
+            ax.set_ylabel("influence (benefit)")
+            ax.grid(alpha=0.3)
+        for j in range(len(targets), nrow * ncol):
+            axes[j // ncol][j % ncol].axis("off")
+        axes[0][0].legend(fontsize=7, frameon=False)
+        fig.suptitle(f"{m}: group influence per domain over stages" + (f" ({st})" if multi_setting else ""), fontsize=10)
+        fig.tight_layout()
+        p = out / (f"influence_{_slug(m)}" + (f"_{_slug(st)}" if multi_setting else "") + ".png")
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | None = None,
+          logger_cfg: dict | None = None, quiet: bool = False) -> dict:
+    """Collect runs under ``dirs`` and write the tables and figures into ``out``; returns what was written."""
+    if not dirs:
+        raise ValueError("give at least one run or sweep folder")
+    out = Path(out or dirs[0]).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    runs = collect(dirs, preset)
+    blocks, notes = table1(runs)
+    files: dict[str, Any] = {}
+    md = table1_markdown(blocks, notes)
+    (out / "table1.md").write_text(md)
+    table1_csv(blocks, out / "table1.csv")
+    p = perplexity(runs)
+    (out / "perplexity.md").write_text(perplexity_markdown(p))
+    perplexity_csv(p, out / "perplexity.csv")
+    files.update(table1_md=out / "table1.md", table1_csv=out / "table1.csv", perplexity_md=out / "perplexity.md",
+                 perplexity_csv=out / "perplexity.csv")
+    figs: list[Path] = []
+    multi = len({r.setting for r in runs if r.res}) > 1
+    for fn in (lambda: fig_mixtures(runs, out, multi), lambda: fig_score_vs_compute(runs, out),
+               lambda: fig_influence(runs, out, multi)):
+        try:
+            got = fn()
+        except Exception as e:  # noqa: BLE001 - a figure must never cost the tables
+            print(f"[tables] a figure failed: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        figs += [got] if isinstance(got, Path) else list(got or [])
+    files["figures"] = figs
+    if logger_cfg:
+        _log_wandb(logger_cfg, out, blocks, p, figs, [str(d) for d in dirs])
+    if not quiet:
+        print(md)
+        print(f"[tables] {len(runs)} runs; wrote {', '.join(str(v.name) for k, v in files.items() if k != 'figures')}"
+              f"{', ' + ', '.join(f.name for f in figs) if figs else ''} in {out}")
+    files["runs"] = runs
+    files["notes"] = notes
+    return files
+
+
+def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: list[Path], dirs: list[str]) -> None:
+    from tikmix.runlog import RunLogger
+
+    lg = RunLogger(logger_cfg, out, {"dirs": dirs, "job": "tables"}, name=logger_cfg.get("run_name") or "tables")
+    try:
+        for b in blocks:
+            cols = ["setting", "benchmark", "group"] + [c for m in b["mixers"] for c in (m, f"{m}_std", f"{m}_n")]
+            rows = [[b["setting"], r["benchmark"], r["group"]] + [v for m in b["mixers"] for v in r["cells"][m]] for r in b["rows"]]
+            lg.table("tables/table1" + (f"/{_slug(b['setting'])}" if len(blocks) > 1 else ""), cols, rows)
+        rows = []
+        for st in p["settings"]:
+            for m in p["mixers"]:
+                if (st, m) in p["absolute"]:
+                    a, d = p["absolute"][(st, m)], p["delta"].get((st, m), (None, None, 0))
+                    rows.append([st, m, a[0], a[1], a[2], d[0], d[1]])
+        lg.table("tables/perplexity", ["setting", "mixer", "avg_ppl", "avg_ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"], rows)
+        if lg.wandb is not None and figs:
+            try:
+                import wandb
+
+                lg.wandb.log({f"figures/{f.stem}": wandb.Image(str(f)) for f in figs})
+            except Exception as e:  # noqa: BLE001
+                lg._fail(e)
+    finally:
+        lg.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dirs", nargs="+", help="run folders and/or sweep folders (searched recursively for results.json)")
+    ap.add_argument("--out", default=None, help="where to write tables and figures (default: the first folder)")
+    ap.add_argument("--preset", default=None, help="use results.json['evals'][PRESET] (from python -m eval) instead of 'eval'")
+    ap.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B run")
+    ap.add_argument("--project", default="tikmix")
+    ap.add_argument("--entity", default=None)
+    ap.add_argument("--group", default=None)
+    ap.add_argument("--name", default="tables", help="W&B run name")
+    a = ap.parse_args(argv)
+    logger_cfg = {"name": "wandb", "project": a.project, "entity": a.entity, "group": a.group, "tags": ["tables"],
+                  "mode": None, "run_name": a.name} if a.wandb else None
+    missing = [d for d in a.dirs if not Path(d).exists()]
+    if len(missing) == len(a.dirs):
+        print(f"error: no such folder(s): {', '.join(missing)}", file=sys.stderr)
+        return 2
+    build(a.dirs, a.out, a.preset, logger_cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

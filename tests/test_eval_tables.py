@@ -1,0 +1,153 @@
+"""python -m eval.tables on fake results.json files: 2 mixers x 2 seeds, one crashed run, one without eval."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from eval import tables
+
+DOMAINS = ["arith", "copy", "grammar"]
+IN = ["arith_mc", "copy_complete"]
+OUT = ["sorting"]
+
+
+def _eval(scores: dict[str, float]) -> dict:
+    tasks = {t: {"metric": "acc_norm", "value": v, "stderr": 1.0, "group": "in_domain" if t in IN else "out_of_domain",
+                 "percent": True, "n_shot": 0, "n_samples": 100, "metrics": {"acc_norm": {"value": v, "stderr": 1.0}}}
+             for t, v in scores.items()}
+    ind = [v for t, v in scores.items() if t in IN]
+    ood = [v for t, v in scores.items() if t in OUT]
+    return {"preset": "synthetic9", "tasks": tasks, "in_domain_avg": sum(ind) / len(ind),
+            "out_of_domain_avg": sum(ood) / len(ood), "average": sum(scores.values()) / len(scores)}
+
+
+def _results(mixer: str, seed: int, scores: dict | None, ppl: dict, mixer_total: float, history: list | None = None,
+             weights: list | None = None) -> dict:
+    w0 = {d: 1 / 3 for d in DOMAINS}
+    res = {
+        "mixer": mixer, "seed": seed, "model": "tiny", "budget": "smoke", "data": "synthetic", "domains": DOMAINS,
+        "steps": 8, "final_weights": w0,
+        "weights_history": weights or [{"step": 0, "weights": w0}],
+        "test_ppl": ppl, "compute": {"train": 1e12, "eval": 1e10, "mixer_total": mixer_total, "total": 1e12 + mixer_total},
+        "mixer_history": history or [],
+    }
+    if scores is not None:
+        res["eval"] = _eval(scores)
+    return res
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    infl = lambda step, a: {"step": step, "influence": {"val/arith": {"arith": a, "copy": -a / 2, "grammar": 0.1}},  # noqa: E731
+                            "weights": {"arith": 0.5, "copy": 0.25, "grammar": 0.25}}
+    tik_w = lambda: [{"step": 0, "weights": {d: 1 / 3 for d in DOMAINS}},  # noqa: E731
+                     {"step": 4, "weights": {"arith": 0.6, "copy": 0.3, "grammar": 0.1}}]
+    runs = {
+        "0_stratified_s0": _results("stratified", 0, {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0},
+                                    {"arith": 10.0, "copy": 20.0, "grammar": 30.0}, 0.0),
+        "1_stratified_s1": _results("stratified", 1, {"arith_mc": 42.0, "copy_complete": 32.0, "sorting": 22.0},
+                                    {"arith": 12.0, "copy": 22.0, "grammar": 32.0}, 0.0),
+        "2_tikmix_d_s0": _results("tikmix_d", 0, {"arith_mc": 50.0, "copy_complete": 30.0, "sorting": 25.0},
+                                  {"arith": 9.0, "copy": 19.0, "grammar": 31.0}, 7.0e17,
+                                  [infl(0, 1.0), infl(4, 0.5)], tik_w()),
+        "3_tikmix_d_s1": _results("tikmix_d", 1, {"arith_mc": 54.0, "copy_complete": 34.0, "sorting": 27.0},
+                                  {"arith": 11.0, "copy": 21.0, "grammar": 33.0}, 7.4e17,
+                                  [infl(0, 2.0), infl(4, 1.0)], tik_w()),
+        "5_regmix_s0": _results("regmix", 0, None, {"arith": 11.0, "copy": 21.0, "grammar": 31.0}, 3.7e18),  # no eval
+    }
+    for name, res in runs.items():
+        d = root / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(res))
+        (d / "config.yaml").write_text(f"mixer:\n  name: {res['mixer']}\nseed: {res['seed']}\n")
+    crashed = root / "4_aioli_s0"  # crashed: a config and a checkpoint folder, no results.json
+    (crashed / "checkpoints").mkdir(parents=True)
+    (crashed / "config.yaml").write_text("mixer:\n  name: aioli\nseed: 0\nmodel:\n  name: tiny\nbudget:\n  name: smoke\ndata:\n  source: synthetic\n")
+    # a mixer's sub-run lives in its cache: never a column of the table
+    sub = root / "cache" / "subruns" / "proxy-abc"
+    sub.mkdir(parents=True)
+    (sub / "results.json").write_text(json.dumps(_results("fixed", 0, None, {"arith": 1.0}, 0.0)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(sweep, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert tables.main([str(sweep), "--out", str(out)]) == 0
+    return out
+
+
+def _row(md: str, name: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].strip("*").split(" (")[0] == name:
+            return cells
+    raise AssertionError(f"no row {name!r} in\n{md}")
+
+
+def test_table1_layout_mean_std_and_missing(built):
+    md = (built / "table1.md").read_text()
+    header = next(l for l in md.splitlines() if l.startswith("| Benchmark"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    # mixers as columns in the canonical order; the crashed and the eval-less runs are columns with missing cells
+    assert [c.split(" (")[0] for c in cols[1:]] == ["stratified", "aioli", "regmix", "tikmix_d"]
+    assert "stratified (n=2/2)" in cols and "aioli (n=0/1)" in cols and "regmix (n=0/1)" in cols
+    assert "fixed" not in header  # sub-runs are skipped
+    # benchmarks as rows, in-domain first; mean ± sample std over seeds
+    assert _row(md, "arith_mc")[1:] == ["41.0 ± 1.4", "—", "—", "52.0 ± 2.8"]
+    assert _row(md, "sorting")[1] == "21.0 ± 1.4"
+    body = [l.split("|")[1].strip() for l in md.splitlines() if l.startswith("| ") and not l.startswith("| Benchmark")]
+    assert body.index("arith_mc (in)") < body.index("copy_complete (in)") < body.index("sorting (out)")
+    avg = _row(md, "Average")
+    assert avg[1] == f"{(30 + 32) / 2:.1f} ± {math.sqrt(2):.1f}"
+    flops = _row(md, "Mixture-search FLOPs")
+    assert flops[1:] == ["0", "—", "3.7e18", "7.2e17"]
+    # the notes name the crashed run and the one without an evaluation
+    assert "4_aioli_s0" in md and "crashed or unfinished" in md
+    assert "5_regmix_s0" in md and "no evaluation" in md
+
+
+def test_table1_csv_numbers(built):
+    rows = list(csv.DictReader(open(built / "table1.csv")))
+    arith = next(r for r in rows if r["benchmark"] == "arith_mc")
+    assert float(arith["tikmix_d"]) == pytest.approx(52.0) and float(arith["tikmix_d_std"]) == pytest.approx(math.sqrt(8))
+    assert arith["tikmix_d_n"] == "2" and arith["aioli"] == "" and arith["aioli_n"] == "0"
+    fl = next(r for r in rows if r["benchmark"] == "Mixture-search FLOPs")
+    assert float(fl["tikmix_d"]) == pytest.approx(7.2e17)
+
+
+def test_perplexity_aioli_layout(built):
+    md = (built / "perplexity.md").read_text()
+    # tikmix_d minus stratified, paired by seed: avg ppl s0 = 19.67 vs 20, s1 = 21.67 vs 22 -> -1/3 each
+    row = _row(md, "tikmix_d")
+    assert row[1] == "-0.333 ± 0.000" and row[2] == "1/1"
+    assert _row(md, "regmix")[1:] == ["1.000", "0/1"]  # one seed, worse than stratified's seed 0 (21 vs 20)
+    assert "Per-domain test perplexity" in md and "| arith |" in md
+    rows = list(csv.DictReader(open(built / "perplexity.csv")))
+    avg = next(r for r in rows if r["mixer"] == "tikmix_d" and r["domain"] == "average")
+    assert float(avg["delta_vs_stratified"]) == pytest.approx(-1 / 3)
+
+
+def test_figures(built):
+    for name in ("mixture_stratified.png", "mixture_tikmix_d.png", "score_vs_compute.png", "influence_tikmix_d.png"):
+        p = built / name
+        assert p.exists() and p.stat().st_size > 1000, name
+    assert not (built / "influence_stratified.png").exists()  # no influence records: no figure
+
+
+def test_empty_and_broken_inputs_never_crash(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text("{not json")
+    (tmp_path / "a" / "config.yaml").write_text("mixer:\n  name: doremi\nseed: 3\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"mixer": "odm", "seed": 0}))  # partial: almost nothing
+    out = tables.build([tmp_path], tmp_path / "out", quiet=True)
+    md = out["table1_md"].read_text()
+    assert "unreadable results.json" in md and "doremi" in md
+    assert (tmp_path / "out" / "perplexity.md").exists()
+    assert tables.main([str(tmp_path / "nope")]) == 2

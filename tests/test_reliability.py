@@ -1,0 +1,141 @@
+"""Faults: SIGKILL at random moments, non-finite losses, W&B failures, unwritable checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+from tikmix.errors import CheckpointError
+from tikmix.run import run
+from tikmix.trainer import NonFiniteLoss, Trainer
+
+
+def _env(**kw):
+    return dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **kw)
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(smoke_overrides, tmp_path):
+    args = smoke_overrides + ["budget.total_tokens=32768", "trainer.ckpt_every=1", "trainer.save_final_model=false"]
+    ref = tmp_path / "ref"
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={ref}"], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rd = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={rd}"]
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):
+        p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (rd / "checkpoints" / "last.pt").exists() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))  # lands anywhere, checkpoint writes (every step) included
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+        if (rd / "results.json").exists():
+            break
+    assert kills >= 1
+    # no torn checkpoint under the final name: it always loads
+    torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((ref / "results.json").read_text())
+    b = json.loads((rd / "results.json").read_text())
+    assert a["val_loss"] == b["val_loss"] and a["test_loss"] == b["test_loss"] and a["tokens_seen"] == b["tokens_seen"]
+
+
+def _nan_at(step_to_poison: int):
+    orig = Trainer.token_losses
+
+    def poisoned(self, windows, model=None):
+        tl = orig(self, windows, model)
+        if self.state.step == step_to_poison:
+            return tl * float("nan")
+        return tl
+
+    return poisoned
+
+
+def test_nan_loss_stops_with_step_and_domains_and_keeps_last_checkpoint(make_cfg, tmp_path, monkeypatch):
+    rd = tmp_path / "r"
+    monkeypatch.setattr(Trainer, "token_losses", _nan_at(5))
+    with pytest.raises(NonFiniteLoss, match=r"non-finite training loss at step 5; domains in the batch: \[.*'arith'"):
+        run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
+    ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_nan_loss_skip_mode_counts_skipped_batches(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "token_losses", _nan_at(3))
+    res = run(make_cfg("trainer.on_nonfinite=skip", run_dir=tmp_path / "r"))
+    assert [s["step"] for s in res["skipped_steps"]] == [3]
+    assert res["steps"] == 8 and all(np.isfinite(v) for v in res["val_loss"].values())
+    assert sum(res["tokens_seen"].values()) == 7 * 16 * 64  # the skipped batch was not trained on
+
+
+@pytest.mark.parametrize("mode_env", [
+    {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "5"},
+    {"WANDB_MODE": "bogus-mode"},
+])
+def test_wandb_failure_never_fails_the_run(smoke_overrides, tmp_path, mode_env):
+    rd = tmp_path / "run"
+    env = _env()
+    env.update(mode_env)
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), *[o for o in smoke_overrides if o != "logger=none"],
+                        "logger=wandb", "trainer.save_final_model=false", f"hydra.run.dir={rd}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (rd / "results.json").exists() and (rd / "metrics.jsonl").exists()
+
+
+def test_wandb_offline_by_default_without_a_key(smoke_overrides, tmp_path):
+    rd = tmp_path / "run"
+    env = {k: v for k, v in _env().items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc
+    r = subprocess.run([sys.executable, str(REPO / "train.py"), *[o for o in smoke_overrides if o != "logger=none"],
+                        "logger=wandb", "trainer.save_final_model=false", f"hydra.run.dir={rd}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((rd / "wandb").glob("offline-run-*")), "expected an offline W&B run in the run dir"
+
+
+def test_unwritable_checkpoint_fails_clearly_and_keeps_saved_progress(make_cfg, tmp_path, monkeypatch):
+    rd = tmp_path / "r"
+    orig = Trainer.train_step
+
+    def crash(self, step, w):
+        if step == 4:
+            raise KeyboardInterrupt
+        return orig(self, step, w)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
+    monkeypatch.setattr(Trainer, "train_step", orig)
+    saved = (rd / "checkpoints" / "last.pt").read_bytes()
+
+    import tikmix.checkpoint as ckm
+
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **k):
+        if "w" in mode and ".last.pt.tmp" in str(path):
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(ckm, "open", full_disk, raising=False)
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*No space left on device.*previous checkpoint .* intact"):
+        run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
+    assert (rd / "checkpoints" / "last.pt").read_bytes() == saved
+    assert not list((rd / "checkpoints").glob(".last.pt.tmp*"))
