@@ -85,28 +85,46 @@ def test_nan_loss_skip_mode_counts_skipped_batches(make_cfg, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("mode_env", [
-    {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "5"},
+    {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "3"},
     {"WANDB_MODE": "bogus-mode"},
 ])
-def test_wandb_failure_never_fails_the_run(smoke_overrides, tmp_path, mode_env):
+def test_wandb_unreachable_or_misconfigured_never_fails_the_run(make_cfg, tmp_path, monkeypatch, mode_env):
+    for k, v in mode_env.items():
+        monkeypatch.setenv(k, v)
     rd = tmp_path / "run"
-    env = _env()
-    env.update(mode_env)
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *[o for o in smoke_overrides if o != "logger=none"],
-                        "logger=wandb", "trainer.save_final_model=false", f"hydra.run.dir={rd}"],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert (rd / "results.json").exists() and (rd / "metrics.jsonl").exists()
+    res = run(make_cfg("logger=wandb", "trainer.save_final_model=false", run_dir=rd))
+    assert res["steps"] == 8 and (rd / "results.json").exists() and (rd / "metrics.jsonl").exists()
 
 
-def test_wandb_offline_by_default_without_a_key(smoke_overrides, tmp_path):
+def test_wandb_killed_mid_run_never_fails_the_run(make_cfg, tmp_path, monkeypatch):
+    import wandb
+
+    calls = {"n": 0}
+
+    class DyingRun:  # a W&B run whose service dies after init
+        id = "dying"
+        summary: dict = {}
+
+        def log(self, *a, **k):
+            calls["n"] += 1
+            raise ConnectionError("wandb service died")
+
+        def finish(self):
+            raise ConnectionError("wandb service died")
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: DyingRun())
     rd = tmp_path / "run"
-    env = {k: v for k, v in _env().items() if not k.startswith("WANDB_")}
-    env["HOME"] = str(tmp_path)  # no ~/.netrc
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *[o for o in smoke_overrides if o != "logger=none"],
-                        "logger=wandb", "trainer.save_final_model=false", f"hydra.run.dir={rd}"],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    res = run(make_cfg("logger=wandb", "trainer.save_final_model=false", "trainer.log_every=1", run_dir=rd))
+    assert calls["n"] == 1  # the first failure switches W&B off; the run goes on
+    assert res["steps"] == 8 and len((rd / "metrics.jsonl").read_text().splitlines()) >= 8
+
+
+def test_wandb_offline_by_default_without_a_key(make_cfg, tmp_path, monkeypatch):
+    for k in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    rd = tmp_path / "run"
+    run(make_cfg("logger=wandb", "trainer.save_final_model=false", run_dir=rd))
     assert list((rd / "wandb").glob("offline-run-*")), "expected an offline W&B run in the run dir"
 
 

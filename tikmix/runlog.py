@@ -69,6 +69,8 @@ class RunLogger:
                 project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
                 tags=list(cfg.get("tags") or []), name=name, config=config, dir=str(self.run_dir), mode=mode,
                 id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous",
+                # system-metrics sampling costs CPU that a small CPU run needs; opt in with logger.system_metrics=true
+                settings=wandb.Settings(x_disable_stats=not cfg.get("system_metrics", False)),
             )
             self.wandb = run
             self.wandb_id = getattr(run, "id", None)
