@@ -70,6 +70,8 @@ def check_config(cfg: Mapping[str, Any]) -> dict:
         v = cfg.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ConfigError(f"eval.{key}", f"must be an integer >= 0; got {v!r}")
+    if str(cfg.get("dtype", "auto")) not in ("auto", "bf16", "fp32"):
+        raise ConfigError("eval.dtype", f"must be auto, bf16 or fp32; got {cfg.get('dtype')!r}")
     return {"tasks": tasks, "in_domain": ind, "out_of_domain": ood, "limit": limit, "batch_size": bs}
 
 
@@ -118,6 +120,35 @@ def _rng_preserved() -> Iterator[None]:
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def _light_env_info() -> Iterator[None]:
+    """simple_evaluate records torch's collect_env report (~2.5 s of subprocesses) and the git hash of the
+    working directory (printing "fatal: not a git repository" outside one) into its results; we keep
+    neither, so skip both. Only names that exist are replaced (lm-eval versions differ)."""
+    try:
+        import lm_eval.evaluator as ev
+    except ImportError:  # pragma: no cover
+        yield
+        return
+
+    def env_info(storage: dict) -> None:
+        import transformers
+        from importlib.metadata import version
+
+        storage.update({"lm_eval_version": version("lm_eval"), "transformers_version": transformers.__version__})
+
+    saved = {}
+    for name, repl in (("add_env_info", env_info), ("get_git_commit_hash", lambda: None)):
+        if hasattr(ev, name):
+            saved[name] = getattr(ev, name)
+            setattr(ev, name, repl)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(ev, name, fn)
 
 
 def _split_key(k: str) -> tuple[str, str]:
@@ -305,7 +336,7 @@ def evaluate(eval_cfg: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Pat
             mp = torch.bfloat16
         boot = int(cfg.get("bootstrap_iters", 1000) if final else cfg.get("stage_bootstrap_iters", 0))
         try:
-            with _rng_preserved():
+            with _rng_preserved(), _light_env_info():
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=chk["batch_size"],
                           max_batch_size=int(cfg.get("max_batch_size") or 64), mixed_precision_dtype=mp)
                 raw = simple_evaluate(

@@ -64,8 +64,20 @@ def _skip(p: Path, roots: list[Path]) -> bool:
     return any(part in _SKIP_PARTS for part in p.parts[:-1])
 
 
-def _setting(model: Any, budget: Any, data: Any) -> str:
-    return f"{model or '?'} / {budget or '?'} / {data or '?'}"
+def _setting(model: Any, budget: Any, data: Any, tokens: Any = None) -> str:
+    b = f"{budget or '?'}" + (f" ({int(tokens):,} tokens)" if isinstance(tokens, (int, float)) and tokens else "")
+    return f"{model or '?'} / {b} / {data or '?'}"
+
+
+def _config_tokens(d: Path) -> Any:
+    """budget.total_tokens from a run's config.yaml (budgets overridden on the command line differ here)."""
+    try:
+        import yaml
+
+        c = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        return (c.get("budget") or {}).get("total_tokens")
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _eval_entry(res: dict, preset: str | None) -> dict | None:
@@ -103,7 +115,9 @@ def collect(dirs: Iterable[str | Path], preset: str | None = None) -> list[Run]:
                 m, s, st = _from_config(d)
                 runs.append(Run(d, m, s, st, problem=f"unreadable results.json ({type(e).__name__})"))
                 continue
-            run = Run(d, str(res.get("mixer", "?")), res.get("seed"), _setting(res.get("model"), res.get("budget"), res.get("data")), res=res)
+            tokens = _config_tokens(d) or (sum((res.get("tokens_seen") or {}).values()) or None)
+            run = Run(d, str(res.get("mixer", "?")), res.get("seed"),
+                      _setting(res.get("model"), res.get("budget"), res.get("data"), tokens), res=res)
             run.eval = _eval_entry(res, preset)
             if run.eval is None:
                 run.problem = f"no evaluation{f' for preset {preset}' if preset else ''} in results.json"
@@ -129,7 +143,8 @@ def _from_config(d: Path) -> tuple[str | None, Any, str]:
             return None, None, "?"
         g = lambda k: (c.get(k) or {}).get("name") if isinstance(c.get(k), dict) else c.get(k)  # noqa: E731
         data = c.get("data", {}).get("source") if isinstance(c.get("data"), dict) else None
-        return str(g("mixer")), c.get("seed"), _setting(g("model"), g("budget"), data)
+        tokens = (c.get("budget") or {}).get("total_tokens") if isinstance(c.get("budget"), dict) else None
+        return str(g("mixer")), c.get("seed"), _setting(g("model"), g("budget"), data, tokens)
     except Exception:  # noqa: BLE001 - a broken config is just an unknown run
         return None, None, "?"
 

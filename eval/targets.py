@@ -133,15 +133,15 @@ def benchmark_targets(task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, 
                                            f"{T.as_list(cfg.get('in_domain'), 'eval.in_domain')}")
     if seq_len < 2 or n_tokens < 1 or micro_batch < 1:
         raise ConfigError("targets.tasks", f"need seq_len >= 2, n_tokens >= 1, micro_batch >= 1 (got {seq_len}, {n_tokens}, {micro_batch})")
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     paths = T.include_paths(cfg)
     from eval.stage import _quiet
 
     out: dict[str, list[dict]] = {}
     with _quiet(cfg.get("log_level")):
         tm = T.resolve(cfg, names, field="targets.tasks")
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         for name in names:
             loaded = T.load_task(tm, name, paths)
             objs = [loaded["groups"][name]] if name in loaded["groups"] else list(loaded["tasks"].values())

@@ -38,7 +38,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_overrides(cache_dir) -> list[str]:
     return [
-        "model=tiny", "budget=smoke", "logger=none", "trainer.progress=false",
+        "model=tiny", "budget=smoke", "logger=none", "eval=none", "trainer.progress=false",
         f"data.cache_dir={cache_dir}", f"data.synthetic.docs={SMOKE_DOCS}",
         "data.tokenizer.vocab_size=512", "data.tokenizer.train_docs_per_domain=200",
         "trainer.val_tokens=1024", "trainer.test_tokens=1024", "targets.tokens=512",

@@ -42,8 +42,7 @@ def test_paper9_names_resolve_and_metrics_exist(registry):
     from lm_eval.tasks._yaml_loader import load_yaml
 
     for name in PAPER_IN + PAPER_OUT:
-        assert name in registry.task_index, name
-    assert name in registry.all_tasks
+        assert name in registry.task_index and name in registry.all_tasks, name
     assert registry.task_index["mmlu"].kind.name == "GROUP"
     # the configured headline metric is one the harness's task reports ("acc_norm where it has it")
     cfg = compose(["eval=paper9"]).eval
@@ -75,7 +74,20 @@ def _tiny_model():
     return model, hf_tok
 
 
-def test_missing_hub_dataset_fails_fast_and_clearly(registry, paper_cfg, tmp_path, monkeypatch):
+def _skip_if_cached(fragment: str) -> None:
+    """These tests need the dataset to be absent from the local Hugging Face caches (as on CI)."""
+    from pathlib import Path
+
+    import datasets.config
+    import huggingface_hub.constants as hc
+
+    for root in (datasets.config.HF_DATASETS_CACHE, hc.HF_HUB_CACHE):
+        if any(fragment in p.name.lower() for p in Path(root).glob("*")):
+            pytest.skip(f"a local copy of {fragment} is cached in {root}")
+
+
+def test_missing_hub_dataset_fails_fast_and_clearly(registry, paper_cfg, tmp_path):
+    _skip_if_cached("mmlu")
     model, tok = _tiny_model()
     model.train()
     t0 = time.perf_counter()
@@ -91,6 +103,7 @@ def test_missing_hub_dataset_fails_fast_and_clearly(registry, paper_cfg, tmp_pat
 def test_unreachable_hub_without_offline_env_fails_fast(registry, paper_cfg, monkeypatch):
     """No offline variables set and no route to the hub: offline mode is switched on while the task
     loads, so the error comes at once instead of after a minute of retries."""
+    _skip_if_cached("boolq")
     for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(T, "hub_reachable", lambda timeout=3.0: (False, "huggingface.co:443 unreachable (simulated)"))
@@ -104,8 +117,10 @@ def test_unreachable_hub_without_offline_env_fails_fast(registry, paper_cfg, mon
     assert datasets.config.HF_HUB_OFFLINE == before  # restored
 
 
-def test_out_of_domain_benchmarks_are_never_targets(paper_cfg):
+def test_targets_refuse_out_of_domain_and_unknown_tasks(registry, paper_cfg):
     from eval.targets import benchmark_targets
 
     with pytest.raises(ConfigError, match=r"targets.tasks: \['piqa'\] are out-of-domain"):
         benchmark_targets(["hellaswag", "piqa"], paper_cfg, tokenizer=None, seq_len=64, n_tokens=100, micro_batch=2)
+    with pytest.raises(ConfigError, match=r"targets.tasks: unknown lm-eval task\(s\) 'hellaswg' \(did you mean: hellaswag"):
+        benchmark_targets(["hellaswg"], paper_cfg, tokenizer=None, seq_len=64, n_tokens=100, micro_batch=2)

@@ -151,3 +151,9 @@ def test_empty_and_broken_inputs_never_crash(tmp_path):
     assert "unreadable results.json" in md and "doremi" in md
     assert (tmp_path / "out" / "perplexity.md").exists()
     assert tables.main([str(tmp_path / "nope")]) == 2
+
+
+def test_wandb_tables_never_fail_the_command(sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # a no-op W&B run: the tables still go through RunLogger
+    assert tables.main([str(sweep), "--out", str(tmp_path), "--wandb", "--project", "tikmix-test"]) == 0
+    assert (tmp_path / "table1.md").exists()

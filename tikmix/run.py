@@ -22,7 +22,8 @@ from tikmix.sampler import MixtureSampler, check_budget
 from tikmix.trainer import Preempted, Trainer, dist_info, eval_windows, resolve_device
 
 # Keys that do not change what a run computes: a resumed run may differ in these.
-_NON_TRAJECTORY = {"logger", "run_dir", "eval", "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
+_NON_TRAJECTORY = {"logger", "run_dir", "eval.limit", "eval.bootstrap_iters", "eval.stage_bootstrap_iters",
+                   "eval.batch_size", "eval.max_batch_size", "eval.every_stage", "eval.log_level", "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
                    "trainer.save_final_model", "trainer.max_wall_s"}
 
 
@@ -64,20 +65,41 @@ def check_repeats(max_epochs: Any, w: np.ndarray, domains: list[str], train_toke
             )
 
 
-def build_targets(cfg: dict, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
-    """Target sets the mixers optimise for: held-out (val split) text of the chosen domains."""
+def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
+    """Target sets the mixers optimise for (methods.md, "Targets"), the same for every mixer of a comparison.
+
+    ``targets.tasks``: benchmark-derived sets (a task's dev split, loss on the gold answer only); ``auto`` =
+    the in-domain tasks of the eval preset. ``targets.domains``: held-out (val split) text of domains;
+    ``auto`` = every domain when there are no task targets, else none.
+    """
     tcfg = cfg.get("targets") or {}
-    names = tcfg.get("domains")
-    names = domains if names is None else list(names)
+    n_tokens = int(tcfg.get("tokens", 8192))
+    mb = int(cfg.budget.micro_batch)
+    tasks = tcfg.get("tasks", "auto")
+    if tasks == "auto":
+        tasks = list(cfg.eval.get("in_domain") or []) if cfg.eval.get("name", "none") != "none" else []
+    elif tasks is None or isinstance(tasks, str):
+        raise ConfigError("targets.tasks", f"auto, or a list of in-domain task names, got {tasks!r}")
+    names = tcfg.get("domains", "auto")
+    if names == "auto":
+        names = [] if tasks else domains
+    elif names is None or isinstance(names, str):
+        raise ConfigError("targets.domains", f"auto, or a list of domain names, got {names!r}")
+    names = list(names)
     unknown = [d for d in names if d not in domains]
     if unknown:
         raise ConfigError("targets.domains", f"unknown domain(s) {unknown}; the data has {domains}")
+    if not names and not tasks:
+        raise ConfigError("targets", "no target sets: give targets.domains or targets.tasks (or leave them auto)")
     out: dict[str, list[dict]] = {}
-    mb = int(cfg["budget"]["micro_batch"])
     for d in names:
-        w = eval_windows(shards.tokens(d, "val"), seq_len, int(tcfg.get("tokens", 8192)))
+        w = eval_windows(shards.tokens(d, "val"), seq_len, n_tokens)
         x = torch.from_numpy(w[:, :-1])
         out[f"val/{d}"] = [{"input_ids": x[i : i + mb], "labels": x[i : i + mb]} for i in range(0, len(x), mb)]
+    if tasks:
+        from eval.targets import benchmark_targets
+
+        out.update(benchmark_targets(list(tasks), cfg.eval, shards.tokenizer, seq_len, n_tokens, mb))
     return out
 
 
@@ -112,7 +134,7 @@ def init_distributed(device_name: str) -> tuple[int, int, str]:
     return rank, world, device_name
 
 
-def run(cfg: DictConfig, quiet: bool = False) -> dict:
+def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> dict:
     t_start = time.perf_counter()
     rank, world, device_name = init_distributed(str(cfg.device))
     run_dir = Path(cfg.run_dir).resolve()
@@ -201,6 +223,10 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
             print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
                   f"{counts['non_embedding']:,} non-embedding) budget={b.name}: {total_steps} steps x "
                   f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(domains)}; device={device}{ranks}; run dir {run_dir}")
+        if downstream_eval and rank == 0 and str((cfg.get("eval") or {}).get("name") or "none") != "none":
+            from eval.stage import stage_evaluator
+
+            trainer.stage_eval = stage_evaluator(cfg.eval, shards.tokenizer, run_dir, logger, ledger, fpt)
         if ckpt is not None:
             trainer.load(ckpt)
             print(f"[tikmix] resumed from {ckpt_path} at step {trainer.state.step}/{total_steps}")
@@ -216,6 +242,17 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
         val_loss = state.val_history[-1]["val_loss"] if state.val_history else trainer.val_losses()
         if cfg.trainer.save_final_model and rank == 0:
             _save_hf(model, shards.tokenizer, run_dir / "final_model")
+        eval_entry = None
+        if downstream_eval and str((cfg.get("eval") or {}).get("name") or "none") != "none":
+            if trainer.parallel == "fsdp":
+                raise ConfigError("eval", "the in-process evaluation needs an unsharded model: run FSDP with eval=none "
+                                          "and score final_model/ with `python -m eval <run dir>`")
+            if rank == 0:
+                from eval.stage import charge, evaluate
+
+                eval_entry = evaluate(cfg.eval, model, shards.tokenizer, run_dir, logger=logger, step=state.step, quiet=quiet)
+                charge(ledger, fpt, eval_entry)
+            trainer.barrier()
         res = {
             "mixer": cfg.mixer.name,
             "seed": seed,
@@ -247,6 +284,9 @@ def run(cfg: DictConfig, quiet: bool = False) -> dict:
             "fingerprint": fp,
         }
         res["world_size"] = world
+        if eval_entry is not None:
+            res["eval"] = eval_entry
+        res["eval_history"] = state.eval_history
         if rank == 0:
             write_json_atomic(results_path, res)
         logger.summary({"final/val_loss_mean": float(np.mean(list(val_loss.values()))),
@@ -287,7 +327,7 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
-        res = run(cfg, quiet=True)
+        res = run(cfg, quiet=True, downstream_eval=False)  # eval config kept: it defines the task targets
         c = res["compute"]
         ledger.charge_mixer(charge_as, c.get("total", 0.0))
         res["reused"] = reused

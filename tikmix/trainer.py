@@ -101,6 +101,7 @@ class TrainState:
     wall_time: float = 0.0
     wandb_id: str | None = None
     skipped: list = field(default_factory=list)  # steps whose batch was skipped for a non-finite loss
+    eval_history: list = field(default_factory=list)  # downstream evaluations at stage boundaries (eval.every_stage)
 
 
 class Trainer:
@@ -182,6 +183,7 @@ class Trainer:
         )
         self.val_windows = {d: eval_windows(a, self.seq_len, int(t["val_tokens"])) for d, a in val_arrays.items()}
         self.state = TrainState(tokens_seen=np.zeros(self.m, dtype=np.int64))
+        self.stage_eval: Callable[[torch.nn.Module, int], dict | None] | None = None  # eval.every_stage hook
 
     # --- helpers ---------------------------------------------------------------------------------------
     def autocast(self):
@@ -248,6 +250,7 @@ class Trainer:
             "wall_time": s.wall_time,
             "wandb_id": s.wandb_id,
             "skipped": s.skipped,
+            "eval_history": s.eval_history,
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
@@ -301,6 +304,7 @@ class Trainer:
             wall_time=float(ckpt["wall_time"]),
             wandb_id=ckpt.get("wandb_id"),
             skipped=list(ckpt.get("skipped", [])),
+            eval_history=list(ckpt.get("eval_history", [])),
         )
 
     # --- the loop --------------------------------------------------------------------------------------
@@ -422,6 +426,12 @@ class Trainer:
             if stop["reason"]:
                 self.save()
                 raise Preempted(step, stop["reason"])
+            if self.stage_eval is not None and step in self.stage_steps and self.rank == 0 and \
+                    not any(e.get("step") == step for e in s.eval_history):
+                entry = self.stage_eval(self.model, step)
+                if entry is not None:
+                    s.eval_history.append(entry)
+                self.model.train()
             if step in probe_at:
                 p = self.probe(step)
                 self.mixer.on_probe(p)

@@ -1,0 +1,339 @@
+"""The evaluation stage end to end on a smoke run: eval=synthetic9 through lm-eval in-process, trained vs
+untrained, a user's task folder scored unchanged, benchmark targets, and `python -m eval <run dir>`.
+
+One training run serves every test (session fixture): 128 steps of the copy domain only. That is enough for
+the copy domain's alphabetical-order statistics (a quarter of its sequences are sorted) to show on the
+`sorting` task (~32% vs ~16% untrained on its 500 test examples); copying itself needs induction heads,
+hundreds of steps more, so copy_complete stays at chance at this budget.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, compose
+from tikmix.errors import ConfigError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2 shared cores: several intra-op threads on a tiny model only contend (10x slower under load)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def eval_run(smoke_overrides, tmp_path_factory):
+    from tikmix.run import run
+
+    rd = tmp_path_factory.mktemp("evalrun") / "run"
+    cfg = compose(smoke_overrides + [
+        f"run_dir={rd}", "eval=synthetic9", "eval.limit=40", "mixer=fixed", "mixer.weights={copy: 1.0}",
+        "budget.total_tokens=131072", "budget.micro_batch=16",
+    ])
+    res = run(cfg, quiet=True)
+    return rd, res, cfg
+
+
+@pytest.fixture(scope="module")
+def trained(eval_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rd, _, _ = eval_run
+    return AutoModelForCausalLM.from_pretrained(rd / "final_model"), AutoTokenizer.from_pretrained(rd / "final_model")
+
+
+class FakeLogger:
+    def __init__(self):
+        self.tables, self.logs, self.summaries = [], [], []
+
+    def table(self, key, columns, rows, step=None):
+        self.tables.append((key, columns, rows, step))
+
+    def log(self, metrics, step):
+        self.logs.append((dict(metrics), step))
+
+    def summary(self, values):
+        self.summaries.append(dict(values))
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+
+def test_run_results_hold_the_eval_entry(eval_run):
+    from tikmix.data.synthetic import IN_DOMAIN, OUT_OF_DOMAIN, TASKS
+
+    rd, res, _ = eval_run
+    assert "eval" in res, "tikmix.run.run does not call eval.stage.evaluate yet (see the eval wiring)"
+    on_disk = json.loads((rd / "results.json").read_text())
+    ev = on_disk["eval"]
+    assert ev["preset"] == "synthetic9" and ev["limit"] == 40 and ev["bootstrap_iters"] > 0
+    assert list(ev["tasks"]) == list(TASKS)
+    for name, t in ev["tasks"].items():
+        assert t["group"] == ("in_domain" if name in IN_DOMAIN else "out_of_domain")
+        assert t["metric"] == "acc_norm" and t["n_samples"] == 40 and t["n_shot"] == 0
+        assert 0 <= t["value"] <= 100 and t["stderr"] is not None and 0 <= t["stderr"] < 20  # percent
+        assert set(t["metrics"]) == {"acc", "acc_norm"}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert ev["in_domain_avg"] == pytest.approx(mean([ev["tasks"][t]["value"] for t in IN_DOMAIN]))
+    assert ev["out_of_domain_avg"] == pytest.approx(mean([ev["tasks"][t]["value"] for t in OUT_OF_DOMAIN]))
+    assert ev["average"] == pytest.approx(mean([t["value"] for t in ev["tasks"].values()]))
+    assert ev["forward_tokens"] > 0
+    assert on_disk["compute"]["eval"] > 0
+
+
+def test_trained_beats_untrained_on_a_taught_task(eval_run, trained):
+    from eval.stage import evaluate
+    from tikmix.model import build_model
+
+    rd, _, cfg = eval_run
+    model, tok = trained
+    untrained = build_model(cfg.model, model.config.vocab_size, 0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[sorting]",
+                    "eval.bootstrap_iters=0"]).eval
+    a = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]["sorting"]
+    b = evaluate(ecfg, untrained, tok, rd, quiet=True)["tasks"]["sorting"]
+    assert a["n_samples"] == b["n_samples"] == 500
+    assert a["value"] > b["value"] + 6, (a["value"], b["value"])
+
+
+def test_saved_final_model_scores_like_the_in_process_model(eval_run, trained):
+    """`lm_eval --model hf --model_args pretrained=<run>/final_model` (lm-eval loading the saved folder) gives
+    the in-process score: the evaluation stage wraps the model object itself, with no reload."""
+    from lm_eval import simple_evaluate
+
+    from eval import tasks as T
+    from eval.stage import evaluate
+
+    rd, _, cfg = eval_run
+    model, tok = trained
+    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[sorting]", "eval.limit=30",
+                    "eval.bootstrap_iters=0"]).eval
+    ours = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]["sorting"]["metrics"]["acc"]["value"]
+    tm = T.resolve(T.cfg_dict(ecfg), ["sorting"])
+    raw = simple_evaluate(model="hf", model_args=f"pretrained={rd / 'final_model'},device=cpu,dtype=float32",
+                          tasks=["sorting"], limit=30, bootstrap_iters=0, task_manager=tm, log_samples=False)
+    assert 100 * raw["results"]["sorting"]["acc,none"] == pytest.approx(ours)
+
+
+def test_modes_rng_and_logging(eval_run, trained):
+    from eval.stage import evaluate, stage_evaluator
+    from tikmix.ledger import Ledger
+
+    rd, _, cfg = eval_run
+    model, tok = trained
+    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[arith_mc,sorting]",
+                    "eval.in_domain=[arith_mc]", "eval.limit=8", "eval.every_stage=true"]).eval
+    model.train()
+    lg = FakeLogger()
+    torch.manual_seed(5)
+    entry = evaluate(ecfg, model, tok, rd, logger=lg, step=7, quiet=True)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # lm-eval's global reseeding does not leak into training
+    assert model.training  # HFLM calls model.eval(); the stage restores train mode
+    assert entry["out_of_domain_avg"] == entry["tasks"]["sorting"]["value"]
+    key, cols, rows, step = lg.tables[0]
+    assert key == "eval/synthetic9" and step == 7 and cols[:5] == ["task", "group", "metric", "value", "stderr"]
+    assert {(r[0], r[2]) for r in rows} >= {("arith_mc", "acc"), ("arith_mc", "acc_norm"), ("sorting", "acc_norm")}
+    assert lg.logs[0][1] == 7 and "eval/average" in lg.logs[0][0]
+    assert "eval/arith_mc/acc_norm" in lg.summaries[0] and "eval/average" in lg.summaries[0]
+    # in-training evaluations at stage boundaries: no stderr, no summary, charged to the ledger
+    ledger, lg2 = Ledger(), FakeLogger()
+    fn = stage_evaluator(ecfg, tok, rd, logger=lg2, ledger=ledger, flops_per_token=600.0)
+    e2 = fn(model, 3)
+    assert e2["tasks"]["sorting"]["stderr"] is None and e2["final"] is False
+    assert lg2.tables[0][0] == "eval/synthetic9_stage" and lg2.tables[0][3] == 3 and not lg2.summaries
+    assert ledger.flops["eval"] == pytest.approx(200.0 * e2["forward_tokens"])
+    assert stage_evaluator(compose(["eval=synthetic9"]).eval, tok, rd) is None  # every_stage: false
+    assert evaluate(compose(["eval=none"]).eval, model, tok, rd) is None
+
+
+def test_bad_eval_config_is_one_clear_error(eval_run, trained):
+    from eval.stage import evaluate
+
+    rd, _, cfg = eval_run
+    model, tok = trained
+    base = ["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}"]
+    with pytest.raises(ConfigError, match="eval.limit"):
+        evaluate(compose(base + ["eval.limit=-3"]).eval, model, tok, rd)
+    with pytest.raises(ConfigError, match="eval.include_path: .*nonexistent is not a folder"):
+        evaluate(compose(base + ["eval.include_path=/nonexistent"]).eval, model, tok, rd)
+    with pytest.raises(ConfigError, match=r"eval=custom names no tasks"):
+        evaluate(compose(["eval=custom"]).eval, model, tok, rd)
+
+
+# ------------------------------------------------------------------------------- a user's task folder
+
+USER_YAML = """task: my_colours
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    train: {root}/train.jsonl
+    test: {root}/test.jsonl
+output_type: multiple_choice
+training_split: train
+test_split: test
+doc_to_text: "Q: {{{{question}}}} A:"
+doc_to_choice: "{{{{options}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture(scope="module")
+def user_tasks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user_tasks")
+    rows = [{"question": f"copy: {' '.join(s)} ->", "options": [" ".join(s), " ".join(reversed(s)), " ".join(sorted(s))],
+             "label": i % 3} for i, s in enumerate(["abcd", "zqmk", "pqrs", "kmqz", "hgfe", "dcba", "mnop", "wxyz",
+                                                    "qwer", "asdf", "zxcv", "tyui"])]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:] + rows[:6]))
+    (root / "my_colours.yaml").write_text(USER_YAML.format(root=root))
+    only_test = root / "only_test"
+    only_test.mkdir()
+    (only_test / "test_only_task.yaml").write_text(
+        USER_YAML.format(root=root).replace("task: my_colours", "task: test_only_task").replace("training_split: train\n", ""))
+    return root
+
+
+def _manual_acc(model, tok, docs) -> float:
+    """The accuracy lm-eval should report, computed directly: argmax over summed log-probs of ' ' + choice."""
+    from eval.targets import encode_pair
+
+    hits = 0
+    model.eval()
+    with torch.no_grad():
+        for d in docs:
+            scores = []
+            for ch in d["options"]:
+                c, a = encode_pair(tok, f"Q: {d['question']} A:", " " + ch)
+                ids = torch.tensor([c + a])
+                logp = torch.log_softmax(model(ids[:, :-1]).logits.float(), -1)[0]
+                scores.append(sum(float(logp[len(c) - 1 + i, t]) for i, t in enumerate(a)))
+            hits += int(max(range(len(scores)), key=scores.__getitem__) == d["label"])
+    return 100.0 * hits / len(docs)
+
+
+def test_user_task_folder_scored_unchanged(eval_run, trained, user_tasks):
+    from eval.stage import evaluate
+
+    rd, _, _ = eval_run
+    model, tok = trained
+    before = {p: p.read_bytes() for p in user_tasks.rglob("*") if p.is_file()}
+    ecfg = compose(["eval=custom", f"eval.include_path={user_tasks}", "eval.tasks=[my_colours]",
+                    "eval.in_domain=[my_colours]"]).eval
+    entry = evaluate(ecfg, model, tok, rd, quiet=True)
+    t = entry["tasks"]["my_colours"]
+    docs = [json.loads(l) for l in (user_tasks / "test.jsonl").read_text().splitlines()]
+    assert t["metric"] == "acc" and t["n_samples"] == 12 and t["group"] == "in_domain"
+    assert t["value"] == pytest.approx(_manual_acc(model, tok, docs))
+    assert entry["in_domain_avg"] == t["value"] and entry["out_of_domain_avg"] is None
+    assert {p: p.read_bytes() for p in user_tasks.rglob("*") if p.is_file()} == before  # used as it is
+
+
+# ----------------------------------------------------------------------------------------- targets
+
+
+def test_benchmark_targets_answer_tokens_only_never_test(eval_run, trained, monkeypatch):
+    from lm_eval.api.task import ConfigurableTask
+
+    from eval.targets import benchmark_targets
+    from tikmix.data.synthetic import task_examples
+
+    rd, _, cfg = eval_run
+    _, tok = trained
+
+    def no_test(self):
+        raise AssertionError("the test split was read")
+
+    monkeypatch.setattr(ConfigurableTask, "test_docs", no_test)
+    monkeypatch.setattr(ConfigurableTask, "eval_docs", property(lambda self: self.validation_docs()))
+    out = benchmark_targets(["copy_complete", "arith_mc"], cfg.eval, tok, seq_len=64, n_tokens=400, micro_batch=4)
+    assert list(out) == ["task/copy_complete", "task/arith_mc"]
+    dev = {e["context"]: e["choices"][e["gold"]] for e in task_examples("copy_complete", "dev", 200, 0)}
+    test = {e["context"] for e in task_examples("copy_complete", "test", 500, 0)}
+    n_tok, seen = 0, 0
+    for b in out["task/copy_complete"]:
+        ids, labels = b["input_ids"], b["labels"]
+        assert ids.dtype == labels.dtype == torch.long and ids.shape == labels.shape and ids.shape[0] <= 4
+        assert ids.shape[1] <= 64
+        for r in range(ids.shape[0]):
+            keep = labels[r] != -100
+            assert torch.equal(labels[r][keep], ids[r][keep])  # unshifted: labels are the answer's own ids
+            first = int(keep.nonzero()[0])
+            last = int(keep.nonzero()[-1])
+            assert keep[first : last + 1].all()  # one contiguous answer span
+            assert (ids[r][last + 1 :] == tok.pad_token_id).all()  # right padding, masked
+            context = tok.decode(ids[r][:first])
+            answer = tok.decode(ids[r][keep])
+            assert context in dev and context not in test
+            assert answer == " " + dev[context]
+            n_tok += last + 1
+            seen += 1
+    assert seen > 1 and n_tok <= 400
+    with pytest.raises(ConfigError, match=r"targets.tasks: \['sorting'\] are out-of-domain"):
+        benchmark_targets(["sorting"], cfg.eval, tok, 64, 400, 4)
+
+
+def test_targets_refuse_a_task_with_only_its_test_split(trained, user_tasks):
+    from eval.targets import benchmark_targets
+
+    _, tok = trained
+    ecfg = compose(["eval=custom", f"eval.include_path={user_tasks / 'only_test'}", "eval.tasks=[test_only_task]"]).eval
+    with pytest.raises(ConfigError, match=r"targets.tasks: task 'test_only_task' has only its evaluation split \('test'\)"):
+        benchmark_targets(["test_only_task"], ecfg, tok, 64, 400, 4)
+    ok = benchmark_targets(["my_colours"], compose(["eval=custom", f"eval.include_path={user_tasks}"]).eval, tok, 64, 10_000, 4)
+    rows = sum(b["input_ids"].shape[0] for b in ok["task/my_colours"])
+    assert rows == 6  # the train split only (6 documents), never the 12 of the test split
+
+
+# ------------------------------------------------------------------------------------ python -m eval
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_python_m_eval_updates_results_atomically(eval_run, tmp_path):
+    rd, _, cfg = eval_run
+    copy = tmp_path / "run"
+    shutil.copytree(rd, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    before = json.loads((copy / "results.json").read_text())
+    r = _cli([str(copy), "eval=synthetic9", "eval.limit=10", "eval.tasks=[arith_mc,sorting]",
+              f"data.cache_dir={cfg.data.cache_dir}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "arith_mc" in r.stdout and "average" in r.stdout
+    after = json.loads((copy / "results.json").read_text())
+    assert after["eval"]["limit"] == 10 and list(after["eval"]["tasks"]) == ["arith_mc", "sorting"]
+    assert after["evals"]["synthetic9"] == after["eval"]
+    for k, v in before.items():
+        if k not in ("eval", "evals"):
+            assert after[k] == v, k  # the rest of results.json is kept
+    assert not [p for p in copy.iterdir() if p.name.startswith(".results.json")]  # no temp file left
+
+
+def test_python_m_eval_without_final_model_says_what_is_missing(eval_run, tmp_path):
+    rd, _, _ = eval_run
+    bare = tmp_path / "crashed_run"
+    bare.mkdir()
+    shutil.copy(rd / "config.yaml", bare / "config.yaml")
+    r = _cli([str(bare), "eval.limit=5"], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"run {bare} has no final model" in r.stderr and "final_model is missing" in r.stderr
+    r = _cli([str(rd), "eval=nosuch"], cwd=tmp_path)
+    assert r.returncode == 2 and "Could not find 'eval/nosuch'" in r.stderr and "Traceback" not in r.stderr
