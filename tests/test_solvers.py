@@ -169,3 +169,20 @@ def test_fit_regressor_planted_function_and_linear_r2():
     # small data (TiKMiX-M's handful of candidates) still fits something
     _, small = fit_regressor(X[:12], y[:12], seed=0, min_child_samples=2)
     assert np.isfinite(small["r2_train"]) and small["r2_train"] > 0.5
+
+
+def test_pareto_pins_the_mixture_when_every_domain_is_a_target():
+    # each target is helped mostly by its own domain: no other mixture keeps every target's influence
+    S = np.array([[5.0, 0.5, 0.1], [0.3, 4.0, 0.2], [0.1, 0.4, 3.0]])
+    w_prev = np.array([0.6, 0.3, 0.1])
+    w, info = tikmix_d_solve(S, w_prev)
+    np.testing.assert_allclose(w, w_prev, atol=1e-6)
+    assert info["pareto_room"] == pytest.approx(0.0, abs=1e-9)
+    # the relaxation and the switch let it move, and only as far as allowed
+    w2, info2 = tikmix_d_solve(S, w_prev, pareto_slack=0.05)
+    scale = influence_scale(S)
+    assert np.abs(w2 - w_prev).max() > 0.01 and info2["pareto_room"] > 0
+    assert np.all((S @ w2 - S @ w_prev) / scale >= -0.05 - 1e-6)
+    w3, info3 = tikmix_d_solve(S, w_prev, pareto=False)
+    assert info3["objective"] <= info2["objective"] + 1e-9 <= info["objective"] + 2e-9
+    assert "pareto_room" not in info3

@@ -126,12 +126,19 @@ def tikmix_d_solve(
     init: str = "uniform",
     tol: float = 1e-6,
     maxiter: int = 200,
+    pareto: bool = True,
+    pareto_slack: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Minimise Eq. 10 over {Σw = 1, 0 ≤ w ≤ caps, S·w ≥ S·w_prev} with SLSQP (initialised uniform, projected
     onto the caps). Always returns a feasible w: when SLSQP fails, ends infeasible, or ends worse than w_prev,
     the answer is w_prev (feasible by construction), and ``info["status"]`` says why.
 
     Constraints are checked on the normalised scale P̂ (Eq. 9), with tolerance ``tol``.
+    ``pareto=False`` drops the Pareto constraint; ``pareto_slack`` relaxes it to P̂(w) ≥ P̂(w_prev) − slack
+    (both our additions; the paper's constraint is pareto=True, slack 0). ``info["pareto_room"]`` is the most
+    total normalised influence any Pareto-feasible mixture can gain over w_prev (an LP): 0 means the
+    constraint pins w to w_prev, which happens whenever S restricted to the move directions is "diagonal"
+    enough, e.g. when every domain is also a target (n ≥ m, each target helped mostly by its own domain).
     """
     S = np.atleast_2d(np.asarray(S, dtype=np.float64))
     n, m = S.shape
@@ -141,7 +148,9 @@ def tikmix_d_solve(
     if not np.all(np.isfinite(S)):
         raise ValueError("influence matrix has non-finite entries")
     caps = np.ones(m) if caps is None else np.clip(np.asarray(caps, dtype=np.float64), 0.0, 1.0)
-    info: dict[str, Any] = {"caps": caps.tolist(), "caps_relaxed": False, "w_prev_clipped": False, "init": init}
+    slack = float(pareto_slack)
+    info: dict[str, Any] = {"caps": caps.tolist(), "caps_relaxed": False, "w_prev_clipped": False, "init": init,
+                            "pareto": bool(pareto), "pareto_slack": slack}
     if caps.sum() < 1.0:
         # No mixture can respect the caps: the least-repeating one is w ∝ caps (the natural distribution).
         info["caps_relaxed"] = True
@@ -163,13 +172,14 @@ def tikmix_d_solve(
             "sum": float(w.sum() - 1.0),
             "nonneg_min": float(w.min()),
             "caps_min": float((caps - w).min()),
-            "pareto_min": float((Sn @ w - ref).min()),
+            "pareto_min": float((Sn @ w - ref).min()),  # normalised; >= -pareto_slack when enforced
             "pareto": (S @ w - S @ w_prev).tolist(),  # raw influence units
         }
 
     def feasible(w):
         sl = slacks(w)
-        return abs(sl["sum"]) <= tol and sl["nonneg_min"] >= -tol and sl["caps_min"] >= -tol and sl["pareto_min"] >= -tol
+        ok = abs(sl["sum"]) <= tol and sl["nonneg_min"] >= -tol and sl["caps_min"] >= -tol
+        return ok and (not pareto or sl["pareto_min"] >= -slack - tol)
 
     obj_prev = f(w_prev)
     info["objective_prev"] = obj_prev
@@ -183,10 +193,10 @@ def tikmix_d_solve(
         x0 = w_prev.copy()
     else:
         raise ValueError(f"init must be 'uniform' or 'prev', got {init!r}")
-    cons = [
-        {"type": "eq", "fun": lambda w: np.array([w.sum() - 1.0]), "jac": lambda w: np.ones((1, m))},
-        {"type": "ineq", "fun": lambda w: Sn @ w - ref, "jac": lambda w: Sn},
-    ]
+    cons = [{"type": "eq", "fun": lambda w: np.array([w.sum() - 1.0]), "jac": lambda w: np.ones((1, m))}]
+    if pareto:
+        cons.append({"type": "ineq", "fun": lambda w: Sn @ w - ref + slack, "jac": lambda w: Sn})
+        info["pareto_room"] = _pareto_room(Sn, w_prev, caps, slack)
     bounds = list(zip(np.zeros(m), caps))
     attempts = []
     best = None
@@ -222,6 +232,17 @@ def tikmix_d_solve(
     w, val, res = best
     info.update(status="ok", message=str(res.message), iterations=int(res.nit), objective=val, slacks=slacks(w))
     return w, info
+
+
+def _pareto_room(Sn: np.ndarray, w_prev: np.ndarray, caps: np.ndarray, slack: float) -> float:
+    """max Σ_v (Sn·(w − w_prev))_v over the Pareto-feasible capped simplex (an LP); nan if the LP fails."""
+    m = Sn.shape[1]
+    try:
+        res = optimize.linprog(-Sn.sum(axis=0), A_ub=-Sn, b_ub=-(Sn @ w_prev) + slack, A_eq=np.ones((1, m)), b_eq=[1.0],
+                               bounds=list(zip(np.zeros(m), caps)), method="highs")
+        return float(-res.fun - Sn.sum(axis=0) @ w_prev) if res.status == 0 else float("nan")
+    except Exception:
+        return float("nan")
 
 
 # --------------------------------------------------------------------------------------------------------

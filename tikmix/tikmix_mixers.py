@@ -13,6 +13,7 @@ All randomness (projection, KFAC label sampling, LHS, Dirichlet search, LightGBM
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
@@ -33,6 +34,8 @@ from tikmix.solvers import (
     tikmix_objective_from_p,
 )
 
+log = logging.getLogger(__name__)
+
 # key -> default. Documented in conf/mixer/tikmix_d.yaml / tikmix_m.yaml.
 D_KEYS: dict[str, Any] = {
     "name": "tikmix_d",
@@ -51,6 +54,8 @@ D_KEYS: dict[str, Any] = {
     "tokens_per_domain": 2048,
     "targets_tokens": 2048,
     "max_epochs": 4.0,
+    "pareto": True,
+    "pareto_slack": 0.0,
     "pareto_tol": 1e-6,
     "solver_maxiter": 200,
     "seed": None,
@@ -89,6 +94,15 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, (np.bool_,)):
         return bool(x)
     return x
+
+
+def _lgb_error() -> type[Exception]:
+    try:
+        from lightgbm.basic import LightGBMError
+
+        return LightGBMError
+    except ImportError:  # pragma: no cover
+        return ValueError
 
 
 def _take_tokens(batches: list[dict], n_tokens: int | None) -> list[dict]:
@@ -134,6 +148,8 @@ class _Cfg:
             need(int(getattr(self, k)) >= 1, k, "must be a positive integer")
         need(self.targets_tokens is None or int(self.targets_tokens) >= 1, "targets_tokens", "null (all) or a positive integer")
         need(self.max_epochs is None or float(self.max_epochs) > 0, "max_epochs", "null (no cap) or > 0")
+        need(isinstance(self.pareto, bool), "pareto", f"true | false, got {self.pareto!r}")
+        need(float(self.pareto_slack) >= 0, "pareto_slack", "must be >= 0")
         if "n_candidates" in self.__dict__:
             need(int(self.n_candidates) >= 4, "n_candidates", "need at least 4 measured candidates to fit a regressor")
             need(0 < float(self.lhs_low) <= 1 <= float(self.lhs_high), "lhs_low", "need 0 < lhs_low <= 1 <= lhs_high")
@@ -203,7 +219,12 @@ class TiKMiXD(Mixer):
             probe.charge(inf_flops, "influence")
             self.info["flops"]["influence"] += inf_flops
             w, sinfo = tikmix_d_solve(S, w_prev, float(c.alpha), float(c.beta), float(c.gamma), caps=caps,
-                                      init="uniform", tol=float(c.pareto_tol), maxiter=int(c.solver_maxiter))
+                                      init="uniform", tol=float(c.pareto_tol), maxiter=int(c.solver_maxiter),
+                                      pareto=bool(c.pareto), pareto_slack=float(c.pareto_slack))
+            if c.pareto and sinfo.get("pareto_room", 1.0) <= 1e-9:
+                log.warning("tikmix: step %d: the Pareto constraint S·w >= S·w_prev admits no better mixture, so the "
+                            "mixture stays as it was (typical when every domain is also a target); consider "
+                            "benchmark targets, mixer.pareto_slack>0 or mixer.pareto=false", probe.step)
             record.update(
                 influence=res.as_dict(),
                 influence_info=_jsonable({k: res.info[k] for k in ("tokens", "norms", "n_params", "hessian", "projection_dim", "kfac_skipped")}),
@@ -282,16 +303,20 @@ class TiKMiXM(TiKMiXD):
         if len(cands) < 4:
             m_rec["status"] = f"only {len(cands)} candidates: too few to fit a regressor; keeping w_D"
             return w_d
-        model, finfo = fit_regressor(cands, y, seed=seed % (2**31), n_estimators=int(c.n_estimators),
-                                     learning_rate=float(c.learning_rate), num_leaves=int(c.num_leaves),
-                                     min_child_samples=int(c.min_child_samples), n_folds=int(c.cv_folds),
-                                     S=S, objective_kwargs=ab)
-        capped = bool(np.any(caps < 1.0))
-        project = (lambda X: project_capped_simplex(X, caps)) if capped and caps.sum() >= 1 else None
-        w_s, trace = dirichlet_search(model.predict, w_d, T=int(c.search_rounds), conc_start=float(c.conc_start),
-                                      conc_end=float(c.conc_end), n_samples=int(c.search_samples), top_k=int(c.top_k),
-                                      seed=(seed + 1) % (2**32), project=project)
-        w = project_capped_simplex(w_s, caps) if caps.sum() >= 1 else w_s
+        try:
+            model, finfo = fit_regressor(cands, y, seed=seed % (2**31), n_estimators=int(c.n_estimators),
+                                         learning_rate=float(c.learning_rate), num_leaves=int(c.num_leaves),
+                                         min_child_samples=int(c.min_child_samples), n_folds=int(c.cv_folds),
+                                         S=S, objective_kwargs=ab)
+            capped = bool(np.any(caps < 1.0))
+            project = (lambda X: project_capped_simplex(X, caps)) if capped and caps.sum() >= 1 else None
+            w_s, trace = dirichlet_search(model.predict, w_d, T=int(c.search_rounds), conc_start=float(c.conc_start),
+                                          conc_end=float(c.conc_end), n_samples=int(c.search_samples), top_k=int(c.top_k),
+                                          seed=(seed + 1) % (2**32), project=project)
+            w = project_capped_simplex(w_s, caps) if caps.sum() >= 1 else w_s
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError, _lgb_error()) as e:  # numerical failure: keep training
+            m_rec["status"] = f"regression/search failed ({type(e).__name__}: {e}); keeping w_D"
+            return w_d
         Sn = S / scale[:, None]
         m_rec.update(
             status="ok",
