@@ -128,15 +128,24 @@ def as_float(c: Mapping[str, Any], key: str, lo: float | None = None, hi: float 
 
 
 def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
-    """The leading batches of a target set until ``n_tokens`` input tokens (None = all of them)."""
+    """The leading rows of a target set up to ``n_tokens`` input tokens, rounded up to whole rows (None = all).
+
+    The last batch is cut to the rows needed, so the compute spent is what the config says, whatever the
+    micro-batch size.
+    """
     if n_tokens is None:
         return list(batches)
     out, seen = [], 0
     for b in batches:
         if seen >= n_tokens:
             break
+        rows, T = b["input_ids"].shape[0], b["input_ids"].shape[-1]
+        need = -(-(n_tokens - seen) // T)
+        if need < rows:
+            b = {k: (v[:need] if hasattr(v, "shape") and len(v.shape) and v.shape[0] == rows else v) for k, v in b.items()}
+            rows = need
         out.append(b)
-        seen += int(b["input_ids"].numel())
+        seen += rows * T
     return out
 
 
@@ -316,6 +325,7 @@ class Aioli(Mixer):
         self.rounds = as_int(c, "rounds", 1, allow_none=True)
         self.round_steps = as_int(c, "round_steps", 1)
         self.delta = as_float(c, "delta", 0.0, 1.0, allow_none=True, lo_open=True)
+        need(self.delta is None or self.delta < 1.0, "delta", f"must be in (0, 1): a round needs exploitation steps, got {self.delta}")
         need(not (self.delta is not None and c["interval_steps"] is not None), "delta",
              "give either mixer.delta (the interval length follows from it) or mixer.interval_steps, not both")
         self.interval_steps = as_int(c, "interval_steps", 1, allow_none=True)

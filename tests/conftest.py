@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread per test process: on a 2-core machine two OpenMP threads per process oversubscribe the
+# CPU as soon as a subprocess or another job runs beside it, and everything slows several-fold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

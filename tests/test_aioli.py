@@ -257,9 +257,12 @@ def test_state_dict_mid_round_resumes_exactly(monkeypatch):
 
 
 # --- end to end through the real entry point ---------------------------------------------------------------
-AIOLI_E2E = ["mixer=aioli", "budget.total_tokens=32768", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
-             "mixer.rounds=2", "mixer.init_steps=4", "mixer.init_weights={arith: 0.5, copy: 0.5}", "trainer.eval_every=0",
-             "trainer.save_final_model=false"]
+# 32 steps of 8 x 64 tokens: restricted phase [0, 4), round 0 = [4, 18) exploring [4, 16), round 1 = [18, 32)
+# exploring [18, 30): K = 6 intervals of 2 steps each.
+TOTAL_TOKENS, STEPS = 16384, 32
+AIOLI_E2E = ["mixer=aioli", f"budget.total_tokens={TOTAL_TOKENS}", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
+             "mixer.rounds=2", "mixer.init_steps=4", "mixer.init_weights={arith: 0.5, copy: 0.5}", "mixer.eval_tokens=256",
+             "trainer.eval_every=0", "trainer.ckpt_every=7", "trainer.save_final_model=false"]
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +281,7 @@ def aioli_run(smoke_overrides, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(Trainer, "train_step", rec)
     try:
-        res = run(compose(smoke_overrides + [f"run_dir={rd}", "trainer.ckpt_every=5", *AIOLI_E2E]), quiet=True)
+        res = run(compose(smoke_overrides + [f"run_dir={rd}", *AIOLI_E2E]), quiet=True)
     finally:
         mp.undo()
     return rd, res, used
@@ -286,9 +289,9 @@ def aioli_run(smoke_overrides, tmp_path_factory):
 
 def test_e2e_budget_steps_ledger_and_history(aioli_run):
     rd, res, used = aioli_run
-    total = 32768 // (8 * 64)
+    total = STEPS
     assert res["steps"] == total == len(used) and [u[0] for u in used] == list(range(total))
-    assert sum(res["tokens_seen"].values()) == 32768  # exploration steps are steps of the budget: no extra tokens
+    assert sum(res["tokens_seen"].values()) == TOTAL_TOKENS  # exploration steps are steps of the budget: no extra tokens
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
     opt_steps = {int(s["step"]) for s in ck["optimizer"]["state"].values()}
     assert opt_steps == {total} and ck["step"] == total
@@ -319,12 +322,12 @@ def test_e2e_budget_steps_ledger_and_history(aioli_run):
 def test_e2e_resume_across_an_exploration_interval(aioli_run, make_cfg, tmp_path, monkeypatch):
     rd_full, res_full, _ = aioli_run
     rd = tmp_path / "interrupted"
-    cfg = make_cfg("trainer.ckpt_every=5", *AIOLI_E2E, run_dir=rd)
+    cfg = make_cfg(*AIOLI_E2E, run_dir=rd)
     orig = Trainer.train_step
-    # round 1 = steps [34, 64), exploring [34, 46); the checkpoint at 35 is inside its first interval [34, 36)
+    # round 1 explores [18, 30) in intervals [18, 20), [20, 22), ...; the checkpoint at 21 is inside the second
 
     def crash(self, step, w):
-        if step == 37:
+        if step == 24:
             raise KeyboardInterrupt("simulated crash")
         return orig(self, step, w)
 
@@ -332,7 +335,7 @@ def test_e2e_resume_across_an_exploration_interval(aioli_run, make_cfg, tmp_path
     with pytest.raises(KeyboardInterrupt):
         run(cfg, quiet=True)
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
-    assert ck["step"] == 35 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 1
+    assert ck["step"] == 21 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 2
     monkeypatch.setattr(Trainer, "train_step", orig)
     res = run(cfg, quiet=True)
     assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU

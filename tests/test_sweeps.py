@@ -41,3 +41,22 @@ def test_launcher_presets_compose():
         c = hcompose(config_name="config", overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], return_hydra_config=True)
         assert c.hydra.launcher._target_.endswith("JoblibLauncher") and c.hydra.launcher.n_jobs == 2
     GlobalHydra.instance().clear()
+
+
+def test_every_sweep_preset_composes_and_names_real_mixers():
+    from hydra import compose as hcompose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tikmix.mixer import available
+
+    names = sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml"))
+    assert {"compare", "paper_table1", "regmix_table4", "aioli_table2", "regmix_proxies"} <= set(names)
+    mixers = set(available())
+    for name in names:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            c = hcompose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+        params = c.hydra.sweeper.params or {}
+        for m in str(params.get("mixer", "")).split(","):
+            assert not m or m in mixers, (name, m)
+    GlobalHydra.instance().clear()

@@ -443,7 +443,10 @@ class Trainer:
                     dist.broadcast_object_list(obj, src=0)
                     self.mixer.load_state_dict(obj[0])
             w = np.asarray(self.mixer.weights(step), dtype=np.float64)
-            if not s.weights_history or not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12):
+            # record a changed mixture: always at a probe step (stage boundary), else at most once per log_every
+            # steps (mixers that move every step, like ODM, would otherwise log one entry per step)
+            if not s.weights_history or (not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12)
+                                         and (step in probe_at or step - s.weights_history[-1]["step"] >= log_every)):
                 s.weights_history.append({"step": step, "w": w.tolist()})
             loss, stats = self.train_step(step, w)
             if stats is not None:  # None: batch skipped for a non-finite loss (trainer.on_nonfinite=skip)

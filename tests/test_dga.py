@@ -1,0 +1,179 @@
+"""DGA / online DoGE (baselines/dga.py): the update rule, the alignment on planted domains (through the shared
+tikmix.influence code), and end-to-end runs with the gradient passes charged to the ledger."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.dga import DGA, dga_update
+from tikmix.errors import ConfigError
+from tikmix.influence import gradient_alignment
+from tikmix.mixer import MixerContext, build_mixer
+from tikmix.run import run
+from tikmix.trainer import Trainer
+
+
+def test_update_rule():
+    a0 = np.array([0.25, 0.25, 0.5])
+    g = np.array([2.0, -1.0, 0.5])
+    w, a_hat = dga_update(a0, g, eta=1.0, ema=0.0, normalize="max_abs")
+    e = a0 * np.exp(g / 2.0)
+    assert np.allclose(a_hat, g / 2) and np.allclose(w, e / e.sum())
+    w, _ = dga_update(a0, g, eta=0.3, ema=0.0, normalize="none")
+    e = a0 * np.exp(0.3 * g)
+    assert np.allclose(w, e / e.sum())
+    w_ema, _ = dga_update(a0, g, eta=0.3, ema=0.5, normalize="none")
+    assert np.allclose(w_ema, 0.5 * a0 + 0.5 * e / e.sum()) and abs(w_ema.sum() - 1) < 1e-12
+    assert np.allclose(dga_update(a0, np.zeros(3), 1.0, 0.5, "max_abs")[0], a0)  # no signal: no change
+    big, _ = dga_update(np.full(4, 0.25), np.array([1e6, 0, 0, -1e6]), eta=5.0, ema=0.0, normalize="none")
+    assert np.all(np.isfinite(big)) and abs(big.sum() - 1) < 1e-12 and np.argmax(big) == 0
+
+
+def test_config_errors():
+    c = MixerContext(domains=["a", "b"], train_tokens={"a": 1, "b": 1}, total_steps=10, tokens_per_step=8, seq_len=4, seed=0)
+    for cfg, match in [({"name": "dga", "ema": 1.0}, "mixer.ema"), ({"name": "dga", "normalize": "l2"}, "mixer.normalize"),
+                       ({"name": "dga", "update_every": 0}, "mixer.update_every"), ({"name": "dga", "params": "x"}, "mixer.params"),
+                       ({"name": "dga", "zz": 0}, "mixer.zz: unknown key")]:
+        with pytest.raises(ConfigError, match=match):
+            build_mixer(cfg, ["a", "b"], c)
+    assert build_mixer({"name": "dga", "update_every": 4}, ["a", "b"], c).probe_steps() == [0, 4, 8]
+
+
+# --- planted domains on a tiny Llama ----------------------------------------------------------------------
+V, SEQ = 64, 32
+DOMS = ["count", "skip", "high", "noise"]
+
+
+def seqs(kind: str, n: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    s, t = rng.integers(0, 32, size=(n, 1)), np.arange(SEQ)[None]
+    x = {"count": lambda: (s + t) % 32, "skip": lambda: (s + 3 * t) % 32, "high": lambda: 32 + (s + t) % 32,
+         "noise": lambda: rng.integers(0, V, size=(n, SEQ))}[kind]()
+    return torch.as_tensor(x, dtype=torch.long)
+
+
+class FakeProbe:
+    def __init__(self, model, step=0):
+        self.model, self.step, self.device, self.flops_per_token = model, step, torch.device("cpu"), 1000.0
+        self.targets = {"val/count": [{"input_ids": seqs("count", 8, 999), "labels": seqs("count", 8, 999)}]}
+        self.charged = []
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def domain_batches(self, d, n_tokens, split="train"):
+        x = seqs(d, max(1, n_tokens // SEQ), 10 + DOMS.index(d) + 100 * self.step)
+        return iter([{"input_ids": x, "labels": x}])
+
+    def charge(self, flops, what):
+        self.charged.append((what, flops))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for step in range(15):
+        x = torch.cat([seqs(d, 4, step * 10 + i) for i, d in enumerate(DOMS)])
+        opt.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    model.zero_grad()
+    return model
+
+
+def test_alignment_on_planted_domains_uses_the_shared_influence_code(tiny_model):
+    ctx = MixerContext(domains=DOMS, train_tokens={d: 1 for d in DOMS}, total_steps=10, tokens_per_step=8, seq_len=SEQ, seed=0)
+    mx = DGA({"name": "dga", "tokens_per_domain": 256, "targets_tokens": None, "eta": 1.0, "ema": 0.0}, DOMS, ctx)
+    probe = FakeProbe(tiny_model)
+    mx.on_probe(probe)
+    h = mx.history[0]
+    a = np.array([h["a"][d] for d in DOMS])
+    assert np.argmax(a) == 0 and a[0] > a[3]  # the target's own rule aligns best; noise does not help
+    ref = gradient_alignment(tiny_model, probe.targets, {d: (lambda d=d: probe.domain_batches(d, 256)) for d in DOMS})
+    assert np.allclose(a, ref.S.mean(0), rtol=1e-5, atol=1e-7)  # exactly TiKMiX's influence with H = I
+    w = np.array([h["weights"][d] for d in DOMS])
+    e = 0.25 * np.exp(a / np.abs(a).max())
+    assert np.allclose(w, e / e.sum()) and np.argmax(w) == 0
+    (what, flops), = probe.charged
+    tokens = 4 * 256 + 8 * SEQ  # the four domain samples + the target, forward+backward each
+    assert what == "dga_gradients" and flops == pytest.approx(h["flops"]) and tokens * 1000.0 <= flops <= tokens * 1000.0 * 1.5
+    assert mx.info["gradient_flops"] == flops and mx.info["updates"] == 1
+    assert all(p.grad is None for p in tiny_model.parameters())  # no gradient left behind for the optimiser
+
+
+# --- end to end --------------------------------------------------------------------------------------------
+# targets come in micro-batches of 8 x 64 = 512 tokens (take_tokens keeps whole batches)
+DGA_E2E = ["mixer=dga", "mixer.update_every=2", "mixer.tokens_per_domain=256", "mixer.targets_tokens=512",
+           "trainer.ckpt_every=3", "trainer.save_final_model=false"]
+
+
+@pytest.fixture(scope="module")
+def dga_run(smoke_overrides, tmp_path_factory):
+    from tests.conftest import compose
+
+    rd = tmp_path_factory.mktemp("dga") / "run"
+    return rd, run(compose(smoke_overrides + [f"run_dir={rd}", *DGA_E2E]), quiet=True)
+
+
+def test_e2e_updates_history_and_ledger(dga_run):
+    rd, res = dga_run
+    assert res["steps"] == 8 and sum(res["tokens_seen"].values()) == 8192
+    hist, doms = res["mixer_history"], res["domains"]
+    assert [h["step"] for h in hist] == [0, 2, 4, 6]
+    c = res["compute"]
+    assert c["mixer/dga_gradients"] == pytest.approx(sum(h["flops"] for h in hist)) == pytest.approx(c["mixer_total"])
+    fpt = res["flops_per_token"]
+    n_targets = len(doms)  # targets default to every domain's held-out text
+    per_update = (len(doms) * 256 + n_targets * 512) * fpt
+    assert 4 * per_update <= c["mixer/dga_gradients"] <= 4 * per_update * 1.05
+    changes = [h["step"] for h in res["weights_history"]]
+    assert set(changes) <= {0, 2, 4, 6}  # the mixture changes only at updates
+    for h in hist:
+        w = np.array([h["weights"][d] for d in doms])
+        assert abs(w.sum() - 1) < 1e-12 and w.min() > 0
+        a = np.array([h["a"][d] for d in doms])
+        assert np.allclose(a, np.mean([[row[d] for d in doms] for row in h["alignment"].values()], axis=0))
+    fw = np.array([res["final_weights"][d] for d in doms])
+    assert np.allclose(fw, [hist[-1]["weights"][d] for d in doms])
+    avg = res["mixer_info"]["average_weights"]
+    assert abs(sum(avg.values()) - 1) < 1e-12
+
+
+def test_e2e_resume_is_exact(dga_run, make_cfg, tmp_path, monkeypatch):
+    rd_full, res_full = dga_run
+    rd = tmp_path / "interrupted"
+    cfg = make_cfg(*DGA_E2E, run_dir=rd)
+    orig = Trainer.train_step
+
+    def crash(self, step, w):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return orig(self, step, w)
+
+    monkeypatch.setattr(Trainer, "train_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, quiet=True)
+    monkeypatch.setattr(Trainer, "train_step", orig)
+    res = run(cfg, quiet=True)
+    assert res["val_loss"] == res_full["val_loss"] and res["final_weights"] == res_full["final_weights"]
+    assert [h["weights"] for h in res["mixer_history"]] == [h["weights"] for h in res_full["mixer_history"]]
+    assert res["compute"] == res_full["compute"]
+
+
+def test_take_tokens_cuts_whole_rows():
+    from baselines.aioli import take_tokens
+
+    x = torch.arange(4 * 3 * 8).view(4, 3, 8)  # 4 batches of 3 rows x 8 tokens
+    batches = [{"input_ids": b, "labels": b.clone()} for b in x]
+    assert take_tokens(batches, None) == batches
+    got = take_tokens(batches, 40)  # 5 rows: one full batch + 2 rows
+    assert [b["input_ids"].shape[0] for b in got] == [3, 2] and torch.equal(got[1]["labels"], x[1][:2])
+    assert sum(b["input_ids"].numel() for b in take_tokens(batches, 41)) == 48  # rounded up to a whole row
