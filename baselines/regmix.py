@@ -394,7 +394,13 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
     for j in jobs:
         rp = j / "results.json"
         if not rp.exists():
-            unfinished.append(str(j))
+            err = None
+            if (j / "error.json").exists():  # a sweep job that failed says why (tikmix.run.main)
+                try:
+                    err = json.loads((j / "error.json").read_text()).get("error")
+                except (OSError, ValueError):
+                    err = "unreadable error.json"
+            unfinished.append({"dir": str(j), "error": err or "no results.json (crashed, killed or still running)"})
             continue
         try:
             res = json.loads(rp.read_text())
@@ -421,7 +427,7 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
 # --------------------------------------------------------------------------------------------------------
 # parallel local proxies
 # --------------------------------------------------------------------------------------------------------
-def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tuple[bool, str]:
+def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tuple[bool, str, bool]:
     """Train one proxy in a worker process (fills the sub-run cache; the parent collects and charges it)."""
     import torch
     from omegaconf import OmegaConf
@@ -431,10 +437,10 @@ def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tup
 
     torch.set_num_threads(max(1, int(threads)))
     try:
-        make_subrun(OmegaConf.create(parent), Ledger())(overrides, name, "regmix_proxies")
-        return True, ""
+        res = make_subrun(OmegaConf.create(parent), Ledger())(overrides, name, "regmix_proxies")
+        return True, "", bool(res.get("reused"))
     except TikmixError as e:
-        return False, str(e)
+        return False, str(e), False
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -510,8 +516,7 @@ class RegMix(Mixer):
             "model": dict(c["proxy_model"]),
             "budget": budget,
             "trainer": trainer,
-            "eval": {"name": "none"},
-        }
+        }  # the eval preset is inherited: it defines the task targets (sub-runs skip the downstream evaluation)
         if c["proxy_seed"] is not None:
             ov["seed"] = int(c["proxy_seed"])
         return ov
@@ -537,9 +542,10 @@ class RegMix(Mixer):
         W = self.candidates()
         ovs = [self.proxy_overrides(w) for w in W]
         failed: dict[int, str] = {}
+        cached_before: set[int] | None = None
         workers = int(self.c["workers"])
         if workers > 1:
-            failed = self._pretrain_parallel(ovs, workers)
+            failed, cached_before = self._pretrain_parallel(ovs, workers)
         X, y, crashed, reused, flops = [], [], [], 0, 0.0
         t0 = time.perf_counter()
         for i, (w, ov) in enumerate(zip(W, ovs)):
@@ -551,7 +557,7 @@ class RegMix(Mixer):
             except TikmixError as e:  # one bad proxy (e.g. a non-finite loss) does not sink the search
                 crashed.append({"index": i, "error": str(e)})
                 continue
-            reused += bool(res.get("reused"))
+            reused += (i in cached_before) if cached_before is not None else bool(res.get("reused"))
             flops += float(res["compute"].get("total", 0.0))
             val = self._target_of(res)
             if val is None or not math.isfinite(float(val)):
@@ -566,7 +572,7 @@ class RegMix(Mixer):
                 "proxy_wall_s": time.perf_counter() - t0}
         return np.asarray(X, dtype=np.float64).reshape(-1, self.m), np.asarray(y), info
 
-    def _pretrain_parallel(self, ovs: list[dict], workers: int) -> dict[int, str]:
+    def _pretrain_parallel(self, ovs: list[dict], workers: int) -> tuple[dict[int, str], set[int]]:
         """Train the proxies in ``workers`` local processes (spawned; each fills the sub-run cache). The serial
         loop afterwards finds them finished and charges their compute. Needs the parent's config.yaml."""
         import concurrent.futures as cf
@@ -580,14 +586,17 @@ class RegMix(Mixer):
         parent = yaml.safe_load(cfg_path.read_text())
         threads = max(1, (os.cpu_count() or 1) // workers)
         failed: dict[int, str] = {}
+        cached: set[int] = set()
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
             futs = {ex.submit(_proxy_worker, parent, ov, "regmix-proxy", threads): i for i, ov in enumerate(ovs)}
             for f in cf.as_completed(futs):
                 i = futs[f]
-                ok, msg = f.result()
+                ok, msg, reused = f.result()
                 if not ok:
                     failed[i] = msg
-        return failed
+                elif reused:
+                    cached.add(i)
+        return failed, cached
 
     def prepare(self) -> None:
         c = self.c
@@ -603,8 +612,10 @@ class RegMix(Mixer):
             if pinfo["n_crashed"]:
                 print(f"[regmix] {pinfo['n_crashed']} of {pinfo['n_candidates']} proxies crashed; fitting on {pinfo['n_finished']}", flush=True)
         if len(y) < int(c["min_proxies"]):
+            first = (pinfo.get("crashed") or [{}])[0].get("error")
             raise DataError(f"RegMix needs at least mixer.min_proxies={c['min_proxies']} finished proxies to fit, has {len(y)} "
-                            f"({pinfo.get('n_unfinished', pinfo.get('n_crashed', 0))} unfinished/crashed)")
+                            f"({pinfo.get('n_unfinished', pinfo.get('n_crashed', 0))} unfinished/crashed"
+                            + (f"; first error: {first}" if first else "") + ")")
         fit_seed = int(c["fit_seed"]) if c["fit_seed"] is not None else int(self.ctx.seed)
         models, finfo = fit_mixing_law(X, y, seed=fit_seed, lgbm=c["lgbm"], folds=int(c["cv_folds"]))
         w, sinfo = choose_mixture(models[c["regressor"]], self.prior, int(c["n_simulate"]), int(c["top_k"]), seed=fit_seed,
@@ -613,7 +624,7 @@ class RegMix(Mixer):
         best = int(np.argmin(y))
         self.info = _jsonable({
             "proxies": {k: v for k, v in pinfo.items() if k not in ("crashed", "unfinished", "no_target")},
-            "crashed": pinfo.get("crashed", []) + [{"dir": d} for d in pinfo.get("unfinished", [])],
+            "crashed": pinfo.get("crashed", []) + pinfo.get("unfinished", []),
             "n_proxies_used": int(len(y)),
             "n_proxies_crashed": int(pinfo.get("n_crashed", 0) + pinfo.get("n_unfinished", 0)),
             "fit": finfo,
