@@ -45,6 +45,7 @@ import numpy as np
 
 from tikmix.errors import CheckpointError, ConfigError, TikmixError
 from tikmix.mixer import DomainStats, Mixer, MixerContext, register, weights_from_mapping
+from tikmix.runlog import to_builtin as _jsonable
 
 KEYS: dict[str, Any] = {
     "name": "doremi",
@@ -68,18 +69,6 @@ PROXY_KEYS: dict[str, Any] = {
     "smoothing": 1.0e-3,
     "history_every": None,
 }
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 def _cfg(raw: Mapping[str, Any], keys: dict[str, Any]) -> dict[str, Any]:

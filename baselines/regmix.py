@@ -37,6 +37,7 @@ import numpy as np
 
 from tikmix.errors import ConfigError, DataError, TikmixError
 from tikmix.mixer import Mixer, MixerContext, register
+from tikmix.runlog import to_builtin as _jsonable
 
 # --------------------------------------------------------------------------------------------------------
 # config: key -> default (documented in conf/mixer/regmix.yaml)
@@ -107,18 +108,6 @@ KEYS: dict[str, Any] = {
     "fit_seed": None,
 }
 CANDIDATE_KEYS: dict[str, Any] = {"name": "regmix_candidate", "index": 0, **GEN_KEYS, "n_candidates": 16}
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
 
 
 def _merge_keys(raw: Mapping[str, Any], keys: dict[str, Any], prefix: str = "mixer") -> dict[str, Any]:

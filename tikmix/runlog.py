@@ -12,18 +12,29 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
+
+def to_builtin(x: Any) -> Any:
+    """Numpy/torch values and mappings to plain Python containers and scalars (NaN kept): checkpoint-safe."""
+    if isinstance(x, Mapping):
+        return {str(k): to_builtin(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_builtin(v) for v in x]
+    if isinstance(x, (np.ndarray, np.generic)) or (hasattr(x, "tolist") and hasattr(x, "ndim")):
+        return to_builtin(x.tolist())
+    return x
+
 
 def _jsonable(x: Any) -> Any:
+    """to_builtin, with non-finite floats as null (strict JSON)."""
+    x = to_builtin(x)
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list):
         return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
-        return _jsonable(x.item())
-    if hasattr(x, "tolist"):
-        return _jsonable(x.tolist())
     return x
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from tikmix.errors import ConfigError, DataError
 from tikmix.influence import FISHERS, HESSIANS, PARAM_SETS, PROJECTIONS, GroupInfluence
 from tikmix.mixer import Mixer, MixerContext, register
+from tikmix.runlog import to_builtin as _jsonable
 from tikmix.solvers import (
     dirichlet_search,
     epoch_caps,
@@ -78,22 +79,6 @@ M_KEYS: dict[str, Any] = {
     "min_child_samples": 3,
     "cv_folds": 5,
 }
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    return x
 
 
 def _lgb_error() -> type[Exception]:

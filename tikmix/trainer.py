@@ -26,7 +26,7 @@ from tikmix.checkpoint import load_checkpoint, save_checkpoint
 from tikmix.errors import ConfigError, TikmixError
 from tikmix.ledger import Ledger
 from tikmix.mixer import DomainStats, Mixer, Probe
-from tikmix.runlog import RunLogger, _jsonable
+from tikmix.runlog import RunLogger, to_builtin
 from tikmix.sampler import MixtureSampler, _rng, mixture_counts
 
 
@@ -243,7 +243,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "mixer": _jsonable(self.mixer.state_dict()),
+            "mixer": to_builtin(self.mixer.state_dict()),
             "tokens_seen": s.tokens_seen.tolist(),
             "weights_history": s.weights_history,
             "val_history": s.val_history,
@@ -439,7 +439,7 @@ class Trainer:
                 if self.world > 1:  # one rank decides, every rank uses its mixture
                     import torch.distributed as dist
 
-                    obj = [_jsonable(self.mixer.state_dict()) if self.rank == 0 else None]
+                    obj = [to_builtin(self.mixer.state_dict()) if self.rank == 0 else None]
                     dist.broadcast_object_list(obj, src=0)
                     self.mixer.load_state_dict(obj[0])
             w = np.asarray(self.mixer.weights(step), dtype=np.float64)
