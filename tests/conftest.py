@@ -55,3 +55,23 @@ def make_cfg(smoke_overrides, tmp_path):
         return compose(smoke_overrides + [f"run_dir={rd}", *extra])
 
     return _make
+
+
+def run_until_crash(cfg, crash_at: int, **run_kw) -> None:
+    """Run ``cfg`` and simulate a crash (KeyboardInterrupt) just before step ``crash_at`` trains."""
+    from tikmix.run import run
+    from tikmix.trainer import Trainer
+
+    orig = Trainer.train_step
+
+    def crash(self, step, w):
+        if step == crash_at:
+            raise KeyboardInterrupt(f"simulated crash at step {crash_at}")
+        return orig(self, step, w)
+
+    Trainer.train_step = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg, **run_kw)
+    finally:
+        Trainer.train_step = orig

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_until_crash
 from tikmix.errors import CheckpointError
 from tikmix.run import run
 from tikmix.trainer import NonFiniteLoss, Trainer
@@ -130,17 +130,7 @@ def test_wandb_offline_by_default_without_a_key(make_cfg, tmp_path, monkeypatch)
 
 def test_unwritable_checkpoint_fails_clearly_and_keeps_saved_progress(make_cfg, tmp_path, monkeypatch):
     rd = tmp_path / "r"
-    orig = Trainer.train_step
-
-    def crash(self, step, w):
-        if step == 4:
-            raise KeyboardInterrupt
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    run_until_crash(make_cfg("trainer.ckpt_every=2", run_dir=rd), 4)
     saved = (rd / "checkpoints" / "last.pt").read_bytes()
 
     import tikmix.checkpoint as ckm

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tikmix.run import run
-from tikmix.trainer import Trainer
+from tests.conftest import run_until_crash
 
 # task targets (the in-domain synthetic tasks' dev splits) without paying for the downstream evaluation
 ARGS = ("mixer=tikmix_d", "eval=synthetic9", "eval.limit=0.01", "budget.total_tokens=16384", "budget.stages=[0.5]",
@@ -32,19 +32,9 @@ def test_boundary_sets_a_new_mixture_from_influence(uninterrupted):
 
 
 @pytest.mark.parametrize("crash_at", [5, 10])  # mid-stage before the boundary (ckpt 3), right after it (ckpt 9)
-def test_resume_around_the_boundary_equals_uninterrupted(uninterrupted, make_cfg, tmp_path, monkeypatch, crash_at):
-    orig = Trainer.train_step
-
-    def crash(self, step, w):
-        if step == crash_at:
-            raise KeyboardInterrupt
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash)
+def test_resume_around_the_boundary_equals_uninterrupted(uninterrupted, make_cfg, tmp_path, crash_at):
     cfg = make_cfg(*ARGS, run_dir=tmp_path / "r")
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, quiet=True)
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    run_until_crash(cfg, crash_at, quiet=True)
     res = run(cfg, quiet=True)
     assert res["val_loss"] == uninterrupted["val_loss"]
     assert res["final_weights"] == uninterrupted["final_weights"]

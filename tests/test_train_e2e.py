@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_until_crash
 from tikmix.errors import CheckpointError
 from tikmix.run import run
-from tikmix.trainer import Trainer
 
 
 @pytest.fixture(scope="session")
@@ -55,23 +54,13 @@ def test_loss_falls(finished_run):
     assert val[-1] < val[0]
 
 
-def test_resume_equals_uninterrupted(finished_run, make_cfg, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(finished_run, make_cfg, tmp_path):
     rd_full, res_full = finished_run
     rd = tmp_path / "interrupted"
     cfg = make_cfg("trainer.ckpt_every=3", "trainer.eval_every=4", run_dir=rd)
-    orig = Trainer.train_step
-
-    def crash_at_5(self, step, w):
-        if step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
+    run_until_crash(cfg, 5)
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 3 and not (rd / "results.json").exists()
-    monkeypatch.setattr(Trainer, "train_step", orig)
     res = run(cfg)
     assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU
     assert res["test_loss"] == res_full["test_loss"]
@@ -84,19 +73,9 @@ def test_resume_equals_uninterrupted(finished_run, make_cfg, tmp_path, monkeypat
     assert (rd / "results.json").read_bytes() == before
 
 
-def test_checkpoint_of_other_config_is_refused_and_kept(make_cfg, tmp_path, monkeypatch):
+def test_checkpoint_of_other_config_is_refused_and_kept(make_cfg, tmp_path):
     rd = tmp_path / "r"
-    orig = Trainer.train_step
-
-    def crash(self, step, w):
-        if step == 4:
-            raise KeyboardInterrupt
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    run_until_crash(make_cfg("trainer.ckpt_every=2", run_dir=rd), 4)
     before = (rd / "checkpoints" / "last.pt").read_bytes()
     with pytest.raises(CheckpointError, match="different config"):
         run(make_cfg("trainer.ckpt_every=2", "trainer.lr=1e-4", run_dir=rd))
