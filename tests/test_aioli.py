@@ -23,6 +23,7 @@ from tikmix.errors import ConfigError
 from tikmix.mixer import DomainStats, MixerContext, build_mixer
 from tikmix.run import run
 from tikmix.sampler import MixtureSampler
+from tests.conftest import run_until_crash
 from tikmix.trainer import Trainer
 
 
@@ -323,20 +324,10 @@ def test_e2e_resume_across_an_exploration_interval(aioli_run, make_cfg, tmp_path
     rd_full, res_full, _ = aioli_run
     rd = tmp_path / "interrupted"
     cfg = make_cfg(*AIOLI_E2E, run_dir=rd)
-    orig = Trainer.train_step
     # round 1 explores [18, 30) in intervals [18, 20), [20, 22), ...; the checkpoint at 21 is inside the second
-
-    def crash(self, step, w):
-        if step == 24:
-            raise KeyboardInterrupt("simulated crash")
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, quiet=True)
+    run_until_crash(cfg, 24, quiet=True)
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 21 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 2
-    monkeypatch.setattr(Trainer, "train_step", orig)
     res = run(cfg, quiet=True)
     assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU
     assert res["mixer_history"] == res_full["mixer_history"] and res["final_weights"] == res_full["final_weights"]

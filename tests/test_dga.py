@@ -13,6 +13,7 @@ from tikmix.errors import ConfigError
 from tikmix.influence import gradient_alignment
 from tikmix.mixer import MixerContext, build_mixer
 from tikmix.run import run
+from tests.conftest import run_until_crash
 from tikmix.trainer import Trainer
 
 
@@ -151,17 +152,7 @@ def test_e2e_resume_is_exact(dga_run, make_cfg, tmp_path, monkeypatch):
     rd_full, res_full = dga_run
     rd = tmp_path / "interrupted"
     cfg = make_cfg(*DGA_E2E, run_dir=rd)
-    orig = Trainer.train_step
-
-    def crash(self, step, w):
-        if step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, quiet=True)
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    run_until_crash(cfg, 5, quiet=True)
     res = run(cfg, quiet=True)
     assert res["val_loss"] == res_full["val_loss"] and res["final_weights"] == res_full["final_weights"]
     assert [h["weights"] for h in res["mixer_history"]] == [h["weights"] for h in res_full["mixer_history"]]

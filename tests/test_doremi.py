@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+
+from tests.conftest import run_until_crash
 import torch
 
 from baselines.doremi import GroupDRO, dro_update, excess_loss
@@ -121,17 +123,7 @@ def test_online_doremi_and_exact_resume(make_cfg, tmp_path, monkeypatch):
     assert full["mixer_info"]["updates"] == full["steps"]
     assert all(x >= 1e-3 / 6 for x in full["final_weights"].values())
 
-    orig = Trainer.train_step
-
-    def crash_at_5(self, step, w):
-        if step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return orig(self, step, w)
-
-    monkeypatch.setattr(Trainer, "train_step", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        run(make_cfg(*args, run_dir=tmp_path / "resumed"))
-    monkeypatch.setattr(Trainer, "train_step", orig)
+    run_until_crash(make_cfg(*args, run_dir=tmp_path / "resumed"), 5)
     res = run(make_cfg(*args, run_dir=tmp_path / "resumed"))
     assert res["weights_history"] == full["weights_history"]
     assert res["mixer_info"]["alpha_mean"] == full["mixer_info"]["alpha_mean"]
