@@ -17,7 +17,8 @@ Written into ``--out`` (default: the first folder):
   test perplexity against the ``stratified`` mixer (paired by seed when both have it), and the number of
   settings where a mixer beats stratified; then the per-domain test perplexities of each setting.
 * ``mixture_<mixer>.png``: each mixer's mixture weights over training (stacked area, mean over seeds);
-  ``score_vs_compute.png``: downstream average against mixture-search FLOPs; ``influence_<mixer>.png``:
+  ``score_vs_compute.png``: downstream average against mixture-search FLOPs; ``ppl_vs_compute.png``: average
+  test perplexity against mixture-search FLOPs (the comparison when there are no downstream tasks); ``influence_<mixer>.png``:
   per-domain influence on each target over the stages, when the mixer's history records it (TiKMiX).
 """
 from __future__ import annotations
@@ -452,6 +453,39 @@ def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
     return p
 
 
+def fig_ppl_vs_compute(runs: list[Run], out: Path) -> Path | None:
+    """Average test perplexity (over domains) against mixture-search FLOPs: the comparison when there are
+    no downstream tasks (eval=none), and the language-modelling side of it when there are."""
+    pts = []
+    for (st, m), rs in _by([r for r in runs if _avg_ppl(r) is not None], lambda r: (r.setting, r.mixer)).items():
+        y = mean_std([_avg_ppl(r) for r in rs])
+        x = mean_std([((r.res or {}).get("compute") or {}).get("mixer_total", 0.0) for r in rs])
+        pts.append((st, m, x, y))
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    settings = sorted({p[0] for p in pts})
+    markers = "osD^v<>P*X"
+    pos = [p[2][0] for p in pts if p[2][0] and p[2][0] > 0]
+    for st, m, x, y in sorted(pts, key=lambda p: mixer_sort_key(p[1])):
+        ax.errorbar([x[0] or 0.0], [y[0]], yerr=[y[1] or 0.0], xerr=[x[1] or 0.0], fmt=markers[settings.index(st) % len(markers)],
+                    capsize=3, label=m if len(settings) == 1 else f"{m} ({st})")
+        ax.annotate(m, (x[0] or 0.0, y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if pos:
+        ax.set_xscale("symlog", linthresh=min(pos) / 10)
+    ax.set_yscale("log")
+    ax.set_xlabel("mixture-search FLOPs (0 = static mixture)")
+    ax.set_ylabel("average test perplexity over domains (log)")
+    ax.set_title("Test perplexity vs mixture-search compute (mean ± std over seeds; lower is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    p = out / "ppl_vs_compute.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
 def _influence_records(res: dict) -> list[dict]:
     return [h for h in (res.get("mixer_history") or []) if isinstance(h, dict) and isinstance(h.get("influence"), dict)
             and "step" in h]
@@ -523,7 +557,7 @@ def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | N
     figs: list[Path] = []
     multi = len({r.setting for r in runs if r.res}) > 1
     for fn in (lambda: fig_mixtures(runs, out, multi), lambda: fig_score_vs_compute(runs, out),
-               lambda: fig_influence(runs, out, multi)):
+               lambda: fig_ppl_vs_compute(runs, out), lambda: fig_influence(runs, out, multi)):
         try:
             got = fn()
         except Exception as e:  # noqa: BLE001 - a figure must never cost the tables

@@ -134,7 +134,7 @@ def test_perplexity_aioli_layout(built):
 
 
 def test_figures(built):
-    for name in ("mixture_stratified.png", "mixture_tikmix_d.png", "score_vs_compute.png", "influence_tikmix_d.png"):
+    for name in ("mixture_stratified.png", "mixture_tikmix_d.png", "score_vs_compute.png", "ppl_vs_compute.png", "influence_tikmix_d.png"):
         p = built / name
         assert p.exists() and p.stat().st_size > 1000, name
     assert not (built / "influence_stratified.png").exists()  # no influence records: no figure
