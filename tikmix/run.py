@@ -24,7 +24,10 @@ from tikmix.trainer import Preempted, Trainer, dist_info, eval_windows, resolve_
 # Keys that do not change what a run computes: a resumed run may differ in these.
 _NON_TRAJECTORY = {"logger", "run_dir", "eval.limit", "eval.bootstrap_iters", "eval.stage_bootstrap_iters",
                    "eval.batch_size", "eval.max_batch_size", "eval.every_stage", "eval.log_level", "trainer.progress", "trainer.log_every", "trainer.ckpt_every",
-                   "trainer.save_final_model", "trainer.max_wall_s"}
+                   "trainer.save_final_model", "trainer.max_wall_s", "trainer.peak_flops",
+                   # compiled and eager runs compute the same model (equal within float tolerance, tested): a
+                   # checkpoint of one resumes in the other
+                   "trainer.compile", "trainer.compile_mode"}
 
 
 def fingerprint(cfg: dict) -> str:
@@ -284,6 +287,7 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
             "fingerprint": fp,
         }
         res["world_size"] = world
+        res["mfu"] = trainer.mfu_summary()  # the peak FLOP/s used (config / table / measured) and the mean MFU
         if eval_entry is not None:
             res["eval"] = eval_entry
         res["eval_history"] = state.eval_history

@@ -26,6 +26,7 @@ from tikmix.checkpoint import load_checkpoint, save_checkpoint
 from tikmix.errors import ConfigError, TikmixError
 from tikmix.ledger import Ledger
 from tikmix.mixer import DomainStats, Mixer, Probe
+from tikmix.perf import Peak, check_peak_setting, resolve_peak
 from tikmix.runlog import RunLogger, to_builtin
 from tikmix.sampler import MixtureSampler, _rng, mixture_counts
 
@@ -83,6 +84,58 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"{name} requested but no CUDA device is available; use device=cpu or auto")
     return dev
+
+
+def amp_dtype_for(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``trainer.dtype``: bf16 when asked, or on a GPU under auto; None = fp32."""
+    if setting not in ("auto", "fp32", "bf16"):
+        raise ConfigError("trainer.dtype", f"unknown dtype {setting!r}; allowed: auto, fp32, bf16")
+    return torch.bfloat16 if (setting == "bf16" or (setting == "auto" and device.type == "cuda")) else None
+
+
+def adamw_extra_kwargs(device: torch.device) -> dict[str, Any]:
+    """Fused AdamW (one kernel for every parameter) on a GPU; the default for-each implementation on CPU."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_module(module: torch.nn.Module, enabled: Any, mode: Any) -> torch.nn.Module:
+    """``module`` wrapped by torch.compile when ``trainer.compile`` is true, else ``module`` itself.
+
+    The wrapper shares the module's parameters; checkpoints, probes and evaluation keep using the module
+    itself, so state_dict keys never carry the wrapper's ``_orig_mod.`` prefix.
+    """
+    if not isinstance(enabled, bool):
+        raise ConfigError("trainer.compile", f"true or false, got {enabled!r}")
+    if not enabled:
+        return module
+    mode = "default" if mode is None else mode
+    if mode not in COMPILE_MODES:
+        raise ConfigError("trainer.compile_mode", f"unknown mode {mode!r}; allowed: {', '.join(COMPILE_MODES)}")
+    try:
+        return torch.compile(module, mode=mode)
+    except Exception as e:  # noqa: BLE001 — e.g. a Python version dynamo does not support
+        raise ConfigError("trainer.compile", f"torch.compile is unavailable here ({type(e).__name__}: "
+                                             f"{_first_line(e)}); set trainer.compile=false") from e
+
+
+def _first_line(e: BaseException) -> str:
+    """The start of an error message on one line (compile errors put the cause on their second line)."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return " ".join(lines[:2])[:300]
+
+
+def is_compile_failure(e: BaseException) -> bool:
+    """An exception raised by torch.compile's machinery (dynamo tracing, inductor codegen, the C++ build)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
 
 
 def eval_windows(arr: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
@@ -165,17 +218,20 @@ class Trainer:
 
                 self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.parallel = parallel if self.world > 1 else "none"
-        dtype = t.get("dtype", "auto")
-        if dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError("trainer.dtype", f"unknown dtype {dtype!r}; allowed: auto, fp32, bf16")
-        self.amp_dtype = torch.bfloat16 if (dtype == "bf16" or (dtype == "auto" and device.type == "cuda")) else None
+        self.amp_dtype = amp_dtype_for(t.get("dtype", "auto"), device)
+        # the training forward/backward runs through self.fwd: the (DDP-wrapped) model, compiled when asked
+        self.fwd = compile_module(self.ddp, t.get("compile", False), t.get("compile_mode"))
+        self.compiled = self.fwd is not self.ddp
+        self.peak_setting = check_peak_setting(t.get("peak_flops"))
+        self.peak: Peak | None = None  # resolved once, lazily, when training starts (rank 0)
+        self.mfu_values: list[float] = []  # per log interval, this process
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": float(t["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
             lr=float(t["lr"]), betas=tuple(t["betas"]), eps=float(t["eps"]),
-            **({"fused": True} if device.type == "cuda" else {}),
+            **adamw_extra_kwargs(device),
         )
         warmup = int(round(float(b.get("warmup_frac", 0.0)) * total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -195,7 +251,7 @@ class Trainer:
         """Per-token loss [b, T] of windows [b, T+1] (inputs = all but last, labels = all but first)."""
         x, y = windows[:, :-1], windows[:, 1:]
         with self.autocast():
-            logits = (model or self.model)(input_ids=x).logits
+            logits = (self.model if model is None else model)(input_ids=x).logits
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
 
     @torch.no_grad()
@@ -331,7 +387,7 @@ class Trainer:
             sync = k == len(starts) - 1 or self.parallel != "ddp"
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx:
-                tl = self.token_losses(tokens_t[i : i + self.micro_batch], self.ddp)
+                tl = self.token_losses(tokens_t[i : i + self.micro_batch], self.fwd)
                 if row_scale is None:
                     (tl.sum() * (scale / (B * T))).backward()
                 else:
@@ -373,6 +429,23 @@ class Trainer:
         return total, DomainStats(step=step, counts=counts, loss=dom_loss, tokens=counts * T, windows=tokens,
                                   row_domains=dom, token_loss=token_loss)
 
+    def resolve_peak(self) -> Peak | None:
+        """The peak FLOP/s MFU is measured against (None: trainer.peak_flops=0, or not rank 0). Once per run."""
+        if self.rank != 0 or self.peak_setting == 0:
+            return None
+        if self.peak is None:
+            self.peak = resolve_peak(self.peak_setting, self.device, self.amp_dtype or torch.float32, self.world)
+            print(f"[tikmix] MFU = {self.flops_per_token:.3g} FLOPs/token x tokens/s / peak {self.peak.describe()}",
+                  flush=True)
+        return self.peak
+
+    def mfu_summary(self) -> dict:
+        """For results.json: the peak used, its source (config / table / measured), the mean logged MFU."""
+        if self.peak is None:
+            return {"peak_flops": None, "source": "off" if self.peak_setting == 0 else None, "mean": None}
+        mean = float(np.mean(self.mfu_values)) if self.mfu_values else None
+        return {**self.peak.as_dict(), "mean": mean, "intervals": len(self.mfu_values)}
+
     def probe(self, step: int) -> "TrainerProbe":
         nxt = [s for s in self.stage_steps if s > step]
         stage_end = nxt[0] if nxt else self.total_steps
@@ -408,6 +481,7 @@ class Trainer:
         eval_every = int(self.tcfg.get("eval_every", 0) or 0)
         ckpt_every = int(self.tcfg.get("ckpt_every", 0) or 0)
         max_wall = self.tcfg.get("max_wall_s")
+        peak = self.resolve_peak() if s.step < self.total_steps else None  # before the clock starts
         t_last, step_last = time.perf_counter(), s.step
         t0 = time.perf_counter() - s.wall_time
         t_proc = time.perf_counter()
@@ -448,7 +522,14 @@ class Trainer:
             if not s.weights_history or (not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12)
                                          and (step in probe_at or step - s.weights_history[-1]["step"] >= log_every)):
                 s.weights_history.append({"step": step, "w": w.tolist()})
-            loss, stats = self.train_step(step, w)
+            try:
+                loss, stats = self.train_step(step, w)
+            except Exception as e:
+                if self.compiled and is_compile_failure(e):
+                    raise ConfigError("trainer.compile", f"torch.compile failed at step {step} ({type(e).__name__}: "
+                                                         f"{_first_line(e)}); set trainer.compile=false to train "
+                                                         "without it") from e
+                raise
             if stats is not None:  # None: batch skipped for a non-finite loss (trainer.on_nonfinite=skip)
                 self.mixer.observe(stats)
                 s.tokens_seen += stats.tokens
@@ -462,13 +543,19 @@ class Trainer:
                 t_last, step_last = now, s.step
                 rec = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tps,
                        "train/tokens": int(s.tokens_seen.sum())}
+                postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tps:,.0f}"}
+                if peak is not None:
+                    mfu = self.flops_per_token * tps / peak.flops
+                    rec["train/mfu"] = mfu
+                    self.mfu_values.append(mfu)
+                    postfix["mfu"] = f"{mfu:.1%}"
                 if stats is not None:
                     rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
                 rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
                 if self.logger and self.rank == 0:
                     self.logger.log(rec, s.step)
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+                    bar.set_postfix(postfix)
             if (eval_every and s.step % eval_every == 0) or s.step == self.total_steps:
                 vl = self.val_losses()
                 s.val_history.append({"step": s.step, "val_loss": vl})
