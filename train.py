@@ -11,4 +11,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    from tikmix.errors import hydra_cli
+
+    hydra_cli(main)  # = main(), with Hydra's config errors (unknown preset or key) as one "error:" line

@@ -269,6 +269,24 @@ def format_table(entry: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def preflight(eval_cfg: Any) -> None:
+    """Check an eval config before training, so that a mistake in it fails in seconds, not after the run:
+    the values, the task folders, that every task name is known, and that the tasks from the user's own
+    folders (``eval.include_path``) load with their data. Built-in tasks are not loaded here (that may need
+    the hub). Raises ConfigError / DataError."""
+    cfg = T.cfg_dict(eval_cfg)
+    if (cfg.get("name") or "none") == "none":
+        return
+    names = check_config(cfg)["tasks"]
+    paths = T.include_paths(cfg)
+    user = [Path(p).expanduser().resolve() for p in T.as_list(cfg.get("include_path"), "eval.include_path")]
+    with _quiet(cfg.get("log_level")):
+        tm = T.resolve(cfg, names)
+        for n in names:
+            if user and T._from_folders(tm, n, user):
+                T.load_task(tm, n, paths)
+
+
 # ---------------------------------------------------------------------------------------- the stage
 
 

@@ -71,10 +71,29 @@ def include_paths(cfg: Mapping[str, Any]) -> list[Path]:
         path = Path(p).expanduser().resolve()
         if not path.is_dir():
             raise ConfigError("eval.include_path", f"{path} is not a folder (it should hold lm-eval task YAMLs)")
-        if not any(path.rglob("*.yaml")) and not any(path.rglob("*.yml")):
+        files = sorted(list(path.rglob("*.yaml")) + list(path.rglob("*.yml")))
+        if not files:
             raise ConfigError("eval.include_path", f"{path} holds no task YAML files (*.yaml)")
+        for f in files:
+            _check_yaml(f)
         paths.append(path)
     return paths
+
+
+def _check_yaml(path: Path) -> None:
+    """A task YAML that does not parse is refused by name (lm-eval would skip it, and its task would then
+    be reported unknown). lm-eval's ``!function`` tags are accepted, never executed here."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    try:
+        yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError("eval.include_path", f"task file {path} is not valid YAML ({detail[:300]})") from None
 
 
 def _folder_signature(paths: list[Path]) -> tuple:

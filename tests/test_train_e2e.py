@@ -1,16 +1,12 @@
-"""End-to-end runs of the real entry point on the smoke budget: results, resume, bad input."""
+"""End-to-end runs of the real entry point on the smoke budget: results, resume (bad input: test_bad_inputs.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, run_until_crash
+from tests.conftest import run_until_crash
 from tikmix.errors import CheckpointError
 from tikmix.run import run
 
@@ -82,45 +78,4 @@ def test_checkpoint_of_other_config_is_refused_and_kept(make_cfg, tmp_path):
     assert (rd / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def base_args(smoke_overrides):
-    return [o for o in smoke_overrides]
-
-
-@pytest.mark.parametrize(
-    "extra,expect",
-    [
-        (["mixer=nope"], "Could not find 'mixer/nope'"),
-        (["model=huge"], "Could not find 'model/huge'"),
-        (["trainer.lrr=1"], "Could not override 'trainer.lrr'"),
-        (["mixer=fixed", "mixer.weights={arith: 0.5, nosuch: 0.5}"], "config error: mixer.weights: unknown domain(s) ['nosuch']"),
-        (["mixer=fixed", "mixer.weights={arith: 1.5, facts: -0.5}"], "config error: mixer.weights.facts: weight must be finite and >= 0"),
-        (["mixer=fixed", "mixer.weights={arith: 0.5, facts: 0.2}"], "weights sum to 0.7, not 1"),
-        (["budget.seq_len=1024"], "config error: budget.seq_len: 1024 exceeds the model's context"),
-        (["budget.total_tokens=100"], "config error: budget.total_tokens: 100 is smaller than one batch"),
-        (["data=jsonl", "data.root=/nonexistent/corpus"], "data.root"),
-        (["targets.domains=[nosuch]"], "config error: targets.domains"),
-    ],
-)
-def test_bad_input_one_clear_line_nonzero_exit(extra, expect, base_args, tmp_path):
-    rd = tmp_path / "run"
-    r = _train(base_args + [f"hydra.run.dir={rd}", *extra], cwd=tmp_path)
-    assert r.returncode != 0
-    assert expect in r.stderr, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    assert not (rd / "results.json").exists() and not (rd / "checkpoints").exists()
-
-
-def test_corrupt_checkpoint_is_refused_not_overwritten(base_args, tmp_path):
-    rd = tmp_path / "run"
-    (rd / "checkpoints").mkdir(parents=True)
-    bad = rd / "checkpoints" / "last.pt"
-    bad.write_bytes(b"not a checkpoint")
-    r = _train(base_args + [f"hydra.run.dir={rd}"], cwd=tmp_path)
-    assert r.returncode == 2 and "corrupt or truncated" in r.stderr and "Traceback" not in r.stderr
-    assert bad.read_bytes() == b"not a checkpoint"
+# Bad input (configs, mixtures, data files, task folders, checkpoints): tests/test_bad_inputs.py

@@ -49,7 +49,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001 — torch raises many types for a corrupt or truncated file
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); delete it to start over") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_why(e)}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a tikmix checkpoint of format {FORMAT}")
     return state
+
+
+def _why(e: BaseException) -> str:
+    """The gist of torch.load's error, in a few words (its messages run to paragraphs, and the weights-only
+    one advises weights_only=False, which a tikmix checkpoint never needs)."""
+    msg = str(e).strip()
+    if "WeightsUnpickler error:" in msg:
+        rest = [line.strip() for line in msg.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
+        return f"the weights-only loader refused it: {rest[0] if rest else type(e).__name__}"
+    first = msg.splitlines()[0].split(". ")[0] if msg else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__

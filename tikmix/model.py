@@ -12,12 +12,15 @@ from tikmix.errors import ConfigError
 def llama_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = None, eos_id: int | None = None) -> LlamaConfig:
     for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings"):
         v = cfg.get(key)
-        if not isinstance(v, int) or v <= 0:
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"model.{key}", f"must be a positive integer, got {v!r}")
     if cfg["hidden_size"] % cfg["num_heads"]:
         raise ConfigError("model.num_heads", f"must divide hidden_size={cfg['hidden_size']}")
     if cfg["num_heads"] % cfg["num_kv_heads"]:
         raise ConfigError("model.num_kv_heads", f"must divide num_heads={cfg['num_heads']}")
+    if (cfg["hidden_size"] // cfg["num_heads"]) % 2:
+        raise ConfigError("model.hidden_size", f"hidden_size / num_heads (the head size, rotated by RoPE) must be even, got "
+                                               f"{cfg['hidden_size']} / {cfg['num_heads']} = {cfg['hidden_size'] // cfg['num_heads']}")
     v = cfg.get("vocab_size") or vocab_size
     return LlamaConfig(
         vocab_size=int(v),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from tikmix.errors import CheckpointError, ConfigError, TikmixError
 from tikmix.ledger import Ledger
@@ -66,6 +68,92 @@ def check_repeats(max_epochs: Any, w: np.ndarray, domains: list[str], train_toke
                 f"the mixture gives domain {d!r} weight {x:.3f}, i.e. {ep:.1f} epochs over its {train_tokens[d]:,} tokens "
                 f"(limit {max_epochs}); lower its weight or raise the limit",
             )
+
+
+def check_number(field: str, v: Any, *, integer: bool = False, low: float | None = None, strict: bool = False,
+                 high: float | None = None, high_strict: bool = False, null: bool = False) -> None:
+    """Refuse a config value that is not a number in range (a string, a bool, nan), naming the field."""
+    if v is None and null:
+        return
+    ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
+    ok = ok and (low is None or (v > low if strict else v >= low)) and (high is None or (v < high if high_strict else v <= high))
+    if not ok:
+        rng = [f"{'>' if strict else '>='} {low}"] if low is not None else []
+        rng += [f"{'<' if high_strict else '<='} {high}"] if high is not None else []
+        raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}{' ' + ' and '.join(rng) if rng else ''}"
+                                 f"{' or null' if null else ''}, got {v!r}")
+
+
+_TRAINER_CHOICES = {"optimizer": ("adamw",), "schedule": ("cosine", "wsd", "constant"), "dtype": ("auto", "fp32", "bf16"),
+                    "on_nonfinite": ("stop", "skip"), "parallel": ("ddp", "fsdp")}
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Refuse bad trainer.* values (and budget.warmup_frac) before anything is written to the run dir."""
+    t = OmegaConf.to_container(cfg.trainer, resolve=True) if isinstance(cfg.trainer, DictConfig) else dict(cfg.trainer)
+    for key, allowed in _TRAINER_CHOICES.items():
+        if key in t and t[key] not in allowed:
+            raise ConfigError(f"trainer.{key}", f"unknown {t[key]!r}; allowed: {', '.join(allowed)}")
+    for key in ("lr", "eps"):
+        check_number(f"trainer.{key}", t.get(key), low=0, strict=True)
+    check_number("trainer.weight_decay", t.get("weight_decay"), low=0)
+    check_number("trainer.grad_clip", t.get("grad_clip"), low=0, null=True)
+    for key in ("min_lr_ratio", "wsd_decay_frac"):
+        check_number(f"trainer.{key}", t.get(key), low=0, high=1)
+    check_number("trainer.log_every", t.get("log_every", 10), integer=True, low=1)
+    for key in ("eval_every", "ckpt_every"):
+        check_number(f"trainer.{key}", t.get(key, 0), integer=True, low=0)
+    for key in ("val_tokens", "test_tokens"):
+        check_number(f"trainer.{key}", t.get(key), integer=True, low=1)
+    check_number("trainer.max_wall_s", t.get("max_wall_s"), low=0, null=True)  # 0, like null, means no limit
+    betas = t.get("betas")
+    if not isinstance(betas, list) or len(betas) != 2:
+        raise ConfigError("trainer.betas", f"must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
+    for i, x in enumerate(betas):
+        check_number(f"trainer.betas[{i}]", x, low=0, high=1, high_strict=True)
+    for key in ("save_final_model", "progress"):
+        if not isinstance(t.get(key, True), bool):
+            raise ConfigError(f"trainer.{key}", f"must be true or false, got {t[key]!r}")
+    check_number("budget.warmup_frac", cfg.budget.get("warmup_frac", 0.0), low=0, high=1, high_strict=True)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (d.items() if isinstance(d, dict) else []):
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch.nn.Module) -> str:
+    """What differs between the run that wrote a checkpoint and this command: the config keys (from the run
+    dir's config.yaml, written when that run started), else the model's parameter shapes."""
+    import yaml
+
+    old_path = run_dir / "config.yaml"
+    try:
+        old = yaml.safe_load(old_path.read_text())
+    except (OSError, yaml.YAMLError):
+        old = None
+    if isinstance(old, dict):
+        a, b = _flat(old), _flat(json.loads(json.dumps(container, default=str)))
+        skip = tuple(_NON_TRAJECTORY)
+        absent = "(absent)"
+        keys = sorted(k for k in set(a) | set(b) if not (k in skip or k.startswith(tuple(n + "." for n in skip)))
+                      and a.get(k, absent) != b.get(k, absent))
+        if keys:
+            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+            return ("; ".join(f"{k}: {a.get(k, absent)!r} there, {b.get(k, absent)!r} now" for k in keys[:6]) + more
+                    + f" (there = {old_path})")
+    mine = model.state_dict()
+    theirs = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else {}
+    shapes = [f"{k} {list(v.shape)} there, {list(mine[k].shape)} now" for k, v in theirs.items()
+              if k in mine and hasattr(v, "shape") and tuple(v.shape) != tuple(mine[k].shape)]
+    if shapes:
+        return "the model differs: " + "; ".join(shapes[:3]) + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else "")
+    return f"{old_path} is missing or unreadable, so what differs cannot be named"
 
 
 def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
@@ -139,6 +227,10 @@ def init_distributed(device_name: str) -> tuple[int, int, str]:
 
 def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> dict:
     t_start = time.perf_counter()
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # an interpolation that does not resolve is a user error
+    except OmegaConfBaseException as e:
+        raise ConfigError(getattr(e, "full_key", None) or "config", str(e).splitlines()[0]) from None
     rank, world, device_name = init_distributed(str(cfg.device))
     run_dir = Path(cfg.run_dir).resolve()
     if world > 1:  # every rank uses rank 0's run directory (Hydra's timestamped default may differ by a second)
@@ -159,6 +251,14 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
     if not isinstance(seed, int):
         raise ConfigError("seed", f"must be an integer, got {seed!r}")
     device = resolve_device(device_name)
+    check_trainer(cfg)
+    if downstream_eval and str((cfg.get("eval") or {}).get("name") or "none") != "none":
+        if world > 1 and cfg.trainer.get("parallel") == "fsdp":
+            raise ConfigError("eval", "the in-process evaluation needs an unsharded model: run FSDP with eval=none "
+                                      "and score final_model/ with `python -m eval <run dir>`")
+        from eval.stage import preflight
+
+        preflight(cfg.eval)  # the eval config, its task folders and tasks: refused now, not after training
 
     # data ----------------------------------------------------------------------------------------------
     from tikmix.data.shards import prepare_data
@@ -199,10 +299,9 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
 
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.get("fingerprint") != fp:
-            old = run_dir / "config.yaml"
             raise CheckpointError(
-                f"{run_dir} holds a checkpoint of a different config ({old} differs from this command's); "
-                f"re-run with the same overrides to resume, or choose another hydra.run.dir"
+                f"{run_dir} holds a checkpoint of a different config: {checkpoint_mismatch(run_dir, container, ckpt, model)}. "
+                f"Re-run with the same overrides to resume, or choose another hydra.run.dir"
             )
 
         if ckpt.get("world_size", 1) != world:
@@ -361,7 +460,8 @@ def main(cfg: DictConfig) -> Any:
         res = run(cfg)
     except (TikmixError, Preempted) as e:
         code = 75 if isinstance(e, Preempted) else 2  # 75 = EX_TEMPFAIL: not finished, resumable
-        print(f"{'[tikmix]' if code == 75 else 'error:'} {e}", file=sys.stderr)
+        msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
+        print(f"{'[tikmix]' if code == 75 else 'error:'} {msg}", file=sys.stderr)
         if not multirun:
             sys.exit(code)
         _record_failure(cfg, e)

@@ -112,6 +112,11 @@ class _Cfg:
         if unknown:
             raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer {keys['name']!r}; known keys: {', '.join(sorted(keys))}")
         vals = {k: raw.get(k, d) for k, d in keys.items()}
+        numeric = {k for k, d in keys.items() if isinstance(d, (int, float)) and not isinstance(d, bool)}
+        for k in sorted(numeric | {"projection_dim", "seed"}):  # a string here would fail float()/int() below
+            v = vals.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)):
+                raise ConfigError(f"mixer.{k}", f"must be a finite number, got {v!r}")
         self.__dict__.update(vals)
         self._check()
 

@@ -315,7 +315,10 @@ def _text_dir_root(c: Mapping[str, Any]) -> Path:
 
 def _text_dir_domains(c: Mapping[str, Any]) -> list[str]:
     root = _text_dir_root(c)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(f"data.root: {c['root']!r} holds no domain folders (source=text_dir wants root/<domain>/**/*.txt)")
+    return found
 
 
 def _iter_text_dir(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
