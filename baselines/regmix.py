@@ -37,6 +37,7 @@ import numpy as np
 
 from tikmix.errors import ConfigError, DataError, TikmixError
 from tikmix.mixer import Mixer, MixerContext, register
+from tikmix.model import llama_config
 from tikmix.runlog import to_builtin as _jsonable
 
 # --------------------------------------------------------------------------------------------------------
@@ -469,6 +470,10 @@ class RegMix(Mixer):
         _need(pb["total_tokens"] is None or int(pb["total_tokens"]) > 0, "proxy_budget.total_tokens", "null (use tokens_frac) or a positive integer")
         _need(0 < float(pb["tokens_frac"]), "proxy_budget.tokens_frac", "must be > 0")
         _need(0 <= float(pb["warmup_frac"]) < 1, "proxy_budget.warmup_frac", "must be in [0, 1)")
+        try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
+            llama_config(dict(c["proxy_model"]), vocab_size=2)
+        except ConfigError as e:
+            raise ConfigError(f"mixer.proxy_{e.field}", str(e).split(f"{e.field}: ", 1)[-1]) from e
         self.prior = _prior_from_ctx(ctx, domains)
         super().__init__(cfg, domains, ctx)
 
@@ -543,6 +548,8 @@ class RegMix(Mixer):
                 continue
             try:
                 res = self.ctx.run_subrun(ov, name="regmix-proxy", charge_as="regmix_proxies")
+            except ConfigError:  # the proxies' config is invalid: the same for every proxy, so stop now
+                raise
             except TikmixError as e:  # one bad proxy (e.g. a non-finite loss) does not sink the search
                 crashed.append({"index": i, "error": str(e)})
                 continue

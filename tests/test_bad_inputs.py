@@ -82,6 +82,8 @@ CASES = [
     # --- configs: values --------------------------------------------------------------------------------------
     Case("config-unknown-mixer-name", ["mixer.name=nope"], ["config error: mixer: unknown mixer 'nope'; available:", "stratified"]),
     Case("config-mixer-param-not-a-number", ["mixer=tikmix_m", "mixer.lhs_low=abc"], ["mixer.lhs_low: must be a finite number, got 'abc'"]),
+    Case("config-regmix-proxy-model", ["mixer=regmix", "mixer.proxy_model.num_heads=3"],
+         ["config error: mixer.proxy_model.num_heads: must divide hidden_size=256"]),
     Case("config-model-odd-head-size", ["model.hidden_size=100"], ["model.hidden_size:", "must be even", "100 / 4 = 25"]),
     Case("config-model-layers-not-int", ["model.num_layers=four"], ["model.num_layers: must be a positive integer, got 'four'"]),
     Case("config-budget-seq-len-over-context", ["budget.seq_len=1024"], ["budget.seq_len: 1024 exceeds the model's context model.max_position_embeddings=512"]),

@@ -430,7 +430,11 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
-        res = run(cfg, quiet=True, downstream_eval=False)  # eval config kept: it defines the task targets
+        try:
+            res = run(cfg, quiet=True, downstream_eval=False)  # eval config kept: it defines the task targets
+        except ConfigError as e:  # the mixer's own settings made an invalid sub-run config: say whose it is
+            raise ConfigError(f"mixer ({parent.mixer.name} {name} run) {e.field}",
+                              str(e).split(f"{e.field}: ", 1)[-1]) from e
         c = res["compute"]
         ledger.charge_mixer(charge_as, c.get("total", 0.0))
         res["reused"] = reused
