@@ -120,7 +120,7 @@ def collect(dirs: Iterable[str | Path], preset: str | None = None) -> list[Run]:
             run = Run(d, str(res.get("mixer", "?")), res.get("seed"),
                       _setting(res.get("model"), res.get("budget"), res.get("data"), tokens), res=res)
             run.eval = _eval_entry(res, preset)
-            if run.eval is None:
+            if run.eval is None and not (preset is None and _eval_off(d)):  # eval=none is a choice, not a gap
                 run.problem = f"no evaluation{f' for preset {preset}' if preset else ''} in results.json"
             runs.append(run)
         for c in sorted(root.rglob("config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else []):
@@ -133,6 +133,17 @@ def collect(dirs: Iterable[str | Path], preset: str | None = None) -> list[Run]:
             seen.add(d)
             runs.append(Run(d, m, s, st, problem="crashed or unfinished (no results.json)"))
     return runs
+
+
+def _eval_off(d: Path) -> bool:
+    """The run was configured without downstream tasks (eval=none), per its config.yaml."""
+    try:
+        import yaml
+
+        ev = (yaml.safe_load((d / "config.yaml").read_text()) or {}).get("eval")
+        return isinstance(ev, dict) and "tasks" in ev and not ev["tasks"]
+    except Exception:  # noqa: BLE001 - no or unreadable config: not known to be off
+        return False
 
 
 def _from_config(d: Path) -> tuple[str | None, Any, str]:
@@ -231,6 +242,9 @@ def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
             out += [f"## {b['setting']}", ""]
         else:
             out += [f"Setting: {b['setting']}", ""]
+        if not any(b["seeds"].values()):
+            out += ["No downstream evaluation in this setting (eval=none); per-domain test perplexity is in "
+                    "perplexity.md. The compute row still holds.", ""]
         head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" for m in b["mixers"]]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))

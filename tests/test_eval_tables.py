@@ -157,3 +157,21 @@ def test_wandb_tables_never_fail_the_command(sweep, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # a no-op W&B run: the tables still go through RunLogger
     assert tables.main([str(sweep), "--out", str(tmp_path), "--wandb", "--project", "tikmix-test"]) == 0
     assert (tmp_path / "table1.md").exists()
+
+
+def test_eval_none_runs_are_not_reported_missing(tmp_path):
+    """A run configured with eval=none has no downstream scores by choice: no 'missing' note, a clear line
+    in table1.md; a run whose eval preset had tasks but whose results lack them is still reported."""
+    def run(name, tasks):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(f"mixer:\n  name: stratified\nseed: 0\neval:\n  name: x\n  tasks: {tasks}\n")
+        (d / "results.json").write_text(json.dumps({"mixer": "stratified", "seed": 0, "model": "tiny", "budget": "b",
+                                                    "data": "jsonl", "test_ppl": {"a": 10.0}, "compute": {"mixer_total": 0}}))
+    run("off", "[]")
+    out = tables.build([tmp_path], tmp_path / "out", quiet=True)
+    md = out["table1_md"].read_text()
+    assert "missing" not in md and "No downstream evaluation in this setting (eval=none)" in md
+    run("lost", "[arith_qa]")
+    md = tables.build([tmp_path], tmp_path / "out2", quiet=True)["table1_md"].read_text()
+    assert "/lost: no evaluation in results.json" in md and "/off:" not in md
