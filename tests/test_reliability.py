@@ -147,3 +147,41 @@ def test_unwritable_checkpoint_fails_clearly_and_keeps_saved_progress(make_cfg, 
         run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
     assert (rd / "checkpoints" / "last.pt").read_bytes() == saved
     assert not list((rd / "checkpoints").glob(".last.pt.tmp*"))
+
+
+class _Payload:
+    """Unpickling this would run code (create a file) — what a weights-only loader must refuse."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_checkpoint_with_code_is_refused_not_executed(tmp_path):
+    from tikmix.checkpoint import load_checkpoint
+
+    target = tmp_path / "pwned"
+    bad = tmp_path / "last.pt"
+    torch.save({"format": 1, "model": _Payload(str(target))}, bad)
+    with pytest.raises(CheckpointError, match="weights-only loader refused it"):
+        load_checkpoint(bad)
+    assert not target.exists()
+
+
+def test_no_config_or_data_string_reaches_eval_exec_or_a_shell():
+    """A static guard over the product code: no eval/exec, no shell, no unsafe YAML or pickle loading."""
+    import re
+
+    banned = [r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"shell\s*=\s*True", r"os\.system\(", r"os\.popen\(",
+              r"subprocess\.", r"weights_only\s*=\s*False", r"pickle\.loads?\(", r"yaml\.load\((?!.*Loader=(_Loader|(yaml\.)?C?SafeLoader)\b)",
+              r"yaml\.unsafe_load", r"marshal\.loads"]
+    hits = []
+    for folder in ("tikmix", "baselines", "eval"):
+        for f in sorted((REPO / folder).rglob("*.py")):
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                hits += [f"{f.relative_to(REPO)}:{n}: {line.strip()}" for pat in banned if re.search(pat, code)]
+    hits += [f"train.py: {pat}" for pat in banned if re.search(pat, (REPO / "train.py").read_text())]
+    assert not hits, "\n".join(hits)

@@ -57,7 +57,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _why(e: BaseException) -> str:
     """The gist of torch.load's error, in a few words (its messages run to paragraphs, and the weights-only
-    one advises weights_only=False, which a tikmix checkpoint never needs)."""
+    one advises switching weights-only loading off, which a tikmix checkpoint never needs)."""
     msg = str(e).strip()
     if "WeightsUnpickler error:" in msg:
         rest = [line.strip() for line in msg.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()]
