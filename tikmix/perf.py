@@ -19,9 +19,9 @@ from tikmix.errors import ConfigError
 # NVIDIA's datasheets, which print the sparse figure (twice these): H100 SXM 1,979 -> 989 TF, H100 PCIe
 # 1,513 -> 756, H100 NVL and H200 NVL 1,671 -> 835, H200 SXM 1,979 -> 989, A100 (SXM and PCIe) 624 -> 312,
 # A10 250 -> 125, L4 242 -> 121; RTX 4090: Ada whitepaper, BF16 with FP32 accumulate, 165.2 dense.
-# Checked first match wins, so the more specific names come first. Deliberately absent (measured instead):
-# the A10G (AWS's variant of the A10, no NVIDIA datasheet; its tensor rate is below the A10's), MIG slices
-# (a fraction of the GPU), and anything else not listed.
+# Checked in order, first match wins, so the more specific names come first. Deliberately absent (measured
+# instead): the A10G (AWS's variant of the A10: no NVIDIA datasheet; third-party comparisons put its tensor
+# rate below the A10's), MIG slices (a fraction of the GPU), and anything else not listed.
 GPU_PEAK_BF16: tuple[tuple[str, float], ...] = (
     (r"H200.*NVL", 835e12),
     (r"H200", 989e12),

@@ -1,8 +1,15 @@
-"""Trainer throughput against a bare PyTorch loop, sampler throughput, peak memory of the default run.
+"""Trainer throughput and MFU against a bare PyTorch loop, sampler throughput, peak memory of the default run.
 
-Run by hand (not collected by pytest):  python tests/benchmarks/bench_trainer.py [--model tiny] [--steps 30]
-Figures are ratios measured in the same process, blocks interleaved (A B A B ...), so machine noise hits
-both sides alike. Targets (issue 1): trainer/bare >= 0.9 at model=tiny on CPU; sampler >= 20x the trainer.
+Run by hand (not collected by pytest):
+    python tests/benchmarks/bench_trainer.py                      # model=tiny and model=20m, then the memory run
+    python tests/benchmarks/bench_trainer.py --models tiny --steps 30 --skip-memory
+Figures are ratios measured in the same process, short blocks interleaved (A B A B ...), so machine noise
+hits both sides alike; the trainer/bare ratio is the median of the per-pair ratios (a load change on the
+machine moves one pair, not the figure) beside the ratio of total times. MFU of both loops is the training FLOPs/token (6N + attention, tikmix.model) x tokens/s
+over the fp32 matmul peak measured in the same process (tikmix.perf, best of the measurements taken before
+and after each model). model=20m runs a smaller batch (budget.batch_size=8) and fewer steps per block to stay at a
+couple of minutes on a 2-core CPU. --threads pins torch's intra-op threads (default: torch's choice). Targets (issue 1): trainer/bare >= 0.9 at model=tiny on CPU; sampler >=
+20x the trainer.
 """
 from __future__ import annotations
 
@@ -25,24 +32,23 @@ from tests.conftest import compose  # noqa: E402
 from tikmix.ledger import Ledger  # noqa: E402
 from tikmix.mixer import MixerContext, build_mixer  # noqa: E402
 from tikmix.model import build_model, flops_per_token  # noqa: E402
+from tikmix.perf import measure_matmul_peak  # noqa: E402
 from tikmix.sampler import MixtureSampler  # noqa: E402
 from tikmix.trainer import Trainer  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tiny")
-    ap.add_argument("--budget", default="demo")
-    ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    ap.add_argument("--blocks", type=int, default=3)
-    ap.add_argument("--skip-memory", action="store_true")
-    args = ap.parse_args()
-    os.environ.setdefault("WANDB_MODE", "disabled")
+# per model: extra overrides and default steps per timed block (20m: ~2.5 s per 1k-token step on a 2-core CPU)
+PRESETS = {"tiny": ([], 10), "20m": (["budget.batch_size=8", "budget.micro_batch=8"], 2)}
+
+
+def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     from tikmix.data.shards import prepare_data
 
-    tmp = Path(tempfile.mkdtemp())
-    cfg = compose([f"model={args.model}", f"budget={args.budget}", "logger=none", f"run_dir={tmp / 'run'}", "trainer.progress=false"])
+    extra, default_steps = PRESETS.get(model_name, ([], 10))
+    steps = args.steps or default_steps
+    cfg = compose([f"model={model_name}", f"budget={args.budget}", "logger=none", f"run_dir={tmp / 'run'}",
+                   "trainer.progress=false", *extra])
     shards = prepare_data(cfg.data)
     doms = shards.domains
     b = cfg.budget
@@ -71,23 +77,27 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(bare.parameters(), 1.0)
         opt.step()
 
+    peak, peak_how = measure_matmul_peak("cpu", torch.float32)
     tokens_per_step = b.seq_len * b.batch_size
-    for i in range(3):  # warm-up both
+    t_start = time.perf_counter()
+    for i in range(2):  # warm-up both
         tr.train_step(i, w)
         bare_step(i)
-    t_tr, t_bare = 0.0, 0.0
-    step = 3
+    t_tr, t_bare, pair_ratios = 0.0, 0.0, []
+    step = 2
     for _ in range(args.blocks):
         t0 = time.perf_counter()
-        for _ in range(args.steps):
+        for _ in range(steps):
             tr.train_step(step, w)
             step += 1
-        t_tr += time.perf_counter() - t0
+        dt_tr = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for i in range(args.steps):
+        for i in range(steps):
             bare_step(i)
-        t_bare += time.perf_counter() - t0
-    n = args.blocks * args.steps * tokens_per_step
+        dt_bare = time.perf_counter() - t0
+        t_tr, t_bare = t_tr + dt_tr, t_bare + dt_bare
+        pair_ratios.append(dt_bare / dt_tr)  # trainer speed / bare speed in this pair
+    n = args.blocks * steps * tokens_per_step
     tps_tr, tps_bare = n / t_tr, n / t_bare
 
     t0 = time.perf_counter()
@@ -96,21 +106,53 @@ def main() -> None:
         sampler.batch(10_000 + k, w)
         k += 1
     tps_sampler = k * tokens_per_step / (time.perf_counter() - t0)
+    peak_after, _ = measure_matmul_peak("cpu", torch.float32)
+    peak = max(peak, peak_after)
+    return {"model": model_name, "budget": args.budget, "batch": f"{b.batch_size}x{b.seq_len}", "micro": mb,
+            "steps": f"{args.blocks}x{steps}", "fpt": fpt, "tps_tr": tps_tr, "tps_bare": tps_bare,
+            "pairs": len(pair_ratios), "ratio_median": float(np.median(pair_ratios)), "ratio_range": (min(pair_ratios), max(pair_ratios)),
+            "tps_sampler": tps_sampler, "peak": peak, "peak_how": peak_how, "wall": time.perf_counter() - t_start}
 
-    print(f"model={args.model} budget={args.budget} batch={b.batch_size}x{b.seq_len} micro={mb} threads={torch.get_num_threads()}")
-    print(f"trainer tokens/s       {tps_tr:12,.0f}")
-    print(f"bare loop tokens/s     {tps_bare:12,.0f}")
-    print(f"ratio trainer/bare     {tps_tr / tps_bare:12.3f}   (target >= 0.9)")
-    print(f"sampler tokens/s       {tps_sampler:12,.0f}")
-    print(f"ratio sampler/trainer  {tps_sampler / tps_tr:12.1f}   (target >= 20)")
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", "--model", default="tiny,20m", help="comma-separated model presets")
+    ap.add_argument("--budget", default="demo")
+    ap.add_argument("--steps", type=int, default=None, help="steps per timed block (default: tiny 10, 20m 2)")
+    ap.add_argument("--blocks", type=int, default=6, help="interleaved pairs of blocks (trainer, bare)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    tmp = Path(tempfile.mkdtemp())
+    rows = [bench_model(m, args, tmp) for m in args.models.split(",")]
+    peak = max(r["peak"] for r in rows)  # the best matmul rate seen this run: the machine's peak
+    how = max(rows, key=lambda r: r["peak"])["peak_how"]
+    each = ", ".join(f"{r['peak'] / 1e9:.1f}" for r in rows)
+    print(f"threads={torch.get_num_threads()}  matmul peak {peak / 1e9:,.1f} GFLOP/s ({how}; best before/after each "
+          f"model: {each})")
+    for r in rows:
+        mfu_tr, mfu_bare = r["fpt"] * r["tps_tr"] / peak, r["fpt"] * r["tps_bare"] / peak
+        print(f"model={r['model']} budget={r['budget']} batch={r['batch']} micro={r['micro']} blocks x steps={r['steps']} "
+              f"FLOPs/token={r['fpt']:.3g} ({r['wall']:.0f} s)")
+        print(f"  trainer tokens/s       {r['tps_tr']:12,.0f}   MFU {mfu_tr:6.1%}")
+        print(f"  bare loop tokens/s     {r['tps_bare']:12,.0f}   MFU {mfu_bare:6.1%}")
+        lo, hi = r["ratio_range"]
+        print(f"  ratio trainer/bare     {r['ratio_median']:12.3f}   (target >= 0.9; median of {r['pairs']} "
+              f"pairs, range {lo:.3f}-{hi:.3f}; ratio of total times {r['tps_tr'] / r['tps_bare']:.3f})")
+        print(f"  sampler tokens/s       {r['tps_sampler']:12,.0f}")
+        print(f"  ratio sampler/trainer  {r['tps_sampler'] / r['tps_tr']:12.1f}   (target >= 20)")
 
     if not args.skip_memory:
         rd = tmp / "default"
         t0 = time.perf_counter()
         subprocess.run([sys.executable, str(REPO / "train.py"), "logger=none", f"hydra.run.dir={rd}", "trainer.progress=false"],
                        cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"default run: peak RSS {peak:,.0f} MiB, wall {time.perf_counter() - t0:.0f} s")
+        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"default run: peak RSS {peak_rss:,.0f} MiB, wall {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
