@@ -3,6 +3,10 @@
 Run by hand (not collected by pytest):
     python tests/benchmarks/bench_trainer.py                      # model=tiny and model=20m, then the memory run
     python tests/benchmarks/bench_trainer.py --models tiny --steps 30 --skip-memory
+    python tests/benchmarks/bench_trainer.py --device cuda --models 160m,1b --skip-memory   # one GPU, bf16
+On a GPU (--device cuda) both loops train in bf16 autocast with fused AdamW (the trainer's GPU path), batches
+are moved to the device, and MFU is against the dense bf16 peak of tikmix.perf's table for a known GPU (else
+a bf16 matmul peak measured on it); --micro-batch sets the micro-batch for models that need it.
 Figures are ratios measured in the same process, short blocks interleaved (A B A B ...), so machine noise
 hits both sides alike; the trainer/bare ratio is the median of the per-pair ratios (a load change on the
 machine moves one pair, not the figure) beside the ratio of total times. MFU of both loops is the training FLOPs/token (6N + attention, tikmix.model) x tokens/s
@@ -32,9 +36,9 @@ from tests.conftest import compose  # noqa: E402
 from tikmix.ledger import Ledger  # noqa: E402
 from tikmix.mixer import MixerContext, build_mixer  # noqa: E402
 from tikmix.model import build_model, flops_per_token  # noqa: E402
-from tikmix.perf import measure_matmul_peak  # noqa: E402
+from tikmix.perf import measure_matmul_peak, resolve_peak  # noqa: E402
 from tikmix.sampler import MixtureSampler  # noqa: E402
-from tikmix.trainer import Trainer  # noqa: E402
+from tikmix.trainer import Trainer, adamw_extra_kwargs, amp_dtype_for  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 
@@ -47,6 +51,11 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
 
     extra, default_steps = PRESETS.get(model_name, ([], 10))
     steps = args.steps or default_steps
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        extra = [e for e in extra if not e.startswith("budget.")]  # the GPU runs the budget's own batch
+    if args.micro_batch:
+        extra = [*extra, f"budget.micro_batch={args.micro_batch}"]
     cfg = compose([f"model={model_name}", f"budget={args.budget}", "logger=none", f"run_dir={tmp / 'run'}",
                    "trainer.progress=false", *extra])
     shards = prepare_data(cfg.data)
@@ -54,30 +63,42 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     b = cfg.budget
     arrays = [shards.tokens(d, "train") for d in doms]
     sampler = MixtureSampler(arrays, b.seq_len, b.batch_size, 0, doms)
-    model = build_model(cfg.model, shards.vocab_size, 0)
+    model = build_model(cfg.model, shards.vocab_size, 0).to(dev)
     fpt = flops_per_token(model, b.seq_len)
     ctx = MixerContext(doms, {d: len(a) for d, a in zip(doms, arrays)}, 1000, b.seq_len * b.batch_size, b.seq_len, 0)
     mixer = build_mixer({"name": "stratified"}, doms, ctx)
     container = OmegaConf.to_container(cfg, resolve=True)
-    tr = Trainer(container, model, mixer, sampler, doms, {}, {}, 1000, [], tmp / "run", Ledger(), None, torch.device("cpu"), fpt, "x")
+    tr = Trainer(container, model, mixer, sampler, doms, {}, {}, 1000, [], tmp / "run", Ledger(), None, dev, fpt, "x")
     w = mixer.weights(0)
 
     # the bare loop: same model object's architecture, its own copy of weights, same batch shapes, HF loss
-    bare = build_model(cfg.model, shards.vocab_size, 0)
-    opt = torch.optim.AdamW(bare.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    fixed = [torch.from_numpy(sampler.batch(i, w)[0]) for i in range(4)]
+    bare = build_model(cfg.model, shards.vocab_size, 0).to(dev)
+    opt = torch.optim.AdamW(bare.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, **adamw_extra_kwargs(dev))
+    fixed = [torch.from_numpy(sampler.batch(i, w)[0]).to(dev) for i in range(4)]
+    amp = amp_dtype_for(str(cfg.trainer.dtype), dev)
     mb = b.micro_batch
 
     def bare_step(i: int) -> None:
         x = fixed[i % 4]
         opt.zero_grad(set_to_none=True)
         for j in range(0, len(x), mb):
-            out = bare(input_ids=x[j : j + mb, :-1], labels=x[j : j + mb, :-1])
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                out = bare(input_ids=x[j : j + mb, :-1], labels=x[j : j + mb, :-1])
             (out.loss * (min(mb, len(x) - j) / len(x))).backward()
         torch.nn.utils.clip_grad_norm_(bare.parameters(), 1.0)
         opt.step()
 
-    peak, peak_how = measure_matmul_peak("cpu", torch.float32)
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def device_peak() -> tuple[float, str]:
+        if dev.type == "cuda":
+            p = resolve_peak(None, dev, amp or torch.float32)
+            return p.flops, f"{p.source}: {p.detail}"
+        return measure_matmul_peak("cpu", torch.float32)
+
+    peak, peak_how = device_peak()
     tokens_per_step = b.seq_len * b.batch_size
     t_start = time.perf_counter()
     for i in range(2):  # warm-up both
@@ -86,14 +107,17 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     t_tr, t_bare, pair_ratios = 0.0, 0.0, []
     step = 2
     for _ in range(args.blocks):
+        sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             tr.train_step(step, w)
             step += 1
+        sync()
         dt_tr = time.perf_counter() - t0
         t0 = time.perf_counter()
         for i in range(steps):
             bare_step(i)
+        sync()
         dt_bare = time.perf_counter() - t0
         t_tr, t_bare = t_tr + dt_tr, t_bare + dt_bare
         pair_ratios.append(dt_bare / dt_tr)  # trainer speed / bare speed in this pair
@@ -106,7 +130,7 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
         sampler.batch(10_000 + k, w)
         k += 1
     tps_sampler = k * tokens_per_step / (time.perf_counter() - t0)
-    peak_after, _ = measure_matmul_peak("cpu", torch.float32)
+    peak_after, _ = device_peak()
     peak = max(peak, peak_after)
     return {"model": model_name, "budget": args.budget, "batch": f"{b.batch_size}x{b.seq_len}", "micro": mb,
             "steps": f"{args.blocks}x{steps}", "fpt": fpt, "tps_tr": tps_tr, "tps_bare": tps_bare,
@@ -122,6 +146,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=6, help="interleaved pairs of blocks (trainer, bare)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast, fused AdamW, table peak)")
+    ap.add_argument("--micro-batch", type=int, default=None, help="override budget.micro_batch (large models on one GPU)")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     if args.threads:
