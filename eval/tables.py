@@ -437,10 +437,11 @@ def fig_mixtures(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
     return written
 
 
-def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
+def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, title: str, logy: bool = False) -> Path | None:
+    """One point per (setting, mixer): mean ± std over seeds of ``value(run)`` against mixture-search FLOPs."""
     pts = []
-    for (st, m), rs in _by([r for r in runs if r.eval and r.eval.get("average") is not None], lambda r: (r.setting, r.mixer)).items():
-        y = mean_std([r.eval["average"] for r in rs])
+    for (st, m), rs in _by([r for r in runs if value(r) is not None], lambda r: (r.setting, r.mixer)).items():
+        y = mean_std([value(r) for r in rs])
         x = mean_std([((r.res or {}).get("compute") or {}).get("mixer_total", 0.0) for r in rs])
         pts.append((st, m, x, y))
     if not pts:
@@ -456,48 +457,29 @@ def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
         ax.annotate(m, (x[0] or 0.0, y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if pos:
         ax.set_xscale("symlog", linthresh=min(pos) / 10)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel("mixture-search FLOPs (0 = static mixture)")
-    ax.set_ylabel("average downstream score (%)")
-    ax.set_title("Downstream score vs mixture-search compute (mean ± std over seeds)", fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    p = out / "score_vs_compute.png"
+    p = out / name
     fig.savefig(p, dpi=120)
     plt.close(fig)
     return p
+
+
+def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
+    return _fig_vs_compute(runs, out, lambda r: r.eval.get("average") if r.eval else None, "score_vs_compute.png",
+                           "average downstream score (%)", "Downstream score vs mixture-search compute (mean ± std over seeds)")
 
 
 def fig_ppl_vs_compute(runs: list[Run], out: Path) -> Path | None:
     """Average test perplexity (over domains) against mixture-search FLOPs: the comparison when there are
     no downstream tasks (eval=none), and the language-modelling side of it when there are."""
-    pts = []
-    for (st, m), rs in _by([r for r in runs if _avg_ppl(r) is not None], lambda r: (r.setting, r.mixer)).items():
-        y = mean_std([_avg_ppl(r) for r in rs])
-        x = mean_std([((r.res or {}).get("compute") or {}).get("mixer_total", 0.0) for r in rs])
-        pts.append((st, m, x, y))
-    if not pts:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    settings = sorted({p[0] for p in pts})
-    markers = "osD^v<>P*X"
-    pos = [p[2][0] for p in pts if p[2][0] and p[2][0] > 0]
-    for st, m, x, y in sorted(pts, key=lambda p: mixer_sort_key(p[1])):
-        ax.errorbar([x[0] or 0.0], [y[0]], yerr=[y[1] or 0.0], xerr=[x[1] or 0.0], fmt=markers[settings.index(st) % len(markers)],
-                    capsize=3, label=m if len(settings) == 1 else f"{m} ({st})")
-        ax.annotate(m, (x[0] or 0.0, y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if pos:
-        ax.set_xscale("symlog", linthresh=min(pos) / 10)
-    ax.set_yscale("log")
-    ax.set_xlabel("mixture-search FLOPs (0 = static mixture)")
-    ax.set_ylabel("average test perplexity over domains (log)")
-    ax.set_title("Test perplexity vs mixture-search compute (mean ± std over seeds; lower is better)", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p = out / "ppl_vs_compute.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _fig_vs_compute(runs, out, _avg_ppl, "ppl_vs_compute.png", "average test perplexity over domains (log)",
+                           "Test perplexity vs mixture-search compute (mean ± std over seeds; lower is better)", logy=True)
 
 
 def _influence_records(res: dict) -> list[dict]:
