@@ -396,6 +396,17 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, out: Path, kind: str, mixer: str | None = None, setting: str | None = None,
+          multi_setting: bool = False) -> Path:
+    """Lay out, write and close a figure: ``out/<kind>.png``, or per mixer ``out/<kind>_<mixer>[_<setting>].png``."""
+    name = kind if mixer is None else f"{kind}_{_slug(mixer)}" + (f"_{_slug(setting)}" if multi_setting else "")
+    fig.tight_layout()
+    p = out / (name if name.endswith(".png") else name + ".png")
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
 def _weights_curve(res: dict) -> tuple[list[str], np.ndarray, np.ndarray] | None:
     hist = res.get("weights_history") or []
     doms = list(res.get("domains") or (hist[0]["weights"].keys() if hist else []))
@@ -429,11 +440,7 @@ def fig_mixtures(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
         ax.set_title(f"{m}: mixture over training" + (f" (mean of {len(same)} seeds)" if len(same) > 1 else "")
                      + (f"\n{st}" if multi_setting else ""), fontsize=10)
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-        fig.tight_layout()
-        p = out / (f"mixture_{_slug(m)}" + (f"_{_slug(st)}" if multi_setting else "") + ".png")
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, out, "mixture", m, st, multi_setting))
     return written
 
 
@@ -463,11 +470,7 @@ def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, t
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    p = out / name
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    return p
+    return _save(plt, fig, out, name)
 
 
 def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
@@ -521,11 +524,7 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
             axes[j // ncol][j % ncol].axis("off")
         axes[0][0].legend(fontsize=7, frameon=False)
         fig.suptitle(f"{m}: group influence per domain over stages" + (f" ({st})" if multi_setting else ""), fontsize=10)
-        fig.tight_layout()
-        p = out / (f"influence_{_slug(m)}" + (f"_{_slug(st)}" if multi_setting else "") + ".png")
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, out, "influence", m, st, multi_setting))
     return written
 
 
