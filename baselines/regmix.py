@@ -473,7 +473,7 @@ class RegMix(Mixer):
         try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
             llama_config(dict(c["proxy_model"]), vocab_size=2)
         except ConfigError as e:
-            raise ConfigError(f"mixer.proxy_{e.field}", str(e).split(f"{e.field}: ", 1)[-1]) from e
+            raise ConfigError(f"mixer.proxy_{e.field}", e.detail) from e
         self.prior = _prior_from_ctx(ctx, domains)
         super().__init__(cfg, domains, ctx)
 

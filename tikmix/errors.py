@@ -15,6 +15,7 @@ class ConfigError(TikmixError):
 
     def __init__(self, field: str, message: str):
         self.field = field
+        self.detail = message  # what is wrong, without the field (for re-raising under another field name)
         super().__init__(f"config error: {field}: {message}")
 
 

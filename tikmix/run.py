@@ -434,7 +434,7 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
             res = run(cfg, quiet=True, downstream_eval=False)  # eval config kept: it defines the task targets
         except ConfigError as e:  # the mixer's own settings made an invalid sub-run config: say whose it is
             raise ConfigError(f"mixer ({parent.mixer.name} {name} run) {e.field}",
-                              str(e).split(f"{e.field}: ", 1)[-1]) from e
+                              e.detail) from e
         c = res["compute"]
         ledger.charge_mixer(charge_as, c.get("total", 0.0))
         res["reused"] = reused
