@@ -158,12 +158,17 @@ def domain_documents(domain: str, doc_chars: int, max_chars: float = float("inf"
                 continue
             seen.add(key)
             docs.append(piece)
+    return _thin(docs, max_chars)
+
+
+def _thin(docs: list[str], max_chars: float) -> list[str]:
+    """Documents evenly spread over the list, about max_chars characters in all (all of them if fewer)."""
     total = sum(len(d) for d in docs)
-    if total > max_chars:
-        keep = max(1, int(len(docs) * max_chars / total))
-        step = len(docs) / keep
-        docs = [docs[int(i * step)] for i in range(keep)]
-    return docs
+    if total <= max_chars:
+        return docs
+    keep = max(1, int(len(docs) * max_chars / total))
+    step = len(docs) / keep
+    return [docs[int(i * step)] for i in range(keep)]
 
 
 def _split(docs: list[str], holdout: float, min_holdout: int) -> dict[str, list[str]]:
@@ -205,7 +210,7 @@ def build(out: str | os.PathLike, domains: tuple[str, ...] = DOMAINS, doc_chars:
     full = {d: domain_documents(d, doc_chars) for d in domains}
     scale = min(1.0, total_chars / max(1, sum(len(t) for docs in full.values() for t in docs)))
     for domain, docs in full.items():
-        docs = domain_documents(domain, doc_chars, scale * sum(len(t) for t in docs)) if scale < 1 else docs
+        docs = _thin(docs, scale * sum(len(t) for t in docs))
         parts = _split(docs, holdout, min_holdout)
         for split, texts in parts.items():
             splits[split].extend({"text": t, "meta": {"pile_set_name": domain}} for t in texts)
