@@ -9,6 +9,14 @@ exact_match, ...), with their standard errors in the same unit; other metrics (p
 as lm-eval reports them and left out of the averages. ``average`` is the mean over all tasks, and
 ``in_domain_avg`` / ``out_of_domain_avg`` over the preset's two groups (TiKMiX Table 1: in-domain MMLU,
 HellaSwag, ARC-E, ARC-C, TriviaQA; out-of-domain PIQA, OpenBookQA, BoolQ, MathQA).
+
+Continuous metrics, beside accuracy, for every log-likelihood (multiple-choice) task, taken from lm-eval's
+per-sample log-likelihoods (``log_samples``), no second pass over the model: ``logprob``, the mean over
+documents of log p(gold continuation | context) (natural log, summed over the continuation's tokens), and
+``bpb``, the mean over documents of -log2 p(gold | context) / UTF-8 bytes of the gold continuation as scored
+(OLMES's ``bits_per_byte_corr``; lower is better). Groups (mmlu) combine their leaves as lm-eval combines
+their accuracy; ``in_domain_bpb`` / ``out_of_domain_bpb`` / ``average_bpb`` (and ``*_logprob``) average the
+tasks that have them: generation tasks (TriviaQA) have none.
 """
 from __future__ import annotations
 
@@ -199,46 +207,169 @@ def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+# ------------------------------------------------------------------------------- continuous metrics
+
+CONTINUOUS = ("bpb", "logprob")
+_LN2 = math.log(2.0)
+# (accuracy average, prefix of its bpb/logprob averages)
+_GROUPS = (("in_domain_avg", "in_domain"), ("out_of_domain_avg", "out_of_domain"), ("average", "average"))
+_AVGS = tuple(a for a, _ in _GROUPS) + tuple(f"{p}_{k}" for k in CONTINUOUS for _, p in _GROUPS)
+
+
+def _loglik(resp: Any) -> float | None:
+    """The log-likelihood of one loglikelihood request's response (``[(ll, is_greedy)]``), else None
+    (a generation's string, a rolling log-likelihood)."""
+    r = resp[0] if isinstance(resp, list) and len(resp) == 1 else resp
+    if isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[1], (bool, np.bool_)) \
+            and isinstance(r[0], (int, float, np.floating)):
+        return float(r[0])
+    return None
+
+
+def _is_index(g: Any, n: int) -> bool:
+    return isinstance(g, (int, np.integer)) and not isinstance(g, (bool, np.bool_)) and 0 <= int(g) < n
+
+
+def _gold_indices(sample: Mapping[str, Any], task: Any, conts: list[str]) -> list[int]:
+    """The gold request(s) of one document, resolved as lm-eval's ConfigurableTask.process_results does.
+
+    ``task`` (the leaf Task) is needed for tasks whose logged ``target`` is not the gold index: a
+    multiple_input task (winogrande: the gold is the context, ``doc_to_text``) and a string target
+    (``doc_to_choice(doc).index``). Without it a string target is matched against the continuations with
+    their leading delimiter whitespace stripped."""
+    doc = sample.get("doc")
+    if task is not None and getattr(task, "OUTPUT_TYPE", None) == "loglikelihood":
+        return [0] if conts else []
+    multi_input = task is not None and bool(getattr(task, "multiple_input", False))
+    gold = task.doc_to_text(doc) if multi_input else sample.get("target")
+    if isinstance(gold, str):
+        choices = list(task.doc_to_choice(doc)) if task is not None else [c.lstrip() for c in conts]
+        gold = choices.index(gold) if gold in choices else None
+    golds = list(gold) if isinstance(gold, (list, tuple)) else [gold]
+    return [int(g) for g in golds if _is_index(g, len(conts))]
+
+
+def gold_scores(sample: Mapping[str, Any], task: Any = None) -> tuple[float, float] | None:
+    """(log p(gold | context), bits per byte of the gold) of one logged lm-eval document; None when it has
+    no log-likelihood requests (generation) or no valid gold.
+
+    The bytes are those of the continuation exactly as scored: the request's continuation (for
+    multiple_choice ``target_delimiter + choice``, e.g. " teal."), plus any trailing whitespace of the
+    context, which lm-eval's TemplateLM moves into the continuation before scoring. The delimiter counts
+    because its token's log-probability is in the sum (OLMES divides by the bytes of the request's
+    continuation as well). Several golds (a list target): the most likely one, the answer that would earn
+    the accuracy credit."""
+    args, resps = list(sample.get("arguments") or []), list(sample.get("resps") or [])
+    lls = [_loglik(r) for r in resps]
+    if not args or len(args) != len(lls) or any(x is None for x in lls) or \
+            not all(isinstance(a, (tuple, list)) and len(a) >= 2 and isinstance(a[1], str) for a in args):
+        return None
+    golds = _gold_indices(sample, task, [a[1] for a in args])
+    if not golds:
+        return None
+    i = max(golds, key=lambda g: lls[g])
+    ctx, cont = args[i][0], args[i][1]
+    scored = (ctx[len(ctx.rstrip()):] if isinstance(ctx, str) else "") + cont
+    return lls[i], -lls[i] / _LN2 / max(len(scored.encode("utf-8")), 1)
+
+
+def continuous_scores(samples: list[Mapping[str, Any]], task: Any = None) -> dict | None:
+    """{"bpb", "logprob", "n"}: means over the documents of one task's logged samples (one filter's, as a
+    task with several filters logs each document once per filter); None when no document has a
+    log-likelihood gold (generation tasks)."""
+    filters = [s.get("filter") for s in samples]
+    keep = "none" if "none" in filters else (filters[0] if filters else None)
+    got = [g for s in samples if s.get("filter") == keep for g in [gold_scores(s, task)] if g is not None]
+    if not got:
+        return None
+    return {"logprob": float(np.mean([g[0] for g in got])), "bpb": float(np.mean([g[1] for g in got])),
+            "n": len(got)}
+
+
+def _over_leaves(leaves: list[str], cont: Mapping[str, dict | None], by_size: bool) -> dict:
+    """A group's continuous metrics from its leaves', combined as lm-eval combines a group's accuracy
+    (``aggregate_subtask_metrics``: weighted by documents when ``weight_by_size``, else a plain mean)."""
+    got = [cont[t] for t in leaves if cont.get(t)]
+    if not got:
+        return {k: None for k in CONTINUOUS}
+    w = [float(g["n"]) if by_size else 1.0 for g in got]
+    return {k: float(np.dot([g[k] for g in got], w) / sum(w)) for k in CONTINUOUS}
+
+
+def group_weighting(objs: list) -> dict[str, dict[str, bool]]:
+    """{group: {metric: weight_by_size}} from the group objects' ``aggregate_metric_list``."""
+    from lm_eval.api.group import Group
+
+    return {o.name: {str(a.metric): bool(a.weight_by_size) for a in (o.aggregate_metric_list or [])}
+            for o in objs if isinstance(o, Group)}
+
+
+def _pop_continuous(raw: dict, objs: list) -> dict[str, dict | None]:
+    """{leaf task: :func:`continuous_scores`} from lm-eval's logged samples, which are dropped from ``raw``:
+    they hold every document and request, and only the per-task means are kept (never written to disk)."""
+    leaf_objs = {leaf.task_name: leaf for obj in objs for leaf in T.leaf_tasks(obj)}
+    return {t: continuous_scores(s, leaf_objs.get(t)) for t, s in (raw.pop("samples", None) or {}).items()}
+
+
+def _by_size(weighting: Mapping[str, Mapping[str, bool]], group: str, metric: str) -> bool:
+    w = weighting.get(group) or {}
+    return bool(w.get(metric, next(iter(w.values()), True)))
+
+
 def summarise(raw: Mapping[str, Any], cfg: Mapping[str, Any], names: list[str], expand: Mapping[str, list[str]],
-              ind: list[str], ood: list[str]) -> dict:
-    """The results.json entry from lm-eval's output ``raw`` (see the module docstring)."""
+              ind: list[str], ood: list[str], continuous: Mapping[str, dict | None] | None = None,
+              weighting: Mapping[str, Mapping[str, bool]] | None = None) -> dict:
+    """The results.json entry from lm-eval's output ``raw`` (see the module docstring).
+
+    ``continuous``: {leaf task: :func:`continuous_scores`} from the logged samples; ``weighting``:
+    {group: {metric: weight_by_size}} (:func:`group_weighting`), how a group combines its leaves."""
     results = raw.get("results", {})
-    n_shot = raw.get("n-shot", {})
-    n_samples = raw.get("n-samples", {})
     tasks: dict[str, dict] = {}
     for name in names:
         for leaf in expand.get(name, [name]):
-            entry = results.get(leaf)
-            if entry is None:
+            if results.get(leaf) is None:
                 continue
-            metrics = _metrics_of(entry)
+            metrics = _metrics_of(results[leaf])
             m = _pick_metric(metric_for(cfg, name), list(metrics), leaf)
             if m is None:
                 continue
+            tasks[leaf] = _task_entry(raw, leaf, m, metrics, task_group(name, ind, ood))
             leaves = _all_leaves(raw, leaf)
-            ns = [n_samples.get(t, {}).get("effective") for t in leaves]
-            shots = sorted({n_shot.get(t) for t in leaves if n_shot.get(t) is not None})
-            tasks[leaf] = {
-                "metric": m,
-                "value": _scale(m, metrics[m]["value"]),
-                "stderr": _scale(m, metrics[m]["stderr"]),
-                "group": task_group(name, ind, ood),
-                "percent": m in PERCENT_METRICS,
-                "n_shot": shots[0] if len(shots) == 1 else (shots or None),
-                "n_samples": int(sum(x for x in ns if x is not None)) if any(x is not None for x in ns) else None,
-                "subtasks": len(leaves) if raw.get("group_subtasks", {}).get(leaf) else None,
-                "metrics": {k: {"value": _scale(k, v["value"]), "stderr": _scale(k, v["stderr"]), "filter": v["filter"]}
-                            for k, v in metrics.items()},
-            }
-    def avg(group: str | None) -> float | None:
-        return _mean([t["value"] for t in tasks.values() if t["percent"] and t["value"] is not None
-                      and (group is None or t["group"] == group)])
-    return {
+            tasks[leaf].update(_over_leaves(leaves, continuous or {}, _by_size(weighting or {}, leaf, m)))
+
+    def avg(group: str | None, key: str = "value") -> float | None:
+        # accuracy averages only proportion metrics; bpb/logprob exist only for log-likelihood tasks
+        return _mean([t[key] for t in tasks.values() if t.get(key) is not None and (group is None or t["group"] == group)
+                      and (key != "value" or t["percent"])])
+    out = {
         "tasks": tasks,
         "in_domain_avg": avg("in_domain"),
         "out_of_domain_avg": avg("out_of_domain"),
         "average": avg(None),
         "n_shot": {k: v["n_shot"] for k, v in tasks.items()},
+    }
+    for k in CONTINUOUS:
+        out.update({f"in_domain_{k}": avg("in_domain", k), f"out_of_domain_{k}": avg("out_of_domain", k),
+                    f"average_{k}": avg(None, k)})
+    return out
+
+
+def _task_entry(raw: Mapping[str, Any], leaf: str, m: str, metrics: dict, group: str) -> dict:
+    leaves = _all_leaves(raw, leaf)
+    ns = [raw.get("n-samples", {}).get(t, {}).get("effective") for t in leaves]
+    n_shot = raw.get("n-shot", {})
+    shots = sorted({n_shot.get(t) for t in leaves if n_shot.get(t) is not None})
+    return {
+        "metric": m,
+        "value": _scale(m, metrics[m]["value"]),
+        "stderr": _scale(m, metrics[m]["stderr"]),
+        "group": group,
+        "percent": m in PERCENT_METRICS,
+        "n_shot": shots[0] if len(shots) == 1 else (shots or None),
+        "n_samples": int(sum(x for x in ns if x is not None)) if any(x is not None for x in ns) else None,
+        "subtasks": len(leaves) if raw.get("group_subtasks", {}).get(leaf) else None,
+        "metrics": {k: {"value": _scale(k, v["value"]), "stderr": _scale(k, v["stderr"]), "filter": v["filter"]}
+                    for k, v in metrics.items()},
     }
 
 
@@ -259,13 +390,15 @@ def _fmt(x: float | None, nd: int = 2) -> str:
 def format_table(entry: Mapping[str, Any]) -> str:
     tasks = entry["tasks"]
     w = max([len("out-of-domain average")] + [len(t) for t in tasks])
-    lines = [f"{'task':<{w}}  {'group':<13}  {'metric':<11}  {'value':>7}  {'± stderr':>8}  {'n':>6}"]
+    lines = [f"{'task':<{w}}  {'group':<13}  {'metric':<11}  {'value':>7}  {'± stderr':>8}  {'n':>6}  {'bpb':>6}"]
     for name, t in tasks.items():
         lines.append(f"{name:<{w}}  {t['group'].replace('_', '-'):<13}  {t['metric']:<11}  {_fmt(t['value']):>7}  "
-                     f"{_fmt(t['stderr']):>8}  {t['n_samples'] if t['n_samples'] is not None else '':>6}")
-    for label, key in (("in-domain average", "in_domain_avg"), ("out-of-domain average", "out_of_domain_avg"), ("average", "average")):
-        if entry.get(key) is not None:
-            lines.append(f"{label:<{w}}  {'':<13}  {'':<11}  {_fmt(entry[key]):>7}")
+                     f"{_fmt(t['stderr']):>8}  {t['n_samples'] if t['n_samples'] is not None else '':>6}  "
+                     f"{_fmt(t.get('bpb'), 3):>6}")
+    for (key, prefix), label in zip(_GROUPS, ("in-domain average", "out-of-domain average", "average")):
+        val, bpb = entry.get(key), entry.get(f"{prefix}_bpb")
+        if val is not None or bpb is not None:
+            lines.append(f"{label:<{w}}  {'':<13}  {'':<11}  {_fmt(val):>7}  {'':>8}  {'':>6}  {_fmt(bpb, 3):>6}")
     return "\n".join(lines)
 
 
@@ -359,7 +492,7 @@ def evaluate(eval_cfg: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Pat
                           max_batch_size=int(cfg.get("max_batch_size") or 64), mixed_precision_dtype=mp)
                 raw = simple_evaluate(
                     model=lm, tasks=objs, num_fewshot=None, limit=chk["limit"], bootstrap_iters=boot,
-                    task_manager=tm, log_samples=False, random_seed=0, numpy_random_seed=1234,
+                    task_manager=tm, log_samples=True, random_seed=0, numpy_random_seed=1234,
                     torch_random_seed=1234, fewshot_random_seed=1234,
                 )
         finally:
@@ -367,8 +500,9 @@ def evaluate(eval_cfg: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Pat
             model.train(was_training)
     if raw is None:  # not rank 0 inside lm-eval's own accounting
         return None
-    entry = {"preset": name, "units": "percent (0-100) for proportion metrics; stderr in the same unit"}
-    entry.update(summarise(raw, cfg, names, expand, ind, ood))
+    entry = {"preset": name, "units": "percent (0-100) for proportion metrics; stderr in the same unit; bpb: bits "
+                                      "per UTF-8 byte of the gold answer (lower is better); logprob: nats"}
+    entry.update(summarise(raw, cfg, names, expand, ind, ood, _pop_continuous(raw, objs), group_weighting(objs)))
     entry.update({
         "limit": chk["limit"],
         "bootstrap_iters": boot,
@@ -389,25 +523,29 @@ def evaluate(eval_cfg: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Pat
 
 
 def log_entry(logger: Any, entry: Mapping[str, Any], step: int | None, final: bool = True) -> None:
-    """W&B: a table (one row per task and metric), scalars at ``step``, summary values at the end."""
+    """W&B: a table (one row per task and metric, bpb and logprob included), scalars at ``step``, summary
+    values at the end."""
     rows = []
     for task, t in entry["tasks"].items():
         for m, v in t["metrics"].items():
             rows.append([task, t["group"], m, v["value"], v["stderr"], m == t["metric"], t["n_samples"], t["n_shot"]])
-    for label, key in (("in_domain_avg", "in_domain_avg"), ("out_of_domain_avg", "out_of_domain_avg"), ("average", "average")):
+        rows += [[task, t["group"], k, t[k], None, False, t["n_samples"], t["n_shot"]] for k in CONTINUOUS
+                 if t.get(k) is not None]
+    for key, prefix in _GROUPS:
         if entry.get(key) is not None:
-            rows.append([label, "", "mean", entry[key], None, True, None, None])
+            rows.append([key, "", "mean", entry[key], None, True, None, None])
+        rows += [[key, "", k, entry[f"{prefix}_{k}"], None, False, None, None] for k in CONTINUOUS
+                 if entry.get(f"{prefix}_{k}") is not None]
     cols = ["task", "group", "metric", "value", "stderr", "headline", "n_samples", "n_shot"]
     logger.table(f"eval/{entry['preset']}" + ("" if final else "_stage"), cols, rows, step)
-    scalars = {f"eval/{task}": t["value"] for task, t in entry["tasks"].items()}
-    scalars.update({f"eval/{k}": entry[k] for k in ("in_domain_avg", "out_of_domain_avg", "average") if entry.get(k) is not None})
+    cont = {f"eval/{task}/{k}": t[k] for task, t in entry["tasks"].items() for k in CONTINUOUS if t.get(k) is not None}
+    avgs = {f"eval/{k}": entry[k] for k in _AVGS if entry.get(k) is not None}
     if step is not None:
-        logger.log(scalars, step)
+        logger.log({**{f"eval/{task}": t["value"] for task, t in entry["tasks"].items()}, **cont, **avgs}, step)
     if final:
         summ = {f"eval/{task}/{t['metric']}": t["value"] for task, t in entry["tasks"].items()}
         summ.update({f"eval/{task}/{t['metric']}_stderr": t["stderr"] for task, t in entry["tasks"].items() if t["stderr"] is not None})
-        summ.update({f"eval/{k}": entry[k] for k in ("in_domain_avg", "out_of_domain_avg", "average") if entry.get(k) is not None})
-        logger.summary(summ)
+        logger.summary({**summ, **cont, **avgs})
 
 
 def stage_evaluator(eval_cfg: Any, tokenizer: Any, run_dir: Path, logger: Any = None, ledger: Any = None,

@@ -11,14 +11,17 @@ Written into ``--out`` (default: the first folder):
 * ``table1.md`` / ``table1.csv``: TiKMiX Table 1's layout: benchmarks as rows (in-domain, then
   out-of-domain), mixers as columns, mean ± std over seeds (sample std, n-1), the in-domain /
   out-of-domain / overall Average rows and the "Mixture-search FLOPs" row (``compute.mixer_total``, mean
-  over seeds). Scores are percent. A run that crashed (no results.json) or has no evaluation leaves its
-  cells out, "—" when no seed is left; the notes under the table list such runs.
+  over seeds). Scores are percent. Then the same layout for the gold answer's bits per byte (lower is
+  better) and mean log-probability, with their group averages, over the log-likelihood tasks (rows with
+  metric ``bpb`` / ``logprob`` in the CSV). A run that crashed (no results.json) or has no evaluation
+  leaves its cells out, "—" when no seed is left; the notes under the table list such runs.
 * ``perplexity.md`` / ``perplexity.csv``: Aioli Table 2's layout: for each setting, the change in average
   test perplexity against the ``stratified`` mixer (paired by seed when both have it), and the number of
   settings where a mixer beats stratified; then the per-domain test perplexities of each setting.
 * ``mixture_<mixer>.png``: each mixer's mixture weights over training (stacked area, mean over seeds);
-  ``score_vs_compute.png``: downstream average against mixture-search FLOPs; ``ppl_vs_compute.png``: average
-  test perplexity against mixture-search FLOPs (the comparison when there are no downstream tasks); ``influence_<mixer>.png``:
+  ``score_vs_compute.png``: downstream average against mixture-search FLOPs; ``bpb_vs_compute.png``: the
+  average gold-answer BPB against them (lower is better); ``ppl_vs_compute.png``: average test perplexity
+  against mixture-search FLOPs (the comparison when there are no downstream tasks); ``influence_<mixer>.png``:
   per-domain influence on each target over the stages, when the mixer's history records it (TiKMiX).
 """
 from __future__ import annotations
@@ -197,32 +200,69 @@ def _by(runs: list[Run], key) -> dict:
 # ---------------------------------------------------------------------------------------- Table 1
 
 
+# (benchmark label, accuracy key in results.json["eval"], prefix of its bpb/logprob keys)
+_AVERAGES = (("In-domain average", "in_domain_avg", "in_domain"),
+             ("Out-of-domain average", "out_of_domain_avg", "out_of_domain"), ("Average", "average", "average"))
+# the continuous sections of Table 1: (metric, title, decimals)
+CONTINUOUS = (("bpb", "Bits per byte of the gold answer (lower is better)", 3),
+              ("logprob", "Mean log-probability of the gold answer (nats; higher is better)", 2))
+
+
+def _tasks_of(r: Run) -> dict:
+    return (r.eval or {}).get("tasks") or {}
+
+
+def _cells(rs: list[Run], mixers: list[str], value) -> dict:
+    return {m: mean_std([value(r) for r in rs if r.mixer == m]) for m in mixers}
+
+
+def _task_order(rs: list[Run]) -> tuple[list[str], dict[str, str]]:
+    """Benchmarks in-domain first, then out-of-domain, each in first-seen order; {task: group}."""
+    order: dict[str, str] = {}
+    for r in rs:
+        for t, v in _tasks_of(r).items():
+            order.setdefault(t, v.get("group", "other"))
+    rank = {"in_domain": 0, "out_of_domain": 1}
+    return sorted(order, key=lambda t: (rank.get(order[t], 2), list(order).index(t))), order
+
+
+def _score_rows(rs: list[Run], mixers: list[str], tasks: list[str], order: dict[str, str]) -> list[dict]:
+    rows = []
+    for t in tasks:
+        metric = next((_tasks_of(r)[t].get("metric") for r in rs if _tasks_of(r).get(t)), "")
+        rows.append({"benchmark": t, "group": order[t], "metric": metric, "section": "score",
+                     "cells": _cells(rs, mixers, lambda r: _tasks_of(r).get(t, {}).get("value"))})
+    for label, key, _ in _AVERAGES:
+        cells = _cells(rs, mixers, lambda r: (r.eval or {}).get(key))
+        if any(c[2] for c in cells.values()):
+            rows.append({"benchmark": label, "group": "average", "metric": "", "section": "score", "cells": cells})
+    return rows
+
+
+def _continuous_rows(rs: list[Run], mixers: list[str], tasks: list[str], order: dict[str, str], k: str) -> list[dict]:
+    """One metric's rows (bpb or logprob): the tasks that have it (log-likelihood tasks; runs from before
+    it was recorded have none) and the group averages."""
+    rows = [{"benchmark": t, "group": order[t], "metric": k, "section": k,
+             "cells": _cells(rs, mixers, lambda r: _tasks_of(r).get(t, {}).get(k))} for t in tasks]
+    rows += [{"benchmark": label, "group": "average", "metric": k, "section": k,
+              "cells": _cells(rs, mixers, lambda r: (r.eval or {}).get(f"{prefix}_{k}"))}
+             for label, _, prefix in _AVERAGES]
+    return [row for row in rows if any(c[2] for c in row["cells"].values())]
+
+
 def table1(runs: list[Run]) -> tuple[list[dict], list[str]]:
-    """Per setting: {"setting", "mixers", "rows": [{"benchmark", "group", "cells": {mixer: (mean, std, n)}}]}."""
+    """Per setting: {"setting", "mixers", "rows": [{"benchmark", "group", "metric", "section", "cells": {mixer:
+    (mean, std, n)}}]}; ``section`` is "score" (accuracy, percent), "compute", "bpb" or "logprob"."""
     blocks, notes = [], []
     for setting, rs in sorted(_by([r for r in runs if r.setting != "?" or r.res], lambda r: r.setting).items()):
         mixers = sorted({r.mixer for r in rs}, key=mixer_sort_key)
-        order: dict[str, str] = {}
-        for r in rs:
-            for t, v in ((r.eval or {}).get("tasks") or {}).items():
-                order.setdefault(t, v.get("group", "other"))
-        rank = {"in_domain": 0, "out_of_domain": 1}
-        tasks = sorted(order, key=lambda t: (rank.get(order[t], 2), list(order).index(t)))
-        rows = []
-        for t in tasks:
-            cells = {m: mean_std([((r.eval or {}).get("tasks") or {}).get(t, {}).get("value") for r in rs if r.mixer == m])
-                     for m in mixers}
-            metric = next((((r.eval or {}).get("tasks") or {}).get(t, {}).get("metric") for r in rs
-                           if ((r.eval or {}).get("tasks") or {}).get(t)), "")
-            rows.append({"benchmark": t, "group": order[t], "metric": metric, "cells": cells})
-        for label, key in (("In-domain average", "in_domain_avg"), ("Out-of-domain average", "out_of_domain_avg"),
-                           ("Average", "average")):
-            cells = {m: mean_std([(r.eval or {}).get(key) for r in rs if r.mixer == m]) for m in mixers}
-            if any(c[2] for c in cells.values()):
-                rows.append({"benchmark": label, "group": "average", "metric": "", "cells": cells})
-        flops = {m: mean_std([((r.res or {}).get("compute") or {}).get("mixer_total") for r in rs if r.mixer == m and r.res])
-                 for m in mixers}
-        rows.append({"benchmark": "Mixture-search FLOPs", "group": "compute", "metric": "FLOPs", "cells": flops})
+        tasks, order = _task_order(rs)
+        rows = _score_rows(rs, mixers, tasks, order)
+        flops = _cells([r for r in rs if r.res], mixers, lambda r: (r.res.get("compute") or {}).get("mixer_total"))
+        rows.append({"benchmark": "Mixture-search FLOPs", "group": "compute", "metric": "FLOPs", "section": "compute",
+                     "cells": flops})
+        for k, _, _ in CONTINUOUS:
+            rows += _continuous_rows(rs, mixers, tasks, order, k)
         seeds = {m: sum(1 for r in rs if r.mixer == m and r.eval is not None) for m in mixers}
         runs_n = {m: sum(1 for r in rs if r.mixer == m) for m in mixers}
         blocks.append({"setting": setting, "mixers": mixers, "rows": rows, "seeds": seeds, "runs": runs_n})
@@ -235,6 +275,21 @@ def table1(runs: list[Run]) -> tuple[list[dict], list[str]]:
     return blocks, notes
 
 
+def _md_rows(b: dict, rows: list[dict], nd: int = 1) -> list[str]:
+    head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" for m in b["mixers"]]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if row["group"] == "compute":
+            cells = [fmt_flops(row["cells"][m][0]) for m in b["mixers"]]
+            name = f"**{row['benchmark']}**"
+        else:
+            cells = [fmt_ms(*row["cells"][m][:2], nd=nd) for m in b["mixers"]]
+            tag = {"in_domain": " (in)", "out_of_domain": " (out)"}.get(row["group"], "")
+            name = f"**{row['benchmark']}**" if row["group"] == "average" else f"{row['benchmark']}{tag}"
+        out.append("| " + " | ".join([name] + cells) + " |")
+    return out
+
+
 def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
     out = ["# Table 1: downstream scores (%, mean ± std over seeds)", ""]
     for b in blocks:
@@ -245,21 +300,18 @@ def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
         if not any(b["seeds"].values()):
             out += ["No downstream evaluation in this setting (eval=none); per-domain test perplexity is in "
                     "perplexity.md. The compute row still holds.", ""]
-        head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" for m in b["mixers"]]
-        out.append("| " + " | ".join(head) + " |")
-        out.append("|" + "---|" * len(head))
-        for row in b["rows"]:
-            if row["group"] == "compute":
-                cells = [fmt_flops(row["cells"][m][0]) for m in b["mixers"]]
-                name = f"**{row['benchmark']}**"
-            else:
-                cells = [fmt_ms(*row["cells"][m][:2]) for m in b["mixers"]]
-                tag = {"in_domain": " (in)", "out_of_domain": " (out)"}.get(row["group"], "")
-                name = f"**{row['benchmark']}**" if row["group"] == "average" else f"{row['benchmark']}{tag}"
-            out.append("| " + " | ".join([name] + cells) + " |")
-        out.append("")
+        out += _md_rows(b, [r for r in b["rows"] if r["section"] in ("score", "compute")]) + [""]
+        for k, title, nd in CONTINUOUS:
+            rows = [r for r in b["rows"] if r["section"] == k]
+            if rows:
+                out += [f"**{title}**, mean ± std over seeds", ""] + _md_rows(b, rows, nd) + [""]
     out.append("n = seeds with an evaluation / runs found. In-domain benchmarks may serve as mixer targets; "
-               "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total).")
+               "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total). "
+               "Bits per byte: -log2 p(gold | context) over the UTF-8 bytes of the gold continuation as scored "
+               "(its leading space included), mean over documents (OLMES's bits_per_byte_corr); log-probability: "
+               "log p(gold | context) in nats, summed over the answer's tokens; both for log-likelihood "
+               "(multiple-choice) tasks only, so generation tasks (exact match) are absent from them and from "
+               "their averages.")
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
@@ -478,6 +530,12 @@ def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
                            "average downstream score (%)", "Downstream score vs mixture-search compute (mean ± std over seeds)")
 
 
+def fig_bpb_vs_compute(runs: list[Run], out: Path) -> Path | None:
+    return _fig_vs_compute(runs, out, lambda r: r.eval.get("average_bpb") if r.eval else None, "bpb_vs_compute.png",
+                           "average bits per byte of the gold answer",
+                           "Gold-answer BPB vs mixture-search compute (mean ± std over seeds; lower is better)")
+
+
 def fig_ppl_vs_compute(runs: list[Run], out: Path) -> Path | None:
     """Average test perplexity (over domains) against mixture-search FLOPs: the comparison when there are
     no downstream tasks (eval=none), and the language-modelling side of it when there are."""
@@ -552,7 +610,8 @@ def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | N
     figs: list[Path] = []
     multi = len({r.setting for r in runs if r.res}) > 1
     for fn in (lambda: fig_mixtures(runs, out, multi), lambda: fig_score_vs_compute(runs, out),
-               lambda: fig_ppl_vs_compute(runs, out), lambda: fig_influence(runs, out, multi)):
+               lambda: fig_bpb_vs_compute(runs, out), lambda: fig_ppl_vs_compute(runs, out),
+               lambda: fig_influence(runs, out, multi)):
         try:
             got = fn()
         except Exception as e:  # noqa: BLE001 - a figure must never cost the tables
@@ -577,8 +636,10 @@ def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: l
     lg = RunLogger(logger_cfg, out, {"dirs": dirs, "job": "tables"}, name=logger_cfg.get("run_name") or "tables")
     try:
         for b in blocks:
-            cols = ["setting", "benchmark", "group"] + [c for m in b["mixers"] for c in (m, f"{m}_std", f"{m}_n")]
-            rows = [[b["setting"], r["benchmark"], r["group"]] + [v for m in b["mixers"] for v in r["cells"][m]] for r in b["rows"]]
+            cols = ["setting", "benchmark", "group", "metric"] + [c for m in b["mixers"]
+                                                                  for c in (m, f"{m}_std", f"{m}_n")]
+            rows = [[b["setting"], r["benchmark"], r["group"], r["metric"]]
+                    + [v for m in b["mixers"] for v in r["cells"][m]] for r in b["rows"]]
             lg.table("tables/table1" + (f"/{_slug(b['setting'])}" if len(blocks) > 1 else ""), cols, rows)
         rows = []
         for st in p["settings"]:

@@ -9,6 +9,7 @@ hundreds of steps more, so copy_complete stays at chance at this budget.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -89,6 +90,13 @@ def test_run_results_hold_the_eval_entry(eval_run):
     assert ev["average"] == pytest.approx(mean([t["value"] for t in ev["tasks"].values()]))
     assert ev["forward_tokens"] > 0
     assert on_disk["compute"]["eval"] > 0
+    # continuous metrics beside accuracy: every synthetic task is multiple-choice, so all have them
+    for t in ev["tasks"].values():
+        assert math.isfinite(t["bpb"]) and t["bpb"] > 0 and math.isfinite(t["logprob"]) and t["logprob"] < 0
+    for k in ("bpb", "logprob"):
+        assert ev[f"in_domain_{k}"] == pytest.approx(mean([ev["tasks"][t][k] for t in IN_DOMAIN]))
+        assert ev[f"out_of_domain_{k}"] == pytest.approx(mean([ev["tasks"][t][k] for t in OUT_OF_DOMAIN]))
+        assert ev[f"average_{k}"] == pytest.approx(mean([t[k] for t in ev["tasks"].values()]))
 
 
 def test_trained_beats_untrained_on_a_taught_task(eval_run, trained):
@@ -125,6 +133,35 @@ def test_saved_final_model_scores_like_the_in_process_model(eval_run, trained):
     assert 100 * raw["results"]["sorting"]["acc,none"] == pytest.approx(ours)
 
 
+def test_bpb_is_computed_from_lm_evals_own_samples(eval_run, trained):
+    """The stage's bpb and logprob equal -log p / ln 2 / bytes and log p of the gold continuation, computed
+    here from the per-sample log-likelihoods lm-eval itself logs for the same model and documents."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from eval import tasks as T
+    from eval.stage import evaluate
+
+    rd, _, cfg = eval_run
+    model, tok = trained
+    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[fact_recall,sorting]",
+                    "eval.limit=12", "eval.bootstrap_iters=0"]).eval
+    ours = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]
+    tm = T.resolve(T.cfg_dict(ecfg), ["fact_recall", "sorting"])
+    raw = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=64), tasks=["fact_recall", "sorting"],
+                          limit=12, bootstrap_iters=0, task_manager=tm, log_samples=True)
+    for task in ("fact_recall", "sorting"):
+        logp, bpb = [], []
+        for s in raw["samples"][task]:
+            ctx, cont = s["arguments"][s["target"]]
+            assert cont.startswith(" ") and not ctx.endswith(" ")  # " " + choice is what lm-eval scored
+            logp.append(s["resps"][s["target"]][0][0])
+            bpb.append(-logp[-1] / math.log(2) / len(cont.encode("utf-8")))
+        assert len(logp) == 12
+        assert ours[task]["logprob"] == pytest.approx(sum(logp) / 12, rel=1e-6)
+        assert ours[task]["bpb"] == pytest.approx(sum(bpb) / 12, rel=1e-6)
+
+
 def test_modes_rng_and_logging(eval_run, trained):
     from eval.stage import evaluate, stage_evaluator
     from tikmix.ledger import Ledger
@@ -147,6 +184,9 @@ def test_modes_rng_and_logging(eval_run, trained):
     assert {(r[0], r[2]) for r in rows} >= {("arith_mc", "acc"), ("arith_mc", "acc_norm"), ("sorting", "acc_norm")}
     assert lg.logs[0][1] == 7 and "eval/average" in lg.logs[0][0]
     assert "eval/arith_mc/acc_norm" in lg.summaries[0] and "eval/average" in lg.summaries[0]
+    assert {(r[0], r[2]) for r in rows} >= {("arith_mc", "bpb"), ("sorting", "logprob"), ("average", "bpb")}
+    assert lg.logs[0][0]["eval/sorting/bpb"] == entry["tasks"]["sorting"]["bpb"] > 0
+    assert lg.summaries[0]["eval/average_bpb"] == entry["average_bpb"] and "eval/arith_mc/logprob" in lg.summaries[0]
     # in-training evaluations at stage boundaries: no stderr, no summary, charged to the ledger
     ledger, lg2 = Ledger(), FakeLogger()
     fn = stage_evaluator(ecfg, tok, rd, logger=lg2, ledger=ledger, flops_per_token=600.0)
@@ -172,6 +212,102 @@ def test_bad_eval_config_is_one_clear_error(eval_run, trained):
         evaluate(compose(["eval=custom"]).eval, model, tok, rd)
 
 
+# ------------------------------------------------------------------ continuous metrics, by hand
+
+LN2 = math.log(2)
+
+
+def _mc(target, conts, lls, ctx="Q: a A:", filt="none", doc=None) -> dict:
+    """A logged lm-eval multiple-choice document, as simple_evaluate(log_samples=True) returns it."""
+    return {"doc": doc or {}, "target": target, "arguments": [(ctx, c) for c in conts],
+            "resps": [[(ll, False)] for ll in lls], "filtered_resps": [(ll, False) for ll in lls], "filter": filt}
+
+
+class FakeTask:  # the three things gold resolution asks of a leaf Task
+    OUTPUT_TYPE = "multiple_choice"
+
+    def __init__(self, multiple_input=False):
+        self.multiple_input = multiple_input
+
+    def doc_to_text(self, doc):
+        return doc["gold_context"]
+
+    def doc_to_choice(self, doc):
+        return doc["choices"]
+
+
+def test_gold_bpb_and_logprob_by_hand():
+    from eval.stage import continuous_scores, gold_scores
+
+    # gold 1: " é" is 3 UTF-8 bytes (the delimiter counts) and p = 2^-3, so exactly 1 bit per byte
+    a = _mc(1, [" x", " é"], [-1.0, -3 * LN2])
+    assert gold_scores(a) == pytest.approx((-3 * LN2, 1.0), rel=1e-12)
+    # several golds: the most likely one (1); its continuation " abc" is 4 bytes
+    b = _mc([0, 1], [" ab", " abc"], [-8 * LN2, -4 * LN2])
+    assert gold_scores(b) == pytest.approx((-4 * LN2, 1.0), rel=1e-12)
+    # a context's trailing space is scored as part of the continuation: " y" is 2 bytes
+    c = _mc(0, ["y", "z"], [-4 * LN2, -1.0], ctx="Q: b A: ")
+    assert gold_scores(c) == pytest.approx((-4 * LN2, 2.0), rel=1e-12)
+    # a string target names the choice; without the task object it is matched delimiter-stripped
+    d = _mc("é", [" x", " é"], [-1.0, -6 * LN2])
+    assert gold_scores(d) == pytest.approx((-6 * LN2, 2.0), rel=1e-12)
+    # with the task: doc_to_choice; and a multiple_input task's gold is its context (doc_to_text)
+    e = _mc("bb", [" a", " bb"], [-1.0, -3 * LN2], doc={"choices": ["a", "bb"]})
+    assert gold_scores(e, FakeTask()) == pytest.approx((-3 * LN2, 1.0), rel=1e-12)
+    f = {"doc": {"gold_context": 0}, "target": "good", "filter": "none",
+         "arguments": [("x is", " good"), ("y is", " good")], "resps": [[(-5 * LN2, False)], [(-1.0, True)]]}
+    assert gold_scores(f, FakeTask(multiple_input=True)) == pytest.approx((-5 * LN2, 1.0), rel=1e-12)
+    # no log-likelihood gold: a generation, a gold index out of range
+    gen = {"doc": {}, "target": "abcd", "filter": "none", "arguments": [("Q:", {"until": ["\n"]})], "resps": [["abcd"]]}
+    assert gold_scores(gen) is None and gold_scores(_mc(5, [" a", " b"], [-1.0, -2.0])) is None
+    assert continuous_scores([gen, gen]) is None
+    # a task's means over documents, each document once (a second filter logs it again)
+    dup = _mc(0, [" a", " b"], [-100.0, -1.0], filt="other")
+    got = continuous_scores([a, b, c, dup, _mc(5, [" a"], [-1.0])])
+    assert got == pytest.approx({"bpb": (1.0 + 1.0 + 2.0) / 3, "logprob": -(3 + 4 + 4) * LN2 / 3, "n": 3}, rel=1e-12)
+
+
+def _raw(results: dict, subtasks: dict, n: dict) -> dict:
+    return {"results": results, "group_subtasks": subtasks, "n-shot": {t: 0 for t in n},
+            "n-samples": {t: {"original": k, "effective": k} for t, k in n.items()}}
+
+
+def test_group_and_domain_averages_by_hand():
+    """A size-weighted group (as lm-eval weights mmlu's accuracy), a multiple-choice task, and a generation
+    task: the generation task has no bpb and stays out of the bpb averages."""
+    from eval.stage import format_table, log_entry, summarise
+
+    raw = _raw({"grp": {"acc,none": 0.5}, "l1": {"acc,none": 0.4}, "l2": {"acc,none": 0.8},
+                "mc": {"acc,none": 0.25, "acc_norm,none": 0.3}, "gen": {"exact_match,none": 0.1}},
+               {"grp": ["l1", "l2"]}, {"l1": 3, "l2": 1, "mc": 4, "gen": 2})
+    cont = {"l1": {"bpb": 1.0, "logprob": -1.0, "n": 3}, "l2": {"bpb": 3.0, "logprob": -5.0, "n": 1},
+            "mc": {"bpb": 0.5, "logprob": -2.0, "n": 4}, "gen": None}
+    cfg = {"metric": {"grp": "acc", "mc": "acc_norm"}}
+    e = summarise(raw, cfg, ["grp", "gen", "mc"], {}, ["grp", "gen"], ["mc"], cont, {"grp": {"acc": True}})
+    t = e["tasks"]
+    assert t["grp"]["bpb"] == pytest.approx((3 * 1.0 + 1 * 3.0) / 4) and t["grp"]["logprob"] == pytest.approx(-2.0)
+    assert t["mc"]["bpb"] == 0.5 and t["gen"]["bpb"] is None and t["gen"]["logprob"] is None
+    assert e["in_domain_bpb"] == pytest.approx(1.5) and e["out_of_domain_bpb"] == 0.5
+    assert e["average_bpb"] == pytest.approx(1.0) and e["average_logprob"] == pytest.approx(-2.0)
+    assert e["in_domain_avg"] == pytest.approx((50 + 10) / 2)  # accuracy averages keep the generation task
+    unweighted = summarise(raw, cfg, ["grp"], {}, ["grp"], [], cont, {"grp": {"acc": False}})
+    assert unweighted["tasks"]["grp"]["bpb"] == pytest.approx(2.0)
+    # console table: a bpb column, "—" for the generation task
+    table = format_table(e).splitlines()
+    assert table[0].split()[-1] == "bpb"
+    assert table[1].split()[-1] == "1.500" and table[2].split()[-1] == "—" and table[-1].split()[-1] == "1.000"
+    # W&B: rows, scalars and summary values
+    lg = FakeLogger()
+    e["preset"] = "x"
+    log_entry(lg, e, step=3)
+    rows = {(r[0], r[2]): r[3] for r in lg.tables[0][2]}
+    assert rows[("grp", "bpb")] == pytest.approx(1.5) and rows[("mc", "logprob")] == -2.0 and ("gen", "bpb") not in rows
+    assert rows[("in_domain_avg", "bpb")] == pytest.approx(1.5) and rows[("average", "logprob")] == pytest.approx(-2.0)
+    for vals in (lg.logs[0][0], lg.summaries[0]):
+        assert vals["eval/grp/bpb"] == pytest.approx(1.5) and vals["eval/mc/logprob"] == -2.0
+        assert vals["eval/out_of_domain_bpb"] == 0.5 and "eval/gen/bpb" not in vals
+
+
 # ------------------------------------------------------------------------------- a user's task folder
 
 USER_YAML = """task: my_colours
@@ -191,6 +327,21 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """
+GEN_YAML = """task: my_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {root}/train.jsonl
+output_type: generate_until
+test_split: test
+doc_to_text: "Q: {{question}} A:"
+doc_to_target: "{{options[label]}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 3
+metric_list:
+  - metric: exact_match
+"""
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +353,13 @@ def user_tasks(tmp_path_factory):
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:] + rows[:6]))
     (root / "my_colours.yaml").write_text(USER_YAML.format(root=root))
+    grouped = root / "grouped"  # an mmlu-style group (leaves of 12 and 6 documents) and a generation task
+    grouped.mkdir()
+    short = USER_YAML.format(root=root).replace("task: my_colours", "task: my_short")
+    (grouped / "my_short.yaml").write_text(short.replace(f"test: {root}/test.jsonl", f"test: {root}/train.jsonl"))
+    (grouped / "my_group.yaml").write_text("group: my_group\ntask: [my_colours, my_short]\naggregate_metric_list:\n"
+                                           "  - metric: acc\n    weight_by_size: true\n")
+    (grouped / "my_gen.yaml").write_text(GEN_YAML.replace("{root}", str(root)))
     only_test = root / "only_test"
     only_test.mkdir()
     (only_test / "test_only_task.yaml").write_text(
@@ -209,11 +367,12 @@ def user_tasks(tmp_path_factory):
     return root
 
 
-def _manual_acc(model, tok, docs) -> float:
-    """The accuracy lm-eval should report, computed directly: argmax over summed log-probs of ' ' + choice."""
+def _manual_scores(model, tok, docs) -> tuple[float, float, float]:
+    """What lm-eval should report, computed directly from the model: the accuracy (argmax over summed
+    log-probs of ' ' + choice), and the gold continuation's mean log-prob and mean bits per byte."""
     from eval.targets import encode_pair
 
-    hits = 0
+    hits, gold_logp, gold_bpb = 0, [], []
     model.eval()
     with torch.no_grad():
         for d in docs:
@@ -224,7 +383,10 @@ def _manual_acc(model, tok, docs) -> float:
                 logp = torch.log_softmax(model(ids[:, :-1]).logits.float(), -1)[0]
                 scores.append(sum(float(logp[len(c) - 1 + i, t]) for i, t in enumerate(a)))
             hits += int(max(range(len(scores)), key=scores.__getitem__) == d["label"])
-    return 100.0 * hits / len(docs)
+            gold_logp.append(scores[d["label"]])
+            gold_bpb.append(-scores[d["label"]] / math.log(2) / len((" " + d["options"][d["label"]]).encode("utf-8")))
+    n = len(docs)
+    return 100.0 * hits / n, sum(gold_logp) / n, sum(gold_bpb) / n
 
 
 def test_user_task_folder_scored_unchanged(eval_run, trained, user_tasks):
@@ -239,9 +401,32 @@ def test_user_task_folder_scored_unchanged(eval_run, trained, user_tasks):
     t = entry["tasks"]["my_colours"]
     docs = [json.loads(l) for l in (user_tasks / "test.jsonl").read_text().splitlines()]
     assert t["metric"] == "acc" and t["n_samples"] == 12 and t["group"] == "in_domain"
-    assert t["value"] == pytest.approx(_manual_acc(model, tok, docs))
+    acc, logp, bpb = _manual_scores(model, tok, docs)
+    assert t["value"] == pytest.approx(acc)
+    assert t["logprob"] == pytest.approx(logp, abs=1e-3) and t["bpb"] == pytest.approx(bpb, abs=1e-4)
+    assert entry["in_domain_bpb"] == t["bpb"] and entry["out_of_domain_bpb"] is None
     assert entry["in_domain_avg"] == t["value"] and entry["out_of_domain_avg"] is None
     assert {p: p.read_bytes() for p in user_tasks.rglob("*") if p.is_file()} == before  # used as it is
+
+
+def test_group_bpb_weighted_like_its_accuracy_and_generation_has_none(eval_run, trained, user_tasks):
+    from eval.stage import evaluate
+
+    rd, _, _ = eval_run
+    model, tok = trained
+    base = ["eval=custom", f"eval.include_path={user_tasks}", "eval.bootstrap_iters=0"]
+    leaves = evaluate(compose(base + ["eval.tasks=[my_colours,my_short]"]).eval, model, tok, rd, quiet=True)["tasks"]
+    entry = evaluate(compose(base + ["eval.tasks=[my_group,my_gen]", "eval.in_domain=[my_group,my_gen]"]).eval,
+                     model, tok, rd, quiet=True)
+    g, gen = entry["tasks"]["my_group"], entry["tasks"]["my_gen"]
+    assert g["subtasks"] == 2 and g["n_samples"] == 18
+    a, b = leaves["my_colours"], leaves["my_short"]
+    for k in ("bpb", "logprob"):  # weight_by_size: the leaves' means weighted by their documents (12 and 6)
+        assert g[k] == pytest.approx((12 * a[k] + 6 * b[k]) / 18, rel=1e-9)
+        assert g[k] != pytest.approx((a[k] + b[k]) / 2, rel=1e-6)
+    assert gen["metric"] == "exact_match" and gen["n_samples"] == 6 and gen["bpb"] is None and gen["logprob"] is None
+    assert entry["in_domain_bpb"] == g["bpb"] and entry["average_logprob"] == g["logprob"]
+    assert entry["in_domain_avg"] == pytest.approx((g["value"] + gen["value"]) / 2)
 
 
 # ----------------------------------------------------------------------------------------- targets
@@ -317,8 +502,9 @@ def test_python_m_eval_updates_results_atomically(eval_run, tmp_path):
     r = _cli([str(copy), "eval=synthetic9", "eval.limit=10", "eval.tasks=[arith_mc,sorting]",
               f"data.cache_dir={cfg.data.cache_dir}"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "arith_mc" in r.stdout and "average" in r.stdout
+    assert "arith_mc" in r.stdout and "average" in r.stdout and "bpb" in r.stdout
     after = json.loads((copy / "results.json").read_text())
+    assert after["eval"]["tasks"]["arith_mc"]["bpb"] > 0 and after["eval"]["average_bpb"] > 0
     assert after["eval"]["limit"] == 10 and list(after["eval"]["tasks"]) == ["arith_mc", "sorting"]
     assert after["evals"]["synthetic9"] == after["eval"]
     for k, v in before.items():

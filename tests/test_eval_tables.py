@@ -15,14 +15,24 @@ IN = ["arith_mc", "copy_complete"]
 OUT = ["sorting"]
 
 
+def _bpb(v: float) -> float:  # a made-up gold-answer BPB per score (logprob = -10 * bpb)
+    return 3.0 - v / 50
+
+
 def _eval(scores: dict[str, float]) -> dict:
     tasks = {t: {"metric": "acc_norm", "value": v, "stderr": 1.0, "group": "in_domain" if t in IN else "out_of_domain",
-                 "percent": True, "n_shot": 0, "n_samples": 100, "metrics": {"acc_norm": {"value": v, "stderr": 1.0}}}
+                 "percent": True, "n_shot": 0, "n_samples": 100, "metrics": {"acc_norm": {"value": v, "stderr": 1.0}},
+                 "bpb": _bpb(v), "logprob": -10 * _bpb(v)}
              for t, v in scores.items()}
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     ind = [v for t, v in scores.items() if t in IN]
     ood = [v for t, v in scores.items() if t in OUT]
-    return {"preset": "synthetic9", "tasks": tasks, "in_domain_avg": sum(ind) / len(ind),
-            "out_of_domain_avg": sum(ood) / len(ood), "average": sum(scores.values()) / len(scores)}
+    out = {"preset": "synthetic9", "tasks": tasks, "in_domain_avg": mean(ind), "out_of_domain_avg": mean(ood),
+           "average": mean(list(scores.values()))}
+    for prefix, vs in (("in_domain", ind), ("out_of_domain", ood), ("average", list(scores.values()))):
+        out[f"{prefix}_bpb"] = mean([_bpb(v) for v in vs])
+        out[f"{prefix}_logprob"] = mean([-10 * _bpb(v) for v in vs])
+    return out
 
 
 def _results(mixer: str, seed: int, scores: dict | None, ppl: dict, mixer_total: float, history: list | None = None,
@@ -82,6 +92,12 @@ def built(sweep, tmp_path_factory):
     return out
 
 
+def _section(md: str, title: str) -> str:
+    """The markdown from the line that starts with ``title`` to the next blank line after its table."""
+    part = md[md.index(title):]
+    return part[: part.index("\n\n", part.index("| Benchmark"))]
+
+
 def _row(md: str, name: str) -> list[str]:
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -121,6 +137,38 @@ def test_table1_csv_numbers(built):
     assert float(fl["tikmix_d"]) == pytest.approx(7.2e17)
 
 
+def test_table1_bpb_and_logprob_sections(built):
+    md = (built / "table1.md").read_text()
+    bpb = _section(md, "**Bits per byte of the gold answer (lower is better)**")
+    # stratified arith_mc: scores 40, 42 -> bpb 2.2, 2.16; tikmix_d: 50, 54 -> 2.0, 1.92
+    assert _row(bpb, "arith_mc")[1:] == ["2.180 ± 0.028", "—", "—", "1.960 ± 0.057"]
+    assert _row(bpb, "sorting")[1] == f"{(2.6 + 2.56) / 2:.3f} ± {0.04 / math.sqrt(2):.3f}"
+    ind = [(2.2 + 2.4) / 2, (2.16 + 2.36) / 2]  # stratified's in-domain BPB per seed
+    assert _row(bpb, "In-domain average")[1] == f"{sum(ind) / 2:.3f} ± {abs(ind[0] - ind[1]) / math.sqrt(2):.3f}"
+    assert _row(bpb, "Out-of-domain average")[4] == f"{(2.5 + 2.46) / 2:.3f} ± {0.04 / math.sqrt(2):.3f}"
+    assert "Mixture-search FLOPs" not in bpb and "Average" in bpb
+    lp = _section(md, "**Mean log-probability of the gold answer")
+    assert _row(lp, "arith_mc")[1] == "-21.80 ± 0.28" and "higher is better" in lp
+    assert "Bits per byte: -log2 p(gold | context)" in md.split("Notes:")[0].strip().split("\n\n")[-1]  # footnote
+    rows = list(csv.DictReader(open(built / "table1.csv")))
+    b = next(r for r in rows if r["benchmark"] == "arith_mc" and r["metric"] == "bpb")
+    assert b["group"] == "in_domain" and float(b["tikmix_d"]) == pytest.approx(1.96) and b["tikmix_d_n"] == "2"
+    avg = next(r for r in rows if r["benchmark"] == "Average" and r["metric"] == "logprob")
+    assert float(avg["stratified"]) == pytest.approx(-10 * (2.4 + 2.36) / 2)
+
+
+def test_results_without_bpb_have_no_bpb_section(tmp_path):
+    """results.json from before bpb was recorded: Table 1 as before, no empty BPB section."""
+    res = _results("stratified", 0, {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0}, {"arith": 10.0}, 0.0)
+    for t in res["eval"]["tasks"].values():
+        del t["bpb"], t["logprob"]
+    res["eval"] = {k: v for k, v in res["eval"].items() if not k.endswith(("_bpb", "_logprob"))}
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(res))
+    md = tables.build([tmp_path], tmp_path / "out", quiet=True)["table1_md"].read_text()
+    assert _row(md, "arith_mc")[1] == "40.0" and "**Bits per byte" not in md and "**Mean log-probability" not in md
+
+
 def test_perplexity_aioli_layout(built):
     md = (built / "perplexity.md").read_text()
     # tikmix_d minus stratified, paired by seed: avg ppl s0 = 19.67 vs 20, s1 = 21.67 vs 22 -> -1/3 each
@@ -134,7 +182,8 @@ def test_perplexity_aioli_layout(built):
 
 
 def test_figures(built):
-    for name in ("mixture_stratified.png", "mixture_tikmix_d.png", "score_vs_compute.png", "ppl_vs_compute.png", "influence_tikmix_d.png"):
+    for name in ("mixture_stratified.png", "mixture_tikmix_d.png", "score_vs_compute.png", "bpb_vs_compute.png",
+                 "ppl_vs_compute.png", "influence_tikmix_d.png"):
         p = built / name
         assert p.exists() and p.stat().st_size > 1000, name
     assert not (built / "influence_stratified.png").exists()  # no influence records: no figure
