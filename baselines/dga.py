@@ -1,24 +1,40 @@
 """DGA: online DoGE (Fan et al. 2023, arXiv 2310.15393; online form as in Fan, Grangier & Ablin 2024,
 "Dynamic Gradient Alignment for Online Data Mixing").
 
-Every ``update_every`` steps (probe steps 0, u, 2u, ...), on the current model:
+Every ``update_every`` steps (probe steps 0, u, 2u, ...), on the current model, with ∇L_d the mean-token-loss
+gradient of a ``tokens_per_domain`` sample of domain d (``probe.domain_batches``) and ∇L_v that of the first
+``targets_tokens`` input tokens of target set v, the alignment S[v, d] = ⟨∇L_d, ∇L_v⟩ moves α by ``rule``:
 
-    a_d = mean over target sets v of ⟨∇L_d, ∇L_v⟩             (gradient alignment, identity Hessian)
+``rule: dga`` (default; this suite's scale-free form of the DGA update):
+
+    a_d = mean over target sets v of S[v, d]
     α̂   = α ⊙ exp(η · â) / Z                                  (â = a, or a / max_d |a_d|: see ``normalize``)
     α   ← ema·α + (1 − ema)·α̂                                 (EMA of the weights; ema = weight on the past)
 
-∇L_d is the mean-token-loss gradient of a ``tokens_per_domain`` sample of domain d (``probe.domain_batches``),
-∇L_v that of the first ``targets_tokens`` input tokens of target set v. The alignment matrix comes from
-:func:`tikmix.influence.gradient_alignment`: it *is* TiKMiX's Group Influence with the identity Hessian
-(same code, benefit sign convention: a_d > 0 = a step on domain d lowers the targets' loss), holding the n
-target gradients and streaming one domain gradient at a time. Its forward+backward passes are charged to
-the ledger as ``mixer/dga_gradients``.
+``rule: doge`` (DoGE's own step, Olivia-fsm/DoGE@88400e9 src/trainer.py ``update_domain_weights``,
+config/doge.json), every step by default:
+
+    ĝ   = g · min(1, grad_clip / (‖g‖ + 1e-6))                (each domain and target gradient clipped)
+    s_d = lr_t · Σ_v ⟨ĝ_d, ĝ_v⟩ / (mean_d ‖ĝ_d‖ + 1e-6),  clipped to lr_t·[score_clip]
+    α   ← softmax(log α + s / μ)                              (μ = 0.01, score_clip = [0, 5], grad_clip = 5)
+
+lr_t is the learning rate of the step about to be taken (``probe.optimizer``). The clipping is applied
+exactly after the fact from the exact gradient norms (⟨ĝ_d, ĝ_v⟩ = S[v, d]·c_d·c_v). DoGE sums over target
+sets; in its "universal" mode the targets are the training batch's own domains and the self term is dropped,
+here targets are held-out sets, so every term is kept.
+
+The alignment matrix comes from :func:`tikmix.influence.gradient_alignment`: it *is* TiKMiX's Group Influence
+with the identity Hessian (same code, benefit sign convention: S > 0 = a step on domain d lowers the target's
+loss), holding the n target gradients and streaming one domain gradient at a time. Its forward+backward
+passes are charged to the ledger as ``mixer/dga_gradients``.
 
 Choices (documented in conf/mixer/dga.yaml): raw inner products scale with the model's gradient norms (they
-differ by orders of magnitude between a tiny CPU model and a 1B model), so by default the step is made
-scale-free, â = a / max_d |a_d| (the most aligned domain gets exp(η)); ``normalize: none`` applies
-exp(η·a) to the raw products, as the formula reads. DoGE's own output for a final run is the average of
-α over the updates; it is reported in ``info['average_weights']``.
+differ by orders of magnitude between a tiny CPU model and a 1B model), so ``rule: dga`` by default makes the
+step scale-free, â = a / max_d |a_d| (the most aligned domain gets exp(η)); ``normalize: none`` applies
+exp(η·a) to the raw products, as the formula reads. DoGE's rule is scale-aware through lr_t/mean‖ĝ‖ instead.
+Unlike DoGE, which trains its proxy on the α-weighted sum of the batch's per-domain gradients, both rules here
+change the mixture the main run *samples*, from gradients of separate probe samples. DoGE's own output for a
+final run is the average of α over the updates; it is reported in ``info['average_weights']``.
 """
 from __future__ import annotations
 
@@ -34,10 +50,14 @@ from tikmix.mixer import Mixer, MixerContext, register
 
 KEYS: dict[str, Any] = {
     "name": "dga",
-    "update_every": 10,
-    "eta": 1.0,
-    "ema": 0.5,
-    "normalize": "max_abs",
+    "rule": "dga",
+    "update_every": None,
+    "eta": None,
+    "ema": None,
+    "normalize": None,
+    "mu": None,
+    "score_clip": None,
+    "grad_clip": None,
     "tokens_per_domain": 1024,
     "targets_tokens": 1024,
     "params": "all",
@@ -46,6 +66,11 @@ KEYS: dict[str, Any] = {
     "seed": None,
 }
 NORMALIZE = ("max_abs", "none")
+# the keys each rule uses, with their defaults; a key set for the other rule is refused
+RULE_KEYS: dict[str, dict[str, Any]] = {
+    "dga": {"update_every": 10, "eta": 1.0, "ema": 0.5, "normalize": "max_abs"},
+    "doge": {"update_every": 1, "mu": 0.01, "score_clip": [0.0, 5.0], "grad_clip": 5.0},  # DoGE config/doge.json
+}
 
 
 def dga_update(alpha: np.ndarray, a: np.ndarray, eta: float, ema: float, normalize: str) -> tuple[np.ndarray, np.ndarray]:
@@ -65,18 +90,57 @@ def dga_update(alpha: np.ndarray, a: np.ndarray, eta: float, ema: float, normali
     return new / new.sum(), a_hat
 
 
+def clip_factors(norms: np.ndarray, max_norm: float | None) -> np.ndarray:
+    """torch.nn.utils.clip_grad_norm_'s scale per gradient: min(1, max_norm / (‖g‖ + 1e-6)); 1 when off."""
+    norms = np.asarray(norms, dtype=np.float64)
+    if not max_norm:
+        return np.ones_like(norms)
+    return np.minimum(1.0, float(max_norm) / (norms + 1e-6))
+
+
+def doge_scores(S: np.ndarray, dom_norms: np.ndarray, tgt_norms: np.ndarray, lr: float, score_clip: tuple[float, float],
+                grad_clip: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """DoGE's per-domain step before /μ: (clipped scores, raw scores). S [n, m] = ⟨∇L_d, ∇L_v⟩ unclipped."""
+    cd, cv = clip_factors(dom_norms, grad_clip), clip_factors(tgt_norms, grad_clip)
+    a = (np.asarray(S, dtype=np.float64) * cv[:, None] * cd[None, :]).sum(axis=0)
+    raw = float(lr) * a / (float(np.mean(np.asarray(dom_norms, dtype=np.float64) * cd)) + 1e-6)
+    lo, hi = score_clip
+    return np.clip(raw, float(lr) * lo, float(lr) * hi), raw
+
+
+def doge_update(alpha: np.ndarray, scores: np.ndarray, mu: float) -> np.ndarray:
+    """α ← softmax(log α + scores / μ). Pure function."""
+    with np.errstate(divide="ignore"):
+        logit = np.log(np.asarray(alpha, dtype=np.float64)) + np.asarray(scores, dtype=np.float64) / float(mu)
+    logit -= logit[np.isfinite(logit)].max()
+    w = np.exp(logit)
+    return w / w.sum()
+
+
+def resolve_config(c: dict[str, Any]) -> dict[str, Any]:
+    """Fill the rule's defaults into the keys left null; refuse keys only the other rule uses."""
+    rule = c["rule"]
+    need(isinstance(rule, str) and rule in RULE_KEYS, "rule", f"one of {tuple(RULE_KEYS)}, got {rule!r}")
+    for key, default in RULE_KEYS[rule].items():
+        c[key] = default if c[key] is None else c[key]
+    for other, keys in RULE_KEYS.items():
+        for key in set(keys) - set(RULE_KEYS[rule]):
+            need(c[key] is None, key, f"only used by rule {other!r}; leave it null with rule {rule!r}")
+    return c
+
+
 @register("dga")
 class DGA(Mixer):
     """Online DoGE / DGA as a Mixer (module doc)."""
 
     def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        c = read_config(cfg, KEYS)
+        c = resolve_config(read_config(cfg, KEYS))
+        self.rule = c["rule"]
         self.update_every = as_int(c, "update_every", 1)
-        self.eta = as_float(c, "eta", 0.0)
-        self.ema = as_float(c, "ema", 0.0, 1.0)
-        need(self.ema < 1.0, "ema", f"must be in [0, 1) (0 = no EMA; 1 would never update), got {self.ema}")
-        need(c["normalize"] in NORMALIZE, "normalize", f"one of {NORMALIZE}, got {c['normalize']!r}")
-        self.normalize = c["normalize"]
+        if self.rule == "dga":
+            self._check_dga(c)
+        else:
+            self._check_doge(c)
         self.tokens_per_domain = as_int(c, "tokens_per_domain", 1)
         self.targets_tokens = as_int(c, "targets_tokens", 1, allow_none=True)
         need(c["params"] in PARAM_SETS, "params", f"one of {PARAM_SETS}, got {c['params']!r}")
@@ -87,20 +151,38 @@ class DGA(Mixer):
         super().__init__(cfg, domains, ctx)
         self._sum_w = np.zeros(self.m)
         self._n_updates = 0
-        self.info = {"update_every": self.update_every, "eta": self.eta, "ema": self.ema, "normalize": self.normalize,
-                     "gradient_flops": 0.0, "updates": 0}
+        self.info = {"rule": self.rule, "update_every": self.update_every, "gradient_flops": 0.0, "updates": 0,
+                     **{k: c[k] for k in RULE_KEYS[self.rule] if k != "update_every"}}
+
+    def _check_dga(self, c: dict[str, Any]) -> None:
+        self.eta = as_float(c, "eta", 0.0)
+        self.ema = as_float(c, "ema", 0.0, 1.0)
+        need(self.ema < 1.0, "ema", f"must be in [0, 1) (0 = no EMA; 1 would never update), got {self.ema}")
+        need(c["normalize"] in NORMALIZE, "normalize", f"one of {NORMALIZE}, got {c['normalize']!r}")
+        self.normalize = c["normalize"]
+
+    def _check_doge(self, c: dict[str, Any]) -> None:
+        self.mu = as_float(c, "mu", 0.0, lo_open=True)
+        sc = c["score_clip"]
+        try:
+            lo, hi = (float(x) for x in sc)
+        except (TypeError, ValueError):
+            lo, hi = np.nan, np.nan
+        need(np.isfinite(lo) and np.isfinite(hi) and lo <= hi, "score_clip",
+             f"[low, high]: multiples of the learning rate with low <= high, got {sc!r}")
+        self.score_clip = (lo, hi)
+        c["score_clip"] = [lo, hi]
+        self.grad_clip = as_float(c, "grad_clip", 0.0)  # 0 = no clipping
 
     def probe_steps(self) -> list[int]:
         return list(range(0, int(self.ctx.total_steps), self.update_every))
 
-    def on_probe(self, probe: Any) -> None:
-        t0 = time.perf_counter()
-        step = int(probe.step)
+    def _alignment(self, probe: Any) -> Any:
         targets = {name: take_tokens(b, self.targets_tokens) for name, b in probe.targets.items()}
         if not targets:
             raise DataError("DGA needs at least one target set (config: targets.domains)")
-        seed = int(np.random.SeedSequence([self.seed, step, 0xD6A]).generate_state(1)[0])
-        res = gradient_alignment(
+        seed = int(np.random.SeedSequence([self.seed, int(probe.step), 0xD6A]).generate_state(1)[0])
+        return gradient_alignment(
             probe.model,
             targets,
             {d: (lambda d=d: probe.domain_batches(d, self.tokens_per_domain)) for d in self.domains},
@@ -112,30 +194,39 @@ class DGA(Mixer):
             device=getattr(probe, "device", None),
             flops_per_token=getattr(probe, "flops_per_token", None),
         )
+
+    def _doge_step(self, res: Any, probe: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        lr = float(probe.optimizer.param_groups[0]["lr"])
+        dom_norms = np.array([res.info["groups"][d]["grad_norm"] for d in self.domains])
+        tgt_norms = np.array([res.info["norms"]["target_grad"][v] for v in res.targets])
+        s, raw = doge_scores(res.S, dom_norms, tgt_norms, lr, self.score_clip, self.grad_clip)
+        rec = {"lr": lr, "score_raw": wdict(self.domains, raw), "grad_norm": wdict(self.domains, dom_norms)}
+        return doge_update(self._w, s, self.mu), {"a_step": wdict(self.domains, s), **rec}
+
+    def on_probe(self, probe: Any) -> None:
+        t0 = time.perf_counter()
+        res = self._alignment(probe)
         flops = float(res.info["flops"])
         probe.charge(flops, "dga_gradients")
         a = res.S.mean(axis=0)  # [m]: mean over targets
         w_prev = self._w
-        self._w, a_hat = dga_update(w_prev, a, self.eta, self.ema, self.normalize)
+        if self.rule == "doge":
+            self._w, rec = self._doge_step(res, probe)
+        else:
+            self._w, a_hat = dga_update(w_prev, a, self.eta, self.ema, self.normalize)
+            rec = {"a_step": wdict(self.domains, a_hat)}
         self._sum_w += self._w
         self._n_updates += 1
-        self.history.append({
-            "step": step,
-            "alignment": res.as_dict(),
-            "a": wdict(self.domains, a),
-            "a_step": wdict(self.domains, a_hat),
-            "weights_before": wdict(self.domains, w_prev),
-            "weights": wdict(self.domains, self._w),
-            "flops": flops,
-            "wall_s": time.perf_counter() - t0,
-        })
+        self.history.append({"step": int(probe.step), "alignment": res.as_dict(), "a": wdict(self.domains, a), **rec,
+                             "weights_before": wdict(self.domains, w_prev), "weights": wdict(self.domains, self._w),
+                             "flops": flops, "wall_s": time.perf_counter() - t0})
         self.info["gradient_flops"] += flops
         self.info["updates"] = self._n_updates
         self.info["final_weights"] = wdict(self.domains, self._w)
         self.info["average_weights"] = wdict(self.domains, self._sum_w / self._n_updates)
 
     def state_dict(self) -> dict:
-        return {"version": 1, "mixer": self.name, "domains": list(self.domains), "w": self._w.tolist(),
+        return {"version": 2, "mixer": self.name, "domains": list(self.domains), "rule": self.rule, "w": self._w.tolist(),
                 "sum_w": self._sum_w.tolist(), "n_updates": self._n_updates, "history": list(self.history),
                 "info": dict(self.info)}
 
@@ -144,6 +235,8 @@ class DGA(Mixer):
             raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
         if list(d.get("domains", [])) != self.domains:
             raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+        if d.get("rule", "dga") != self.rule:  # version 1 states had the dga rule only
+            raise ValueError(f"state is for rule {d.get('rule', 'dga')!r}, this run uses rule {self.rule!r}")
         self._w = np.asarray(d["w"], dtype=np.float64)
         self._sum_w = np.asarray(d["sum_w"], dtype=np.float64)
         self._n_updates = int(d["n_updates"])

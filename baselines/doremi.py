@@ -29,8 +29,21 @@ Choices the paper leaves open, made here:
   before the forward pass; the excess losses come from that same pass, at no extra proxy compute). The
   published code updates α on the current batch before its backward pass: one step of lag is the
   difference.
-* A domain absent from a batch keeps its previous score λ_d (initially 0), and that stale score still
-  enters the update, as in the public DoReMi code (``perdomain_scores``); methods.md lists this pitfall.
+* A domain absent from a batch keeps its previous score λ_d, and that stale score still enters the update,
+  as in the public DoReMi code (``perdomain_scores``); methods.md lists this pitfall. Before a domain's first
+  batch its score is log|V| (``init_score: log_vocab``, |V| = the reference model's vocabulary), as the public
+  code initialises ``perdomain_scores`` (sangmichaelxie/doremi@7cde52d doremi/train.py: ones · log(len(tokenizer)),
+  the loss of a uniform predictor): a domain not yet seen is treated as maximally unlearned and up-weighted
+  at once. It only matters while some domain is missing from the batches (batch < m, or non-uniform
+  sampling online): with a uniform proxy batch of at least m sequences every domain is in the first batch and
+  its score is overwritten before it is used. Measured on the synthetic smoke data (m = 8, 16k tokens): batch
+  16, ᾱ bit-identical to ``init_score: 0``; batch 4, ᾱ moves (``0`` → ``log_vocab``: arith 0.096 → 0.004,
+  boiler 0.010 → 0.023, facts 0.010 → 0.024, logs 0.211 → 0.294; mean validation loss 5.38 → 5.32, one seed).
+* The proxy's objective is Σ_d α_d · (mean token loss of domain d in the batch) (``Mixer.loss_weights``).
+  The public code weights each token by α of its domain divided by the sampling weight and normalises by the
+  sum of those token weights over the batch, i.e. Σ_d α_d n_d L_d / Σ_d α_d n_d (n_d = domain d's tokens in
+  the batch): the same objective when every domain has the same number of tokens in the batch, and here a
+  domain's weight does not depend on how many of its rows the sampler happened to draw.
 * The reference's per-token losses are recomputed on each batch (a forward pass of the reference model,
   charged as ``mixer/doremi_reference_fwd``) from ``<reference run>/checkpoints/last.pt`` (the final
   checkpoint every run writes), under the trainer's autocast (bf16 on CUDA, fp32 on CPU).
@@ -61,6 +74,7 @@ KEYS: dict[str, Any] = {
     "proxy_trainer": {"lr": None, "schedule": None, "betas": None, "weight_decay": None, "grad_clip": None, "eval_every": None},
     "proxy_seed": None,
     "history_every": None,
+    "init_score": "log_vocab",
 }
 PROXY_KEYS: dict[str, Any] = {
     "name": "doremi_proxy",
@@ -68,6 +82,7 @@ PROXY_KEYS: dict[str, Any] = {
     "eta": 1.0,
     "smoothing": 1.0e-3,
     "history_every": None,
+    "init_score": "log_vocab",
 }
 
 
@@ -101,6 +116,9 @@ def _check_dro(c: Mapping[str, Any]) -> None:
     _need(isinstance(c["smoothing"], (int, float)) and 0 <= float(c["smoothing"]) <= 1, "smoothing", f"must be in [0, 1], got {c['smoothing']!r}")
     he = c.get("history_every")
     _need(he is None or (isinstance(he, int) and he >= 1), "history_every", "null (about 50 records per run) or a positive integer")
+    ini = c["init_score"]
+    number = isinstance(ini, (int, float)) and not isinstance(ini, bool) and math.isfinite(ini)
+    _need(ini == "log_vocab" or number, "init_score", f"log_vocab (the public code's log|V|) or a finite number, got {ini!r}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -140,10 +158,10 @@ def excess_loss(token_loss: Any, ref_token_loss: Any, row_domains: Any, m: int) 
 class GroupDRO:
     """DoReMi's domain-weight state: α, the last score per domain, and the running mean of α over steps."""
 
-    def __init__(self, m: int, eta: float, smoothing: float):
+    def __init__(self, m: int, eta: float, smoothing: float, init_score: float = 0.0):
         self.m, self.eta, self.smoothing = m, float(eta), float(smoothing)
         self.alpha = np.full(m, 1.0 / m)
-        self.scores = np.zeros(m)
+        self.scores = np.full(m, float(init_score))  # the score of a domain until its first batch
         self.alpha_sum = np.zeros(m)
         self.n = 0
 
@@ -185,6 +203,7 @@ class ReferenceModel:
         self.model = None
         self.flops_per_token_fwd = 0.0
         self.seq_len = None
+        self.vocab_size: int | None = None
 
     def _load(self, device: Any, seq_len: int) -> None:
         import torch
@@ -202,7 +221,8 @@ class ReferenceModel:
         emb = [k for k in sd if k.endswith("embed_tokens.weight")]
         if not emb or not mcfg:
             raise CheckpointError(f"{self.run_dir}/checkpoints/last.pt is not a reference model checkpoint")
-        model = build_model(mcfg, int(sd[emb[0]].shape[0]), seed=0)
+        self.vocab_size = int(sd[emb[0]].shape[0])
+        model = build_model(mcfg, self.vocab_size, seed=0)
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:
@@ -242,8 +262,10 @@ class ReferenceModel:
 class _DROMixin:
     """The per-step DRO machinery shared by the offline proxy and the online main run."""
 
-    def _init_dro(self, eta: float, smoothing: float, reference_run: str | None, history_every: int | None) -> None:
+    def _init_dro(self, eta: float, smoothing: float, reference_run: str | None, history_every: int | None,
+                  init_score: Any = "log_vocab") -> None:
         self.dro = GroupDRO(self.m, eta, smoothing)
+        self.init_score = init_score
         self.reference = ReferenceModel(reference_run) if reference_run else None
         self.history_every = int(history_every) if history_every else max(1, self.ctx.total_steps // 50)
 
@@ -256,6 +278,9 @@ class _DROMixin:
         ref = self.reference.token_losses(stats.windows, tl.device)
         if self.ctx.charge is not None:
             self.ctx.charge(self.reference.flops(int(ref.numel())), "doremi_reference_fwd")
+        if self.dro.n == 0:  # the vocabulary is known once the reference is loaded
+            v = self.init_score
+            self.dro.scores = np.full(self.m, math.log(self.reference.vocab_size) if v == "log_vocab" else float(v))
         lam, present = excess_loss(tl, ref, stats.row_domains, self.m)
         used = self.dro.alpha.copy()
         self.dro.step(lam, present)
@@ -284,7 +309,8 @@ class DoReMiProxy(_DROMixin, Mixer):
         _check_dro(self.c)
         _need(bool(self.c["reference_run"]), "reference_run", "the reference sub-run's directory (set by mixer=doremi)")
         super().__init__(cfg, domains, ctx)
-        self._init_dro(self.c["eta"], self.c["smoothing"], self.c["reference_run"], self.c["history_every"])
+        c = self.c
+        self._init_dro(c["eta"], c["smoothing"], c["reference_run"], c["history_every"], c["init_score"])
 
     def loss_weights(self, step: int) -> np.ndarray:
         return self.dro.alpha
@@ -320,7 +346,7 @@ class DoReMi(_DROMixin, Mixer):
         rm = c["reference_mixture"]
         self._ref_w0 = self._reference_weights(rm, domains, ctx)
         super().__init__(cfg, domains, ctx)
-        self._init_dro(c["eta"], c["smoothing"], None, c["history_every"])
+        self._init_dro(c["eta"], c["smoothing"], None, c["history_every"], c["init_score"])
         self.info = {"online": bool(c["online"]), "eta": float(c["eta"]), "smoothing": float(c["smoothing"])}
 
     @staticmethod
@@ -388,7 +414,8 @@ class DoReMi(_DROMixin, Mixer):
     def proxy_overrides(self, reference_run: str) -> dict[str, Any]:
         ov = self._common("proxy")
         ov["mixer"] = {"name": "doremi_proxy", "reference_run": str(reference_run), "eta": float(self.c["eta"]),
-                       "smoothing": float(self.c["smoothing"]), "history_every": self.c["history_every"]}
+                       "smoothing": float(self.c["smoothing"]), "history_every": self.c["history_every"],
+                       "init_score": self.c["init_score"]}
         return ov
 
     def prepare(self) -> None:

@@ -1,18 +1,30 @@
 """ODM (Albalak et al. 2023, arXiv 2312.02406): online data mixing as an EXP3 bandit, one arm per domain.
 
-The reward of an arm is the domain's training loss in the step's batch (from the same forward pass: no extra
-compute). With t = step + 1 (the t-th optimiser step):
+The reward of an arm is the domain's training loss L_d in the step's batch (from the same forward pass: no
+extra compute). With t = step + 1 (the t-th optimiser step), ε_t = min(1/m, sqrt(ln m / (m·t))) (ε_0 := ε_1)
+and every arm keeps at least ε_t. ``reward_update`` picks how R̂ (which starts at 0, so π_1 is uniform) and π
+are computed; the three rules are those of alon-albalak/online-data-mixing@edbfdad
+(megatron/data/data_sampling_utils.py), for domains d present in the batch (absent ones keep their R̂):
 
-    ε_t = min(1/m, sqrt(ln m / (m·t)))
-    π_t = (1 − m·ε_t) · softmax(ε_{t−1} · R̂) + ε_t          (every arm keeps at least ε_t; ε_0 := ε_1)
-    R̂_d ← α·R̂_d + (1 − α)·L_d / q_d                          for every domain d present in the batch
+* ``smoothed_mean`` (default): R̂_d ← α·R̂_d + (1−α)·exp(L_d), no importance weight, and
+  π_t = (1 − m·ε_t)·R̂/ΣR̂ + ε_t (uniform while ΣR̂ = 0). ``SmoothedMeanWeightUpdater.group_update``, the
+  mixed-minibatch path (``train_mixed_minibatch`` in megatron/training.py; this suite's batches are mixed
+  too). The release's README names this class "the data mixing implementation described in the paper", and
+  the final weights it released for its 1B ODM run (alon_configs/train_data_weights/static_1B_final.yml:
+  max/min 5.8 over 22 Pile domains) have the exp(loss) spread of this rule, not the ∝ loss of ``accumulate``
+  nor the near-uniform of ``ema``, so the paper's numbers most likely came from it.
+* ``accumulate``: R̂_d += (L_d/10)/q_d and π_t = (1 − m·ε_t)·softmax(ε_{t−1}·R̂) + ε_t. ``Exp3WeightUpdater``
+  (``data_sampling_method: exp3``), textbook EXP3 with the release's /10 ("so that cumulative reward doesn't
+  explode"). With every arm observed each step it settles at π_d ∝ L_d.
+* ``ema``: R̂_d ← α·R̂_d + (1−α)·L_d/q_d with the same softmax: the paper's formula. R̂ stays O(L/π) while ε_{t−1}
+  shrinks, so π drifts back to uniform (m = 4, one arm at twice the others' loss, every arm observed each
+  step: its π is 0.30 at t = 100 and 0.26 at t = 20k, against a stable 0.40 with ``accumulate`` and 0.70 with
+  ``smoothed_mean``; tests/test_odm.py).
 
-α = ``smoothing`` (0.9 published). R̂ starts at 0, so π_1 is uniform. q_d is the importance weight:
-``importance: pi`` (default, the paper's formula) uses q_d = π_d; the paper draws one domain per batch, so
-π_d is the probability of observing arm d. Here a batch is a mixture with integer counts from the sampler,
-under which domain d appears in the batch with probability exactly min(1, B·π_d) (systematic sampling on
-the fractional parts), which ``importance: observed`` uses instead. Domains absent from the batch keep
-their R̂ (their loss is nan in the stats).
+α = ``smoothing`` (0.9: the release's default and the paper's). q_d, the importance weight of the two
+EXP3 rules: ``importance: pi`` (default) uses q_d = π_d, the probability of drawing arm d when a batch is one
+domain; under this suite's sampler a mixed batch contains domain d with probability exactly min(1, B·π_d)
+(systematic sampling on the fractional parts), which ``importance: observed`` uses instead.
 
 Note what this optimises: high training loss is rewarded, so an unlearnable domain (the synthetic
 ``noise``) keeps the highest reward and the most probability. That is ODM's behaviour, not tuned away here.
@@ -32,11 +44,20 @@ from tikmix.mixer import DomainStats, Mixer, MixerContext, register
 
 KEYS: dict[str, Any] = {
     "name": "odm",
-    "smoothing": 0.9,
-    "importance": "pi",
+    "reward_update": "smoothed_mean",
+    "smoothing": None,
+    "importance": None,
     "history_every": 10,
 }
+REWARD_UPDATES = ("smoothed_mean", "accumulate", "ema")
 IMPORTANCE = ("pi", "observed")
+# the keys each rule uses, with their defaults; a key set for a rule that ignores it is refused
+RULE_KEYS: dict[str, dict[str, Any]] = {
+    "smoothed_mean": {"smoothing": 0.9},
+    "accumulate": {"importance": "pi"},
+    "ema": {"smoothing": 0.9, "importance": "pi"},
+}
+ACCUMULATE_SCALE = 0.1  # the release divides each reward by 10 before accumulating it
 
 
 def exploration_rate(m: int, t: int) -> float:
@@ -55,24 +76,71 @@ def exp3_probs(R: np.ndarray, t: int) -> np.ndarray:
     return (1.0 - m * eps) * z / z.sum() + eps
 
 
+def linear_probs(R: np.ndarray, t: int) -> np.ndarray:
+    """π_t = (1 − m ε_t)·R̂/ΣR̂ + ε_t, uniform while ΣR̂ = 0 (R̂ ≥ 0: an EMA of exp(loss))."""
+    R = np.asarray(R, dtype=np.float64)
+    m = len(R)
+    s = R.sum()
+    if not s > 0:
+        return np.full(m, 1.0 / m)
+    eps = exploration_rate(m, t)
+    return (1.0 - m * eps) * R / s + eps
+
+
+def probs(rule: str, R: np.ndarray, t: int) -> np.ndarray:
+    return linear_probs(R, t) if rule == "smoothed_mean" else exp3_probs(R, t)
+
+
+def update_rewards(rule: str, R: np.ndarray, loss: np.ndarray, q: np.ndarray, present: np.ndarray, alpha: float) -> np.ndarray:
+    """R̂ after one step (module doc); domains not ``present`` keep theirs. Pure function."""
+    R = np.asarray(R, dtype=np.float64)
+    new, p, x = R.copy(), present, np.asarray(loss, dtype=np.float64)[present]
+    if rule == "accumulate":
+        new[p] = R[p] + ACCUMULATE_SCALE * x / q[p]
+    elif rule == "ema":
+        new[p] = alpha * R[p] + (1.0 - alpha) * x / q[p]
+    else:
+        new[p] = alpha * R[p] + (1.0 - alpha) * np.exp(x)
+    return new
+
+
+def resolve_config(c: dict[str, Any]) -> dict[str, Any]:
+    """Fill the rule's defaults into the keys left null; refuse keys the rule does not use."""
+    rule = c["reward_update"]
+    need(isinstance(rule, str) and rule in REWARD_UPDATES, "reward_update", f"one of {REWARD_UPDATES}, got {rule!r}")
+    used = RULE_KEYS[rule]
+    for key in ("smoothing", "importance"):
+        if key in used:
+            c[key] = used[key] if c[key] is None else c[key]
+        else:
+            need(c[key] is None, key, f"not used by reward_update {rule!r}; leave it null")
+    return c
+
+
 @register("odm")
 class ODM(Mixer):
     """ODM's EXP3 bandit as a Mixer (module doc)."""
 
     def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        c = read_config(cfg, KEYS)
-        self.alpha = as_float(c, "smoothing", 0.0, 1.0)
-        need(c["importance"] in IMPORTANCE, "importance", f"one of {IMPORTANCE}, got {c['importance']!r}")
+        c = resolve_config(read_config(cfg, KEYS))
+        self.rule = c["reward_update"]
+        self.alpha = as_float(c, "smoothing", 0.0, 1.0) if c["smoothing"] is not None else None
+        need(c["importance"] in IMPORTANCE + (None,), "importance", f"one of {IMPORTANCE}, got {c['importance']!r}")
         self.importance = c["importance"]
         self.history_every = as_int(c, "history_every", 1)
         super().__init__(cfg, domains, ctx)
         self.R = np.zeros(self.m)
         self._t = 0  # optimiser steps observed
         self._last: dict[str, Any] | None = None
-        self.info = {"smoothing": self.alpha, "importance": self.importance}
+        self.info = {"reward_update": self.rule, "smoothing": self.alpha, "importance": self.importance}
 
     def weights(self, step: int) -> np.ndarray:
-        return exp3_probs(self.R, int(step) + 1)
+        return probs(self.rule, self.R, int(step) + 1)
+
+    def _importance(self, pi: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        if self.importance == "observed":
+            return np.minimum(1.0, float(counts.sum()) * pi)
+        return pi
 
     def observe(self, stats: DomainStats) -> None:
         step = int(stats.step)
@@ -82,16 +150,12 @@ class ODM(Mixer):
         counts = np.asarray(stats.counts)
         loss = np.asarray(stats.loss, dtype=np.float64)
         present = (counts > 0) & np.isfinite(loss)
-        if self.importance == "pi":
-            q = pi
-        else:
-            q = np.minimum(1.0, float(counts.sum()) * pi)
-        R_new = self.R.copy()
-        R_new[present] = self.alpha * self.R[present] + (1.0 - self.alpha) * loss[present] / q[present]
-        self.R = R_new
+        self.R = update_rewards(self.rule, self.R, loss, self._importance(pi, counts), present, self.alpha)
         self._t += 1
-        t = step + 1
-        self._last = {"step": step, "weights": wdict(self.domains, pi), "eps": exploration_rate(self.m, t),
+        self._record(step, pi, loss, present)
+
+    def _record(self, step: int, pi: np.ndarray, loss: np.ndarray, present: np.ndarray) -> None:
+        self._last = {"step": step, "weights": wdict(self.domains, pi), "eps": exploration_rate(self.m, step + 1),
                       "loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, loss, present)},
                       "reward": wdict(self.domains, self.R)}
         if step % self.history_every == 0 or step == self.ctx.total_steps - 1:
@@ -100,14 +164,17 @@ class ODM(Mixer):
                          final_weights=wdict(self.domains, self.weights(self._t)), eps=exploration_rate(self.m, self._t + 1))
 
     def state_dict(self) -> dict:
-        return {"version": 1, "mixer": self.name, "domains": list(self.domains), "R": self.R.tolist(), "t": self._t,
-                "history": list(self.history), "info": dict(self.info)}
+        return {"version": 2, "mixer": self.name, "domains": list(self.domains), "reward_update": self.rule,
+                "R": self.R.tolist(), "t": self._t, "history": list(self.history), "info": dict(self.info)}
 
     def load_state_dict(self, d: dict) -> None:
         if d.get("mixer") != self.name:
             raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
         if list(d.get("domains", [])) != self.domains:
             raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+        rule = d.get("reward_update", "ema")  # version 1 states came from the EMA rule, the only one then
+        if rule != self.rule:
+            raise ValueError(f"state holds {rule!r} rewards, this run uses reward_update {self.rule!r}")
         self.R = np.asarray(d["R"], dtype=np.float64)
         self._t = int(d["t"])
         self.history = list(d.get("history", []))

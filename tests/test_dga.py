@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.dga import DGA, dga_update
+from baselines.dga import DGA, doge_scores, doge_update, dga_update
 from tikmix.errors import ConfigError
 from tikmix.influence import gradient_alignment
 from tikmix.mixer import MixerContext, build_mixer
@@ -33,14 +33,44 @@ def test_update_rule():
     assert np.all(np.isfinite(big)) and abs(big.sum() - 1) < 1e-12 and np.argmax(big) == 0
 
 
+def test_doge_rule_by_hand_with_both_clips_active():
+    """DoGE's step (Olivia-fsm/DoGE src/trainer.py update_domain_weights): every gradient clipped to norm 5,
+    s_d = lr·Σ_v <ĝ_d, ĝ_v> / (mean_d ‖ĝ_d‖ + 1e-6), clipped to [0, 5·lr], α ← softmax(log α + s/μ)."""
+    S = np.array([[3.0, 80.0, -2.0], [1.0, 0.0, 0.5]])  # [targets, domains], unclipped inner products
+    dom_norms, tgt_norms, lr, mu = np.array([1.0, 10.0, 4.0]), np.array([8.0, 2.0]), 1e-3, 0.01
+    cd = np.array([1.0, 5.0 / (10.0 + 1e-6), 1.0])  # domain 1 is clipped to norm 5
+    cv = np.array([5.0 / (8.0 + 1e-6), 1.0])  # so is target 0
+    a = np.array([3.0 * cv[0] + 1.0, 80.0 * cv[0] * cd[1], -2.0 * cv[0] + 0.5])  # Σ over targets (not the mean)
+    raw = lr * a / ((1.0 + 10.0 * cd[1] + 4.0) / 3 + 1e-6)
+    assert raw[1] > 5 * lr and raw[2] < 0  # both ends of the score clip bind
+    s, got_raw = doge_scores(S, dom_norms, tgt_norms, lr, (0.0, 5.0), 5.0)
+    assert np.allclose(got_raw, raw, rtol=1e-12, atol=0)
+    assert np.allclose(s, [raw[0], 5 * lr, 0.0], rtol=1e-12, atol=0)
+    alpha = np.array([0.5, 0.3, 0.2])
+    e = alpha * np.exp(s / mu)
+    assert np.allclose(doge_update(alpha, s, mu), e / e.sum(), rtol=1e-12, atol=0)
+    s_off, _ = doge_scores(S, dom_norms, tgt_norms, lr, (0.0, 5.0), 0.0)  # grad_clip 0: no gradient clipping
+    assert np.allclose(s_off[0], lr * 4.0 / (5.0 + 1e-6), rtol=1e-12)
+
+
 def test_config_errors():
     c = MixerContext(domains=["a", "b"], train_tokens={"a": 1, "b": 1}, total_steps=10, tokens_per_step=8, seq_len=4, seed=0)
     for cfg, match in [({"name": "dga", "ema": 1.0}, "mixer.ema"), ({"name": "dga", "normalize": "l2"}, "mixer.normalize"),
                        ({"name": "dga", "update_every": 0}, "mixer.update_every"), ({"name": "dga", "params": "x"}, "mixer.params"),
-                       ({"name": "dga", "zz": 0}, "mixer.zz: unknown key")]:
+                       ({"name": "dga", "zz": 0}, "mixer.zz: unknown key"), ({"name": "dga", "rule": "x"}, "mixer.rule: one of"),
+                       ({"name": "dga", "mu": 0.01}, "mixer.mu: only used by rule 'doge'"),
+                       ({"name": "dga", "rule": "doge", "eta": 1.0}, "mixer.eta: only used by rule 'dga'"),
+                       ({"name": "dga", "rule": "doge", "mu": 0}, "mixer.mu: must be >"),
+                       ({"name": "dga", "rule": "doge", "score_clip": [5, 0]}, "mixer.score_clip"),
+                       ({"name": "dga", "rule": "doge", "score_clip": 5}, "mixer.score_clip"),
+                       ({"name": "dga", "rule": "doge", "grad_clip": -1}, "mixer.grad_clip")]:
         with pytest.raises(ConfigError, match=match):
             build_mixer(cfg, ["a", "b"], c)
     assert build_mixer({"name": "dga", "update_every": 4}, ["a", "b"], c).probe_steps() == [0, 4, 8]
+    doge = build_mixer({"name": "dga", "rule": "doge"}, ["a", "b"], c)
+    assert doge.probe_steps() == list(range(10)) and (doge.mu, doge.score_clip, doge.grad_clip) == (0.01, (0.0, 5.0), 5.0)
+    with pytest.raises(ValueError, match="rule 'dga'"):
+        doge.load_state_dict(build_mixer({"name": "dga"}, ["a", "b"], c).state_dict())
 
 
 # --- planted domains on a tiny Llama ----------------------------------------------------------------------
@@ -57,8 +87,9 @@ def seqs(kind: str, n: int, seed: int) -> torch.Tensor:
 
 
 class FakeProbe:
-    def __init__(self, model, step=0):
+    def __init__(self, model, step=0, lr=2e-3):
         self.model, self.step, self.device, self.flops_per_token = model, step, torch.device("cpu"), 1000.0
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # the doge rule reads lr_t from it
         self.targets = {"val/count": [{"input_ids": seqs("count", 8, 999), "labels": seqs("count", 8, 999)}]}
         self.charged = []
 
@@ -110,6 +141,39 @@ def test_alignment_on_planted_domains_uses_the_shared_influence_code(tiny_model)
     assert all(p.grad is None for p in tiny_model.parameters())  # no gradient left behind for the optimiser
 
 
+def flat_clipped_grad(model, x, max_norm):
+    """DoGE's procedure by hand: backward of the mean token loss, clip_grad_norm_, flatten."""
+    model.zero_grad()
+    model(input_ids=x, labels=x).loss.backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    g = torch.cat([p.grad.detach().flatten().double() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return g, norm
+
+
+def test_doge_rule_on_planted_domains_matches_doge_computed_by_hand(tiny_model):
+    """The doge rule through the shared alignment code equals DoGE's procedure written out with torch (clip each
+    gradient in place, inner products, mean clipped norm), with the gradient clip binding on every domain."""
+    ctx = MixerContext(domains=DOMS, train_tokens={d: 1 for d in DOMS}, total_steps=10, tokens_per_step=8, seq_len=SEQ, seed=0)
+    norms = [flat_clipped_grad(tiny_model, seqs(d, 8, 10 + i), 1e9)[1] for i, d in enumerate(DOMS)]
+    clip = 0.5 * min(norms)  # planted: every domain (and the target) gradient is clipped
+    mx = DGA({"name": "dga", "rule": "doge", "grad_clip": clip, "tokens_per_domain": 256, "targets_tokens": None}, DOMS, ctx)
+    probe = FakeProbe(tiny_model, lr=2e-3)
+    mx.on_probe(probe)
+    tx = probe.targets["val/count"][0]["input_ids"]
+    gv, nv = flat_clipped_grad(tiny_model, tx, clip)
+    gd = [flat_clipped_grad(tiny_model, seqs(d, 8, 10 + i), clip) for i, d in enumerate(DOMS)]
+    assert nv > clip and all(n > clip for _, n in gd)
+    a = np.array([float(g @ gv) for g, _ in gd])
+    mean_norm = float(np.mean([float(g.norm()) for g, _ in gd]))
+    s = np.clip(2e-3 * a / (mean_norm + 1e-6), 0.0, 5 * 2e-3)
+    e = 0.25 * np.exp(s / 0.01)
+    h = mx.history[0]
+    assert h["lr"] == 2e-3 and np.allclose([h["a_step"][d] for d in DOMS], s, rtol=1e-4, atol=1e-12)
+    assert np.allclose([h["weights"][d] for d in DOMS], e / e.sum(), rtol=1e-4, atol=1e-9)
+    assert np.argmax(s) == 0 and s[3] < s[0]  # the target's own rule aligns best; noise does not help
+
+
 # --- end to end --------------------------------------------------------------------------------------------
 # targets come in micro-batches of 8 x 64 = 512 tokens (take_tokens keeps whole batches)
 DGA_E2E = ["mixer=dga", "mixer.update_every=2", "mixer.tokens_per_domain=256", "mixer.targets_tokens=512",
@@ -157,6 +221,29 @@ def test_e2e_resume_is_exact(dga_run, make_cfg, tmp_path, monkeypatch):
     assert res["val_loss"] == res_full["val_loss"] and res["final_weights"] == res_full["final_weights"]
     assert [h["weights"] for h in res["mixer_history"]] == [h["weights"] for h in res_full["mixer_history"]]
     assert res["compute"] == res_full["compute"]
+
+
+def test_e2e_doge_rule_updates_every_step_with_the_trainers_lr(make_cfg, tmp_path, monkeypatch):
+    used = []
+    orig = Trainer.train_step
+
+    def rec(self, step, w):  # the learning rate and mixture of the step about to be taken
+        used.append((self.optimizer.param_groups[0]["lr"], np.array(w)))
+        return orig(self, step, w)
+
+    monkeypatch.setattr(Trainer, "train_step", rec)
+    res = run(make_cfg("mixer=dga", "mixer.rule=doge", "mixer.tokens_per_domain=256", "mixer.targets_tokens=512",
+                       "trainer.save_final_model=false", run_dir=tmp_path / "doge"), quiet=True)
+    hist, doms = res["mixer_history"], res["domains"]
+    assert [h["step"] for h in hist] == list(range(res["steps"])) and res["mixer_info"]["rule"] == "doge"
+    for h, (lr, w_used) in zip(hist, used):
+        s = np.array([h["a_step"][d] for d in doms])
+        raw = np.array([h["score_raw"][d] for d in doms])
+        assert h["lr"] == lr and np.allclose(s, np.clip(raw, 0.0, 5 * lr), rtol=0, atol=1e-15)
+        wb = np.array([h["weights_before"][d] for d in doms])
+        e = wb * np.exp(s / 0.01)
+        w = np.array([h["weights"][d] for d in doms])
+        assert np.allclose(w, e / e.sum(), rtol=1e-12, atol=0) and np.array_equal(w, w_used)
 
 
 def test_take_tokens_cuts_whole_rows():

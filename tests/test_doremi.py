@@ -2,7 +2,9 @@
 iterated rounds, the online variant (and its exact resume), and the noise domain on the synthetic data."""
 from __future__ import annotations
 
+import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,10 +12,10 @@ import pytest
 from tests.conftest import run_until_crash
 import torch
 
-from baselines.doremi import GroupDRO, dro_update, excess_loss
+from baselines.doremi import DoReMiProxy, GroupDRO, dro_update, excess_loss
 from tests.test_regmix import one_thread, prepared_mixer  # noqa: F401  (the fixture applies here too)
 from tikmix.errors import ConfigError
-from tikmix.mixer import MixerContext, build_mixer
+from tikmix.mixer import DomainStats, MixerContext, build_mixer
 from tikmix.run import run
 from tikmix.trainer import Trainer
 
@@ -66,6 +68,46 @@ def test_excess_loss_is_the_clipped_per_domain_token_mean():
     assert np.allclose(lam, [1.0, 0.0, 0.25, 0.0]) and present.tolist() == [True, False, True, False]
 
 
+class StubReference:
+    """The reference model's interface: per-token losses and its vocabulary (no checkpoint)."""
+
+    def __init__(self, ref_loss, vocab_size):
+        self.ref_loss, self.vocab_size = ref_loss, vocab_size
+
+    def token_losses(self, windows, device):
+        return self.ref_loss
+
+    def flops(self, n_tokens):
+        return 0.0
+
+
+@pytest.mark.parametrize("init_score", ["log_vocab", 0.0, 2.5])
+def test_a_domain_before_its_first_batch_scores_log_vocab_like_the_public_code(init_score):
+    """sangmichaelxie/doremi train.py: perdomain_scores = ones · log(len(tokenizer)); a domain absent from the
+    first batch keeps that score and it enters the first update (init_score: a number overrides it)."""
+    doms = ["a", "b", "c"]
+    ctx = MixerContext(domains=doms, train_tokens={d: 1 for d in doms}, total_steps=10, tokens_per_step=8, seq_len=2, seed=0)
+    mx = DoReMiProxy({"name": "doremi_proxy", "reference_run": "unused", "init_score": init_score}, doms, ctx)
+    tl = torch.tensor([[2.0, 1.0], [3.0, 3.0], [1.0, 1.0]])
+    mx.reference = StubReference(torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.5, 0.5]]), vocab_size=512)
+    rows = np.array([0, 0, 1])  # domain c is not in the batch
+    mx.observe(DomainStats(step=0, counts=np.array([2, 1, 0]), loss=np.array([2.25, 1.0, np.nan]), tokens=np.array([4, 2, 0]),
+                           windows=np.zeros((3, 3), np.int64), row_domains=rows, token_loss=tl))
+    s_c = math.log(512) if init_score == "log_vocab" else init_score
+    lam = np.array([1.0, 0.25, s_c])  # a: max(ℓ−ℓ_ref, 0) = [1, 0, 2, 1] -> 1; b: [0, 0.5] -> 0.25
+    assert np.allclose(mx.dro.scores, lam, rtol=1e-12, atol=0)
+    assert np.allclose(mx.loss_weights(1), dro_update(np.full(3, 1 / 3), lam, 1.0, 1e-3), rtol=1e-12, atol=0)
+    if init_score == "log_vocab":
+        assert mx.loss_weights(1)[2] > 0.98  # unseen: treated as maximally unlearned
+
+
+def test_bad_config_names_the_field_init_score():
+    ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0)
+    for bad in ("log_v", float("nan"), True):
+        with pytest.raises(ConfigError, match=r"mixer.init_score"):
+            build_mixer({"name": "doremi", "init_score": bad}, ["a", "b"], ctx)
+
+
 def test_bad_config_names_the_field():
     ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0)
     with pytest.raises(ConfigError, match=r"mixer.eta"):
@@ -101,6 +143,38 @@ def test_doremi_end_to_end_cache_and_compute(make_cfg, tmp_path):
     other, _ = prepared_mixer(make_cfg("mixer=doremi", "mixer.eta=0.1", run_dir=tmp_path / "c"))
     r = other.info["round_records"][0]
     assert r["reference_reused"] and not r["proxy_reused"]  # a new η: same reference, new proxy
+
+
+def test_proxy_step_gradient_is_the_alpha_weighted_per_domain_loss(make_cfg, tmp_path, monkeypatch):
+    """DoReMi's proxy objective through the real trainer: the gradient of one proxy step (grad_clip 0, so .grad
+    is left as computed) equals the gradient of Σ_d α_d · (mean token loss of domain d), with α the DRO weights
+    of that step, computed by hand on a copy of the pre-step model. η = 4 spreads α well away from uniform
+    within a few steps, so ignoring α (the plain token mean) or using 1/α gives a different gradient."""
+    import torch.nn.functional as F
+
+    got = {}
+    orig = Trainer.train_step
+
+    def rec(self, step, w):
+        if self.mixer.name != "doremi_proxy" or step != 3:  # the last of the proxy's 4 smoke steps
+            return orig(self, step, w)
+        alpha, before = self.mixer.dro.alpha.copy(), copy.deepcopy(self.model)
+        out = orig(self, step, w)
+        tokens, dom = self.sampler.batch(step, w)
+        x = torch.from_numpy(tokens)
+        logits = before(input_ids=x[:, :-1]).logits.float()
+        tl = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none").view(len(x), -1)
+        sum(float(alpha[d]) * tl[torch.from_numpy(dom == d)].mean() for d in np.unique(dom)).backward()
+        got.update(alpha=alpha, grad=[p.grad.clone() for p in self.model.parameters()], hand=[p.grad for p in before.parameters()])
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", rec)
+    prepared_mixer(make_cfg("mixer=doremi", "mixer.eta=4.0", "mixer.proxy_trainer.grad_clip=0", run_dir=tmp_path / "obj"))
+    alpha = got["alpha"]
+    assert alpha.max() / alpha.min() > 1.5, alpha  # far from uniform: the objective's weights matter
+    num = sum(float((g - h).norm() ** 2) for g, h in zip(got["grad"], got["hand"])) ** 0.5
+    den = sum(float(h.norm() ** 2) for h in got["hand"]) ** 0.5
+    assert num / den < 1e-4, num / den
 
 
 def test_iterated_rounds_retrain_the_reference_on_the_last_weights(make_cfg, tmp_path):
