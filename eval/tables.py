@@ -2,6 +2,7 @@
 
     python -m eval.tables multirun/2026-01-01/12-00-00               # a sweep: mixers x seeds
     python -m eval.tables run_a run_b run_c --out report/ --wandb     # + a W&B run with the tables and figures
+    python -m eval.tables SWEEP --oracle results/oracle               # + regret against the best static mixture
 
 Every ``results.json`` under the given folders is one run (sub-runs of mixers, under ``subruns/``, are
 skipped). Runs are grouped by setting (model / budget / data) and, within a setting, by mixer across seeds.
@@ -23,6 +24,12 @@ Written into ``--out`` (default: the first folder):
   average gold-answer BPB against them (lower is better); ``ppl_vs_compute.png``: average test perplexity
   against mixture-search FLOPs (the comparison when there are no downstream tasks); ``influence_<mixer>.png``:
   per-domain influence on each target over the stages, when the mixer's history records it (TiKMiX).
+* with ``--oracle PATH`` (an ``oracle.json`` of ``python -m eval.oracle report``, or a folder holding one):
+  ``regret.md`` / ``regret.csv``, per setting one row per mixer: its regret against the best static mixture
+  (mixer − oracle, paired by seed, mean and 95% Student t-interval) in in-domain and average BPB and accuracy,
+  the L1 distance of its final and time-averaged mixture to the oracle's weights, its mixture-search FLOPs and
+  whether it beats the best static mixture (the interval of the regret in the oracle's metric clear of 0); the
+  same block closes each setting of ``table1.md``, and ``regret_vs_compute.png`` plots the regret against FLOPs.
 """
 from __future__ import annotations
 
@@ -290,8 +297,12 @@ def _md_rows(b: dict, rows: list[dict], nd: int = 1) -> list[str]:
     return out
 
 
-def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
+def table1_markdown(blocks: list[dict], notes: list[str], reg: list[dict] | None = None, oracle: dict | None = None) -> str:
+    """Table 1 per setting; with ``reg`` (regret()) and ``oracle``, each setting's regret block under it."""
+    reg_by = {rb["setting"]: rb for rb in reg or []}
     out = ["# Table 1: downstream scores (%, mean ± std over seeds)", ""]
+    if oracle is not None:
+        out += [oracle_note(oracle) + " Regret against it: the last block of each setting, and regret.md / regret.csv.", ""]
     for b in blocks:
         if len(blocks) > 1:
             out += [f"## {b['setting']}", ""]
@@ -305,6 +316,10 @@ def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
             rows = [r for r in b["rows"] if r["section"] == k]
             if rows:
                 out += [f"**{title}**, mean ± std over seeds", ""] + _md_rows(b, rows, nd) + [""]
+        if oracle is not None and b["setting"] in reg_by:
+            out += ["**Regret against the best static mixture** ([regret.md](regret.md))", ""]
+            out += regret_table_md(reg_by[b["setting"]], oracle) + [""]
+            out += [f"- {n}" for n in reg_by[b["setting"]]["notes"]] + ([""] if reg_by[b["setting"]]["notes"] else [])
     out.append("n = seeds with an evaluation / runs found. In-domain benchmarks may serve as mixer targets; "
                "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total). "
                "Bits per byte: -log2 p(gold | context) over the UTF-8 bytes of the gold continuation as scored "
@@ -312,6 +327,8 @@ def table1_markdown(blocks: list[dict], notes: list[str]) -> str:
                "log p(gold | context) in nats, summed over the answer's tokens; both for log-likelihood "
                "(multiple-choice) tasks only, so generation tasks (exact match) are absent from them and from "
                "their averages.")
+    if oracle is not None:
+        out += ["", REGRET_FOOTNOTE]
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
@@ -430,6 +447,261 @@ def perplexity_csv(p: dict, path: Path) -> None:
 
 def _c(x: Any) -> Any:
     return "" if x is None else x
+
+
+# ------------------------------------------------------------------------- regret (the best static mixture)
+
+
+class OracleError(ValueError):
+    """The --oracle input is missing or not an oracle.json of ``python -m eval.oracle report``."""
+
+
+# (key in results.json["eval"] and in the oracle's per_seed, column label, decimals)
+REGRET_METRICS = (("in_domain_bpb", "in-domain BPB", 4), ("average_bpb", "average BPB", 4),
+                  ("in_domain_avg", "in-domain accuracy, pp", 2), ("average", "average accuracy, pp", 2))
+_HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
+
+
+def load_oracle(path: str | Path) -> dict:
+    """``oracle.json`` (or a folder holding one) checked for what the regret columns read; OracleError if not."""
+    p = Path(path).expanduser()
+    f = p / "oracle.json" if p.is_dir() else p
+    if not f.is_file():
+        raise OracleError(f"no oracle file at {f} (give an oracle.json, or a folder holding one, "
+                          f"from python -m eval.oracle report)")
+    try:
+        o = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise OracleError(f"{f} is not readable JSON ({type(e).__name__})") from None
+    problem = _oracle_problem(o)
+    if problem:
+        raise OracleError(f"{f} is not an oracle.json of python -m eval.oracle report: {problem}")
+    return {**o, "path": str(f.resolve())}
+
+
+def _oracle_problem(o: Any) -> str | None:
+    if not isinstance(o, dict):
+        return "not a JSON object"
+    best = o.get("best")
+    if not isinstance(o.get("metric"), str) or not isinstance(best, dict):
+        return "no 'metric' or 'best'"
+    w = best.get("weights")
+    if not isinstance(w, dict) or not w or not all(isinstance(v, (int, float)) for v in w.values()):
+        return "best.weights is not {domain: weight}"
+    if not isinstance(best.get("per_seed") or best.get("scores"), dict):
+        return "best has neither per_seed nor scores"
+    return None
+
+
+def _oracle_lower(o: dict) -> bool:
+    lib = o.get("lower_is_better")
+    return bool(lib) if isinstance(lib, bool) else o["metric"] not in _HIGHER_IS_BETTER
+
+
+def oracle_seed_values(o: dict) -> dict[str, dict[str, float]]:
+    """{seed (str): {metric: value}} of the best static mixture; ``scores`` fills in the oracle's own metric."""
+    best = o["best"]
+    out = {str(s): {k: float(v) for k, v in (vals or {}).items() if _finite(v)}
+           for s, vals in (best.get("per_seed") or {}).items()}
+    for s, v in (best.get("scores") or {}).items():
+        if _finite(v):
+            out.setdefault(str(s), {}).setdefault(o["metric"], float(v))
+    return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _run_value(r: Run, key: str) -> float | None:
+    """A headline number of a run: ``eval[key]``, else top-level (target_loss_mean), as eval.oracle reads it."""
+    v = (r.eval or {}).get(key, (r.res or {}).get(key))
+    return float(v) if _finite(v) else None
+
+
+def t975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_regret(mine: dict[str, float], ref: dict[str, float]) -> dict:
+    """mine − ref over the seeds both have: mean and 95% Student t-interval (df = n − 1); no interval if n < 2."""
+    seeds = sorted(set(mine) & set(ref))
+    d = np.array([mine[s] - ref[s] for s in seeds], dtype=float)
+    out = {"n": len(d), "seeds": seeds, "mean": float(d.mean()) if len(d) else None, "lo": None, "hi": None}
+    if len(d) >= 2:
+        half = t975(len(d) - 1) * float(d.std(ddof=1)) / math.sqrt(len(d))
+        out.update(lo=out["mean"] - half, hi=out["mean"] + half)
+    return out
+
+
+def beats_oracle(reg: dict, lower_is_better: bool) -> str:
+    """yes / no when the 95% interval of the regret is entirely on the better / worse side of 0."""
+    if not reg["n"]:
+        return DASH
+    if reg["lo"] is None:
+        return "n<2"
+    if reg["hi"] < 0 or reg["lo"] > 0:
+        return "yes" if (reg["hi"] < 0) == lower_is_better else "no"
+    return "within noise"
+
+
+def l1(w: dict | None, ref: dict) -> float | None:
+    """Σ_d |w_d − ref_d| (0 to 2); None when the domains differ (another corpus: no distance to report)."""
+    if not w or set(w) != set(ref):
+        return None
+    return float(sum(abs(float(w[d]) - float(ref[d])) for d in ref))
+
+
+def time_averaged_weights(res: dict) -> dict[str, float] | None:
+    """The mixture averaged over training: each weights_history entry weighted by the steps it held (from its
+    step to the next entry's, the last one to ``steps``)."""
+    hist = sorted((h for h in res.get("weights_history") or [] if isinstance(h, dict) and isinstance(h.get("weights"), dict)),
+                  key=lambda h: h["step"])
+    if not hist:
+        return None
+    end = int(res.get("steps") or hist[-1]["step"] + 1)
+    bounds = [int(h["step"]) for h in hist] + [max(end, int(hist[-1]["step"]))]
+    held = np.array([max(0, b - a) for a, b in zip(bounds, bounds[1:])], dtype=float)
+    if held.sum() <= 0:
+        return None
+    doms = list(dict.fromkeys(d for h in hist for d in h["weights"]))
+    return {d: float(sum(t * float(h["weights"].get(d, 0.0)) for t, h in zip(held, hist)) / held.sum()) for d in doms}
+
+
+def _mixer_seed_values(rs: list[Run], key: str) -> dict[str, float]:
+    """{seed (str): value} of one mixer, duplicate runs of a seed averaged."""
+    by: dict[str, list[float]] = {}
+    for r in rs:
+        v = _run_value(r, key)
+        if v is not None and r.seed is not None:
+            by.setdefault(str(r.seed), []).append(v)
+    return {s: float(np.mean(vs)) for s, vs in by.items()}
+
+
+def regret_metrics(o: dict) -> list[tuple[str, str, int]]:
+    """The regret columns: the four headline numbers, and the oracle's own metric when it is not one of them."""
+    keys = [k for k, _, _ in REGRET_METRICS]
+    return list(REGRET_METRICS) + ([] if o["metric"] in keys else [(o["metric"], o["metric"], 4)])
+
+
+def _regret_row(m: str, rs: list[Run], o: dict, ref: dict[str, dict[str, float]]) -> dict:
+    w_star = o["best"]["weights"]
+    done = [r for r in rs if r.res]
+    regs = {k: paired_regret(_mixer_seed_values(done, k), {s: v[k] for s, v in ref.items() if k in v})
+            for k, _, _ in regret_metrics(o)}
+    flops = mean_std([(r.res.get("compute") or {}).get("mixer_total") for r in done])[0]
+    return {"mixer": m, "regret": regs, "n": regs[o["metric"]]["n"],
+            "l1_final": mean_std([l1(r.res.get("final_weights"), w_star) for r in done])[0],
+            "l1_time_avg": mean_std([l1(time_averaged_weights(r.res), w_star) for r in done])[0],
+            "flops": flops, "beats": beats_oracle(regs[o["metric"]], _oracle_lower(o))}
+
+
+def regret(runs: list[Run], o: dict) -> list[dict]:
+    """Per setting: {"setting", "rows": [one per mixer, see _regret_row], "notes"}."""
+    ref = oracle_seed_values(o)
+    blocks = []
+    for setting, rs in sorted(_by([r for r in runs if r.res], lambda r: r.setting).items()):
+        by_m = _by(rs, lambda r: r.mixer)
+        rows = [_regret_row(m, by_m[m], o, ref) for m in sorted(by_m, key=mixer_sort_key)]
+        blocks.append({"setting": setting, "rows": rows, "notes": _regret_notes(rs, o, ref)})
+    return blocks
+
+
+def _regret_notes(rs: list[Run], o: dict, ref: dict) -> list[str]:
+    notes = []
+    unpaired = sorted({(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref},
+                      key=lambda x: (mixer_sort_key(x[0]), x[1]))
+    if unpaired:
+        notes.append("not paired (the best static mixture has no such seed): "
+                     + ", ".join(f"{m} seed {s}" for m, s in unpaired))
+    doms = {tuple(sorted(r.res.get("final_weights") or {})) for r in rs} - {()}
+    if any(set(d) != set(o["best"]["weights"]) for d in doms):
+        notes.append(f"the best static mixture's domains ({', '.join(o['best']['weights'])}) differ from some runs' "
+                     f"(another corpus?): their L1 distances are left out")
+    return notes
+
+
+def _fmt_reg(reg: dict, nd: int, n_row: int) -> str:
+    if reg["mean"] is None:
+        return DASH
+    cell = f"{reg['mean']:+.{nd}f} " + (f"[{reg['lo']:+.{nd}f}, {reg['hi']:+.{nd}f}]" if reg["lo"] is not None else "(n<2)")
+    return cell + (f" (n={reg['n']})" if reg["n"] != n_row else "")
+
+
+def _better_side(key: str) -> str:
+    return "> 0 = better" if key in _HIGHER_IS_BETTER else "< 0 = better"
+
+
+def regret_table_md(block: dict, o: dict) -> list[str]:
+    """One setting's regret table, one row per mixer."""
+    mets = regret_metrics(o)
+    head = (["Mixer", "seeds paired (n)"] + [f"Δ {label} ({_better_side(k)})" for k, label, _ in mets]
+            + ["L1 final mixture", "L1 time-averaged mixture", "Mixture-search FLOPs",
+               f"Beats the best static mixture? (by {o['metric']})"])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in block["rows"]:
+        cells = [row["mixer"], str(row["n"])] + [_fmt_reg(row["regret"][k], nd, row["n"]) for k, _, nd in mets]
+        cells += [DASH if row[k] is None else f"{row[k]:.3f}" for k in ("l1_final", "l1_time_avg")]
+        out.append("| " + " | ".join(cells + [fmt_flops(row["flops"]), row["beats"]]) + " |")
+    return out
+
+
+def oracle_note(o: dict) -> str:
+    """Which mixture the regret is measured against, and where it came from."""
+    b = o["best"]
+    w = ", ".join(f"{d} {float(v):.3f}" for d, v in b["weights"].items())
+    score = o["metric"]
+    if _finite(b.get("mean")):
+        score += f" {fmt_ms(b['mean'], b.get('std') if _finite(b.get('std')) else None, 4)} over seeds {b.get('seeds')}"
+    src = (o.get("sources") or {}).get("confirm")
+    return (f"Best static mixture: **{b.get('name', '?')}** ({score}; {'lower' if _oracle_lower(o) else 'higher'} "
+            f"is better; weights: {w}), from `{o['path']}` (python -m eval.oracle report"
+            + (f", confirmation runs under {', '.join(map(str, src))}" if src else "") + ").")
+
+
+REGRET_FOOTNOTE = (
+    "Δ = mixer − best static mixture, per seed over the seeds both have (n), then the mean and its 95% Student "
+    "t-interval [df = n − 1]; n<2: the mean difference only. BPB: lower is better, so Δ < 0 is better; accuracy in "
+    "percentage points: Δ > 0 is better. L1: Σ_d |w_d − w*_d| (0 to 2) to the best static mixture's weights w*, for the "
+    "final mixture and for the time-averaged one (each weights_history entry weighted by the steps it held), mean over "
+    "seeds. Mixture-search FLOPs: compute.mixer_total, mean over seeds. Beats the best static mixture: yes when the "
+    "95% interval of the regret in the oracle's metric lies entirely on the better side of 0, no when entirely on the "
+    "worse side, within noise otherwise.")
+
+
+def regret_markdown(blocks: list[dict], o: dict) -> str:
+    out = ["# Regret against the best static mixture", "", oracle_note(o), ""]
+    for b in blocks:
+        out += [f"## {b['setting']}" if len(blocks) > 1 else f"Setting: {b['setting']}", ""]
+        out += regret_table_md(b, o) + [""] + [f"- {n}" for n in b["notes"]] + ([""] if b["notes"] else [])
+    if not blocks:
+        out += ["No finished runs.", ""]
+    return "\n".join(out + [REGRET_FOOTNOTE]) + "\n"
+
+
+def regret_rows(blocks: list[dict], o: dict) -> tuple[list[str], list[list[Any]]]:
+    """The regret table as flat columns (regret.csv and W&B)."""
+    mets = regret_metrics(o)
+    cols = ["setting", "mixer", "n"] + [f"{k}_regret{s}" for k, _, _ in mets for s in ("", "_lo95", "_hi95", "_n")]
+    cols += ["l1_final", "l1_time_avg", "mixer_flops", "beats_best_static", "decided_by", "oracle"]
+    rows = []
+    for b in blocks:
+        for row in b["rows"]:
+            vals = [_c(row["regret"][k][f]) for k, _, _ in mets for f in ("mean", "lo", "hi", "n")]
+            rows.append([b["setting"], row["mixer"], row["n"]] + vals
+                        + [_c(row["l1_final"]), _c(row["l1_time_avg"]), _c(row["flops"]), row["beats"], o["metric"],
+                           o["best"].get("name", "")])
+    return cols, rows
+
+
+def regret_csv(blocks: list[dict], o: dict, path: Path) -> None:
+    cols, rows = regret_rows(blocks, o)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows)
 
 
 # ----------------------------------------------------------------------------------------- figures
@@ -586,41 +858,123 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
     return written
 
 
+def _zero_left_log_axis(ax, xs: list[float]) -> float:
+    """A log x axis whose left edge holds x = 0 (a log axis has no 0): returns where to draw 0 and labels it "0",
+    a decade below the smallest positive x, with a dotted break between them."""
+    pos = [x for x in xs if x > 0]
+    k_min = math.floor(math.log10(min(pos))) if pos else 0
+    k_max = math.ceil(math.log10(max(pos))) if pos else 0
+    x0 = 10.0 ** (k_min - 1)
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** (k_min - 1.5), 10 ** (k_max + 0.5))
+    step = max(1, math.ceil((k_max - k_min + 1) / 6))  # at most ~7 tick labels, never crowded
+    ks = list(range(k_min, k_max + 1, step)) if pos else []
+    ax.set_xticks([x0] + [10.0 ** k for k in ks], ["0"] + [f"$10^{{{k}}}$" for k in ks])
+    from matplotlib.ticker import NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    if pos:
+        ax.axvline(10 ** (k_min - 0.5), color="0.6", ls=":", lw=1)
+    return x0
+
+
+def _spread(xs: list[float]) -> list[float]:
+    """Points at the same x moved apart a little (in log space) so their error bars do not hide each other."""
+    groups = _by(list(range(len(xs))), lambda i: round(math.log10(xs[i]), 1))
+    out = list(xs)
+    for idx in groups.values():
+        for j, i in enumerate(idx):
+            out[i] = xs[i] * 10 ** (min(0.08, 0.6 / len(idx)) * (j - (len(idx) - 1) / 2))
+    return out
+
+
+def _regret_ylim(ax, regs: list[dict]) -> None:
+    """Every interval inside the axis; a symlog y when one interval dwarfs the typical regret."""
+    ends = [v for r in regs for v in (r["mean"], r["lo"], r["hi"]) if v is not None] + [0.0]
+    lo, hi = min(ends), max(ends)
+    pad = 0.08 * (hi - lo or 1.0)
+    typical = float(np.median([abs(r["mean"]) for r in regs if r["mean"]] or [0.0]))
+    if typical > 0 and max(abs(lo), abs(hi)) > 30 * typical:
+        ax.set_yscale("symlog", linthresh=typical)
+        ax.set_ylim(lo * 1.5 if lo < 0 else -typical, hi * 1.5 if hi > 0 else typical)
+    else:
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def _label_zero_line(fig, ax, pts: list[tuple[float, dict]]) -> None:
+    """Write "best static mixture" on the 0 line where it covers no point or error bar (first free spot)."""
+    r = fig.canvas.get_renderer()
+    boxes = []
+    for x, reg in pts:
+        lo, hi = (reg["lo"], reg["hi"]) if reg["lo"] is not None else (reg["mean"], reg["mean"])
+        (x1, y1), (x2, y2) = ax.transData.transform([(x, lo), (x, hi)])
+        boxes.append((x1 - 8, min(y1, y2) - 6, x1 + 8, max(y1, y2) + 6))
+    t = None
+    for fx, ha in ((0.99, "right"), (0.5, "center"), (0.25, "center"), (0.75, "center"), (0.01, "left")):
+        for dy, va in ((2, "bottom"), (-2, "top")):
+            if t is not None:
+                t.remove()
+            t = ax.annotate("best static mixture", (fx, 0), xycoords=("axes fraction", "data"), xytext=(0, dy),
+                            textcoords="offset points", ha=ha, va=va, fontsize=8)
+            bb = t.get_window_extent(r)
+            if not any(bb.x0 < b[2] and b[0] < bb.x1 and bb.y0 < b[3] and b[1] < bb.y1 for b in boxes):
+                return
+
+
+def fig_regret_vs_compute(blocks: list[dict], o: dict, out: Path) -> Path | None:
+    """Regret in the oracle's metric (mean, 95% t-interval) against mixture-search FLOPs; 0 = the best static mixture."""
+    key = o["metric"]
+    pts = [(b["setting"], row["mixer"], row["flops"], row["regret"][key]) for b in blocks for row in b["rows"]
+           if row["regret"][key]["mean"] is not None and row["flops"] is not None]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    x0 = _zero_left_log_axis(ax, [p[2] for p in pts])
+    xs = _spread([p[2] if p[2] > 0 else x0 for p in pts])
+    settings = sorted({p[0] for p in pts})
+    colors = plt.get_cmap("tab10" if len(pts) <= 10 else "tab20")
+    for i, ((st, m, _, reg), x) in enumerate(zip(pts, xs)):
+        err = None if reg["lo"] is None else [[reg["mean"] - reg["lo"]], [reg["hi"] - reg["mean"]]]
+        label = m + (f" ({st})" if len(settings) > 1 else "") + (" (n<2: no interval)" if err is None else f" (n={reg['n']})")
+        ax.errorbar([x], [reg["mean"]], yerr=err, fmt="osD^v<>P*X"[settings.index(st) % 10], color=colors(i % colors.N),
+                    mfc="none" if err is None else None, capsize=3, ms=6, label=label)
+    ax.axhline(0, color="k", lw=1, ls="--", label="best static mixture (Δ = 0)")
+    _regret_ylim(ax, [p[3] for p in pts])
+    ax.set_xlabel("mixture-search FLOPs (log; 0 = no search)")
+    ax.set_ylabel(f"Δ {key}, mixer − best static\n({'< 0' if _oracle_lower(o) else '> 0'} = better)")
+    ax.set_title(f"Regret against the best static mixture ({o['best'].get('name', '?')}) vs mixture-search compute\n"
+                 f"mean and 95% t-interval over paired seeds" + (f"; {settings[0]}" if len(settings) == 1 else ""),
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()  # the label's place is chosen in the final layout
+    _label_zero_line(fig, ax, [(x, p[3]) for x, p in zip(xs, pts)])
+    return _save(plt, fig, out, "regret_vs_compute.png")
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
 def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | None = None,
-          logger_cfg: dict | None = None, quiet: bool = False) -> dict:
-    """Collect runs under ``dirs`` and write the tables and figures into ``out``; returns what was written."""
+          logger_cfg: dict | None = None, quiet: bool = False, oracle: str | Path | dict | None = None) -> dict:
+    """Collect runs under ``dirs`` and write the tables and figures into ``out``; returns what was written.
+    ``oracle``: an oracle.json, a folder holding one, or load_oracle()'s dict: adds the regret table."""
     if not dirs:
         raise ValueError("give at least one run or sweep folder")
+    o = oracle if isinstance(oracle, dict) or oracle is None else load_oracle(oracle)  # fails before any writing
     out = Path(out or dirs[0]).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = collect(dirs, preset)
     blocks, notes = table1(runs)
-    files: dict[str, Any] = {}
-    md = table1_markdown(blocks, notes)
-    (out / "table1.md").write_text(md)
-    table1_csv(blocks, out / "table1.csv")
+    reg = regret(runs, o) if o is not None else None
+    md = table1_markdown(blocks, notes, reg, o)
     p = perplexity(runs)
-    (out / "perplexity.md").write_text(perplexity_markdown(p))
-    perplexity_csv(p, out / "perplexity.csv")
-    files.update(table1_md=out / "table1.md", table1_csv=out / "table1.csv", perplexity_md=out / "perplexity.md",
-                 perplexity_csv=out / "perplexity.csv")
-    figs: list[Path] = []
-    multi = len({r.setting for r in runs if r.res}) > 1
-    for fn in (lambda: fig_mixtures(runs, out, multi), lambda: fig_score_vs_compute(runs, out),
-               lambda: fig_bpb_vs_compute(runs, out), lambda: fig_ppl_vs_compute(runs, out),
-               lambda: fig_influence(runs, out, multi)):
-        try:
-            got = fn()
-        except Exception as e:  # noqa: BLE001 - a figure must never cost the tables
-            print(f"[tables] a figure failed: {type(e).__name__}: {e}", file=sys.stderr)
-            continue
-        figs += [got] if isinstance(got, Path) else list(got or [])
-    files["figures"] = figs
+    files = _write_tables(out, md, blocks, p, reg, o)
+    figs = files["figures"] = _figures(runs, out, reg, o)
     if logger_cfg:
-        _log_wandb(logger_cfg, out, blocks, p, figs, [str(d) for d in dirs])
+        reg_table = regret_rows(reg, o) if reg is not None else None
+        _log_wandb(logger_cfg, out, blocks, p, figs, [str(d) for d in dirs], reg_table)
     if not quiet:
         print(md)
         print(f"[tables] {len(runs)} runs; wrote {', '.join(str(v.name) for k, v in files.items() if k != 'figures')}"
@@ -630,7 +984,37 @@ def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | N
     return files
 
 
-def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: list[Path], dirs: list[str]) -> None:
+def _write_tables(out: Path, md: str, blocks: list[dict], p: dict, reg: list[dict] | None, o: dict | None) -> dict:
+    (out / "table1.md").write_text(md)
+    table1_csv(blocks, out / "table1.csv")
+    (out / "perplexity.md").write_text(perplexity_markdown(p))
+    perplexity_csv(p, out / "perplexity.csv")
+    files: dict[str, Any] = dict(table1_md=out / "table1.md", table1_csv=out / "table1.csv",
+                                 perplexity_md=out / "perplexity.md", perplexity_csv=out / "perplexity.csv")
+    if reg is not None:
+        (out / "regret.md").write_text(regret_markdown(reg, o))
+        regret_csv(reg, o, out / "regret.csv")
+        files.update(regret_md=out / "regret.md", regret_csv=out / "regret.csv")
+    return files
+
+
+def _figures(runs: list[Run], out: Path, reg: list[dict] | None, o: dict | None) -> list[Path]:
+    figs: list[Path] = []
+    multi = len({r.setting for r in runs if r.res}) > 1
+    for fn in (lambda: fig_mixtures(runs, out, multi), lambda: fig_score_vs_compute(runs, out),
+               lambda: fig_bpb_vs_compute(runs, out), lambda: fig_ppl_vs_compute(runs, out),
+               lambda: fig_influence(runs, out, multi), lambda: reg and fig_regret_vs_compute(reg, o, out)):
+        try:
+            got = fn()
+        except Exception as e:  # noqa: BLE001 - a figure must never cost the tables
+            print(f"[tables] a figure failed: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        figs += [got] if isinstance(got, Path) else list(got or [])
+    return figs
+
+
+def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: list[Path], dirs: list[str],
+               reg_table: tuple[list[str], list[list[Any]]] | None = None) -> None:
     from tikmix.runlog import RunLogger
 
     lg = RunLogger(logger_cfg, out, {"dirs": dirs, "job": "tables"}, name=logger_cfg.get("run_name") or "tables")
@@ -648,6 +1032,8 @@ def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: l
                     a, d = p["absolute"][(st, m)], p["delta"].get((st, m), (None, None, 0))
                     rows.append([st, m, a[0], a[1], a[2], d[0], d[1]])
         lg.table("tables/perplexity", ["setting", "mixer", "avg_ppl", "avg_ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"], rows)
+        if reg_table is not None:
+            lg.table("tables/regret", *reg_table)
         if lg.wandb is not None and figs:
             try:
                 import wandb
@@ -664,6 +1050,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("dirs", nargs="+", help="run folders and/or sweep folders (searched recursively for results.json)")
     ap.add_argument("--out", default=None, help="where to write tables and figures (default: the first folder)")
     ap.add_argument("--preset", default=None, help="use results.json['evals'][PRESET] (from python -m eval) instead of 'eval'")
+    ap.add_argument("--oracle", default=None, metavar="PATH",
+                    help="oracle.json of python -m eval.oracle report (or a folder holding one, e.g. results/oracle): "
+                         "adds each mixer's regret against the best static mixture (regret.md, regret.csv, Table 1)")
     ap.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B run")
     ap.add_argument("--project", default="tikmix")
     ap.add_argument("--entity", default=None)
@@ -676,7 +1065,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(missing) == len(a.dirs):
         print(f"error: no such folder(s): {', '.join(missing)}", file=sys.stderr)
         return 2
-    build(a.dirs, a.out, a.preset, logger_cfg)
+    try:
+        oracle = load_oracle(a.oracle) if a.oracle else None
+    except OracleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    build(a.dirs, a.out, a.preset, logger_cfg, oracle=oracle)
     return 0
 
 

@@ -224,3 +224,147 @@ def test_eval_none_runs_are_not_reported_missing(tmp_path):
     run("lost", "[arith_qa]")
     md = tables.build([tmp_path], tmp_path / "out2", quiet=True)["table1_md"].read_text()
     assert "/lost: no evaluation in results.json" in md and "/off:" not in md
+
+
+# ------------------------------------------------------------------------------------------ regret (--oracle)
+
+W_STAR = {"arith": 0.5, "copy": 0.3, "grammar": 0.2}  # the best static mixture's weights
+ORACLE_BPB = {0: 2.00, 1: 2.10, 2: 2.05}
+ORACLE_ACC = {0: 40.0, 1: 42.0, 2: 41.0}
+T2 = 4.302653  # Student t, 0.975 quantile, 2 degrees of freedom (n = 3 paired seeds), from a printed table
+# per mixer: seed -> (in-domain BPB, in-domain accuracy); the oracle has seeds 0-2 only
+PLANTED = {
+    "tikmix_d": {0: (1.90, 41.0), 1: (2.05, 45.0), 2: (1.93, 41.0), 3: (0.0, 99.0)},  # seed 3: unpaired, an outlier
+    "dga": {0: (2.02, 40.0), 1: (2.07, 42.0), 2: (2.09, 41.0)},      # diffs +0.02, -0.03, +0.04: within noise
+    "stratified": {0: (2.10, 39.0), 1: (2.22, 41.0), 2: (2.16, 40.0)},  # diffs +0.10, +0.12, +0.11: worse
+    "odm": {1: (2.30, 30.0)},                                          # one paired seed
+    "regmix": {7: (1.0, 50.0)},                                        # no paired seed
+}
+# tikmix_d's mixture: 2 of the 8 steps at (0.2, 0.4, 0.4), then 6 at (0.6, 0.2, 0.2)
+TIK_HISTORY = [{"step": 0, "weights": {"arith": 0.2, "copy": 0.4, "grammar": 0.4}},
+               {"step": 2, "weights": {"arith": 0.6, "copy": 0.2, "grammar": 0.2}}]
+
+
+def _oracle_json(metric: str = "in_domain_bpb") -> dict:
+    per_seed = {str(s): {"in_domain_bpb": ORACLE_BPB[s], "average_bpb": ORACLE_BPB[s] + 0.5,
+                         "in_domain_avg": ORACLE_ACC[s], "average": ORACLE_ACC[s] - 5} for s in ORACLE_BPB}
+    best = {"name": "best1:d0007", "mean": 2.05, "std": 0.05, "seeds": [0, 1, 2], "weights": W_STAR,
+            "scores": {s: v[metric] for s, v in per_seed.items()}, "extra": {}, "per_seed": per_seed}
+    return {"metric": metric, "lower_is_better": metric.endswith("bpb"), "best": best, "mixtures": {"best1:d0007": best},
+            "vs": {}, "laws": None, "sources": {"design": ["multirun/design"], "confirm": ["multirun/confirm"]}}
+
+
+@pytest.fixture(scope="module")
+def regret_sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("regret")
+    for m, per in PLANTED.items():
+        for s, (bpb, acc) in per.items():
+            res = _results(m, s, {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0}, {"arith": 10.0},
+                           float(s + 1) * 1e15 if m == "tikmix_d" else 0.0,
+                           weights=TIK_HISTORY if m == "tikmix_d" else [{"step": 0, "weights": W_STAR}])
+            res["final_weights"] = res["weights_history"][-1]["weights"]
+            res["eval"].update(in_domain_bpb=bpb, average_bpb=bpb + 0.5, in_domain_avg=acc, average=acc - 5)
+            (root / "runs" / f"{m}_s{s}").mkdir(parents=True)
+            (root / "runs" / f"{m}_s{s}" / "results.json").write_text(json.dumps(res))
+    (root / "oracle").mkdir()
+    (root / "oracle" / "oracle.json").write_text(json.dumps(_oracle_json()))
+    assert tables.main([str(root / "runs"), "--out", str(root / "report"), "--oracle", str(root / "oracle")]) == 0
+    return root
+
+
+def _regret_csv(root: Path) -> dict[str, dict]:
+    return {r["mixer"]: r for r in csv.DictReader(open(root / "report" / "regret.csv"))}
+
+
+def test_regret_paired_mean_and_t_interval_by_hand(regret_sweep):
+    row = _regret_csv(regret_sweep)["tikmix_d"]
+    # paired over seeds 0-2 (seed 3 has no oracle run): -0.10, -0.05, -0.12
+    mean, sd = -0.09, math.sqrt((0.01 ** 2 + 0.04 ** 2 + 0.03 ** 2) / 2)
+    half = T2 * sd / math.sqrt(3)
+    assert row["n"] == "3" and row["in_domain_bpb_regret_n"] == "3"
+    assert float(row["in_domain_bpb_regret"]) == pytest.approx(mean)
+    assert float(row["in_domain_bpb_regret_lo95"]) == pytest.approx(mean - half, abs=1e-5)
+    assert float(row["in_domain_bpb_regret_hi95"]) == pytest.approx(mean + half, abs=1e-5)
+    assert float(row["average_bpb_regret"]) == pytest.approx(mean)  # average BPB = in-domain + 0.5 on both sides
+    # accuracy in percentage points, mixer - oracle: +1, +3, 0
+    acc_sd = math.sqrt(((1 - 4 / 3) ** 2 + (3 - 4 / 3) ** 2 + (0 - 4 / 3) ** 2) / 2)
+    assert float(row["in_domain_avg_regret"]) == pytest.approx(4 / 3)
+    assert float(row["in_domain_avg_regret_lo95"]) == pytest.approx(4 / 3 - T2 * acc_sd / math.sqrt(3), abs=1e-4)
+    assert float(row["average_regret_hi95"]) == pytest.approx(4 / 3 + T2 * acc_sd / math.sqrt(3), abs=1e-4)
+    assert tables.t975(2) == pytest.approx(T2, abs=1e-6)
+
+
+def test_regret_verdicts_in_planted_cases(regret_sweep):
+    rows = _regret_csv(regret_sweep)
+    assert rows["tikmix_d"]["beats_best_static"] == "yes"         # [-0.1796, -0.0004]: entirely below 0
+    assert rows["dga"]["beats_best_static"] == "within noise"     # +0.01 ± 0.087
+    assert rows["stratified"]["beats_best_static"] == "no"        # [+0.085, +0.135]
+    assert float(rows["stratified"]["in_domain_bpb_regret_lo95"]) == pytest.approx(0.11 - T2 * 0.01 / math.sqrt(3), abs=1e-5)
+    assert rows["odm"]["beats_best_static"] == "n<2" and rows["odm"]["in_domain_bpb_regret_lo95"] == ""
+    assert float(rows["odm"]["in_domain_bpb_regret"]) == pytest.approx(0.20)
+    assert rows["regmix"]["n"] == "0" and rows["regmix"]["in_domain_bpb_regret"] == ""
+    assert {r["decided_by"] for r in rows.values()} == {"in_domain_bpb"}
+    # a higher-is-better oracle metric flips which side of 0 is better
+    assert tables.beats_oracle({"n": 3, "mean": 1.0, "lo": 0.5, "hi": 1.5}, lower_is_better=False) == "yes"
+    assert tables.beats_oracle({"n": 3, "mean": 1.0, "lo": 0.5, "hi": 1.5}, lower_is_better=True) == "no"
+
+
+def test_regret_pairs_only_shared_seeds():
+    # seeds 0 and 1 pair (differences 0.5, 1.0); seed 3 of the mixer and seed 2 of the oracle are left out
+    reg = tables.paired_regret({"0": 1.0, "1": 2.0, "3": 50.0}, {"0": 0.5, "1": 1.0, "2": 9.0})
+    half = 12.7062 * math.sqrt(0.125) / math.sqrt(2)  # t(0.975, df=1) * sd / sqrt(n)
+    assert reg["n"] == 2 and reg["seeds"] == ["0", "1"]
+    assert (reg["mean"], reg["lo"], reg["hi"]) == pytest.approx((0.75, 0.75 - half, 0.75 + half), abs=1e-4)
+
+
+def test_regret_l1_final_and_time_averaged(regret_sweep):
+    # time-averaged: (2 * (0.2, 0.4, 0.4) + 6 * (0.6, 0.2, 0.2)) / 8 = (0.5, 0.25, 0.25)
+    avg = tables.time_averaged_weights({"steps": 8, "weights_history": TIK_HISTORY})
+    assert avg == pytest.approx({"arith": 0.5, "copy": 0.25, "grammar": 0.25})
+    rows = _regret_csv(regret_sweep)
+    assert float(rows["tikmix_d"]["l1_final"]) == pytest.approx(0.2)      # |0.6-0.5| + |0.2-0.3| + |0.2-0.2|
+    assert float(rows["tikmix_d"]["l1_time_avg"]) == pytest.approx(0.1)   # 0 + 0.05 + 0.05
+    assert float(rows["stratified"]["l1_final"]) == pytest.approx(0.0)
+    assert float(rows["tikmix_d"]["mixer_flops"]) == pytest.approx(2.5e15)  # mean of 1e15..4e15 over its 4 runs
+    assert tables.l1({"arith": 1.0}, W_STAR) is None                        # another corpus: no distance
+
+
+def test_regret_tables_figure_and_table1_block(regret_sweep):
+    rep = regret_sweep / "report"
+    md = (rep / "regret.md").read_text()
+    assert "**best1:d0007**" in md and str(regret_sweep / "oracle" / "oracle.json") in md
+    assert "Beats the best static mixture? (by in_domain_bpb)" in md and "< 0 = better" in md
+    lo, hi = -0.09 - T2 * math.sqrt(0.0013) / math.sqrt(3), -0.09 + T2 * math.sqrt(0.0013) / math.sqrt(3)
+    assert _row(md, "tikmix_d")[1:3] == ["3", f"-0.0900 [{lo:+.4f}, {hi:+.4f}]"]  # [-0.1796, -0.0004]
+    assert _row(md, "odm")[2] == "+0.2000 (n<2)"
+    assert "not paired" in md and "tikmix_d seed 3" in md and "regmix seed 7" in md
+    t1 = (rep / "table1.md").read_text()
+    assert "[regret.md](regret.md)" in t1 and "Best static mixture: **best1:d0007**" in t1
+    assert _row(t1, "stratified")[-1] == "no"
+    fig = rep / "regret_vs_compute.png"
+    assert fig.exists() and fig.stat().st_size > 5000
+
+
+def test_oracle_missing_or_malformed_is_a_clear_error(regret_sweep, tmp_path, capsys):
+    runs = str(regret_sweep / "runs")
+    assert tables.main([runs, "--out", str(tmp_path / "o"), "--oracle", str(tmp_path / "nope")]) == 2
+    assert "no oracle file at" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written before the error
+    (tmp_path / "bad.json").write_text(json.dumps({"metric": "in_domain_bpb", "best": {"name": "x"}}))
+    assert tables.main([runs, "--out", str(tmp_path / "o"), "--oracle", str(tmp_path / "bad.json")]) == 2
+    assert "best.weights" in capsys.readouterr().err
+    (tmp_path / "junk.json").write_text("{not json")
+    assert tables.main([runs, "--oracle", str(tmp_path / "junk.json")]) == 2
+    assert "not readable JSON" in capsys.readouterr().err
+
+
+def test_regret_logged_to_wandb(regret_sweep, tmp_path, monkeypatch):
+    from tikmix import runlog
+
+    logged = []
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(runlog.RunLogger, "table", lambda self, key, cols, rows, step=None: logged.append((key, cols, rows)))
+    assert tables.main([str(regret_sweep / "runs"), "--out", str(tmp_path), "--wandb",
+                        "--oracle", str(regret_sweep / "oracle" / "oracle.json")]) == 0
+    reg = next((c, r) for k, c, r in logged if k == "tables/regret")
+    assert "in_domain_bpb_regret_lo95" in reg[0] and {row[1] for row in reg[1]} >= {"tikmix_d", "dga", "stratified"}
