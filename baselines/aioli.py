@@ -449,7 +449,7 @@ class Aioli(Mixer):
         self._steps_observed += 1
         self.info["steps_observed"] = self._steps_observed
         kind, ri, i = self.phase(int(stats.step))
-        if kind == "explore" and self._acc is not None and self._acc["round"] == ri:
+        if kind == "explore" and self._acc is not None and self._acc["round"] == ri and not stats.skipped:
             row = self._acc["counts"][i]
             for d, c in enumerate(np.asarray(stats.counts).tolist()):
                 row[d] += int(c)

@@ -270,6 +270,8 @@ class _DROMixin:
         self.history_every = int(history_every) if history_every else max(1, self.ctx.total_steps // 50)
 
     def _dro_observe(self, stats: DomainStats) -> None:
+        if stats.skipped:  # no loss to compare with the reference: α stays as it was for this step
+            return
         if self.reference is None:
             raise ConfigError("mixer.reference_run", "DoReMi's DRO step needs a reference model run")
         if stats.token_loss is None or stats.windows is None or stats.row_domains is None:
@@ -400,8 +402,9 @@ class DoReMi(_DROMixin, Mixer):
         if c["proxy_model"]:
             ov["model"] = dict(c["proxy_model"])
         tr = {k: v for k, v in (c["proxy_trainer"] or {}).items() if v is not None}
-        if tr:
-            ov["trainer"] = tr
+        # the reference and the proxy are used only through their checkpoint and ᾱ: no final evaluation is
+        # computed or charged (methods.md, "Compute": charge what the method needs)
+        ov["trainer"] = {**tr, "final_eval": "none"}
         if c["proxy_seed"] is not None:
             ov["seed"] = int(c["proxy_seed"])
         return ov

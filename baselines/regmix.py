@@ -5,18 +5,26 @@ methods.md, "RegMix". The steps, each a pure function here so tests can check th
 1. :func:`generate_candidates` — candidate mixtures as the published ``synthesize_mixture.py`` makes them:
    prior p = token shares; per draw a strength s from 15 log-spaced values in [0.1, 5], w ~ Dir(s·p^0.5
    renormalised); reject w_d > min(15·p_d, 1) (the bound uses the *raw* prior, as published); zero weights
-   below 2e-4, renormalise, round to multiples of 2e-4; deduplicate; draw 100x the needed number and keep a
-   random subset of the distinct ones. (We renormalise once more after rounding so every candidate is
-   exactly on the simplex; the published trainer renormalised when it read the file.)
+   below ``minimum``, renormalise, round to multiples of it; deduplicate; draw 100x the needed number and keep
+   a random subset of the distinct ones. (We renormalise once more after rounding so every candidate is
+   exactly on the simplex; the published trainer renormalised when it read the file.) ``minimum: auto`` =
+   max(2e-4, one sequence's share of a proxy's tokens): the published 2e-4 meant >= 100 sequences of a
+   1B-token proxy, and its comment says to raise it for smaller proxies (:func:`auto_minimum`).
 2. One small proxy per candidate, trained from scratch through the suite's own trainer as a sub-run
    (``ctx.run_subrun``: cached by config fingerprint, compute charged to this mixer as
    ``mixer/regmix_proxies``). The regression target is the proxy's final target loss (``target``: the mean
-   over the config's ``targets`` sets, or one named set).
-3. :func:`fit_mixing_law` — LightGBM (gbdt, objective regression, 1000 iterations, learning rate 0.01) and a
-   linear model from the m weights to the target loss; held-out Spearman ρ of each from K-fold
+   over the config's ``targets`` sets, or one named set). A proxy runs with ``trainer.final_eval: targets``:
+   after training it computes, and is charged for, its target loss only (the reference read one validation
+   loss from each proxy's log), not the per-domain validation/test perplexity nor a downstream evaluation.
+3. :func:`fit_mixing_law` — LightGBM as the reference notebook fits it (gbdt, objective regression, up to
+   1000 iterations, learning rate 0.01, metrics l1 and l2, early stopping after 3 rounds without improvement
+   on held-out mixtures: here a third of the proxies, which then take no part in that model's training) and
+   a linear model from the m weights to the target loss; held-out Spearman ρ of each from K-fold
    out-of-fold predictions.
-4. :func:`choose_mixture` — simulate many mixtures from the prior (the same Dirichlet procedure, caps kept,
-   no rounding/dedup), predict, average the top-k → the static mixture of the main run.
+4. :func:`choose_mixture` — simulate many mixtures, predict, average the top-k → the static mixture of the
+   main run. ``search_distribution: prior`` (default) draws them as the notebook does, w ~ Dir(1·p): no
+   temperature, strengths or caps; ``generator`` draws them with the candidate procedure (temperature,
+   strength grid, caps kept; no rounding/dedup), this suite's earlier choice.
 
 Proxies run in-process one after another (``workers: 1``), in parallel local processes (``workers: N``),
 or anywhere as a Hydra multirun (``python train.py -m +sweep=regmix_proxies`` runs the
@@ -26,6 +34,7 @@ mixer.proxies=<sweep dir>`` fits on the finished runs and reports how many did n
 from __future__ import annotations
 
 import glob
+import inspect
 import json
 import math
 import os
@@ -51,7 +60,7 @@ GEN_KEYS: dict[str, Any] = {
     "strength_max": 5.0,
     "n_strengths": 15,
     "max_usage": 15.0,
-    "minimum": 2.0e-4,
+    "minimum": "auto",
     "sample_multiplier": 100,
 }
 PROXY_MODEL: dict[str, Any] = {  # the paper's "1M" proxy (TinyLlama-style: 2 layers, d 256, 8 heads, FFN 512)
@@ -89,6 +98,9 @@ LGBM: dict[str, Any] = {
     "learning_rate": 0.01,
     "num_leaves": 31,
     "min_child_samples": None,
+    "min_data_in_bin": 3,
+    "early_stopping_rounds": 3,
+    "valid_frac": 0.33,
 }
 KEYS: dict[str, Any] = {
     "name": "regmix",
@@ -104,6 +116,8 @@ KEYS: dict[str, Any] = {
     "regressor": "lightgbm",
     "lgbm": LGBM,
     "cv_folds": 5,
+    "search_distribution": "prior",
+    "search_strength": 1.0,
     "n_simulate": 100_000,
     "top_k": 100,
     "fit_seed": None,
@@ -146,7 +160,9 @@ def _check_gen(c: Mapping[str, Any]) -> None:
     _need(0 < float(c["strength_min"]) <= float(c["strength_max"]), "strength_min", "need 0 < strength_min <= strength_max")
     _need(int(c["n_strengths"]) >= 1, "n_strengths", "must be a positive integer")
     _need(float(c["max_usage"]) > 0, "max_usage", "must be > 0 (cap: w_d <= min(max_usage * p_d, 1))")
-    _need(0 <= float(c["minimum"]) < 1, "minimum", "must be in [0, 1)")
+    mn = c["minimum"]
+    _need(mn == "auto" or (isinstance(mn, (int, float)) and not isinstance(mn, bool) and 0 <= mn < 1), "minimum",
+          f"'auto' or a number in [0, 1), got {mn!r}")
     _need(int(c["sample_multiplier"]) >= 1, "sample_multiplier", "must be a positive integer")
 
 
@@ -160,6 +176,23 @@ def auto_n_candidates(main_tokens: float) -> int:
     if main_tokens < 1e9:
         return 64
     return 512
+
+
+def auto_minimum(proxy_tokens: int, seq_len: int) -> float:
+    """``minimum: auto``. The published 2e-4 is 100 sequences of a 1B-token proxy (its comment: raise it for
+    smaller proxies); a CPU-scale proxy sees a few hundred sequences, so a weight of 2e-4 stands for data it
+    never sees. Here a non-zero weight must stand for at least one expected sequence: max(2e-4, seq_len /
+    proxy_tokens). (100 sequences would exceed the whole proxy below ~100·m sequences.)"""
+    return max(2e-4, float(seq_len) / float(proxy_tokens))
+
+
+def resolve_minimum(minimum: Any, proxy_tokens: int, seq_len: int) -> float:
+    if minimum != "auto":
+        return float(minimum)
+    mn = auto_minimum(proxy_tokens, seq_len)
+    _need(mn <= 0.5, "minimum", f"auto gives {mn:.3g} (one sequence of a proxy that sees only {proxy_tokens // seq_len} "
+                                 "sequences): give the proxies more tokens, or a number")
+    return mn
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -277,40 +310,83 @@ def _lgbm(params: Mapping[str, Any], n: int, seed: int):
     if mcs is None:  # LightGBM's default 20, lowered for few proxies so the trees can split at all
         mcs = int(min(20, max(2, n // 5)))
     return lgb.LGBMRegressor(
-        boosting_type="gbdt", objective="regression", n_estimators=int(params.get("n_estimators", 1000)),
-        learning_rate=float(params.get("learning_rate", 0.01)), num_leaves=int(params.get("num_leaves", 31)),
-        min_child_samples=int(mcs), min_child_weight=1e-5, min_data_in_bin=1, deterministic=True,
-        force_col_wise=True, num_threads=1, verbose=-1, random_state=int(seed),
+        boosting_type="gbdt", objective="regression", metric=["l1", "l2"], n_estimators=int(params["n_estimators"]),
+        learning_rate=float(params["learning_rate"]), num_leaves=int(params["num_leaves"]), min_child_samples=int(mcs),
+        min_data_in_bin=int(params["min_data_in_bin"]), deterministic=True, force_col_wise=True, num_threads=1,
+        verbose=-1, random_state=int(seed),
     )
+
+
+def stopping_split(n: int, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) indices for early stopping; no held-out set when either side would have < 2 rows
+    (one mixture's loss is too noisy a stopping signal, and one training row cannot be split)."""
+    n_va = int(round(float(valid_frac) * n))
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0xE5])).permutation(n)
+    if n_va < 2 or n - n_va < 2:
+        return np.sort(perm), np.empty(0, dtype=np.int64)
+    return np.sort(perm[n_va:]), np.sort(perm[:n_va])
+
+
+def fit_lgbm(params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, seed: int):
+    """LightGBM as the reference notebook fits it: boosting stops when the held-out l1 or l2 has not improved
+    for ``early_stopping_rounds`` rounds, and predictions use the best round. The held-out mixtures only
+    decide when to stop. ``early_stopping_rounds: 0`` grows all ``n_estimators`` trees on every row."""
+    import lightgbm as lgb
+
+    rounds = int(params["early_stopping_rounds"])
+    tr, va = stopping_split(len(y), float(params["valid_frac"]), seed) if rounds > 0 else (np.arange(len(y)), [])
+    model = _lgbm(params, len(tr), seed)
+    if len(va) == 0:
+        return model.fit(X, y)
+    held_out = {"eval_X": X[va], "eval_y": y[va]}  # LightGBM >= 4.7; eval_set before (deprecated since)
+    if "eval_X" not in inspect.signature(model.fit).parameters:
+        held_out = {"eval_set": [(X[va], y[va])]}
+    return model.fit(X[tr], y[tr], eval_metric="l2", callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)],
+                     **held_out)
+
+
+def n_trees(model: Any) -> int:
+    """Trees a fitted LightGBM model predicts with (the best round when it stopped early)."""
+    return int(model.best_iteration_ or model.booster_.current_iteration())
 
 
 def fit_mixing_law(
     X: np.ndarray, y: np.ndarray, seed: int = 0, lgbm: Mapping[str, Any] | None = None, folds: int = 5
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit LightGBM and the linear model w → y. Returns ({"lightgbm": model, "linear": model}, info) where
-    info holds the held-out Spearman ρ of each (K-fold out-of-fold predictions, K = min(folds, n)), their
-    held-out RMSE, and n. The returned models are refit on all the data."""
+    """Fit LightGBM (:func:`fit_lgbm`) and the linear model w → y. Returns ({"lightgbm": model, "linear":
+    model}, info) where info holds the held-out Spearman ρ of each (K-fold out-of-fold predictions, K =
+    min(folds, n); each fold's LightGBM stops early on a split of that fold's training rows), their held-out
+    RMSE, n, and the trees LightGBM used. The returned models are fitted on all the data."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X must be [k, m] and y [k]; got {X.shape} and {y.shape}")
     n = len(y)
     lgbm = dict(LGBM, **(lgbm or {}))
-    makers: dict[str, Callable[[int], Any]] = {"lightgbm": lambda k: _lgbm(lgbm, k, seed), "linear": lambda k: LinearLaw()}
+    fitters: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
+        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed), "linear": lambda Xs, ys: LinearLaw().fit(Xs, ys)}
     info: dict[str, Any] = {"n": n}
     K = min(int(folds), n)
     if K >= 2 and n >= 4:
         perm = np.random.default_rng(seed).permutation(n)
-        for name, make in makers.items():
+        fold_trees = []
+        for name, fit in fitters.items():
             oof = np.empty(n)
             for f in range(K):
                 te = perm[f::K]
                 tr = np.setdiff1d(perm, te)
-                oof[te] = make(len(tr)).fit(X[tr], y[tr]).predict(X[te])
+                model = fit(X[tr], y[tr])
+                oof[te] = model.predict(X[te])
+                if name == "lightgbm":
+                    fold_trees.append(n_trees(model))
             info[f"spearman_{name}"] = spearman(y, oof)
             info[f"rmse_{name}"] = float(np.sqrt(np.mean((oof - y) ** 2)))
         info["cv_folds"] = K
-    models = {name: make(n).fit(X, y) for name, make in makers.items()}
+        info["lgbm_trees_folds"] = fold_trees
+    models = {name: fit(X, y) for name, fit in fitters.items()}
+    info["lgbm_trees"] = n_trees(models["lightgbm"])
+    held_out = stopping_split(n, lgbm["valid_frac"], seed)[1] if int(lgbm["early_stopping_rounds"]) > 0 else []
+    info["lgbm_stopping_rows"] = len(held_out)  # 0: too few proxies to hold any out, all trees grown
     info["linear_coef"] = models["linear"].coef_.tolist()
     return models, info
 
@@ -318,6 +394,19 @@ def fit_mixing_law(
 # --------------------------------------------------------------------------------------------------------
 # 4. search
 # --------------------------------------------------------------------------------------------------------
+SEARCH_DISTRIBUTIONS = ("prior", "generator")
+
+
+def sample_prior_mixtures(prior: Sequence[float], n: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """The reference notebook's search draws: w ~ Dir(strength · p) (its strength is 1: Dir(p)); no
+    temperature, strength grid, caps or rounding. Domains with p_d = 0 stay at 0."""
+    p = _prior(prior)
+    out = np.zeros((int(n), len(p)))
+    pos = p > 0
+    out[:, pos] = rng.dirichlet(float(strength) * p[pos], size=int(n))
+    return out[np.all(np.isfinite(out), axis=1) & (out.sum(axis=1) > 0)]
+
+
 def choose_mixture(
     model: Any,
     prior: Sequence[float],
@@ -325,19 +414,30 @@ def choose_mixture(
     top_k: int = 100,
     seed: int = 0,
     chunk: int = 100_000,
+    distribution: str = "prior",
+    strength: float = 1.0,
     **gen: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Simulate ``n_simulate`` mixtures with the candidate procedure (caps kept; no rounding or dedup), predict
-    their loss, return the mean of the ``top_k`` lowest-predicted and a summary."""
+    """Simulate ``n_simulate`` mixtures, predict their loss, return the mean of the ``top_k`` lowest-predicted
+    and a summary. ``distribution``: prior = Dir(strength · p) as the reference notebook; generator = the
+    candidate procedure with the ``gen`` keys (caps kept; no rounding or dedup)."""
+    if distribution not in SEARCH_DISTRIBUTIONS:
+        raise ConfigError("mixer.search_distribution", f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {distribution!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x51A]))
     gen = {k: v for k, v in gen.items() if k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage")}
+    if distribution == "prior":
+        def draw(k: int) -> np.ndarray:
+            return sample_prior_mixtures(prior, k, rng, strength)
+    else:
+        def draw(k: int) -> np.ndarray:
+            return sample_dirichlet_mixtures(prior, k, rng, **gen)
     best_w = np.empty((0, len(_prior(prior))))
     best_y = np.empty(0)
     left, drawn = int(n_simulate), 0
     tries = 0
     while left > 0 and tries < 50:
         tries += 1
-        W = sample_dirichlet_mixtures(prior, min(chunk, left), rng, **gen)
+        W = draw(min(chunk, left))
         if len(W) == 0:
             continue
         yp = np.asarray(model.predict(W), dtype=np.float64)
@@ -351,13 +451,27 @@ def choose_mixture(
         raise ConfigError("mixer.max_usage", "no simulated mixture respected the caps; raise max_usage")
     w = best_w.mean(axis=0)
     w = w / w.sum()
-    return w, {"n_simulated": drawn, "top_k": len(best_w), "pred_top_k_mean": float(best_y.mean()),
+    return w, {"distribution": distribution, "n_simulated": drawn, "top_k": len(best_w), "pred_top_k_mean": float(best_y.mean()),
                "pred_best": float(best_y[0]), "pred_chosen": float(np.asarray(model.predict(w[None]))[0])}
 
 
 # --------------------------------------------------------------------------------------------------------
 # proxies from a finished sweep
 # --------------------------------------------------------------------------------------------------------
+def proxy_flops(compute: Mapping[str, Any] | None) -> np.ndarray:
+    """[train, targets, other] FLOPs of one proxy; this search is charged their sum. ``targets`` is its
+    target-loss pass; ``other`` is 0 for a proxy as configured here (trainer.final_eval: targets, no
+    validation during training). It is validation asked for with eval_every > 0, or the whole evaluation of a
+    proxy written before trainer.final_eval existed (its target pass is inside ``eval``, not separable)."""
+    c = compute or {}
+    train, targets = float(c.get("train", 0.0)), float(c.get("targets", 0.0))
+    return np.array([train, targets, float(c.get("total", train + targets)) - train - targets])
+
+
+def _flops_info(f: np.ndarray) -> dict[str, float]:
+    return {"flops": float(f.sum()), "flops_train": float(f[0]), "flops_targets": float(f[1]), "flops_other": float(f[2])}
+
+
 def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: str = "mean") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(X [k, m] weights, y [k] target losses, info) from the finished runs under ``paths`` (a sweep dir, a
     glob, or a list of them). A run is a directory; it is finished when it holds ``results.json``. Each
@@ -379,7 +493,7 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
             jobs.append(r)
         else:
             jobs += sorted(d for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
-    X, y, finished, unfinished, skipped, flops = [], [], [], [], [], 0.0
+    X, y, finished, unfinished, skipped, flops, full_eval = [], [], [], [], [], np.zeros(3), 0
     fps: set[tuple] = set()
     for j in jobs:
         rp = j / "results.json"
@@ -406,11 +520,12 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
         X.append([float(fw[d]) for d in domains])
         y.append(float(val))
         finished.append(str(j))
-        flops += float((res.get("compute") or {}).get("total", 0.0))
+        flops += proxy_flops(res.get("compute"))
+        full_eval += "targets" not in (res.get("compute") or {})  # written before trainer.final_eval: full evaluation
         fps.add((res.get("model"), res.get("budget"), res.get("steps")))
     info = {"source": [str(r) for r in roots], "n_jobs": len(jobs), "n_finished": len(finished),
             "n_unfinished": len(unfinished), "unfinished": unfinished, "n_no_target": len(skipped),
-            "no_target": skipped, "flops": flops, "proxy_setups": sorted([list(map(str, f)) for f in fps])}
+            "no_target": skipped, **_flops_info(flops), "n_full_eval": full_eval, "proxy_setups": sorted([list(map(str, f)) for f in fps])}
     return np.asarray(X, dtype=np.float64).reshape(-1, len(domains)), np.asarray(y, dtype=np.float64), info
 
 
@@ -436,8 +551,26 @@ def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tup
 # --------------------------------------------------------------------------------------------------------
 # the mixers
 # --------------------------------------------------------------------------------------------------------
-def _gen_kwargs(c: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: c[k] for k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage", "minimum", "sample_multiplier")}
+def _gen_kwargs(c: Mapping[str, Any], proxy_tokens: int, seq_len: int) -> dict[str, Any]:
+    """The generator's keys, ``minimum: auto`` resolved for proxies of ``proxy_tokens`` in ``seq_len`` windows."""
+    out = {k: c[k] for k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage", "sample_multiplier")}
+    out["minimum"] = resolve_minimum(c["minimum"], int(proxy_tokens), int(seq_len))
+    return out
+
+
+def _is_num(v: Any, integer: bool = False) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
+
+
+def _check_fit(c: Mapping[str, Any]) -> None:
+    lg, ss = c["lgbm"], c["search_strength"]
+    _need(c["search_distribution"] in SEARCH_DISTRIBUTIONS, "search_distribution",
+          f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {c['search_distribution']!r}")
+    _need(_is_num(ss) and ss > 0, "search_strength", f"a number > 0 (search draws w ~ Dir(search_strength * prior)), got {ss!r}")
+    es, vf, mdb = lg["early_stopping_rounds"], lg["valid_frac"], lg["min_data_in_bin"]
+    _need(_is_num(es, integer=True) and es >= 0, "lgbm.early_stopping_rounds", f"an integer >= 0 (0 = grow all n_estimators trees), got {es!r}")
+    _need(_is_num(vf) and 0 < vf < 1, "lgbm.valid_frac", f"a number in (0, 1): the share of proxies held out for early stopping, got {vf!r}")
+    _need(_is_num(mdb, integer=True) and mdb >= 1, "lgbm.min_data_in_bin", f"an integer >= 1, got {mdb!r}")
 
 
 def _prior_from_ctx(ctx: MixerContext, domains: Sequence[str]) -> np.ndarray:
@@ -466,6 +599,7 @@ class RegMix(Mixer):
         _need(int(c["min_proxies"]) >= 2, "min_proxies", "need at least 2 finished proxies to fit anything")
         _need(int(c["workers"]) >= 1, "workers", "must be a positive integer")
         _need(int(c["cv_folds"]) >= 2, "cv_folds", "must be >= 2")
+        _check_fit(c)
         pb = c["proxy_budget"]
         _need(pb["total_tokens"] is None or int(pb["total_tokens"]) > 0, "proxy_budget.total_tokens", "null (use tokens_frac) or a positive integer")
         _need(0 < float(pb["tokens_frac"]), "proxy_budget.tokens_frac", "must be > 0")
@@ -476,16 +610,26 @@ class RegMix(Mixer):
             raise ConfigError(f"mixer.proxy_{e.field}", e.detail) from e
         self.prior = _prior_from_ctx(ctx, domains)
         super().__init__(cfg, domains, ctx)
+        self.gen_kwargs()  # minimum: auto, checked now
 
     def initial_weights(self) -> np.ndarray:
         return self.prior  # replaced by prepare(); a resumed run restores the chosen mixture from its checkpoint
 
+    def gen_kwargs(self) -> dict[str, Any]:
+        bs, sl = self._proxy_shape()
+        return _gen_kwargs(self.c, self.proxy_steps() * bs * sl, sl)
+
     # --- the proxy sub-run config --------------------------------------------------------------------
+    def _proxy_shape(self) -> tuple[int, int]:
+        """(batch size, seq_len) of a proxy: its proxy_budget's, else the main run's."""
+        pb = self.c["proxy_budget"]
+        bs = int(pb["batch_size"] or 0) or self.ctx.tokens_per_step // self.ctx.seq_len
+        return bs, int(pb["seq_len"] or 0) or self.ctx.seq_len
+
     def proxy_steps(self) -> int:
         pb = self.c["proxy_budget"]
-        bs = int(pb["batch_size"] or 0) or None
-        sl = int(pb["seq_len"] or 0) or None
-        per_step = (bs or self.ctx.tokens_per_step // self.ctx.seq_len) * (sl or self.ctx.seq_len)
+        bs, sl = self._proxy_shape()
+        per_step = bs * sl
         if pb["total_tokens"] is not None:
             return max(1, int(pb["total_tokens"]) // per_step)
         main_tokens = self.ctx.total_steps * self.ctx.tokens_per_step
@@ -496,14 +640,14 @@ class RegMix(Mixer):
         """The sub-run config of the proxy for mixture ``w``: deterministic, so the cache finds it again."""
         c = self.c
         pb = c["proxy_budget"]
-        bs = int(pb["batch_size"] or 0) or self.ctx.tokens_per_step // self.ctx.seq_len
-        sl = int(pb["seq_len"] or 0) or self.ctx.seq_len
+        bs, sl = self._proxy_shape()
         budget = {"name": "regmix-proxy", "total_tokens": self.proxy_steps() * bs * sl, "warmup_frac": float(pb["warmup_frac"]),
                   "stages": []}
         for k in ("batch_size", "micro_batch", "seq_len"):
             if pb[k] is not None:
                 budget[k] = int(pb[k])
         trainer = {k: v for k, v in c["proxy_trainer"].items() if v is not None}
+        trainer["final_eval"] = "targets"  # the fit needs a proxy's target loss only (methods.md, "Compute")
         ov: dict[str, Any] = {
             "mixer": {"name": "fixed", "weights": {d: float(x) for d, x in zip(self.domains, w)}, "weights_file": None,
                       "renormalize": True},
@@ -518,7 +662,7 @@ class RegMix(Mixer):
     def candidates(self) -> np.ndarray:
         c = self.c
         seed = int(c["candidate_seed"]) if c["candidate_seed"] is not None else int(self.ctx.seed)
-        return generate_candidates(self.prior, _n_candidates(c, self.ctx), seed, **_gen_kwargs(c))
+        return generate_candidates(self.prior, _n_candidates(c, self.ctx), seed, **self.gen_kwargs())
 
     # --- prepare --------------------------------------------------------------------------------------
     def _target_of(self, res: dict) -> float | None:
@@ -540,7 +684,7 @@ class RegMix(Mixer):
         workers = int(self.c["workers"])
         if workers > 1:
             failed, cached_before = self._pretrain_parallel(ovs, workers)
-        X, y, crashed, reused, flops = [], [], [], 0, 0.0
+        X, y, crashed, reused, flops = [], [], [], 0, np.zeros(3)
         t0 = time.perf_counter()
         for i, (w, ov) in enumerate(zip(W, ovs)):
             if i in failed:
@@ -554,7 +698,7 @@ class RegMix(Mixer):
                 crashed.append({"index": i, "error": str(e)})
                 continue
             reused += (i in cached_before) if cached_before is not None else bool(res.get("reused"))
-            flops += float(res["compute"].get("total", 0.0))
+            flops += proxy_flops(res["compute"])  # make_subrun charged their sum, its compute's total
             val = self._target_of(res)
             if val is None or not math.isfinite(float(val)):
                 crashed.append({"index": i, "error": f"target loss {val}"})
@@ -564,7 +708,7 @@ class RegMix(Mixer):
             print(f"[regmix] proxy {i + 1}/{len(W)}: target loss {float(val):.4f}" + (" (cached)" if res.get("reused") else ""), flush=True)
         info = {"source": "in-process" if workers == 1 else f"{workers} local workers", "n_candidates": len(W),
                 "n_finished": len(X), "n_crashed": len(crashed), "crashed": crashed, "n_reused": reused,
-                "flops": flops, "proxy_steps": self.proxy_steps(), "proxy_model": dict(self.c["proxy_model"]),
+                **_flops_info(flops), "minimum": self.gen_kwargs()["minimum"], "proxy_steps": self.proxy_steps(), "proxy_model": dict(self.c["proxy_model"]),
                 "proxy_wall_s": time.perf_counter() - t0}
         return np.asarray(X, dtype=np.float64).reshape(-1, self.m), np.asarray(y), info
 
@@ -600,9 +744,13 @@ class RegMix(Mixer):
         if c["proxies"]:
             X, y, pinfo = load_proxy_runs(c["proxies"], self.domains, c["target"])
             if self.ctx.charge is not None and pinfo["flops"] > 0:
-                self.ctx.charge(pinfo["flops"], "regmix_proxies")  # the sweep's compute is this search's compute
+                self.ctx.charge(pinfo["flops"], "regmix_proxies")  # the sweep jobs' training + target-loss passes
             print(f"[regmix] {pinfo['n_finished']} finished proxies from {', '.join(pinfo['source'])}; "
                   f"{pinfo['n_unfinished']} unfinished/crashed left out", flush=True)
+            if pinfo["n_full_eval"]:
+                print(f"[regmix] {pinfo['n_full_eval']} proxies ran the full final evaluation (written before "
+                      f"trainer.final_eval): {pinfo['flops_other']:.3g} FLOPs of it charged; a new sweep charges only "
+                      "training + target loss", flush=True)
         else:
             X, y, pinfo = self._train_proxies()
             if pinfo["n_crashed"]:
@@ -615,7 +763,7 @@ class RegMix(Mixer):
         fit_seed = int(c["fit_seed"]) if c["fit_seed"] is not None else int(self.ctx.seed)
         models, finfo = fit_mixing_law(X, y, seed=fit_seed, lgbm=c["lgbm"], folds=int(c["cv_folds"]))
         w, sinfo = choose_mixture(models[c["regressor"]], self.prior, int(c["n_simulate"]), int(c["top_k"]), seed=fit_seed,
-                                  **_gen_kwargs(c))
+                                  distribution=c["search_distribution"], strength=float(c["search_strength"]), **self.gen_kwargs())
         self._w = w
         best = int(np.argmin(y))
         self.info = _jsonable({
@@ -656,7 +804,8 @@ class RegMixCandidate(Mixer):
         seed = int(self.c["candidate_seed"]) if self.c["candidate_seed"] is not None else int(ctx.seed)
         _need(self.c["n_candidates"] != "auto", "n_candidates", "the sweep's size (an integer): the candidate set depends on it")
         n = int(self.c["n_candidates"])
-        W = generate_candidates(self.prior, n, seed, **_gen_kwargs(self.c))
+        # this job is the proxy: minimum: auto follows its own tokens, as mixer=regmix's follows its proxies'
+        W = generate_candidates(self.prior, n, seed, **_gen_kwargs(self.c, ctx.total_steps * ctx.tokens_per_step, ctx.seq_len))
         _need(idx < len(W), "index", f"{idx} is out of range: the generator gave {len(W)} distinct candidates (n_candidates={n})")
         self.candidate = W[idx]
         super().__init__(cfg, domains, ctx)

@@ -84,6 +84,27 @@ def test_nan_loss_skip_mode_counts_skipped_batches(make_cfg, tmp_path, monkeypat
     assert sum(res["tokens_seen"].values()) == 7 * 16 * 64  # the skipped batch was not trained on
 
 
+@pytest.mark.parametrize("mixer", [
+    ["mixer=odm", "mixer.history_every=1"],
+    ["mixer=doremi", "mixer.online=true"],
+    ["mixer=aioli", "budget.total_tokens=20480", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
+     "mixer.rounds=2", "mixer.eval_tokens=256"],
+], ids=["odm", "doremi-online", "aioli"])
+def test_nan_loss_skip_mode_with_every_per_step_mixer(make_cfg, tmp_path, monkeypatch, mixer):
+    """A skipped batch still reaches mixer.observe (marked skipped): mixers that check consecutive steps go on,
+    and none learns from the skipped batch (ODM's rewards, Aioli's counts, DoReMi's α are untouched by it)."""
+    monkeypatch.setattr(Trainer, "token_losses", _nan_at(3))
+    res = run(make_cfg("trainer.on_nonfinite=skip", "trainer.save_final_model=false", *mixer, run_dir=tmp_path / "r"))
+    assert [s["step"] for s in res["skipped_steps"]] == [3]
+    assert all(np.isfinite(v) for v in res["val_loss"].values())
+    info = res["mixer_info"]
+    if res["mixer"] in ("odm", "aioli"):
+        assert info["steps_observed"] == res["steps"]
+    if res["mixer"] == "odm":
+        h = {r["step"]: r for r in res["mixer_history"]}
+        assert all(v is None for v in h[3]["loss"].values()) and h[3]["reward"] == h[2]["reward"]
+
+
 @pytest.mark.parametrize("mode_env", [
     {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "3"},
     {"WANDB_MODE": "bogus-mode"},

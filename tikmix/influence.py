@@ -34,7 +34,15 @@ Preconditioners (H⁻¹ is applied once, to the n target gradients, which are th
   (G + λ ḡ I)⁻¹ ∇W (A + λ ā I)⁻¹ = ((G + λ ḡ I) ⊗ (A + λ ā I))⁻¹ vec(∇W)  (row-major vec), computed from
   eigendecompositions. Layers with a factor larger than ``kfac_max_dim`` (e.g. an LM head over a big
   vocabulary), Linear weights shared with another module (tied embeddings), and every non-Linear
-  parameter (norms, embeddings) get the identity.
+  parameter (norms, embeddings) are "the rest". ``kfac_rest="diag"`` (default) preconditions the rest
+  with a damped *diagonal* Fisher estimated in the same pass, on the same per-token scale as the K-FAC
+  blocks (EK-FAC style: without it the K-FAC blocks are amplified by the inverse of their small
+  eigenvalues while the rest keeps the identity, and embeddings, norms and the LM head drop out of S):
+  F_ii = Σ_b (∂ℓ_b/∂θ_i)² / Σ_b N_b over the K-FAC sample's batches b, ℓ_b the summed loss of a batch of
+  N_b labelled tokens. With sampled labels the per-token gradients have zero mean given the inputs, so
+  cross terms vanish in expectation and this is an unbiased per-token Fisher diagonal; with
+  ``kfac_fisher="empirical"`` it is the usual batch approximation. Damped like the factors:
+  (F + λ·mean(F))⁻¹. ``kfac_rest="identity"`` keeps the identity (the behaviour before; kept to measure).
 
 Optional random projection (``projection_dim=k``): gradients are mapped to k dimensions by a JL
 projection R/√k with i.i.d. Gaussian (default: ~3× faster to generate on a CPU than the alternative) or
@@ -42,9 +50,23 @@ Rademacher entries, generated chunk by chunk from a seeded
 ``torch.Generator`` (never materialised whole), so E⟨Rx, Ry⟩/k = ⟨x, y⟩. It is applied after the
 preconditioner on the target side and to the raw domain gradient.
 
+A target may be *combined* (:class:`CombinedTarget`): its gradient is the mean of its parts' mean-token
+gradients, i.e. the gradient of the average of the parts' losses (Aioli's objective over per-domain
+validation sets). TiKMiX combines the automatic per-domain held-out targets this way, because with one
+target per domain S is near-diagonal and the Pareto constraint leaves no room to move.
+
+Finite-step group influence (:meth:`GroupInfluence.score_lookahead`, TiKMiX-M): instead of the first-order
+g_vᵀ u with u = H⁻¹ ḡ_w, the measured change of the target loss when the parameters take the step η·u,
+divided by η:  P_v(w, η) = [L_v(θ) − L_v(θ − η u)] / η = g_vᵀ u − (η/2) uᵀ ∇²L_v u + O(η²).
+As η → 0 it is the first-order influence, linear in the group (S·w); at the step size training takes it
+adds the second-order term, which couples the domains of a group (uᵀ∇²L_v u has cross terms u_dᵀ∇²L_v u_e):
+group influence is not additive beyond first order, and that is what TiKMiX-M's regression can learn and
+TiKMiX-D's linear S cannot. The parameters are restored bit-exactly afterwards (copies, not subtraction).
+
 Memory: at most the n target gradients and ONE domain gradient are alive at any time: the targets are
 held (flat, or projected), each domain's gradient is accumulated in the parameters' ``.grad`` and reduced
-to n dot products before the next domain starts.
+to n dot products before the next domain starts. A combined target holds one extra gradient while it is
+formed; a lookahead holds one copy of the parameters while they are displaced.
 """
 from __future__ import annotations
 
@@ -69,6 +91,7 @@ HESSIANS = ("identity", "adam", "kfac")
 PARAM_SETS = ("all", "no_embeddings")
 PROJECTIONS = ("rademacher", "gaussian")
 FISHERS = ("sampled", "empirical")
+KFAC_REST = ("diag", "identity")
 
 _PROJ_CHUNK_ELEMS = 1 << 22  # at most this many random entries (16 MiB in fp32) generated at once
 
@@ -178,13 +201,18 @@ def kfac_precondition_matrix(grad: torch.Tensor, A_inv: torch.Tensor, G_inv: tor
 
 
 class KFAC:
-    """Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per ``nn.Linear``, collected with hooks (module doc)."""
+    """Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per ``nn.Linear``, collected with hooks, and a damped
+    diagonal Fisher for every other selected parameter (``rest="diag"``; module doc)."""
 
-    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], damping: float = 1e-3, max_dim: int = 4096):
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], damping: float = 1e-3, max_dim: int = 4096,
+                 rest: str = "diag", names: Sequence[str] | None = None, keep_factors: bool = False):
         if not (damping > 0):
             raise ConfigError("mixer.damping", f"must be > 0, got {damping}")
+        if rest not in KFAC_REST:
+            raise ConfigError("mixer.kfac_rest", f"expected one of {KFAC_REST}, got {rest!r}")
         self.damping = float(damping)
         self.max_dim = int(max_dim)
+        self.rest = rest
         owners: dict[int, int] = {}
         for mod in model.modules():
             for p in mod.parameters(recurse=False):
@@ -204,14 +232,29 @@ class KFAC:
                 self.skipped[name] = f"factor dimension {max(din, mod.out_features)} > kfac_max_dim {self.max_dim}"
             else:
                 self.layers[name] = mod
+        self._params = list(params)
+        self._names = list(names) if names is not None else [f"param{i}" for i in range(len(self._params))]
         self._A: dict[str, torch.Tensor] = {}
         self._G: dict[str, torch.Tensor] = {}
         self._nA: dict[str, int] = {}
         self._nG: dict[str, int] = {}
         self.A_inv: dict[str, torch.Tensor] = {}
         self.G_inv: dict[str, torch.Tensor] = {}
+        self.keep_factors = keep_factors  # keep the undamped A, G, F too (diagnostics and tests; memory x2)
+        self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.diag: dict[int, torch.Tensor] = {}
+        self.diag_inv: dict[int, torch.Tensor] = {}  # id(param) -> (F + λ·mean F)⁻¹ for the rest (rest="diag")
+        self.diag_names: dict[int, str] = {}
         self.tokens = 0
         self.flops = 0.0
+
+    def _covered(self) -> set[int]:
+        out = set()
+        for mod in self.layers.values():
+            out.add(id(mod.weight))
+            if mod.bias is not None:
+                out.add(id(mod.bias))
+        return out
 
     # hooks -----------------------------------------------------------------------------------------------
     def _fwd_hook(self, name: str, mod: nn.Linear):
@@ -236,14 +279,26 @@ class KFAC:
         return hook
 
     def collect(self, model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn) -> None:
-        """Run forward/backward over ``batches`` (gradients of the summed loss) and form the damped inverses.
-        Parameter ``.grad`` is cleared afterwards."""
+        """Run forward/backward over ``batches`` (gradients of each batch's summed loss), form the damped
+        inverses of the factors and, for the rest, of the diagonal Fisher. Parameter ``.grad`` is cleared."""
         handles = [mod.register_forward_hook(self._fwd_hook(n, mod)) for n, mod in self.layers.items()]
+        covered = self._covered()
+        rest = [(n, p) for n, p in zip(self._names, self._params) if id(p) not in covered] if self.rest == "diag" else []
+        sq: dict[int, torch.Tensor] = {}
+        n_lab = 0
         try:
             for batch in batches:
-                loss, _, n_in = loss_fn(model, batch)
+                loss, nl, n_in = loss_fn(model, batch)
                 self.tokens += n_in
                 loss.backward()
+                n_lab += nl
+                for _, p in rest:  # per-batch gradient squared: the batch's gradient must not accumulate
+                    if p.grad is not None:
+                        g = p.grad.to(_acc_dtype(p))
+                        sq[id(p)] = sq.get(id(p), 0) + g * g
+                        self.flops += 2.0 * p.numel()
+                for p in model.parameters():
+                    p.grad = None
         finally:
             for h in handles:
                 h.remove()
@@ -257,13 +312,27 @@ class KFAC:
             G = self._G.pop(name) / self._nG[name]
             self.A_inv[name] = _damped_inverse(A, self.damping)
             self.G_inv[name] = _damped_inverse(G, self.damping)
+            if self.keep_factors:
+                self.factors[name] = (A, G)
             self.flops += 10.0 * (A.shape[0] ** 3 + G.shape[0] ** 3)  # eigendecompositions, roughly
         for name in list(self.layers):
             if name not in self.A_inv:
                 del self.layers[name]
+        covered = self._covered()
+        for n, p in rest:
+            if id(p) in covered or id(p) not in sq or n_lab == 0:
+                continue
+            F = sq[id(p)] / n_lab
+            mean = float(F.mean())
+            lam = self.damping * mean if mean > 0 else self.damping
+            self.diag_inv[id(p)] = 1.0 / (F + lam)
+            self.diag_names[id(p)] = n
+            if self.keep_factors:
+                self.diag[id(p)] = F
 
     def precondition_(self) -> None:
-        """Replace each covered layer's ``.grad`` by G⁻¹ ∇W A⁻¹ in place (bias folded in)."""
+        """Replace each covered layer's ``.grad`` by G⁻¹ ∇W A⁻¹ in place (bias folded in), and the rest's by
+        the damped inverse diagonal Fisher (``rest="diag"``)."""
         for name, mod in self.layers.items():
             gw = mod.weight.grad
             if gw is None:
@@ -280,6 +349,11 @@ class KFAC:
                 mod.bias.grad = Y[:, -1].to(gw.dtype).contiguous()
             else:
                 mod.weight.grad = Y.to(gw.dtype)
+        for p in self._params:
+            d = self.diag_inv.get(id(p))
+            if d is not None and p.grad is not None:
+                p.grad.mul_(d.to(p.grad.dtype))
+                self.flops += p.numel()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -327,6 +401,28 @@ class Projector:
 # group influence
 # --------------------------------------------------------------------------------------------------------
 @dataclass
+class CombinedTarget:
+    """A target whose gradient is the mean of its parts' mean-token gradients (the average of their losses)."""
+
+    parts: dict[str, Any]
+
+
+def block_kind(name: str) -> str:
+    """Coarse block of a (Llama) parameter name, for reporting where influence comes from."""
+    if "embed" in name:
+        return "embedding"
+    if "lm_head" in name:
+        return "lm_head"
+    if "norm" in name:
+        return "norm"
+    if "self_attn" in name or "attn" in name:
+        return "attention"
+    if "mlp" in name:
+        return "mlp"
+    return "other"
+
+
+@dataclass
 class InfluenceResult:
     S: np.ndarray  # [n_targets, n_domains], benefit convention (module doc)
     targets: list[str]
@@ -362,6 +458,7 @@ class GroupInfluence:
         kfac_max_dim: int = 4096,
         kfac_fisher: str = "sampled",
         kfac_seed: int = 0,
+        kfac_rest: str = "diag",
         autocast: Callable[[], ContextManager] | None = None,
         device: torch.device | str | None = None,
         flops_per_token: float | None = None,
@@ -391,8 +488,14 @@ class GroupInfluence:
         )
         self.targets: list[str] = []
         self._T: torch.Tensor | None = None  # [n, N] or [n, k]: the held target gradients
+        self._target_src: dict[str, Any] = {}  # kept for score_lookahead's target losses
+        self._U: list[torch.Tensor] = []  # the domains' preconditioned gradients (matrix(keep_directions=True))
+        self._base_loss: np.ndarray | None = None  # [n] target losses at θ (score_lookahead)
+        # Σ over scored groups of |per-parameter contribution| to each S entry (no projection only): which
+        # blocks carry the influence (module doc, K-FAC "rest")
+        self.block_abs: dict[str, float] = {}
         self.tokens = {"targets": {}, "groups": 0, "kfac": 0}
-        self.flops = {"gradients": 0.0, "kfac": 0.0, "projection": 0.0, "dots": 0.0}
+        self.flops = {"gradients": 0.0, "kfac": 0.0, "projection": 0.0, "dots": 0.0, "lookahead": 0.0}
         self.norms: dict[str, Any] = {"target_grad": {}, "target_precond": {}}
         self.wall_s = 0.0
 
@@ -407,7 +510,8 @@ class GroupInfluence:
         elif hessian == "kfac":
             if kfac_batches is None:
                 raise ConfigError("mixer.hessian", "hessian=kfac needs a training sample to estimate the factors")
-            self.kfac = KFAC(model, self.params, damping=damping, max_dim=kfac_max_dim)
+            self.kfac = KFAC(model, self.params, damping=damping, max_dim=kfac_max_dim, rest=kfac_rest,
+                             names=[n for n, _ in self.named])
             gen = None
             if kfac_fisher == "sampled":
                 gen = torch.Generator(device=self.device)
@@ -486,8 +590,28 @@ class GroupInfluence:
             row[off : off + n].copy_(p.grad.reshape(-1))
             off += n
 
-    # API ------------------------------------------------------------------------------------------------
-    def set_targets(self, targets: Mapping[str, BatchSource]) -> None:
+    # targets -------------------------------------------------------------------------------------------
+    def _target_grad(self, name: str, src: Any) -> tuple[int, int, float]:
+        """The target's gradient into ``.grad`` (mean of the parts' gradients for a CombinedTarget)."""
+        if not isinstance(src, CombinedTarget):
+            try:
+                return self._accumulate(_as_iterable(src))
+            except DataError as e:
+                raise DataError(f"target {name!r}: {e}") from None
+        acc = [torch.zeros_like(p.grad if p.grad is not None else p, dtype=_acc_dtype(p)) for p in self.params]
+        n_lab = n_in = 0
+        losses = []
+        for part, psrc in src.parts.items():
+            nl, ni, loss = self._target_grad(f"{name}/{part}", psrc)
+            n_lab, n_in = n_lab + nl, n_in + ni
+            losses.append(loss)
+            for a, p in zip(acc, self.params):
+                a.add_(p.grad.to(a.dtype))
+        for a, p in zip(acc, self.params):
+            p.grad = a.div_(len(src.parts)).to(p.dtype)
+        return n_lab, n_in, float(np.mean(losses))
+
+    def set_targets(self, targets: Mapping[str, BatchSource | "CombinedTarget"]) -> None:
         """Compute, precondition (and project) and hold the gradient of each target set."""
         t0 = time.perf_counter()
         self.release()
@@ -496,12 +620,11 @@ class GroupInfluence:
             raise ConfigError("targets", "no target sets to measure influence against")
         dim = self.projector.k if self.projector is not None else self.n_params
         T = torch.empty(len(names), dim, device=self.device, dtype=self._dtype)
+        base = np.zeros(len(names))
         with self._grad_scope():
             for i, name in enumerate(names):
-                try:
-                    n_lab, n_in, loss = self._accumulate(_as_iterable(targets[name]))
-                except DataError as e:
-                    raise DataError(f"target {name!r}: {e}") from None
+                n_lab, n_in, loss = self._target_grad(name, targets[name])
+                base[i] = loss
                 self.tokens["targets"][name] = {"labelled": n_lab, "inputs": n_in, "loss": loss}
                 self.norms["target_grad"][name] = self._grad_norm()
                 self._precondition_()
@@ -511,39 +634,140 @@ class GroupInfluence:
                     p.grad = None
         self.targets = names
         self._T = T
+        self._target_src = dict(targets)
+        self._base_loss = base
         self.wall_s += time.perf_counter() - t0
 
-    def score(self, batches: BatchSource) -> tuple[np.ndarray, dict[str, Any]]:
-        """Benefit of one group (its mean-token gradient) for each held target: ([n], info)."""
+    # scoring ---------------------------------------------------------------------------------------------
+    def _dots(self) -> torch.Tensor:
+        """[n] inner products of the held targets with the current ``.grad`` (tracking block shares)."""
+        if self.projector is not None:
+            f0 = self.projector.flops
+            s = self._T @ self.projector.project([p.grad for p in self.params])
+            self.flops["projection"] += self.projector.flops - f0
+        else:
+            s = torch.zeros(len(self.targets), device=self.device, dtype=self._dtype)
+            off = 0
+            for (name, p), n in zip(self.named, self.sizes):
+                c = self._T[:, off : off + n] @ p.grad.reshape(-1).to(self._dtype)
+                s += c
+                self.block_abs[name] = self.block_abs.get(name, 0.0) + float(c.abs().sum())
+                off += n
+        self.flops["dots"] += 2.0 * self._T.numel()
+        return s
+
+    def score(self, batches: BatchSource, keep_direction: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+        """Benefit of one group (its mean-token gradient) for each held target: ([n], info). ``keep_direction``:
+        also hold the group's preconditioned gradient u = H⁻¹ḡ (for :meth:`lookahead_composed`)."""
         if self._T is None:
             raise RuntimeError("set_targets() first")
         t0 = time.perf_counter()
         with self._grad_scope():
             n_lab, n_in, loss = self._accumulate(_as_iterable(batches))
             norm = self._grad_norm()
-            if self.projector is not None:
-                f0 = self.projector.flops
-                s = self._T @ self.projector.project([p.grad for p in self.params])
-                self.flops["projection"] += self.projector.flops - f0
-            else:
-                s = torch.zeros(len(self.targets), device=self.device, dtype=self._dtype)
-                off = 0
-                for p, n in zip(self.params, self.sizes):
-                    s += self._T[:, off : off + n] @ p.grad.reshape(-1).to(self._dtype)
-                    off += n
-            self.flops["dots"] += 2.0 * self._T.numel()
-            out = s.double().cpu().numpy()
+            out = self._dots().double().cpu().numpy()
+            if keep_direction:
+                self._precondition_()
+                self._U.append(torch.cat([p.grad.reshape(-1).to(self._dtype) for p in self.params]))
         self.tokens["groups"] += n_in
         self.wall_s += time.perf_counter() - t0
         return out, {"labelled": n_lab, "inputs": n_in, "loss": loss, "grad_norm": norm}
 
-    def matrix(self, groups: Mapping[str, BatchSource]) -> InfluenceResult:
-        """S [n_targets, n_groups]; groups are streamed one at a time."""
+    @torch.no_grad()
+    def _eval_loss(self, src: Any) -> tuple[float, int]:
+        """Mean-token loss of a target (mean over parts for a CombinedTarget) and the input tokens it took."""
+        if isinstance(src, CombinedTarget):
+            parts = [self._eval_loss(p) for p in src.parts.values()]
+            return float(np.mean([x for x, _ in parts])), int(sum(n for _, n in parts))
+        tot, n_lab, n_in = 0.0, 0, 0
+        for batch in _as_iterable(src):
+            loss, nl, ni = self._loss(self.model, batch)
+            tot, n_lab, n_in = tot + float(loss), n_lab + nl, n_in + ni
+        return tot / max(1, n_lab), n_in
+
+    def score_lookahead(self, batches: BatchSource, eta: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """First-order benefit and finite-step benefit of one group (module doc): ([n] g_vᵀu, [n] P_v(w, η), info).
+
+        u = H⁻¹ ḡ (the group's mean-token gradient, preconditioned as the targets are); the parameters
+        step to θ − η·u, the target losses are measured there (forward passes only), and θ is restored
+        exactly. P_v = (L_v(θ) − L_v(θ − η u)) / η, in the units of the first-order influence."""
+        if self._T is None:
+            raise RuntimeError("set_targets() first")
+        if not (eta > 0 and math.isfinite(eta)):
+            raise ConfigError("mixer.lookahead_steps", f"the lookahead step size must be a positive number, got {eta}")
+        t0 = time.perf_counter()
+        with self._grad_scope():
+            n_lab, n_in, loss = self._accumulate(_as_iterable(batches))
+            first = self._dots().double().cpu().numpy()
+            self._precondition_()
+            saved = [p.detach().clone() for p in self.params]
+            try:
+                with torch.no_grad():
+                    for p in self.params:
+                        p.sub_(eta * p.grad.to(p.dtype))
+                stepped = [self._eval_loss(self._target_src[name]) for name in self.targets]
+            finally:
+                with torch.no_grad():
+                    for p, x in zip(self.params, saved):
+                        p.copy_(x)
+        eval_tokens = sum(n for _, n in stepped)
+        self.flops["lookahead"] += eval_tokens * self.flops_per_token / 3.0
+        finite = (self._base_loss - np.array([x for x, _ in stepped])) / eta
+        self.tokens["groups"] += n_in
+        self.wall_s += time.perf_counter() - t0
+        return first, finite, {"labelled": n_lab, "inputs": n_in, "loss": loss, "eta": float(eta),
+                               "target_loss_after": [float(x) for x, _ in stepped]}
+
+    def lookahead_composed(self, w: np.ndarray, eta: float) -> np.ndarray:
+        """Finite-step benefit [n] of the group that mixes the domains of the last :meth:`matrix` call (kept
+        with ``keep_directions``) in proportions ``w``: the step θ − η·Σ_d w_d u_d, the target losses there,
+        θ restored exactly. Its first order is S·w; every candidate shares the domains' samples, so the only
+        difference between candidates is the mixture (no sampling noise between them)."""
+        if not self._U:
+            raise RuntimeError("matrix(..., keep_directions=True) first")
+        t0 = time.perf_counter()
+        step = torch.as_tensor(np.asarray(w, dtype=np.float64), dtype=self._dtype) @ torch.stack(self._U)
+        saved = [p.detach().clone() for p in self.params]
+        try:
+            with torch.no_grad():
+                off = 0
+                for p, n in zip(self.params, self.sizes):
+                    p.sub_(eta * step[off : off + n].view_as(p).to(p.dtype))
+                    off += n
+                stepped = [self._eval_loss(self._target_src[name]) for name in self.targets]
+        finally:
+            with torch.no_grad():
+                for p, x in zip(self.params, saved):
+                    p.copy_(x)
+        self.flops["lookahead"] += sum(n for _, n in stepped) * self.flops_per_token / 3.0
+        self.wall_s += time.perf_counter() - t0
+        return (self._base_loss - np.array([x for x, _ in stepped])) / eta
+
+    def block_shares(self, groups: Callable[[str], str] | None = None) -> dict[str, float]:
+        """Share of Σ|S| contributions carried by each parameter (or by ``groups(name)``), over the groups
+        scored so far; {} with a projection (the split is not available)."""
+        tot = sum(self.block_abs.values())
+        if not tot:
+            return {}
+        out: dict[str, float] = {}
+        for name, v in self.block_abs.items():
+            k = groups(name) if groups is not None else name
+            out[k] = out.get(k, 0.0) + v / tot
+        return out
+
+    def matrix(self, groups: Mapping[str, BatchSource], keep_directions: bool = False) -> InfluenceResult:
+        """S [n_targets, n_groups]; groups are streamed one at a time. ``keep_directions`` holds every group's
+        preconditioned gradient (m full-size vectors: memory) for :meth:`lookahead_composed`."""
         cols, per = [], {}
         f0, w0 = self.total_flops(), self.wall_s
+        if keep_directions and self.projector is not None:
+            raise ConfigError("mixer.candidate_sample", "composed candidates step the model along the domains' "
+                                                        "gradients, which a projection does not keep; set "
+                                                        "mixer.projection_dim=null or mixer.candidate_sample=own")
+        self._U = []
         for name, src in groups.items():
             try:
-                s, inf = self.score(src)
+                s, inf = self.score(src, keep_direction=keep_directions)
             except DataError as e:
                 raise DataError(f"group {name!r}: {e}") from None
             cols.append(s)
@@ -569,6 +793,8 @@ class GroupInfluence:
             "wall_s": self.wall_s,
             "norms": {k: dict(v) for k, v in self.norms.items()},
             "kfac_skipped": dict(self.kfac.skipped) if self.kfac is not None else {},
+            "kfac_diag": sorted(self.kfac.diag_names.values()) if self.kfac is not None else [],
+            "block_share": self.block_shares(block_kind),
         }
 
     @property
@@ -578,7 +804,10 @@ class GroupInfluence:
 
     def release(self) -> None:
         self._T = None
+        self._U = []
         self.targets = []
+        self._target_src = {}
+        self._base_loss = None
 
 
 def group_influence(

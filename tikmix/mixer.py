@@ -67,6 +67,9 @@ class MixerContext:
     seed: int
     stage_steps: list[int] = field(default_factory=list)  # steps at which a new stage begins (excl. 0)
     human_weights: dict[str, float] | None = None  # the data preset's published proportions, if any
+    # the targets are the automatic per-domain held-out texts (targets.domains=auto, no task targets): a
+    # mixer may combine them into one averaged target (TiKMiX: mixer.combine_targets)
+    targets_auto: bool = False
     run_dir: str | None = None
     # set by the trainer: launch a sub-run (proxy/reference model) through the same trainer, charged to
     # the mixer. Signature: run_subrun(overrides: dict, name: str) -> dict (the sub-run's results).
@@ -86,6 +89,18 @@ class DomainStats:
     windows: np.ndarray | None = None  # the batch itself: [B, seq_len+1] token windows (int64)
     row_domains: np.ndarray | None = None  # domain index of each row [B]
     token_loss: Any = None  # detached per-token training loss [B, seq_len] (torch tensor, on the device)
+    # the batch was drawn but not trained on (a non-finite loss under trainer.on_nonfinite=skip): loss is nan
+    # and tokens 0 everywhere; a mixer counts the step and learns nothing from it
+    skipped: bool = False
+
+
+class MixtureSample(list):
+    """Batches drawn with a mixture (a list, iterable like any batch source) and ``counts``: the sequences
+    drawn from each domain, so a mixer can use the composition actually measured, not the nominal one."""
+
+    def __init__(self, batches: Iterator[Any], counts: Any):
+        super().__init__(batches)
+        self.counts = np.asarray(counts)
 
 
 class Probe:
@@ -95,7 +110,8 @@ class Probe:
     * ``optimizer``: the optimiser (e.g. for Adam's second moment as a diagonal preconditioner).
     * ``domain_batches(domain, n_tokens, split="train", weights=None)``: iterator of LongTensor batches
       ``[b, seq_len+1]`` from the domain, deterministic given the run seed and step.
-    * ``mixture_batches(weights, n_tokens)``: batches sampled with a mixture, with their domain ids.
+    * ``mixture_batches(weights, n_tokens)``: a :class:`MixtureSample` of batches drawn with a mixture; its
+      ``counts`` are the sequences drawn per domain (the realised composition).
     * ``targets``: dict name -> list of (input_ids [b, T], loss_mask [b, T]) batches.
     * ``val_losses()``: per-domain validation loss.
     * ``target_losses()``: mean loss on each target set (the supervised tokens).

@@ -85,7 +85,7 @@ def check_number(field: str, v: Any, *, integer: bool = False, low: float | None
 
 
 _TRAINER_CHOICES = {"optimizer": ("adamw",), "schedule": ("cosine", "wsd", "constant"), "dtype": ("auto", "fp32", "bf16"),
-                    "on_nonfinite": ("stop", "skip"), "parallel": ("ddp", "fsdp")}
+                    "on_nonfinite": ("stop", "skip"), "parallel": ("ddp", "fsdp"), "final_eval": ("full", "targets", "none")}
 
 
 def check_trainer(cfg: DictConfig) -> None:
@@ -156,6 +156,21 @@ def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch
     return f"{old_path} is missing or unreadable, so what differs cannot be named"
 
 
+def target_tasks(cfg: DictConfig) -> list[str]:
+    """The task targets: ``targets.tasks``, where ``auto`` = the eval preset's in-domain tasks."""
+    tasks = (cfg.get("targets") or {}).get("tasks", "auto")
+    if tasks == "auto":
+        return list(cfg.eval.get("in_domain") or []) if cfg.eval.get("name", "none") != "none" else []
+    if tasks is None or isinstance(tasks, str):
+        raise ConfigError("targets.tasks", f"auto, or a list of in-domain task names, got {tasks!r}")
+    return list(tasks)
+
+
+def targets_auto(cfg: DictConfig) -> bool:
+    """True when the targets are the automatic per-domain held-out texts (no task targets, domains auto)."""
+    return (cfg.get("targets") or {}).get("domains", "auto") == "auto" and not target_tasks(cfg)
+
+
 def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
     """Target sets the mixers optimise for (methods.md, "Targets"), the same for every mixer of a comparison.
 
@@ -166,11 +181,7 @@ def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int
     tcfg = cfg.get("targets") or {}
     n_tokens = int(tcfg.get("tokens", 8192))
     mb = int(cfg.budget.micro_batch)
-    tasks = tcfg.get("tasks", "auto")
-    if tasks == "auto":
-        tasks = list(cfg.eval.get("in_domain") or []) if cfg.eval.get("name", "none") != "none" else []
-    elif tasks is None or isinstance(tasks, str):
-        raise ConfigError("targets.tasks", f"auto, or a list of in-domain task names, got {tasks!r}")
+    tasks = target_tasks(cfg)
     names = tcfg.get("domains", "auto")
     if names == "auto":
         names = [] if tasks else domains
@@ -195,6 +206,11 @@ def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int
 
 
 def _print_summary(res: dict) -> None:
+    if not res["val_loss"]:  # trainer.final_eval: targets | none (a proxy run): no per-domain losses to show
+        c = res["compute"]
+        print(f"target loss {res['target_loss_mean']}; compute: train {c.get('train', 0):.3g} FLOPs, target loss "
+              f"{c.get('targets', 0):.3g}; results: {res['run_dir']}/results.json")
+        return
     doms = res["domains"]
     w = max(8, max(len(d) for d in doms))
     print()
@@ -252,7 +268,11 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
         raise ConfigError("seed", f"must be an integer, got {seed!r}")
     device = resolve_device(device_name)
     check_trainer(cfg)
-    if downstream_eval and str((cfg.get("eval") or {}).get("name") or "none") != "none":
+    # trainer.final_eval (absent = full): a proxy sub-run sets targets (RegMix: only the target loss is used) or
+    # none, and then computes and is charged for nothing else: no validation/test passes, no downstream eval
+    final_eval = str(cfg.trainer.get("final_eval", "full"))
+    downstream_eval = downstream_eval and final_eval == "full" and str((cfg.get("eval") or {}).get("name") or "none") != "none"
+    if downstream_eval:
         if world > 1 and cfg.trainer.get("parallel") == "fsdp":
             raise ConfigError("eval", "the in-process evaluation needs an unsharded model: run FSDP with eval=none "
                                       "and score final_model/ with `python -m eval <run dir>`")
@@ -283,6 +303,7 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
         domains=domains, train_tokens=train_tokens, total_steps=total_steps, tokens_per_step=seq_len * b.batch_size,
         seq_len=seq_len, seed=seed, stage_steps=stage_steps,
         human_weights=dict(cfg.data.human_weights) if cfg.data.get("human_weights") else None, run_dir=str(run_dir),
+        targets_auto=targets_auto(cfg),
     )
     ledger = Ledger()
     ctx.run_subrun = make_subrun(cfg, ledger)
@@ -325,7 +346,7 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
             print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
                   f"{counts['non_embedding']:,} non-embedding) budget={b.name}: {total_steps} steps x "
                   f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(domains)}; device={device}{ranks}; run dir {run_dir}")
-        if downstream_eval and rank == 0 and str((cfg.get("eval") or {}).get("name") or "none") != "none":
+        if downstream_eval and rank == 0:
             from eval.stage import stage_evaluator
 
             trainer.stage_eval = stage_evaluator(cfg.eval, shards.tokenizer, run_dir, logger, ledger, fpt)
@@ -337,15 +358,20 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
         trainer.state.wandb_id = logger.wandb_id
         state = trainer.fit()
 
-        test_tokens = int(cfg.trainer.test_tokens)
-        test_loss = {d: trainer.eval_loss(eval_windows(shards.tokens(d, "test"), seq_len, test_tokens)) for d in domains}
-        target_loss = {name: trainer.target_loss(batches) for name, batches in targets.items()}
+        test_loss, val_loss, target_loss = {}, {}, {}
+        if final_eval == "full":
+            test_tokens = int(cfg.trainer.test_tokens)
+            test_loss = {d: trainer.eval_loss(eval_windows(shards.tokens(d, "test"), seq_len, test_tokens)) for d in domains}
+            target_loss = {name: trainer.target_loss(batches) for name, batches in targets.items()}
+            val_loss = state.val_history[-1]["val_loss"] if state.val_history else trainer.val_losses()
+        elif final_eval == "targets":
+            with ledger.booked_as("eval", "targets"):
+                target_loss = {name: trainer.target_loss(batches) for name, batches in targets.items()}
         final_w = mixer.weights(total_steps)
-        val_loss = state.val_history[-1]["val_loss"] if state.val_history else trainer.val_losses()
         if cfg.trainer.save_final_model and rank == 0:
             _save_hf(model, shards.tokenizer, run_dir / "final_model")
         eval_entry = None
-        if downstream_eval and str((cfg.get("eval") or {}).get("name") or "none") != "none":
+        if downstream_eval:
             if trainer.parallel == "fsdp":
                 raise ConfigError("eval", "the in-process evaluation needs an unsharded model: run FSDP with eval=none "
                                           "and score final_model/ with `python -m eval <run dir>`")
@@ -392,11 +418,12 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
         res["eval_history"] = state.eval_history
         if rank == 0:
             write_json_atomic(results_path, res)
-        logger.summary({"final/val_loss_mean": float(np.mean(list(val_loss.values()))),
-                        "final/test_ppl_mean": float(np.mean(list(res["test_ppl"].values()))),
-                        "compute/mixer_flops": ledger.mixer_total})
-        logger.table("final/per_domain", ["domain", "weight", "tokens", "epochs", "val_loss", "test_ppl"],
-                     [[d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]] for d in domains])
+        if final_eval == "full":
+            logger.summary({"final/val_loss_mean": float(np.mean(list(val_loss.values()))),
+                            "final/test_ppl_mean": float(np.mean(list(res["test_ppl"].values()))),
+                            "compute/mixer_flops": ledger.mixer_total})
+            logger.table("final/per_domain", ["domain", "weight", "tokens", "epochs", "val_loss", "test_ppl"],
+                         [[d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]] for d in domains])
         if not quiet and rank == 0:
             _print_summary(res)
         return res
@@ -409,8 +436,11 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
 
     ``run_subrun(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
     fixed mixture, a proxy model, a smaller budget) over the parent config, runs it to the end with no
-    external logger and no final-model export, and charges all its compute (training and evaluation) to
-    the parent's ledger as ``mixer/<charge_as>``. Sub-runs live in ``<data.cache_dir>/subruns/<fingerprint>``:
+    external logger, no final-model export and no downstream evaluation, and charges all its compute to
+    the parent's ledger as ``mixer/<charge_as>``. What it computes after training is the overrides'
+    ``trainer.final_eval``: full (absent: validation, test and target losses), targets (the target losses
+    only, booked as ``targets`` in the sub-run's own ledger) or none (nothing: the caller needs only the
+    checkpoint or the mixer's record). Sub-runs live in ``<data.cache_dir>/subruns/<fingerprint>``:
     a finished sub-run with the same config is reused, not retrained (its compute is still charged: it
     was spent on this mixture search), and an unfinished one resumes from its checkpoint.
     """
@@ -478,6 +508,8 @@ def main(cfg: DictConfig) -> Any:
         traceback.print_exc()
         _record_failure(cfg, e)
         return None
+    if not res["val_loss"]:  # a proxy run (trainer.final_eval: targets | none)
+        return res.get("target_loss_mean")
     return float(np.mean(list(res["val_loss"].values())))
 
 

@@ -288,6 +288,15 @@ def latin_hypercube_candidates(
     return (out, info) if return_info else out
 
 
+def in_region(X: np.ndarray, region: tuple[np.ndarray, np.ndarray] | None, tol: float = 1e-9) -> np.ndarray:
+    """Rows of X inside the per-domain box region = (lo, hi) (all True without a region)."""
+    X = np.atleast_2d(X)
+    if region is None:
+        return np.ones(len(X), dtype=bool)
+    lo, hi = region
+    return np.all((X >= lo - tol) & (X <= hi + tol), axis=1)
+
+
 def dirichlet_search(
     predict: Callable[[np.ndarray], np.ndarray],
     w_init: np.ndarray,
@@ -299,29 +308,39 @@ def dirichlet_search(
     seed: int | None = None,
     floor: float = 1e-4,
     project: Callable[[np.ndarray], np.ndarray] | None = None,
+    region: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Paper Algorithm 1. ``predict(W[k, m]) -> [k]`` returns the predicted objective, LOWER IS BETTER.
 
     For t = 1..T with concentration c_t log-spaced from ``conc_start`` (broad) to ``conc_end`` (narrow):
     sample ``n_samples`` points ~ Dir(c_t · max(w_best, floor)) (the floor keeps zero weights samplable),
-    optionally map them through ``project`` (e.g. onto the caps), score them, w_best = mean of the
-    ``top_k`` lowest. Returns (w_best, trace of one dict per round)."""
+    optionally map them through ``project`` (e.g. onto the caps), keep those inside ``region`` (the box
+    the regressor was fitted on: outside it a tree predicts a constant, so a search there follows no
+    data), score them, w_best = mean of the ``top_k`` lowest. A round with no sample in the region keeps
+    w_best. ``w_init`` should lie in the region (the mean of points in a box stays in the box).
+    Returns (w_best, trace of one dict per round)."""
     rng = np.random.default_rng(seed)
     w = np.asarray(w_init, dtype=np.float64)
     w = w / w.sum()
     trace = [{"round": 0, "concentration": None, "pred_w_best": float(np.asarray(predict(w[None]))[0])}]
+    # domains the region holds at 0 are not sampled at all (a floor would put every sample outside it)
+    active = np.ones(len(w), dtype=bool) if region is None else np.asarray(region[1]) > 0
     for t, c in enumerate(np.geomspace(conc_start, conc_end, T), start=1):
-        a = c * np.maximum(w, floor)
-        X = rng.dirichlet(a, size=n_samples)
+        X = np.zeros((n_samples, len(w)))
+        X[:, active] = rng.dirichlet(c * np.maximum(w[active], floor), size=n_samples)
         X = X[np.all(np.isfinite(X), axis=1)]
         if project is not None:
             X = project(X)
-        y = np.asarray(predict(X), dtype=np.float64)
-        idx = np.argsort(y, kind="stable")[:top_k]
-        w = X[idx].mean(axis=0)
-        w = w / w.sum()
-        trace.append({"round": t, "concentration": float(c), "pred_top_k_mean": float(y[idx].mean()),
-                      "pred_best_sample": float(y[idx[0]]), "pred_w_best": float(np.asarray(predict(w[None]))[0])})
+        X = X[in_region(X, region)]
+        rec: dict[str, Any] = {"round": t, "concentration": float(c), "n_in_region": int(len(X))}
+        if len(X):
+            y = np.asarray(predict(X), dtype=np.float64)
+            idx = np.argsort(y, kind="stable")[:top_k]
+            w = X[idx].mean(axis=0)
+            w = w / w.sum()
+            rec.update(pred_top_k_mean=float(y[idx].mean()), pred_best_sample=float(y[idx[0]]))
+        rec["pred_w_best"] = float(np.asarray(predict(w[None]))[0])
+        trace.append(rec)
     return w, trace
 
 
@@ -385,3 +404,130 @@ def fit_regressor(
         lin = np.asarray(tikmix_objective(S, X, **(objective_kwargs or {})), dtype=np.float64)
         info.update(r2_linear=_r2(y, lin), spearman_linear=_spearman(y, lin))
     return model, info
+
+
+# --------------------------------------------------------------------------------------------------------
+# TiKMiX-M: regress what has to be measured, add what is known
+# --------------------------------------------------------------------------------------------------------
+REGRESS = ("second_order", "influence")
+REGRESSORS = ("lightgbm", "quadratic")
+
+
+class QuadraticRidge:
+    """y ≈ b + Σ_i a_i w_i + Σ_{i≤j} c_ij w_i w_j by ridge least squares (the second-order term of group
+    influence is a quadratic form in the mixture: −(η/2)·Σ_de w_d w_e u_dᵀ∇²L u_e)."""
+
+    def __init__(self, ridge: float = 1e-6):
+        self.ridge = ridge
+
+    @staticmethod
+    def features(W: np.ndarray) -> np.ndarray:
+        W = np.atleast_2d(W)
+        i, j = np.triu_indices(W.shape[1])
+        return np.hstack([np.ones((len(W), 1)), W, W[:, i] * W[:, j]])
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "QuadraticRidge":
+        F = self.features(X)
+        scale = max(float((F ** 2).sum() / max(1, F.shape[1])), 1e-12)
+        self.coef_ = np.linalg.solve(F.T @ F + self.ridge * scale * np.eye(F.shape[1]), F.T @ y)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.features(X) @ self.coef_
+
+
+class InfluenceLaw:
+    """P̂(W) [k, n] = W·Sᵀ + r̂(W) (``regress="second_order"``) or r̂(W) alone (``"influence"``), one
+    regressor per target for r̂ (LightGBM, the paper's, or a quadratic ridge); the Eq. 10 objective of a
+    mixture is then computed analytically from P̂ (std and sum over targets, the entropy of the mixture
+    itself), so the regressors learn only what was measured, never the known −γ·H(w)."""
+
+    def __init__(self, S: np.ndarray, scale: np.ndarray, regress: str, objective_kwargs: dict, lgbm: dict, seed: int,
+                 regressor: str = "lightgbm"):
+        if regress not in REGRESS:
+            raise ValueError(f"regress must be one of {REGRESS}, got {regress!r}")
+        if regressor not in REGRESSORS:
+            raise ValueError(f"regressor must be one of {REGRESSORS}, got {regressor!r}")
+        self.S, self.scale, self.regress, self.regressor = np.atleast_2d(S), np.asarray(scale), regress, regressor
+        self.ab, self.lgbm, self.seed = dict(objective_kwargs), dict(lgbm), int(seed)
+        self.models: list[Any] = []
+
+    def known(self, W: np.ndarray) -> np.ndarray:
+        W = np.atleast_2d(W)
+        return W @ self.S.T if self.regress == "second_order" else np.zeros((len(W), self.S.shape[0]))
+
+    def fit(self, X: np.ndarray, P: np.ndarray) -> "InfluenceLaw":
+        import lightgbm as lgb
+
+        R = np.asarray(P) - self.known(X)
+        if self.regressor == "quadratic":
+            self.models = [QuadraticRidge().fit(X, R[:, v]) for v in range(R.shape[1])]
+            return self
+        params = dict(min_child_weight=1e-5, min_data_in_bin=1, subsample=1.0, colsample_bytree=1.0, reg_lambda=0.0,
+                      deterministic=True, force_col_wise=True, num_threads=1, verbose=-1, random_state=self.seed)
+        params.update(self.lgbm)
+        self.models = [lgb.LGBMRegressor(**params).fit(X, R[:, v]) for v in range(R.shape[1])]
+        return self
+
+    def predict_P(self, W: np.ndarray) -> np.ndarray:
+        W = np.atleast_2d(W)
+        return self.known(W) + np.stack([m.predict(W) for m in self.models], axis=1)
+
+    def predict(self, W: np.ndarray) -> np.ndarray:
+        W = np.atleast_2d(W)
+        return np.asarray(tikmix_objective_from_p(self.predict_P(W), W, self.scale, **self.ab), dtype=np.float64)
+
+
+def fit_influence_law(
+    X: np.ndarray, P: np.ndarray, S: np.ndarray, *, regress: str = "second_order", objective_kwargs: dict | None = None,
+    lgbm: dict | None = None, seed: int = 0, n_folds: int = 5, regressor: str = "lightgbm",
+) -> tuple[InfluenceLaw, dict[str, Any]]:
+    """Fit :class:`InfluenceLaw` on measured candidates (X [k, m] realised compositions, P [k, n] their
+    measured influence). Held-out fit by K-fold: R², Spearman ρ and RMSE of the out-of-fold *objective*
+    against the measured objective, and the same for the linear prediction S·x (no regression at all):
+    does the regression earn its cost? The returned law is refit on all points."""
+    X, P = np.atleast_2d(np.asarray(X, dtype=np.float64)), np.atleast_2d(np.asarray(P, dtype=np.float64))
+    ab = dict(objective_kwargs or {})
+    scale = influence_scale(S)
+    y = np.asarray(tikmix_objective_from_p(P, X, scale, **ab), dtype=np.float64)
+    make = lambda: InfluenceLaw(S, scale, regress, ab, lgbm or {}, seed, regressor)  # noqa: E731
+    k = len(y)
+    info: dict[str, Any] = {"n": k, "regress": regress, "regressor": regressor, "measured": y.tolist()}
+    folds = min(n_folds, k)
+    if folds >= 2 and k >= 4:
+        perm = np.random.default_rng(seed).permutation(k)
+        oof = np.empty(k)
+        for f in range(folds):
+            te = perm[f::folds]
+            tr = np.setdiff1d(perm, te)
+            oof[te] = make().fit(X[tr], P[tr]).predict(X[te])
+        info.update(folds=folds, r2_holdout=_r2(y, oof), spearman_holdout=_spearman(y, oof),
+                    rmse_holdout=float(np.sqrt(np.mean((oof - y) ** 2))))
+    else:
+        info.update(folds=0, r2_holdout=float("nan"), spearman_holdout=float("nan"), rmse_holdout=float("nan"))
+    lin = np.asarray(tikmix_objective_from_p(X @ np.atleast_2d(S).T, X, scale, **ab), dtype=np.float64)
+    info.update(r2_linear=_r2(y, lin), spearman_linear=_spearman(y, lin),
+                rmse_linear=float(np.sqrt(np.mean((lin - y) ** 2))))
+    law = make().fit(X, P)
+    info["r2_train"] = _r2(y, law.predict(X))
+    return law, info
+
+
+def accept_search(fit: dict, pred_m: float, pred_d: float, margin: float) -> tuple[bool, str]:
+    """TiKMiX-M keeps its searched mixture only when the regressor, judged by its own held-out fit, predicts
+    it better than w_D: held-out R² > 0 and pred(w_D) − pred(w_M) > margin × held-out RMSE."""
+    r2, rmse = fit.get("r2_holdout", float("nan")), fit.get("rmse_holdout", float("nan"))
+    if not (np.isfinite(r2) and r2 > 0):
+        return False, f"held-out R² {r2:.3g} <= 0: the regressor predicts no better than the mean"
+    gain = pred_d - pred_m
+    if not gain > margin * rmse:
+        return False, (f"predicted gain over w_D {gain:.3g} <= accept_margin {margin:g} x held-out RMSE {rmse:.3g}")
+    return True, f"predicted gain over w_D {gain:.3g} > {margin:g} x held-out RMSE {rmse:.3g}"
+
+
+def on_boundary(w: np.ndarray, region: tuple[np.ndarray, np.ndarray], rel_tol: float = 1e-3) -> list[int]:
+    """Indices of domains where w sits on a face of the (non-degenerate) trust box."""
+    lo, hi = region
+    width = hi - lo
+    tol = rel_tol * np.maximum(width, 1e-12)
+    return [int(i) for i in np.flatnonzero((width > 1e-12) & ((w <= lo + tol) | (w >= hi - tol)))]

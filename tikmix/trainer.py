@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tikmix.checkpoint import load_checkpoint, save_checkpoint
 from tikmix.errors import ConfigError, TikmixError
 from tikmix.ledger import Ledger
-from tikmix.mixer import DomainStats, Mixer, Probe
+from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe
 from tikmix.perf import Peak, check_peak_setting, resolve_peak
 from tikmix.runlog import RunLogger, to_builtin
 from tikmix.sampler import MixtureSampler, _rng, mixture_counts
@@ -413,7 +413,9 @@ class Trainer:
                 self.state.skipped.append({"step": step, "domains": bad})
                 print(f"[tikmix] step {step}: non-finite loss in {bad}; batch skipped "
                       f"({len(self.state.skipped)} so far)", file=sys.stderr)
-                return total, None
+                return total, DomainStats(step=step, counts=counts, loss=np.full(self.m, np.nan),
+                                          tokens=np.zeros(self.m, dtype=np.int64), windows=tokens, row_domains=dom,
+                                          skipped=True)
             raise NonFiniteLoss(
                 f"non-finite training loss at step {step}; domains in the batch: "
                 f"{[self.domains[d] for d in range(self.m) if counts[d]]}, non-finite in: {bad}. "
@@ -530,9 +532,8 @@ class Trainer:
                                                          f"{_first_line(e)}); set trainer.compile=false to train "
                                                          "without it") from e
                 raise
-            if stats is not None:  # None: batch skipped for a non-finite loss (trainer.on_nonfinite=skip)
-                self.mixer.observe(stats)
-                s.tokens_seen += stats.tokens
+            self.mixer.observe(stats)  # a skipped batch too (stats.skipped): per-step mixers count every step
+            s.tokens_seen += stats.tokens
             s.step += 1
             s.wall_time = time.perf_counter() - t0
             if bar is not None:
@@ -549,14 +550,15 @@ class Trainer:
                     rec["train/mfu"] = mfu
                     self.mfu_values.append(mfu)
                     postfix["mfu"] = f"{mfu:.1%}"
-                if stats is not None:
-                    rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
+                rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
                 rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
                 if self.logger and self.rank == 0:
                     self.logger.log(rec, s.step)
                 if bar is not None:
                     bar.set_postfix(postfix)
-            if (eval_every and s.step % eval_every == 0) or s.step == self.total_steps:
+            # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
+            final_val = s.step == self.total_steps and self.tcfg.get("final_eval", "full") == "full"
+            if (eval_every and s.step % eval_every == 0) or final_val:
                 vl = self.val_losses()
                 s.val_history.append({"step": s.step, "val_loss": vl})
                 if self.logger and self.rank == 0:
@@ -605,13 +607,13 @@ class TrainerProbe(Probe):
         d = self.domains.index(domain)
         return self._to_batches(self.tr.sampler.domain_sample(d, n, key=self.step))
 
-    def mixture_batches(self, weights: np.ndarray, n_tokens: int) -> Iterator[dict]:
+    def mixture_batches(self, weights: np.ndarray, n_tokens: int) -> MixtureSample:
         self._calls += 1
         n = max(1, math.ceil(n_tokens / self.seq_len))
         rng = _rng(self.tr.sampler.seed, self.step, 0x3A, self._calls)
         counts = mixture_counts(np.asarray(weights, dtype=np.float64), n, rng)
         rows = [self.tr.sampler.windows(d, int(c), rng) for d, c in enumerate(counts) if c]
-        return self._to_batches(np.concatenate(rows))
+        return MixtureSample(self._to_batches(np.concatenate(rows)), counts)
 
     def val_losses(self) -> dict[str, float]:
         return self.tr.val_losses()
