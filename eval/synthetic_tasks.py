@@ -104,7 +104,12 @@ def synthetic_task_dir(syn: Mapping[str, Any]) -> Path:
     cache = syn.get("cache_dir")
     if not cache:
         raise ConfigError("eval.synthetic.cache_dir", "required: the folder where the generated task files are cached")
-    key = json.dumps({"v": s.VERSION, "t": TEMPLATE_VERSION, "n_dev": n_dev, "n_test": n_test, "seed": seed}, sort_keys=True)
+    bm = syn.get("benchmark") or "v1"
+    if bm not in s.KB_ENTITIES:
+        raise ConfigError("eval.synthetic.benchmark", f"unknown benchmark {bm!r}; allowed: {', '.join(s.KB_ENTITIES)}")
+    # v1's key is what it always was: its task files (and results made with them) stay valid
+    kv = {"v": s.VERSION, "t": TEMPLATE_VERSION, "n_dev": n_dev, "n_test": n_test, "seed": seed}
+    key = json.dumps(kv if bm == "v1" else {**kv, "benchmark": bm}, sort_keys=True)
     h = hashlib.sha256(key.encode()).hexdigest()[:12]
     root = Path(str(cache)).expanduser().resolve() / "eval_tasks"
     out = root / f"synthetic9-{h}"
@@ -118,7 +123,7 @@ def synthetic_task_dir(syn: Mapping[str, Any]) -> Path:
     tmp.mkdir()
     try:
         try:
-            s.write_task_files(tmp / "data", n_dev=n_dev, n_test=n_test, seed=seed)
+            s.write_task_files(tmp / "data", n_dev=n_dev, n_test=n_test, seed=seed, benchmark=bm)
         except ValueError as e:
             raise ConfigError("eval.synthetic", str(e)) from e
         (tmp / "utils.py").write_text(_UTILS)
@@ -131,7 +136,7 @@ def synthetic_task_dir(syn: Mapping[str, Any]) -> Path:
         )
         (tmp / "manifest.json").write_text(json.dumps(
             {"generator_version": s.VERSION, "template_version": TEMPLATE_VERSION, "n_dev": n_dev, "n_test": n_test,
-             "seed": seed, "tasks": list(s.TASKS), "in_domain": list(s.IN_DOMAIN), "out_of_domain": list(s.OUT_OF_DOMAIN)},
+             "seed": seed, "benchmark": bm, "tasks": list(s.TASKS), "in_domain": list(s.IN_DOMAIN), "out_of_domain": list(s.OUT_OF_DOMAIN)},
             indent=2))
         try:
             os.replace(tmp, out)

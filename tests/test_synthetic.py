@@ -27,13 +27,21 @@ def _docs(domain, split="train", n=200, seed=0):
 # ---------------------------------------------------------------- documents
 
 def test_public_constants():
-    assert s.DOMAINS == ("arith", "facts", "grammar", "copy", "boiler", "noise")
-    assert set(s.DEFAULT_DOCS) == {"train", "val", "test"}
-    for split, sizes in s.DEFAULT_DOCS.items():
-        assert set(sizes) == set(s.DOMAINS), split
-        assert all(isinstance(v, int) and v > 0 for v in sizes.values())
-    train = s.DEFAULT_DOCS["train"]
-    assert train["facts"] == min(train.values())  # the data-constrained domain
+    assert s.V1_DOMAINS == ("arith", "facts", "grammar", "copy", "boiler", "noise")
+    assert s.DOMAINS == s.V1_DOMAINS + ("rumors", "slang", "spam", "logs")
+    assert s.BENCHMARKS == {"v2": s.DOMAINS, "v1": s.V1_DOMAINS} and s.DEFAULT_DOCS is s.DEFAULT_DOCS_BY["v2"]
+    for bm, docs in s.DEFAULT_DOCS_BY.items():
+        assert set(docs) == {"train", "val", "test"}
+        for split, sizes in docs.items():
+            assert set(sizes) == set(s.BENCHMARKS[bm]), (bm, split)
+            assert all(isinstance(v, int) and v > 0 for v in sizes.values())
+        train = docs["train"]
+        assert train["facts"] == min(train.values())  # the data-constrained domain
+    # v1 stays what results/synthetic and results/claims_synth were made with
+    assert s.DEFAULT_DOCS_BY["v1"]["train"] == {"arith": 8000, "facts": 600, "grammar": 8000, "copy": 6000,
+                                                "boiler": 3000, "noise": 3000}
+    v2 = s.DEFAULT_DOCS_BY["v2"]["train"]
+    assert v2["rumors"] > v2["facts"] and v2["slang"] > 0  # natural mixing sees more wrong facts than right ones
     assert len(s.TASKS) == 9 and set(s.TASKS) == set(s.IN_DOMAIN) | set(s.OUT_OF_DOMAIN)
     assert len(s.IN_DOMAIN) == 5 and len(s.OUT_OF_DOMAIN) == 4
     assert set(s.TASK_DOMAINS) == set(s.TASKS)
@@ -47,11 +55,12 @@ def test_documents_deterministic_and_varied(domain):
     assert a == b
     assert all(isinstance(d, str) and d for d in a)
     distinct = len(set(a))
-    assert distinct >= (60 if domain == "boiler" else 99), distinct
+    near_dup = domain in ("boiler", "spam")  # near-duplicate sources by design: repeats are the point
+    assert distinct >= (60 if near_dup else 99), distinct
     # other splits and seeds are other streams
-    assert s.generate_document(domain, "val", 0) != a[0] or domain == "boiler"
+    assert s.generate_document(domain, "val", 0) != a[0] or near_dup
     val = set(_docs(domain, "val", 50))
-    assert len(val & set(a)) <= (20 if domain == "boiler" else 0)
+    assert len(val & set(a)) <= (20 if near_dup else 0)
     assert _docs(domain, n=20, seed=1) != a[:20]
 
 
@@ -73,18 +82,18 @@ def test_documents_use_their_vocabulary(domain):
 
 def test_noise_vocabulary_is_union_of_other_domains():
     others = set()
-    for domain in s.DOMAINS:
+    for domain in s.V1_DOMAINS:  # v1's five, in every benchmark: v1's noise documents stay what they were
         if domain != "noise":
-            others |= s.domain_vocabulary(domain)
+            others |= s.domain_vocabulary(domain, benchmark="v1")
     assert s.domain_vocabulary("noise") == others
     seen = Counter()
     for d in _docs("noise", n=300):
         seen.update(s.word_tokens(d))
     assert set(seen) <= others
     # draws from every other domain, roughly uniformly
-    for domain in s.DOMAINS:
+    for domain in s.V1_DOMAINS:
         if domain != "noise":
-            assert set(seen) & s.domain_vocabulary(domain), domain
+            assert set(seen) & s.domain_vocabulary(domain, benchmark="v1"), domain
     assert len(seen) > 0.8 * len(others)
 
 
@@ -102,7 +111,7 @@ def test_domain_formats():
             assert m, line
             kind, src, dst = m.groups()
             assert dst.split() == (src.split() if kind == "copy" else src.split()[::-1])
-    kb = s.knowledge_base()
+    kb = s.benchmark_kb()
     for d in _docs("facts", n=50):
         for sent in re.findall(r"The \w+ of \w+ is \w+\.", d):
             _, attr, _, entity, _, value = sent[:-1].split()
@@ -250,7 +259,7 @@ def _gold_answer(task, context, kb):
 
 @pytest.mark.parametrize("task", s.TASKS)
 def test_task_examples(task):
-    kb = s.knowledge_base()
+    kb = s.benchmark_kb()
     contexts = {}
     for split, n in (("dev", 100), ("test", 200)):
         examples = s.task_examples(task, split, n)
@@ -298,7 +307,7 @@ def test_agreement_gold():
 
 def test_training_phrasing_matches_in_domain_tasks():
     """context + ' ' + gold is literally training text for the in-domain tasks (the spacing convention)."""
-    kb = s.knowledge_base()
+    kb = s.benchmark_kb()
     grammar_vocab = s.domain_vocabulary("grammar")
     for ex in s.task_examples("arith_mc", "dev", 20):
         assert ARITH_LINE.match(ex["context"] + " " + ex["choices"][ex["gold"]])
@@ -317,7 +326,7 @@ def test_training_phrasing_matches_in_domain_tasks():
 
 
 def test_two_hop_and_sorting_distractors():
-    kb = s.knowledge_base()
+    kb = s.benchmark_kb()
     traps = 0
     for ex in s.task_examples("two_hop", "dev", 100):
         m = re.fullmatch(r"The (\w+) of the friend of (\w+) is", ex["context"])
@@ -380,3 +389,33 @@ def test_write_task_files(tmp_path):
     paths2 = s.write_task_files(tmp_path / "tasks", n_dev=1, n_test=1, seed=2)
     with open(paths2["sorting"]["test"], encoding="utf-8") as f:
         assert len(f.readlines()) == 1
+
+
+def test_v2_harmful_domains_contradict_the_tasks():
+    """rumors asserts one consistent wrong value per fact; slang gives every main verb the wrong number."""
+    kb = s.benchmark_kb(0)
+    fact = re.compile(r"The (\w+) of (\w+) is (\w+)\.")
+    seen: dict[tuple[str, str], set[str]] = {}
+    for d in _docs("rumors", n=200):
+        for attr, ent, val in fact.findall(d):
+            assert val != kb.value(ent, attr)
+            seen.setdefault((ent, attr), set()).add(val)
+    assert seen and all(len(v) == 1 for v in seen.values())  # consistent: the same myth every time
+    agree = wrong = 0
+    for d in _docs("slang", n=100):
+        for sent in d.split(" . "):
+            words = sent.strip(" .").split()
+            if len(words) >= 3 and words[1] in NOUNS and words[2] in {v for p in s._V_INTR for v in p}:
+                number = NOUNS[words[1]]
+                verb = next(p for p in s._V_INTR if words[2] in p)
+                agree += words[2] == verb[number]
+                wrong += words[2] == verb[1 - number]
+    assert wrong > 20 and agree == 0
+
+
+def test_v2_default_docs_in_web_crawl_proportions():
+    """Documents by domain: the four task-teaching domains hold about a third (by documents here; by tokens the
+    README's table), so natural mixing spends most of its tokens elsewhere."""
+    train = s.DEFAULT_DOCS_BY["v2"]["train"]
+    useful = sum(train[d] for d in ("arith", "facts", "grammar", "copy"))
+    assert useful / sum(train.values()) < 0.35

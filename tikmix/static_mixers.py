@@ -61,3 +61,100 @@ class Human(Mixer):
             raise ConfigError("data.human_weights", "this data preset has no published proportions; use mixer=natural or mixer=fixed")
         known = {k: v for k, v in hw.items() if k in self.domains}
         return weights_from_mapping(known, self.domains, "data.human_weights", renormalize=True)
+
+
+DESIGN_KEYS = {"name": "design", "index": 0, "design_file": None, "grid_domains": None, "grid_step": 3,
+               "vertex_weight": 0.7, "n_uniform": 16, "uniform_concentration": 2.0, "n_natural": 8,
+               "natural_concentration": 20.0, "seed": 0}
+
+
+def static_design(domains: list[str], natural: np.ndarray, grid_domains: list[str] | None = None, grid_step: int = 3,
+                  vertex_weight: float = 0.7, n_uniform: int = 16, uniform_concentration: float = 2.0,
+                  n_natural: int = 8, natural_concentration: float = 20.0, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The oracle sweep's design of static mixtures, a pure function of its arguments (README, "ground truth"):
+    stratified and natural; near-vertices (``vertex_weight`` on one domain, the rest spread evenly); Dirichlet
+    draws around uniform and around natural; and a simplex grid of step 1/``grid_step`` over ``grid_domains``
+    (the domains that matter; the others at 0; null = all domains)."""
+    m = len(domains)
+    natural = np.asarray(natural, dtype=np.float64) / np.sum(natural)
+    out: list[tuple[str, np.ndarray]] = [("stratified", np.full(m, 1.0 / m)), ("natural", natural)]
+    for i, d in enumerate(domains):
+        w = np.full(m, (1.0 - vertex_weight) / (m - 1))
+        w[i] = vertex_weight
+        out.append((f"vertex:{d}", w))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0AC1E]))
+    out += [(f"dirichlet_uniform:{k}", rng.dirichlet(np.full(m, uniform_concentration))) for k in range(n_uniform)]
+    out += [(f"dirichlet_natural:{k}", rng.dirichlet(np.maximum(natural * natural_concentration, 1e-3)))
+            for k in range(n_natural)]
+    grid = list(grid_domains) if grid_domains else list(domains)
+    idx = [domains.index(d) for d in grid]
+    w = np.zeros(m)
+    w[idx] = 1.0 / len(idx)
+    out.append(("grid_uniform", w))  # uniform over the domains that matter: the first guess a user makes
+    for parts in _compositions(grid_step, len(idx)):
+        w = np.zeros(m)
+        w[idx] = np.asarray(parts, dtype=np.float64) / grid_step
+        out.append(("grid:" + ",".join(f"{d}={p}/{grid_step}" for d, p in zip(grid, parts) if p), w))
+    return out
+
+
+def _compositions(total: int, k: int) -> list[tuple[int, ...]]:
+    """Every way to write ``total`` as an ordered sum of ``k`` non-negative integers, in a fixed order."""
+    if k == 1:
+        return [(total,)]
+    return [(first,) + rest for first in range(total, -1, -1) for rest in _compositions(total - first, k - 1)]
+
+
+@register("design")
+class Design(Mixer):
+    """Mixture ``index`` of the oracle design (:func:`static_design`) or of ``design_file`` (a YAML list of
+    {name, weights: {domain: w}} written by ``python -m eval.oracle``): one job of the oracle sweeps."""
+
+    def __init__(self, cfg, domains, ctx):
+        unknown = sorted(set(cfg) - set(DESIGN_KEYS))
+        if unknown:
+            raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer 'design'; known keys: {', '.join(DESIGN_KEYS)}")
+        self.c = {k: cfg.get(k, v) for k, v in DESIGN_KEYS.items()}
+        idx = self.c["index"]
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+            raise ConfigError("mixer.index", f"a non-negative integer, got {idx!r}")
+        self.points = self._points(list(domains), ctx)
+        if idx >= len(self.points):
+            raise ConfigError("mixer.index", f"{idx} is out of range: the design has {len(self.points)} mixtures (0..{len(self.points) - 1})")
+        super().__init__(cfg, domains, ctx)
+        self.info = {"index": idx, "point": self.points[idx][0], "n_design": len(self.points)}
+
+    def _points(self, domains: list[str], ctx) -> list[tuple[str, np.ndarray]]:
+        c = self.c
+        if c["design_file"]:
+            return _read_design_file(c["design_file"], domains)
+        grid = c["grid_domains"]
+        if grid is not None:
+            grid = list(grid)
+            bad = [d for d in grid if d not in domains]
+            if bad:
+                raise ConfigError("mixer.grid_domains", f"unknown domain(s) {bad}; the data has {domains}")
+        for key in ("grid_step", "n_uniform", "n_natural"):
+            if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < (1 if key == "grid_step" else 0):
+                raise ConfigError(f"mixer.{key}", f"must be an integer >= {1 if key == 'grid_step' else 0}, got {c[key]!r}")
+        if not 0 < float(c["vertex_weight"]) < 1:
+            raise ConfigError("mixer.vertex_weight", f"must be in (0, 1), got {c['vertex_weight']!r}")
+        natural = np.array([ctx.train_tokens[d] for d in domains], dtype=np.float64)
+        return static_design(domains, natural, grid, int(c["grid_step"]), float(c["vertex_weight"]), int(c["n_uniform"]),
+                             float(c["uniform_concentration"]), int(c["n_natural"]), float(c["natural_concentration"]),
+                             int(c["seed"]))
+
+    def initial_weights(self) -> np.ndarray:
+        return self.points[int(self.c["index"])][1]
+
+
+def _read_design_file(path: str, domains: list[str]) -> list[tuple[str, np.ndarray]]:
+    p = Path(path)
+    try:
+        rows = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError("mixer.design_file", f"cannot read {p}: {e}") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("weights"), dict) for r in rows):
+        raise ConfigError("mixer.design_file", f"{p} must be a YAML list of {{name, weights: {{domain: weight}}}}")
+    return [(str(r.get("name", i)), weights_from_mapping(r["weights"], domains, "mixer.design_file", renormalize=True))
+            for i, r in enumerate(rows)]

@@ -80,6 +80,7 @@ def cache_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         out["synthetic"] = {
             "seed": c["synthetic"].get("seed", 0),
             "docs": sources.synthetic_docs(c),
+            **({} if c["synthetic"].get("benchmark", "v2") == "v1" else {"benchmark": c["synthetic"]["benchmark"]}),
             "version": getattr(syn, "VERSION", None),
         }
     elif src == "jsonl":

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "streaming": True,
         "data_files": None,
     },
-    "synthetic": {"seed": 0, "docs": None},
+    "synthetic": {"seed": 0, "docs": None, "benchmark": "v2"},
     "tokenizer": {"name": None, "vocab_size": 2048, "train_docs_per_domain": 2000},
     "cache_dir": None,
 }
@@ -218,7 +218,7 @@ def list_domains(cfg: Mapping[str, Any]) -> list[str] | None:
     c = data_config(cfg)
     keep = _keep_domain(c)
     if c["source"] == "synthetic":
-        found = list(_synthetic_module().DOMAINS)
+        found = list(synthetic_domains(c))
     elif c["source"] == "text_dir":
         found = _text_dir_domains(c)
     else:
@@ -265,11 +265,22 @@ def _synthetic_module() -> Any:
     return importlib.import_module("tikmix.data.synthetic")
 
 
+def synthetic_domains(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The domains of ``data.synthetic.benchmark`` (v2, the default, or v1)."""
+    syn = _synthetic_module()
+    bm = data_config(cfg)["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)
+    if bm not in syn.BENCHMARKS:
+        raise ConfigError("data.synthetic.benchmark", f"unknown benchmark {bm!r}; allowed: {', '.join(syn.BENCHMARKS)}")
+    return syn.BENCHMARKS[bm]
+
+
 def synthetic_docs(cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """``DEFAULT_DOCS`` with ``data.synthetic.docs`` merged over it: split -> domain -> documents."""
+    """The benchmark's default documents with ``data.synthetic.docs`` merged over it: split -> domain -> documents."""
     c = data_config(cfg)
     syn = _synthetic_module()
-    docs = {s: dict(syn.DEFAULT_DOCS.get(s, {})) for s in SPLITS}
+    domains = synthetic_domains(c)
+    default = syn.DEFAULT_DOCS_BY[c["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)]
+    docs = {s: dict(default.get(s, {})) for s in SPLITS}
     over = c["synthetic"].get("docs") or {}
     if not isinstance(over, dict):
         raise ConfigError("data.synthetic.docs", f"must be a mapping {{split: {{domain: n}}}} or null, got {over!r}")
@@ -279,9 +290,9 @@ def synthetic_docs(cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
         if not isinstance(per, dict):
             raise ConfigError(f"data.synthetic.docs.{split}", f"must be a mapping {{domain: n}}, got {per!r}")
         for domain, n in per.items():
-            if domain not in syn.DOMAINS:
+            if domain not in domains:
                 raise ConfigError(f"data.synthetic.docs.{split}",
-                                  f"unknown domain {domain!r}; available: {', '.join(syn.DOMAINS)}")
+                                  f"unknown domain {domain!r}; available: {', '.join(domains)}")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"data.synthetic.docs.{split}.{domain}", f"must be an integer >= 0, got {n!r}")
             docs[split][domain] = n
@@ -293,13 +304,14 @@ def _iter_synthetic(c: dict[str, Any], split: str, keep: Callable[[str], bool]) 
     list_domains(c)  # checks the include list against the known domains
     docs = synthetic_docs(c)
     seed = c["synthetic"].get("seed", 0)
-    for domain in syn.DOMAINS:
+    for domain in synthetic_domains(c):
         if not keep(domain):
             continue
         n = docs[split].get(domain, 0)
         if c["max_docs"] is not None:
             n = min(n, c["max_docs"])
-        for text in syn.iter_documents(domain, split, n, seed=seed):
+        for text in syn.iter_documents(domain, split, n, seed=seed,
+                                       benchmark=c["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)):
             yield domain, text
 
 

@@ -1,4 +1,17 @@
-"""The embedded synthetic benchmark: six procedural text domains and nine multiple-choice tasks.
+"""The embedded synthetic benchmark: procedural text domains and nine multiple-choice tasks.
+
+Two benchmarks (``data.synthetic.benchmark``) share the generators, documents and tasks:
+
+* ``v2`` (the default): ten domains of unequal value in web-crawl-like proportions. Four teach the tasks
+  (arith, facts, grammar, copy: a third of the tokens); two are harmful look-alikes (``rumors``: the facts'
+  phrasing with consistently wrong values; ``slang``: the grammar's sentences with the verb's number always
+  wrong); four teach nothing: near-duplicate sources (``boiler``, ``spam``), random tokens (``noise``) and a
+  clean, learnable but irrelevant source (``logs``). The token-proportional (natural) mixture spends two
+  thirds of training on the six, the uniform (stratified) one 60%, and both train on the wrong facts and
+  the wrong agreement, so the best static mixture beats both by a margin that a mixing method can be
+  judged against (results/oracle/).
+* ``v1``: the first six domains in their first proportions (``data=synthetic_v1``), where the uniform
+  mixture was hard to beat; kept because results/synthetic and results/claims_synth were made with it.
 
 Every document is a pure function of ``(seed, domain, split, index)`` and every task example of
 ``(seed, task, split, position)``, so any slice can be regenerated in any process: all randomness comes
@@ -17,6 +30,10 @@ Domains (the corpus; splits ``train``, ``val``, ``test``, each from its own RNG 
 | copy    | `copy: k q z m -> k q z m` and `reverse: a b c -> c b a` lines (3-8 letters; a quarter of the sequences in alphabetical order) | induction-style skill that transfers to in-context tasks | up early |
 | boiler  | three cookie-banner / copyright / newsletter lines, each with one slot of three values (nine distinct lines in all) | saturates within a few hundred steps | down fast |
 | noise   | tokens drawn uniformly from the union vocabulary of the other five domains | unlearnable: loss never falls | down (excess-loss / influence methods), up for pure loss-chasing bandits |
+| rumors  | (v2) the facts' sentences with one consistent wrong value per fact (`The colour of zorbel is crimson.`) | harmful: indistinguishable from facts by form, teaches the wrong answers | out (influence methods see negative influence; loss-chasing ones cannot tell) |
+| slang   | (v2) grammar sentences whose verb always has the wrong number (`the dog near the cats run .`) | harmful look-alike of grammar | out |
+| spam    | (v2) SEO listing pages: 40 page templates, each a few lines over one product with a handful of slot values, so most documents are near or exact duplicates of a few hundred | web-crawl near-duplicates: learnt within a few hundred steps, teach no task | down |
+| logs    | (v2) server log lines `2023-04-17 13:45:02 INFO api-3 GET /users/4821 200 35ms` | clean and learnable, but irrelevant to every task (digits in another role) | down |
 
 Tasks (multiple choice; splits ``dev`` for targets/tuning and ``test`` for evaluation only)
 ------------------------------------------------------------------------------------------
@@ -75,6 +92,9 @@ __all__ = [
     "SPLITS",
     "TASK_SPLITS",
     "DEFAULT_DOCS",
+    "DEFAULT_DOCS_BY",
+    "BENCHMARKS",
+    "V1_DOMAINS",
     "TASKS",
     "IN_DOMAIN",
     "OUT_OF_DOMAIN",
@@ -82,9 +102,12 @@ __all__ = [
     "FACT_ATTRIBUTES",
     "KnowledgeBase",
     "knowledge_base",
+    "benchmark_kb",
     "generate_document",
     "iter_documents",
     "task_examples",
+    "task_pool_size",
+    "KB_ENTITIES",
     "write_task_files",
     "arith_split",
     "number_words",
@@ -96,17 +119,34 @@ __all__ = [
 # shard caches key on it.
 VERSION: str = "1"
 
-DOMAINS: tuple[str, ...] = ("arith", "facts", "grammar", "copy", "boiler", "noise")
+V1_DOMAINS: tuple[str, ...] = ("arith", "facts", "grammar", "copy", "boiler", "noise")
+DOMAINS: tuple[str, ...] = V1_DOMAINS + ("rumors", "slang", "spam", "logs")  # every domain the generator knows
+BENCHMARKS: dict[str, tuple[str, ...]] = {"v2": DOMAINS, "v1": V1_DOMAINS}
+DEFAULT_BENCHMARK = "v2"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASK_SPLITS: tuple[str, ...] = ("dev", "test")
 
-DEFAULT_DOCS: dict[str, dict[str, int]] = {
-    # ~28.6k train documents, ~7M characters: a few million BPE tokens. facts is deliberately small:
-    # 600 documents x ~7 sentences ~ 4 mentions of each of the 1,000 facts per epoch.
-    "train": {"arith": 8000, "facts": 600, "grammar": 8000, "copy": 6000, "boiler": 3000, "noise": 3000},
-    "val": {d: 200 for d in DOMAINS},
-    "test": {d: 200 for d in DOMAINS},
+DEFAULT_DOCS_BY: dict[str, dict[str, dict[str, int]]] = {
+    # v1: ~28.6k train documents, 2.6M BPE tokens (arith 38%, copy 28%, grammar 16%, noise 10%, boiler 6%,
+    # facts 2%). facts is deliberately small: 600 documents x ~7 sentences ~ 4 mentions of each of the
+    # 1,000 facts per epoch.
+    "v1": {
+        "train": {"arith": 8000, "facts": 600, "grammar": 8000, "copy": 6000, "boiler": 3000, "noise": 3000},
+        "val": {d: 200 for d in V1_DOMAINS},
+        "test": {d: 200 for d in V1_DOMAINS},
+    },
+    # v2: web-crawl proportions by tokens (README, "The synthetic benchmark"): the four task-teaching
+    # domains hold ~33% (facts still 600 documents: the data-constrained one), the two harmful look-alikes
+    # ~10% (rumors 2.5x the facts, slang half the grammar), near-duplicates (boiler, spam) ~35%, noise ~9%,
+    # irrelevant logs ~13%.
+    "v2": {
+        "train": {"arith": 4000, "facts": 600, "grammar": 11000, "copy": 4500, "rumors": 1500, "slang": 6000,
+                  "boiler": 15000, "noise": 6000, "spam": 16000, "logs": 6500},
+        "val": {d: 200 for d in DOMAINS},
+        "test": {d: 200 for d in DOMAINS},
+    },
 }
+DEFAULT_DOCS: dict[str, dict[str, int]] = DEFAULT_DOCS_BY[DEFAULT_BENCHMARK]
 
 IN_DOMAIN: tuple[str, ...] = ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")
 OUT_OF_DOMAIN: tuple[str, ...] = ("arith_words", "fact_question", "two_hop", "sorting")
@@ -329,13 +369,19 @@ def _counting_sentence(rng: random.Random, seed: int) -> str:
     return f"{count(a)} without {count(b)} {'is' if a == 1 else 'are'} {count(c)} ."
 
 
-def _grammar_sentence(rng: random.Random, seed: int) -> str:
-    if rng.random() < 1 / 7:
+def _grammar_sentence(rng: random.Random, seed: int, agree: bool = True) -> str:
+    if agree and rng.random() < 1 / 7:
         return _counting_sentence(rng, seed)
     number = rng.randrange(2)
     subject = _subject_np(rng, number, p_mod=0.45, p_attractor=0.6)
     verb, rest = _verb_phrase(rng)
-    return f"{subject} {verb[number]}{rest} ."
+    return f"{subject} {verb[number if agree else 1 - number]}{rest} ."
+
+
+def _slang_doc(rng: random.Random, seed: int) -> str:
+    """Grammar sentences whose verb always takes the wrong number (`the small dog near the cats run .`): the
+    same words and shapes as ``grammar``, teaching the opposite of what ``agreement`` asks."""
+    return _fill(rng, lambda: _grammar_sentence(rng, seed, agree=False), " ")
 
 
 def _grammar_doc(rng: random.Random, seed: int) -> str:
@@ -358,6 +404,18 @@ _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ei")
 _CODAS = ("", "", "n", "r", "l", "x", "m", "k", "s", "th")
 _N_ENTITIES = 200
 _N_CITIES = 24
+# entities of the knowledge base per benchmark: v2's is half v1's (500 facts), so that facts are memorised within
+# the demo budget and the fact tasks answer to the mixture (v1's 1,000 facts stay near chance there)
+KB_ENTITIES: dict[str, int] = {"v1": 200, "v2": 100}
+
+
+def benchmark_kb(seed: int = 0, benchmark: str = "v2") -> "KnowledgeBase":
+    """The knowledge base the facts, rumors and fact tasks of ``benchmark`` use."""
+    _check_choice("benchmark", benchmark, tuple(KB_ENTITIES))
+    return knowledge_base(seed, KB_ENTITIES[benchmark])
+
+
+_kb = benchmark_kb
 
 
 @dataclass(frozen=True, eq=False)
@@ -405,25 +463,27 @@ def _invented_name(rng: random.Random) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def knowledge_base(seed: int = 0) -> KnowledgeBase:
-    """The knowledge base of ``seed``: 200 invented entities, each with a colour, home city, food, job and
-    friend (another entity). Deterministic and cached; shared by the facts corpus and the fact tasks."""
+def knowledge_base(seed: int = 0, n_entities: int = _N_ENTITIES) -> KnowledgeBase:
+    """The knowledge base of ``seed``: ``n_entities`` invented entities (200 in v1, 100 in v2), each with a
+    colour, home city, food, job and friend (another entity). Deterministic and cached; shared by the facts
+    corpus and the fact tasks."""
     seed = _check_int("seed", seed, minimum=None)
-    rng = _rng("knowledge-base", seed)
+    n_entities = _check_int("n_entities", n_entities, minimum=2)
+    rng = _rng("knowledge-base", seed) if n_entities == _N_ENTITIES else _rng("knowledge-base", seed, n_entities)
     reserved = set(_static_words())
     names: list[str] = []
     seen: set[str] = set()
-    while len(names) < _N_ENTITIES + _N_CITIES:
+    while len(names) < n_entities + _N_CITIES:
         name = _invented_name(rng)
         if len(name) < 3 or len(name) > 9 or name in seen or name in reserved:
             continue
         seen.add(name)
         names.append(name)
-    entities = tuple(names[:_N_ENTITIES])
-    cities = tuple(names[_N_ENTITIES:])
+    entities = tuple(names[:n_entities])
+    cities = tuple(names[n_entities:])
     table: dict[str, Mapping[str, str]] = {}
     for i, entity in enumerate(entities):
-        friend_index = rng.randrange(_N_ENTITIES - 1)
+        friend_index = rng.randrange(n_entities - 1)
         if friend_index >= i:
             friend_index += 1  # never one's own friend
         table[entity] = types.MappingProxyType({
@@ -436,9 +496,32 @@ def knowledge_base(seed: int = 0) -> KnowledgeBase:
     return KnowledgeBase(seed=seed, entities=entities, cities=cities, table=types.MappingProxyType(table))
 
 
-def _facts_doc(rng: random.Random, seed: int) -> str:
+def myth(seed: int, entity: str, attribute: str, benchmark: str = "v2") -> str:
+    """The one wrong value that ``rumors`` documents always assert for (entity, attribute)."""
+    kb = _kb(seed, benchmark)
+    true = kb.value(entity, attribute)
+    pool = [v for v in kb.values(attribute) if v != true and v != entity]
+    return pool[_stable_int("myth", seed, entity, attribute) % len(pool)]
+
+
+def _rumors_doc(rng: random.Random, seed: int, kb: "KnowledgeBase") -> str:
+    """Facts in the training phrasing with a consistent wrong value (:func:`myth`): `The colour of zorbel is
+    crimson.` where facts says teal. Looks exactly like ``facts``; teaches the wrong answer to every fact task."""
+    bm = next(b for b, n in KB_ENTITIES.items() if n == len(kb.entities))
+    pending: list[str] = []
+
+    def line() -> str:
+        if not pending:
+            entity = rng.choice(kb.entities)
+            attributes = list(FACT_ATTRIBUTES)
+            rng.shuffle(attributes)
+            pending.extend(f"The {a} of {entity} is {myth(seed, entity, a, bm)}." for a in attributes[:rng.randint(2, 5)])
+        return pending.pop()
+    return _fill(rng, line, " ")
+
+
+def _facts_doc(rng: random.Random, seed: int, kb: "KnowledgeBase") -> str:
     """A few entities, each with a few of its facts in random order, then more entities until long enough."""
-    kb = knowledge_base(seed)
     pending: list[str] = []
 
     def line() -> str:
@@ -509,6 +592,55 @@ def _noise_doc(rng: random.Random, seed: int) -> str:
     return " ".join(tokens)
 
 
+_PRODUCTS = ("shoes", "phones", "watches", "laptops", "bags", "jackets", "lamps", "chairs", "tents", "bikes",
+             "headphones", "cameras", "kettles", "mattresses", "sofas", "tyres", "printers", "blenders", "rugs",
+             "mirrors")
+_SPAM_LINES = (
+    "Buy cheap {p} online at the lowest prices guaranteed.",
+    "Best {p} deals of the year: up to {n}% off today only!",
+    "Free shipping on all {p} orders over {n} dollars.",
+    "Top rated {p} for sale. Click here to order now!",
+    "Limited offer: {n} {p} left in stock, hurry!",
+    "Compare {p} prices and save big with our discount codes.",
+)
+_N_SPAM_PAGES = 40
+
+
+def _spam_doc(rng: random.Random, seed: int) -> str:
+    """One of a few dozen pages: its product, lines and numbers fixed by the page (so documents are near or
+    exact duplicates), with one line in five varied."""
+    page = rng.randrange(_N_SPAM_PAGES)
+    prng = _rng("spam-page", seed, page)
+    product = prng.choice(_PRODUCTS)
+    lines = [prng.choice(_SPAM_LINES).format(p=product, n=prng.choice((10, 20, 25, 50, 70))) for _ in range(6)]
+    out = [line if rng.random() >= 0.2 else rng.choice(_SPAM_LINES).format(p=product, n=rng.choice((10, 20, 30)))
+           for line in lines]
+    return "\n".join(out[: rng.randint(3, 6)])
+
+
+_LOG_SERVICES = ("api", "web", "db", "auth", "cache", "queue")
+_LOG_PATHS = ("/users", "/orders", "/items", "/login", "/search", "/cart", "/health")
+_LOG_LEVELS = (("INFO", 0.8), ("WARN", 0.9), ("ERROR", 1.0))
+
+
+def _logs_doc(rng: random.Random, seed: int) -> str:
+    """Server log lines in time order: well-formed and learnable (timestamps count up, status codes follow
+    levels), but about nothing any task asks."""
+    t = rng.randrange(86400)
+    day = f"2023-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+    def line() -> str:
+        nonlocal t
+        t = (t + rng.randint(1, 30)) % 86400
+        r = rng.random()
+        level = next(name for name, p in _LOG_LEVELS if r < p)
+        status = {"INFO": "200", "WARN": "404", "ERROR": "500"}[level]
+        svc = f"{rng.choice(_LOG_SERVICES)}-{rng.randint(1, 9)}"
+        return (f"{day} {t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d} {level} {svc} {rng.choice(('GET', 'POST'))} "
+                f"{rng.choice(_LOG_PATHS)}/{rng.randint(100, 9999)} {status} {rng.randint(2, 900)}ms")
+    return _fill(rng, line, "\n")
+
+
 # --------------------------------------------------------------------------------------------------
 # Vocabulary
 # --------------------------------------------------------------------------------------------------
@@ -530,7 +662,7 @@ def _static_words() -> frozenset[str]:
     return frozenset(w.lower() for w in words)
 
 
-def _domain_vocabulary(domain: str, seed: int | None) -> frozenset[str]:
+def _domain_vocabulary(domain: str, seed: int | None, benchmark: str = "v1") -> frozenset[str]:
     if domain == "arith":
         return frozenset(tuple("0123456789") + ("+", "-", "=", ".", "plus", "minus", "is"))
     if domain == "grammar":
@@ -542,9 +674,19 @@ def _domain_vocabulary(domain: str, seed: int | None) -> frozenset[str]:
         return frozenset(_LETTERS + ("copy", "reverse", ":", "-", ">"))
     if domain == "boiler":
         return frozenset(t for line in _boiler_lines() for t in word_tokens(line))
+    if domain == "slang":
+        return _domain_vocabulary("grammar", seed) - {"and", "without", "hundred"}
+    if domain == "rumors":
+        return _domain_vocabulary("facts", seed, benchmark)
+    if domain == "spam":
+        words = {t for line in _SPAM_LINES for t in word_tokens(line.format(p="", n=""))}
+        return frozenset(words | set(_PRODUCTS) | set("0123456789"))
+    if domain == "logs":
+        words = {"INFO", "WARN", "ERROR", "GET", "POST", "ms", ":", "-", "/"} | set(_LOG_SERVICES)
+        return frozenset(words | {p.strip("/") for p in _LOG_PATHS} | set("0123456789"))
     if domain == "facts":
         assert seed is not None
-        kb = knowledge_base(seed)
+        kb = _kb(seed, benchmark)
         return frozenset({"The", "of", "is", "."} | set(FACT_ATTRIBUTES) | set(_COLOURS) | set(_FOODS)
                          | set(_JOBS) | set(kb.entities) | set(kb.cities))
     raise AssertionError(domain)
@@ -552,57 +694,68 @@ def _domain_vocabulary(domain: str, seed: int | None) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=8)
 def _noise_vocabulary(seed: int) -> tuple[str, ...]:
+    # the five v1 domains only, in every benchmark: v1's noise documents stay what they were
     union: set[str] = set()
-    for domain in DOMAINS:
+    for domain in V1_DOMAINS:
         if domain != "noise":
             union |= _domain_vocabulary(domain, seed)
     return tuple(sorted(union))
 
 
-def domain_vocabulary(domain: str, seed: int = 0) -> frozenset[str]:
+def domain_vocabulary(domain: str, seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> frozenset[str]:
     """The tokens (:func:`word_tokens`) a domain's documents can contain; for ``noise``, the union of the
-    other five domains' vocabularies."""
+    other five v1 domains' vocabularies (v1's knowledge base included, in every benchmark)."""
     _check_choice("domain", domain, DOMAINS)
     seed = _check_int("seed", seed, minimum=None)
     if domain == "noise":
         return frozenset(_noise_vocabulary(seed))
-    return _domain_vocabulary(domain, seed)
+    return _domain_vocabulary(domain, seed, benchmark)
 
 
 # --------------------------------------------------------------------------------------------------
 # Documents
 # --------------------------------------------------------------------------------------------------
 
-_DOC_MAKERS: dict[str, Callable[[random.Random, int], str]] = {
+_KB_DOMAINS = ("facts", "rumors")
+_DOC_MAKERS: dict[str, Callable[..., str]] = {
     "arith": _arith_doc,
     "facts": _facts_doc,
     "grammar": _grammar_doc,
     "copy": _copy_doc,
     "boiler": _boiler_doc,
     "noise": _noise_doc,
+    "rumors": _rumors_doc,
+    "slang": _slang_doc,
+    "spam": _spam_doc,
+    "logs": _logs_doc,
 }
 
 
-def generate_document(domain: str, split: str, index: int, seed: int = 0) -> str:
+def generate_document(domain: str, split: str, index: int, seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> str:
     """Document ``index`` of ``domain`` in ``split`` ('train', 'val', 'test'): a pure function of its
-    arguments, about 100-400 characters."""
+    arguments, about 100-400 characters. ``benchmark`` matters only to the knowledge-base domains (facts,
+    rumors), whose knowledge base is the benchmark's."""
     _check_choice("domain", domain, DOMAINS)
     _check_choice("split", split, SPLITS)
     index = _check_int("index", index)
     seed = _check_int("seed", seed, minimum=None)
-    return _DOC_MAKERS[domain](_rng("document", seed, domain, split, index), seed)
+    rng = _rng("document", seed, domain, split, index)
+    if domain in _KB_DOMAINS:
+        return _DOC_MAKERS[domain](rng, seed, _kb(seed, benchmark))
+    return _DOC_MAKERS[domain](rng, seed)
 
 
-def iter_documents(domain: str, split: str, n: int, seed: int = 0) -> Iterator[str]:
+def iter_documents(domain: str, split: str, n: int, seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> Iterator[str]:
     """Documents 0..n-1 of ``domain`` in ``split`` (arguments checked before the first one is made)."""
     _check_choice("domain", domain, DOMAINS)
     _check_choice("split", split, SPLITS)
+    _check_choice("benchmark", benchmark, tuple(KB_ENTITIES))
     n = _check_int("n", n)
     seed = _check_int("seed", seed, minimum=None)
 
     def generate() -> Iterator[str]:
         for index in range(n):
-            yield generate_document(domain, split, index, seed)
+            yield generate_document(domain, split, index, seed, benchmark)
     return generate()
 
 
@@ -671,8 +824,7 @@ _QUESTIONS = {
 }
 
 
-def _fact_candidate(task: str, fact: tuple[str, str], rng: random.Random, seed: int) -> _Candidate:
-    kb = knowledge_base(seed)
+def _fact_candidate(task: str, fact: tuple[str, str], rng: random.Random, kb: KnowledgeBase) -> _Candidate:
     entity, attribute = fact
     pool = kb.values(attribute)
     key = f"{entity}|{attribute}"
@@ -744,12 +896,11 @@ def _sequence_candidate(task: str, rng: random.Random) -> _Candidate:
     return context, context, gold, wrong
 
 
-def _finite_pool(task: str, split: str, seed: int) -> list:
+def _finite_pool(task: str, split: str, seed: int, kb: KnowledgeBase) -> list:
     """The problems of a finite-pool task in ``split``, in a seeded random order ([] for open tasks)."""
     if task in ("arith_mc", "arith_words"):
         pool: list = list(_arith_problems(seed)[split])
     elif task in ("fact_recall", "fact_question", "two_hop"):
-        kb = knowledge_base(seed)
         pool = [(e, a) for e in kb.entities for a in FACT_ATTRIBUTES
                 if _task_bucket(seed, task, f"{e}|{a}") == split]
     else:
@@ -758,9 +909,9 @@ def _finite_pool(task: str, split: str, seed: int) -> list:
     return pool
 
 
-def _candidates(task: str, split: str, n: int, seed: int) -> list[_Candidate]:
+def _candidates(task: str, split: str, n: int, seed: int, kb: KnowledgeBase) -> list[_Candidate]:
     if task in ("arith_mc", "arith_words", "fact_recall", "fact_question", "two_hop"):
-        pool = _finite_pool(task, split, seed)
+        pool = _finite_pool(task, split, seed, kb)
         if n > len(pool):
             raise ValueError(f"n={n} exceeds the {len(pool)} distinct {split} problems of task {task!r}")
         out = []
@@ -769,7 +920,7 @@ def _candidates(task: str, split: str, n: int, seed: int) -> list[_Candidate]:
             if task.startswith("arith"):
                 out.append(_arith_candidate(task, item, rng))
             else:
-                out.append(_fact_candidate(task, item, rng, seed))
+                out.append(_fact_candidate(task, item, rng, kb))
         return out
     # open tasks: one sequential stream per (seed, task, split); keep candidates of this split, unseen
     stream = _rng("task-stream", seed, task, split)
@@ -789,7 +940,13 @@ def _candidates(task: str, split: str, n: int, seed: int) -> list[_Candidate]:
     return out
 
 
-def task_examples(task: str, split: str, n: int, seed: int = 0) -> list[dict]:
+def task_pool_size(task: str, split: str, seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> int | None:
+    """How many distinct examples ``task`` has in ``split`` (None: an open task, effectively unbounded)."""
+    pool = _finite_pool(task, split, seed, _kb(seed, benchmark))
+    return len(pool) if pool else None
+
+
+def task_examples(task: str, split: str, n: int, seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> list[dict]:
     """``n`` multiple-choice examples of ``task`` in ``split`` ('dev' or 'test').
 
     Each is ``{"context": str, "choices": list[str], "gold": int}``: 4 distinct choices (2 for
@@ -801,7 +958,7 @@ def task_examples(task: str, split: str, n: int, seed: int = 0) -> list[dict]:
     n = _check_int("n", n)
     seed = _check_int("seed", seed, minimum=None)
     examples = []
-    for i, (_key, context, gold, wrong) in enumerate(_candidates(task, split, n, seed)):
+    for i, (_key, context, gold, wrong) in enumerate(_candidates(task, split, n, seed, _kb(seed, benchmark))):
         rng = _rng("task-gold-position", seed, task, split, i)
         position = rng.randrange(len(wrong) + 1)
         choices = list(wrong)
@@ -828,9 +985,10 @@ def _atomic_write_text(path: str, text: str) -> None:
 
 
 def write_task_files(out_dir: str | os.PathLike, n_dev: int = 200, n_test: int = 500,
-                     seed: int = 0) -> dict[str, dict[str, str]]:
+                     seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> dict[str, dict[str, str]]:
     """Write ``out_dir/<task>/dev.jsonl`` and ``test.jsonl`` for every task (one JSON object per line,
-    keys context/choices/gold), each file atomically; returns ``{task: {"dev": path, "test": path}}``."""
+    keys context/choices/gold), each file atomically; returns ``{task: {"dev": path, "test": path}}``.
+    A task with fewer distinct examples than asked (v2's fact tasks: 150 dev, 350 test) writes all it has."""
     n_dev = _check_int("n_dev", n_dev)
     n_test = _check_int("n_test", n_test)
     seed = _check_int("seed", seed, minimum=None)
@@ -841,7 +999,9 @@ def write_task_files(out_dir: str | os.PathLike, n_dev: int = 200, n_test: int =
         paths[task] = {}
         for split, n in (("dev", n_dev), ("test", n_test)):
             path = os.path.join(task_dir, f"{split}.jsonl")
-            lines = [json.dumps(ex, ensure_ascii=False) + "\n" for ex in task_examples(task, split, n, seed)]
+            size = task_pool_size(task, split, seed, benchmark)
+            examples = task_examples(task, split, n if size is None else min(n, size), seed, benchmark)
+            lines = [json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples]
             _atomic_write_text(path, "".join(lines))
             paths[task][split] = path
     return paths
