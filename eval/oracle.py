@@ -72,9 +72,9 @@ class ExpLaw:
         m = X.shape[1]
         rng = np.random.default_rng(seed)
         best = None
-        for _ in range(8):  # restarts: the law is not convex in its parameters
+        for _ in range(4):  # restarts: the law is not convex in its parameters
             p0 = np.concatenate([[y.min() - 0.1 * np.ptp(y)], [np.log(max(np.ptp(y), 1e-6))], rng.normal(0, 1, m)])
-            r = least_squares(lambda p: self._f(p, X) - y, p0, max_nfev=2000)
+            r = least_squares(lambda p: self._f(p, X) - y, p0, max_nfev=500)
             if best is None or r.cost < best.cost:
                 best = r
         self.p = best.x
@@ -194,7 +194,9 @@ def report(design_dirs: list[str], confirm_dirs: list[str], out: Path, metric: s
     summ = {n: {"mean": float(np.mean(list(e["scores"].values()))), "std": float(np.std(list(e["scores"].values()), ddof=1))
                 if len(e["scores"]) > 1 else None, "seeds": sorted(e["scores"]), "weights": _wd(domains, e["w"]),
                 "scores": {str(s): v for s, v in sorted(e["scores"].items())}, "extra": _extras(e["res"]),
-                "per_seed": {str(s): _headline(r) for s, r in sorted(e["res"].items())}} for n, e in by.items()}
+                "per_seed": {str(s): _headline(r) for s, r in sorted(e["res"].items())},
+                "limited": {str(s): lim for s, r in sorted(e["res"].items())
+                            if (lim := tables.eval_limit(r.get("eval"))) is not None}} for n, e in by.items()}
     best = min(summ, key=lambda n: (sign * summ[n]["mean"], -len(summ[n]["seeds"])))
     vs = {ref: paired(by[best]["scores"], by[ref]["scores"]) for ref in ("stratified", "natural") if ref in by}
     for ref, p in vs.items():
@@ -247,7 +249,8 @@ def markdown(res: dict) -> str:
     m, lower = res["metric"], res["lower_is_better"]
     b = res["best"]
     lines = [f"# The best static mixture ({m}, {'lower' if lower else 'higher'} is better)", "",
-             f"Best: **{b['name']}**, {m} {b['mean']:.4f} ± {b['std'] or 0:.4f} over seeds {b['seeds']}", "",
+             f"Best: **{b['name']}**, {m} {b['mean']:.4f} ± {b['std'] or 0:.4f} over seeds {b['seeds']}"
+             + (f" {tables.LIMIT_MARK} (a limited evaluation: see below)" if b.get("limited") else ""), "",
              "| domain | weight |", "|---|---|"]
     lines += [f"| {d} | {w:.3f} |" for d, w in b["weights"].items()]
     lines += ["", "| against | mean difference | paired std | 95% interval | beats it by > 2 paired std |", "|---|---|---|---|---|"]
@@ -262,8 +265,13 @@ def markdown(res: dict) -> str:
         e = res["mixtures"][n]
         ex = e["extra"]
         cell = lambda k, nd=1: tables.fmt_ms(ex[k]["mean"], ex[k]["std"], nd) if k in ex else tables.DASH  # noqa: E731
-        lines.append(f"| {n} | {tables.fmt_ms(e['mean'], e['std'], 4)} | {len(e['seeds'])} | {cell('in_domain_avg')} | "
+        mark = f" {tables.LIMIT_MARK}" if e.get("limited") else ""
+        lines.append(f"| {n}{mark} | {tables.fmt_ms(e['mean'], e['std'], 4)} | {len(e['seeds'])} | {cell('in_domain_avg')} | "
                      f"{cell('out_of_domain_avg')} | {cell('out_of_domain_bpb', 3)} |")
+    note = tables.limit_note({n: [(sd, lim, None) for sd, lim in e["limited"].items()]
+                              for n, e in res["mixtures"].items() if e.get("limited")})
+    if note:
+        lines += ["", note]
     if res.get("laws"):
         lines += ["", f"Mixing laws fitted on the {res.get('n_design')} design runs (K-fold held-out):", "",
                   "| law | R² | Spearman ρ | RMSE |", "|---|---|---|---|"]
