@@ -6,15 +6,18 @@
 
 Loads ``<run_dir>/final_model`` (Hugging Face format, with its tokenizer) with transformers, composes the
 eval config from the repo's ``conf/`` with the given Hydra-style overrides (the run's own ``data`` config,
-from ``<run_dir>/config.yaml``, fills the synthetic suite's seed and cache folder), evaluates, and writes
-the result into ``results.json`` atomically: ``"eval"`` becomes this evaluation and ``"evals"[<preset>]``
-keeps the latest evaluation of each preset; every other key is kept. W&B logging only with an explicit
-``logger=wandb`` override (a new W&B run named ``<mixer>_s<seed>_eval``).
+from ``<run_dir>/config.yaml``, fills the synthetic suite's seed and cache folder), evaluates, and appends the
+result to ``results.json["rescored"]`` atomically, beside the run's own evaluation: ``results.json["eval"]``
+and every other key are kept as they were (``python -m eval.tables --preset <preset>`` reports a re-scoring;
+a limited one, ``eval.limit``, is marked in every table). W&B logging only with an explicit ``logger=wandb``
+override: a W&B run in the original run's project and group (its sweep), job type ``rescore``, named
+``<run name>-rescore``, its scores under ``rescore/``.
 """
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(run_dir: Path, overrides: list[str]) -> int:
     fm = check_run_dir(run_dir)
     cfg = compose_config(run_dir, overrides)
-    from omegaconf import OmegaConf
-
     from eval.stage import evaluate
-    from tikmix.runlog import RunLogger, write_json_atomic
+    from tikmix.runlog import write_json_atomic
     from tikmix.trainer import resolve_device
 
     if (cfg.eval.get("name") or "none") == "none":
@@ -131,8 +132,7 @@ def _run(run_dir: Path, overrides: list[str]) -> int:
     res: dict[str, Any] = json.loads(results_path.read_text())
     logger = None
     if any(o.split("=", 1)[0] == "logger" for o in overrides) and cfg.logger.get("name") != "none":
-        name = f"{res.get('mixer', 'run')}_s{res.get('seed', 0)}_eval"
-        logger = RunLogger(cfg.logger, run_dir, {"eval": OmegaConf.to_container(cfg.eval, resolve=True), "run_dir": str(run_dir)}, name)
+        logger = _rescore_logger(cfg, run_dir, res, overrides)
     try:
         entry = evaluate(cfg.eval, model, tokenizer, run_dir, logger=logger, step=None, device=device, final=True)
     finally:
@@ -141,14 +141,67 @@ def _run(run_dir: Path, overrides: list[str]) -> int:
     if entry is None:
         return 0
     res = json.loads(results_path.read_text())  # re-read: keep anything written meanwhile
-    res["eval"] = entry
-    res.setdefault("evals", {})
-    if not isinstance(res["evals"], dict):
-        res["evals"] = {}
-    res["evals"][entry["preset"]] = entry
+    # beside the run's own evaluation, never over it: results.json["eval"] stays what the run measured
+    entry = {**entry, "rescored_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": list(overrides)}
+    if logger is not None and logger.inner.wandb_info:
+        entry["wandb"] = logger.inner.wandb_info
+    if not isinstance(res.get("rescored"), list):
+        res["rescored"] = []
+    res["rescored"].append(entry)
     write_json_atomic(results_path, res)
-    print(f"[eval] wrote results.json['eval'] ({entry['preset']}) in {results_path}")
+    lim = f" with eval.limit={entry['limit']} (a limited evaluation, marked as such in eval.tables)" \
+        if entry.get("limit") is not None else ""
+    print(f"[eval] re-scored {entry['preset']}{lim}: written beside the original as results.json['rescored']"
+          f"[{len(res['rescored']) - 1}] in {results_path}; results.json['eval'] (the run's own evaluation) is unchanged. "
+          f"Tables of it: python -m eval.tables {run_dir} --preset {entry['preset']}")
     return 0
+
+
+class _Prefixed:
+    """A RunLogger whose keys ``eval/...`` become ``rescore/...``: a re-scoring run in the sweep's W&B group never
+    mixes its (possibly limited) scores into the group's ``eval/`` charts."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    @staticmethod
+    def _k(k: str) -> str:
+        return "rescore/" + k[len("eval/"):] if k.startswith("eval/") else k
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        self.inner.log_wandb({self._k(k): v for k, v in metrics.items()}, step)
+
+    def table(self, key: str, columns: list, rows: list, step: int | None = None) -> None:
+        self.inner.table(self._k(key), columns, rows, step)
+
+    def summary(self, values: dict) -> None:
+        self.inner.summary({self._k(k): v for k, v in values.items()})
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+
+def _rescore_logger(cfg: Any, run_dir: Path, res: dict, overrides: list[str]) -> _Prefixed:
+    """A W&B run beside the run being re-scored: the same project and group (its sweep), job_type ``rescore``, named
+    after it, its W&B id in the config (``rescore_of``)."""
+    from omegaconf import OmegaConf
+
+    from tikmix.report import wandb_identity
+    from tikmix.runlog import RunLogger
+
+    orig = res.get("wandb") if isinstance(res.get("wandb"), dict) else {}
+    lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
+    keys = {o.split("=", 1)[0] for o in overrides}
+    for k in ("project", "entity"):  # the run's own project unless the command names another
+        if orig.get(k) and f"logger.{k}" not in keys:
+            lcfg[k] = orig[k]
+    base = wandb_identity({"mixer": {"name": res.get("mixer")}, "seed": res.get("seed")}, run_dir, sweep="")
+    name = f"{orig.get('name') or base['name']}-rescore"
+    ident = {"group": orig.get("group"), "job_type": "rescore",
+             "tags": [*(orig.get("tags") or [f"mixer:{res.get('mixer')}"]), "rescore"]}
+    config = {"eval": OmegaConf.to_container(cfg.eval, resolve=True), "run_dir": str(run_dir), "mixer": res.get("mixer"),
+              "seed": res.get("seed"), "rescore_of": {"id": orig.get("id"), "name": orig.get("name")}}
+    return _Prefixed(RunLogger(lcfg, run_dir, config, name, write_metrics=False, identity=ident))
 
 
 if __name__ == "__main__":

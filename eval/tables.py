@@ -1,11 +1,15 @@
 """The paper's tables and figures from finished runs: ``python -m eval.tables <dirs or sweep dir>``.
 
     python -m eval.tables multirun/2026-01-01/12-00-00               # a sweep: mixers x seeds
-    python -m eval.tables run_a run_b run_c --out report/ --wandb     # + a W&B run with the tables and figures
+    python -m eval.tables run_a run_b run_c --out report/ --wandb     # + a W&B run with the tables and figures,
+                                                                      #   in the runs' W&B group (their sweep)
     python -m eval.tables SWEEP --oracle results/oracle               # + regret against the best static mixture
 
 Every ``results.json`` under the given folders is one run (sub-runs of mixers, under ``subruns/``, are
 skipped). Runs are grouped by setting (model / budget / data) and, within a setting, by mixer across seeds.
+``--preset P`` reports each run's latest evaluation of preset P, its own or a re-scoring by ``python -m eval``
+(``results.json["rescored"]``), a full one before a limited one. Every table marks a limited evaluation
+(``eval.limit``: a subset of each task's examples) with † and names it in a note.
 
 Written into ``--out`` (default: the first folder):
 
@@ -92,11 +96,17 @@ def _config_tokens(d: Path) -> Any:
 
 
 def _eval_entry(res: dict, preset: str | None) -> dict | None:
+    """The evaluation a table reports: the run's own (``results.json["eval"]``), or with ``preset`` the latest
+    evaluation of that preset among the run's own and its re-scorings (``results.json["rescored"]``, written by
+    ``python -m eval``; ``"evals"`` of older versions), a full one before a limited one (eval.limit)."""
     if preset:
-        ev = (res.get("evals") or {}).get(preset)
-        if ev is None and isinstance(res.get("eval"), dict) and res["eval"].get("preset") == preset:
-            ev = res["eval"]
-        return ev
+        own = res.get("eval") if isinstance(res.get("eval"), dict) and res["eval"].get("preset") == preset else None
+        legacy = (res.get("evals") or {}).get(preset) if isinstance(res.get("evals"), dict) else None
+        cands = [e for e in (own, legacy) if isinstance(e, dict)]
+        cands += [e for e in res.get("rescored") or [] if isinstance(e, dict) and e.get("preset") == preset]
+        cands = [e for e in cands if e.get("tasks") is not None]
+        full = [e for e in cands if eval_limit(e) is None]
+        return (full or cands)[-1] if cands else None
     ev = res.get("eval")
     return ev if isinstance(ev, dict) and ev.get("tasks") is not None else None
 
@@ -143,6 +153,11 @@ def collect(dirs: Iterable[str | Path], preset: str | None = None) -> list[Run]:
             seen.add(d)
             runs.append(Run(d, m, s, st, problem="crashed or unfinished (no results.json)"))
     return runs
+
+
+def eval_limit(entry: Any) -> Any:
+    """The ``eval.limit`` an evaluation ran with (examples per task, or a fraction), None for a full evaluation."""
+    return entry.get("limit") if isinstance(entry, dict) and entry.get("limit") not in (None, 0) else None
 
 
 def _eval_off(d: Path) -> bool:
@@ -272,25 +287,52 @@ def table1(runs: list[Run]) -> tuple[list[dict], list[str]]:
             rows += _continuous_rows(rs, mixers, tasks, order, k)
         seeds = {m: sum(1 for r in rs if r.mixer == m and r.eval is not None) for m in mixers}
         runs_n = {m: sum(1 for r in rs if r.mixer == m) for m in mixers}
-        blocks.append({"setting": setting, "mixers": mixers, "rows": rows, "seeds": seeds, "runs": runs_n})
+        limited = {m: [(r.seed, eval_limit(r.eval), r.path) for r in rs if r.mixer == m and eval_limit(r.eval) is not None]
+                   for m in mixers}
+        if any(limited.values()):  # CSV and W&B: the largest limit per mixer, n = its limited seeds
+            rows.append({"benchmark": "Evaluation limit (eval.limit)", "group": "limit", "metric": "limit", "section": "limit",
+                         "cells": {m: (max((lv for _, lv, _ in limited[m]), default=None), None, len(limited[m]))
+                                   for m in mixers}})
+        blocks.append({"setting": setting, "mixers": mixers, "rows": rows, "seeds": seeds, "runs": runs_n,
+                       "limited": limited})
         dup = [(m, s) for (m, s), g in _by([r for r in rs if r.res], lambda r: (r.mixer, r.seed)).items() if len(g) > 1]
         if dup:
             notes.append(f"{setting}: several runs share a (mixer, seed): {dup}; all are averaged")
     for r in runs:
         if r.problem:
             notes.append(f"missing: {r.mixer} seed {r.seed} ({r.setting}) at {r.path}: {r.problem}")
+        elif eval_limit(r.eval) is not None:
+            notes.append(f"limited evaluation ({LIMIT_MARK}): {r.mixer} seed {r.seed} ({r.setting}) at {r.path}: "
+                         f"eval.limit={eval_limit(r.eval)}")
     return blocks, notes
 
 
+LIMIT_MARK = "†"
+
+
+def limit_note(limited: dict[str, list]) -> str | None:
+    """One line naming the limited evaluations (eval.limit) behind a table's cells, None when there are none."""
+    parts = [f"{m} seed{'s' if len(v) > 1 else ''} {', '.join(str(s) for s, _, _ in v)} "
+             f"(eval.limit={', '.join(sorted({str(lv) for _, lv, _ in v}))})" for m, v in limited.items() if v]
+    if not parts:
+        return None
+    return (f"{LIMIT_MARK} **Limited evaluation** (eval.limit: a subset of each task's examples, not comparable with a "
+            f"full evaluation): " + "; ".join(parts) + ".")
+
+
 def _md_rows(b: dict, rows: list[dict], nd: int = 1) -> list[str]:
-    head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" for m in b["mixers"]]
+    lim = b.get("limited") or {}
+    mark = {m: LIMIT_MARK if lim.get(m) else "" for m in b["mixers"]}
+    head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" + (f" {LIMIT_MARK} {len(lim[m])} limited" if lim.get(m) else "")
+                            for m in b["mixers"]]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row["group"] == "compute":
             cells = [fmt_flops(row["cells"][m][0]) for m in b["mixers"]]
             name = f"**{row['benchmark']}**"
         else:
-            cells = [fmt_ms(*row["cells"][m][:2], nd=nd) for m in b["mixers"]]
+            cells = [fmt_ms(*row["cells"][m][:2], nd=nd) + (mark[m] if row["cells"][m][0] is not None else "")
+                     for m in b["mixers"]]
             tag = {"in_domain": " (in)", "out_of_domain": " (out)"}.get(row["group"], "")
             name = f"**{row['benchmark']}**" if row["group"] == "average" else f"{row['benchmark']}{tag}"
         out.append("| " + " | ".join([name] + cells) + " |")
@@ -311,6 +353,9 @@ def table1_markdown(blocks: list[dict], notes: list[str], reg: list[dict] | None
         if not any(b["seeds"].values()):
             out += ["No downstream evaluation in this setting (eval=none); per-domain test perplexity is in "
                     "perplexity.md. The compute row still holds.", ""]
+        note = limit_note(b.get("limited") or {})
+        if note:
+            out += [note, ""]
         out += _md_rows(b, [r for r in b["rows"] if r["section"] in ("score", "compute")]) + [""]
         for k, title, nd in CONTINUOUS:
             rows = [r for r in b["rows"] if r["section"] == k]
@@ -593,6 +638,7 @@ def _regret_row(m: str, rs: list[Run], o: dict, ref: dict[str, dict[str, float]]
             for k, _, _ in regret_metrics(o)}
     flops = mean_std([(r.res.get("compute") or {}).get("mixer_total") for r in done])[0]
     return {"mixer": m, "regret": regs, "n": regs[o["metric"]]["n"],
+            "limited": [(r.seed, eval_limit(r.eval)) for r in done if eval_limit(r.eval) is not None],
             "l1_final": mean_std([l1(r.res.get("final_weights"), w_star) for r in done])[0],
             "l1_time_avg": mean_std([l1(time_averaged_weights(r.res), w_star) for r in done])[0],
             "flops": flops, "beats": beats_oracle(regs[o["metric"]], _oracle_lower(o))}
@@ -611,6 +657,10 @@ def regret(runs: list[Run], o: dict) -> list[dict]:
 
 def _regret_notes(rs: list[Run], o: dict, ref: dict) -> list[str]:
     notes = []
+    note = limit_note({m: [(r.seed, eval_limit(r.eval), r.path) for r in g if eval_limit(r.eval) is not None]
+                       for m, g in sorted(_by(rs, lambda r: r.mixer).items(), key=lambda x: mixer_sort_key(x[0]))})
+    if note:
+        notes.append(note)
     unpaired = sorted({(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref},
                       key=lambda x: (mixer_sort_key(x[0]), x[1]))
     if unpaired:
@@ -642,7 +692,8 @@ def regret_table_md(block: dict, o: dict) -> list[str]:
                f"Beats the best static mixture? (by {o['metric']})"])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in block["rows"]:
-        cells = [row["mixer"], str(row["n"])] + [_fmt_reg(row["regret"][k], nd, row["n"]) for k, _, nd in mets]
+        name = row["mixer"] + (f" {LIMIT_MARK}" if row.get("limited") else "")
+        cells = [name, str(row["n"])] + [_fmt_reg(row["regret"][k], nd, row["n"]) for k, _, nd in mets]
         cells += [DASH if row[k] is None else f"{row[k]:.3f}" for k in ("l1_final", "l1_time_avg")]
         out.append("| " + " | ".join(cells + [fmt_flops(row["flops"]), row["beats"]]) + " |")
     return out
@@ -685,14 +736,14 @@ def regret_rows(blocks: list[dict], o: dict) -> tuple[list[str], list[list[Any]]
     """The regret table as flat columns (regret.csv and W&B)."""
     mets = regret_metrics(o)
     cols = ["setting", "mixer", "n"] + [f"{k}_regret{s}" for k, _, _ in mets for s in ("", "_lo95", "_hi95", "_n")]
-    cols += ["l1_final", "l1_time_avg", "mixer_flops", "beats_best_static", "decided_by", "oracle"]
+    cols += ["l1_final", "l1_time_avg", "mixer_flops", "beats_best_static", "decided_by", "oracle", "limited_evals"]
     rows = []
     for b in blocks:
         for row in b["rows"]:
             vals = [_c(row["regret"][k][f]) for k, _, _ in mets for f in ("mean", "lo", "hi", "n")]
             rows.append([b["setting"], row["mixer"], row["n"]] + vals
                         + [_c(row["l1_final"]), _c(row["l1_time_avg"]), _c(row["flops"]), row["beats"], o["metric"],
-                           o["best"].get("name", "")])
+                           o["best"].get("name", ""), len(row.get("limited") or [])])
     return cols, rows
 
 
@@ -724,7 +775,8 @@ def _save(plt, fig, out: Path, kind: str, mixer: str | None = None, setting: str
           multi_setting: bool = False) -> Path:
     """Lay out, write and close a figure: ``out/<kind>.png``, or per mixer ``out/<kind>_<mixer>[_<setting>].png``."""
     name = kind if mixer is None else f"{kind}_{_slug(mixer)}" + (f"_{_slug(setting)}" if multi_setting else "")
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure made with layout="constrained" lays itself out
+        fig.tight_layout()
     p = out / (name if name.endswith(".png") else name + ".png")
     fig.savefig(p, dpi=120)
     plt.close(fig)
@@ -763,56 +815,97 @@ def fig_mixtures(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
         ax.set_ylabel("mixture weight")
         ax.set_title(f"{m}: mixture over training" + (f" (mean of {len(same)} seeds)" if len(same) > 1 else "")
                      + (f"\n{st}" if multi_setting else ""), fontsize=10)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+        h, lab = ax.get_legend_handles_labels()  # top to bottom, as the bands are stacked
+        ax.legend(h[::-1], lab[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         written.append(_save(plt, fig, out, "mixture", m, st, multi_setting))
     return written
 
 
-def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, title: str, logy: bool = False) -> Path | None:
-    """One point per (setting, mixer): mean ± std over seeds of ``value(run)`` against mixture-search FLOPs."""
+def _finite_vals(xs: Iterable[Any]) -> list[float]:
+    return [float(x) for x in xs if _finite(x)]
+
+
+def _plain_log_ticks(axis, lo: float, hi: float) -> None:
+    """Tick labels of a log axis as plain numbers (250, not 2.5×10²); minor ticks labelled only over a short span."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:,.4g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(fmt if hi / lo < 30 else NullFormatter())
+
+
+def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, title: str, logy: bool = False,
+                    from_eval: bool = False) -> Path | None:
+    """One point per (setting, mixer): the mean over seeds of ``value(run)`` against mixture-search FLOPs, the bars
+    spanning the seeds' range (min to max: inside the data, so never below 0 on a log axis). x is a log axis with a
+    separate "0" for static mixtures; points at the same x are moved apart a little; the mixers are named in a
+    legend beside the axes. ``from_eval``: the values come from downstream evaluations, and a point with a limited
+    one (eval.limit) is drawn hollow and labelled."""
     pts = []
-    for (st, m), rs in _by([r for r in runs if value(r) is not None], lambda r: (r.setting, r.mixer)).items():
-        y = mean_std([value(r) for r in rs])
-        x = mean_std([((r.res or {}).get("compute") or {}).get("mixer_total", 0.0) for r in rs])
-        pts.append((st, m, x, y))
+    for (st, m), rs in _by([r for r in runs if _finite(value(r))], lambda r: (r.setting, r.mixer)).items():
+        ys = _finite_vals(value(r) for r in rs)
+        xs = _finite_vals(((r.res or {}).get("compute") or {}).get("mixer_total", 0.0) or 0.0 for r in rs)
+        lim = sorted({str(lv) for r in rs for lv in [eval_limit(r.eval)] if lv is not None}) if from_eval else []
+        pts.append((st, m, xs or [0.0], ys, lim))
     if not pts:
         return None
+    pts.sort(key=lambda p: (mixer_sort_key(p[1]), p[0]))
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.6))
+    xmean = [float(np.mean(p[2])) for p in pts]
+    x0 = _zero_left_log_axis(ax, xmean)
+    xs_plot = _spread([x if x > 0 else x0 for x in xmean])
     settings = sorted({p[0] for p in pts})
+    mixers = sorted({p[1] for p in pts}, key=mixer_sort_key)
+    colors = plt.get_cmap("tab10" if len(mixers) <= 10 else "tab20")
     markers = "osD^v<>P*X"
-    pos = [p[2][0] for p in pts if p[2][0] and p[2][0] > 0]
-    for st, m, x, y in sorted(pts, key=lambda p: mixer_sort_key(p[1])):
-        ax.errorbar([x[0] or 0.0], [y[0]], yerr=[y[1] or 0.0], xerr=[x[1] or 0.0], fmt=markers[settings.index(st) % len(markers)],
-                    capsize=3, label=m if len(settings) == 1 else f"{m} ({st})")
-        ax.annotate(m, (x[0] or 0.0, y[0]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    if pos:
-        ax.set_xscale("symlog", linthresh=min(pos) / 10)
-    if logy:
+    ends = []
+    for (st, m, xs, ys, lim), x, xm in zip(pts, xs_plot, xmean):
+        y, lo, hi = float(np.mean(ys)), min(ys), max(ys)
+        ends += [lo, hi]
+        yerr = [[y - lo], [hi - y]] if len(ys) > 1 else None
+        xerr = None
+        if xm > 0 and len(xs) > 1 and (max(xs) - min(xs)) > 0.05 * xm:  # FLOPs that differ by seed (reused proxies)
+            xerr = [[x - x * min(xs) / xm], [x * max(xs) / xm - x]]
+        label = m + (f" ({st})" if len(settings) > 1 else "") + f" (n={len(ys)})" + (f" [eval.limit={','.join(lim)}]" if lim else "")
+        c = colors(mixers.index(m) % colors.N)
+        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt=markers[settings.index(st) % len(markers)], color=c,
+                    mfc="none" if lim else c, capsize=3, ms=6, label=label)
+    lo, hi = min(ends), max(ends)
+    if logy and lo > 0:
+        pad = (hi / lo) ** 0.08 if hi > lo else 1.2
+        ax.set_ylim(lo / pad, hi * pad)
         ax.set_yscale("log")
-    ax.set_xlabel("mixture-search FLOPs (0 = static mixture)")
+        _plain_log_ticks(ax.yaxis, lo, hi)
+    else:
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-6)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("mixture-search FLOPs (log; 0 = static mixture, no search)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    sub = "mean over seeds; bars: min–max over seeds" + (f"; {settings[0]}" if len(settings) == 1 else "")
+    ax.set_title(f"{title}\n{sub}", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return _save(plt, fig, out, name)
 
 
 def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
     return _fig_vs_compute(runs, out, lambda r: r.eval.get("average") if r.eval else None, "score_vs_compute.png",
-                           "average downstream score (%)", "Downstream score vs mixture-search compute (mean ± std over seeds)")
+                           "average downstream score (%)", "Downstream score vs mixture-search compute (higher is better)",
+                           from_eval=True)
 
 
 def fig_bpb_vs_compute(runs: list[Run], out: Path) -> Path | None:
     return _fig_vs_compute(runs, out, lambda r: r.eval.get("average_bpb") if r.eval else None, "bpb_vs_compute.png",
                            "average bits per byte of the gold answer",
-                           "Gold-answer BPB vs mixture-search compute (mean ± std over seeds; lower is better)")
+                           "Gold-answer BPB vs mixture-search compute (lower is better)", from_eval=True)
 
 
 def fig_ppl_vs_compute(runs: list[Run], out: Path) -> Path | None:
     """Average test perplexity (over domains) against mixture-search FLOPs: the comparison when there are
     no downstream tasks (eval=none), and the language-modelling side of it when there are."""
     return _fig_vs_compute(runs, out, _avg_ppl, "ppl_vs_compute.png", "average test perplexity over domains (log)",
-                           "Test perplexity vs mixture-search compute (mean ± std over seeds; lower is better)", logy=True)
+                           "Test perplexity vs mixture-search compute (lower is better)", logy=True)
 
 
 def _influence_records(res: dict) -> list[dict]:
@@ -820,7 +913,22 @@ def _influence_records(res: dict) -> list[dict]:
             and "step" in h]
 
 
+def dominated_linthresh(values: Iterable[Any], ratio: float = 20.0) -> float | None:
+    """When the largest |value| is more than ``ratio`` times the typical one (the median of the non-zero |values|),
+    the linear range of a symmetric-log scale that keeps the typical values readable: the power of ten at or below
+    that median (typical values fall in the logarithmic part, spread out; smaller ones near 0); else None."""
+    a = sorted(abs(float(v)) for v in values if _finite(v) and v != 0)
+    if len(a) < 2:
+        return None
+    med = float(np.median(a))
+    return 10.0 ** math.floor(math.log10(med)) if a[-1] > ratio * med else None
+
+
 def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
+    """Per mixer: one panel per target, each domain's influence on it over the stages (mean over seeds). A panel in
+    which one domain's influence dwarfs the others' (typically the target's own domain) is drawn on a
+    symmetric-log y axis, linear within the typical size, so the other domains stay readable. One colour per
+    domain in every panel, named in one legend beside the panels."""
     written = []
     for (st, m), rs in sorted(_by([r for r in runs if r.res and _influence_records(r.res)], lambda r: (r.setting, r.mixer)).items()):
         # values[target][domain][step] -> list over seeds
@@ -837,23 +945,54 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
             continue
         plt = _plt()
         targets = sorted(values)
+        doms = list(dict.fromkeys(d for tgt in targets for d in values[tgt]))
+        colors = plt.get_cmap("tab10" if len(doms) <= 10 else "tab20")
         ncol = min(3, len(targets))
         nrow = math.ceil(len(targets) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 1.6, 3.0 * nrow + 0.6), squeeze=False,
+                                 sharex=True, layout="constrained")
+        handles = {}
+        any_symlog = False
         for i, tgt in enumerate(targets):
             ax = axes[i // ncol][i % ncol]
-            for d, by_step in sorted(values[tgt].items()):
+            panel = []
+            for d in doms:
+                by_step = values[tgt].get(d)
+                if not by_step:
+                    continue
                 steps = sorted(by_step)
-                ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", label=d)
+                ys = [float(np.mean(by_step[s])) for s in steps]
+                panel += ys
+                (line,) = ax.plot(steps, ys, marker="o", ms=4, color=colors(doms.index(d) % colors.N), label=d)
+                handles.setdefault(d, line)
+            lin = dominated_linthresh(panel)
+            if lin:
+                from matplotlib.ticker import FuncFormatter, NullLocator
+
+                any_symlog = True
+                ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_locator(NullLocator())
+                ax.axhspan(-lin, lin, color="0.94", zorder=0)
+                lo, hi = ax.get_ylim()  # reach the next labelled power of ten when it is close (a reference tick)
+                nxt = lambda v: 10.0 ** math.ceil(math.log10(abs(v)))  # noqa: E731
+                ax.set_ylim(-nxt(lo) * 1.05 if lo < -lin and nxt(lo) <= 3 * abs(lo) else lo,
+                            nxt(hi) * 1.05 if hi > lin and nxt(hi) <= 3 * hi else hi)
             ax.axhline(0, color="k", lw=0.5)
-            ax.set_title(tgt, fontsize=9)
-            ax.set_xlabel("step (stage boundary)")
-            ax.set_ylabel("influence (benefit)")
+            ax.set_title(tgt + (f"  (symlog; linear within ±{lin:g})" if lin else ""), fontsize=9)
+            if i // ncol == nrow - 1 or i + ncol >= len(targets):
+                ax.set_xlabel("step (stage boundary)")
+                ax.tick_params(labelbottom=True)
+            if i % ncol == 0:
+                ax.set_ylabel("influence (benefit)")
             ax.grid(alpha=0.3)
         for j in range(len(targets), nrow * ncol):
             axes[j // ncol][j % ncol].axis("off")
-        axes[0][0].legend(fontsize=7, frameon=False)
-        fig.suptitle(f"{m}: group influence per domain over stages" + (f" ({st})" if multi_setting else ""), fontsize=10)
+        fig.legend([handles[d] for d in doms if d in handles], [d for d in doms if d in handles], loc="outside right center",
+                   fontsize=8, frameon=False, title="domain", title_fontsize=8)
+        fig.suptitle(f"{m}: group influence of each domain on each target over stages (mean over {len(rs)} seed"
+                     f"{'s' if len(rs) != 1 else ''})" + (f"\n{st}" if multi_setting else "")
+                     + ("\nshaded: the linear part of a symmetric-log axis" if any_symlog else ""), fontsize=10)
         written.append(_save(plt, fig, out, "influence", m, st, multi_setting))
     return written
 
@@ -866,7 +1005,7 @@ def _zero_left_log_axis(ax, xs: list[float]) -> float:
     k_max = math.ceil(math.log10(max(pos))) if pos else 0
     x0 = 10.0 ** (k_min - 1)
     ax.set_xscale("log")
-    ax.set_xlim(10 ** (k_min - 1.5), 10 ** (k_max + 0.5))
+    ax.set_xlim(10 ** (k_min - 1.5), max(pos) * 10 ** 0.5 if pos else 10 ** (k_max + 0.5))
     step = max(1, math.ceil((k_max - k_min + 1) / 6))  # at most ~7 tick labels, never crowded
     ks = list(range(k_min, k_max + 1, step)) if pos else []
     ax.set_xticks([x0] + [10.0 ** k for k in ks], ["0"] + [f"$10^{{{k}}}$" for k in ks])
@@ -937,6 +1076,8 @@ def fig_regret_vs_compute(blocks: list[dict], o: dict, out: Path) -> Path | None
     for i, ((st, m, _, reg), x) in enumerate(zip(pts, xs)):
         err = None if reg["lo"] is None else [[reg["mean"] - reg["lo"]], [reg["hi"] - reg["mean"]]]
         label = m + (f" ({st})" if len(settings) > 1 else "") + (" (n<2: no interval)" if err is None else f" (n={reg['n']})")
+        lim = next((row.get("limited") for b in blocks for row in b["rows"] if b["setting"] == st and row["mixer"] == m), None)
+        label += f" [{len(lim)} limited eval]" if lim else ""
         ax.errorbar([x], [reg["mean"]], yerr=err, fmt="osD^v<>P*X"[settings.index(st) % 10], color=colors(i % colors.N),
                     mfc="none" if err is None else None, capsize=3, ms=6, label=label)
     ax.axhline(0, color="k", lw=1, ls="--", label="best static mixture (Δ = 0)")
@@ -974,7 +1115,7 @@ def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | N
     figs = files["figures"] = _figures(runs, out, reg, o)
     if logger_cfg:
         reg_table = regret_rows(reg, o) if reg is not None else None
-        _log_wandb(logger_cfg, out, blocks, p, figs, [str(d) for d in dirs], reg_table)
+        _log_wandb(attach_to_runs(logger_cfg, runs, out), out, blocks, p, figs, [str(d) for d in dirs], reg_table)
     if not quiet:
         print(md)
         print(f"[tables] {len(runs)} runs; wrote {', '.join(str(v.name) for k, v in files.items() if k != 'figures')}"
@@ -1017,7 +1158,12 @@ def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: l
                reg_table: tuple[list[str], list[list[Any]]] | None = None) -> None:
     from tikmix.runlog import RunLogger
 
-    lg = RunLogger(logger_cfg, out, {"dirs": dirs, "job": "tables"}, name=logger_cfg.get("run_name") or "tables")
+    ident = {"job_type": "tables", "tags": ["tables"]}
+    lg = RunLogger(logger_cfg, out, {"dirs": dirs, "job": "tables"}, name=logger_cfg.get("run_name") or "tables",
+                   write_metrics=False, identity=ident)
+    if lg.wandb_info:
+        print(f"[tables] W&B: run {lg.wandb_info['name']!r} in project {lg.wandb_info['project']!r}"
+              + (f", group {lg.wandb_info['group']!r} (the runs' sweep)" if lg.wandb_info.get("group") else ""))
     try:
         for b in blocks:
             cols = ["setting", "benchmark", "group", "metric"] + [c for m in b["mixers"]
@@ -1034,15 +1180,29 @@ def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: l
         lg.table("tables/perplexity", ["setting", "mixer", "avg_ppl", "avg_ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"], rows)
         if reg_table is not None:
             lg.table("tables/regret", *reg_table)
-        if lg.wandb is not None and figs:
-            try:
-                import wandb
-
-                lg.wandb.log({f"figures/{f.stem}": wandb.Image(str(f)) for f in figs})
-            except Exception as e:  # noqa: BLE001
-                lg._fail(e)
+        for f in figs:  # every figure this command drew
+            lg.images(f"figures/{f.stem}", [f])
     finally:
         lg.finish()
+
+
+def attach_to_runs(logger_cfg: dict, runs: list[Run], out: Path) -> dict:
+    """The tables' W&B run joins the runs it describes: their group (the sweep) and project, as recorded in their
+    results.json (``results["wandb"]``), unless --group / --project name others; named after the group."""
+    from tikmix.report import wandb_groups
+
+    cfg = dict(logger_cfg)
+    groups, projects = wandb_groups([r.res for r in runs if r.res])
+    if not cfg.get("group") and len(groups) == 1:
+        cfg["group"] = next(iter(groups))
+    if not cfg.get("project"):
+        cfg["project"] = next(iter(projects)) if len(projects) == 1 else "tikmix"
+    if not cfg.get("run_name"):
+        cfg["run_name"] = f"tables-{_slug(cfg.get('group') or out.name)}"
+    if len(groups) > 1 and not logger_cfg.get("group"):
+        print(f"[tables] the runs belong to {len(groups)} W&B groups ({', '.join(sorted(groups))}): the tables' run is "
+              f"in none of them (--group names one)")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1054,10 +1214,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="oracle.json of python -m eval.oracle report (or a folder holding one, e.g. results/oracle): "
                          "adds each mixer's regret against the best static mixture (regret.md, regret.csv, Table 1)")
     ap.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B run")
-    ap.add_argument("--project", default="tikmix")
+    ap.add_argument("--project", default=None, help="W&B project (default: the runs' own, else tikmix)")
     ap.add_argument("--entity", default=None)
-    ap.add_argument("--group", default=None)
-    ap.add_argument("--name", default="tables", help="W&B run name")
+    ap.add_argument("--group", default=None, help="W&B group (default: the runs' own group, i.e. their sweep)")
+    ap.add_argument("--name", default=None, help="W&B run name (default: tables-<group>)")
     a = ap.parse_args(argv)
     logger_cfg = {"name": "wandb", "project": a.project, "entity": a.entity, "group": a.group, "tags": ["tables"],
                   "mode": None, "run_name": a.name} if a.wandb else None

@@ -494,7 +494,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_python_m_eval_updates_results_atomically(eval_run, tmp_path):
+def test_python_m_eval_writes_beside_the_original_atomically(eval_run, tmp_path):
     rd, _, cfg = eval_run
     copy = tmp_path / "run"
     shutil.copytree(rd, copy, ignore=shutil.ignore_patterns("checkpoints"))
@@ -504,13 +504,60 @@ def test_python_m_eval_updates_results_atomically(eval_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "arith_mc" in r.stdout and "average" in r.stdout and "bpb" in r.stdout
     after = json.loads((copy / "results.json").read_text())
-    assert after["eval"]["tasks"]["arith_mc"]["bpb"] > 0 and after["eval"]["average_bpb"] > 0
-    assert after["eval"]["limit"] == 10 and list(after["eval"]["tasks"]) == ["arith_mc", "sorting"]
-    assert after["evals"]["synthetic9"] == after["eval"]
+    (new,) = after["rescored"]
+    assert new["tasks"]["arith_mc"]["bpb"] > 0 and new["average_bpb"] > 0
+    assert new["limit"] == 10 and list(new["tasks"]) == ["arith_mc", "sorting"] and "eval.limit=10" in new["overrides"]
     for k, v in before.items():
-        if k not in ("eval", "evals"):
-            assert after[k] == v, k  # the rest of results.json is kept
+        assert after[k] == v, k  # the run's own evaluation (results.json["eval"]) and everything else are kept
+    assert "written beside the original as results.json['rescored'][0]" in r.stdout and "eval.limit=10" in r.stdout
+    assert "results.json['eval'] (the run's own evaluation) is unchanged" in r.stdout
     assert not [p for p in copy.iterdir() if p.name.startswith(".results.json")]  # no temp file left
+    # a second re-scoring is appended, the first kept
+    from eval.__main__ import main
+
+    assert main([str(copy), "eval=synthetic9", "eval.limit=4", "eval.tasks=[sorting]", f"data.cache_dir={cfg.data.cache_dir}"]) == 0
+    again = json.loads((copy / "results.json").read_text())
+    assert [e["limit"] for e in again["rescored"]] == [10, 4] and again["eval"] == before["eval"]
+
+
+def test_python_m_eval_logs_into_the_runs_wandb_group(eval_run, tmp_path, monkeypatch):
+    """With logger=wandb, a re-scoring is a W&B run beside the original: its project and group, job type rescore,
+    its scores under rescore/ (never eval/, so a limited re-scoring cannot enter the group's eval charts)."""
+    from eval.__main__ import main
+    from tests.test_wandb_report import FakeTable
+
+    rd, _, cfg = eval_run
+    copy = tmp_path / "run"
+    shutil.copytree(rd, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    res = json.loads((copy / "results.json").read_text())
+    res["wandb"] = {"id": "orig01", "name": "fixed_s0-abcdef", "group": "multirun/2026-01-01/12-00-00",
+                    "project": "proj1", "entity": None, "tags": ["mixer:fixed", "model:tiny"]}
+    (copy / "results.json").write_text(json.dumps(res))
+    runs = []
+    import types
+
+    mod = types.ModuleType("wandb")
+
+    def init(**kw):
+        from tests.test_wandb_report import FakeRun
+
+        runs.append(FakeRun(**kw))
+        return runs[-1]
+
+    mod.init, mod.Table, mod.Settings = init, FakeTable, (lambda **k: k)
+    monkeypatch.setitem(sys.modules, "wandb", mod)
+    assert main([str(copy), "eval=synthetic9", "eval.limit=4", "eval.tasks=[sorting]", "logger=wandb",
+                 f"data.cache_dir={cfg.data.cache_dir}"]) == 0
+    (r,) = runs
+    assert r.init["group"] == "multirun/2026-01-01/12-00-00" and r.init["project"] == "proj1"
+    assert r.init["job_type"] == "rescore" and r.init["name"] == "fixed_s0-abcdef-rescore" and r.init["id"] is None
+    assert r.init["config"]["rescore_of"]["id"] == "orig01" and "rescore" in r.init["tags"]
+    keys = [k for _, d in r.logs for k in d] + list(r.summary)
+    assert "rescore/sorting/acc_norm" in r.summary and "rescore/synthetic9" in keys
+    assert not [k for k in keys if k.startswith("eval/")]
+    after = json.loads((copy / "results.json").read_text())
+    assert after["rescored"][-1]["wandb"]["group"] == "multirun/2026-01-01/12-00-00"
+    assert not (copy / "metrics.jsonl").exists() or (copy / "metrics.jsonl").read_text() == (rd / "metrics.jsonl").read_text()
 
 
 def test_python_m_eval_without_final_model_says_what_is_missing(eval_run, tmp_path):

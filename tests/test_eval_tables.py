@@ -368,3 +368,187 @@ def test_regret_logged_to_wandb(regret_sweep, tmp_path, monkeypatch):
                         "--oracle", str(regret_sweep / "oracle" / "oracle.json")]) == 0
     reg = next((c, r) for k, c, r in logged if k == "tables/regret")
     assert "in_domain_bpb_regret_lo95" in reg[0] and {row[1] for row in reg[1]} >= {"tikmix_d", "dga", "stratified"}
+
+
+# ------------------------------------------------------------------------------ limited evaluations, re-scorings
+
+def _limited_sweep(root: Path) -> Path:
+    """stratified: 2 full seeds; tikmix_d: seed 0 full, seed 1 evaluated with eval.limit=20 (and a full re-scoring of
+    another preset); an oracle for the regret block."""
+    full = {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0}
+    for m, s, lim in (("stratified", 0, None), ("stratified", 1, None), ("tikmix_d", 0, None), ("tikmix_d", 1, 20)):
+        res = _results(m, s, full, {"arith": 10.0}, 0.0, weights=[{"step": 0, "weights": W_STAR}])
+        res["final_weights"] = W_STAR
+        res["eval"].update(limit=lim, in_domain_bpb=2.0, average_bpb=2.5, in_domain_avg=40.0, average=35.0)
+        if m == "tikmix_d" and s == 1:  # python -m eval ... eval=paper9 eval.limit=5, then the same in full
+            res["rescored"] = [{**_eval({"arith_mc": 1.0, "sorting": 1.0}), "preset": "paper9", "limit": 5},
+                               {**_eval({"arith_mc": 77.0, "sorting": 1.0}), "preset": "paper9", "limit": None},
+                               {**_eval({"arith_mc": 2.0, "sorting": 1.0}), "preset": "paper9", "limit": 5}]
+        (root / f"{m}_s{s}").mkdir(parents=True)
+        (root / f"{m}_s{s}" / "results.json").write_text(json.dumps(res))
+    return root
+
+
+def test_every_table_marks_limited_evaluations(tmp_path):
+    runs = _limited_sweep(tmp_path / "runs")
+    (tmp_path / "oracle.json").write_text(json.dumps(_oracle_json()))
+    assert tables.main([str(runs), "--out", str(tmp_path / "rep"), "--oracle", str(tmp_path / "oracle.json")]) == 0
+    md = (tmp_path / "rep" / "table1.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Benchmark"))
+    assert "tikmix_d (n=2/2) † 1 limited" in header and "stratified (n=2/2) |" in header
+    row = _row(md, "arith_mc")
+    assert row[1] == "40.0 ± 0.0" and row[2] == "40.0 ± 0.0†"  # the limited mixer's cells are marked, the other's not
+    assert _row(md, "Average")[2].endswith("†") and not _row(md, "Average")[1].endswith("†")
+    assert "**Limited evaluation**" in md and "tikmix_d seed 1 (eval.limit=20)" in md
+    assert "limited evaluation (†): tikmix_d seed 1" in md  # the notes name the run's folder
+    lim = next(r for r in csv.DictReader(open(tmp_path / "rep" / "table1.csv")) if r["group"] == "limit")
+    assert lim["tikmix_d"] == "20" and lim["tikmix_d_n"] == "1" and lim["stratified"] == "" and lim["stratified_n"] == "0"
+    reg = (tmp_path / "rep" / "regret.md").read_text()
+    assert "\n| tikmix_d † | 2 |" in reg and "\n| stratified | 2 |" in reg
+    assert "**Limited evaluation**" in reg
+    rows = {r["mixer"]: r for r in csv.DictReader(open(tmp_path / "rep" / "regret.csv"))}
+    assert rows["tikmix_d"]["limited_evals"] == "1" and rows["stratified"]["limited_evals"] == "0"
+    # no limited run: no mark anywhere
+    full = tables.build([runs / "stratified_s0", runs / "stratified_s1"], tmp_path / "rep2", quiet=True)
+    assert "†" not in full["table1_md"].read_text() and "limit" not in (tmp_path / "rep2" / "table1.csv").read_text()
+
+
+def test_preset_reads_rescorings_full_before_limited(tmp_path):
+    runs = _limited_sweep(tmp_path / "runs")
+    got = tables.build([runs / "tikmix_d_s1"], tmp_path / "rep", preset="paper9", quiet=True)
+    (r,) = got["runs"]
+    assert r.eval["tasks"]["arith_mc"]["value"] == 77.0  # the full re-scoring, though a limited one came later
+    assert "†" not in got["table1_md"].read_text()
+    only_limited = json.loads((runs / "tikmix_d_s1" / "results.json").read_text())
+    only_limited["rescored"] = [e for e in only_limited["rescored"] if e["limit"]]
+    (runs / "tikmix_d_s1" / "results.json").write_text(json.dumps(only_limited))
+    got = tables.build([runs / "tikmix_d_s1"], tmp_path / "rep2", preset="paper9", quiet=True)
+    assert got["runs"][0].eval["tasks"]["arith_mc"]["value"] == 2.0 and "eval.limit=5" in got["table1_md"].read_text()
+    # without --preset: the run's own evaluation, whatever was re-scored
+    assert tables.build([runs / "tikmix_d_s1"], tmp_path / "rep3", quiet=True)["runs"][0].eval["limit"] == 20
+
+
+def test_oracle_report_marks_limited_confirmation_runs():
+    from eval import oracle
+
+    res = _oracle_json()
+    res["mixtures"] = {"best1:d0007": {**res["best"], "limited": {}},
+                       "stratified": {**res["best"], "mean": 2.2, "limited": {"1": 10}}}
+    md = oracle.markdown(res)
+    assert "| stratified † |" in md and "| best1:d0007 |" in md and "stratified seed 1 (eval.limit=10)" in md
+    assert "†" not in oracle.markdown(_oracle_json())
+
+
+# ------------------------------------------------------------------------------------------ figures, readable
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """Every figure the table tool draws, laid out as saved, kept open for inspection: {file name: figure}."""
+    figs = {}
+    real = tables._save
+
+    def keep(plt, fig, out, kind, mixer=None, setting=None, multi_setting=False):
+        plt_close = plt.close
+        plt.close = lambda f=None: None
+        try:
+            p = real(plt, fig, out, kind, mixer, setting, multi_setting)
+        finally:
+            plt.close = plt_close
+        figs[p.name] = fig
+        return p
+
+    monkeypatch.setattr(tables, "_save", keep)
+    yield figs
+    import matplotlib.pyplot as plt
+
+    for f in figs.values():
+        plt.close(f)
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_vs_compute_figures_are_readable(tmp_path, drawn):
+    """A static mixer (0 FLOPs) beside searches at 8e11 and 3e13 FLOPs (results/localtext), and a mixer whose perplexity spread across seeds is
+    larger than its mean (mean − std < 0): the "0" and the decade ticks apart, the title inside the figure, every
+    error bar inside a log axis."""
+    specs = {"stratified": (0.0, [240.0, 250.0]), "regmix": (8e11, [10.5, 14.0, 165.0]), "dga": (3e13, [230.0, 260.0])}
+    for m, (fl, ppls) in specs.items():
+        for s, p in enumerate(ppls):
+            d = tmp_path / "runs" / f"{m}_s{s}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps(_results(m, s, {"arith_mc": 40.0 + s, "sorting": 20.0}, {"arith": p}, fl)))
+    tables.build([tmp_path / "runs"], tmp_path / "rep", quiet=True)
+    fig = drawn["ppl_vs_compute.png"]
+    ax = fig.axes[0]
+    r = fig.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text() and
+              ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert labels[0].get_text().replace("$\\mathdefault{0}$", "0") == "0" and len(labels) >= 2
+    boxes = [t.get_window_extent(r) for t in labels]
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), [t.get_text() for t in labels]
+    fb = fig.bbox
+    for t in (ax.title, ax.xaxis.label, ax.yaxis.label):
+        bb = t.get_window_extent(r)
+        assert fb.x0 <= bb.x0 and bb.x1 <= fb.x1 and fb.y0 <= bb.y0 and bb.y1 <= fb.y1, t.get_text()
+    assert ax.get_yscale() == "log"
+    lo, hi = ax.get_ylim()
+    ends = [y for line in ax.get_lines() if line.get_marker() not in (None, "None", "") for y in line.get_ydata()]
+    assert 0 < lo <= min(ends) and max(ends) <= hi and min(ends) == pytest.approx(10.5)
+
+
+def test_influence_panels_readable_when_one_domain_dominates(tmp_path, drawn):
+    """The target's own domain at ~100, the others at ~0.05: the small ones must not be a flat line at 0."""
+    hist = [{"step": st, "influence": {"val/arith": {"arith": 100.0 + st, "copy": 0.05 * (1 + st), "grammar": -0.04}}}
+            for st in (2, 4, 6)]
+    d = tmp_path / "runs" / "tikmix_d_s0"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(_results("tikmix_d", 0, None, {"arith": 1.0}, 1e12, hist)))
+    tables.build([tmp_path / "runs"], tmp_path / "rep", quiet=True)
+    fig = drawn["influence_tikmix_d.png"]
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    to_px = lambda ln: ax.transData.transform(list(zip(ln.get_xdata(), ln.get_ydata())))[:, 1]  # noqa: E731
+    height = ax.get_window_extent().height
+    # copy's influence doubles and more between stages: visibly apart, and apart from grammar's
+    copy, grammar = to_px(lines["copy"]), to_px(lines["grammar"])
+    assert copy.max() - copy.min() > 0.05 * height and abs(copy.min() - grammar.max()) > 0.03 * height
+    assert ax.get_yscale() == "symlog" and "symlog" in ax.get_title()
+    # one legend for the figure, beside the panels, not over a panel's lines
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    # a panel without a dominating domain stays linear
+    assert tables.dominated_linthresh([1.0, 0.8, -0.5, 0.6]) is None and tables.dominated_linthresh([100, 0.05, 0.04]) == 0.01
+
+
+def test_wandb_tables_attach_to_the_runs_sweep_with_every_figure(sweep, tmp_path, monkeypatch):
+    """--wandb: a run of job type tables in the group and project the runs recorded (results.json["wandb"]), with
+    Table 1, the perplexity table and every figure the command drew."""
+    import shutil
+    import sys
+    import types
+
+    from tests.test_wandb_report import FakeImage, FakeRun, FakeTable
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(sweep, runs_dir)
+    for f in runs_dir.glob("*/results.json"):
+        res = json.loads(f.read_text())
+        res["wandb"] = {"id": f.parent.name, "group": "multirun/2026-01-01/12-00-00", "project": "proj1"}
+        f.write_text(json.dumps(res))
+    made = []
+    mod = types.ModuleType("wandb")
+    mod.init = lambda **kw: made.append(FakeRun(**kw)) or made[-1]
+    mod.Table, mod.Image, mod.Settings = FakeTable, FakeImage, (lambda **k: k)
+    monkeypatch.setitem(sys.modules, "wandb", mod)
+    out = tables.build([runs_dir], tmp_path / "rep", logger_cfg={"name": "wandb", "tags": ["tables"]}, quiet=True)
+    (r,) = made
+    assert r.init["group"] == "multirun/2026-01-01/12-00-00" and r.init["project"] == "proj1"
+    assert r.init["job_type"] == "tables" and r.init["name"] == "tables-multirun_2026-01-01_12-00-00"
+    keys = {k for _, d in r.logs for k in d}
+    assert {"tables/table1", "tables/perplexity"} <= keys
+    assert {f"figures/{f.stem}" for f in out["figures"]} <= keys and len(out["figures"]) >= 5
+    # an explicit --group wins; runs of several groups: none chosen
+    made.clear()
+    assert tables.main([str(runs_dir), "--out", str(tmp_path / "rep2"), "--wandb", "--group", "mine"]) == 0
+    assert made[0].init["group"] == "mine" and made[0].init["project"] == "proj1"
