@@ -318,6 +318,8 @@ class Aioli(Mixer):
         need(m >= 2, "name", f"Aioli needs at least 2 domains, the data has {m}")
         pub = PUBLISHED[2 if m <= 2 else 3 if m == 3 else 7]
         self.published_from = 2 if m <= 2 else 3 if m == 3 else 7
+        # the schedule is the published one when none of its keys is set: only then may a short budget scale it
+        published_schedule = all(c[key] is None for key in ("rounds", "round_steps", "k", "interval_steps", "delta"))
         for key in ("k", "interval_steps", "one_hot_weight", "eta", "ema", "round_steps"):
             if c[key] is None and not (key == "interval_steps" and c["delta"] is not None):
                 c[key] = pub[key]
@@ -345,8 +347,15 @@ class Aioli(Mixer):
         self.c = c
         super().__init__(cfg, domains, ctx)  # sets self._w = initial_weights() (checked on the simplex)
         self.P = exploration_mixtures(self.m, self.one_hot_weight)
-        self.schedule, self.interval_steps = aioli_schedule(
-            int(ctx.total_steps), self.init_steps, self.rounds, self.round_steps, self.m, self.k, self.interval_steps, self.delta)
+        self.scaled: str | None = None  # what a budget shorter than one published round changed (printed, in info)
+        try:
+            self.schedule, self.interval_steps = aioli_schedule(
+                int(ctx.total_steps), self.init_steps, self.rounds, self.round_steps, self.m, self.k, self.interval_steps, self.delta)
+        except ConfigError as e:  # a round longer than the budget (not a bad key): scale the published schedule
+            if not published_schedule or e.field != "mixer.interval_steps":
+                raise
+            self._scale_to_budget(int(ctx.total_steps))
+            print(f"[aioli] {self.scaled}", flush=True)
         self.K = self.m * self.k
         self._starts = [r.start for r in self.schedule]
         self._boundary: dict[int, tuple[int, int]] = {
@@ -361,6 +370,7 @@ class Aioli(Mixer):
         self._steps_observed = 0
         self.info = {
             "published_setting_m": self.published_from,
+            "scaled": self.scaled,
             "rounds": len(self.schedule),
             "round_lengths": [r.end - r.start for r in self.schedule],
             "k": self.k,
@@ -383,6 +393,27 @@ class Aioli(Mixer):
             "steps_observed": 0,
         }
 
+    def _scale_to_budget(self, total_steps: int) -> None:
+        """The published schedule shrunk to a budget shorter than one of its rounds (budget=smoke): one round over
+        the dynamic steps, keeping the published exploration share δ where whole steps allow, and at least one
+        step to train on what the round learnt; with fewer steps than domains + 1, no round (p0 throughout)."""
+        D, m = total_steps - self.init_steps, self.m
+        was = (f"the published schedule (m={self.published_from} setting: k={self.k}, {self.interval_steps}-step intervals, "
+               f"{self.round_steps}-step rounds: {m * self.k * self.interval_steps} exploration steps for {m} domains)")
+        if D < m + 1:
+            self.schedule = []
+            self.scaled = (f"{was} does not fit this run's {D} steps, nor does one step per domain plus one to train on "
+                           f"the result ({m + 1}): no LearnParams round runs; the run trains the start mixture p0")
+            return
+        delta = self.published_from * self.k * self.interval_steps / self.round_steps
+        k = max(1, min(self.k, int(delta * D / m)))
+        k = k if m * k <= D - 1 else 1
+        interval = max(1, min(int(delta * D / (m * k)), self.interval_steps, (D - 1) // (m * k)))
+        self.k, self.rounds = k, 1
+        self.schedule, self.interval_steps = aioli_schedule(total_steps, self.init_steps, 1, None, m, k, interval, None)
+        self.scaled = (f"{was} does not fit this run's {D} steps: scaled to 1 round, k={k}, {interval}-step intervals: "
+                       f"{m * k * interval} exploration + {D - m * k * interval} exploitation steps")
+
     # --- interface --------------------------------------------------------------------------------------
     def initial_weights(self) -> np.ndarray:
         iw = self.c["init_weights"]
@@ -396,7 +427,7 @@ class Aioli(Mixer):
         """("init", -1, -1) | ("explore", round, interval) | ("exploit", round, -1) | ("done", -1, -1)."""
         if step < self.init_steps:
             return "init", -1, -1
-        if step >= self.schedule[-1].end:
+        if not self.schedule or step >= self.schedule[-1].end:
             return "done", -1, -1
         ri = bisect.bisect_right(self._starts, step) - 1
         r = self.schedule[ri]

@@ -548,6 +548,18 @@ def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tup
         return False, str(e), False
 
 
+def _stop_workers(ex) -> None:
+    """Cancel the proxies not started and SIGTERM the workers: each checkpoints the proxy it trains (a later
+    run resumes it) and exits. The executor has no public way to stop a running worker: hence its ``_processes``."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=60)
+
+
 # --------------------------------------------------------------------------------------------------------
 # the mixers
 # --------------------------------------------------------------------------------------------------------
@@ -729,13 +741,17 @@ class RegMix(Mixer):
         cached: set[int] = set()
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
             futs = {ex.submit(_proxy_worker, parent, ov, "regmix-proxy", threads): i for i, ov in enumerate(ovs)}
-            for f in cf.as_completed(futs):
-                i = futs[f]
-                ok, msg, reused = f.result()
-                if not ok:
-                    failed[i] = msg
-                elif reused:
-                    cached.add(i)
+            try:
+                for f in cf.as_completed(futs):
+                    i = futs[f]
+                    ok, msg, reused = f.result()
+                    if not ok:
+                        failed[i] = msg
+                    elif reused:
+                        cached.add(i)
+            except BaseException:  # SIGTERM (Preempted) or a crash: stop the workers now, not after their proxies
+                _stop_workers(ex)
+                raise
         return failed, cached
 
     def prepare(self) -> None:

@@ -19,9 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # Small but real synthetic corpus for tests: enough tokens for smoke budgets, built once per session.
-SMOKE_DOCS = ("{train: {arith: 300, facts: 120, grammar: 300, copy: 300, boiler: 300, noise: 300, spam: 300, logs: 300}, "
-              "val: {arith: 40, facts: 40, grammar: 40, copy: 40, boiler: 40, noise: 40, spam: 40, logs: 40}, "
-              "test: {arith: 40, facts: 40, grammar: 40, copy: 40, boiler: 40, noise: 40, spam: 40, logs: 40}}")
+SMOKE_DOCS = ("{train: {arith: 300, facts: 120, grammar: 300, copy: 300, rumors: 120, slang: 300, boiler: 300, noise: 300, "
+              "spam: 300, logs: 300}, "
+              "val: {arith: 40, facts: 40, grammar: 40, copy: 40, rumors: 40, slang: 40, boiler: 40, noise: 40, spam: 40, "
+              "logs: 40}, "
+              "test: {arith: 40, facts: 40, grammar: 40, copy: 40, rumors: 40, slang: 40, boiler: 40, noise: 40, spam: 40, "
+              "logs: 40}}")
 
 
 def compose(overrides: list[str] | None = None):

@@ -293,9 +293,9 @@ def test_state_dict_mid_round_resumes_exactly(monkeypatch):
 
 
 # --- end to end through the real entry point ---------------------------------------------------------------
-# 40 steps of 8 x 64 tokens: restricted phase [0, 4), round 0 = [4, 22), round 1 = [22, 40), each exploring its
-# first K·2 steps (K = m intervals of 2 steps: 12 steps for the six-domain synthetic data, 16 for the eight-domain one).
-TOTAL_TOKENS, STEPS = 20480, 40
+# 48 steps of 8 x 64 tokens: restricted phase [0, 4), round 0 = [4, 26), round 1 = [26, 48), each exploring its
+# first K·2 steps (K = m intervals of 2 steps: 20 steps for the ten-domain synthetic data).
+TOTAL_TOKENS, STEPS = 24576, 48
 AIOLI_E2E = ["mixer=aioli", f"budget.total_tokens={TOTAL_TOKENS}", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
              "mixer.rounds=2", "mixer.init_steps=4", "mixer.init_weights={arith: 0.5, copy: 0.5}", "mixer.eval_tokens=256",
              "trainer.eval_every=0", "trainer.ckpt_every=9", "trainer.save_final_model=false"]

@@ -45,6 +45,7 @@ class Case:
     files: Callable[[dict], dict[str, bytes]] | None = None  # run-dir files to create first (besides SENTINEL)
     cli: bool = False             # run `python train.py` as a subprocess
     marks: list = field(default_factory=list)
+    new_cache: bool = False       # the data is valid for a cache entry (built, complete), the run is refused after
 
 
 def _ckpt(part: str = "whole", config: bool = True) -> Callable[[dict], dict[str, bytes]]:
@@ -54,6 +55,21 @@ def _ckpt(part: str = "whole", config: bool = True) -> Callable[[dict], dict[str
         if config:
             out["config.yaml"] = fx["other_model"]["config.yaml"]
         return out
+
+    return files
+
+
+def _same_ckpt(step: int | None = None, drop: str | None = None) -> Callable[[dict], dict[str, bytes]]:
+    """A checkpoint of the cases' own config (so its fingerprint fits), edited: another step, a part removed."""
+    def files(fx: dict) -> dict[str, bytes]:
+        ck = torch.load(io.BytesIO(fx["same_config"]["checkpoints/last.pt"]), weights_only=True)
+        if step is not None:
+            ck["step"] = step
+        if drop is not None:
+            del ck[drop]
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+        return {"checkpoints/last.pt": buf.getvalue(), "config.yaml": fx["same_config"]["config.yaml"]}
 
     return files
 
@@ -89,6 +105,7 @@ CASES = [
     Case("config-budget-seq-len-over-context", ["budget.seq_len=1024"], ["budget.seq_len: 1024 exceeds the model's context model.max_position_embeddings=512"]),
     Case("config-budget-total-below-one-batch", ["budget.total_tokens=100"], ["budget.total_tokens: 100 is smaller than one batch"]),
     Case("config-budget-warmup-frac", ["budget.warmup_frac=2"], ["budget.warmup_frac: must be a number >= 0 and < 1, got 2"]),
+    Case("config-trainer-warmup-steps", ["trainer.warmup_steps=-5"], ["trainer.warmup_steps: must be an integer >= 0 or null, got -5"]),
     Case("config-budget-stages", ["budget.stages=[0.5,1.5]"], ["budget.stages: stage boundaries are fractions strictly between 0 and 1"]),
     Case("config-trainer-lr-not-a-number", ["trainer.lr=abc"], ["trainer.lr: must be a number > 0, got 'abc'"]),
     Case("config-trainer-schedule", ["trainer.schedule=linear"], ["trainer.schedule: unknown 'linear'; allowed: cosine, wsd, constant"]),
@@ -96,10 +113,13 @@ CASES = [
     Case("config-trainer-betas", ["trainer.betas=[0.9]"], ["trainer.betas: must be two numbers [beta1, beta2] in [0, 1), got [0.9]"]),
     Case("config-trainer-val-tokens", ["trainer.val_tokens=-5"], ["trainer.val_tokens: must be an integer >= 1, got -5"]),
     Case("config-unresolvable-interpolation", ["trainer.lr=${nosuch.key}"], ["trainer.lr: Interpolation key 'nosuch.key' not found"]),
-    Case("config-seed", ["seed=abc"], ["config error: seed: must be an integer, got 'abc'"]),
+    Case("config-seed", ["seed=abc"], ["config error: seed: must be an integer from 0 to 4294967295, got 'abc'"]),
     Case("config-data-source", ["data.source=csv"], ["data.source: must be one of synthetic, jsonl, text_dir, hf; got 'csv'"]),
     Case("config-data-unknown-domain", ["data.domains=[nosuch]"], ["data.domains: unknown domain(s) nosuch; available: arith"]),
     Case("config-targets-unknown-domain", ["targets.domains=[nosuch]"], ["targets.domains: unknown domain(s) ['nosuch']"]),
+    Case("config-seed-out-of-range", ["seed=99999999999999999999999"], ["config error: seed: must be an integer from 0 to 4294967295"]),
+    Case("config-budget-stage-on-the-last-step", ["budget.stages=[0.99]"],
+         ["budget.stages: boundary 0.99 of a 8-step budget falls on the end, so its stage would be empty"]),
     # --- mixture weights (mixer=fixed) ------------------------------------------------------------------------
     Case("weights-unknown-domain", FIXED + ["mixer.weights={arith: 0.5, nosuch: 0.5}"],
          ["config error: mixer.weights: unknown domain(s) ['nosuch']; the data has ['arith', 'boiler'"], cli=True),
@@ -120,6 +140,12 @@ CASES = [
     Case("data-truncated-zst", JSONL + ["data.root={data}/trunc"], ["trunc/train/part0.jsonl.zst: truncated zstd file"]),
     Case("data-unknown-suffix", JSONL + ["data.root={data}/csv", "data.train_files=train/part0.csv"],
          ["config error: data.train_files: 'train/part0.csv': supported files are .jsonl, .jsonl.zst, .jsonl.gz"]),
+    Case("data-val-split-shorter-than-a-window", ["data.synthetic.docs.val.boiler=1", "budget.seq_len=256"],
+         ["domain 'boiler' has", "val tokens, fewer than one evaluation window of budget.seq_len+1=257"], new_cache=True),
+    Case("data-jsonl-val-one-short-row", JSONL + ["data.root={data}/shortval", "data.val_files=val.jsonl", "data.test_files=val.jsonl"],
+         ["domain 'code' has", "val tokens, fewer than one evaluation window of budget.seq_len+1=65"], new_cache=True),
+    Case("data-lone-surrogate", JSONL + ["data.root={data}/surrogate"],
+         ["surrogate/train/part0.jsonl:6: field 'text' holds '\\ud800' at character 4, a lone UTF-16 surrogate"]),
     Case("data-text-dir-without-domains", ["data=text_dir", "data.root={data}/empty"], ["data.root:", "holds no domain folders (source=text_dir wants root/<domain>/**/*.txt)"]),
     # --- task folders (eval=custom) ----------------------------------------------------------------------------
     Case("tasks-missing-include-path", CUSTOM + ["eval.include_path=/nonexistent/tasks"], ["config error: eval.include_path: /nonexistent/tasks is not a folder"]),
@@ -138,6 +164,17 @@ CASES = [
          files=_ckpt(config=False)),
     Case("checkpoint-of-another-lr", ["model.hidden_size=64", "trainer.lr=1e-4"],
          ["holds a checkpoint of a different config: trainer.lr: 0.003 there, 0.0001 now"], files=_ckpt()),
+    Case("checkpoint-step-beyond-the-budget", [], ["last.pt is inconsistent: it claims step 1000, but this run has 8 steps"],
+         files=_same_ckpt(step=1000)),
+    Case("checkpoint-without-mixer", [], ["last.pt is inconsistent: it has no mixer"], files=_same_ckpt(drop="mixer")),
+    Case("checkpoint-without-scheduler", [], ["last.pt is inconsistent: it has no scheduler"], files=_same_ckpt(drop="scheduler")),
+    # --- a damaged results.json (the run dir's, not a sub-run's: those are re-created) ---------------------------
+    Case("rundir-results-json-torn", [], ["results.json is damaged (JSONDecodeError", "move it away"], files=lambda fx: {"results.json": b"{"}),
+    Case("rundir-results-json-empty", [], ["results.json is damaged (JSONDecodeError"], files=lambda fx: {"results.json": b""}),
+    Case("rundir-results-json-a-list", [], ["results.json is damaged (a JSON list without the run's compute record)"],
+         files=lambda fx: {"results.json": b"[1, 2]"}),
+    Case("rundir-results-json-no-compute", [], ["results.json is damaged (a JSON dict without the run's compute record)"],
+         files=lambda fx: {"results.json": b'{"val_loss": {}}'}),
 ]
 
 
@@ -166,6 +203,8 @@ def fx(base, tmp_path_factory) -> dict:
         "badjson": rows[:5] + ["{not json"] + rows[5:],
         "notext": rows[:5] + [json.dumps({"body": "x", "domain": "web"})] + rows[5:],
         "nodomain": rows[:5] + [json.dumps({"text": "x y z"})] + rows[5:],
+        "surrogate": rows[:5] + ['{"text": "abc \\ud800 def", "domain": "web"}'] + rows[5:],
+        "shortval": rows,
     }.items():
         (data / name / "train").mkdir(parents=True)
         (data / name / "train" / "part0.jsonl").write_text("\n".join(lines) + "\n")
@@ -175,6 +214,7 @@ def fx(base, tmp_path_factory) -> dict:
     (data / "csv" / "train").mkdir(parents=True)
     (data / "csv" / "train" / "part0.csv").write_text("text,domain\nx,web\n")
     (data / "empty").mkdir()
+    (data / "shortval" / "val.jsonl").write_text("".join(json.dumps({"text": "tiny", "domain": d}) + "\n" for d in ("web", "code")))
 
     tasks = tmp_path_factory.mktemp("bad_tasks")
     (tasks / "noyaml").mkdir()
@@ -192,7 +232,10 @@ def fx(base, tmp_path_factory) -> dict:
     other = tmp_path_factory.mktemp("other_model") / "run"
     run_until_crash(compose(base + [f"run_dir={other}", "model.hidden_size=64", "trainer.ckpt_every=2"]), 4)
     other_files = {rel: (other / rel).read_bytes() for rel in ("checkpoints/last.pt", "config.yaml")}
-    return {"data": data, "tasks": tasks, "other_model": other_files}
+    same = tmp_path_factory.mktemp("same_config") / "run"
+    run_until_crash(compose(base + [f"run_dir={same}", "trainer.ckpt_every=2"]), 4)
+    same_files = {rel: (same / rel).read_bytes() for rel in ("checkpoints/last.pt", "config.yaml")}
+    return {"data": data, "tasks": tasks, "other_model": other_files, "same_config": same_files}
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -243,7 +286,7 @@ def _cli(overrides: list[str], cwd: Path) -> tuple[int, str]:
 
 def test_table_covers_every_category():
     cats = {c.id.split("-")[0] for c in CASES}
-    assert cats == {"config", "weights", "data", "tasks", "checkpoint"}
+    assert cats == {"config", "weights", "data", "tasks", "checkpoint", "rundir"}
     assert len(CASES) >= 22 and len({c.id for c in CASES}) == len(CASES)
     assert all(sum(c.id.startswith(k) for c in CASES) >= 4 for k in cats)
 
@@ -275,4 +318,7 @@ def test_bad_input_one_clear_line_exit_2_nothing_touched(case: Case, base, fx, t
     cache_after = _snapshot(cache)
     assert {k: v for k, v in cache_after.items() if k in cache_before} == cache_before  # the cache as it was,
     new = set(cache_after) - set(cache_before)                                # ... plus at most empty lock files
+    if case.new_cache:  # ... and a complete new entry, when the data itself is valid
+        entries = {k.split("/")[0] for k in new if k.endswith("/manifest.json")}
+        new = {k for k in new if k.split("/")[0] not in entries}
     assert all(k.endswith(".lock") and (cache / k).stat().st_size == 0 for k in new), new

@@ -43,6 +43,21 @@ def test_results_json_contract(finished_run):
     assert m.config.vocab_size >= len(tok) and tok.pad_token is not None
 
 
+def test_final_model_tokenizer_loads_in_transformers_4_and_5(finished_run):
+    """transformers 5 records a trained tokenizer's class as TokenizersBackend, which 4.x (pyproject allows >= 4.46)
+    cannot load; the saved config names PreTrainedTokenizerFast, which both have (final_model/ was loaded by
+    4.46.3 and 5.24 when this was written), and the model's context as model_max_length."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    rd, res = finished_run
+    conf = json.loads((rd / "final_model" / "tokenizer_config.json").read_text())
+    assert conf["tokenizer_class"] == "PreTrainedTokenizerFast" and conf["model_max_length"] == 512  # tiny's context
+    assert not {"is_local", "local_files_only"} & set(conf)  # how it was loaded, not what it is
+    tok = PreTrainedTokenizerFast.from_pretrained(rd / "final_model")
+    auto = AutoTokenizer.from_pretrained(rd / "final_model")
+    assert tok("37 + 45 = 82.")["input_ids"] == auto("37 + 45 = 82.")["input_ids"] and tok.model_max_length == 512
+
+
 def test_loss_falls(finished_run):
     rd, res = finished_run
     rows = [json.loads(l) for l in (rd / "metrics.jsonl").read_text().splitlines()]

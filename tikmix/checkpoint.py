@@ -1,8 +1,10 @@
 """Atomic checkpoints: written to a temporary file in the same folder, fsynced, then renamed into place.
 
 A crash at any moment leaves either the previous complete checkpoint or the new complete one, never a torn
-file under the final name. Loading uses torch's weights-only unpickler: a checkpoint holds tensors and
-plain containers only, and nothing in it is executed.
+file under the final name. A writer that fails (disk full: torch raises OSError or RuntimeError
+"unexpected pos") removes its temporary file and raises CheckpointWriteError; the previous checkpoint stays.
+Loading uses torch's weights-only unpickler: a checkpoint holds tensors and plain containers only, and
+nothing in it is executed; :func:`check_checkpoint` then checks what it claims before it is used.
 """
 from __future__ import annotations
 
@@ -12,16 +14,16 @@ from typing import Any
 
 import torch
 
-from tikmix.errors import CheckpointError
+from tikmix.errors import CheckpointError, CheckpointWriteError
 
 FORMAT = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
@@ -32,14 +34,50 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except OSError as e:
+    except BaseException as e:  # torch.save reports a full disk as RuntimeError: any failure is a failed write
         try:
-            tmp.unlink(missing_ok=True)  # type: ignore[possibly-undefined]
-        except (OSError, NameError):
+            tmp.unlink(missing_ok=True)
+        except OSError:
             pass
-        raise CheckpointError(
-            f"cannot write checkpoint {path}: {e.strerror or e} — the previous checkpoint (if any) is intact"
+        if not isinstance(e, Exception):  # KeyboardInterrupt and the like: not a write error
+            raise
+        why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {why} — the previous checkpoint (if any) is intact"
         ) from None
+
+
+_REQUIRED = ("step", "model", "optimizer", "scheduler", "mixer", "ledger", "tokens_seen", "weights_history",
+             "val_history", "wall_time", "domains")
+
+
+def check_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike, total_steps: int, domains: list[str]) -> None:
+    """Refuse a checkpoint whose contents do not fit this run before anything uses them: a missing part,
+    a step outside the budget, per-domain counts of other domains, a scheduler at another step."""
+    bad = _what_is_wrong(ckpt, total_steps, domains)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: {bad}; delete it to start over")
+
+
+def _what_is_wrong(ckpt: dict[str, Any], total_steps: int, domains: list[str]) -> str | None:
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        return f"it has no {', '.join(missing)}"
+    step = ckpt["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
+        return f"it claims step {step!r}, but this run has {total_steps} steps"
+    if ckpt["domains"] != domains:
+        return f"it was trained on domains {ckpt['domains']}, this run has {domains}"
+    seen = ckpt["tokens_seen"]
+    if not isinstance(seen, list) or len(seen) != len(domains) or not all(isinstance(x, int) and x >= 0 for x in seen):
+        return f"tokens_seen {seen!r} is not a count per domain"
+    sched = ckpt["scheduler"]
+    if not isinstance(sched, dict) or sched.get("last_epoch", step) != step:
+        return f"its learning-rate schedule is at step {sched.get('last_epoch') if isinstance(sched, dict) else sched!r}, its step is {step}"
+    for key in ("model", "optimizer", "mixer", "ledger"):
+        if not isinstance(ckpt[key], dict):
+            return f"its {key} is a {type(ckpt[key]).__name__}, not a mapping"
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,7 +1,18 @@
-"""Errors the suite raises for bad input.
+"""Errors the suite raises for bad input and for a run directory it cannot write.
 
 Every error a user can cause by a config, a data file or a checkpoint is one of these: ``train.py``
 prints its message as one line and exits non-zero, without a traceback.
+
+Exit codes of ``python train.py`` (tikmix.run.main):
+  0   finished (or the run directory already held a finished run);
+  1   a multirun in which some job did not finish (each such job's run dir holds error.json), or a bug
+      (a traceback);
+  2   bad input (:class:`TikmixError`): a config value, data, a checkpoint, a run directory in use by
+      another live process (:class:`RunDirBusy`); nothing in the run directory or the data cache changed;
+  74  a write failed (:class:`StorageError`: disk full, quota, read-only): the file being written is
+      discarded, the previous checkpoint is intact; free space and run the same command to resume;
+  75  preempted (SIGTERM, ``trainer.max_wall_s``): what finished is saved; run the same command to resume
+      (a multirun exits 75 when every unfinished job was preempted).
 """
 from __future__ import annotations
 
@@ -25,6 +36,19 @@ class DataError(TikmixError):
 
 class CheckpointError(TikmixError):
     """A checkpoint is missing, corrupt, truncated, or belongs to another config/model."""
+
+
+class RunDirBusy(TikmixError):
+    """Another live process holds the run directory (one run directory belongs to one process)."""
+
+
+class StorageError(TikmixError):
+    """Writing into the run directory failed (disk full, quota, read-only). Nothing is left half-written:
+    the file being written is discarded and the previous one (checkpoint, metrics line) is intact."""
+
+
+class CheckpointWriteError(StorageError, CheckpointError):
+    """A checkpoint could not be written; the previous checkpoint is intact."""
 
 
 def hydra_error_line(e: BaseException) -> str | None:
@@ -77,8 +101,19 @@ def hydra_cli(hydra_main) -> None:
     try:
         hydra_main()
     except Exception as e:  # noqa: BLE001 - only Hydra's own errors are turned into a line
-        line = hydra_error_line(e)
+        line, code = hydra_error_line(e), 2
+        if line is None:
+            line, code = sweep_error_line(e), 1
         if line is None or asked_full:
             raise
         print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(code)
+
+
+def sweep_error_line(e: BaseException) -> str | None:
+    """One line for an optimiser sweep (``hydra/sweeper=optuna``) in which no trial finished: the sweeper asks
+    its study for the best trial and optuna raises; every failed job already printed its own error line."""
+    if isinstance(e, ValueError) and "No trials are completed yet" in str(e):
+        return ("the optimiser sweep has no finished trial: every run failed (each printed its error above; its "
+                "run dir under hydra.sweep.dir holds error.json)")
+    return None

@@ -1,6 +1,7 @@
 """One run, end to end: config → data → model → mixer → trainer → test losses → results.json."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -8,18 +9,23 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tikmix.errors import CheckpointError, ConfigError, TikmixError
+from tikmix import signals
+from tikmix.checkpoint import check_checkpoint
+from tikmix.errors import CheckpointError, ConfigError, DataError, StorageError, TikmixError
 from tikmix.ledger import Ledger
 from tikmix.mixer import MixerContext, build_mixer
 from tikmix.model import build_model, flops_per_token, param_counts
-from tikmix.runlog import RunLogger, write_json_atomic
+from tikmix.report import log_results, wandb_identity
+from tikmix.rundir import clean_stale, locked, read_results
+from tikmix.runlog import RunLogger, rewind_metrics, write_json_atomic
 from tikmix.sampler import MixtureSampler, check_budget
 from tikmix.trainer import Preempted, Trainer, dist_info, eval_windows, resolve_device
 
@@ -32,26 +38,72 @@ _NON_TRAJECTORY = {"logger", "run_dir", "eval.limit", "eval.bootstrap_iters", "e
                    "trainer.compile", "trainer.compile_mode"}
 
 
+# Keys added after runs were made whose null value means what their absence meant: dropped from the fingerprint
+# when null, so checkpoints and cached sub-runs made before they existed stay valid.
+_NEW_NULL_KEYS = {"trainer.warmup_steps"}
+
+
 def fingerprint(cfg: dict) -> str:
     c = json.loads(json.dumps(cfg, default=str))
-    for k in _NON_TRAJECTORY:
+    for k in _NON_TRAJECTORY | _NEW_NULL_KEYS:
         parts = k.split(".")
         d = c
         for p in parts[:-1]:
             d = d.get(p, {}) if isinstance(d, dict) else {}
-        if isinstance(d, dict):
+        if isinstance(d, dict) and (k in _NON_TRAJECTORY or d.get(parts[-1], 0) is None):
             d.pop(parts[-1], None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_steps_from(fracs: Any, total_steps: int) -> list[int]:
+    """The step of each stage boundary. A boundary that rounds onto the first or last step, or onto another
+    boundary, is refused: dropping it would silently skip a dynamic mixer's re-mixing."""
     fracs = list(fracs or [])
     for f in fracs:
-        if not isinstance(f, (int, float)) or not 0 < f < 1:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
             raise ConfigError("budget.stages", f"stage boundaries are fractions strictly between 0 and 1, got {fracs}")
     if fracs != sorted(fracs):
         raise ConfigError("budget.stages", f"stage boundaries must be increasing, got {fracs}")
-    return sorted({s for s in (int(round(f * total_steps)) for f in fracs) if 0 < s < total_steps})
+    steps = [int(round(f * total_steps)) for f in fracs]
+    for i, (f, s) in enumerate(zip(fracs, steps)):
+        if not 0 < s < total_steps or (i and s == steps[i - 1]):
+            where = "the start" if s <= 0 else "the end" if s >= total_steps else f"step {s}, the boundary before it"
+            raise ConfigError("budget.stages", f"boundary {f} of a {total_steps}-step budget falls on {where}, so its "
+                                               f"stage would be empty; give fewer boundaries or a larger budget.total_tokens")
+    return steps
+
+
+def budget_warnings(cfg: DictConfig, total_steps: int) -> list[str]:
+    """What a small budget silently does: leave most of total_tokens unused, round the warmup to nothing, or
+    spend the whole run in warmup."""
+    from tikmix.trainer import warmup_steps
+
+    b = cfg.budget
+    out = []
+    per_step = int(b.seq_len) * int(b.batch_size)
+    unused = int(b.total_tokens) - total_steps * per_step
+    if unused > 0.1 * int(b.total_tokens):
+        out.append(f"budget.total_tokens={b.total_tokens} is {total_steps} step(s) of {per_step:,} tokens: "
+                   f"{unused:,} tokens ({unused / int(b.total_tokens):.0%}) go unused")
+    warmup, _ = warmup_steps(cfg.trainer, b, total_steps)
+    asked = float(b.get("warmup_frac", 0.0) or 0.0) > 0 or bool(cfg.trainer.get("warmup_steps"))
+    if asked and warmup == 0:
+        out.append(f"the warmup rounds to no step at all in a {total_steps}-step budget (budget.warmup_frac)")
+    elif warmup >= total_steps > 0:
+        out.append(f"the warmup ({warmup} steps) is the whole {total_steps}-step run: the learning rate never "
+                   "reaches its peak")
+    return out
+
+
+def check_eval_splits(shards: Any, domains: list[str], seq_len: int, final_eval: str) -> None:
+    """Every domain's val split (validation, targets) and, for a full final evaluation, its test split must
+    hold one evaluation window of seq_len + 1 tokens (the train split is checked by the sampler)."""
+    for split in ("val", "test") if final_eval == "full" else ("val",):
+        for d in domains:
+            n = shards.num_tokens(d, split)
+            if n < seq_len + 1:
+                raise DataError(f"domain {d!r} has {n} {split} tokens, fewer than one evaluation window of "
+                                f"budget.seq_len+1={seq_len + 1}; give its {split} split more text (or lower budget.seq_len)")
 
 
 def check_repeats(max_epochs: Any, w: np.ndarray, domains: list[str], train_tokens: dict[str, int], total: int) -> None:
@@ -115,6 +167,7 @@ def check_trainer(cfg: DictConfig) -> None:
         if not isinstance(t.get(key, True), bool):
             raise ConfigError(f"trainer.{key}", f"must be true or false, got {t[key]!r}")
     check_number("budget.warmup_frac", cfg.budget.get("warmup_frac", 0.0), low=0, high=1, high_strict=True)
+    check_number("trainer.warmup_steps", t.get("warmup_steps"), integer=True, low=0, null=True)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -154,6 +207,21 @@ def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch
     if shapes:
         return "the model differs: " + "; ".join(shapes[:3]) + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else "")
     return f"{old_path} is missing or unreadable, so what differs cannot be named"
+
+
+def _start_writing(run_dir: Path, container: dict, ckpt: dict | None) -> None:
+    """Past every check: clear what killed writers left, cut metrics.jsonl back to the checkpoint (nothing
+    logged after it, no torn line), and on a fresh start write config.yaml."""
+    clean_stale(run_dir)
+    rewind_metrics(run_dir / "metrics.jsonl", ckpt.get("metrics_bytes") if ckpt else 0, ckpt["step"] if ckpt else 0)
+    if ckpt is None:
+        tmp = run_dir / ".config.yaml.tmp"
+        try:
+            tmp.write_text(OmegaConf.to_yaml(container))
+            os.replace(tmp, run_dir / "config.yaml")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write {run_dir / 'config.yaml'}: {e.strerror or e}") from None
 
 
 def target_tasks(cfg: DictConfig) -> list[str]:
@@ -205,6 +273,33 @@ def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int
     return out
 
 
+def describe_targets(cfg: DictConfig, targets: dict[str, list[dict]]) -> str:
+    """One console line: what the mixers optimise for (the target sets, their tokens) and where they come from."""
+    sizes = ", ".join(f"{n} ({sum(int(b['input_ids'].numel()) for b in bs):,})" for n, bs in targets.items())
+    if target_tasks(cfg):
+        why = f"targets.tasks: dev splits of eval={cfg.eval.name}'s in-domain tasks"
+    elif targets_auto(cfg):
+        why = (f"targets.domains=auto with no task targets (eval={cfg.eval.name}): every domain's held-out text; "
+               "TiKMiX averages them into one target")
+    else:
+        why = "targets.domains"
+    return f"[tikmix] targets ({why}), tokens per set: {sizes}"
+
+
+def cost_estimate(trainer: Trainer, test_arrays: list, targets: dict[str, list[dict]], final_eval: str) -> str:
+    """The run's FLOPs and its wall time at the device's peak, before training (tikmix.estimate)."""
+    from tikmix.estimate import estimate_line, eval_passes, run_flops
+
+    T, t = trainer.seq_len, trainer.tcfg
+    full = final_eval == "full"
+    val = sum(len(w) * T for w in trainer.val_windows.values())
+    test = sum(max(1, min(int(t["test_tokens"]) // T, (len(a) - 1) // T)) * T for a in test_arrays) if full else 0
+    tgt = sum(int(b["input_ids"].numel()) for bs in targets.values() for b in bs) if final_eval != "none" else 0
+    flops = run_flops(trainer.flops_per_token, trainer.total_steps, trainer.tokens_per_step, val,
+                      eval_passes(trainer.total_steps, int(t.get("eval_every") or 0), full), test, tgt)
+    return estimate_line(flops, trainer.resolve_peak(), trainer.device.type)
+
+
 def _print_summary(res: dict) -> None:
     if not res["val_loss"]:  # trainer.final_eval: targets | none (a proxy run): no per-domain losses to show
         c = res["compute"]
@@ -223,6 +318,12 @@ def _print_summary(res: dict) -> None:
     c = res["compute"]
     print(f"compute: train {c.get('train', 0):.3g} FLOPs, eval {c.get('eval', 0):.3g}, mixer {c.get('mixer_total', 0):.3g}; "
           f"wall {res['wall_time_s']:.1f}s; results: {res['run_dir']}/results.json")
+    tp = res.get("throughput") or {}
+    if tp.get("train_tokens_per_s"):
+        mfu = f", MFU {tp['train_mfu']:.1%}" if tp.get("train_mfu") else ""
+        over = (f"; mixer overhead {tp['mixer_time_s']:.1f}s ({tp['mixer_share']:.0%} of the run)"
+                if tp.get("mixer_time_s", 0) > 0.05 else "")
+        print(f"throughput: {tp['train_tokens_per_s']:,.0f} tokens/s over {tp['train_time_s']:.1f}s of training steps{mfu}{over}")
 
 
 def init_distributed(device_name: str) -> tuple[int, int, str]:
@@ -241,7 +342,22 @@ def init_distributed(device_name: str) -> tuple[int, int, str]:
     return rank, world, device_name
 
 
-def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> dict:
+def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True, wait_for_lock: bool = False,
+        on_start: Callable[[Path, bool], None] | None = None) -> dict:
+    """One run, end to end; its results (also written to ``<run dir>/results.json``).
+
+    The run directory is held by this process until the end (tikmix.rundir: another live process holding
+    it raises RunDirBusy, or, with ``wait_for_lock`` (sub-runs), is waited for). SIGTERM in any phase stops
+    the run with Preempted after saving what finished (tikmix.signals): during training the checkpoint at
+    the end of the current step; during a probe or an evaluation the state from before it.
+    """
+    with signals.handling(), signals.phase(True, "before training started (nothing to checkpoint yet)"), \
+            contextlib.ExitStack() as held:
+        return _run(cfg, quiet, downstream_eval, held, wait_for_lock, on_start)
+
+
+def _run(cfg: DictConfig, quiet: bool, downstream_eval: bool, held: contextlib.ExitStack, wait_for_lock: bool,
+         on_start: Callable[[Path, bool], None] | None = None) -> dict:
     t_start = time.perf_counter()
     try:
         OmegaConf.to_container(cfg, resolve=True)  # an interpolation that does not resolve is a user error
@@ -255,17 +371,21 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
         obj = [str(run_dir)]
         dist.broadcast_object_list(obj, src=0)
         run_dir = Path(obj[0])
+    if rank == 0:
+        held.enter_context(locked(run_dir, wait=wait_for_lock))
     results_path = run_dir / "results.json"
     if results_path.exists():
-        if quiet:
-            return json.loads(results_path.read_text())
-        print(f"[tikmix] {run_dir} already holds a finished run (results.json); nothing to do. "
-              f"Use another hydra.run.dir to train again.")
-        return json.loads(results_path.read_text())
+        res = read_results(results_path, repair=wait_for_lock)  # a sub-run re-creates a damaged one
+        if res is not None:
+            if not quiet:
+                print(f"[tikmix] {run_dir} already holds a finished run (results.json); nothing to do. "
+                      f"Use another hydra.run.dir to train again.")
+            return res
     container = OmegaConf.to_container(cfg, resolve=True)
     seed = cfg.seed
-    if not isinstance(seed, int):
-        raise ConfigError("seed", f"must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        # the samplers key their streams on 32 bits of it: a larger seed would repeat a smaller one's data
+        raise ConfigError("seed", f"must be an integer from 0 to {2**32 - 1}, got {seed!r}")
     device = resolve_device(device_name)
     check_trainer(cfg)
     # trainer.final_eval (absent = full): a proxy sub-run sets targets (RegMix: only the target loss is used) or
@@ -289,6 +409,10 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
     seq_len = b.seq_len
     total_steps = check_budget(b.total_tokens, b.seq_len, b.batch_size, b.micro_batch, cfg.model.max_position_embeddings)
     stage_steps = stage_steps_from(b.get("stages"), total_steps)
+    check_eval_splits(shards, domains, seq_len, final_eval)
+    if not quiet and rank == 0:
+        for line in budget_warnings(cfg, total_steps):
+            print(f"[tikmix] warning: {line}", file=sys.stderr)
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
     sampler = MixtureSampler(train_arrays, seq_len, b.batch_size, seed, domains)
@@ -327,14 +451,16 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
 
         if ckpt.get("world_size", 1) != world:
             raise CheckpointError(f"{ckpt_path} was written with {ckpt.get('world_size', 1)} processes; resume it with the same number (now {world})")
+        check_checkpoint(ckpt, ckpt_path, total_steps, domains)  # what it claims (step, parts) fits this run
     run_dir.mkdir(parents=True, exist_ok=True)
-    if ckpt is None and rank == 0:
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(OmegaConf.to_yaml(container))
-        os.replace(tmp, run_dir / "config.yaml")
-    name = f"{cfg.mixer.name}_s{seed}"
+    if rank == 0:
+        _start_writing(run_dir, container, ckpt)
+        if on_start is not None:  # the Hydra job (main): its console log and .hydra/ record
+            on_start(run_dir, ckpt is None)
+    ident = wandb_identity(container, run_dir)  # group = the Hydra sweep, job_type = the mixer, tags = the presets
+    name = ident["name"]
     logger = RunLogger(cfg.logger if rank == 0 else {"name": "none"}, run_dir, container, name,
-                       resume_id=(ckpt or {}).get("wandb_id"), write_metrics=rank == 0)
+                       resume_id=(ckpt or {}).get("wandb_id"), write_metrics=rank == 0, identity=ident)
     try:
         trainer = Trainer(
             container, model, mixer, sampler, domains, {d: shards.tokens(d, "val") for d in domains}, targets,
@@ -346,6 +472,11 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
             print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
                   f"{counts['non_embedding']:,} non-embedding) budget={b.name}: {total_steps} steps x "
                   f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(domains)}; device={device}{ranks}; run dir {run_dir}")
+            if trainer.warmup_note:
+                print(f"[tikmix] {trainer.warmup_note}")
+            if not quiet:
+                print(describe_targets(cfg, targets))
+                print(cost_estimate(trainer, [shards.tokens(d, "test") for d in domains], targets, final_eval))
         if downstream_eval and rank == 0:
             from eval.stage import stage_evaluator
 
@@ -354,9 +485,13 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
             trainer.load(ckpt)
             print(f"[tikmix] resumed from {ckpt_path} at step {trainer.state.step}/{total_steps}")
         else:
+            signals.describe("during the mixer's preparation (finished sub-runs, e.g. RegMix proxies, are kept and reused)")
+            t_prep = time.perf_counter()
             mixer.prepare()
+            trainer.state.timing["prepare_s"] = time.perf_counter() - t_prep  # the mixer's overhead before training
         trainer.state.wandb_id = logger.wandb_id
         state = trainer.fit()
+        signals.describe(f"during the final evaluation (training is complete and checkpointed at step {state.step})")
 
         test_loss, val_loss, target_loss = {}, {}, {}
         if final_eval == "full":
@@ -413,6 +548,8 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
         }
         res["world_size"] = world
         res["mfu"] = trainer.mfu_summary()  # the peak FLOP/s used (config / table / measured) and the mean MFU
+        res["throughput"] = trainer.throughput_summary()  # training tokens/s apart from the mixer's overhead
+        res["wandb"] = logger.wandb_info  # id, name, group, project: python -m eval and eval.tables attach to them
         if eval_entry is not None:
             res["eval"] = eval_entry
         res["eval_history"] = state.eval_history
@@ -424,6 +561,7 @@ def run(cfg: DictConfig, quiet: bool = False, downstream_eval: bool = True) -> d
                             "compute/mixer_flops": ledger.mixer_total})
             logger.table("final/per_domain", ["domain", "weight", "tokens", "epochs", "val_loss", "test_ppl"],
                          [[d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]] for d in domains])
+        log_results(logger, res, state.step)  # W&B: final scalars, the mixer's history and info, the run's figures
         if not quiet and rank == 0:
             _print_summary(res)
         return res
@@ -461,10 +599,15 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
         try:
-            res = run(cfg, quiet=True, downstream_eval=False)  # eval config kept: it defines the task targets
+            # eval config kept: it defines the task targets. Another process training the same sub-run (a
+            # proxy shared by two sweep jobs) is waited for, then its results are reused
+            res = run(cfg, quiet=True, downstream_eval=False, wait_for_lock=True)
         except ConfigError as e:  # the mixer's own settings made an invalid sub-run config: say whose it is
             raise ConfigError(f"mixer ({parent.mixer.name} {name} run) {e.field}",
                               e.detail) from e
+        except Preempted as e:  # say where: the sub-run keeps its own checkpoint, finished sub-runs are reused
+            raise Preempted(e.step, e.reason, f"during {parent.mixer.name}'s {name} run {cfg.run_dir} "
+                                              f"({e.detail}; finished sub-runs are kept and reused)") from None
         c = res["compute"]
         ledger.charge_mixer(charge_as, c.get("total", 0.0))
         res["reused"] = reused
@@ -477,28 +620,62 @@ def _save_hf(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     """Save the final model in Hugging Face format (+ tokenizer), atomically (tmp folder, then rename)."""
     import shutil
 
+    from tikmix.data.tokenizer import save_tokenizer
+
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position_embeddings)
+    except Exception as e:  # noqa: BLE001 — safetensors reports a full disk as its own error types
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StorageError(f"cannot write the final model {out}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
+                           "training is checkpointed: free space and run the same command to finish") from None
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
 
 
 def main(cfg: DictConfig) -> Any:
-    """Hydra task: run, turning user errors into one clear line and a non-zero exit."""
+    """Hydra task: run, turning user errors into one clear line and a non-zero exit; the console output is kept
+    in ``<run dir>/console.log`` and Hydra's record in ``<run dir>/.hydra/`` (tikmix.console).
+
+    Returns what a Hydra sweeper optimises (``hydra/sweeper=optuna``, direction minimize): the run's mean
+    per-domain validation loss (lower is better), a proxy run's mean target loss, or None for a multirun job
+    that failed (the sweeper records it as a failed trial; error.json in its run dir says why).
+    """
+    from tikmix.console import ConsoleLog
+
+    with ConsoleLog() as console:  # <run dir>/console.log, written once the run owns its directory
+        return _main(cfg, lambda run_dir, fresh: _record_start(cfg, run_dir, fresh, console))
+
+
+def _record_start(cfg: DictConfig, run_dir: Path, fresh: bool, console: Any) -> None:
+    """A run that passed every check: Hydra's .hydra/ record (fresh runs only) and the console log."""
+    from tikmix.console import write_hydra_record
+
+    try:
+        if fresh:
+            write_hydra_record(run_dir, cfg)
+        console.attach(run_dir / "console.log")
+    except OSError as e:
+        raise StorageError(f"cannot write into {run_dir}: {e.strerror or e}") from None
+
+
+def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
     multirun = _is_multirun()
     try:
-        res = run(cfg)
+        res = run(cfg, on_start=on_start)
     except (TikmixError, Preempted) as e:
-        code = 75 if isinstance(e, Preempted) else 2  # 75 = EX_TEMPFAIL: not finished, resumable
+        code = exit_code(e)
         msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
         print(f"{'[tikmix]' if code == 75 else 'error:'} {msg}", file=sys.stderr)
         if not multirun:
             sys.exit(code)
         _record_failure(cfg, e)
+        if isinstance(e, Preempted) and _in_sweep_process():
+            sys.exit(code)  # the SIGTERM was for the whole sweep: stop it (re-running it resumes this job)
         return None
     except Exception as e:  # noqa: BLE001 — in a sweep, one crashed job never takes down its siblings
         if not multirun:
@@ -513,6 +690,12 @@ def main(cfg: DictConfig) -> Any:
     return float(np.mean(list(res["val_loss"].values())))
 
 
+def exit_code(e: BaseException) -> int:
+    """75 (EX_TEMPFAIL) preempted, resumable; 74 (EX_IOERR) a write failed, resumable once there is space;
+    2 bad input (tikmix.errors lists them all)."""
+    return 75 if isinstance(e, Preempted) else 74 if isinstance(e, StorageError) else 2
+
+
 def _is_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -523,11 +706,55 @@ def _is_multirun() -> bool:
         return False
 
 
+def _in_sweep_process() -> bool:
+    """True when the job runs in the sweep's own process (Hydra's basic launcher), not in a worker."""
+    import multiprocessing
+
+    return multiprocessing.parent_process() is None
+
+
+class SweepExitCode(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): once every job of a multirun has run, exit 1 when
+    some job did not finish (75 when each of those was only preempted), with one line naming them; each one's
+    run dir holds error.json. A single run is not affected."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.t0 = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = failed_jobs(Path(str(config.hydra.sweep.dir)), getattr(self, "t0", 0.0))
+        if not failed:
+            return
+        code = 75 if all(f.get("exit_code") == 75 for f in failed) else 1
+        first = failed[0]
+        print(f"{'[tikmix]' if code == 75 else 'error:'} {len(failed)} job(s) of the sweep did not finish "
+              f"({', '.join(Path(f['dir']).name for f in failed[:5])}{' ...' if len(failed) > 5 else ''}); "
+              f"first: {first['error']}", file=sys.stderr)
+        sys.exit(code)
+
+
+def failed_jobs(sweep_dir: Path, since: float = 0.0) -> list[dict]:
+    """The jobs under ``sweep_dir`` that wrote error.json (at or after ``since``) and no results.json."""
+    out = []
+    for p in sorted(sweep_dir.rglob("error.json")) if sweep_dir.is_dir() else []:
+        if (p.parent / "results.json").exists():
+            continue
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            rec = {"error": "unreadable error.json"}
+        if not isinstance(rec, dict) or float(rec.get("time") or since) < since:
+            continue
+        out.append({**rec, "dir": str(p.parent)})
+    return out
+
+
 def _record_failure(cfg: DictConfig, e: BaseException) -> None:
     """A failed sweep job leaves error.json in its run dir (the table tool shows it as a missing cell)."""
     try:
         rd = Path(cfg.run_dir)
         rd.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(rd / "error.json", {"error": f"{type(e).__name__}: {e}", "time": time.time()})
+        write_json_atomic(rd / "error.json", {"error": f"{type(e).__name__}: {e}", "time": time.time(),
+                                              "exit_code": exit_code(e) if isinstance(e, (TikmixError, Preempted)) else 1})
     except Exception:  # noqa: BLE001
         pass

@@ -9,10 +9,9 @@ needed to resume bit-exactly on CPU: model, optimiser, scheduler, mixer, sampler
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +26,15 @@ from tikmix.errors import ConfigError, TikmixError
 from tikmix.ledger import Ledger
 from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe
 from tikmix.perf import Peak, check_peak_setting, resolve_peak
+from tikmix.report import HistoryStream
 from tikmix.runlog import RunLogger, to_builtin
 from tikmix.sampler import MixtureSampler, _rng, mixture_counts
+from tikmix import signals
+from tikmix.signals import Preempted
 
 
 class NonFiniteLoss(TikmixError):
     pass
-
-
-class Preempted(Exception):
-    """Raised after a clean checkpoint when SIGTERM arrived or trainer.max_wall_s ran out."""
-
-    def __init__(self, step: int, reason: str):
-        self.step = step
-        self.reason = reason
-        super().__init__(f"{reason}: checkpointed at step {step}; run the same command again to resume")
 
 
 def dist_info() -> tuple[int, int]:
@@ -51,6 +44,25 @@ def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+# A model preset's published warmup (trainer.warmup_steps: TinyLlama's 2,000 steps are 0.14 % of its run, RegMix's
+# proxies' 100 are 10 %) is used while it is at most this share of the run; beyond it the schedule would be
+# mostly warmup, which no publication ran, so a short budget (smoke, demo) keeps its own budget.warmup_frac.
+WARMUP_MAX_SHARE = 0.1
+
+
+def warmup_steps(tcfg: Mapping[str, Any], bcfg: Mapping[str, Any], total_steps: int) -> tuple[int, str | None]:
+    """Linear-warmup steps of a run, and a note (None when nothing was replaced) for the console."""
+    from_budget = int(round(float(bcfg.get("warmup_frac", 0.0)) * total_steps))
+    n = tcfg.get("warmup_steps")
+    if n is None:
+        return from_budget, None
+    if n <= WARMUP_MAX_SHARE * total_steps:
+        return int(n), None
+    return from_budget, (f"warmup: trainer.warmup_steps={n} (the model preset's published warmup) is more than a tenth "
+                         f"of this budget's {total_steps} steps; using budget.warmup_frac={bcfg.get('warmup_frac', 0.0)} "
+                         f"instead: {from_budget} steps")
 
 
 def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float, wsd_decay_frac: float) -> Callable[[int], float]:
@@ -155,6 +167,10 @@ class TrainState:
     wandb_id: str | None = None
     skipped: list = field(default_factory=list)  # steps whose batch was skipped for a non-finite loss
     eval_history: list = field(default_factory=list)  # downstream evaluations at stage boundaries (eval.every_stage)
+    # seconds of the training loop spent outside training steps, cumulative over resumes: probe_s (mixer.on_probe),
+    # observe_s (mixer.observe), eval_s (validation and stage evaluations), ckpt_s (checkpoints), prepare_s
+    # (mixer.prepare before training: proxies, reference models)
+    timing: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -233,7 +249,7 @@ class Trainer:
             lr=float(t["lr"]), betas=tuple(t["betas"]), eps=float(t["eps"]),
             **adamw_extra_kwargs(device),
         )
-        warmup = int(round(float(b.get("warmup_frac", 0.0)) * total_steps))
+        warmup, self.warmup_note = warmup_steps(t, b, total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t["schedule"], total_steps, warmup, float(t["min_lr_ratio"]), float(t["wsd_decay_frac"]))
         )
@@ -307,9 +323,12 @@ class Trainer:
             "wandb_id": s.wandb_id,
             "skipped": s.skipped,
             "eval_history": s.eval_history,
+            "timing": dict(s.timing),
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
+            # metrics.jsonl's length now: a resumed run cuts the lines logged after this checkpoint
+            "metrics_bytes": self.logger.metrics_bytes() if self.logger is not None else None,
         }
 
     def save(self) -> None:
@@ -361,6 +380,7 @@ class Trainer:
             wandb_id=ckpt.get("wandb_id"),
             skipped=list(ckpt.get("skipped", [])),
             eval_history=list(ckpt.get("eval_history", [])),
+            timing={k: float(v) for k, v in (ckpt.get("timing") or {}).items()},
         )
 
     # --- the loop --------------------------------------------------------------------------------------
@@ -448,6 +468,55 @@ class Trainer:
         mean = float(np.mean(self.mfu_values)) if self.mfu_values else None
         return {**self.peak.as_dict(), "mean": mean, "intervals": len(self.mfu_values)}
 
+    def throughput_summary(self) -> dict:
+        """For results.json: training throughput over training steps only, and where the rest of the time went
+        (the mixer's probes, observe calls and prepare, evaluations, checkpoints), cumulative over resumes."""
+        s, tm = self.state, self.state.timing
+        tokens = s.step * self.tokens_per_step
+        train_s = tm.get("train_s", 0.0)
+        mixer_s = sum(tm.get(k, 0.0) for k in ("prepare_s", "probe_s", "observe_s"))
+        total = s.wall_time + tm.get("prepare_s", 0.0)
+        out = {"train_tokens_per_s": tokens / train_s if train_s > 0 else None,
+               "wall_tokens_per_s": tokens / s.wall_time if s.wall_time > 0 else None,
+               "train_time_s": train_s, "mixer_time_s": mixer_s, "mixer_share": mixer_s / total if total > 0 else None,
+               "prepare_time_s": tm.get("prepare_s", 0.0), "probe_time_s": tm.get("probe_s", 0.0),
+               "observe_time_s": tm.get("observe_s", 0.0), "eval_time_s": tm.get("eval_s", 0.0),
+               "checkpoint_time_s": tm.get("ckpt_s", 0.0), "loop_time_s": s.wall_time}
+        if self.peak is not None and out["train_tokens_per_s"]:
+            out["train_mfu"] = self.flops_per_token * out["train_tokens_per_s"] / self.peak.flops
+        return out
+
+    def _stage_eval_or_stop(self, step: int) -> dict | None:
+        """The stage evaluation at ``step``; SIGTERM stops it at once (an evaluation keeps nothing worth
+        waiting for): the state from before it is checkpointed, and the resumed run evaluates again."""
+        if self.world > 1:  # the other ranks wait at a collective: stop with them, after it
+            return self.stage_eval(self.model, step)
+        try:
+            with signals.phase(True, f"during the evaluation at step {step}"):
+                return self.stage_eval(self.model, step)
+        except Preempted as e:
+            self.model.train()
+            self.save()
+            raise Preempted(step, e.reason) from None
+
+    def _probe_or_stop(self, p: "TrainerProbe", step: int) -> None:
+        """mixer.on_probe at ``step``; SIGTERM stops it at once (a probe may take minutes). The mixer's and the
+        ledger's state from before the probe are put back and checkpointed, so the resumed run probes again
+        from the same state (a probe restores the parameters it perturbs in its own ``finally``)."""
+        if self.world > 1:  # every rank takes part in the probe's collectives: stop with them, after it
+            self.mixer.on_probe(p)
+            return
+        before = copy.deepcopy((to_builtin(self.mixer.state_dict()), self.ledger.state_dict()))
+        try:
+            with signals.phase(True, f"during the mixer's probe at step {step}"):
+                self.mixer.on_probe(p)
+        except Preempted as e:
+            p.close()
+            self.mixer.load_state_dict(before[0])
+            self.ledger.load_state_dict(before[1])
+            self.save()
+            raise Preempted(step, e.reason) from None
+
     def probe(self, step: int) -> "TrainerProbe":
         nxt = [s for s in self.stage_steps if s > step]
         stage_end = nxt[0] if nxt else self.total_steps
@@ -462,19 +531,14 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
         stop: dict[str, str | None] = {"reason": None}
-        old_handler = None
-        if threading.current_thread() is threading.main_thread():
-            def on_term(signum, frame):  # noqa: ARG001 — checkpoint at the end of the current step
-                stop["reason"] = "SIGTERM received"
-
-            old_handler = signal.signal(signal.SIGTERM, on_term)
-        try:
-            self._loop(s, bar, stop)
+        try:  # SIGTERM during a step: checkpoint at its end (the loop reads signals.requested())
+            with signals.handling(), signals.phase(False, "during training"):
+                self._loop(s, bar, stop)
         finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGTERM, old_handler)
             if bar is not None:
                 bar.close()
+        if signals.requested():  # it came during the final step: the end-of-training checkpoint is saved
+            raise Preempted(s.step, signals.requested())
         return s
 
     def _loop(self, s: TrainState, bar: Any, stop: dict) -> None:
@@ -487,9 +551,15 @@ class Trainer:
         t_last, step_last = time.perf_counter(), s.step
         t0 = time.perf_counter() - s.wall_time
         t_proc = time.perf_counter()
+        # training throughput counts training steps only: probes, mixer.observe, evaluations and checkpoints are
+        # timed apart (s.timing) and reported as the mixer's overhead / eval / checkpoint time
+        tm = s.timing
+        iv_train = 0.0  # seconds spent in training steps since the last log line
+        stream = HistoryStream(self.logger, self.mixer) if self.logger is not None and self.rank == 0 else None
         self.model.train()
         while s.step < self.total_steps:
             step = s.step
+            stop["reason"] = stop["reason"] or signals.requested()
             if stop["reason"] is None and max_wall and time.perf_counter() - t_proc > float(max_wall):
                 stop["reason"] = f"trainer.max_wall_s={max_wall} reached"
             if self.world > 1:  # every rank stops at the same step
@@ -504,14 +574,24 @@ class Trainer:
                 raise Preempted(step, stop["reason"])
             if self.stage_eval is not None and step in self.stage_steps and self.rank == 0 and \
                     not any(e.get("step") == step for e in s.eval_history):
-                entry = self.stage_eval(self.model, step)
+                t = time.perf_counter()
+                entry = self._stage_eval_or_stop(step)
                 if entry is not None:
                     s.eval_history.append(entry)
                 self.model.train()
+                tm["eval_s"] = tm.get("eval_s", 0.0) + time.perf_counter() - t
             if step in probe_at:
+                t = time.perf_counter()
+                if bar is not None:
+                    bar.set_description(f"{self.mixer.name} (mixer probe)")
                 p = self.probe(step)
-                self.mixer.on_probe(p)
+                self._probe_or_stop(p, step)
                 p.close()
+                if bar is not None:
+                    bar.set_description(self.mixer.name)
+                tm["probe_s"] = tm.get("probe_s", 0.0) + time.perf_counter() - t
+                if stream is not None:
+                    stream.flush(step)
                 if self.world > 1:  # one rank decides, every rank uses its mixture
                     import torch.distributed as dist
 
@@ -524,6 +604,7 @@ class Trainer:
             if not s.weights_history or (not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12)
                                          and (step in probe_at or step - s.weights_history[-1]["step"] >= log_every)):
                 s.weights_history.append({"step": step, "w": w.tolist()})
+            t = time.perf_counter()
             try:
                 loss, stats = self.train_step(step, w)
             except Exception as e:
@@ -532,24 +613,40 @@ class Trainer:
                                                          f"{_first_line(e)}); set trainer.compile=false to train "
                                                          "without it") from e
                 raise
+            t_obs = time.perf_counter()
+            iv_train += t_obs - t
+            tm["train_s"] = tm.get("train_s", 0.0) + t_obs - t
             self.mixer.observe(stats)  # a skipped batch too (stats.skipped): per-step mixers count every step
+            tm["observe_s"] = tm.get("observe_s", 0.0) + time.perf_counter() - t_obs
             s.tokens_seen += stats.tokens
             s.step += 1
             s.wall_time = time.perf_counter() - t0
+            if stream is not None:
+                stream.flush(s.step)
             if bar is not None:
                 bar.update(1)
             if s.step % log_every == 0 or s.step == self.total_steps:
                 now = time.perf_counter()
-                tps = (s.step - step_last) * self.tokens_per_step / max(1e-9, now - t_last)
-                t_last, step_last = now, s.step
+                n_tok = (s.step - step_last) * self.tokens_per_step
+                tps = n_tok / max(1e-9, iv_train)  # training time only
+                mixer_s = sum(tm.get(k, 0.0) for k in ("prepare_s", "probe_s", "observe_s"))
+                share = mixer_s / max(1e-9, s.wall_time + tm.get("prepare_s", 0.0))
                 rec = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tps,
-                       "train/tokens": int(s.tokens_seen.sum())}
+                       "train/tokens": int(s.tokens_seen.sum()),
+                       "perf/wall_tokens_per_s": n_tok / max(1e-9, now - t_last),  # probes and evaluations included
+                       "perf/mixer_s": mixer_s, "perf/mixer_share": share, "perf/eval_s": tm.get("eval_s", 0.0),
+                       "compute/train_flops": self.ledger.flops.get("train", 0.0),
+                       "compute/eval_flops": self.ledger.flops.get("eval", 0.0),
+                       "compute/mixer_total_flops": self.ledger.mixer_total}
+                t_last, step_last, iv_train = now, s.step, 0.0
                 postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tps:,.0f}"}
                 if peak is not None:
                     mfu = self.flops_per_token * tps / peak.flops
                     rec["train/mfu"] = mfu
                     self.mfu_values.append(mfu)
                     postfix["mfu"] = f"{mfu:.1%}"
+                if mixer_s > 0:  # the mixer's share of the time, apart from training throughput
+                    postfix["mixer"] = f"{share:.0%}"
                 rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
                 rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
                 if self.logger and self.rank == 0:
@@ -559,12 +656,16 @@ class Trainer:
             # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
             final_val = s.step == self.total_steps and self.tcfg.get("final_eval", "full") == "full"
             if (eval_every and s.step % eval_every == 0) or final_val:
+                t = time.perf_counter()
                 vl = self.val_losses()
                 s.val_history.append({"step": s.step, "val_loss": vl})
+                tm["eval_s"] = tm.get("eval_s", 0.0) + time.perf_counter() - t
                 if self.logger and self.rank == 0:
                     self.logger.log({**{f"val_loss/{d}": v for d, v in vl.items()}, "val_loss/mean": float(np.mean(list(vl.values())))}, s.step)
             if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
+                t = time.perf_counter()
                 self.save()
+                tm["ckpt_s"] = tm.get("ckpt_s", 0.0) + time.perf_counter() - t
 
 
 class TrainerProbe(Probe):

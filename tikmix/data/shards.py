@@ -34,12 +34,14 @@ import numpy as np
 
 from tikmix.data import sources
 from tikmix.data.sources import SPLITS, data_config, iter_documents
-from tikmix.data.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
-from tikmix.errors import ConfigError, DataError
+from tikmix.data.tokenizer import LONG_DOC_CHARS, PIECE_CHARS, build_tokenizer, load_tokenizer, pieces, save_tokenizer
+from tikmix.errors import ConfigError, DataError, StorageError
 
 FORMAT_VERSION = 1
 _BATCH_DOCS = 256           # documents tokenised per call (per domain)
 _BATCH_CHARS = 4 << 20      # ... or this many characters, whichever comes first
+_LONG_BATCH_CHARS = 1 << 18  # characters per tokenizer call for the pieces of one long document
+_PENDING_CHARS = 4 * _BATCH_CHARS  # characters waiting in all domains' batches before every domain writes
 _PROGRESS_EVERY_S = 10.0
 _RESERVED = {"tokenizer", "manifest.json"}
 
@@ -192,15 +194,17 @@ def _sha256(path: Path) -> str:
 
 
 class _SplitWriter:
-    """Streams one domain/split to ``<split>.bin`` (and offsets to a side file); memory stays bounded."""
+    """Streams one domain/split to ``<split>.bin`` (and offsets to a side file). Memory stays bounded: a long
+    document is tokenised in pieces (tokenizer.pieces). No file stays open between flushes, so a corpus of
+    thousands of domains does not run out of file descriptors (it held two per domain)."""
 
     def __init__(self, directory: Path, split: str, dtype: np.dtype, eos_id: int, encode: Any):
         directory.mkdir(parents=True, exist_ok=True)
         self.bin_path = directory / f"{split}.bin"
         self.idx_path = directory / f"{split}.idx.npy"
         self._off_path = directory / f"{split}.offsets.tmp"
-        self._bin: BinaryIO = open(self.bin_path, "wb", buffering=1 << 20)
-        self._off: BinaryIO = open(self._off_path, "wb", buffering=1 << 16)
+        for path in (self.bin_path, self._off_path):
+            path.write_bytes(b"")
         self._sha = hashlib.sha256()
         self._dtype, self._eos, self._encode = dtype, eos_id, encode
         self._pending: list[str] = []
@@ -217,8 +221,26 @@ class _SplitWriter:
     def _flush(self) -> None:
         if not self._pending:
             return
-        ids = self._encode(self._pending)
-        self._pending, self._pending_chars = [], 0
+        texts, self._pending, self._pending_chars = self._pending, [], 0
+        with open(self.bin_path, "ab") as out, open(self._off_path, "ab") as off:
+            i = 0
+            while i < len(texts):  # runs of ordinary documents in one call each; a long one on its own
+                j = i
+                while j < len(texts) and len(texts[j]) <= LONG_DOC_CHARS:
+                    j += 1
+                if j > i:
+                    self._write_docs(self._encode(texts[i:j]), out, off)
+                else:
+                    self._write_long(texts[i], out, off)
+                    j = i + 1
+                i = j
+
+    def _write(self, out: BinaryIO, arr: np.ndarray) -> None:
+        data = arr.tobytes()
+        out.write(data)
+        self._sha.update(data)
+
+    def _write_docs(self, ids: list[list[int]], out: BinaryIO, off: BinaryIO) -> None:
         lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
         arr = np.empty(int(lengths.sum()), dtype=self._dtype)
         pos = 0
@@ -227,20 +249,33 @@ class _SplitWriter:
             arr[pos + n - 1] = self._eos
             pos += n
         starts = self.n_tokens + np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        data = arr.tobytes()
-        self._bin.write(data)
-        self._sha.update(data)
-        self._off.write(starts.astype(np.int64).tobytes())
+        self._write(out, arr)
+        off.write(starts.astype(np.int64).tobytes())
         self.n_docs += len(ids)
         self.n_tokens += int(lengths.sum())
+
+    def _write_long(self, text: str, out: BinaryIO, off: BinaryIO) -> None:
+        """One long document, tokenised a few pieces per call (as much text per call as a batch of ordinary
+        documents) and written as it goes: memory does not grow with the document."""
+        off.write(np.array([self.n_tokens], dtype=np.int64).tobytes())
+        batch: list[str] = []
+        for piece in [*pieces(text, PIECE_CHARS), None]:
+            if piece is not None:
+                batch.append(piece)
+            if batch and (piece is None or len(batch) * PIECE_CHARS >= _LONG_BATCH_CHARS):
+                for x in self._encode(batch):
+                    self._write(out, np.asarray(x, dtype=self._dtype))
+                    self.n_tokens += len(x)
+                batch = []
+        self._write(out, np.array([self._eos], dtype=self._dtype))
+        self.n_tokens += 1
+        self.n_docs += 1
 
     def close(self) -> dict[str, Any]:
         """Finish both files; returns the split's manifest record (paths relative to the entry)."""
         self._flush()
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
-        self._bin.close()
-        self._off.close()
+        with open(self.bin_path, "rb+") as f:
+            os.fsync(f.fileno())
         idx = np.lib.format.open_memmap(self.idx_path, mode="w+", dtype=np.int64, shape=(self.n_docs + 1,))
         with open(self._off_path, "rb") as f:
             pos = 0
@@ -264,9 +299,7 @@ class _SplitWriter:
         }
 
     def abort(self) -> None:
-        for f in (self._bin, self._off):
-            if not f.closed:
-                f.close()
+        """Nothing to release: no file stays open between flushes (the caller removes the folder)."""
 
 
 def _encoder(tok: Any) -> Any:
@@ -310,7 +343,7 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
     dirnames: dict[str, str] = {}
     for split in SPLITS:
         writers: dict[str, _SplitWriter] = {}
-        docs = split_tokens = split_domains = 0
+        docs = split_tokens = split_domains = pending = 0
         last = time.time()
         try:
             for domain, text in iter_documents(c, split):
@@ -324,6 +357,11 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
                     w = writers[domain] = _SplitWriter(tmp / dirnames[domain], split, dtype, eos_id, encode)
                 w.add(text)
                 docs += 1
+                pending += len(text)
+                if pending > _PENDING_CHARS:  # thousands of domains, each holding part of a batch
+                    for x in writers.values():
+                        x._flush()
+                    pending = 0
                 if time.time() - last > _PROGRESS_EVERY_S:
                     last = time.time()
                     ntok = sum(x.n_tokens for x in writers.values())
@@ -427,8 +465,25 @@ def _load(entry: Path, verify_checksums: bool) -> ShardSet:
                 raise _corrupt(entry, f"{domain}/{split} offsets unreadable ({e})") from e
             if off.shape != (shards.num_docs(domain, split) + 1,) or off[0] != 0 or off[-1] != shards.num_tokens(domain, split):
                 raise _corrupt(entry, f"{domain}/{split} offsets disagree with the manifest")
-    shards._maps.clear()
+            del off
+            shards._maps.clear()  # a memory map holds a file descriptor: one at a time, for many domains
+    _ensure_open_files(len(shards.domains))
     return shards
+
+
+def _ensure_open_files(n_domains: int) -> None:
+    """A run memory-maps three splits per domain, and each map holds a file descriptor: raise the soft
+    ``ulimit -n`` to fit (up to the hard limit), or refuse with the number needed."""
+    import resource
+
+    need = 3 * n_domains + 256  # + the interpreter's, torch's and the tokenizer's own
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise DataError(f"{n_domains} domains need about {need} open files (a memory map per split), but `ulimit -n` "
+                        f"allows at most {hard}; raise the limit or merge domains")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 # ------------------------------------------------------------------------------------- locking, public
@@ -497,7 +552,10 @@ def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True,
         try:
             _build(c, key, tmp)
             os.replace(tmp, entry)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):  # reading the data raises DataError: this is writing (disk full, quota)
+                raise StorageError(f"cannot build the data cache in {cache}: {e.strerror or e}; nothing of it was "
+                                   "kept: free space (or set data.cache_dir) and run the same command again") from None
             raise
         return _load(entry, verify_checksums=False)

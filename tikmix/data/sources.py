@@ -461,11 +461,17 @@ def _iter_lines(fs: Any, path: str, name: str) -> Iterator[tuple[int, bytes]]:
     except Exception as e:  # noqa: BLE001 - remote filesystems raise many types
         raise DataError(f"{name}: cannot open ({type(e).__name__}: {e})") from e
     with f:
-        lineno, rest = 0, b""
+        lineno, parts = 0, []  # the chunks of an unfinished line, joined once (a long line is not re-copied per chunk)
         try:
             for chunk in _raw_chunks(f, name):
-                lines = (rest + chunk).split(b"\n")
-                rest = lines.pop()
+                if b"\n" not in chunk:
+                    parts.append(chunk)
+                    continue
+                lines = chunk.split(b"\n")
+                if parts:
+                    lines[0] = b"".join([*parts, lines[0]])
+                last = lines.pop()
+                parts = [last] if last else []
                 for line in lines:
                     lineno += 1
                     yield lineno, line
@@ -473,8 +479,8 @@ def _iter_lines(fs: Any, path: str, name: str) -> Iterator[tuple[int, bytes]]:
             raise
         except OSError as e:
             raise DataError(f"{name}: read failed after line {lineno} ({e})") from e
-        if rest:
-            yield lineno + 1, rest
+        if parts:
+            yield lineno + 1, b"".join(parts)
 
 
 def _row_doc(row: Any, c: Mapping[str, Any], where: str) -> tuple[str, str]:
@@ -492,6 +498,14 @@ def _row_doc(row: Any, c: Mapping[str, Any], where: str) -> tuple[str, str]:
         raise DataError(f"{where}: field {c['text_field']!r} must be a string, got {type(text).__name__}")
     if domain is None or isinstance(domain, (dict, list)):
         raise DataError(f"{where}: field {c['domain_field']!r} must be a domain name, got {domain!r}")
+    for field, value in ((c["text_field"], text), (c["domain_field"], str(domain))):
+        if value.isascii():
+            continue
+        try:  # JSON may escape a lone surrogate ("\\ud800"), which no tokenizer (nor UTF-8) accepts
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"{where}: field {field!r} holds {value[e.start]!r} at character {e.start}, a lone "
+                            "UTF-16 surrogate that is not text; fix or drop the row") from None
     return str(domain), text
 
 

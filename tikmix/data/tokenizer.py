@@ -19,6 +19,35 @@ from tikmix.errors import ConfigError, DataError
 
 EOT = "<|endoftext|>"
 
+# A document longer than LONG_DOC_CHARS is tokenised, and trained on, in pieces of at most PIECE_CHARS:
+# a tokenizer's memory grows with the text of one call (one 50 MB document peaked at 6.4 GB whole, 0.5 GB in
+# pieces: tests/benchmarks/bench_cache.py).
+LONG_DOC_CHARS = 1 << 20
+PIECE_CHARS = 1 << 16
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``size`` characters, each cut just before a space that
+    starts a word. The byte-level BPE's pre-tokenizer (GPT-2's split) always starts a new pre-token there,
+    so the pieces tokenise to exactly the ids of the whole text (tested), and train the same tokenizer. A
+    text with no such space in the second half of a piece is cut at ``size`` (mid-word)."""
+    a, n = 0, len(text)
+    while n - a > size:
+        b = _cut(text, a + size // 2, a + size)
+        yield text[a:b]
+        a = b
+    yield text[a:]
+
+
+def _cut(text: str, lo: int, hi: int) -> int:
+    """The last index in (lo, hi) of a space followed by a non-space, else hi."""
+    b = text.rfind(" ", lo, hi)
+    while b > lo:
+        if not text[b + 1].isspace():
+            return b
+        b = text.rfind(" ", lo, b)
+    return hi
+
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -114,7 +143,10 @@ def build_tokenizer(
         nonlocal sample_size
         for text in _training_sample(docs_iter_factory(), tk["train_docs_per_domain"], list_domains(c)):
             sample_size += 1
-            yield text
+            if len(text) > LONG_DOC_CHARS:  # the same words, so the same merges, in flat memory
+                yield from pieces(text, PIECE_CHARS)
+            else:
+                yield text
 
     tok = train_bpe(sample(), tk["vocab_size"])
     if sample_size == 0:
@@ -122,10 +154,32 @@ def build_tokenizer(
     return tok
 
 
-def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | os.PathLike[str]) -> None:
-    """Save in Hugging Face format (``tokenizer.json`` + configs), loadable by ``AutoTokenizer``."""
+# transformers 5 records its tokenizers as "TokenizersBackend", a class transformers 4 does not have;
+# PreTrainedTokenizerFast is the same tokenizer.json-backed class under the name both versions load.
+PORTABLE_CLASS = "PreTrainedTokenizerFast"
+# Load-time options transformers 5 writes into tokenizer_config.json; they describe how it was loaded, not the
+# tokenizer, and another loader would take them as constructor arguments.
+_LOAD_OPTIONS = ("is_local", "local_files_only")
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | os.PathLike[str],
+                   model_max_length: int | None = None) -> None:
+    """Save in Hugging Face format (``tokenizer.json`` + configs), loadable by ``AutoTokenizer`` of transformers
+    4 and 5 (a trained BPE is recorded as PreTrainedTokenizerFast). ``model_max_length``: the context of the model
+    saved beside it (without it, the limit is left as the tokenizer has it)."""
+    import json
+
     Path(directory).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(directory))
+    path = Path(directory) / "tokenizer_config.json"
+    conf = json.loads(path.read_text())
+    if conf.get("tokenizer_class") in (None, "TokenizersBackend"):  # a pretrained tokenizer keeps its own class
+        conf["tokenizer_class"] = PORTABLE_CLASS
+    for key in _LOAD_OPTIONS:
+        conf.pop(key, None)
+    if model_max_length is not None:
+        conf["model_max_length"] = int(model_max_length)
+    path.write_text(json.dumps(conf, indent=2, sort_keys=True) + "\n")
 
 
 def load_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
