@@ -11,6 +11,8 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    from tikmix.config import register_configs
     from tikmix.errors import hydra_cli
 
+    register_configs()  # the schemas conf/'s presets name (tikmix/config.py, every mixer's dataclass)
     hydra_cli(main)  # = main(), with Hydra's config errors (unknown preset or key) as one "error:" line

@@ -66,6 +66,9 @@ def compose_config(run_dir: Path, overrides: list[str]):
         prev = (run_cfg.get("eval") or {}).get("name") if isinstance(run_cfg.get("eval"), dict) else None
         preset = prev if prev and prev != "none" and (CONF / "eval" / f"{prev}.yaml").exists() else "synthetic9"
         overrides = [f"eval={preset}", *overrides]
+    from tikmix.config import register_configs
+
+    register_configs()  # the schemas the presets name
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

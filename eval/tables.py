@@ -49,8 +49,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-MIXER_ORDER = ["human", "natural", "stratified", "uniform", "fixed", "doremi", "doremi_online", "odm", "doge",
-               "dga", "aioli", "regmix", "tikmix_d", "tikmix_m"]
+# the tables' row order: references, then the baselines, then TiKMiX; mixers not named here follow, by name
+MIXER_ORDER = ["human", "natural", "stratified", "fixed", "doremi", "odm", "dga", "aioli", "regmix", "tikmix_d",
+               "tikmix_m"]
 _SKIP_PARTS = {"subruns", "final_model", "checkpoints", "wandb", "eval_tasks", ".cache", "__pycache__"}
 DASH = "—"
 

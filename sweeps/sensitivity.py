@@ -34,7 +34,7 @@ def _cfg(run_dir: Path) -> dict:
 
 def _terms(rec: dict, a: float, b: float, g: float) -> dict[str, float] | None:
     """Eq. 10's terms at the chosen mixture of one boundary, from the recorded influence and weights."""
-    from tikmix.solvers import entropy, influence_scale
+    from tikmix.method.solvers import entropy, influence_scale
 
     inf = rec.get("influence")
     if not inf:

@@ -31,6 +31,9 @@ def compose(overrides: list[str] | None = None):
     from hydra import compose as hcompose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tikmix.config import register_configs
+
+    register_configs()  # as train.py does: the schemas the presets name, every mixer's among them
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hcompose(config_name="config", overrides=list(overrides or []))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import baselines.aioli as aioli_mod
 from baselines.aioli import (
     PUBLISHED,
     Aioli,
@@ -20,10 +19,11 @@ from baselines.aioli import (
     normalize_A,
 )
 from tikmix.errors import ConfigError
-from tikmix.mixer import DomainStats, MixerContext, build_mixer
+from tikmix.mixer import DomainStats, MixerContext, TargetLosses, build_mixer
 from tikmix.run import run
 from tikmix.sampler import MixtureSampler
 from tests.conftest import run_until_crash
+from tests.probes import StubProbe
 from tikmix.trainer import Trainer
 
 
@@ -186,23 +186,24 @@ def test_published_defaults_and_config_errors():
 
 
 # --- the mixer's own loop with a planted loss model (no model, no trainer) --------------------------------
-class FakeProbe:
-    def __init__(self, step, charged):
-        self.step = step
-        self.flops_per_token = 3.0
-        self._charged = charged
+class FakeProbe(StubProbe):
+    """Target losses from a planted loss model ``losses() -> (names, L)``; each pass costs 10 FLOPs, charged as asked."""
 
-    def charge(self, flops, what):
-        self._charged.append((what, flops))
+    def __init__(self, step, charged, losses):
+        self.step, self._charged, self._losses = step, charged, losses
+
+    def target_losses(self, n_tokens=None, charge_as=None):
+        names, L = self._losses()
+        self._charged.append((charge_as, 10.0))
+        return TargetLosses(dict(zip(names, L.tolist())), flops=10.0)
 
 
-def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P(monkeypatch):
+def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P():
     """Simulated trainer: each step on mixture w lowers target losses by A·w. Each round's A estimate must be
     interval_steps·A, and every step of interval i must have used exactly P[order[i]]."""
     m, n, I, total = 3, 3, 2, 90
     A = np.array([[0.30, 0.05, 0.00], [0.02, 0.20, 0.10], [0.00, 0.04, 0.25]])
     state = {"L": np.full(n, 6.0)}
-    monkeypatch.setattr(aioli_mod, "measure_target_losses", lambda probe, n_tokens=None: (["t0", "t1", "t2"], state["L"].copy(), 10))
     doms = ["a", "b", "c"]
     mixer = Aioli({"name": "aioli", "k": 2, "interval_steps": I, "rounds": 3, "init_steps": 6,
                    "init_weights": {"a": 0.2, "b": 0.8}}, doms, ctx(3, total))
@@ -210,7 +211,7 @@ def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P(monkeypatch):
     probes, charged, used = set(mixer.probe_steps()), [], []
     for step in range(total):
         if step in probes:
-            mixer.on_probe(FakeProbe(step, charged))
+            mixer.on_probe(FakeProbe(step, charged, lambda: (["t0", "t1", "t2"], state["L"].copy())))
         w = mixer.weights(step)
         used.append(w)
         state["L"] = state["L"] - A @ w
@@ -232,7 +233,7 @@ def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P(monkeypatch):
 
 
 @pytest.mark.parametrize("update,p0", [("anchored", "init"), ("cumulative", "init"), ("anchored", "uniform")])
-def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(monkeypatch, update, p0):
+def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(update, p0):
     """A different planted A each round (its columns rotate, so Ā changes shape, not just scale), ema = 0.3:
     Ā_t = (A_t − min)/sum, E_t = 0.7·Ā_t + 0.3·E_{t−1} (E_0 = Ā_0), p_t ∝ b·exp(η Σ_i E_t[i, :]) with b = p⁰
     (anchored) or p_{t−1} (cumulative; p_{−1} = p⁰), p⁰ = the restricted phase's mixture (init) or uniform."""
@@ -240,13 +241,12 @@ def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(mon
     base = np.array([[0.30, 0.05, -0.02], [0.02, 0.20, 0.10], [0.00, 0.04, 0.25]])
     A_rounds = [np.roll(base, r, axis=1) for r in range(3)]
     state = {"L": np.full(m, 6.0)}
-    monkeypatch.setattr(aioli_mod, "measure_target_losses", lambda probe, n_tokens=None: (["t0", "t1", "t2"], state["L"].copy(), 10))
     mixer = Aioli({"name": "aioli", "k": 1, "interval_steps": I, "rounds": 3, "init_steps": 6, "eta": eta, "ema": ema,
                    "update": update, "p0": p0, "init_weights": dict(zip("abc", init.tolist()))}, ["a", "b", "c"], ctx(3, 90))
     probes = set(mixer.probe_steps())
     for step in range(90):
         if step in probes:
-            mixer.on_probe(FakeProbe(step, []))
+            mixer.on_probe(FakeProbe(step, [], lambda: (["t0", "t1", "t2"], state["L"].copy())))
         r = max(0, mixer.phase(step)[1])
         state["L"] = state["L"] - A_rounds[r] @ mixer.weights(step)
         mixer.observe(DomainStats(step=step, counts=np.ones(m, np.int64), loss=np.ones(m), tokens=np.ones(m)))
@@ -266,16 +266,15 @@ def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(mon
     assert len(mixer.history) == 3
 
 
-def test_state_dict_mid_round_resumes_exactly(monkeypatch):
+def test_state_dict_mid_round_resumes_exactly():
     L = {"v": np.array([5.0, 4.0])}
-    monkeypatch.setattr(aioli_mod, "measure_target_losses", lambda probe, n_tokens=None: (["t0", "t1"], L["v"].copy(), 4))
     cfg = {"name": "aioli", "k": 1, "interval_steps": 1, "rounds": 2}
     A = np.array([[0.2, 0.01], [0.03, 0.1]])
 
     def go(mixer, lo, hi):
         for step in range(lo, hi):
             if step in mixer.probe_steps():
-                mixer.on_probe(FakeProbe(step, []))
+                mixer.on_probe(FakeProbe(step, [], lambda: (["t0", "t1"], L["v"].copy())))
             w = mixer.weights(step)
             L["v"] = L["v"] - A @ w + 0.001 * np.sin(step)
             mixer.observe(DomainStats(step=step, counts=np.array([1, 1]), loss=np.ones(2), tokens=np.array([4, 4])))
@@ -362,10 +361,11 @@ def test_e2e_resume_across_an_exploration_interval(aioli_run, make_cfg, tmp_path
     rd_full, res_full, _ = aioli_run
     rd = tmp_path / "interrupted"
     cfg = make_cfg(*AIOLI_E2E, run_dir=rd)
-    # round 1 explores from step 22 in intervals [22, 24), [24, 26), [26, 28), ...; the checkpoint at 27 is inside the third
-    run_until_crash(cfg, 30, quiet=True)
+    # 44 dynamic steps after init_steps=4 make rounds [4, 26) and [26, 48); round 1 explores in intervals [26, 28),
+    # [28, 30), ...: the checkpoint at 36 holds the boundary measurements at 26, 28, ..., 34 and resumes mid-round
+    run_until_crash(cfg, 38, quiet=True)
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
-    assert ck["step"] == 27 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 3
+    assert ck["step"] == 36 and ck["mixer"]["acc"]["round"] == 1 and len(ck["mixer"]["acc"]["losses"]) == 5
     res = run(cfg, quiet=True)
     assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU
     assert res["mixer_history"] == res_full["mixer_history"] and res["final_weights"] == res_full["final_weights"]

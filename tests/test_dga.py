@@ -1,8 +1,6 @@
 """DGA / online DoGE (baselines/dga.py): the update rule, the alignment on planted domains (through the shared
-tikmix.influence code), and end-to-end runs with the gradient passes charged to the ledger."""
+tikmix.method.influence code), and end-to-end runs with the gradient passes charged to the ledger."""
 from __future__ import annotations
-
-import contextlib
 
 import numpy as np
 import pytest
@@ -10,10 +8,11 @@ import torch
 
 from baselines.dga import DGA, doge_scores, doge_update, dga_update
 from tikmix.errors import ConfigError
-from tikmix.influence import gradient_alignment
-from tikmix.mixer import MixerContext, build_mixer
+from tikmix.method.influence import gradient_alignment
+from tikmix.mixer import MixerContext, build_mixer, take_tokens
 from tikmix.run import run
 from tests.conftest import run_until_crash
+from tests.probes import StubProbe
 from tikmix.trainer import Trainer
 
 
@@ -86,15 +85,13 @@ def seqs(kind: str, n: int, seed: int) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.long)
 
 
-class FakeProbe:
+class FakeProbe(StubProbe):
     def __init__(self, model, step=0, lr=2e-3):
         self.model, self.step, self.device, self.flops_per_token = model, step, torch.device("cpu"), 1000.0
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # the doge rule reads lr_t from it
         self.targets = {"val/count": [{"input_ids": seqs("count", 8, 999), "labels": seqs("count", 8, 999)}]}
+        self.domains, self.seq_len = list(DOMS), SEQ
         self.charged = []
-
-    def autocast(self):
-        return contextlib.nullcontext()
 
     def domain_batches(self, d, n_tokens, split="train"):
         x = seqs(d, max(1, n_tokens // SEQ), 10 + DOMS.index(d) + 100 * self.step)
@@ -247,8 +244,6 @@ def test_e2e_doge_rule_updates_every_step_with_the_trainers_lr(make_cfg, tmp_pat
 
 
 def test_take_tokens_cuts_whole_rows():
-    from baselines.aioli import take_tokens
-
     x = torch.arange(4 * 3 * 8).view(4, 3, 8)  # 4 batches of 3 rows x 8 tokens
     batches = [{"input_ids": b, "labels": b.clone()} for b in x]
     assert take_tokens(batches, None) == batches

@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import CONF, REPO
 
-# presets that are parts of others, not choices: data/_base (every data preset's defaults), the mixers that
-# sweeps run as their jobs (+sweep=regmix_proxies: regmix_candidate; +sweep=oracle/oracle_confirm: design)
-INTERNAL = {"data": {"_base"}, "mixer": {"regmix_candidate", "design"}}
+# presets that are parts of others, not choices: the mixers that sweeps run as their jobs (+sweep=regmix_proxies:
+# regmix_candidate; +sweep=oracle/oracle_confirm: design)
+INTERNAL = {"mixer": {"regmix_candidate", "design"}}
 
 
 @pytest.fixture(scope="module")

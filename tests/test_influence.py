@@ -1,4 +1,4 @@
-"""Group Influence (tikmix/influence.py) and the TiKMiX mixers (tikmix/tikmix_mixers.py) on a tiny Llama.
+"""Group Influence (tikmix/method/influence.py) and the TiKMiX mixers (tikmix/method/mixers.py) on a tiny Llama.
 
 Domains have planted statistics over a 64-token vocabulary, sequences of 32 tokens:
   count  x_t = (s + t) mod 32            (the target is held-out `count` text)
@@ -8,7 +8,6 @@ Domains have planted statistics over a 64-token vocabulary, sequences of 32 toke
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import warnings
@@ -19,14 +18,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from tikmix.influence import (
-    GroupInfluence,
-    causal_lm_loss_sum,
-    gradient_alignment,
-    group_influence,
-)
+from tests.probes import StubProbe
+from tikmix.losses import batch_loss_sum
+from tikmix.method.influence import GroupInfluence, gradient_alignment, group_influence
+from tikmix.method.mixers import TiKMiXD, TiKMiXM
 from tikmix.mixer import MixerContext, MixtureSample, build_mixer
-from tikmix.tikmix_mixers import TiKMiXD, TiKMiXM
 
 V, SEQ = 64, 32
 DOMAINS = ["count", "skip", "high", "noise"]
@@ -84,19 +80,20 @@ def pretrain(model, steps: int = 25, lr: float = 1e-2, exclude_norms: bool = Fal
     return opt
 
 
-class FakeProbe:
-    """Implements the Probe the trainer hands a mixer (see the brief in tikmix_mixers)."""
+class FakeProbe(StubProbe):
+    """The Probe the trainer hands a mixer (tikmix.mixer.Probe), on the planted domains."""
 
     def __init__(self, model, optimizer, step=100, stage_tokens=20000, n_target_seqs=32, seed=0):
         self.model, self.optimizer, self.step, self.stage_tokens = model, optimizer, step, stage_tokens
         self.device = torch.device("cpu")
         self.flops_per_token = 6.0 * sum(p.numel() for p in model.parameters())
         self.seq_len = SEQ
+        self.domains, self.train_tokens = list(DOMAINS), {d: 10**6 for d in DOMAINS}
         self.seed = seed
         self.targets = {"count_val": batches_of(seqs("count", n_target_seqs, 10_000 + seed))}
         self.charged: list[tuple[float, str]] = []
 
-    def domain_batches(self, domain, n_tokens):
+    def domain_batches(self, domain, n_tokens, split="train"):
         yield from batches_of(seqs(domain, max(1, n_tokens // SEQ), 100 * self.step + DOMAINS.index(domain) + self.seed))
 
     def mixture_batches(self, weights, n_tokens):
@@ -111,15 +108,12 @@ class FakeProbe:
     def charge(self, flops, what):
         self.charged.append((float(flops), what))
 
-    def autocast(self):
-        return contextlib.nullcontext()
-
 
 def target_loss(model, batches) -> float:
     with torch.no_grad():
         tot = n = 0
         for b in batches:
-            loss, nl, _ = causal_lm_loss_sum(model, b)
+            loss, nl, _ = batch_loss_sum(model, b)
             tot += float(loss)
             n += nl
     return tot / n
@@ -294,12 +288,12 @@ def lm_and_batches():
 
 
 def test_kfac_factors_match_an_independent_computation_on_a_causal_lm(lm_and_batches):
-    from tikmix.influence import KFAC
+    from tikmix.method.influence import KFAC
 
     model, batches = lm_and_batches
     named = list(model.named_parameters())
     kf = KFAC(model, [p for _, p in named], damping=1e-2, keep_factors=True, names=[n for n, _ in named])
-    kf.collect(model, batches, lambda m, b: causal_lm_loss_sum(m, b))  # the data's labels: the empirical Fisher
+    kf.collect(model, batches, lambda m, b: batch_loss_sum(m, b))  # the data's labels: the empirical Fisher
     for name in LAYERS:
         A, G = _factors_by_hand(model, name, batches)
         torch.testing.assert_close(kf.factors[name][0], A)
@@ -312,13 +306,13 @@ def test_kfac_factors_match_an_independent_computation_on_a_causal_lm(lm_and_bat
 def test_kfac_sampled_fisher_of_the_lm_head_matches_its_expectation(lm_and_batches):
     """Labels sampled from the model: E[δδᵀ] at the LM head is diag(p) − ppᵀ per labelled position (0 at the
     last position, whose logits predict nothing). Monte Carlo over 60 label draws of the same batches."""
-    from tikmix.influence import KFAC
+    from tikmix.method.influence import KFAC
 
     model, batches = lm_and_batches
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(0)
     kf = KFAC(model, params, damping=1e-2, keep_factors=True)
-    kf.collect(model, batches * 60, lambda m, b: causal_lm_loss_sum(m, b, sample_generator=gen))
+    kf.collect(model, batches * 60, lambda m, b: batch_loss_sum(m, b, sample_generator=gen))
     G = kf.factors["lm_head"][1]
     expect, n = 0, 0
     with torch.no_grad():
@@ -330,7 +324,7 @@ def test_kfac_sampled_fisher_of_the_lm_head_matches_its_expectation(lm_and_batch
     err = float((G - expect).norm() / expect.norm())
     assert err < 0.05, err
     empirical = KFAC(model, params, damping=1e-2, keep_factors=True)
-    empirical.collect(model, batches, lambda m, b: causal_lm_loss_sum(m, b))
+    empirical.collect(model, batches, lambda m, b: batch_loss_sum(m, b))
     assert float((empirical.factors["lm_head"][1] - expect).norm() / expect.norm()) > 4 * err  # the test can tell them apart
 
 
@@ -376,7 +370,7 @@ def test_kfac_rest_diag_gives_embeddings_and_norms_their_share(lm_and_batches):
     """Before (rest=identity) the K-FAC blocks are amplified by their inverse eigenvalues while embeddings and
     norms are not, so those carry a sliver of |S|; the damped diagonal Fisher puts them on the same scale."""
     model, batches = lm_and_batches
-    from tikmix.influence import block_kind
+    from tikmix.method.influence import block_kind
 
     target = batches_of(seqs("count", 8, 78))
     dom = {d: batches_of(seqs(d, 8, 90 + i)) for i, d in enumerate(DOMAINS)}
@@ -437,7 +431,7 @@ def test_lookahead_is_first_order_for_small_steps_and_the_exact_loss_change_othe
 
 
 def test_combined_target_is_the_mean_of_its_parts(setup64):
-    from tikmix.influence import CombinedTarget
+    from tikmix.method.influence import CombinedTarget
 
     model, _, _, dom = setup64
     parts = {"a": batches_of(seqs("count", 16, 501)), "b": batches_of(seqs("skip", 24, 502))}
@@ -505,7 +499,7 @@ def test_projection_preserves_inner_products():
 
 
 def test_projector_is_seeded_chunked_and_unbiased():
-    from tikmix.influence import Projector
+    from tikmix.method.influence import Projector
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3000, generator=g), torch.randn(3000, generator=g)
@@ -721,24 +715,22 @@ def test_unknown_config_key_is_refused():
         build_mixer({"name": "tikmix_d", "hessian": "exact"}, DOMAINS, _ctx())
 
 
-def test_yaml_configs_match_code_defaults_and_build():
-    """conf/mixer/tikmix_{d,m}.yaml: same keys and defaults as the code; tikmix_m inherits tikmix_d's keys."""
-    from pathlib import Path
+def test_presets_compose_to_the_dataclass_defaults_and_build():
+    """conf/mixer/tikmix_{d,m}.yaml hold only their schema and name: composed, they are exactly the dataclasses'
+    defaults (one place for each), and TiKMiX-M's parameters are TiKMiX-D's and its own."""
+    import dataclasses
 
     from omegaconf import OmegaConf
 
-    from tikmix.tikmix_mixers import D_KEYS, M_KEYS
+    from tests.conftest import compose
+    from tikmix.method.mixers import TiKMiXDConfig, TiKMiXMConfig
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "mixer"
-    d = OmegaConf.load(conf / "tikmix_d.yaml")
-    m_raw = OmegaConf.load(conf / "tikmix_m.yaml")
-    assert list(m_raw.defaults) == ["tikmix_d", "_self_"]
-    m = OmegaConf.merge(d, {k: v for k, v in m_raw.items() if k != "defaults"})
-    for cfg, keys in ((d, D_KEYS), (m, M_KEYS)):
-        c = OmegaConf.to_container(cfg)
-        assert set(c) == set(keys)
-        assert c == keys
-        build_mixer(cfg, DOMAINS, _ctx())
+    for name, schema in (("tikmix_d", TiKMiXDConfig), ("tikmix_m", TiKMiXMConfig)):
+        composed = compose([f"mixer={name}", "run_dir=/tmp"]).mixer
+        assert OmegaConf.to_container(composed) == dataclasses.asdict(schema(name=name))
+        assert isinstance(build_mixer(composed, DOMAINS, _ctx()).c, schema)
+    d, m = ({f.name for f in dataclasses.fields(c)} for c in (TiKMiXDConfig, TiKMiXMConfig))
+    assert d < m and (TiKMiXDConfig(name="x").hessian, TiKMiXMConfig(name="x").hessian) == ("identity", "adam")
 
 
 def test_composed_lookahead_steps_along_the_mixed_domain_gradients(setup64):

@@ -35,7 +35,7 @@ SHRINK = {"tiny": [], "20m": [], "60m": [], "160m": ["model.num_layers=2"], "410
 # 2-sequence batch drew), 2 of them warmup (the published warmups are thousands of steps: far more than a tenth)
 FEW_STEPS = ["budget.seq_len=16", "budget.batch_size=2", "budget.micro_batch=2", "budget.total_tokens=192",
              "budget.warmup_frac=0.34", "budget.stages=[]", "mixer=fixed", "mixer.weights={arith: 1.0}",
-             "trainer.log_every=1", "trainer.eval_every=0", "+trainer.final_eval=none",
+             "trainer.log_every=1", "trainer.eval_every=0", "trainer.final_eval=none",
              "trainer.save_final_model=false"]
 
 
@@ -47,7 +47,7 @@ def test_every_preset_is_listed_here():
 def test_preset_sets_its_published_lr_and_warmup(name):
     cfg = compose([f"model={name}"])
     assert (cfg.trainer.lr, cfg.trainer.warmup_steps) == PUBLISHED[name]
-    # every trainer key a preset writes must survive composition (the root's trainer section is merged after it)
+    # every trainer key a preset writes must survive composition (the root schema's trainer defaults come before it)
     own = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())["trainer"]
     assert {k: cfg.trainer[k] for k in own} == own and set(own) == {"lr", "warmup_steps"}
     assert "lr" not in cfg.model  # the model section stays the architecture (it goes into config.json)

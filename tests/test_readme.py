@@ -152,6 +152,9 @@ def _compose(overrides: tuple[str, ...]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from tikmix.config import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -17,7 +17,8 @@ from tikmix.mixer import MixerContext, build_mixer
 from tikmix.run import make_subrun, run
 
 from baselines.regmix import (LGBM, auto_minimum, choose_mixture, fit_lgbm, fit_mixing_law, generate_candidates,
-                               load_proxy_runs, n_trees, proxy_flops, sample_dirichlet_mixtures, strength_grid)
+                               load_proxy_runs, proxy_flops, sample_dirichlet_mixtures, strength_grid)
+from tikmix.regression import n_trees
 
 # A small proxy so integration tests stay fast (the default is the paper's 1M proxy).
 SMALL_PROXY = ["mixer.proxy_model.hidden_size=64", "mixer.proxy_model.intermediate_size=128", "mixer.proxy_model.num_heads=2",
@@ -233,8 +234,8 @@ def test_defaults_follow_the_reference():
     ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=100, tokens_per_step=1024, seq_len=64, seed=0)
     for cfg in ({"name": "regmix"}, OmegaConf.to_container(compose(["mixer=regmix", "run_dir=/tmp"]).mixer, resolve=True)):
         c = build_mixer(cfg, ["a", "b"], ctx).c
-        assert (c["search_distribution"], c["search_strength"], c["minimum"]) == ("prior", 1.0, "auto"), c
-        assert {k: c["lgbm"][k] for k in ("early_stopping_rounds", "valid_frac", "min_data_in_bin", "n_estimators", "learning_rate")} == \
+        assert (c.search_distribution, c.search_strength, c.minimum) == ("prior", 1.0, "auto"), c
+        assert {k: getattr(c.lgbm, k) for k in ("early_stopping_rounds", "valid_frac", "min_data_in_bin", "n_estimators", "learning_rate")} == \
             {"early_stopping_rounds": 3, "valid_frac": 0.33, "min_data_in_bin": 3, "n_estimators": 1000, "learning_rate": 0.01}
 
 

@@ -479,7 +479,7 @@ Trainer.target_loss = _hook
 """,
     # TiKMiX-D's probe at the stage boundary (step 4): stopped at once, not after the probe and one more step
     "probe": """
-from tikmix.tikmix_mixers import TiKMiXD
+from tikmix.method.mixers import TiKMiXD
 _orig = TiKMiXD.on_probe
 def _hook(self, probe):
     os.kill(os.getpid(), signal.SIGTERM)

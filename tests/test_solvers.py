@@ -1,11 +1,11 @@
-"""TiKMiX's numerical side (tikmix/solvers.py): objective, SLSQP with Pareto and caps, LHS, Dirichlet search, LightGBM."""
+"""TiKMiX's numerical side (tikmix/method/solvers.py): objective, SLSQP with Pareto and caps, LHS, LightGBM; and the
+Dirichlet search it shares with RegMix (tikmix/regression.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tikmix.solvers import (
-    dirichlet_search,
+from tikmix.method.solvers import (
     entropy,
     epoch_caps,
     fit_regressor,
@@ -16,6 +16,7 @@ from tikmix.solvers import (
     tikmix_objective,
     tikmix_objective_from_p,
 )
+from tikmix.regression import dirichlet_search
 
 
 def test_objective_matches_eq_9_10_by_hand():

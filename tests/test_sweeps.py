@@ -34,6 +34,9 @@ def test_launcher_presets_compose():
     from hydra import compose as hcompose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tikmix.config import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         c = hcompose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
@@ -47,8 +50,10 @@ def test_every_sweep_preset_composes_and_names_real_mixers():
     from hydra import compose as hcompose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tikmix.config import register_configs
     from tikmix.mixer import available
 
+    register_configs()
     names = sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml"))
     assert {"compare", "paper_table1", "regmix_table4", "aioli_table2", "regmix_proxies"} <= set(names)
     mixers = set(available())

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.probes import StubProbe
 from tikmix.mixer import MixerContext, MixtureSample, build_mixer
 from tikmix.sampler import mixture_counts
-from tikmix.solvers import entropy, influence_scale, tikmix_d_solve, tikmix_objective_from_p
+from tikmix.method.solvers import entropy, influence_scale, tikmix_d_solve, tikmix_objective_from_p
 
 DOMAINS = ["a", "b", "c", "d"]
 S = np.array([[1.0, 0.55, 0.25, -0.2],
@@ -57,9 +58,11 @@ class PlantedInfluence:
         return first, finite, {}
 
 
-class PlantedProbe:
+class PlantedProbe(StubProbe):
     step = 100
     stage_tokens = 100_000
+    seq_len = SEQ
+    domains = DOMAINS
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)

@@ -78,6 +78,11 @@ def hydra_error_line(e: BaseException) -> str | None:
     if isinstance(e, OverrideParseException):
         key = str(e.override).split("=", 1)[0].lstrip("+~") or "override"
         return f"config error: {key}: cannot parse the override {e.override!r}: {flat(e.message)}"
+    from tikmix.config import omegaconf_error_line
+
+    typed = omegaconf_error_line(e)  # a value its schema refuses: the field and what the schema allows
+    if typed is not None:
+        return typed
     cause = e.__cause__
     key = getattr(cause, "full_key", None)
     detail = flat(str(e))

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tikmix.config import ModelConfig
 from tikmix.errors import ConfigError
 
 
@@ -30,9 +31,9 @@ def llama_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = N
         num_attention_heads=cfg["num_heads"],
         num_key_value_heads=cfg["num_kv_heads"],
         max_position_embeddings=cfg["max_position_embeddings"],
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        initializer_range=float(cfg.get("init_std", 0.02)),
-        tie_word_embeddings=bool(cfg.get("tie_embeddings", False)),
+        rope_theta=float(cfg.get("rope_theta", ModelConfig.rope_theta)),  # a partial dict (a test's) gets the schema's
+        initializer_range=float(cfg.get("init_std", ModelConfig.init_std)),
+        tie_word_embeddings=bool(cfg.get("tie_embeddings", ModelConfig.tie_embeddings)),
         rms_norm_eps=1e-5,
         pad_token_id=pad_id,
         eos_token_id=eos_id,

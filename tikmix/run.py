@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -19,9 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from tikmix import signals
 from tikmix.checkpoint import check_checkpoint
+from tikmix.config import validate
 from tikmix.errors import CheckpointError, ConfigError, DataError, StorageError, TikmixError
 from tikmix.ledger import Ledger
-from tikmix.mixer import MixerContext, build_mixer
+from tikmix.mixer import MixerContext, build_mixer, mixer_config
 from tikmix.model import build_model, flops_per_token, param_counts
 from tikmix.report import log_results, wandb_identity
 from tikmix.rundir import clean_stale, locked, read_results
@@ -38,21 +38,28 @@ _NON_TRAJECTORY = {"logger", "run_dir", "eval.limit", "eval.bootstrap_iters", "e
                    "trainer.compile", "trainer.compile_mode"}
 
 
-# Keys added after runs were made whose null value means what their absence meant: dropped from the fingerprint
-# when null, so checkpoints and cached sub-runs made before they existed stay valid.
-_NEW_NULL_KEYS = {"trainer.warmup_steps"}
+# Keys added after runs were made, with the value that means what their absence meant: dropped from the
+# fingerprint when they hold it, so checkpoints and cached sub-runs made before they existed stay valid. (The
+# typed configs, tikmix/config.py, put every schema key into every config; before them a budget preset without
+# evaluation sizes, or a run that computed everything after training, simply lacked these keys.)
+_ADDED_KEYS: dict[str, Any] = {"trainer.warmup_steps": None, "trainer.final_eval": "full", "budget.val_tokens": 16384,
+                               "budget.test_tokens": 32768, "budget.eval_limit": None}
 
 
 def fingerprint(cfg: dict) -> str:
     c = json.loads(json.dumps(cfg, default=str))
-    for k in _NON_TRAJECTORY | _NEW_NULL_KEYS:
+    for k in _NON_TRAJECTORY | set(_ADDED_KEYS):
         parts = k.split(".")
         d = c
         for p in parts[:-1]:
             d = d.get(p, {}) if isinstance(d, dict) else {}
-        if isinstance(d, dict) and (k in _NON_TRAJECTORY or d.get(parts[-1], 0) is None):
+        if isinstance(d, dict) and (k in _NON_TRAJECTORY or _holds_absent_value(d, parts[-1], _ADDED_KEYS[k])):
             d.pop(parts[-1], None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _holds_absent_value(d: dict, key: str, absent: Any) -> bool:
+    return key in d and type(d[key]) is type(absent) and d[key] == absent
 
 
 def stage_steps_from(fracs: Any, total_steps: int) -> list[int]:
@@ -122,54 +129,6 @@ def check_repeats(max_epochs: Any, w: np.ndarray, domains: list[str], train_toke
             )
 
 
-def check_number(field: str, v: Any, *, integer: bool = False, low: float | None = None, strict: bool = False,
-                 high: float | None = None, high_strict: bool = False, null: bool = False) -> None:
-    """Refuse a config value that is not a number in range (a string, a bool, nan), naming the field."""
-    if v is None and null:
-        return
-    ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
-    ok = ok and (low is None or (v > low if strict else v >= low)) and (high is None or (v < high if high_strict else v <= high))
-    if not ok:
-        rng = [f"{'>' if strict else '>='} {low}"] if low is not None else []
-        rng += [f"{'<' if high_strict else '<='} {high}"] if high is not None else []
-        raise ConfigError(field, f"must be {'an integer' if integer else 'a number'}{' ' + ' and '.join(rng) if rng else ''}"
-                                 f"{' or null' if null else ''}, got {v!r}")
-
-
-_TRAINER_CHOICES = {"optimizer": ("adamw",), "schedule": ("cosine", "wsd", "constant"), "dtype": ("auto", "fp32", "bf16"),
-                    "on_nonfinite": ("stop", "skip"), "parallel": ("ddp", "fsdp"), "final_eval": ("full", "targets", "none")}
-
-
-def check_trainer(cfg: DictConfig) -> None:
-    """Refuse bad trainer.* values (and budget.warmup_frac) before anything is written to the run dir."""
-    t = OmegaConf.to_container(cfg.trainer, resolve=True) if isinstance(cfg.trainer, DictConfig) else dict(cfg.trainer)
-    for key, allowed in _TRAINER_CHOICES.items():
-        if key in t and t[key] not in allowed:
-            raise ConfigError(f"trainer.{key}", f"unknown {t[key]!r}; allowed: {', '.join(allowed)}")
-    for key in ("lr", "eps"):
-        check_number(f"trainer.{key}", t.get(key), low=0, strict=True)
-    check_number("trainer.weight_decay", t.get("weight_decay"), low=0)
-    check_number("trainer.grad_clip", t.get("grad_clip"), low=0, null=True)
-    for key in ("min_lr_ratio", "wsd_decay_frac"):
-        check_number(f"trainer.{key}", t.get(key), low=0, high=1)
-    check_number("trainer.log_every", t.get("log_every", 10), integer=True, low=1)
-    for key in ("eval_every", "ckpt_every"):
-        check_number(f"trainer.{key}", t.get(key, 0), integer=True, low=0)
-    for key in ("val_tokens", "test_tokens"):
-        check_number(f"trainer.{key}", t.get(key), integer=True, low=1)
-    check_number("trainer.max_wall_s", t.get("max_wall_s"), low=0, null=True)  # 0, like null, means no limit
-    betas = t.get("betas")
-    if not isinstance(betas, list) or len(betas) != 2:
-        raise ConfigError("trainer.betas", f"must be two numbers [beta1, beta2] in [0, 1), got {betas!r}")
-    for i, x in enumerate(betas):
-        check_number(f"trainer.betas[{i}]", x, low=0, high=1, high_strict=True)
-    for key in ("save_final_model", "progress"):
-        if not isinstance(t.get(key, True), bool):
-            raise ConfigError(f"trainer.{key}", f"must be true or false, got {t[key]!r}")
-    check_number("budget.warmup_frac", cfg.budget.get("warmup_frac", 0.0), low=0, high=1, high_strict=True)
-    check_number("trainer.warmup_steps", t.get("warmup_steps"), integer=True, low=0, null=True)
-
-
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in (d.items() if isinstance(d, dict) else []):
@@ -195,7 +154,7 @@ def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch
         skip = tuple(_NON_TRAJECTORY)
         absent = "(absent)"
         keys = sorted(k for k in set(a) | set(b) if not (k in skip or k.startswith(tuple(n + "." for n in skip)))
-                      and a.get(k, absent) != b.get(k, absent))
+                      and a.get(k, _ADDED_KEYS.get(k, absent)) != b.get(k, _ADDED_KEYS.get(k, absent)))
         if keys:
             more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
             return ("; ".join(f"{k}: {a.get(k, absent)!r} there, {b.get(k, absent)!r} now" for k in keys[:6]) + more
@@ -382,12 +341,10 @@ def _run(cfg: DictConfig, quiet: bool, downstream_eval: bool, held: contextlib.E
                       f"Use another hydra.run.dir to train again.")
             return res
     container = OmegaConf.to_container(cfg, resolve=True)
+    validate(container)  # every section against its schema (tikmix/config.py): nothing is written before
+    mixer_config(container["mixer"])
     seed = cfg.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        # the samplers key their streams on 32 bits of it: a larger seed would repeat a smaller one's data
-        raise ConfigError("seed", f"must be an integer from 0 to {2**32 - 1}, got {seed!r}")
     device = resolve_device(device_name)
-    check_trainer(cfg)
     # trainer.final_eval (absent = full): a proxy sub-run sets targets (RegMix: only the target loss is used) or
     # none, and then computes and is charged for nothing else: no validation/test passes, no downstream eval
     final_eval = str(cfg.trainer.get("final_eval", "full"))
@@ -467,6 +424,7 @@ def _run(cfg: DictConfig, quiet: bool, downstream_eval: bool, held: contextlib.E
             total_steps, stage_steps, run_dir, ledger, logger, device, fpt, fp,
         )
         ctx.tokens_per_step = trainer.tokens_per_step
+        ctx.autocast = trainer.autocast
         if rank == 0:
             ranks = f" x {world} ranks ({trainer.parallel})" if world > 1 else ""
             print(f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "

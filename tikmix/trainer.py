@@ -19,12 +19,12 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tikmix.checkpoint import load_checkpoint, save_checkpoint
-from tikmix.errors import ConfigError, TikmixError
+from tikmix.errors import ConfigError, DataError, TikmixError
 from tikmix.ledger import Ledger
-from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe
+from tikmix.losses import amp_dtype_for, autocast, batch_loss_sum, causal_lm_loss
+from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe, TargetLosses, take_tokens
 from tikmix.perf import Peak, check_peak_setting, resolve_peak
 from tikmix.report import HistoryStream
 from tikmix.runlog import RunLogger, to_builtin
@@ -54,14 +54,14 @@ WARMUP_MAX_SHARE = 0.1
 
 def warmup_steps(tcfg: Mapping[str, Any], bcfg: Mapping[str, Any], total_steps: int) -> tuple[int, str | None]:
     """Linear-warmup steps of a run, and a note (None when nothing was replaced) for the console."""
-    from_budget = int(round(float(bcfg.get("warmup_frac", 0.0)) * total_steps))
-    n = tcfg.get("warmup_steps")
+    from_budget = int(round(float(bcfg["warmup_frac"]) * total_steps))
+    n = tcfg["warmup_steps"]
     if n is None:
         return from_budget, None
     if n <= WARMUP_MAX_SHARE * total_steps:
         return int(n), None
     return from_budget, (f"warmup: trainer.warmup_steps={n} (the model preset's published warmup) is more than a tenth "
-                         f"of this budget's {total_steps} steps; using budget.warmup_frac={bcfg.get('warmup_frac', 0.0)} "
+                         f"of this budget's {total_steps} steps; using budget.warmup_frac={bcfg['warmup_frac']} "
                          f"instead: {from_budget} steps")
 
 
@@ -96,13 +96,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", f"{name} requested but no CUDA device is available; use device=cpu or auto")
     return dev
-
-
-def amp_dtype_for(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``trainer.dtype``: bf16 when asked, or on a GPU under auto; None = fp32."""
-    if setting not in ("auto", "fp32", "bf16"):
-        raise ConfigError("trainer.dtype", f"unknown dtype {setting!r}; allowed: auto, fp32, bf16")
-    return torch.bfloat16 if (setting == "bf16" or (setting == "auto" and device.type == "cuda")) else None
 
 
 def adamw_extra_kwargs(device: torch.device) -> dict[str, Any]:
@@ -219,9 +212,7 @@ class Trainer:
         if self.batch_size % self.world or (self.batch_size // self.world) % self.micro_batch:
             raise ConfigError("budget.batch_size", f"{self.batch_size} sequences must split into {self.world} ranks of whole micro-batches of {self.micro_batch}")
         self.ddp = self.model
-        parallel = t.get("parallel", "ddp")
-        if parallel not in ("ddp", "fsdp"):
-            raise ConfigError("trainer.parallel", f"unknown {parallel!r}; allowed: ddp, fsdp")
+        parallel = t["parallel"]
         if self.world > 1:
             if parallel == "fsdp":
                 from torch.distributed.fsdp import fully_shard
@@ -234,11 +225,11 @@ class Trainer:
 
                 self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.parallel = parallel if self.world > 1 else "none"
-        self.amp_dtype = amp_dtype_for(t.get("dtype", "auto"), device)
+        self.amp_dtype = amp_dtype_for(t["dtype"], device)
         # the training forward/backward runs through self.fwd: the (DDP-wrapped) model, compiled when asked
-        self.fwd = compile_module(self.ddp, t.get("compile", False), t.get("compile_mode"))
+        self.fwd = compile_module(self.ddp, t["compile"], t["compile_mode"])
         self.compiled = self.fwd is not self.ddp
-        self.peak_setting = check_peak_setting(t.get("peak_flops"))
+        self.peak_setting = check_peak_setting(t["peak_flops"])
         self.peak: Peak | None = None  # resolved once, lazily, when training starts (rank 0)
         self.mfu_values: list[float] = []  # per log interval, this process
         decay, no_decay = [], []
@@ -259,16 +250,12 @@ class Trainer:
 
     # --- helpers ---------------------------------------------------------------------------------------
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        """The run's autocast policy (``trainer.dtype``), for every forward pass: training, evaluation, probes."""
+        return autocast(self.device, self.amp_dtype)
 
     def token_losses(self, windows: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-token loss [b, T] of windows [b, T+1] (inputs = all but last, labels = all but first)."""
-        x, y = windows[:, :-1], windows[:, 1:]
-        with self.autocast():
-            logits = (self.model if model is None else model)(input_ids=x).logits
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
+        return causal_lm_loss(self.model if model is None else model, windows[:, :-1], windows, autocast=self.autocast)
 
     @torch.no_grad()
     def eval_loss(self, windows: np.ndarray) -> float:
@@ -287,24 +274,25 @@ class Trainer:
     def val_losses(self) -> dict[str, float]:
         return {d: self.eval_loss(w) for d, w in self.val_windows.items()}
 
-    @torch.no_grad()
     def target_loss(self, batches: list[dict]) -> float:
-        """Mean loss over the supervised tokens (labels != -100) of a target set, HF label convention."""
+        """Mean loss over the supervised tokens (labels != -100) of a target set, HF label convention; each
+        batch's forward FLOPs are booked as ``eval``."""
+        return self.target_pass(batches, book="eval")[0]
+
+    @torch.no_grad()
+    def target_pass(self, batches: list[dict], book: str | None) -> tuple[float, int, int]:
+        """(mean loss over the supervised tokens, supervised tokens, input tokens) of a target set, in eval mode.
+        With ``book``, each batch's forward FLOPs are added to that ledger category as it is scored."""
         was = self.model.training
         self.model.eval()
-        total, n = 0.0, 0
+        total, n, n_in = 0.0, 0, 0
         for bt in batches:
-            x = bt["input_ids"].to(self.device)
-            y = bt["labels"].to(self.device)
-            with self.autocast():
-                logits = self.model(input_ids=x).logits
-            lg, lb = logits[:, :-1].float(), y[:, 1:]
-            tl = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="sum")
-            total += float(tl)
-            n += int((lb != -100).sum())
-            self.ledger.add("eval", self.flops_per_token / 3.0 * x.numel())
+            loss, n_lab, n_tok = batch_loss_sum(self.model, bt, device=self.device, autocast=self.autocast)
+            total, n, n_in = total + float(loss), n + n_lab, n_in + n_tok
+            if book is not None:
+                self.ledger.add(book, self.flops_per_token / 3.0 * n_tok)
         self.model.train(was)
-        return total / max(1, n)
+        return total / max(1, n), n, n_in
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -427,7 +415,7 @@ class Trainer:
         total = float(seq_loss.mean())
         if not math.isfinite(total):
             bad = [self.domains[d] for d in range(self.m) if counts[d] and not math.isfinite(dom_loss[d])]
-            if self.tcfg.get("on_nonfinite", "stop") == "skip":
+            if self.tcfg["on_nonfinite"] == "skip":
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()  # the step is spent (the budget counts steps), the update is not taken
                 self.state.skipped.append({"step": step, "domains": bad})
@@ -441,7 +429,7 @@ class Trainer:
                 f"{[self.domains[d] for d in range(self.m) if counts[d]]}, non-finite in: {bad}. "
                 f"The last checkpoint ({self.ckpt_path}) is intact; lower trainer.lr or check the data."
             )
-        clip = self.tcfg.get("grad_clip")
+        clip = self.tcfg["grad_clip"]
         if clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
         self.optimizer.step()
@@ -526,7 +514,7 @@ class Trainer:
         """Train to the end of the budget. SIGTERM or trainer.max_wall_s checkpoint and raise Preempted."""
         s = self.state
         bar = None
-        if self.tcfg.get("progress", True) and self.rank == 0:
+        if self.tcfg["progress"] and self.rank == 0:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
@@ -543,10 +531,8 @@ class Trainer:
 
     def _loop(self, s: TrainState, bar: Any, stop: dict) -> None:
         probe_at = set(self.mixer.probe_steps())
-        log_every = max(1, int(self.tcfg.get("log_every", 10)))
-        eval_every = int(self.tcfg.get("eval_every", 0) or 0)
-        ckpt_every = int(self.tcfg.get("ckpt_every", 0) or 0)
-        max_wall = self.tcfg.get("max_wall_s")
+        log_every, eval_every, ckpt_every = (int(self.tcfg[k]) for k in ("log_every", "eval_every", "ckpt_every"))
+        max_wall = self.tcfg["max_wall_s"]
         peak = self.resolve_peak() if s.step < self.total_steps else None  # before the clock starts
         t_last, step_last = time.perf_counter(), s.step
         t0 = time.perf_counter() - s.wall_time
@@ -654,7 +640,7 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(postfix)
             # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
-            final_val = s.step == self.total_steps and self.tcfg.get("final_eval", "full") == "full"
+            final_val = s.step == self.total_steps and self.tcfg["final_eval"] == "full"
             if (eval_every and s.step % eval_every == 0) or final_val:
                 t = time.perf_counter()
                 vl = self.val_losses()
@@ -669,7 +655,7 @@ class Trainer:
 
 
 class TrainerProbe(Probe):
-    """Model access handed to a mixer at the steps it asked for (see tikmix.mixer.Probe)."""
+    """Model access handed to a mixer at the steps it asked for (the members: tikmix.mixer.Probe)."""
 
     def __init__(self, trainer: Trainer, step: int, stage_tokens: int):
         self.tr = trainer
@@ -685,7 +671,6 @@ class TrainerProbe(Probe):
         self.train_tokens = {d: len(a) for d, a in zip(trainer.domains, trainer.sampler.arrays)}
         self._calls = 0
         self._was_training = trainer.model.training
-        self.rank, self.world = trainer.rank, trainer.world
 
     def autocast(self):
         return self.tr.autocast()
@@ -719,8 +704,18 @@ class TrainerProbe(Probe):
     def val_losses(self) -> dict[str, float]:
         return self.tr.val_losses()
 
-    def target_losses(self) -> dict[str, float]:
-        return {name: self.tr.target_loss(b) for name, b in self.targets.items()}
+    def target_losses(self, n_tokens: int | None = None, charge_as: str | None = None) -> TargetLosses:
+        losses, n_in = {}, 0
+        for name, batches in self.targets.items():
+            loss, n_lab, n_tok = self.tr.target_pass(take_tokens(batches, n_tokens), book="eval" if charge_as is None else None)
+            if n_lab == 0:
+                raise DataError(f"target {name!r} has no labelled tokens")
+            losses[name] = loss
+            n_in += n_tok
+        flops = self.flops_per_token / 3.0 * n_in
+        if charge_as is not None:  # one charge per measurement, as a mixer books its overhead (evaluation: per batch)
+            self.charge(flops, charge_as)
+        return TargetLosses(losses, flops)
 
     def charge(self, flops: float, what: str) -> None:
         self.tr.ledger.charge_mixer(what, flops)

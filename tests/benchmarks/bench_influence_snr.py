@@ -20,16 +20,19 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tikmix.influence import GroupInfluence  # noqa: E402
-from tikmix.mixer import Mixer, register  # noqa: E402
-from tikmix.solvers import tikmix_d_solve  # noqa: E402
+from tikmix.method.influence import GroupInfluence  # noqa: E402
+from tikmix.method.solvers import tikmix_d_solve  # noqa: E402
+from tikmix.mixer import Mixer, MixerConfig, register  # noqa: E402
+from tikmix.regression import spearman  # noqa: E402
 
 
 class _Done(Exception):
@@ -44,7 +47,14 @@ def _halves(batches: list[dict]) -> tuple[list[dict], list[dict]]:
     return mk(rows[:h], labels[:h]), mk(rows[h : 2 * h], labels[h : 2 * h])
 
 
-@register("snr_probe")
+@dataclass
+class SNRProbeConfig(MixerConfig):
+    tokens: List[int] = field(default_factory=list)  # domain sample sizes n to measure S at
+    hessians: List[str] = field(default_factory=list)
+    model_name: str = ""  # for the report
+
+
+@register("snr_probe", SNRProbeConfig)
 class SNRProbe(Mixer):
     """Stratified mixture; at the first stage boundary, measures S twice per (hessian, n) and stops the run."""
 
@@ -54,9 +64,9 @@ class SNRProbe(Mixer):
         return [int(self.ctx.stage_steps[0])]
 
     def on_probe(self, probe) -> None:
-        cfg = self.cfg
-        for hessian in cfg["hessians"]:
-            for n in cfg["tokens"]:
+        cfg = self.c
+        for hessian in cfg.hessians:
+            for n in cfg.tokens:
                 t0 = time.perf_counter()
                 S = []
                 for half in (0, 1):
@@ -74,33 +84,29 @@ class SNRProbe(Mixer):
                 w_prev = np.asarray(self.weights(probe.step))
                 wa, wb = (tikmix_d_solve(x, w_prev)[0] for x in S)
                 rec = {"hessian": hessian, "tokens": n, "reliability": float(np.corrcoef(a, b)[0, 1]),
-                       "spearman": float(_spearman(a, b)), "cost_pct": 100.0 * flops / (probe.stage_tokens * probe.flops_per_token),
+                       "spearman": spearman(a, b), "cost_pct": 100.0 * flops / (probe.stage_tokens * probe.flops_per_token),
                        "wall_s": (time.perf_counter() - t0) / 2, "n_targets": n_targets, "step": probe.step,
                        "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
                        "mixture_l1": float(np.abs(wa - wb).sum())}
-                print(f"[snr] {cfg['model_name']} {hessian:>8} n={n:>6}: reliability {rec['reliability']:.3f} "
+                print(f"[snr] {cfg.model_name} {hessian:>8} n={n:>6}: reliability {rec['reliability']:.3f} "
                       f"(sign agreement {rec['sign_agreement']:.2f}; L1 between the halves' TiKMiX-D mixtures {rec['mixture_l1']:.2f}), "
                       f"cost {rec['cost_pct']:.1f}% of the stage", flush=True)
-                SNRProbe.results.append({"model": cfg["model_name"], **rec})
+                SNRProbe.results.append({"model": cfg.model_name, **rec})
         raise _Done
-
-
-def _spearman(a, b):
-    from scipy.stats import spearmanr
-
-    return spearmanr(a, b).statistic
 
 
 def measure(model: str, tokens: list[int], hessians: list[str], budget: str) -> list[dict]:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import compose
+    from hydra.core.config_store import ConfigStore
 
     from tikmix.run import run
 
+    ConfigStore.instance().store(group="mixer", name="snr_probe", node=SNRProbeConfig(name="snr_probe"))  # its preset
     rd = Path(tempfile.mkdtemp()) / f"snr_{model}"
     cfg = compose([f"model={model}", f"budget={budget}", "logger=none", "trainer.progress=false", f"run_dir={rd}",
-                   "mixer=stratified", "mixer.name=snr_probe", f"+mixer.tokens={tokens}", f"+mixer.hessians={hessians}",
-                   f"+mixer.model_name={model}", "eval.limit=0.01", "trainer.save_final_model=false", "trainer.eval_every=0"])
+                   "mixer=snr_probe", f"mixer.tokens={tokens}", f"mixer.hessians={hessians}",
+                   f"mixer.model_name={model}", "eval.limit=0.01", "trainer.save_final_model=false", "trainer.eval_every=0"])
     SNRProbe.results = []
     try:
         run(cfg, quiet=True)

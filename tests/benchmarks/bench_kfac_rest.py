@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from tikmix.influence import GroupInfluence, block_kind  # noqa: E402
+from tikmix.method.influence import GroupInfluence, block_kind  # noqa: E402
 
 
 def fisher_solver(model, batches, damping: float):

@@ -54,9 +54,10 @@ class _Done(Exception):
 def _m_variants(probe, domains, steps: list[float], n_candidates: int, seed: int = 0) -> list[dict]:
     """At one model state: TiKMiX-D's w_D, then for each candidate mode, lookahead and regressor, the held-out fit
     of the objective on (n_candidates + 1) measured candidates, and whether the search would move."""
-    from tikmix.influence import GroupInfluence
-    from tikmix.solvers import (accept_search, dirichlet_search, fit_influence_law, latin_hypercube_candidates,
-                                tikmix_d_solve, tikmix_objective_from_p, influence_scale)
+    from tikmix.method.influence import GroupInfluence
+    from tikmix.method.solvers import (accept_search, fit_influence_law, latin_hypercube_candidates, tikmix_d_solve,
+                                       tikmix_objective_from_p, influence_scale)
+    from tikmix.regression import dirichlet_search
 
     gi = GroupInfluence(probe.model, hessian="adam", optimizer=probe.optimizer, device=probe.device,
                         flops_per_token=probe.flops_per_token)

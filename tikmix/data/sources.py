@@ -1,6 +1,6 @@
 """Document sources: stream ``(domain, text)`` pairs for one split from the configured data.
 
-Four sources share one config (``conf/data/_base.yaml``):
+Four sources share one config (``tikmix.config.DataConfig``):
 
 - ``synthetic``: the embedded procedural domains (``tikmix.data.synthetic``), no download.
 - ``jsonl``: ``.jsonl`` / ``.jsonl.zst`` / ``.jsonl.gz`` files, local or remote (any fsspec URL), one
@@ -16,6 +16,7 @@ loaded whole, and memory does not grow with the corpus.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import hashlib
 import importlib
@@ -27,35 +28,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tikmix.config import DataConfig
 from tikmix.errors import ConfigError, DataError
 
 SOURCES = ("synthetic", "jsonl", "text_dir", "hf")
 SPLITS = ("train", "val", "test")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 
-DEFAULTS: dict[str, Any] = {
-    "source": "synthetic",
-    "root": None,
-    "train_files": None,
-    "val_files": None,
-    "test_files": None,
-    "text_field": "text",
-    "domain_field": "meta.pile_set_name",
-    "domains": None,
-    "exclude": [],
-    "max_docs": None,
-    "holdout": {"val": 0.01, "test": 0.01},
-    "hf": {
-        "path": None,
-        "name": None,
-        "splits": {"train": "train", "val": "validation", "test": "test"},
-        "streaming": True,
-        "data_files": None,
-    },
-    "synthetic": {"seed": 0, "docs": None, "benchmark": "v2"},
-    "tokenizer": {"name": None, "vocab_size": 2048, "train_docs_per_domain": 2000},
-    "cache_dir": None,
-}
+# data_config's defaults: the schema's (one place), without the keys it does not read; cache_dir is resolved
+# by whoever reads it (tikmix.data.shards)
+DEFAULTS: dict[str, Any] = {**{k: v for k, v in dataclasses.asdict(DataConfig()).items() if k != "human_weights"},
+                            "cache_dir": None}
 
 _READ_CHUNK = 1 << 20
 

@@ -2,11 +2,11 @@
 
 At each stage boundary (``ctx.stage_steps``) the trainer hands the mixer a probe of the current model:
 
-* TiKMiX-D measures the Group Influence matrix S [targets × domains] (:mod:`tikmix.influence`) and solves
-  Eq. 10 with SLSQP under Σw = 1, 0 ≤ w ≤ caps, S·w ≥ S·w_prev (:func:`tikmix.solvers.tikmix_d_solve`).
+* TiKMiX-D measures the Group Influence matrix S [targets × domains] (:mod:`tikmix.method.influence`) and solves
+  Eq. 10 with SLSQP under Σw = 1, 0 ≤ w ≤ caps, S·w ≥ S·w_prev (:func:`tikmix.method.solvers.tikmix_d_solve`).
 * TiKMiX-M starts from TiKMiX-D's answer w_D and measures N Latin-Hypercube candidate mixtures around it
   (and w_D itself): for each, the *finite-step* group influence of a sample actually drawn with it
-  (:meth:`tikmix.influence.GroupInfluence.score_lookahead`: the target-loss change of a step of
+  (:meth:`tikmix.method.influence.GroupInfluence.score_lookahead`: the target-loss change of a step of
   ``lookahead_steps`` optimiser steps along the sample's preconditioned gradient). At first order a
   group's influence is linear in its mixture (S·w, which TiKMiX-D already optimises); what a measured
   candidate adds is the second-order term, which couples domains (group influence is not additive). So
@@ -24,19 +24,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
+from tikmix.config import Number, check_choice, check_number, need
 from tikmix.errors import ConfigError, DataError
-from tikmix.influence import FISHERS, HESSIANS, KFAC_REST, PARAM_SETS, PROJECTIONS, CombinedTarget, GroupInfluence
-from tikmix.mixer import Mixer, MixerContext, register
-from tikmix.runlog import to_builtin as _jsonable
-from tikmix.solvers import (
+from tikmix.method.influence import FISHERS, HESSIANS, KFAC_REST, PARAM_SETS, PROJECTIONS, CombinedTarget, GroupInfluence
+from tikmix.method.solvers import (
     REGRESS,
     REGRESSORS,
     accept_search,
-    dirichlet_search,
     epoch_caps,
     fit_influence_law,
     influence_scale,
@@ -47,62 +46,161 @@ from tikmix.solvers import (
     tikmix_objective,
     tikmix_objective_from_p,
 )
+from tikmix.mixer import Mixer, MixerConfig, MixerContext, Probe, register
+from tikmix.regression import dirichlet_search
+from tikmix.runlog import to_builtin as _jsonable
 
 log = logging.getLogger(__name__)
 
-# key -> default. Documented in conf/mixer/tikmix_d.yaml / tikmix_m.yaml.
-D_KEYS: dict[str, Any] = {
-    "name": "tikmix_d",
-    "first_stage": "natural",
-    "alpha": 1.0,
-    "beta": 1.0,
-    "gamma": 1.0,
-    "hessian": "identity",
-    "damping": 1e-3,
-    "kfac_tokens": 4096,
-    "kfac_max_dim": 4096,
-    "kfac_fisher": "sampled",
-    "kfac_rest": "diag",
-    "projection_dim": None,
-    "projection_kind": "gaussian",
-    "params": "all",
-    "tokens_per_domain": 2048,
-    "targets_tokens": 2048,
-    "max_epochs": 4.0,
-    "pareto": True,
-    "pareto_slack": 0.0,
-    "pareto_tol": 1e-6,
-    "solver_maxiter": 200,
-    "combine_targets": "auto",
-    "seed": None,
-}
 COMBINE = ("auto", True, False)
 CANDIDATE_SAMPLES = ("composed", "own")
-M_KEYS: dict[str, Any] = {
-    **D_KEYS,
-    "name": "tikmix_m",
-    "hessian": "adam",
-    "n_candidates": 16,
-    "candidate_tokens": 2048,
-    "candidate_sample": "composed",
-    "lookahead_steps": 1.0,
-    "lookahead_lr": None,
-    "regress": "second_order",
-    "regressor": "quadratic",
-    "accept_margin": 1.0,
-    "lhs_low": 0.5,
-    "lhs_high": 2.0,
-    "search_rounds": 5,
-    "conc_start": 10.0,
-    "conc_end": 1000.0,
-    "search_samples": 10000,
-    "top_k": 10,
-    "n_estimators": 200,
-    "learning_rate": 0.05,
-    "num_leaves": 15,
-    "min_child_samples": 3,
-    "cv_folds": 5,
-}
+
+
+@dataclass
+class TiKMiXDConfig(MixerConfig):
+    """TiKMiX-D's parameters (conf/mixer/tikmix_d.yaml). Cost per boundary ≈ (num_domains·tokens_per_domain +
+    num_targets·targets_tokens) tokens of forward+backward, charged to the compute ledger as "influence"."""
+
+    first_stage: str = "natural"  # mixture of the first stage: natural (token-proportional, the paper) | uniform
+    # --- objective (Eq. 10): alpha·std(P̂) − beta·ΣP̂ − gamma·H(w), P̂_v = (S·w)_v / max_d S_vd  (paper: all 1)
+    alpha: Number = 1.0  # weight of the spread of normalised influence across targets (balance)
+    beta: Number = 1.0  # weight of the total normalised influence (benefit)
+    gamma: Number = 1.0  # weight of the mixture's entropy (diversity)
+    # --- influence estimate (tikmix/method/influence.py)
+    # H⁻¹: identity (cheap default; = DoGE gradient alignment) | adam (the optimiser's diagonal 1/(sqrt(v̂)+eps),
+    # nearly free) | kfac (Kronecker-factored, the faithful variant: the ICLR paper used EK-FAC; the v1 paper is silent)
+    hessian: str = "identity"
+    damping: Number = 1.0e-3  # kfac only: each factor gets damping × its mean eigenvalue on the diagonal (our choice)
+    kfac_tokens: int = 4096  # kfac only: training tokens (from the current mixture) used to estimate the factors (our choice)
+    # kfac only: Linear layers with a factor larger than this (e.g. an LM head over a big vocabulary) use the
+    # identity instead (our choice: bounds the factor memory)
+    kfac_max_dim: int = 4096
+    # kfac only: sampled (labels drawn from the model: true Fisher, as EK-FAC influence work does) | empirical (the
+    # data's labels)
+    kfac_fisher: str = "sampled"
+    # kfac only: parameters without Kronecker factors (embeddings, norms, an LM head over kfac_max_dim, tied
+    # weights): diag = a damped diagonal Fisher from the same sample, on the K-FAC blocks' per-token scale (EK-FAC
+    # style; our choice) | identity (before: those blocks then carried 1-5% of |S|, the K-FAC blocks being
+    # amplified ~40x; README)
+    kfac_rest: str = "diag"
+    # null = exact inner products; an integer k = JL random projection of gradients to k dims (TRAK/LESS-style,
+    # bounds memory for big models; the paper is silent)
+    projection_dim: Optional[int] = None
+    projection_kind: str = "gaussian"  # gaussian | rademacher entries of the projection (gaussian: faster to generate on CPU)
+    params: str = "all"  # parameters the gradients cover: all | no_embeddings (drops input embeddings and a tied head)
+    # gradient sample per domain per boundary. The paper used 0.1B tokens at 1B-model scale; our default keeps the
+    # whole influence measurement at ~8% of a demo-budget stage (6 domains + 6 targets × 2048 tokens vs ~307k
+    # tokens per stage). Raise it at scale
+    tokens_per_domain: int = 2048
+    # tokens (inputs, not only labelled ones) taken from each target set (null = all the probe provides, i.e.
+    # targets.tokens); same cost reasoning as tokens_per_domain
+    targets_tokens: Optional[int] = 2048
+    # --- constraints and solver
+    # cap: a stage may sample a domain at most this many epochs, w_d ≤ max_epochs·tokens_d / stage_tokens (the
+    # paper has no cap; users need one). null = no cap
+    max_epochs: Optional[Number] = 4.0
+    # the paper's Pareto constraint S·w ≥ S·w_prev (no target may lose influence vs the previous mixture).
+    # Beware: when every domain is also a target (n ≥ m, S near-diagonal) no other mixture satisfies it and the
+    # mixture never moves; the history's solver.pareto_room says how much room it leaves (0 = none) and a
+    # warning is logged
+    pareto: bool = True
+    # our relaxation: P̂(w) ≥ P̂(w_prev) − pareto_slack, in Eq. 9's normalised units (P̂ of a target's best single
+    # domain is 1). 0 = the paper's constraint
+    pareto_slack: Number = 0.0
+    pareto_tol: Number = 1.0e-6  # numerical tolerance of the constraints and the simplex, on the normalised (Eq. 9) scale
+    solver_maxiter: int = 200  # SLSQP iteration limit (scipy's default is 100); on failure the mixture stays w_prev
+    # auto = when the targets are the automatic per-domain held-out texts (targets.domains=auto, no task targets,
+    # e.g. eval=none), combine them into ONE target, the average of the domains' losses (Aioli's objective): with
+    # one target per domain S is near-diagonal and the Pareto constraint pins the mixture at its start (TiKMiX-D
+    # would be natural mixing in disguise). true = always combine all targets into one; false = never (the
+    # paper's n targets)
+    combine_targets: Union[bool, str] = "auto"
+    seed: Optional[int] = None  # seed of the projection / KFAC label sampling; null = the run seed (combined with the step)
+
+    def __post_init__(self) -> None:
+        check_choice("mixer.first_stage", self.first_stage, ("natural", "uniform"))
+        for key, allowed in (("hessian", HESSIANS), ("params", PARAM_SETS), ("projection_kind", PROJECTIONS),
+                             ("kfac_fisher", FISHERS), ("kfac_rest", KFAC_REST), ("combine_targets", COMBINE)):
+            check_choice(f"mixer.{key}", getattr(self, key), allowed)
+        for key in ("alpha", "beta", "gamma", "pareto_slack"):
+            check_number(f"mixer.{key}", getattr(self, key), low=0)
+        check_number("mixer.damping", self.damping, low=0, strict=True)
+        check_number("mixer.pareto_tol", self.pareto_tol, low=0)
+        for key in ("tokens_per_domain", "kfac_tokens", "kfac_max_dim", "solver_maxiter"):
+            check_number(f"mixer.{key}", getattr(self, key), integer=True, low=1)
+        for key in ("projection_dim", "targets_tokens"):
+            check_number(f"mixer.{key}", getattr(self, key), integer=True, low=1, null=True)
+        check_number("mixer.max_epochs", self.max_epochs, low=0, strict=True, null=True)
+
+
+@dataclass
+class TiKMiXMConfig(TiKMiXDConfig):
+    """TiKMiX-M's parameters (conf/mixer/tikmix_m.yaml): every TiKMiX-D key, and the candidates, the regressor and
+    the search. Extra cost per boundary: one forward pass of the targets per candidate (composed; own: + a
+    forward+backward of candidate_tokens per candidate), charged as "candidates"; composed also holds one
+    preconditioned gradient per domain in memory."""
+
+    # H⁻¹ of the influence AND the direction of the lookahead step: Adam's own diagonal preconditioner, so that
+    # lookahead_steps × lr is the step the optimiser would take on the sample (with identity the step would be
+    # plain SGD's at Adam's LR: too small to see the second-order term). TiKMiX-D's default stays identity
+    hessian: str = "adam"
+    n_candidates: int = 16  # N measured candidate mixtures besides w_D (paper silent; its additivity study used 256)
+    candidate_tokens: int = 2048  # own only: tokens sampled with each candidate mixture for its gradient
+    # composed: a candidate's step mixes the domains' own preconditioned gradients (the samples S was measured on):
+    # the composition measured is exactly the candidate and candidates differ only by their mixture (no sampling
+    # noise between them) | own: a fresh sample drawn with each candidate (the paper's wording), regressed on its
+    # REALISED composition (counts / N); noisier: see the README's measurement
+    candidate_sample: str = "composed"
+    # the candidates' influence is measured at the step of this many optimiser steps (our choice; the paper does
+    # not say how a candidate's "measured influence" differs from the sum of its domains'): one step is the step
+    # training takes. Measured at the demo boundary: the second-order term is 36% of S·x at 0.25 steps, 134% at
+    # 1, ~900% at 4 (beyond that every mixture hurts and the least-moving one wins). Near 0 = first order: M
+    # re-finds w_D
+    lookahead_steps: Number = 1.0
+    lookahead_lr: Optional[Number] = None  # learning rate of the lookahead step; null = the optimiser's LR at the boundary
+    # what the regressor learns: second_order = the measured correction P − S·x (S·x, the first-order part
+    # TiKMiX-D measured, is added back analytically) | influence = the measured P itself. Either way the
+    # objective's std/sum/entropy are computed, not learnt
+    regress: str = "second_order"
+    # quadratic = ridge over w and w_i·w_j (the form of the second-order term; our deviation) | lightgbm (the
+    # paper's; with ~17 points in 10 dimensions a tree cannot follow the smooth surface: held-out R² ≈ 0 at the
+    # demo boundary)
+    regressor: str = "quadratic"
+    # keep the searched mixture only if pred(w_D) − pred(w_M) > accept_margin × the regressor's held-out RMSE (and
+    # held-out R² > 0); else keep w_D, logged (our rule)
+    accept_margin: Number = 1.0
+    # candidate box per domain: [lhs_low·w_D, lhs_high·w_D] (the paper's additivity experiment perturbed by
+    # ×U[0.5, 2.0]; its interval scales are otherwise unstated)
+    lhs_low: Number = 0.5
+    lhs_high: Number = 2.0
+    search_rounds: int = 5  # T, rounds of Algorithm 1 (unstated; our choice)
+    conc_start: Number = 10.0  # Dirichlet concentration of the first round (broad) ...
+    conc_end: Number = 1000.0  # ... to the last (narrow), log-spaced (unstated; our choice)
+    search_samples: int = 10000  # mixtures scored by the regressor per round (QuaDMix, the sibling method, used 100k in all)
+    top_k: int = 10  # w_best = mean of the top_k predicted mixtures of a round (QuaDMix averaged the top 10)
+    n_estimators: int = 200  # LightGBM trees (small data: deterministic, one thread)
+    learning_rate: Number = 0.05  # LightGBM learning rate
+    num_leaves: int = 15  # LightGBM leaves per tree
+    min_child_samples: int = 3  # LightGBM minimum samples per leaf (low: only n_candidates points to fit)
+    cv_folds: int = 5  # K of the K-fold held-out R²/Spearman that is logged
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.n_candidates >= 4, "mixer.n_candidates", "need at least 4 measured candidates to fit a regressor")
+        need(0 < self.lhs_low <= 1 <= self.lhs_high, "mixer.lhs_low", "need 0 < lhs_low <= 1 <= lhs_high")
+        need(self.search_rounds >= 1, "mixer.search_rounds", "must be >= 1")
+        need(0 < self.conc_start and 0 < self.conc_end, "mixer.conc_start", "concentrations must be > 0")
+        need(1 <= self.top_k <= self.search_samples, "mixer.top_k", "need 1 <= top_k <= search_samples")
+        need(self.candidate_tokens >= 1, "mixer.candidate_tokens", "must be a positive integer")
+        need(self.lookahead_steps > 0, "mixer.lookahead_steps", "must be > 0 (the step the candidates' influence is measured at)")
+        check_number("mixer.lookahead_lr", self.lookahead_lr, low=0, strict=True, null=True)
+        check_choice("mixer.regress", self.regress, REGRESS)
+        check_choice("mixer.regressor", self.regressor, REGRESSORS)
+        check_choice("mixer.candidate_sample", self.candidate_sample, CANDIDATE_SAMPLES)
+        need(self.accept_margin >= 0, "mixer.accept_margin", "must be >= 0 (in units of the regressor's held-out RMSE)")
+        for key in ("n_estimators", "num_leaves", "min_child_samples", "cv_folds"):
+            check_number(f"mixer.{key}", getattr(self, key), integer=True, low=1)
+        check_number("mixer.learning_rate", self.learning_rate, low=0, strict=True)
 
 
 def _lgb_error() -> type[Exception]:
@@ -127,71 +225,14 @@ def _take_tokens(batches: list[dict], n_tokens: int | None) -> list[dict]:
     return out
 
 
-class _Cfg:
-    """Validated mixer config (attribute access)."""
-
-    def __init__(self, cfg: Mapping[str, Any], keys: dict[str, Any]):
-        raw = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
-        unknown = sorted(set(raw) - set(keys))
-        if unknown:
-            raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer {keys['name']!r}; known keys: {', '.join(sorted(keys))}")
-        vals = {k: raw.get(k, d) for k, d in keys.items()}
-        numeric = {k for k, d in keys.items() if isinstance(d, (int, float)) and not isinstance(d, bool)}
-        for k in sorted(numeric | {"projection_dim", "seed", "lookahead_lr"}):  # a string here would fail float()/int() below
-            v = vals.get(k)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)):
-                raise ConfigError(f"mixer.{k}", f"must be a finite number, got {v!r}")
-        self.__dict__.update(vals)
-        self._check()
-
-    def _check(self) -> None:
-        def need(cond: bool, key: str, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"mixer.{key}", msg)
-
-        need(self.first_stage in ("natural", "uniform"), "first_stage", f"natural | uniform, got {self.first_stage!r}")
-        need(self.hessian in HESSIANS, "hessian", f"one of {HESSIANS}, got {self.hessian!r}")
-        need(self.params in PARAM_SETS, "params", f"one of {PARAM_SETS}, got {self.params!r}")
-        need(self.projection_kind in PROJECTIONS, "projection_kind", f"one of {PROJECTIONS}, got {self.projection_kind!r}")
-        need(self.kfac_fisher in FISHERS, "kfac_fisher", f"one of {FISHERS}, got {self.kfac_fisher!r}")
-        need(self.kfac_rest in KFAC_REST, "kfac_rest", f"one of {KFAC_REST}, got {self.kfac_rest!r}")
-        need(self.combine_targets in COMBINE, "combine_targets", f"auto | true | false, got {self.combine_targets!r}")
-        need(self.projection_dim is None or int(self.projection_dim) >= 1, "projection_dim", "null or a positive integer")
-        for k in ("alpha", "beta", "gamma"):
-            need(float(getattr(self, k)) >= 0, k, "must be >= 0")
-        need(float(self.damping) > 0, "damping", "must be > 0")
-        for k in ("tokens_per_domain", "kfac_tokens", "kfac_max_dim", "solver_maxiter"):
-            need(int(getattr(self, k)) >= 1, k, "must be a positive integer")
-        need(self.targets_tokens is None or int(self.targets_tokens) >= 1, "targets_tokens", "null (all) or a positive integer")
-        need(self.max_epochs is None or float(self.max_epochs) > 0, "max_epochs", "null (no cap) or > 0")
-        need(isinstance(self.pareto, bool), "pareto", f"true | false, got {self.pareto!r}")
-        need(float(self.pareto_slack) >= 0, "pareto_slack", "must be >= 0")
-        if "n_candidates" in self.__dict__:
-            need(int(self.n_candidates) >= 4, "n_candidates", "need at least 4 measured candidates to fit a regressor")
-            need(0 < float(self.lhs_low) <= 1 <= float(self.lhs_high), "lhs_low", "need 0 < lhs_low <= 1 <= lhs_high")
-            need(int(self.search_rounds) >= 1, "search_rounds", "must be >= 1")
-            need(0 < float(self.conc_start) and 0 < float(self.conc_end), "conc_start", "concentrations must be > 0")
-            need(int(self.top_k) >= 1 and int(self.search_samples) >= int(self.top_k), "top_k", "need 1 <= top_k <= search_samples")
-            need(int(self.candidate_tokens) >= 1, "candidate_tokens", "must be a positive integer")
-            need(float(self.lookahead_steps) > 0, "lookahead_steps", "must be > 0 (the step the candidates' influence is measured at)")
-            need(self.lookahead_lr is None or float(self.lookahead_lr) > 0, "lookahead_lr", "null (the optimiser's current LR) or > 0")
-            need(self.regress in REGRESS, "regress", f"one of {REGRESS}, got {self.regress!r}")
-            need(self.regressor in REGRESSORS, "regressor", f"one of {REGRESSORS}, got {self.regressor!r}")
-            need(self.candidate_sample in CANDIDATE_SAMPLES, "candidate_sample",
-                 f"one of {CANDIDATE_SAMPLES}, got {self.candidate_sample!r}")
-            need(float(self.accept_margin) >= 0, "accept_margin", "must be >= 0 (in units of the regressor's held-out RMSE)")
-
-
-@register("tikmix_d")
+@register("tikmix_d", TiKMiXDConfig)
 class TiKMiXD(Mixer):
     """TiKMiX-D: the next stage's mixture minimises Eq. 10 over the measured influence matrix."""
 
-    _keys = D_KEYS
-
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        self.c = _Cfg(cfg, self._keys)
+    def __init__(self, cfg: Mapping[str, Any] | TiKMiXDConfig, domains: list[str], ctx: MixerContext):
+        self.c = self.parse_config(cfg)
         self.seed = int(self.c.seed) if self.c.seed is not None else int(ctx.seed)
-        super().__init__(cfg, domains, ctx)
+        super().__init__(self.c, domains, ctx)
         self.info = {"hessian": self.c.hessian, "projection_dim": self.c.projection_dim, "flops": {"influence": 0.0, "candidates": 0.0}}
 
     # --- interface --------------------------------------------------------------------------------------
@@ -206,7 +247,7 @@ class TiKMiXD(Mixer):
     def probe_steps(self) -> list[int]:
         return sorted(int(s) for s in self.ctx.stage_steps)
 
-    def on_probe(self, probe: Any) -> None:
+    def on_probe(self, probe: Probe) -> None:
         t0 = time.perf_counter()
         c = self.c
         w_prev = self._w.copy()
@@ -245,12 +286,12 @@ class TiKMiXD(Mixer):
         self._w = w
         self.history.append(_jsonable(record))
 
-    def _influence(self, probe: Any, w_prev: np.ndarray, seed: int) -> GroupInfluence:
+    def _influence(self, probe: Probe, w_prev: np.ndarray, seed: int) -> GroupInfluence:
         c = self.c
         return GroupInfluence(
             probe.model,
             hessian=c.hessian,
-            optimizer=getattr(probe, "optimizer", None),
+            optimizer=probe.optimizer,
             kfac_batches=(lambda: probe.mixture_batches(w_prev, int(c.kfac_tokens))) if c.hessian == "kfac" else None,
             params=c.params,
             projection_dim=None if c.projection_dim is None else int(c.projection_dim),
@@ -261,12 +302,12 @@ class TiKMiXD(Mixer):
             kfac_fisher=c.kfac_fisher,
             kfac_seed=seed,
             kfac_rest=c.kfac_rest,
-            autocast=getattr(probe, "autocast", None),
-            device=getattr(probe, "device", None),
-            flops_per_token=getattr(probe, "flops_per_token", None),
+            autocast=probe.autocast,
+            device=probe.device,
+            flops_per_token=probe.flops_per_token,
         )
 
-    def _targets(self, probe: Any) -> dict[str, Any]:
+    def _targets(self, probe: Probe) -> dict[str, Any]:
         """The probe's target sets cut to ``targets_tokens`` each; the automatic per-domain held-out targets
         combined into one averaged target (``combine_targets``): one target per domain makes S near-diagonal,
         and the Pareto constraint then pins the mixture where it started (methods.md, README)."""
@@ -322,12 +363,10 @@ class TiKMiXD(Mixer):
         return {d: float(x) for d, x in zip(self.domains, w)}
 
 
-@register("tikmix_m")
+@register("tikmix_m", TiKMiXMConfig)
 class TiKMiXM(TiKMiXD):
     """TiKMiX-M: a regression of measured finite-step group influence over candidate mixtures, searched à la
     Algorithm 1 inside the region it was fitted on (module doc)."""
-
-    _keys = M_KEYS
 
     def _refine(self, probe, gi, S, w_d, w_prev, caps, seed, record) -> np.ndarray:
         c = self.c
@@ -373,15 +412,12 @@ class TiKMiXM(TiKMiXD):
     def _keep_directions(self) -> bool:
         return self.c.candidate_sample == "composed"
 
-    def _eta(self, probe: Any) -> float:
+    def _eta(self, probe: Probe) -> float:
         """The lookahead step: lookahead_steps optimiser steps at the current (or the given) learning rate."""
         c = self.c
         lr = c.lookahead_lr
         if lr is None:
-            opt = getattr(probe, "optimizer", None)
-            if opt is None:
-                raise ConfigError("mixer.lookahead_lr", "the probe has no optimiser to read the learning rate from; set it")
-            lr = opt.param_groups[0]["lr"]
+            lr = probe.optimizer.param_groups[0]["lr"]
         return float(lr) * float(c.lookahead_steps)
 
     def _measure(self, probe, gi, nominal: np.ndarray, eta: float, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -78,12 +78,11 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tikmix.errors import ConfigError, DataError
+from tikmix.losses import Batch, batch_loss_sum
 
-Batch = Mapping[str, torch.Tensor]
 BatchSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int, int]]
 
@@ -97,46 +96,8 @@ _PROJ_CHUNK_ELEMS = 1 << 22  # at most this many random entries (16 MiB in fp32)
 
 
 # --------------------------------------------------------------------------------------------------------
-# losses and gradients
+# parameters
 # --------------------------------------------------------------------------------------------------------
-def causal_lm_loss_sum(
-    model: nn.Module,
-    batch: Batch,
-    *,
-    device: torch.device | None = None,
-    autocast: Callable[[], ContextManager] | None = None,
-    sample_generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token loss of a batch ``{"input_ids", "labels"}`` (HF convention: labels unshifted,
-    -100 ignored). Returns (loss_sum, labelled tokens, input tokens).
-
-    With ``sample_generator``, the labels of the labelled positions are replaced by tokens sampled from the
-    model's own predictive distribution (the true-Fisher estimate KFAC uses).
-    """
-    dev = device if device is not None else next(model.parameters()).device
-    ids = batch["input_ids"].to(dev)
-    labels = batch.get("labels")
-    labels = ids if labels is None else labels.to(dev)
-    kwargs = {}
-    if "attention_mask" in batch:
-        kwargs["attention_mask"] = batch["attention_mask"].to(dev)
-    with (autocast() if autocast is not None else contextlib.nullcontext()):
-        out = model(input_ids=ids, use_cache=False, **kwargs)
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    logits = logits[:, :-1]
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    tgt = labels[:, 1:]
-    mask = tgt != -100
-    flat = logits.reshape(-1, logits.shape[-1])
-    if sample_generator is not None:
-        with torch.no_grad():
-            probs = torch.softmax(flat.detach(), dim=-1)
-            sampled = torch.multinomial(probs, 1, generator=sample_generator).squeeze(1)
-        tgt = torch.where(mask.reshape(-1), sampled, torch.full_like(sampled, -100)).reshape(tgt.shape)
-    loss = F.cross_entropy(flat, tgt.reshape(-1), ignore_index=-100, reduction="sum")
-    return loss, int(mask.sum().item()), int(ids.numel())
-
-
 def select_parameters(model: nn.Module, which: str = "all") -> list[tuple[str, nn.Parameter]]:
     """The trainable parameters influence is measured over: ``all`` or ``no_embeddings`` (drops every
     ``nn.Embedding`` parameter, and with it a tied LM head, which is the same tensor)."""
@@ -526,7 +487,7 @@ class GroupInfluence:
     def _loss(self, model: nn.Module, batch: Batch, gen: torch.Generator | None = None):
         if self._custom_loss is not None:
             return self._custom_loss(model, batch)
-        return causal_lm_loss_sum(model, batch, device=self.device, autocast=self.autocast, sample_generator=gen)
+        return batch_loss_sum(model, batch, device=self.device, autocast=self.autocast, sample_generator=gen)
 
     @contextlib.contextmanager
     def _grad_scope(self):
