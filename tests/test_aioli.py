@@ -362,10 +362,11 @@ def test_e2e_resume_across_an_exploration_interval(aioli_run, make_cfg, tmp_path
     rd_full, res_full, _ = aioli_run
     rd = tmp_path / "interrupted"
     cfg = make_cfg(*AIOLI_E2E, run_dir=rd)
-    # round 1 explores from step 22 in intervals [22, 24), [24, 26), [26, 28), ...; the checkpoint at 27 is inside the third
-    run_until_crash(cfg, 30, quiet=True)
+    # round 1 explores from step 26 in intervals [26, 28), [28, 30), ..., [44, 46); the checkpoint after 36 steps
+    # holds the boundary losses evaluated at steps 26, 28, ..., 34
+    run_until_crash(cfg, 38, quiet=True)
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
-    assert ck["step"] == 27 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 3
+    assert ck["step"] == 36 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 5
     res = run(cfg, quiet=True)
     assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU
     assert res["mixer_history"] == res_full["mixer_history"] and res["final_weights"] == res_full["final_weights"]
