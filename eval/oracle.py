@@ -158,7 +158,8 @@ def select(design_dirs: list[str], out: Path, metric: str, top: int = 4, seed: i
     refs = [next(r for r in runs if r["name"] == ref) for ref in ("stratified", "natural") if any(r["name"] == ref for r in runs)]
     rows = [{"name": f"best{k + 1}:{r['name']}", "weights": _wd(domains, r["w"])} for k, r in enumerate(chosen)]
     rows += [{"name": r["name"], "weights": _wd(domains, r["w"])} for r in refs]
-    rows += [{"name": f"optimum:{name}", "weights": _wd(domains, w)} for name, w in optima.items()]
+    # a law whose held-out R² is not above 0 predicts worse than the design's mean: its optimum is not worth 3 runs
+    rows += [{"name": f"optimum:{name}", "weights": _wd(domains, w)} for name, w in optima.items() if fits[name]["r2"] > 0]
     out.mkdir(parents=True, exist_ok=True)
     import yaml
 
@@ -168,7 +169,9 @@ def select(design_dirs: list[str], out: Path, metric: str, top: int = 4, seed: i
     (out / "design.json").write_text(json.dumps(summary, indent=1))
     print(f"[oracle] {len(runs)} design runs; held-out fit of the laws: "
           + "; ".join(f"{k} R² {v['r2']:.3f}, ρ {v['spearman']:.3f}" for k, v in fits.items()))
-    print(f"[oracle] wrote {out / 'confirm.yaml'} ({len(rows)} mixtures): train them with +sweep=oracle_confirm")
+    print(f"[oracle] wrote {out / 'confirm.yaml'} ({len(rows)} mixtures; the optima of laws with held-out R² > 0); "
+          f"train them: python train.py +sweep=oracle_confirm 'mixer.index=range(0,{len(rows)})' "
+          "hydra/launcher=joblib hydra.launcher.n_jobs=2 logger=none")
     return summary
 
 
