@@ -81,7 +81,10 @@ def _trains(overrides: list[str], rd: Path, steps: int) -> list[float]:
     res = run(cfg, quiet=True)
     losses = _train_losses(rd)
     assert res["steps"] == len(losses) == steps and all(math.isfinite(x) for x in losses), losses
-    assert losses[-1] < losses[0], losses
+    # 2-sequence batches make single steps noisy (7b's last step has come out above its first): the second
+    # half's mean must be below the first step's loss
+    half = losses[len(losses) // 2:]
+    assert sum(half) / len(half) < losses[0], losses
     return losses
 
 

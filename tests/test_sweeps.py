@@ -16,7 +16,8 @@ def test_multirun_survives_a_bad_job_and_resubmission_skips_finished(smoke_overr
             "mixer=fixed", "mixer.weights={arith: 0.5, grammar: 0.5},{arith: 2.0, nosuch: 1.0}",
             f"hydra.sweep.dir={sweep}"]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    # the good job finishes; the sweep exits 1 and names the job that did not (README, "Exit codes")
+    assert r.returncode == 1 and "1 job(s) of the sweep did not finish (1_fixed_s0)" in r.stderr, r.stderr[-3000:]
     dirs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert len(dirs) == 2
     good, bad = dirs
@@ -25,7 +26,7 @@ def test_multirun_survives_a_bad_job_and_resubmission_skips_finished(smoke_overr
     assert "mixer.weights" in err["error"] and not (bad / "results.json").exists()
     before = (good / "results.json").read_bytes()
     r2 = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
-    assert r2.returncode == 0
+    assert r2.returncode == 1
     assert "already holds a finished run" in r2.stdout
     assert (good / "results.json").read_bytes() == before
 
