@@ -51,7 +51,8 @@ import numpy as np
 
 from tikmix.config import Number, check_choice, need
 from tikmix.errors import ConfigError, DataError
-from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, Probe, register, wdict, weights_from_mapping
+from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, Probe, register
+from tikmix.mixer_helpers import wdict, weights_from_mapping
 
 # Published settings (HazyResearch/aioli scripts/*/aioli/run.sh, SlimPajama, 160M Pythia):
 #   m=2 (arxiv, stackexchange):  lp_rounds(k)=4, lp_steps=4,  one_hot_factor=0.625, eta=0.2, ema=0.1, update_steps=250
@@ -293,7 +294,11 @@ class Aioli(Mixer):
         self._ema_A: np.ndarray | None = None
         self._acc: dict[str, Any] | None = None  # the round in progress (losses so far, counts per interval)
         self._steps_observed = 0
-        self.info = {
+        self.info = self._summary()
+
+    def _summary(self) -> dict[str, Any]:
+        """The schedule and parameters in force, for results.json (``info``); counters start at 0."""
+        return {
             "published_setting_m": self.published_from,
             "scaled": self.scaled,
             "rounds": len(self.schedule),

@@ -48,7 +48,8 @@ import numpy as np
 from tikmix.config import Number, check_choice, need
 from tikmix.errors import DataError
 from tikmix.method.influence import PARAM_SETS, PROJECTIONS, InfluenceResult, gradient_alignment
-from tikmix.mixer import Mixer, MixerConfig, MixerContext, Probe, register, take_tokens, wdict
+from tikmix.mixer import Mixer, MixerConfig, MixerContext, Probe, register
+from tikmix.mixer_helpers import take_tokens, wdict
 
 NORMALIZE = ("max_abs", "none")
 # the keys each rule uses, with their defaults; a key set for the other rule is refused

@@ -62,7 +62,8 @@ import torch
 from tikmix.config import Number, TrainerOverrides, need
 from tikmix.errors import CheckpointError, ConfigError, TikmixError
 from tikmix.losses import Autocast, causal_lm_loss
-from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register, weights_from_mapping
+from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register
+from tikmix.mixer_helpers import weights_from_mapping
 from tikmix.runlog import to_builtin as _jsonable
 
 @dataclass

@@ -41,7 +41,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from tikmix.config import Number, need
-from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register, wdict
+from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register
+from tikmix.mixer_helpers import wdict
 
 REWARD_UPDATES = ("smoothed_mean", "accumulate", "ema")
 IMPORTANCE = ("pi", "observed")

@@ -9,7 +9,8 @@ import torch
 from baselines.dga import DGA, doge_scores, doge_update, dga_update
 from tikmix.errors import ConfigError
 from tikmix.method.influence import gradient_alignment
-from tikmix.mixer import MixerContext, build_mixer, take_tokens
+from tikmix.mixer import MixerContext, build_mixer
+from tikmix.mixer_helpers import take_tokens
 from tikmix.run import run
 from tests.conftest import run_until_crash
 from tests.probes import StubProbe

@@ -7,7 +7,8 @@ import contextlib
 import numpy as np
 import pytest
 
-from tikmix.mixer import MixtureSample, Probe, register, take_tokens
+from tikmix.mixer import MixtureSample, Probe, register
+from tikmix.mixer_helpers import take_tokens
 from tikmix.run import run
 from tikmix.static_mixers import Stratified
 from tikmix.trainer import TrainerProbe

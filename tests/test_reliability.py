@@ -443,10 +443,11 @@ def test_small_budgets_say_what_they_do(make_cfg, tmp_path, capsys):
 
 
 def test_multirun_with_a_failed_job_exits_nonzero_after_all_jobs_ran(smoke_overrides, tmp_path):
-    """Case 11: a sweep whose jobs wrote error.json exits 1, after every job ran, naming the failed ones."""
+    """Case 11: a sweep whose jobs wrote error.json exits 1, after every job ran, naming the failed ones. The bad
+    value is of the right type (a string is refused while composing, before any job runs): its job fails."""
     sweep = tmp_path / "sweep"
     r = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *smoke_overrides, "trainer.save_final_model=false",
-                        "trainer.lr=abc,0.003", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True,
+                        "trainer.lr=-1,0.003", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True,
                        timeout=300, cwd=tmp_path)
     assert r.returncode == 1, r.stderr[-3000:]
     assert len(list(sweep.glob("*/results.json"))) == 1 and len(list(sweep.glob("*/error.json"))) == 1

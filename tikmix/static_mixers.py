@@ -11,7 +11,8 @@ import yaml
 
 from tikmix.config import Number, check_number, need
 from tikmix.errors import ConfigError
-from tikmix.mixer import Mixer, MixerConfig, register, weights_from_mapping
+from tikmix.mixer import Mixer, MixerConfig, register
+from tikmix.mixer_helpers import weights_from_mapping
 
 
 @register("stratified")

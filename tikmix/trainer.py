@@ -24,7 +24,8 @@ from tikmix.checkpoint import load_checkpoint, save_checkpoint
 from tikmix.errors import ConfigError, DataError, TikmixError
 from tikmix.ledger import Ledger
 from tikmix.losses import amp_dtype_for, autocast, batch_loss_sum, causal_lm_loss
-from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe, TargetLosses, take_tokens
+from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe, TargetLosses
+from tikmix.mixer_helpers import take_tokens
 from tikmix.perf import Peak, check_peak_setting, resolve_peak
 from tikmix.report import HistoryStream
 from tikmix.runlog import RunLogger, to_builtin
