@@ -213,8 +213,10 @@ def report(design_dirs: list[str], confirm_dirs: list[str], out: Path, metric: s
     for ref, p in vs.items():
         if p is not None:
             p["beats_by_more_than_2_paired_std"] = bool(sign * p["mean"] < 0 and abs(p["mean"]) > 2 * p["std"])
+    also = _also_vs(by, best, metric)
     design = json.loads((out / "design.json").read_text()) if (out / "design.json").exists() else {}
     res = {"metric": metric, "lower_is_better": sign > 0, "best": {"name": best, **summ[best]}, "vs": vs,
+           "vs_other_metrics": also,
            "mixtures": summ, "laws": design.get("laws"), "n_design": design.get("n_design"),
            "flops": _flops(design_dirs + confirm_dirs), "sources": {"design": design_dirs, "confirm": confirm_dirs}}
     out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +226,26 @@ def report(design_dirs: list[str], confirm_dirs: list[str], out: Path, metric: s
     print(markdown(res))
     print(f"[oracle] wrote {out / 'oracle.json'}, {out / 'oracle.md'}" + (f", {fig}" if fig else ""))
     return res
+
+
+def _also_vs(by: dict, best: str, metric: str) -> dict:
+    """The best mixture against stratified and natural in the other headline metrics (accuracy: higher is
+    better), paired by seed, so a BPB win can be read beside what it does to the accuracy."""
+    out: dict = {}
+    for ref in ("stratified", "natural"):
+        if ref not in by:
+            continue
+        for k in HEADLINE:
+            if k == metric:
+                continue
+            a = {s: v for s, r in by[best]["res"].items() if (v := metric_value(r, k)) is not None}
+            b = {s: v for s, r in by[ref]["res"].items() if (v := metric_value(r, k)) is not None}
+            p = paired(a, b)
+            if p is not None:
+                sign = _sign(k)
+                p["beats_by_more_than_2_paired_std"] = bool(sign * p["mean"] < 0 and abs(p["mean"]) > 2 * p["std"])
+                out.setdefault(ref, {})[k] = p
+    return out
 
 
 HEADLINE = ("in_domain_avg", "out_of_domain_avg", "average", "in_domain_bpb", "out_of_domain_bpb", "average_bpb",
@@ -269,6 +291,14 @@ def markdown(res: dict) -> str:
         if p:
             lines.append(f"| {ref} | {p['mean']:+.4f} | {p['std']:.4f} | [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | "
                          f"{'yes' if p['beats_by_more_than_2_paired_std'] else 'no'} |")
+    also = res.get("vs_other_metrics") or {}
+    if also:
+        lines += ["", "The same pairs in the other headline metrics (accuracy in %: higher is better):", "",
+                  "| against | metric | mean difference | paired std | 95% interval | better by > 2 paired std |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {ref} | {k} | {p['mean']:+.4f} | {p['std']:.4f} | [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | "
+                  f"{'yes' if p['beats_by_more_than_2_paired_std'] else 'no'} |"
+                  for ref, ks in also.items() for k, p in ks.items()]
     lines += ["", f"| mixture | {m} (mean ± std) | seeds | " + " | ".join(["in-domain acc", "OOD acc", "OOD bpb"]) + " |",
               "|---|---|---|---|---|---|"]
     key = (lambda n: res["mixtures"][n]["mean"]) if lower else (lambda n: -res["mixtures"][n]["mean"])
