@@ -133,4 +133,8 @@ def test_report_pairs_by_seed_and_names_the_best(tmp_path):
     assert p["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-3)
     assert p["beats_by_more_than_2_paired_std"]  # the per-seed offset cancels in the pairs
     assert res["best"]["per_seed"]["1"]["in_domain_bpb"] == pytest.approx(a[1])
+    # accuracy (higher is better) is paired the same way: 50 - 10·bpb gains 10× what BPB loses
+    acc = res["vs_other_metrics"]["stratified"]["in_domain_avg"]
+    assert acc["mean"] == pytest.approx(-10 * d.mean()) and acc["beats_by_more_than_2_paired_std"]
+    assert "average" in res["vs_other_metrics"]["natural"] and not res["vs_other_metrics"]["natural"]["average"]["beats_by_more_than_2_paired_std"]
     assert (out / "oracle.json").exists() and "best1:x" in (out / "oracle.md").read_text()

@@ -37,6 +37,7 @@ SKIPS = [
     (r"^lm_eval ", "lm-eval's own command line, shown as an alternative; names no tasks"),
     (r"-m eval\.tables (?!<)", "reads a sweep dir that a sweep of minutes writes (outputs/, multirun/)"),
     (r"^torchrun$", "the program's name, not a command"),
+    (r"-m eval\.oracle\b", "reads the oracle's sweep folders (hours of runs); tests/test_oracle.py runs select and report on a planted sweep"),
     (r"train\.py --help$", "Hydra's help, not a run; tests/test_help.py checks what it lists"),
     (r"^python -m eval( …|$)", "prose naming the re-scoring command; its full form (python -m eval <run dir> ...) runs below"),
 ]
