@@ -213,7 +213,7 @@ def report(design_dirs: list[str], confirm_dirs: list[str], out: Path, metric: s
     for ref, p in vs.items():
         if p is not None:
             p["beats_by_more_than_2_paired_std"] = bool(sign * p["mean"] < 0 and abs(p["mean"]) > 2 * p["std"])
-    also = _also_vs(by, best, metric)
+    also = _also_vs(summ, best, metric)
     design = json.loads((out / "design.json").read_text()) if (out / "design.json").exists() else {}
     res = {"metric": metric, "lower_is_better": sign > 0, "best": {"name": best, **summ[best]}, "vs": vs,
            "vs_other_metrics": also,
@@ -228,18 +228,18 @@ def report(design_dirs: list[str], confirm_dirs: list[str], out: Path, metric: s
     return res
 
 
-def _also_vs(by: dict, best: str, metric: str) -> dict:
+def _also_vs(summ: dict, best: str, metric: str) -> dict:
     """The best mixture against stratified and natural in the other headline metrics (accuracy: higher is
-    better), paired by seed, so a BPB win can be read beside what it does to the accuracy."""
+    better), paired by seed from each mixture's ``per_seed`` numbers, so a BPB win can be read beside what it
+    does to the accuracy."""
     out: dict = {}
     for ref in ("stratified", "natural"):
-        if ref not in by:
+        if ref not in summ:
             continue
         for k in HEADLINE:
             if k == metric:
                 continue
-            a = {s: v for s, r in by[best]["res"].items() if (v := metric_value(r, k)) is not None}
-            b = {s: v for s, r in by[ref]["res"].items() if (v := metric_value(r, k)) is not None}
+            a, b = ({s: h[k] for s, h in summ[n]["per_seed"].items() if k in h} for n in (best, ref))
             p = paired(a, b)
             if p is not None:
                 sign = _sign(k)

@@ -14,10 +14,11 @@ writes them itself when a run starts fresh (a resumed run keeps the record of th
 from __future__ import annotations
 
 import io
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+
+from tikmix.runlog import write_text_atomic
 
 # Output held before the run dir is known, at most (a run that prints more before it starts is not ours).
 _HOLD_LIMIT = 1 << 20
@@ -110,6 +111,4 @@ def write_hydra_record(run_dir: Path, job_cfg: Any) -> None:
     files = {"config.yaml": job_cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
              "overrides.yaml": hydra_cfg.overrides.task}
     for name, cfg in files.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(OmegaConf.to_yaml(cfg, resolve=False))
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, OmegaConf.to_yaml(cfg, resolve=False))

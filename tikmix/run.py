@@ -25,7 +25,7 @@ from tikmix.mixer import MixerContext, build_mixer, mixer_config
 from tikmix.model import build_model, flops_per_token, param_counts
 from tikmix.report import log_results, wandb_identity
 from tikmix.rundir import clean_stale, locked, read_results
-from tikmix.runlog import RunLogger, rewind_metrics, write_json_atomic
+from tikmix.runlog import RunLogger, rewind_metrics, write_json_atomic, write_text_atomic
 from tikmix.sampler import MixtureSampler, check_budget
 from tikmix.trainer import Preempted, Trainer, dist_info, eval_windows, resolve_device
 
@@ -174,13 +174,7 @@ def _start_writing(run_dir: Path, container: dict, ckpt: dict | None) -> None:
     clean_stale(run_dir)
     rewind_metrics(run_dir / "metrics.jsonl", ckpt.get("metrics_bytes") if ckpt else 0, ckpt["step"] if ckpt else 0)
     if ckpt is None:
-        tmp = run_dir / ".config.yaml.tmp"
-        try:
-            tmp.write_text(OmegaConf.to_yaml(container))
-            os.replace(tmp, run_dir / "config.yaml")
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {run_dir / 'config.yaml'}: {e.strerror or e}") from None
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(container))
 
 
 def target_tasks(cfg: DictConfig) -> list[str]:

@@ -41,11 +41,15 @@ def _jsonable(x: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a temporary file, then rename it into place: a failed write (disk full) leaves the
-    previous file, or none, and raises StorageError; never a torn file under the final name."""
+    """JSON written as :func:`write_text_atomic` writes text."""
+    write_text_atomic(path, json.dumps(_jsonable(obj), indent=2))  # a value that does not serialise fails first
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file, then rename it into place: a failed write (disk full) leaves the previous
+    file, or none, and raises StorageError; never a torn file under the final name."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(_jsonable(obj), indent=2)  # a value that does not serialise fails before any write
     try:
         with open(tmp, "w") as f:
             f.write(text)

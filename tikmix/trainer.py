@@ -66,6 +66,14 @@ def warmup_steps(tcfg: Mapping[str, Any], bcfg: Mapping[str, Any], total_steps: 
                          f"instead: {from_budget} steps")
 
 
+def mixer_overhead(timing: Mapping[str, float], loop_s: float) -> tuple[float, float | None]:
+    """The mixer's seconds (prepare before training, probes, observe calls) and their share of the run (the
+    training loop plus prepare); the share is None before any time has passed."""
+    mixer_s = sum(timing.get(k, 0.0) for k in ("prepare_s", "probe_s", "observe_s"))
+    total = loop_s + timing.get("prepare_s", 0.0)
+    return mixer_s, mixer_s / total if total > 0 else None
+
+
 def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float, wsd_decay_frac: float) -> Callable[[int], float]:
     if schedule not in ("cosine", "wsd", "constant"):
         raise ConfigError("trainer.schedule", f"unknown schedule {schedule!r}; allowed: cosine, wsd, constant")
@@ -463,11 +471,10 @@ class Trainer:
         s, tm = self.state, self.state.timing
         tokens = s.step * self.tokens_per_step
         train_s = tm.get("train_s", 0.0)
-        mixer_s = sum(tm.get(k, 0.0) for k in ("prepare_s", "probe_s", "observe_s"))
-        total = s.wall_time + tm.get("prepare_s", 0.0)
+        mixer_s, share = mixer_overhead(tm, s.wall_time)
         out = {"train_tokens_per_s": tokens / train_s if train_s > 0 else None,
                "wall_tokens_per_s": tokens / s.wall_time if s.wall_time > 0 else None,
-               "train_time_s": train_s, "mixer_time_s": mixer_s, "mixer_share": mixer_s / total if total > 0 else None,
+               "train_time_s": train_s, "mixer_time_s": mixer_s, "mixer_share": share,
                "prepare_time_s": tm.get("prepare_s", 0.0), "probe_time_s": tm.get("probe_s", 0.0),
                "observe_time_s": tm.get("observe_s", 0.0), "eval_time_s": tm.get("eval_s", 0.0),
                "checkpoint_time_s": tm.get("ckpt_s", 0.0), "loop_time_s": s.wall_time}
@@ -616,8 +623,7 @@ class Trainer:
                 now = time.perf_counter()
                 n_tok = (s.step - step_last) * self.tokens_per_step
                 tps = n_tok / max(1e-9, iv_train)  # training time only
-                mixer_s = sum(tm.get(k, 0.0) for k in ("prepare_s", "probe_s", "observe_s"))
-                share = mixer_s / max(1e-9, s.wall_time + tm.get("prepare_s", 0.0))
+                mixer_s, share = mixer_overhead(tm, s.wall_time)
                 rec = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tps,
                        "train/tokens": int(s.tokens_seen.sum()),
                        "perf/wall_tokens_per_s": n_tok / max(1e-9, now - t_last),  # probes and evaluations included
