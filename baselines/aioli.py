@@ -40,6 +40,7 @@ Choices where the paper/code is silent or inconsistent (documented at :class:`Ai
 * Hyperparameters left null take the published values of the closest setting (m ≤ 2, m = 3, m ≥ 4 → the
   m = 7 setting): see :data:`PUBLISHED`.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -63,6 +64,7 @@ PUBLISHED: dict[int, dict[str, Any]] = {
     3: {"k": 4, "interval_steps": 6, "one_hot_weight": 0.5, "eta": 0.1, "ema": 0.5, "round_steps": 250},
     7: {"k": 2, "interval_steps": 10, "one_hot_weight": 0.75, "eta": 1.0, "ema": 0.1, "round_steps": 200},
 }
+
 
 @dataclass
 class AioliConfig(MixerConfig):
@@ -111,13 +113,26 @@ class AioliConfig(MixerConfig):
             need(v is None or v >= 1, f"mixer.{key}", f"must be >= 1, got {v}")
         need(self.init_steps >= 0, "mixer.init_steps", f"must be >= 0, got {self.init_steps}")
         d = self.delta
-        need(d is None or (math.isfinite(d) and 0 < d < 1), "mixer.delta",
-             f"must be in (0, 1): a round needs exploitation steps, got {d}")
-        need(d is None or self.interval_steps is None, "mixer.delta",
-             "give either mixer.delta (the interval length follows from it) or mixer.interval_steps, not both")
-        need(self.eta is None or (math.isfinite(self.eta) and self.eta >= 0), "mixer.eta", f"must be >= 0, got {self.eta}")
-        need(self.ema is None or 0 <= self.ema < 1, "mixer.ema",
-             f"must be in [0, 1) (0 = no EMA; 1 would never update Ā), got {self.ema}")
+        need(
+            d is None or (math.isfinite(d) and 0 < d < 1),
+            "mixer.delta",
+            f"must be in (0, 1): a round needs exploitation steps, got {d}",
+        )
+        need(
+            d is None or self.interval_steps is None,
+            "mixer.delta",
+            "give either mixer.delta (the interval length follows from it) or mixer.interval_steps, not both",
+        )
+        need(
+            self.eta is None or (math.isfinite(self.eta) and self.eta >= 0),
+            "mixer.eta",
+            f"must be >= 0, got {self.eta}",
+        )
+        need(
+            self.ema is None or 0 <= self.ema < 1,
+            "mixer.ema",
+            f"must be in [0, 1) (0 = no EMA; 1 would never update Ā), got {self.ema}",
+        )
         check_choice("mixer.update", self.update, ("cumulative", "anchored", None))
         check_choice("mixer.p0", self.p0, ("uniform", "init"))
 
@@ -199,8 +214,16 @@ class Round:
     end: int  # first step of the next round
 
 
-def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_steps: int | None, m: int, k: int,
-                   interval_steps: int | None, delta: float | None) -> tuple[list[Round], int]:
+def aioli_schedule(
+    total_steps: int,
+    init_steps: int,
+    rounds: int | None,
+    round_steps: int | None,
+    m: int,
+    k: int,
+    interval_steps: int | None,
+    delta: float | None,
+) -> tuple[list[Round], int]:
     """The rounds over [init_steps, total_steps) and the interval length. -> (rounds, interval_steps).
 
     T = ``rounds``, or ⌊D / round_steps⌋ (at least 1) with D = total_steps − init_steps. The D steps are
@@ -210,7 +233,9 @@ def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_
     """
     D = total_steps - init_steps
     if D <= 0:
-        raise ConfigError("mixer.init_steps", f"{init_steps} leaves no step for Aioli's rounds (the run has {total_steps} steps)")
+        raise ConfigError(
+            "mixer.init_steps", f"{init_steps} leaves no step for Aioli's rounds (the run has {total_steps} steps)"
+        )
     if rounds is None:
         T = max(1, D // int(round_steps))
     else:
@@ -223,8 +248,11 @@ def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_
     if delta is not None:
         interval_steps = int(delta * min(lengths) // K)
         if interval_steps < 1:
-            raise ConfigError("mixer.delta", f"δ={delta} of a {min(lengths)}-step round is less than one step for each of the "
-                                             f"K=m·k={K} intervals; raise delta, lower k, use fewer rounds or a bigger budget")
+            raise ConfigError(
+                "mixer.delta",
+                f"δ={delta} of a {min(lengths)}-step round is less than one step for each of the "
+                f"K=m·k={K} intervals; raise delta, lower k, use fewer rounds or a bigger budget",
+            )
     out, s = [], init_steps
     for L in lengths:
         if K * interval_steps >= L:
@@ -254,7 +282,9 @@ class Aioli(Mixer):
         self.published_from = 2 if m <= 2 else 3 if m == 3 else 7
         pub = PUBLISHED[self.published_from]
         # the schedule is the published one when none of its keys is set: only then may a short budget scale it
-        published_schedule = all(getattr(c, key) is None for key in ("rounds", "round_steps", "k", "interval_steps", "delta"))
+        published_schedule = all(
+            getattr(c, key) is None for key in ("rounds", "round_steps", "k", "interval_steps", "delta")
+        )
 
         def given(key: str) -> Any:
             return pub[key] if getattr(c, key) is None else getattr(c, key)
@@ -263,8 +293,11 @@ class Aioli(Mixer):
         self.delta = None if c.delta is None else float(c.delta)
         self.interval_steps = c.interval_steps if c.delta is not None else given("interval_steps")
         self.one_hot_weight = float(given("one_hot_weight"))
-        need(1.0 / m < self.one_hot_weight <= 1.0, "mixer.one_hot_weight",
-             f"must be > 1/m = {1.0 / m:.4g} and <= 1, got {self.one_hot_weight}")
+        need(
+            1.0 / m < self.one_hot_weight <= 1.0,
+            "mixer.one_hot_weight",
+            f"must be > 1/m = {1.0 / m:.4g} and <= 1, got {self.one_hot_weight}",
+        )
         self.eta, self.ema = float(given("eta")), float(given("ema"))
         self.normalize = c.normalize_A
         self.update = c.update or ("anchored" if self.ema > 0 else "cumulative")
@@ -276,7 +309,15 @@ class Aioli(Mixer):
         self.scaled: str | None = None  # what a budget shorter than one published round changed (printed, in info)
         try:
             self.schedule, self.interval_steps = aioli_schedule(
-                int(ctx.total_steps), self.init_steps, self.rounds, self.round_steps, self.m, self.k, self.interval_steps, self.delta)
+                int(ctx.total_steps),
+                self.init_steps,
+                self.rounds,
+                self.round_steps,
+                self.m,
+                self.k,
+                self.interval_steps,
+                self.delta,
+            )
         except ConfigError as e:  # a round longer than the budget (not a bad key): scale the published schedule
             if not published_schedule or e.field != "mixer.interval_steps":
                 raise
@@ -328,12 +369,16 @@ class Aioli(Mixer):
         the dynamic steps, keeping the published exploration share δ where whole steps allow, and at least one
         step to train on what the round learnt; with fewer steps than domains + 1, no round (p0 throughout)."""
         D, m = total_steps - self.init_steps, self.m
-        was = (f"the published schedule (m={self.published_from} setting: k={self.k}, {self.interval_steps}-step intervals, "
-               f"{self.round_steps}-step rounds: {m * self.k * self.interval_steps} exploration steps for {m} domains)")
+        was = (
+            f"the published schedule (m={self.published_from} setting: k={self.k}, {self.interval_steps}-step intervals, "
+            f"{self.round_steps}-step rounds: {m * self.k * self.interval_steps} exploration steps for {m} domains)"
+        )
         if D < m + 1:
             self.schedule = []
-            self.scaled = (f"{was} does not fit this run's {D} steps, nor does one step per domain plus one to train on "
-                           f"the result ({m + 1}): no LearnParams round runs; the run trains the start mixture p0")
+            self.scaled = (
+                f"{was} does not fit this run's {D} steps, nor does one step per domain plus one to train on "
+                f"the result ({m + 1}): no LearnParams round runs; the run trains the start mixture p0"
+            )
             return
         delta = self.published_from * self.k * self.interval_steps / self.round_steps
         k = max(1, min(self.k, int(delta * D / m)))
@@ -341,8 +386,10 @@ class Aioli(Mixer):
         interval = max(1, min(int(delta * D / (m * k)), self.interval_steps, (D - 1) // (m * k)))
         self.k, self.rounds = k, 1
         self.schedule, self.interval_steps = aioli_schedule(total_steps, self.init_steps, 1, None, m, k, interval, None)
-        self.scaled = (f"{was} does not fit this run's {D} steps: scaled to 1 round, k={k}, {interval}-step intervals: "
-                       f"{m * k * interval} exploration + {D - m * k * interval} exploitation steps")
+        self.scaled = (
+            f"{was} does not fit this run's {D} steps: scaled to 1 round, k={k}, {interval}-step intervals: "
+            f"{m * k * interval} exploration + {D - m * k * interval} exploitation steps"
+        )
 
     # --- interface --------------------------------------------------------------------------------------
     def initial_weights(self) -> np.ndarray:
@@ -389,14 +436,23 @@ class Aioli(Mixer):
         self.info["eval_passes"] += 1
         if i == 0:
             if self._acc is not None:
-                raise RuntimeError(f"Aioli: round {self._acc['round']} is unfinished at the start of round {ri} (step {step})")
-            self._acc = {"round": ri, "targets": names, "losses": [L.tolist()], "counts": np.zeros((self.K, self.m), np.int64).tolist(),
-                         "eval_flops": flops}
+                raise RuntimeError(
+                    f"Aioli: round {self._acc['round']} is unfinished at the start of round {ri} (step {step})"
+                )
+            self._acc = {
+                "round": ri,
+                "targets": names,
+                "losses": [L.tolist()],
+                "counts": np.zeros((self.K, self.m), np.int64).tolist(),
+                "eval_flops": flops,
+            }
             return
         acc = self._acc
         if acc is None or acc["round"] != ri or len(acc["losses"]) != i:
-            raise RuntimeError(f"Aioli: boundary {i} of round {ri} at step {step} does not follow the measurements held "
-                               f"({None if acc is None else (acc['round'], len(acc['losses']))})")
+            raise RuntimeError(
+                f"Aioli: boundary {i} of round {ri} at step {step} does not follow the measurements held "
+                f"({None if acc is None else (acc['round'], len(acc['losses']))})"
+            )
         if names != acc["targets"]:
             raise RuntimeError(f"Aioli: the target sets changed within a round ({acc['targets']} -> {names})")
         acc["losses"].append(L.tolist())
@@ -406,8 +462,10 @@ class Aioli(Mixer):
 
     def observe(self, stats: DomainStats) -> None:
         if int(stats.step) != self._steps_observed:
-            raise RuntimeError(f"Aioli: observed step {stats.step} after {self._steps_observed} steps; the mixer's step "
-                               f"counter must equal the optimiser steps taken")
+            raise RuntimeError(
+                f"Aioli: observed step {stats.step} after {self._steps_observed} steps; the mixer's step "
+                f"counter must equal the optimiser steps taken"
+            )
         self._steps_observed += 1
         self.info["steps_observed"] = self._steps_observed
         kind, ri, i = self.phase(int(stats.step))
@@ -430,27 +488,29 @@ class Aioli(Mixer):
         p_prev = self._p
         self._p = eg_update(p_prev if self.update == "cumulative" else self._p0, A_used, self.eta)
         I = self.interval_steps
-        self.history.append({
-            "round": ri,
-            "step": step,
-            "round_steps": [r.start, r.end],
-            "explore_steps": [r.start, r.explore_end],
-            "intervals": [[r.start + i * I, r.start + (i + 1) * I] for i in range(self.K)],
-            "order": [self.domains[j] for j in order],
-            "order_idx": order.tolist(),
-            "P": self.P.tolist(),
-            "counts": acc["counts"],
-            "targets": acc["targets"],
-            "losses": acc["losses"],
-            "beta": beta.tolist(),
-            "A": A.tolist(),
-            "A_normalized": A_bar.tolist(),
-            "A_used": A_used.tolist(),
-            "gradient": (self.eta * A_used.sum(axis=0)).tolist(),
-            "weights_before": wdict(self.domains, p_prev),
-            "weights": wdict(self.domains, self._p),
-            "eval_flops": acc["eval_flops"],
-        })
+        self.history.append(
+            {
+                "round": ri,
+                "step": step,
+                "round_steps": [r.start, r.end],
+                "explore_steps": [r.start, r.explore_end],
+                "intervals": [[r.start + i * I, r.start + (i + 1) * I] for i in range(self.K)],
+                "order": [self.domains[j] for j in order],
+                "order_idx": order.tolist(),
+                "P": self.P.tolist(),
+                "counts": acc["counts"],
+                "targets": acc["targets"],
+                "losses": acc["losses"],
+                "beta": beta.tolist(),
+                "A": A.tolist(),
+                "A_normalized": A_bar.tolist(),
+                "A_used": A_used.tolist(),
+                "gradient": (self.eta * A_used.sum(axis=0)).tolist(),
+                "weights_before": wdict(self.domains, p_prev),
+                "weights": wdict(self.domains, self._p),
+                "eval_flops": acc["eval_flops"],
+            }
+        )
         self._acc = None
         self.info["final_weights"] = wdict(self.domains, self._p)
         self.info["last_A"] = A.tolist()

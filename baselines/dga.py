@@ -36,6 +36,7 @@ Unlike DoGE, which trains its proxy on the α-weighted sum of the batch's per-do
 change the mixture the main run *samples*, from gradients of separate probe samples. DoGE's own output for a
 final run is the average of α over the updates; it is reported in ``info['average_weights']``.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,9 @@ RULE_KEYS: dict[str, dict[str, Any]] = {
 }
 
 
-def dga_update(alpha: np.ndarray, a: np.ndarray, eta: float, ema: float, normalize: str) -> tuple[np.ndarray, np.ndarray]:
+def dga_update(
+    alpha: np.ndarray, a: np.ndarray, eta: float, ema: float, normalize: str
+) -> tuple[np.ndarray, np.ndarray]:
     """One update: (new α, the step â actually used). Pure function."""
     a = np.asarray(a, dtype=np.float64)
     if normalize == "max_abs":
@@ -84,8 +87,14 @@ def clip_factors(norms: np.ndarray, max_norm: float | None) -> np.ndarray:
     return np.minimum(1.0, float(max_norm) / (norms + 1e-6))
 
 
-def doge_scores(S: np.ndarray, dom_norms: np.ndarray, tgt_norms: np.ndarray, lr: float, score_clip: tuple[float, float],
-                grad_clip: float | None) -> tuple[np.ndarray, np.ndarray]:
+def doge_scores(
+    S: np.ndarray,
+    dom_norms: np.ndarray,
+    tgt_norms: np.ndarray,
+    lr: float,
+    score_clip: tuple[float, float],
+    grad_clip: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """DoGE's per-domain step before /μ: (clipped scores, raw scores). S [n, m] = ⟨∇L_d, ∇L_v⟩ unclipped."""
     cd, cv = clip_factors(dom_norms, grad_clip), clip_factors(tgt_norms, grad_clip)
     a = (np.asarray(S, dtype=np.float64) * cv[:, None] * cd[None, :]).sum(axis=0)
@@ -115,7 +124,9 @@ class DGAConfig(MixerConfig):
     #   s_d = lr_t·Σ_v <ĝ_d, ĝ_v> / mean_d ‖ĝ_d‖ clipped to lr_t·score_clip, α ← softmax(log α + s/μ), every step
     #   (lr_t = the learning rate of the step about to be taken)
     rule: str = "dga"
-    update_every: Optional[int] = None  # steps between updates (probe steps 0, u, 2u, ...); null = 10 (dga) or 1 (doge, as published)
+    update_every: Optional[int] = (
+        None  # steps between updates (probe steps 0, u, 2u, ...); null = 10 (dga) or 1 (doge, as published)
+    )
     # rule dga only (null = the default shown; must stay null with rule doge):
     eta: Optional[Number] = None  # step size η of the multiplicative update (1.0)
     ema: Optional[Number] = None  # weight of the previous α in the EMA (0.5; 0 = no smoothing)
@@ -125,14 +136,18 @@ class DGAConfig(MixerConfig):
     mu: Optional[Number] = None  # μ, the Bregman step: α ← softmax(log α + s/μ) (0.01; DoGE's OOD configs use 0.05)
     # [low, high] in units of lr_t ([0, 5]: a domain's log-weight moves by at most 5·lr_t/μ per update)
     score_clip: Any = None
-    grad_clip: Optional[Number] = None  # per-gradient norm clip before the inner products and the mean norm (5.0; 0 = off)
+    grad_clip: Optional[Number] = (
+        None  # per-gradient norm clip before the inner products and the mean norm (5.0; 0 = off)
+    )
     tokens_per_domain: int = 1024  # input tokens of each domain's gradient sample per update
     # input tokens of each target set's gradient per update (null = the whole set). Cost per update:
     # (m·tokens_per_domain + n_targets·targets_tokens) forward+backward tokens; on the demo budget (m = n = 6,
     # 4,096 tokens/step) about 30% of training every 10 steps, about 3x training every step (rule doge)
     targets_tokens: Optional[int] = 1024
     params: str = "all"  # all | no_embeddings: the parameters the gradients are taken over
-    projection_dim: Optional[int] = None  # random projection of gradients to this many dimensions (for large models); null = exact
+    projection_dim: Optional[int] = (
+        None  # random projection of gradients to this many dimensions (for large models); null = exact
+    )
     projection_kind: str = "rademacher"  # rademacher | gaussian
     seed: Optional[int] = None  # projection seed base; null = the run seed
 
@@ -145,7 +160,11 @@ class DGAConfig(MixerConfig):
                 setattr(self, key, default)
         for other, keys in RULE_KEYS.items():
             for key in set(keys) - set(RULE_KEYS[rule]):
-                need(getattr(self, key) is None, f"mixer.{key}", f"only used by rule {other!r}; leave it null with rule {rule!r}")
+                need(
+                    getattr(self, key) is None,
+                    f"mixer.{key}",
+                    f"only used by rule {other!r}; leave it null with rule {rule!r}",
+                )
         for key in ("update_every", "tokens_per_domain", "targets_tokens", "projection_dim"):
             v = getattr(self, key)
             need(v is None or v >= 1, f"mixer.{key}", f"must be >= 1, got {v}")
@@ -168,10 +187,17 @@ class DGAConfig(MixerConfig):
             lo, hi = (float(x) for x in sc)
         except (TypeError, ValueError):
             lo, hi = np.nan, np.nan
-        need(np.isfinite(lo) and np.isfinite(hi) and lo <= hi, "mixer.score_clip",
-             f"[low, high]: multiples of the learning rate with low <= high, got {sc!r}")
+        need(
+            np.isfinite(lo) and np.isfinite(hi) and lo <= hi,
+            "mixer.score_clip",
+            f"[low, high]: multiples of the learning rate with low <= high, got {sc!r}",
+        )
         self.score_clip = [lo, hi]
-        need(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "mixer.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        need(
+            math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+            "mixer.grad_clip",
+            f"must be >= 0 (0 = off), got {self.grad_clip}",
+        )
 
 
 @register("dga", DGAConfig)
@@ -185,13 +211,22 @@ class DGA(Mixer):
             self.eta, self.ema, self.normalize = float(c.eta), float(c.ema), c.normalize
         else:
             self.mu, self.score_clip, self.grad_clip = float(c.mu), tuple(c.score_clip), float(c.grad_clip)
-        self.tokens_per_domain, self.targets_tokens, self.projection_dim = c.tokens_per_domain, c.targets_tokens, c.projection_dim
+        self.tokens_per_domain, self.targets_tokens, self.projection_dim = (
+            c.tokens_per_domain,
+            c.targets_tokens,
+            c.projection_dim,
+        )
         self.seed = c.seed if c.seed is not None else int(ctx.seed)
         super().__init__(c, domains, ctx)
         self._sum_w = np.zeros(self.m)
         self._n_updates = 0
-        self.info = {"rule": self.rule, "update_every": self.update_every, "gradient_flops": 0.0, "updates": 0,
-                     **{k: getattr(c, k) for k in RULE_KEYS[self.rule] if k != "update_every"}}
+        self.info = {
+            "rule": self.rule,
+            "update_every": self.update_every,
+            "gradient_flops": 0.0,
+            "updates": 0,
+            **{k: getattr(c, k) for k in RULE_KEYS[self.rule] if k != "update_every"},
+        }
 
     def probe_steps(self) -> list[int]:
         return list(range(0, int(self.ctx.total_steps), self.update_every))
@@ -236,18 +271,35 @@ class DGA(Mixer):
             rec = {"a_step": wdict(self.domains, a_hat)}
         self._sum_w += self._w
         self._n_updates += 1
-        self.history.append({"step": int(probe.step), "alignment": res.as_dict(), "a": wdict(self.domains, a), **rec,
-                             "weights_before": wdict(self.domains, w_prev), "weights": wdict(self.domains, self._w),
-                             "flops": flops, "wall_s": time.perf_counter() - t0})
+        self.history.append(
+            {
+                "step": int(probe.step),
+                "alignment": res.as_dict(),
+                "a": wdict(self.domains, a),
+                **rec,
+                "weights_before": wdict(self.domains, w_prev),
+                "weights": wdict(self.domains, self._w),
+                "flops": flops,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
         self.info["gradient_flops"] += flops
         self.info["updates"] = self._n_updates
         self.info["final_weights"] = wdict(self.domains, self._w)
         self.info["average_weights"] = wdict(self.domains, self._sum_w / self._n_updates)
 
     def state_dict(self) -> dict:
-        return {"version": 2, "mixer": self.name, "domains": list(self.domains), "rule": self.rule, "w": self._w.tolist(),
-                "sum_w": self._sum_w.tolist(), "n_updates": self._n_updates, "history": list(self.history),
-                "info": dict(self.info)}
+        return {
+            "version": 2,
+            "mixer": self.name,
+            "domains": list(self.domains),
+            "rule": self.rule,
+            "w": self._w.tolist(),
+            "sum_w": self._sum_w.tolist(),
+            "n_updates": self._n_updates,
+            "history": list(self.history),
+            "info": dict(self.info),
+        }
 
     def load_state_dict(self, d: dict) -> None:
         if d.get("mixer") != self.name:

@@ -48,6 +48,7 @@ Choices the paper leaves open, made here:
   charged as ``mixer/doremi_reference_fwd``) from ``<reference run>/checkpoints/last.pt`` (the final
   checkpoint every run writes), under the run's autocast (``trainer.dtype``, as every other pass).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,12 +60,15 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from tikmix.checkpoint import load_checkpoint
 from tikmix.config import Number, TrainerOverrides, need
 from tikmix.errors import CheckpointError, ConfigError, TikmixError
 from tikmix.losses import Autocast, causal_lm_loss
 from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register
 from tikmix.mixer_helpers import weights_from_mapping
+from tikmix.model import build_model, flops_per_token
 from tikmix.runlog import to_builtin as _jsonable
+
 
 @dataclass
 class DROConfig(MixerConfig):
@@ -74,7 +78,9 @@ class DROConfig(MixerConfig):
     # against collapse)
     eta: Number = 1.0
     smoothing: Number = 1.0e-3  # c: alpha = (1-c) alpha'/sum + c/m, so every weight >= c/m (paper 1e-3)
-    history_every: Optional[int] = None  # record alpha every this many proxy steps in results.json (null = about 50 records)
+    history_every: Optional[int] = (
+        None  # record alpha every this many proxy steps in results.json (null = about 50 records)
+    )
     # a domain's excess-loss score before its first batch: log_vocab = log|V| of the reference's vocabulary (the
     # public code's initial perdomain_scores, the loss of a uniform predictor: an unseen domain is up-weighted at
     # once) | a number (0 = this suite's former choice). Only matters while a domain is missing from the batches:
@@ -87,8 +93,11 @@ class DROConfig(MixerConfig):
         he = self.history_every
         need(he is None or he >= 1, "mixer.history_every", "null (about 50 records per run) or a positive integer")
         ini = self.init_score
-        need(ini == "log_vocab" or (not isinstance(ini, str) and math.isfinite(ini)), "mixer.init_score",
-             f"log_vocab (the public code's log|V|) or a finite number, got {ini!r}")
+        need(
+            ini == "log_vocab" or (not isinstance(ini, str) and math.isfinite(ini)),
+            "mixer.init_score",
+            f"log_vocab (the public code's log|V|) or a finite number, got {ini!r}",
+        )
 
 
 @dataclass
@@ -98,7 +107,9 @@ class DoReMiProxyConfig(DROConfig):
 
 @dataclass
 class ProxyBudget:
-    total_tokens: Optional[int] = None  # tokens of the reference and of the proxy run; null = tokens_frac of the main run's
+    total_tokens: Optional[int] = (
+        None  # tokens of the reference and of the proxy run; null = tokens_frac of the main run's
+    )
     tokens_frac: Number = 0.5  # paper: as many steps as the main run (1.0); 0.5 halves the search on a CPU
     warmup_frac: Optional[Number] = None  # null = the main run's budget.warmup_frac
 
@@ -128,14 +139,28 @@ class DoReMiConfig(DROConfig):
         super().__post_init__()
         need(self.rounds >= 1, "mixer.rounds", f"a positive integer, got {self.rounds!r}")
         need(self.round_tol >= 0, "mixer.round_tol", "must be >= 0")
-        need(not (self.online and self.rounds > 1), "mixer.rounds", "online DoReMi has one round (the main run); set rounds=1")
-        need(self.online_sample in ("mean", "current"), "mixer.online_sample", f"mean | current, got {self.online_sample!r}")
+        need(
+            not (self.online and self.rounds > 1),
+            "mixer.rounds",
+            "online DoReMi has one round (the main run); set rounds=1",
+        )
+        need(
+            self.online_sample in ("mean", "current"),
+            "mixer.online_sample",
+            f"mean | current, got {self.online_sample!r}",
+        )
         pb = self.proxy_budget
-        need(pb.total_tokens is None or pb.total_tokens > 0, "mixer.proxy_budget.total_tokens",
-             "null (use tokens_frac) or a positive integer")
+        need(
+            pb.total_tokens is None or pb.total_tokens > 0,
+            "mixer.proxy_budget.total_tokens",
+            "null (use tokens_frac) or a positive integer",
+        )
         need(pb.tokens_frac > 0, "mixer.proxy_budget.tokens_frac", "must be > 0")
-        need(self.proxy_model is None or isinstance(self.proxy_model, dict), "mixer.proxy_model",
-             "null (the main run's model) or a mapping of model keys")
+        need(
+            self.proxy_model is None or isinstance(self.proxy_model, dict),
+            "mixer.proxy_model",
+            "null (the main run's model) or a mapping of model keys",
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -197,7 +222,12 @@ class GroupDRO:
         return a / a.sum()
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha.tolist(), "scores": self.scores.tolist(), "alpha_sum": self.alpha_sum.tolist(), "n": self.n}
+        return {
+            "alpha": self.alpha.tolist(),
+            "scores": self.scores.tolist(),
+            "alpha_sum": self.alpha_sum.tolist(),
+            "n": self.n,
+        }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         self.alpha = np.asarray(d["alpha"], dtype=np.float64)
@@ -223,9 +253,6 @@ class ReferenceModel:
     def _load(self, device: Any, seq_len: int) -> None:
         import yaml
 
-        from tikmix.checkpoint import load_checkpoint
-        from tikmix.model import build_model, flops_per_token
-
         cfg_path = self.run_dir / "config.yaml"
         if not cfg_path.exists():
             raise CheckpointError(f"DoReMi reference run {self.run_dir} has no config.yaml")
@@ -240,14 +267,18 @@ class ReferenceModel:
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:
-            raise CheckpointError(f"reference checkpoint {self.run_dir} does not fit its config: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"reference checkpoint {self.run_dir} does not fit its config: {str(e).splitlines()[0]}"
+            ) from None
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.flops_per_token_fwd = flops_per_token(self.model, seq_len) / 3.0
         self.seq_len = seq_len
 
-    def token_losses(self, windows: np.ndarray, device: Any, autocast: Autocast | None = None, chunk: int = 32) -> torch.Tensor:
+    def token_losses(
+        self, windows: np.ndarray, device: Any, autocast: Autocast | None = None, chunk: int = 32
+    ) -> torch.Tensor:
         """Per-token loss [B, T] of the reference on windows [B, T+1] (no grad), under the run's ``autocast``."""
         T = windows.shape[1] - 1
         if self.model is None or self.seq_len != T:
@@ -267,8 +298,14 @@ class ReferenceModel:
 class _DROMixin:
     """The per-step DRO machinery shared by the offline proxy and the online main run."""
 
-    def _init_dro(self, eta: float, smoothing: float, reference_run: str | None, history_every: int | None,
-                  init_score: Any = "log_vocab") -> None:
+    def _init_dro(
+        self,
+        eta: float,
+        smoothing: float,
+        reference_run: str | None,
+        history_every: int | None,
+        init_score: Any = "log_vocab",
+    ) -> None:
         self.dro = GroupDRO(self.m, eta, smoothing)
         self.init_score = init_score
         self.reference = ReferenceModel(reference_run) if reference_run else None
@@ -292,10 +329,25 @@ class _DROMixin:
         used = self.dro.alpha.copy()
         self.dro.step(lam, present)
         if stats.step % self.history_every == 0 or stats.step == self.ctx.total_steps - 1:
-            self.history.append(_jsonable({"step": int(stats.step), "alpha": dict(zip(self.domains, used)),
-                                           "excess_loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, lam, present)}}))
-        self.info.update(_jsonable({"alpha_mean": dict(zip(self.domains, self.dro.mean())), "alpha_last": dict(zip(self.domains, self.dro.alpha)),
-                                    "scores": dict(zip(self.domains, self.dro.scores)), "updates": self.dro.n}))
+            self.history.append(
+                _jsonable(
+                    {
+                        "step": int(stats.step),
+                        "alpha": dict(zip(self.domains, used)),
+                        "excess_loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, lam, present)},
+                    }
+                )
+            )
+        self.info.update(
+            _jsonable(
+                {
+                    "alpha_mean": dict(zip(self.domains, self.dro.mean())),
+                    "alpha_last": dict(zip(self.domains, self.dro.alpha)),
+                    "scores": dict(zip(self.domains, self.dro.scores)),
+                    "updates": self.dro.n,
+                }
+            )
+        )
 
     def _dro_state(self, base: dict) -> dict:
         base["dro"] = self.dro.state_dict()
@@ -386,7 +438,11 @@ class DoReMi(_DROMixin, Mixer):
 
     def _common(self, kind: str) -> dict[str, Any]:
         c = self.c
-        budget: dict[str, Any] = {"name": f"doremi-{kind}", "total_tokens": self._steps() * self.ctx.tokens_per_step, "stages": []}
+        budget: dict[str, Any] = {
+            "name": f"doremi-{kind}",
+            "total_tokens": self._steps() * self.ctx.tokens_per_step,
+            "stages": [],
+        }
         if c.proxy_budget.warmup_frac is not None:
             budget["warmup_frac"] = float(c.proxy_budget.warmup_frac)
         ov: dict[str, Any] = {"budget": budget}  # eval inherited: it defines the task targets
@@ -402,44 +458,81 @@ class DoReMi(_DROMixin, Mixer):
 
     def reference_overrides(self, w: np.ndarray) -> dict[str, Any]:
         ov = self._common("reference")
-        ov["mixer"] = {"name": "fixed", "weights": {d: float(x) for d, x in zip(self.domains, w)}, "weights_file": None, "renormalize": True}
+        ov["mixer"] = {
+            "name": "fixed",
+            "weights": {d: float(x) for d, x in zip(self.domains, w)},
+            "weights_file": None,
+            "renormalize": True,
+        }
         return ov
 
     def proxy_overrides(self, reference_run: str) -> dict[str, Any]:
         ov = self._common("proxy")
-        ov["mixer"] = {"name": "doremi_proxy", "reference_run": str(reference_run), "eta": float(self.c.eta),
-                       "smoothing": float(self.c.smoothing), "history_every": self.c.history_every,
-                       "init_score": self.c.init_score}
+        ov["mixer"] = {
+            "name": "doremi_proxy",
+            "reference_run": str(reference_run),
+            "eta": float(self.c.eta),
+            "smoothing": float(self.c.smoothing),
+            "history_every": self.c.history_every,
+            "init_score": self.c.init_score,
+        }
         return ov
 
     def prepare(self) -> None:
         if self.ctx.run_subrun is None:
-            raise ConfigError("mixer", "DoReMi trains its reference and proxy through the trainer (ctx.run_subrun); run it through train.py")
+            raise ConfigError(
+                "mixer",
+                "DoReMi trains its reference and proxy through the trainer (ctx.run_subrun); run it through train.py",
+            )
         c = self.c
         ref_w = self._ref_w0
         rounds: list[dict] = []
         alpha_bar = None
         for r in range(1, c.rounds + 1):
-            ref = self.ctx.run_subrun(self.reference_overrides(ref_w), name="doremi-reference", charge_as="doremi_reference")
-            rec: dict[str, Any] = {"round": r, "reference_weights": dict(zip(self.domains, ref_w)), "reference_run": ref["run_dir"],
-                                   "reference_reused": bool(ref.get("reused")), "reference_val_loss": ref.get("val_loss")}
-            print(f"[doremi] round {r}: reference ({'cached' if ref.get('reused') else 'trained'}) {ref['run_dir']}", flush=True)
+            ref = self.ctx.run_subrun(
+                self.reference_overrides(ref_w), name="doremi-reference", charge_as="doremi_reference"
+            )
+            rec: dict[str, Any] = {
+                "round": r,
+                "reference_weights": dict(zip(self.domains, ref_w)),
+                "reference_run": ref["run_dir"],
+                "reference_reused": bool(ref.get("reused")),
+                "reference_val_loss": ref.get("val_loss"),
+            }
+            print(
+                f"[doremi] round {r}: reference ({'cached' if ref.get('reused') else 'trained'}) {ref['run_dir']}",
+                flush=True,
+            )
             if c.online:
                 self.reference = ReferenceModel(ref["run_dir"])
                 rounds.append(rec)
                 break
-            prox = self.ctx.run_subrun(self.proxy_overrides(ref["run_dir"]), name="doremi-proxy", charge_as="doremi_proxy")
+            prox = self.ctx.run_subrun(
+                self.proxy_overrides(ref["run_dir"]), name="doremi-proxy", charge_as="doremi_proxy"
+            )
             mi = prox.get("mixer_info") or {}
             if "alpha_mean" not in mi:
                 raise TikmixError(f"DoReMi proxy run {prox['run_dir']} reported no alpha_mean")
             new = np.array([float(mi["alpha_mean"][d]) for d in self.domains])
             new = new / new.sum()
             delta = None if alpha_bar is None else float(np.abs(new - alpha_bar).max())
-            rec.update({"alpha_mean": dict(zip(self.domains, new)), "proxy_run": prox["run_dir"], "proxy_reused": bool(prox.get("reused")),
-                        "delta_inf": delta, "proxy_compute": prox.get("compute"), "alpha_trajectory": prox.get("mixer_history")})
+            rec.update(
+                {
+                    "alpha_mean": dict(zip(self.domains, new)),
+                    "proxy_run": prox["run_dir"],
+                    "proxy_reused": bool(prox.get("reused")),
+                    "delta_inf": delta,
+                    "proxy_compute": prox.get("compute"),
+                    "alpha_trajectory": prox.get("mixer_history"),
+                }
+            )
             rounds.append(rec)
-            print(f"[doremi] round {r}: ᾱ = " + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, new))
-                  + ("" if delta is None else f"  (‖Δ‖∞ = {delta:.2e})"), flush=True)
+            print(
+                f"[doremi] round {r}: ᾱ = "
+                + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, new))
+                + ("" if delta is None else f"  (‖Δ‖∞ = {delta:.2e})"),
+                flush=True,
+            )
             alpha_bar = new
             if delta is not None and delta < float(c.round_tol):
                 break
@@ -449,5 +542,7 @@ class DoReMi(_DROMixin, Mixer):
             self.info["alpha_mean"] = _jsonable(dict(zip(self.domains, alpha_bar)))
         self.info["rounds"] = len(rounds)
         self.info["proxy_steps"] = self._steps()
-        self.history.extend(_jsonable([{k: v for k, v in rec.items() if k != "alpha_trajectory"} | {"kind": "round"} for rec in rounds]))
+        self.history.extend(
+            _jsonable([{k: v for k, v in rec.items() if k != "alpha_trajectory"} | {"kind": "round"} for rec in rounds])
+        )
         self.info["round_records"] = _jsonable(rounds)

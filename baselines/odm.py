@@ -32,6 +32,7 @@ Note what this optimises: high training loss is rewarded, so an unlearnable doma
 The state is (R̂, the number of steps observed) plus the history; π at any step is recomputed from it, so a
 resumed run continues exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,7 +87,9 @@ def probs(rule: str, R: np.ndarray, t: int) -> np.ndarray:
     return linear_probs(R, t) if rule == "smoothed_mean" else exp3_probs(R, t)
 
 
-def update_rewards(rule: str, R: np.ndarray, loss: np.ndarray, q: np.ndarray, present: np.ndarray, alpha: float) -> np.ndarray:
+def update_rewards(
+    rule: str, R: np.ndarray, loss: np.ndarray, q: np.ndarray, present: np.ndarray, alpha: float
+) -> np.ndarray:
     """R̂ after one step (module doc); domains not ``present`` keep theirs. Pure function."""
     R = np.asarray(R, dtype=np.float64)
     new, p, x = R.copy(), present, np.asarray(loss, dtype=np.float64)[present]
@@ -133,7 +136,9 @@ class ODMConfig(MixerConfig):
                 need(getattr(self, key) is None, f"mixer.{key}", f"not used by reward_update {rule!r}; leave it null")
         a = self.smoothing
         need(a is None or (math.isfinite(a) and 0 <= a <= 1), "mixer.smoothing", f"must be in [0, 1], got {a}")
-        need(self.importance in IMPORTANCE + (None,), "mixer.importance", f"one of {IMPORTANCE}, got {self.importance!r}")
+        need(
+            self.importance in IMPORTANCE + (None,), "mixer.importance", f"one of {IMPORTANCE}, got {self.importance!r}"
+        )
         need(self.history_every >= 1, "mixer.history_every", f"must be >= 1, got {self.history_every}")
 
 
@@ -164,7 +169,9 @@ class ODM(Mixer):
     def observe(self, stats: DomainStats) -> None:
         step = int(stats.step)
         if step != self._t:
-            raise RuntimeError(f"ODM: observed step {step} after {self._t} steps; steps must be observed once, in order")
+            raise RuntimeError(
+                f"ODM: observed step {step} after {self._t} steps; steps must be observed once, in order"
+            )
         pi = self.weights(step)  # the π this step's batch was drawn with (R̂ has not changed since)
         counts = np.asarray(stats.counts)
         loss = np.asarray(stats.loss, dtype=np.float64)
@@ -174,17 +181,33 @@ class ODM(Mixer):
         self._record(step, pi, loss, present)
 
     def _record(self, step: int, pi: np.ndarray, loss: np.ndarray, present: np.ndarray) -> None:
-        self._last = {"step": step, "weights": wdict(self.domains, pi), "eps": exploration_rate(self.m, step + 1),
-                      "loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, loss, present)},
-                      "reward": wdict(self.domains, self.R)}
+        self._last = {
+            "step": step,
+            "weights": wdict(self.domains, pi),
+            "eps": exploration_rate(self.m, step + 1),
+            "loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, loss, present)},
+            "reward": wdict(self.domains, self.R),
+        }
         if step % self.history_every == 0 or step == self.ctx.total_steps - 1:
             self.history.append(self._last)
-        self.info.update(steps_observed=self._t, reward=wdict(self.domains, self.R),
-                         final_weights=wdict(self.domains, self.weights(self._t)), eps=exploration_rate(self.m, self._t + 1))
+        self.info.update(
+            steps_observed=self._t,
+            reward=wdict(self.domains, self.R),
+            final_weights=wdict(self.domains, self.weights(self._t)),
+            eps=exploration_rate(self.m, self._t + 1),
+        )
 
     def state_dict(self) -> dict:
-        return {"version": 2, "mixer": self.name, "domains": list(self.domains), "reward_update": self.rule,
-                "R": self.R.tolist(), "t": self._t, "history": list(self.history), "info": dict(self.info)}
+        return {
+            "version": 2,
+            "mixer": self.name,
+            "domains": list(self.domains),
+            "reward_update": self.rule,
+            "R": self.R.tolist(),
+            "t": self._t,
+            "history": list(self.history),
+            "info": dict(self.info),
+        }
 
     def load_state_dict(self, d: dict) -> None:
         if d.get("mixer") != self.name:

@@ -31,6 +31,7 @@ or anywhere as a Hydra multirun (``python train.py -m +sweep=regmix_proxies`` ru
 ``regmix_candidate`` mixer below once per candidate index; then ``python train.py mixer=regmix
 mixer.proxies=<sweep dir>`` fits on the finished runs and reports how many did not finish).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,11 +48,24 @@ import numpy as np
 
 from tikmix.config import ModelConfig, Number, TrainerOverrides, check_choice, is_number, need
 from tikmix.errors import ConfigError, DataError, TikmixError
+from tikmix.ledger import Ledger
 from tikmix.mixer import Mixer, MixerConfig, MixerContext, register
 from tikmix.model import llama_config
-from tikmix.regression import (LinearLaw, fit_early_stopped, folds_for, kfold_predictions, lgbm_regressor, n_trees, rmse,
-                               spearman, stopping_split, top_k_mean)
+from tikmix.regression import (
+    LinearLaw,
+    fit_early_stopped,
+    folds_for,
+    kfold_predictions,
+    lgbm_regressor,
+    n_trees,
+    rmse,
+    spearman,
+    stopping_split,
+    top_k_mean,
+)
+from tikmix.run import make_subrun
 from tikmix.runlog import to_builtin as _jsonable
+
 
 # --------------------------------------------------------------------------------------------------------
 # config (conf/mixer/regmix.yaml). Published values are given beside each default; the defaults differ only where
@@ -66,7 +80,9 @@ class GeneratorConfig(MixerConfig):
     # proxies to train (paper 512); auto = by the main run's tokens: <1e5 (smoke) 6, <1e8 (demo) 16, <1e9 64, else 512
     n_candidates: Union[int, str] = "auto"
     candidate_seed: Optional[int] = None  # seed of the candidate generator; null = the run's seed
-    temperature: Number = 0.5  # Dirichlet base = prior^temperature, renormalised (paper 0.5); prior = each domain's token share
+    temperature: Number = (
+        0.5  # Dirichlet base = prior^temperature, renormalised (paper 0.5); prior = each domain's token share
+    )
     # Dirichlet strengths: n_strengths log-spaced values in [strength_min, strength_max] (paper 0.1 ... 5.0, 15
     # values); each draw picks one at random
     strength_min: Number = 0.1
@@ -79,17 +95,27 @@ class GeneratorConfig(MixerConfig):
     # i.e. a non-zero weight is at least one expected sequence of the proxy (demo: 1/960 = 1.04e-3; smoke: 1/128).
     # A number is used as given
     minimum: Union[int, float, str] = "auto"
-    sample_multiplier: int = 100  # draw this many times n_candidates, deduplicate, keep a random n_candidates (paper 100)
+    sample_multiplier: int = (
+        100  # draw this many times n_candidates, deduplicate, keep a random n_candidates (paper 100)
+    )
 
     def __post_init__(self) -> None:
         nc = self.n_candidates
-        need(nc == "auto" or (isinstance(nc, int) and nc >= 1), "mixer.n_candidates", f"'auto' or a positive integer, got {nc!r}")
+        need(
+            nc == "auto" or (isinstance(nc, int) and nc >= 1),
+            "mixer.n_candidates",
+            f"'auto' or a positive integer, got {nc!r}",
+        )
         need(0 < self.temperature <= 1, "mixer.temperature", "must be in (0, 1] (1 = no smoothing of the prior)")
         need(0 < self.strength_min <= self.strength_max, "mixer.strength_min", "need 0 < strength_min <= strength_max")
         need(self.n_strengths >= 1, "mixer.n_strengths", "must be a positive integer")
         need(self.max_usage > 0, "mixer.max_usage", "must be > 0 (cap: w_d <= min(max_usage * p_d, 1))")
         mn = self.minimum
-        need(mn == "auto" or (is_number(mn) and 0 <= mn < 1), "mixer.minimum", f"'auto' or a number in [0, 1), got {mn!r}")
+        need(
+            mn == "auto" or (is_number(mn) and 0 <= mn < 1),
+            "mixer.minimum",
+            f"'auto' or a number in [0, 1), got {mn!r}",
+        )
         need(self.sample_multiplier >= 1, "mixer.sample_multiplier", "must be a positive integer")
 
 
@@ -98,8 +124,12 @@ class ProxyBudget:
     """2. the proxies' budget: each is a sub-run through the same trainer, cached under <data.cache_dir>/subruns/
     by config fingerprint."""
 
-    total_tokens: Optional[int] = None  # tokens per proxy (paper 1e9 with a 25e9-token main run); null = tokens_frac of the main run
-    tokens_frac: Number = 0.1  # proxy tokens as a fraction of the main run's (paper 1B/25B = 0.04; 0.1 so CPU-scale proxies learn)
+    total_tokens: Optional[int] = (
+        None  # tokens per proxy (paper 1e9 with a 25e9-token main run); null = tokens_frac of the main run
+    )
+    tokens_frac: Number = (
+        0.1  # proxy tokens as a fraction of the main run's (paper 1B/25B = 0.04; 0.1 so CPU-scale proxies learn)
+    )
     min_steps: int = 10  # ... but at least this many optimiser steps (at most the main run's)
     warmup_frac: Number = 0.1  # linear warmup then constant LR (paper: 100 of 1000 steps)
     batch_size: Optional[int] = None  # null = the main run's budget.batch_size / micro_batch / seq_len
@@ -117,7 +147,9 @@ class LGBMConfig:
     # null = LightGBM's 20 (notebook, with 512 proxies), lowered to max(2, n/5) for few proxies so the trees can
     # split at all (20 allows no split below 40 proxies)
     min_child_samples: Optional[int] = None
-    min_data_in_bin: int = 3  # LightGBM default (notebook: default); this suite used 1 before (see README fidelity table)
+    min_data_in_bin: int = (
+        3  # LightGBM default (notebook: default); this suite used 1 before (see README fidelity table)
+    )
     # stop when the held-out l1 or l2 has not improved for this many rounds (notebook 3); predictions use the best
     # round. 0 = grow all n_estimators trees on every proxy
     early_stopping_rounds: int = 3
@@ -131,7 +163,9 @@ LGBM: dict[str, Any] = dataclasses.asdict(LGBMConfig())
 
 def _regmix_proxy_model() -> ModelConfig:
     # the paper's "1M" proxy (TinyLlama-style, non-embedding ~1.3M; untied embeddings as in its lit-gpt config)
-    return ModelConfig(name="regmix-1m", hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=8, intermediate_size=512)
+    return ModelConfig(
+        name="regmix-1m", hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=8, intermediate_size=512
+    )
 
 
 def _regmix_proxy_trainer() -> TrainerOverrides:
@@ -158,8 +192,12 @@ class RegMixConfig(GeneratorConfig):
     proxies: Any = None
     min_proxies: int = 4  # refuse to fit on fewer finished proxies
     # --- 3. regression
-    target: str = "mean"  # regression target: mean = mean loss over the config's targets sets; or one set, e.g. val/arith
-    regressor: str = "lightgbm"  # the model that picks the mixture: lightgbm (paper) | linear (both are fitted and reported)
+    target: str = (
+        "mean"  # regression target: mean = mean loss over the config's targets sets; or one set, e.g. val/arith
+    )
+    regressor: str = (
+        "lightgbm"  # the model that picks the mixture: lightgbm (paper) | linear (both are fitted and reported)
+    )
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
     cv_folds: int = 5  # held-out Spearman rho from K-fold out-of-fold predictions (reported for both models)
     # --- 4. search
@@ -180,17 +218,33 @@ class RegMixConfig(GeneratorConfig):
         need(self.workers >= 1, "mixer.workers", "must be a positive integer")
         need(self.cv_folds >= 2, "mixer.cv_folds", "must be >= 2")
         pb, lg, ss = self.proxy_budget, self.lgbm, self.search_strength
-        need(pb.total_tokens is None or pb.total_tokens > 0, "mixer.proxy_budget.total_tokens", "null (use tokens_frac) or a positive integer")
+        need(
+            pb.total_tokens is None or pb.total_tokens > 0,
+            "mixer.proxy_budget.total_tokens",
+            "null (use tokens_frac) or a positive integer",
+        )
         need(0 < pb.tokens_frac, "mixer.proxy_budget.tokens_frac", "must be > 0")
         need(0 <= pb.warmup_frac < 1, "mixer.proxy_budget.warmup_frac", "must be in [0, 1)")
-        need(self.search_distribution in SEARCH_DISTRIBUTIONS, "mixer.search_distribution",
-             f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {self.search_distribution!r}")
-        need(is_number(ss) and ss > 0, "mixer.search_strength",
-             f"a number > 0 (search draws w ~ Dir(search_strength * prior)), got {ss!r}")
-        need(lg.early_stopping_rounds >= 0, "mixer.lgbm.early_stopping_rounds",
-             f"an integer >= 0 (0 = grow all n_estimators trees), got {lg.early_stopping_rounds!r}")
-        need(is_number(lg.valid_frac) and 0 < lg.valid_frac < 1, "mixer.lgbm.valid_frac",
-             f"a number in (0, 1): the share of proxies held out for early stopping, got {lg.valid_frac!r}")
+        need(
+            self.search_distribution in SEARCH_DISTRIBUTIONS,
+            "mixer.search_distribution",
+            f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {self.search_distribution!r}",
+        )
+        need(
+            is_number(ss) and ss > 0,
+            "mixer.search_strength",
+            f"a number > 0 (search draws w ~ Dir(search_strength * prior)), got {ss!r}",
+        )
+        need(
+            lg.early_stopping_rounds >= 0,
+            "mixer.lgbm.early_stopping_rounds",
+            f"an integer >= 0 (0 = grow all n_estimators trees), got {lg.early_stopping_rounds!r}",
+        )
+        need(
+            is_number(lg.valid_frac) and 0 < lg.valid_frac < 1,
+            "mixer.lgbm.valid_frac",
+            f"a number in (0, 1): the share of proxies held out for early stopping, got {lg.valid_frac!r}",
+        )
         need(lg.min_data_in_bin >= 1, "mixer.lgbm.min_data_in_bin", f"an integer >= 1, got {lg.min_data_in_bin!r}")
 
 
@@ -206,7 +260,11 @@ class RegMixCandidateConfig(GeneratorConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         need(self.index >= 0, "mixer.index", f"a non-negative integer, got {self.index!r}")
-        need(self.n_candidates != "auto", "mixer.n_candidates", "the sweep's size (an integer): the candidate set depends on it")
+        need(
+            self.n_candidates != "auto",
+            "mixer.n_candidates",
+            "the sweep's size (an integer): the candidate set depends on it",
+        )
 
 
 def auto_n_candidates(main_tokens: float) -> int:
@@ -233,8 +291,12 @@ def resolve_minimum(minimum: Any, proxy_tokens: int, seq_len: int) -> float:
     if minimum != "auto":
         return float(minimum)
     mn = auto_minimum(proxy_tokens, seq_len)
-    need(mn <= 0.5, "mixer.minimum", f"auto gives {mn:.3g} (one sequence of a proxy that sees only {proxy_tokens // seq_len} "
-                                 "sequences): give the proxies more tokens, or a number")
+    need(
+        mn <= 0.5,
+        "mixer.minimum",
+        f"auto gives {mn:.3g} (one sequence of a proxy that sees only {proxy_tokens // seq_len} "
+        "sequences): give the proxies more tokens, or a number",
+    )
     return mn
 
 
@@ -301,10 +363,13 @@ def generate_candidates(
     ``seed``. Every row: on the simplex, w_d ≤ min(max_usage·p_d, 1) (up to the rounding grid), every non-zero
     w_d ≥ ``minimum`` and a multiple of it before the final renormalisation, rows pairwise distinct."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5E6]))
-    W = sample_dirichlet_mixtures(prior, int(n) * int(sample_multiplier), rng, temperature, strength_min,
-                                  strength_max, n_strengths, max_usage)
+    W = sample_dirichlet_mixtures(
+        prior, int(n) * int(sample_multiplier), rng, temperature, strength_min, strength_max, n_strengths, max_usage
+    )
     if len(W) == 0:
-        raise ConfigError("mixer.max_usage", "every candidate mixture broke the cap w_d <= min(max_usage * p_d, 1); raise max_usage")
+        raise ConfigError(
+            "mixer.max_usage", "every candidate mixture broke the cap w_d <= min(max_usage * p_d, 1); raise max_usage"
+        )
     if minimum > 0:
         W = np.where(W < minimum, 0.0, W)
         W = W / W.sum(axis=1, keepdims=True)
@@ -331,8 +396,14 @@ def _lgbm(params: Mapping[str, Any], n: int, seed: int):
     if mcs is None:  # LightGBM's default 20, lowered for few proxies so the trees can split at all
         mcs = int(min(20, max(2, n // 5)))
     return lgbm_regressor(
-        seed, boosting_type="gbdt", objective="regression", metric=["l1", "l2"], n_estimators=int(params["n_estimators"]),
-        learning_rate=float(params["learning_rate"]), num_leaves=int(params["num_leaves"]), min_child_samples=int(mcs),
+        seed,
+        boosting_type="gbdt",
+        objective="regression",
+        metric=["l1", "l2"],
+        n_estimators=int(params["n_estimators"]),
+        learning_rate=float(params["learning_rate"]),
+        num_leaves=int(params["num_leaves"]),
+        min_child_samples=int(mcs),
         min_data_in_bin=int(params["min_data_in_bin"]),
     )
 
@@ -340,8 +411,9 @@ def _lgbm(params: Mapping[str, Any], n: int, seed: int):
 def fit_lgbm(params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, seed: int):
     """LightGBM as the reference notebook fits it (:func:`tikmix.regression.fit_early_stopped`: boosting stops
     when the held-out l1 or l2 has not improved for ``early_stopping_rounds`` rounds; 0 grows all trees)."""
-    return fit_early_stopped(lambda n: _lgbm(params, n, seed), X, y, int(params["early_stopping_rounds"]),
-                             float(params["valid_frac"]), seed)
+    return fit_early_stopped(
+        lambda n: _lgbm(params, n, seed), X, y, int(params["early_stopping_rounds"]), float(params["valid_frac"]), seed
+    )
 
 
 def fit_mixing_law(
@@ -358,7 +430,9 @@ def fit_mixing_law(
     n = len(y)
     lgbm = dict(LGBM, **(lgbm or {}))
     fitters: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
-        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed), "linear": lambda Xs, ys: LinearLaw().fit(Xs, ys)}
+        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed),
+        "linear": lambda Xs, ys: LinearLaw().fit(Xs, ys),
+    }
     info: dict[str, Any] = {"n": n}
     K = folds_for(n, folds)
     if K:
@@ -390,7 +464,9 @@ def fit_mixing_law(
 SEARCH_DISTRIBUTIONS = ("prior", "generator")
 
 
-def sample_prior_mixtures(prior: Sequence[float], n: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+def sample_prior_mixtures(
+    prior: Sequence[float], n: int, rng: np.random.Generator, strength: float = 1.0
+) -> np.ndarray:
     """The reference notebook's search draws: w ~ Dir(strength · p) (its strength is 1: Dir(p)); no
     temperature, strength grid, caps or rounding. Domains with p_d = 0 stay at 0."""
     p = _prior(prior)
@@ -417,11 +493,15 @@ def choose_mixture(
     if distribution not in SEARCH_DISTRIBUTIONS:
         raise ConfigError("mixer.search_distribution", f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {distribution!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x51A]))
-    gen = {k: v for k, v in gen.items() if k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage")}
+    gen = {
+        k: v for k, v in gen.items() if k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage")
+    }
     if distribution == "prior":
+
         def draw(k: int) -> np.ndarray:
             return sample_prior_mixtures(prior, k, rng, strength)
     else:
+
         def draw(k: int) -> np.ndarray:
             return sample_dirichlet_mixtures(prior, k, rng, **gen)
 
@@ -438,8 +518,14 @@ def choose_mixture(
     w, best_y, drawn = top_k_mean(model.predict, chunks(), top_k)
     if w is None:
         raise ConfigError("mixer.max_usage", "no simulated mixture respected the caps; raise max_usage")
-    return w, {"distribution": distribution, "n_simulated": drawn, "top_k": len(best_y), "pred_top_k_mean": float(best_y.mean()),
-               "pred_best": float(best_y[0]), "pred_chosen": float(np.asarray(model.predict(w[None]))[0])}
+    return w, {
+        "distribution": distribution,
+        "n_simulated": drawn,
+        "top_k": len(best_y),
+        "pred_top_k_mean": float(best_y.mean()),
+        "pred_best": float(best_y[0]),
+        "pred_chosen": float(np.asarray(model.predict(w[None]))[0]),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -456,10 +542,17 @@ def proxy_flops(compute: Mapping[str, Any] | None) -> np.ndarray:
 
 
 def _flops_info(f: np.ndarray) -> dict[str, float]:
-    return {"flops": float(f.sum()), "flops_train": float(f[0]), "flops_targets": float(f[1]), "flops_other": float(f[2])}
+    return {
+        "flops": float(f.sum()),
+        "flops_train": float(f[0]),
+        "flops_targets": float(f[1]),
+        "flops_other": float(f[2]),
+    }
 
 
-def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: str = "mean") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def load_proxy_runs(
+    paths: str | Sequence[str], domains: Sequence[str], target: str = "mean"
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(X [k, m] weights, y [k] target losses, info) from the finished runs under ``paths`` (a sweep dir, a
     glob, or a list of them). A run is a directory; it is finished when it holds ``results.json``. Each
     immediate sub-directory of a sweep dir is one job: those without ``results.json`` (crashed, killed or
@@ -510,9 +603,18 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
         flops += proxy_flops(res.get("compute"))
         full_eval += "targets" not in (res.get("compute") or {})  # written before trainer.final_eval: full evaluation
         fps.add((res.get("model"), res.get("budget"), res.get("steps")))
-    info = {"source": [str(r) for r in roots], "n_jobs": len(jobs), "n_finished": len(finished),
-            "n_unfinished": len(unfinished), "unfinished": unfinished, "n_no_target": len(skipped),
-            "no_target": skipped, **_flops_info(flops), "n_full_eval": full_eval, "proxy_setups": sorted([list(map(str, f)) for f in fps])}
+    info = {
+        "source": [str(r) for r in roots],
+        "n_jobs": len(jobs),
+        "n_finished": len(finished),
+        "n_unfinished": len(unfinished),
+        "unfinished": unfinished,
+        "n_no_target": len(skipped),
+        "no_target": skipped,
+        **_flops_info(flops),
+        "n_full_eval": full_eval,
+        "proxy_setups": sorted([list(map(str, f)) for f in fps]),
+    }
     return np.asarray(X, dtype=np.float64).reshape(-1, len(domains)), np.asarray(y, dtype=np.float64), info
 
 
@@ -523,9 +625,6 @@ def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tup
     """Train one proxy in a worker process (fills the sub-run cache; the parent collects and charges it)."""
     import torch
     from omegaconf import OmegaConf
-
-    from tikmix.ledger import Ledger
-    from tikmix.run import make_subrun
 
     torch.set_num_threads(max(1, int(threads)))
     try:
@@ -552,7 +651,10 @@ def _stop_workers(ex) -> None:
 # --------------------------------------------------------------------------------------------------------
 def _gen_kwargs(c: GeneratorConfig, proxy_tokens: int, seq_len: int) -> dict[str, Any]:
     """The generator's keys, ``minimum: auto`` resolved for proxies of ``proxy_tokens`` in ``seq_len`` windows."""
-    out = {k: getattr(c, k) for k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage", "sample_multiplier")}
+    out = {
+        k: getattr(c, k)
+        for k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage", "sample_multiplier")
+    }
     out["minimum"] = resolve_minimum(c.minimum, int(proxy_tokens), int(seq_len))
     return out
 
@@ -612,16 +714,24 @@ class RegMix(Mixer):
         c = self.c
         pb = c.proxy_budget
         bs, sl = self._proxy_shape()
-        budget = {"name": "regmix-proxy", "total_tokens": self.proxy_steps() * bs * sl, "warmup_frac": float(pb.warmup_frac),
-                  "stages": []}
+        budget = {
+            "name": "regmix-proxy",
+            "total_tokens": self.proxy_steps() * bs * sl,
+            "warmup_frac": float(pb.warmup_frac),
+            "stages": [],
+        }
         for k in ("batch_size", "micro_batch", "seq_len"):
             if getattr(pb, k) is not None:
                 budget[k] = getattr(pb, k)
         trainer = {k: v for k, v in dataclasses.asdict(c.proxy_trainer).items() if v is not None}
         trainer["final_eval"] = "targets"  # the fit needs a proxy's target loss only (methods.md, "Compute")
         ov: dict[str, Any] = {
-            "mixer": {"name": "fixed", "weights": {d: float(x) for d, x in zip(self.domains, w)}, "weights_file": None,
-                      "renormalize": True},
+            "mixer": {
+                "name": "fixed",
+                "weights": {d: float(x) for d, x in zip(self.domains, w)},
+                "weights_file": None,
+                "renormalize": True,
+            },
             "model": dataclasses.asdict(c.proxy_model),
             "budget": budget,
             "trainer": trainer,
@@ -647,7 +757,9 @@ class RegMix(Mixer):
 
     def _train_proxies(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         if self.ctx.run_subrun is None:
-            raise ConfigError("mixer", "RegMix trains proxies through the trainer (ctx.run_subrun); run it through train.py")
+            raise ConfigError(
+                "mixer", "RegMix trains proxies through the trainer (ctx.run_subrun); run it through train.py"
+            )
         W = self.candidates()
         ovs = [self.proxy_overrides(w) for w in W]
         failed: dict[int, str] = {}
@@ -676,11 +788,24 @@ class RegMix(Mixer):
                 continue
             X.append(w)
             y.append(float(val))
-            print(f"[regmix] proxy {i + 1}/{len(W)}: target loss {float(val):.4f}" + (" (cached)" if res.get("reused") else ""), flush=True)
-        info = {"source": "in-process" if workers == 1 else f"{workers} local workers", "n_candidates": len(W),
-                "n_finished": len(X), "n_crashed": len(crashed), "crashed": crashed, "n_reused": reused,
-                **_flops_info(flops), "minimum": self.gen_kwargs()["minimum"], "proxy_steps": self.proxy_steps(), "proxy_model": dataclasses.asdict(self.c.proxy_model),
-                "proxy_wall_s": time.perf_counter() - t0}
+            print(
+                f"[regmix] proxy {i + 1}/{len(W)}: target loss {float(val):.4f}"
+                + (" (cached)" if res.get("reused") else ""),
+                flush=True,
+            )
+        info = {
+            "source": "in-process" if workers == 1 else f"{workers} local workers",
+            "n_candidates": len(W),
+            "n_finished": len(X),
+            "n_crashed": len(crashed),
+            "crashed": crashed,
+            "n_reused": reused,
+            **_flops_info(flops),
+            "minimum": self.gen_kwargs()["minimum"],
+            "proxy_steps": self.proxy_steps(),
+            "proxy_model": dataclasses.asdict(self.c.proxy_model),
+            "proxy_wall_s": time.perf_counter() - t0,
+        }
         return np.asarray(X, dtype=np.float64).reshape(-1, self.m), np.asarray(y), info
 
     def _pretrain_parallel(self, ovs: list[dict], workers: int) -> tuple[dict[int, str], set[int]]:
@@ -693,7 +818,10 @@ class RegMix(Mixer):
 
         cfg_path = Path(self.ctx.run_dir or ".") / "config.yaml"
         if not cfg_path.exists():
-            raise ConfigError("mixer.workers", f"parallel proxies need the run's config ({cfg_path}); run through train.py or set workers=1")
+            raise ConfigError(
+                "mixer.workers",
+                f"parallel proxies need the run's config ({cfg_path}); run through train.py or set workers=1",
+            )
         parent = yaml.safe_load(cfg_path.read_text())
         threads = max(1, (os.cpu_count() or 1) // workers)
         failed: dict[int, str] = {}
@@ -720,48 +848,74 @@ class RegMix(Mixer):
             X, y, pinfo = load_proxy_runs(c.proxies, self.domains, c.target)
             if self.ctx.charge is not None and pinfo["flops"] > 0:
                 self.ctx.charge(pinfo["flops"], "regmix_proxies")  # the sweep jobs' training + target-loss passes
-            print(f"[regmix] {pinfo['n_finished']} finished proxies from {', '.join(pinfo['source'])}; "
-                  f"{pinfo['n_unfinished']} unfinished/crashed left out", flush=True)
+            print(
+                f"[regmix] {pinfo['n_finished']} finished proxies from {', '.join(pinfo['source'])}; "
+                f"{pinfo['n_unfinished']} unfinished/crashed left out",
+                flush=True,
+            )
             if pinfo["n_full_eval"]:
-                print(f"[regmix] {pinfo['n_full_eval']} proxies ran the full final evaluation (written before "
-                      f"trainer.final_eval): {pinfo['flops_other']:.3g} FLOPs of it charged; a new sweep charges only "
-                      "training + target loss", flush=True)
+                print(
+                    f"[regmix] {pinfo['n_full_eval']} proxies ran the full final evaluation (written before "
+                    f"trainer.final_eval): {pinfo['flops_other']:.3g} FLOPs of it charged; a new sweep charges only "
+                    "training + target loss",
+                    flush=True,
+                )
         else:
             X, y, pinfo = self._train_proxies()
             if pinfo["n_crashed"]:
-                print(f"[regmix] {pinfo['n_crashed']} of {pinfo['n_candidates']} proxies crashed; fitting on {pinfo['n_finished']}", flush=True)
+                print(
+                    f"[regmix] {pinfo['n_crashed']} of {pinfo['n_candidates']} proxies crashed; fitting on {pinfo['n_finished']}",
+                    flush=True,
+                )
         if len(y) < c.min_proxies:
             first = (pinfo.get("crashed") or [{}])[0].get("error")
-            raise DataError(f"RegMix needs at least mixer.min_proxies={c.min_proxies} finished proxies to fit, has {len(y)} "
-                            f"({pinfo.get('n_unfinished', pinfo.get('n_crashed', 0))} unfinished/crashed"
-                            + (f"; first error: {first}" if first else "") + ")")
+            raise DataError(
+                f"RegMix needs at least mixer.min_proxies={c.min_proxies} finished proxies to fit, has {len(y)} "
+                f"({pinfo.get('n_unfinished', pinfo.get('n_crashed', 0))} unfinished/crashed"
+                + (f"; first error: {first}" if first else "")
+                + ")"
+            )
         fit_seed = c.fit_seed if c.fit_seed is not None else int(self.ctx.seed)
         models, finfo = fit_mixing_law(X, y, seed=fit_seed, lgbm=dataclasses.asdict(c.lgbm), folds=c.cv_folds)
-        w, sinfo = choose_mixture(models[c.regressor], self.prior, c.n_simulate, c.top_k, seed=fit_seed,
-                                  distribution=c.search_distribution, strength=float(c.search_strength), **self.gen_kwargs())
+        w, sinfo = choose_mixture(
+            models[c.regressor],
+            self.prior,
+            c.n_simulate,
+            c.top_k,
+            seed=fit_seed,
+            distribution=c.search_distribution,
+            strength=float(c.search_strength),
+            **self.gen_kwargs(),
+        )
         self._w = w
         best = int(np.argmin(y))
-        self.info = _jsonable({
-            "proxies": {k: v for k, v in pinfo.items() if k not in ("crashed", "unfinished", "no_target")},
-            "crashed": pinfo.get("crashed", []) + pinfo.get("unfinished", []),
-            "n_proxies_used": int(len(y)),
-            "n_proxies_crashed": int(pinfo.get("n_crashed", 0) + pinfo.get("n_unfinished", 0)),
-            "fit": finfo,
-            "spearman_lightgbm": finfo.get("spearman_lightgbm"),
-            "spearman_linear": finfo.get("spearman_linear"),
-            "regressor": c.regressor,
-            "search": sinfo,
-            "prior": dict(zip(self.domains, self.prior)),
-            "weights": dict(zip(self.domains, w)),
-            "best_proxy": {"weights": dict(zip(self.domains, X[best])), "target_loss": float(y[best])},
-            "target": c.target,
-            "wall_s": time.perf_counter() - t0,
-        })
-        self.history = _jsonable([{"proxy": i, "weights": dict(zip(self.domains, X[i])), "target_loss": float(y[i])}
-                                  for i in range(len(y))])
-        print(f"[regmix] fit on {len(y)} proxies: held-out Spearman LightGBM {finfo.get('spearman_lightgbm', float('nan')):.3f}, "
-              f"linear {finfo.get('spearman_linear', float('nan')):.3f}; mixture "
-              + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, w)), flush=True)
+        self.info = _jsonable(
+            {
+                "proxies": {k: v for k, v in pinfo.items() if k not in ("crashed", "unfinished", "no_target")},
+                "crashed": pinfo.get("crashed", []) + pinfo.get("unfinished", []),
+                "n_proxies_used": int(len(y)),
+                "n_proxies_crashed": int(pinfo.get("n_crashed", 0) + pinfo.get("n_unfinished", 0)),
+                "fit": finfo,
+                "spearman_lightgbm": finfo.get("spearman_lightgbm"),
+                "spearman_linear": finfo.get("spearman_linear"),
+                "regressor": c.regressor,
+                "search": sinfo,
+                "prior": dict(zip(self.domains, self.prior)),
+                "weights": dict(zip(self.domains, w)),
+                "best_proxy": {"weights": dict(zip(self.domains, X[best])), "target_loss": float(y[best])},
+                "target": c.target,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        self.history = _jsonable(
+            [{"proxy": i, "weights": dict(zip(self.domains, X[i])), "target_loss": float(y[i])} for i in range(len(y))]
+        )
+        print(
+            f"[regmix] fit on {len(y)} proxies: held-out Spearman LightGBM {finfo.get('spearman_lightgbm', float('nan')):.3f}, "
+            f"linear {finfo.get('spearman_linear', float('nan')):.3f}; mixture "
+            + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, w)),
+            flush=True,
+        )
 
 
 @register("regmix_candidate", RegMixCandidateConfig)
@@ -777,8 +931,14 @@ class RegMixCandidate(Mixer):
         seed = c.candidate_seed if c.candidate_seed is not None else int(ctx.seed)
         n = c.n_candidates
         # this job is the proxy: minimum: auto follows its own tokens, as mixer=regmix's follows its proxies'
-        W = generate_candidates(self.prior, n, seed, **_gen_kwargs(c, ctx.total_steps * ctx.tokens_per_step, ctx.seq_len))
-        need(idx < len(W), "mixer.index", f"{idx} is out of range: the generator gave {len(W)} distinct candidates (n_candidates={n})")
+        W = generate_candidates(
+            self.prior, n, seed, **_gen_kwargs(c, ctx.total_steps * ctx.tokens_per_step, ctx.seq_len)
+        )
+        need(
+            idx < len(W),
+            "mixer.index",
+            f"{idx} is out of range: the generator gave {len(W)} distinct candidates (n_candidates={n})",
+        )
         self.candidate = W[idx]
         super().__init__(c, domains, ctx)
         self.info = {"index": idx, "n_candidates": int(len(W)), "candidate_seed": seed}

@@ -13,6 +13,7 @@ Shared by the evaluation stage (:mod:`eval.stage`) and the benchmark-derived tar
   while tasks load, so a cached copy is used and a missing one fails at once instead of after a minute of
   retries; the error says the task needs hub access or a local copy.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from eval.synthetic_tasks import synthetic_task_dir
 from tikmix.errors import ConfigError, DataError
 
 _TM_CACHE: dict[tuple, Any] = {}
@@ -64,8 +66,6 @@ def include_paths(cfg: Mapping[str, Any]) -> list[Path]:
     paths: list[Path] = []
     syn = cfg.get("synthetic")
     if syn:
-        from eval.synthetic_tasks import synthetic_task_dir
-
         paths.append(synthetic_task_dir(syn))
     for p in as_list(cfg.get("include_path"), "eval.include_path"):
         path = Path(p).expanduser().resolve()
@@ -136,11 +136,14 @@ def resolve(cfg: Mapping[str, Any], names: list[str], field: str = "eval.tasks")
         parts = []
         local = [n for n in tm.all_tasks if _from_folders(tm, n, paths)]
         for n in unknown:
-            close = difflib.get_close_matches(n, local, n=5, cutoff=0.6) or \
-                difflib.get_close_matches(n, tm.all_tasks, n=5, cutoff=0.6)
+            close = difflib.get_close_matches(n, local, n=5, cutoff=0.6) or difflib.get_close_matches(
+                n, tm.all_tasks, n=5, cutoff=0.6
+            )
             parts.append(f"{n!r}" + (f" (did you mean: {', '.join(close)}?)" if close else ""))
         where = f" in {', '.join(str(p) for p in paths)} or" if paths else ""
-        raise ConfigError(field, f"unknown lm-eval task(s) {', '.join(parts)}: not found{where} among lm-eval's built-in tasks")
+        raise ConfigError(
+            field, f"unknown lm-eval task(s) {', '.join(parts)}: not found{where} among lm-eval's built-in tasks"
+        )
     return tm
 
 
@@ -154,8 +157,10 @@ def _from_folders(tm: Any, name: str, paths: list[Path]) -> bool:
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in _TRUE
-               for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE
+        for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
@@ -222,9 +227,18 @@ def _first_line(e: BaseException) -> str:
     return (s[0] if s else "")[:300]
 
 
-_DATA_ERRORS = ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError",
-                "FileNotFoundError", "HfHubHTTPError", "RepositoryNotFoundError", "GatedRepoError",
-                "EmptyDatasetError", "DataFilesNotFoundError")
+_DATA_ERRORS = (
+    "ConnectionError",
+    "OfflineModeIsEnabled",
+    "LocalEntryNotFoundError",
+    "DatasetNotFoundError",
+    "FileNotFoundError",
+    "HfHubHTTPError",
+    "RepositoryNotFoundError",
+    "GatedRepoError",
+    "EmptyDatasetError",
+    "DataFilesNotFoundError",
+)
 
 
 def load_task(tm: Any, name: str, paths: list[Path]) -> dict:

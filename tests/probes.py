@@ -1,5 +1,6 @@
 """A base for the tests' stand-in probes: a :class:`tikmix.mixer.Probe` whose every method refuses to be called
 until a test gives it one, so a mixer that reaches for a member the test did not plan for fails loudly."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """Aioli (baselines/aioli.py): LearnParams as a pure function, the schedule, the mixtures actually sampled, and
 end-to-end runs of the real entry point (budget, ledger, resume across an exploration interval)."""
+
 from __future__ import annotations
 
 import json
@@ -18,19 +19,25 @@ from baselines.aioli import (
     learn_params,
     normalize_A,
 )
+from tests.conftest import run_until_crash
+from tests.probes import StubProbe
 from tikmix.errors import ConfigError
 from tikmix.mixer import DomainStats, MixerContext, TargetLosses, build_mixer
 from tikmix.run import run
 from tikmix.sampler import MixtureSampler
-from tests.conftest import run_until_crash
-from tests.probes import StubProbe
 from tikmix.trainer import Trainer
 
 
 def ctx(m: int, total_steps: int = 200, seed: int = 0) -> MixerContext:
     doms = [f"d{i}" for i in range(m)]
-    return MixerContext(domains=doms, train_tokens={d: 10_000 for d in doms}, total_steps=total_steps, tokens_per_step=64,
-                        seq_len=16, seed=seed)
+    return MixerContext(
+        domains=doms,
+        train_tokens={d: 10_000 for d in doms},
+        total_steps=total_steps,
+        tokens_per_step=64,
+        seq_len=16,
+        seed=seed,
+    )
 
 
 def sampler(m: int, batch: int, seed: int = 0) -> MixtureSampler:
@@ -71,7 +78,9 @@ def test_m7_one_hot_075_batch_8_the_public_code_defect():
 
 def test_every_weight_the_mixer_asks_for_gives_valid_counts():
     m = 7
-    mixer = build_mixer({"name": "aioli", "k": 2, "interval_steps": 3, "rounds": 2}, [f"d{i}" for i in range(m)], ctx(m, 100))
+    mixer = build_mixer(
+        {"name": "aioli", "k": 2, "interval_steps": 3, "rounds": 2}, [f"d{i}" for i in range(m)], ctx(m, 100)
+    )
     s = sampler(m, 8)
     P = exploration_mixtures(m, 0.75)
     for step in range(100):
@@ -85,7 +94,7 @@ def test_every_weight_the_mixer_asks_for_gives_valid_counts():
 
 def test_exploration_order_is_k_permutations_and_deterministic():
     o = exploration_order(5, 3, seed=1, round_idx=2)
-    assert len(o) == 15 and all(sorted(o[i * 5:(i + 1) * 5]) == list(range(5)) for i in range(3))
+    assert len(o) == 15 and all(sorted(o[i * 5 : (i + 1) * 5]) == list(range(5)) for i in range(3))
     assert np.array_equal(o, exploration_order(5, 3, seed=1, round_idx=2))
     assert not np.array_equal(o, exploration_order(5, 3, seed=1, round_idx=3))
 
@@ -169,7 +178,9 @@ def test_published_defaults_and_config_errors():
     assert (m7.k, m7.interval_steps, m7.one_hot_weight, m7.eta, m7.ema) == (2, 10, 0.75, 1.0, 0.1)
     assert m7.info["rounds"] == 2 and m7.info["explore_steps_per_round"] == 140
     m2 = build_mixer({"name": "aioli"}, ["a", "b"], ctx(2, 500))
-    assert (m2.k, m2.interval_steps, m2.one_hot_weight, m2.eta, m2.ema) == tuple(PUBLISHED[2][k] for k in ("k", "interval_steps", "one_hot_weight", "eta", "ema"))
+    assert (m2.k, m2.interval_steps, m2.one_hot_weight, m2.eta, m2.ema) == tuple(
+        PUBLISHED[2][k] for k in ("k", "interval_steps", "one_hot_weight", "eta", "ema")
+    )
     doms = ["a", "b", "c"]
     for cfg, match in [
         ({"name": "aioli", "nope": 1}, "mixer.nope: unknown key"),
@@ -205,8 +216,18 @@ def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P():
     A = np.array([[0.30, 0.05, 0.00], [0.02, 0.20, 0.10], [0.00, 0.04, 0.25]])
     state = {"L": np.full(n, 6.0)}
     doms = ["a", "b", "c"]
-    mixer = Aioli({"name": "aioli", "k": 2, "interval_steps": I, "rounds": 3, "init_steps": 6,
-                   "init_weights": {"a": 0.2, "b": 0.8}}, doms, ctx(3, total))
+    mixer = Aioli(
+        {
+            "name": "aioli",
+            "k": 2,
+            "interval_steps": I,
+            "rounds": 3,
+            "init_steps": 6,
+            "init_weights": {"a": 0.2, "b": 0.8},
+        },
+        doms,
+        ctx(3, total),
+    )
     s = sampler(m, 8)
     probes, charged, used = set(mixer.probe_steps()), [], []
     for step in range(total):
@@ -241,8 +262,22 @@ def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(upd
     base = np.array([[0.30, 0.05, -0.02], [0.02, 0.20, 0.10], [0.00, 0.04, 0.25]])
     A_rounds = [np.roll(base, r, axis=1) for r in range(3)]
     state = {"L": np.full(m, 6.0)}
-    mixer = Aioli({"name": "aioli", "k": 1, "interval_steps": I, "rounds": 3, "init_steps": 6, "eta": eta, "ema": ema,
-                   "update": update, "p0": p0, "init_weights": dict(zip("abc", init.tolist()))}, ["a", "b", "c"], ctx(3, 90))
+    mixer = Aioli(
+        {
+            "name": "aioli",
+            "k": 1,
+            "interval_steps": I,
+            "rounds": 3,
+            "init_steps": 6,
+            "eta": eta,
+            "ema": ema,
+            "update": update,
+            "p0": p0,
+            "init_weights": dict(zip("abc", init.tolist())),
+        },
+        ["a", "b", "c"],
+        ctx(3, 90),
+    )
     probes = set(mixer.probe_steps())
     for step in range(90):
         if step in probes:
@@ -260,7 +295,11 @@ def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(upd
         b = p_start if update == "anchored" else p_prev
         p = b * np.exp(eta * E.sum(axis=0))
         p /= p.sum()
-        assert np.allclose(h["A_used"], E, atol=1e-10) and np.allclose(list(h["weights"].values()), p, atol=1e-10), (r, update, p0)
+        assert np.allclose(h["A_used"], E, atol=1e-10) and np.allclose(list(h["weights"].values()), p, atol=1e-10), (
+            r,
+            update,
+            p0,
+        )
         assert np.allclose(list(h["weights_before"].values()), p_prev, atol=1e-12)
         p_prev = p
     assert len(mixer.history) == 3
@@ -295,9 +334,20 @@ def test_state_dict_mid_round_resumes_exactly():
 # 48 steps of 8 x 64 tokens: restricted phase [0, 4), round 0 = [4, 26), round 1 = [26, 48), each exploring its
 # first K·2 steps (K = m intervals of 2 steps: 20 steps for the ten-domain synthetic data).
 TOTAL_TOKENS, STEPS = 24576, 48
-AIOLI_E2E = ["mixer=aioli", f"budget.total_tokens={TOTAL_TOKENS}", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
-             "mixer.rounds=2", "mixer.init_steps=4", "mixer.init_weights={arith: 0.5, copy: 0.5}", "mixer.eval_tokens=256",
-             "trainer.eval_every=0", "trainer.ckpt_every=9", "trainer.save_final_model=false"]
+AIOLI_E2E = [
+    "mixer=aioli",
+    f"budget.total_tokens={TOTAL_TOKENS}",
+    "budget.batch_size=8",
+    "mixer.k=1",
+    "mixer.interval_steps=2",
+    "mixer.rounds=2",
+    "mixer.init_steps=4",
+    "mixer.init_weights={arith: 0.5, copy: 0.5}",
+    "mixer.eval_tokens=256",
+    "trainer.eval_every=0",
+    "trainer.ckpt_every=9",
+    "trainer.save_final_model=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +376,9 @@ def test_e2e_budget_steps_ledger_and_history(aioli_run):
     rd, res, used = aioli_run
     total = STEPS
     assert res["steps"] == total == len(used) and [u[0] for u in used] == list(range(total))
-    assert sum(res["tokens_seen"].values()) == TOTAL_TOKENS  # exploration steps are steps of the budget: no extra tokens
+    assert (
+        sum(res["tokens_seen"].values()) == TOTAL_TOKENS
+    )  # exploration steps are steps of the budget: no extra tokens
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
     opt_steps = {int(s["step"]) for s in ck["optimizer"]["state"].values()}
     assert opt_steps == {total} and ck["step"] == total
@@ -347,7 +399,7 @@ def test_e2e_budget_steps_ledger_and_history(aioli_run):
         # exploitation: the round's updated p is what is trained on
         p = np.array(list(h["weights"].values()))
         r_end = h["round_steps"][1]
-        assert all(np.array_equal(w, p) for s, w, _ in used[h["explore_steps"][1]:r_end])
+        assert all(np.array_equal(w, p) for s, w, _ in used[h["explore_steps"][1] : r_end])
     fw = np.array(list(res["final_weights"].values()))
     assert abs(fw.sum() - 1) < 1e-12 and fw.min() > 0 and np.allclose(fw, list(hist[-1]["weights"].values()))
     c = res["compute"]

@@ -8,6 +8,7 @@
 * a mixer built from a plain dict gets its dataclass's defaults;
 * a new method is one module and one YAML: found without editing a list, composed, trained.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,9 @@ from omegaconf import MISSING, OmegaConf
 
 import tikmix.mixer as mixer_mod
 from tests.conftest import CONF, compose
+from tikmix.cli import hydra_error_line
 from tikmix.config import GROUPS, LOGGERS, RunConfig, TrainerConfig, typed, validate
-from tikmix.errors import ConfigError, hydra_error_line
+from tikmix.errors import ConfigError
 from tikmix.mixer import MixerContext, available, build_mixer, mixer_class
 
 GROUP_DIRS = ("mixer", "model", "budget", "data", "eval", "logger")
@@ -97,12 +99,16 @@ FINGERPRINTS = {
     ("+sweep=oracle",): "525df902cb03762f",
     ("trainer.lr=1e-3", "trainer.warmup_steps=5", "seed=7", "budget=smoke", "targets.tokens=1024"): "7162b19efa86d7dc",
 }
-SUBRUNS = {"regmix-proxy": "57215acc8174f362", "doremi-reference": "f89944771dc37839", "doremi-proxy": "05f2f085ea38c699"}
+SUBRUNS = {
+    "regmix-proxy": "57215acc8174f362",
+    "doremi-reference": "f89944771dc37839",
+    "doremi-proxy": "05f2f085ea38c699",
+}
 
 
 @pytest.mark.parametrize("overrides", list(FINGERPRINTS), ids=[" ".join(o) or "default" for o in FINGERPRINTS])
 def test_fingerprint_of_todays_configs_is_unchanged(overrides):
-    from tikmix.run import fingerprint
+    from tikmix.checkpoint import fingerprint
 
     cfg = compose([*overrides, *PIN])
     assert fingerprint(OmegaConf.to_container(cfg, resolve=True)) == FINGERPRINTS[overrides]
@@ -116,8 +122,15 @@ def test_sub_run_keys_are_unchanged(monkeypatch):
     seen: list[str] = []
     monkeypatch.setattr(run_mod, "run", lambda cfg, **kw: seen.append(str(cfg.run_dir)) or {"compute": {"total": 0.0}})
     doms = ["arith", "facts", "grammar", "copy"]
-    ctx = MixerContext(domains=doms, train_tokens={d: 10000 * (i + 1) for i, d in enumerate(doms)}, total_steps=8,
-                       tokens_per_step=1024, seq_len=64, seed=0, stage_steps=[4])
+    ctx = MixerContext(
+        domains=doms,
+        train_tokens={d: 10000 * (i + 1) for i, d in enumerate(doms)},
+        total_steps=8,
+        tokens_per_step=1024,
+        seq_len=64,
+        seed=0,
+        stage_steps=[4],
+    )
     w = np.array([0.1, 0.2, 0.3, 0.4])
     for name in ("regmix", "doremi"):
         parent = compose(["budget=smoke", f"mixer={name}", *PIN])
@@ -130,14 +143,17 @@ def test_sub_run_keys_are_unchanged(monkeypatch):
     assert dict(Path(d).name.rsplit("-", 1) for d in seen) == SUBRUNS
 
 
-@pytest.mark.parametrize("override,line", [
-    ("trainer.lr=abc", "config error: trainer.lr: must be a number, got 'abc'"),
-    ("trainer.log_every=1.5", "config error: trainer.log_every: must be an integer, got 1.5"),
-    ("trainer.progress=maybe", "config error: trainer.progress: must be true or false, got 'maybe'"),
-    ("mixer.tokens_per_domain=many", "config error: mixer.tokens_per_domain: must be an integer, got 'many'"),
-    ("mixer.max_epochs=abc", "config error: mixer.max_epochs: must be a number or null, got 'abc'"),
-    ("seed=abc", "config error: seed: must be an integer from 0 to 4294967295, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "override,line",
+    [
+        ("trainer.lr=abc", "config error: trainer.lr: must be a number, got 'abc'"),
+        ("trainer.log_every=1.5", "config error: trainer.log_every: must be an integer, got 1.5"),
+        ("trainer.progress=maybe", "config error: trainer.progress: must be true or false, got 'maybe'"),
+        ("mixer.tokens_per_domain=many", "config error: mixer.tokens_per_domain: must be an integer, got 'many'"),
+        ("mixer.max_epochs=abc", "config error: mixer.max_epochs: must be a number or null, got 'abc'"),
+        ("seed=abc", "config error: seed: must be an integer from 0 to 4294967295, got 'abc'"),
+    ],
+)
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_field(override, line):
     with pytest.raises(Exception) as e:
         compose(["mixer=tikmix_d", override, "run_dir=/tmp"])
@@ -147,12 +163,14 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_field(override, line):
 def test_sub_run_configs_made_in_code_pass_the_same_checks():
     good = OmegaConf.to_container(compose(["budget=smoke", "run_dir=/tmp"]), resolve=True)
     assert isinstance(validate(good), RunConfig) and validate(good).trainer.ckpt_every == 100
-    for path, value, match in [(("trainer", "lr"), "abc", "trainer.lr: must be a number, got 'abc'"),
-                               (("trainer", "lrr"), 1, "trainer.lrr: unknown key"),
-                               (("budget", "warmup_frac"), 1.5, "budget.warmup_frac: must be a number >= 0 and < 1"),
-                               (("model", "num_layers"), "four", "model.num_layers: must be an integer, got 'four'"),
-                               (("logger", "name"), "tensorboard", "logger.name: unknown 'tensorboard'; allowed: wandb, none"),
-                               (("trainer", "final_eval"), "some", "trainer.final_eval: unknown 'some'")]:
+    for path, value, match in [
+        (("trainer", "lr"), "abc", "trainer.lr: must be a number, got 'abc'"),
+        (("trainer", "lrr"), 1, "trainer.lrr: unknown key"),
+        (("budget", "warmup_frac"), 1.5, "budget.warmup_frac: must be a number >= 0 and < 1"),
+        (("model", "num_layers"), "four", "model.num_layers: must be an integer, got 'four'"),
+        (("logger", "name"), "tensorboard", "logger.name: unknown 'tensorboard'; allowed: wandb, none"),
+        (("trainer", "final_eval"), "some", "trainer.final_eval: unknown 'some'"),
+    ]:
         bad = OmegaConf.to_container(OmegaConf.create(good))
         bad[path[0]][path[1]] = value
         with pytest.raises(ConfigError, match=match):
@@ -161,18 +179,25 @@ def test_sub_run_configs_made_in_code_pass_the_same_checks():
 
 def test_yaml_and_code_defaults_agree_where_they_once_disagreed():
     t = compose(["run_dir=/tmp"]).trainer
-    assert (t.ckpt_every, t.eval_every, t.log_every) == (100, 50, 10) == (TrainerConfig.ckpt_every, TrainerConfig.eval_every,
-                                                                         TrainerConfig.log_every)
+    assert (
+        (t.ckpt_every, t.eval_every, t.log_every)
+        == (100, 50, 10)
+        == (TrainerConfig.ckpt_every, TrainerConfig.eval_every, TrainerConfig.log_every)
+    )
 
 
 def test_a_mixer_from_a_plain_dict_gets_its_dataclass_defaults():
     from tikmix.method.mixers import TiKMiXDConfig
 
     doms = ["a", "b"]
-    ctx = MixerContext(domains=doms, train_tokens={"a": 10, "b": 30}, total_steps=8, tokens_per_step=64, seq_len=16, seed=0)
+    ctx = MixerContext(
+        domains=doms, train_tokens={"a": 10, "b": 30}, total_steps=8, tokens_per_step=64, seq_len=16, seed=0
+    )
     c = build_mixer({"name": "tikmix_d", "tokens_per_domain": 512}, doms, ctx).c
     assert c == dataclasses.replace(TiKMiXDConfig(name="tikmix_d"), tokens_per_domain=512)
-    with pytest.raises(ConfigError, match="mixer.tokens: unknown key for mixer 'tikmix_d'; known keys: name, first_stage"):
+    with pytest.raises(
+        ConfigError, match="mixer.tokens: unknown key for mixer 'tikmix_d'; known keys: name, first_stage"
+    ):
         build_mixer({"name": "tikmix_d", "tokens": 512}, doms, ctx)
     with pytest.raises(ConfigError, match="mixer.alpha: must be a number, got 'x'"):
         build_mixer({"name": "tikmix_d", "alpha": "x"}, doms, ctx)
@@ -209,14 +234,14 @@ class Tempered(Mixer):
         t = np.array([self.ctx.train_tokens[d] for d in self.domains], dtype=np.float64) ** self.c.power
         return t / t.sum()
 '''
-NEW_YAML = '''# Token shares tempered by a power (a test's new method).
+NEW_YAML = """# Token shares tempered by a power (a test's new method).
 defaults:
   - /schema/mixer/{name}@_here_
   - _self_
 
 name: {name}
 power: 0.25
-'''
+"""
 
 
 @pytest.fixture
@@ -264,8 +289,9 @@ def test_an_installed_package_adds_a_mixer_through_its_entry_point(fresh_registr
     (dist / "entry_points.txt").write_text("[tikmix.mixers]\ntempered_plugin = tempered_plugin\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "tempered_plugin" in available()
-    ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 40}, total_steps=8, tokens_per_step=64, seq_len=16,
-                       seed=0)
+    ctx = MixerContext(
+        domains=["a", "b"], train_tokens={"a": 10, "b": 40}, total_steps=8, tokens_per_step=64, seq_len=16, seed=0
+    )
     assert np.allclose(build_mixer({"name": "tempered_plugin"}, ["a", "b"], ctx).weights(0), [1 / 3, 2 / 3])
     with pytest.raises(ConfigError, match="mixer.power: must be a number >= 0, got -1"):
         build_mixer({"name": "tempered_plugin", "power": -1}, ["a", "b"], ctx)

@@ -3,6 +3,7 @@
 The help text is conf/hydra/help/tikmix.yaml; this test reads conf/ and sweeps/ and fails when a preset is
 missing from it, or when an internal preset (a base file, a sweep's job mixer) is shown as one.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,13 @@ INTERNAL = {"mixer": {"regmix_candidate", "design"}}
 
 @pytest.fixture(scope="module")
 def help_text() -> str:
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, WANDB_MODE="disabled"))
+    r = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    )
     assert r.returncode == 0 and not r.stderr, r.stderr
     return r.stdout
 

@@ -6,6 +6,7 @@ Domains have planted statistics over a 64-token vocabulary, sequences of 32 toke
   high   x_t = 32 + (s + t) mod 32       (same rule, disjoint tokens)
   noise  uniform random tokens           (no signal)
 """
+
 from __future__ import annotations
 
 import gc
@@ -62,8 +63,15 @@ def tiny_llama(seed: int = 0, dtype=torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).to(dtype)
 
 
@@ -94,7 +102,9 @@ class FakeProbe(StubProbe):
         self.charged: list[tuple[float, str]] = []
 
     def domain_batches(self, domain, n_tokens, split="train"):
-        yield from batches_of(seqs(domain, max(1, n_tokens // SEQ), 100 * self.step + DOMAINS.index(domain) + self.seed))
+        yield from batches_of(
+            seqs(domain, max(1, n_tokens // SEQ), 100 * self.step + DOMAINS.index(domain) + self.seed)
+        )
 
     def mixture_batches(self, weights, n_tokens):
         n = max(1, n_tokens // SEQ)
@@ -240,7 +250,9 @@ def _summed_loss(model, b, labels=None):
     """Independent of tikmix: the summed next-token cross-entropy of a batch."""
     logits = model(input_ids=b["input_ids"]).logits
     y = (b["labels"] if labels is None else labels)[:, 1:]
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+    )
 
 
 def _factors_by_hand(model, name, batches):
@@ -325,7 +337,9 @@ def test_kfac_sampled_fisher_of_the_lm_head_matches_its_expectation(lm_and_batch
     assert err < 0.05, err
     empirical = KFAC(model, params, damping=1e-2, keep_factors=True)
     empirical.collect(model, batches, lambda m, b: batch_loss_sum(m, b))
-    assert float((empirical.factors["lm_head"][1] - expect).norm() / expect.norm()) > 4 * err  # the test can tell them apart
+    assert (
+        float((empirical.factors["lm_head"][1] - expect).norm() / expect.norm()) > 4 * err
+    )  # the test can tell them apart
 
 
 def test_kfac_preconditioned_target_matches_explicit_solves(lm_and_batches):
@@ -449,7 +463,9 @@ def test_kfac_single_linear_matches_explicit_kronecker_solve():
 
     def data(seed, n):
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+        x = torch.randn(n, 5, generator=g, dtype=torch.float64) * torch.tensor(
+            [1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64
+        )
         return [{"x": x[i : i + 8], "y": x[i : i + 8] @ W.T + 0.3} for i in range(0, n, 8)]
 
     def loss_fn(m, b):
@@ -504,7 +520,7 @@ def test_projector_is_seeded_chunked_and_unbiased():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3000, generator=g), torch.randn(3000, generator=g)
     y = 0.6 * x + 0.8 * y  # cos ≈ 0.6
-    pieces = lambda v: [v[:1000].reshape(10, 100), v[1000:]]  # parameter-shaped pieces
+    pieces = lambda v: [v[:1000].reshape(10, 100), v[1000:]]  # noqa: E731 — parameter-shaped pieces
     k = 4096
     P = Projector(k, seed=5, kind="rademacher")
     P.cols = 700  # force several random blocks per parameter
@@ -555,8 +571,13 @@ def test_memory_at_most_n_targets_plus_one_domain_gradient(hessian):
                 samples.append((name, _live_gradient_floats(model, opt) - base))
             yield b
 
-    res = group_influence(model, {t: (lambda t=t: stream(t)) for t in streams if t.startswith("t")},
-                          {d: (lambda d=d: stream(d)) for d in DOMAINS}, hessian=hessian, optimizer=opt)
+    res = group_influence(
+        model,
+        {t: (lambda t=t: stream(t)) for t in streams if t.startswith("t")},
+        {d: (lambda d=d: stream(d)) for d in DOMAINS},
+        hessian=hessian,
+        optimizer=opt,
+    )
     assert res.S.shape == (n, len(DOMAINS))
     assert len(samples) == n + len(DOMAINS) + 1
     peak = max(v for _, v in samples)
@@ -569,8 +590,15 @@ def test_memory_at_most_n_targets_plus_one_domain_gradient(hessian):
 # the mixers
 # --------------------------------------------------------------------------------------------------------
 def _ctx(seed=0, train_tokens=None):
-    return MixerContext(domains=list(DOMAINS), train_tokens=train_tokens or {d: 100_000 for d in DOMAINS}, total_steps=400,
-                        tokens_per_step=512, seq_len=SEQ, seed=seed, stage_steps=[100, 200, 300])
+    return MixerContext(
+        domains=list(DOMAINS),
+        train_tokens=train_tokens or {d: 100_000 for d in DOMAINS},
+        total_steps=400,
+        tokens_per_step=512,
+        seq_len=SEQ,
+        seed=seed,
+        stage_steps=[100, 200, 300],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -596,7 +624,11 @@ def test_tikmix_d_mixer_moves_weight_by_influence(trained32):
     assert w[DOMAINS.index("noise")] < 0.25, (w, S)
     assert rec["solver"]["status"] == "ok" and rec["solver"]["objective"] <= rec["solver"]["objective_prev"] + 1e-9
     assert min(rec["solver"]["slacks"]["pareto"]) >= -1e-6 * np.abs(S).max()
-    assert probe.charged and probe.charged[0][1] == "influence" and probe.charged[0][0] == pytest.approx(rec["cost"]["influence_flops"])
+    assert (
+        probe.charged
+        and probe.charged[0][1] == "influence"
+        and probe.charged[0][0] == pytest.approx(rec["cost"]["influence_flops"])
+    )
     assert rec["cost"]["influence_flops"] >= (4 * 512 + 1024) * probe.flops_per_token
     assert set(rec) >= {"step", "influence", "weights", "solver", "cost"}
 
@@ -614,8 +646,11 @@ def test_tikmix_d_respects_epoch_caps(trained32):
     model, opt = trained32
     tt = {d: 100_000 for d in DOMAINS}
     tt["count"] = 1000  # stage 20000 tokens, max_epochs 4 -> cap 0.2
-    mixer = build_mixer({"name": "tikmix_d", "tokens_per_domain": 256, "targets_tokens": 512, "first_stage": "uniform"},
-                        DOMAINS, _ctx(train_tokens=tt))
+    mixer = build_mixer(
+        {"name": "tikmix_d", "tokens_per_domain": 256, "targets_tokens": 512, "first_stage": "uniform"},
+        DOMAINS,
+        _ctx(train_tokens=tt),
+    )
     np.testing.assert_allclose(mixer.weights(0), 0.25)
     mixer.on_probe(FakeProbe(model, opt))
     w = mixer.weights(100)
@@ -626,7 +661,13 @@ def test_tikmix_d_respects_epoch_caps(trained32):
 @pytest.mark.parametrize("hessian", ["adam", "kfac"])
 def test_tikmix_d_mixer_with_each_preconditioner(trained32, hessian):
     model, opt = trained32
-    cfg = {"name": "tikmix_d", "tokens_per_domain": 512, "targets_tokens": 1024, "hessian": hessian, "kfac_tokens": 1024}
+    cfg = {
+        "name": "tikmix_d",
+        "tokens_per_domain": 512,
+        "targets_tokens": 1024,
+        "hessian": hessian,
+        "kfac_tokens": 1024,
+    }
     mixer = build_mixer(cfg, DOMAINS, _ctx())
     mixer.on_probe(FakeProbe(model, opt))
     rec = mixer.history[-1]
@@ -643,8 +684,17 @@ def test_tikmix_d_mixer_with_each_preconditioner(trained32, hessian):
 @pytest.mark.parametrize("sample", ["composed", "own"])
 def test_tikmix_m_mixer_runs_and_logs_fit(trained32, sample):
     model, opt = trained32
-    cfg = {"name": "tikmix_m", "tokens_per_domain": 512, "targets_tokens": 1024, "n_candidates": 16, "candidate_tokens": 2048,
-           "search_samples": 500, "search_rounds": 3, "n_estimators": 50, "candidate_sample": sample}
+    cfg = {
+        "name": "tikmix_m",
+        "tokens_per_domain": 512,
+        "targets_tokens": 1024,
+        "n_candidates": 16,
+        "candidate_tokens": 2048,
+        "search_samples": 500,
+        "search_rounds": 3,
+        "n_estimators": 50,
+        "candidate_sample": sample,
+    }
     mixer = build_mixer(cfg, DOMAINS, _ctx())
     assert isinstance(mixer, TiKMiXM) and mixer.c.hessian == "adam" and mixer.c.regressor == "quadratic"
     probe = FakeProbe(model, opt)
@@ -658,7 +708,9 @@ def test_tikmix_m_mixer_runs_and_logs_fit(trained32, sample):
     X = np.array(m["realised"])
     S_ = np.array([[rec["influence"]["count_val"][d] for d in DOMAINS]])
     if sample == "own":
-        assert np.allclose(X.sum(axis=1), 1) and np.all(np.abs(X * 64 - np.round(X * 64)) < 1e-9)  # counts / 64 sequences
+        assert np.allclose(X.sum(axis=1), 1) and np.all(
+            np.abs(X * 64 - np.round(X * 64)) < 1e-9
+        )  # counts / 64 sequences
     else:  # composed: the mixture measured is the candidate, its first order exactly S·w
         np.testing.assert_array_equal(X, m["nominal"])
         np.testing.assert_allclose(np.array(m["first_order_P"]), X @ S_.T, rtol=1e-12)
@@ -700,8 +752,9 @@ def test_auto_per_domain_targets_are_combined_into_one(trained32):
     rec = mixer.history[-1]
     assert rec["targets"] == ["mean(val/count, val/skip, val/high, val/noise)"]
     assert rec["solver"]["pareto_room"] > 0
-    separate = build_mixer({"name": "tikmix_d", "tokens_per_domain": 512, "targets_tokens": 512, "combine_targets": False},
-                           DOMAINS, ctx)
+    separate = build_mixer(
+        {"name": "tikmix_d", "tokens_per_domain": 512, "targets_tokens": 512, "combine_targets": False}, DOMAINS, ctx
+    )
     separate.on_probe(probe)
     assert len(separate.history[-1]["targets"]) == 4
 

@@ -1,4 +1,5 @@
 """The one causal-LM loss and the one autocast policy (tikmix/losses.py), and the passes that use them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,9 @@ V, T = 97, 16
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = dict(
+        hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position_embeddings=64
+    )
     return build_model(cfg, V, seed=0).eval()
 
 
@@ -38,10 +41,17 @@ def test_a_window_and_a_labelled_batch_score_the_same_positions_alike(model):
     assert batch_loss_sum(model, {"input_ids": w[:, :-1]})[1] == 4 * (T - 1)  # no labels: the inputs, all scored
 
 
-@pytest.mark.parametrize("setting,device,expected", [
-    ("auto", "cpu", None), ("fp32", "cpu", None), ("bf16", "cpu", torch.bfloat16),
-    ("auto", "cuda", torch.bfloat16), ("fp32", "cuda", None), ("bf16", "cuda", torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "setting,device,expected",
+    [
+        ("auto", "cpu", None),
+        ("fp32", "cpu", None),
+        ("bf16", "cpu", torch.bfloat16),
+        ("auto", "cuda", torch.bfloat16),
+        ("fp32", "cuda", None),
+        ("bf16", "cuda", torch.bfloat16),
+    ],
+)
 def test_the_autocast_policy_follows_trainer_dtype(setting, device, expected):
     assert amp_dtype_for(setting, torch.device(device)) is expected
 

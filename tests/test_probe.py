@@ -1,5 +1,6 @@
 """The Probe (tikmix/mixer.py): what a mixer may use is declared there, the trainer's probe provides every member,
 a target-loss pass can be charged to the mixer instead of to evaluation, and no mixer reaches past the interface."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,14 +8,13 @@ import contextlib
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
+from tests.probes import StubProbe
 from tikmix.mixer import MixtureSample, Probe, register
 from tikmix.mixer_helpers import take_tokens
 from tikmix.run import run
 from tikmix.static_mixers import Stratified
 from tikmix.trainer import TrainerProbe
-
-from tests.conftest import REPO
-from tests.probes import StubProbe
 
 SEEN: dict = {}
 
@@ -33,9 +33,13 @@ class ProbeMembers(Stratified):
             SEEN["eval"] = probe.target_losses()
         SEEN["charged"] = probe.target_losses(charge_as="test_probe")
         SEEN["cut"] = probe.target_losses(n_tokens=probe.seq_len, charge_as="test_probe")
-        SEEN["cut_inputs"] = sum(b["input_ids"].numel() for bs in probe.targets.values() for b in take_tokens(bs, probe.seq_len))
+        SEEN["cut_inputs"] = sum(
+            b["input_ids"].numel() for bs in probe.targets.values() for b in take_tokens(bs, probe.seq_len)
+        )
         SEEN["flops_per_token"] = probe.flops_per_token
-        SEEN["mixture"] = probe.mixture_batches(np.full(len(probe.domains), 1.0 / len(probe.domains)), 4 * probe.seq_len)
+        SEEN["mixture"] = probe.mixture_batches(
+            np.full(len(probe.domains), 1.0 / len(probe.domains)), 4 * probe.seq_len
+        )
         SEEN["domain"] = list(probe.domain_batches(probe.domains[0], probe.seq_len))
         SEEN["val"] = probe.val_losses()
 
@@ -69,6 +73,11 @@ def test_a_probe_missing_a_method_cannot_be_built():
 
 def test_no_mixer_reaches_past_the_probe():
     """Every member a mixer uses is declared on Probe: none looks one up by name on the off chance."""
-    offenders = [f"{p.relative_to(REPO)}:{i}" for d in ("tikmix", "baselines") for p in sorted((REPO / d).rglob("*.py"))
-                 for i, line in enumerate(p.read_text().splitlines(), 1) if "getattr(probe" in line.replace(" ", "")]
+    offenders = [
+        f"{p.relative_to(REPO)}:{i}"
+        for d in ("tikmix", "baselines")
+        for p in sorted((REPO / d).rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if "getattr(probe" in line.replace(" ", "")
+    ]
     assert offenders == []

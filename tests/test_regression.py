@@ -1,4 +1,5 @@
 """The laws and the search RegMix and TiKMiX-M share (tikmix/regression.py)."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from tikmix.regression import (LinearLaw, QuadraticRidge, folds_for, kfold_predictions, lgbm_regressor, r2, rmse,
-                               spearman, top_k_mean)
+from tikmix.regression import (
+    LinearLaw,
+    QuadraticRidge,
+    folds_for,
+    kfold_predictions,
+    lgbm_regressor,
+    r2,
+    rmse,
+    spearman,
+    top_k_mean,
+)
 
 
 def test_streamed_top_k_equals_the_top_k_of_everything_and_keeps_the_earlier_of_ties():
@@ -35,8 +45,9 @@ def test_kfold_predicts_every_row_once_from_a_fit_that_never_saw_it():
 
     oof = kfold_predictions(fit_predict, n, K, seed=3)
     np.testing.assert_array_equal(oof, np.arange(n))
-    assert sorted(seen_by) == list(range(n)) and all(i not in tr and len(tr) >= n - math.ceil(n / K)
-                                                     for i, tr in seen_by.items())
+    assert sorted(seen_by) == list(range(n)) and all(
+        i not in tr and len(tr) >= n - math.ceil(n / K) for i, tr in seen_by.items()
+    )
     assert [folds_for(n, f) for n, f in ((3, 5), (4, 1), (4, 5), (20, 5))] == [0, 0, 4, 5]
 
 

@@ -17,6 +17,7 @@ Numbers that may be integers or floats are typed :data:`Number`, not ``float``: 
 ``1.0``, and the run fingerprint hashes the config as given, so a command line that resumes a run must
 compose to the same values it did.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
-from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException,
-                              ValidationError)
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from tikmix.errors import ConfigError
 
@@ -45,18 +52,34 @@ def is_number(v: Any, integer: bool = False) -> bool:
     return not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
 
 
-def check_number(field_name: str, v: Any, *, integer: bool = False, low: float | None = None, strict: bool = False,
-                 high: float | None = None, high_strict: bool = False, null: bool = False) -> None:
+def check_number(
+    field_name: str,
+    v: Any,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    strict: bool = False,
+    high: float | None = None,
+    high_strict: bool = False,
+    null: bool = False,
+) -> None:
     """Refuse a value that is not a finite number in range (a string, a bool, nan), naming the field."""
     if v is None and null:
         return
     ok = is_number(v, integer)
-    ok = ok and (low is None or (v > low if strict else v >= low)) and (high is None or (v < high if high_strict else v <= high))
+    ok = (
+        ok
+        and (low is None or (v > low if strict else v >= low))
+        and (high is None or (v < high if high_strict else v <= high))
+    )
     if not ok:
         rng = [f"{'>' if strict else '>='} {low}"] if low is not None else []
         rng += [f"{'<' if high_strict else '<='} {high}"] if high is not None else []
-        raise ConfigError(field_name, f"must be {'an integer' if integer else 'a number'}"
-                                      f"{' ' + ' and '.join(rng) if rng else ''}{' or null' if null else ''}, got {v!r}")
+        raise ConfigError(
+            field_name,
+            f"must be {'an integer' if integer else 'a number'}"
+            f"{' ' + ' and '.join(rng) if rng else ''}{' or null' if null else ''}, got {v!r}",
+        )
 
 
 def check_choice(field_name: str, v: Any, allowed: Sequence[Any]) -> None:
@@ -76,7 +99,9 @@ def _hint_words(hint: Any) -> str:
         return "a list"
     if typing.get_origin(hint) is dict or dataclasses.is_dataclass(hint):
         return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, "a value of its type")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, "a value of its type"
+    )
 
 
 def _allowed(object_type: Any, key: Any) -> str:
@@ -97,8 +122,9 @@ def _field_hint(object_type: Any, key: Any) -> Any:
         return None
 
 
-def omegaconf_error(e: OmegaConfBaseException, prefix: str = "", key: str | None = None,
-                    what: str = "") -> ConfigError | None:
+def omegaconf_error(
+    e: OmegaConfBaseException, prefix: str = "", key: str | None = None, what: str = ""
+) -> ConfigError | None:
     """The ConfigError for an OmegaConf error met while merging a config onto its schema: an unknown key, a value
     of the wrong type, a value left missing. ``prefix``: where the merged node sits (``mixer``); ``key``: the
     full key when the caller knows it better (Hydra's override); ``what``: whose keys, for an unknown top-level
@@ -136,8 +162,14 @@ def typed(schema: type, value: Any, prefix: str = "", what: str = "") -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ trainer
-TRAINER_CHOICES = {"optimizer": ("adamw",), "schedule": ("cosine", "wsd", "constant"), "dtype": ("auto", "fp32", "bf16"),
-                   "on_nonfinite": ("stop", "skip"), "parallel": ("ddp", "fsdp"), "final_eval": ("full", "targets", "none")}
+TRAINER_CHOICES = {
+    "optimizer": ("adamw",),
+    "schedule": ("cosine", "wsd", "constant"),
+    "dtype": ("auto", "fp32", "bf16"),
+    "on_nonfinite": ("stop", "skip"),
+    "parallel": ("ddp", "fsdp"),
+    "final_eval": ("full", "targets", "none"),
+}
 
 
 @dataclass
@@ -208,7 +240,11 @@ class TrainerConfig:
         check_number("trainer.max_wall_s", self.max_wall_s, low=0, null=True)  # 0, like null, means no limit
         check_number("trainer.warmup_steps", self.warmup_steps, integer=True, low=0, null=True)
         b = self.betas
-        need(isinstance(b, (list, tuple)) and len(b) == 2, "trainer.betas", f"must be two numbers [beta1, beta2] in [0, 1), got {b!r}")
+        need(
+            isinstance(b, (list, tuple)) and len(b) == 2,
+            "trainer.betas",
+            f"must be two numbers [beta1, beta2] in [0, 1), got {b!r}",
+        )
         for i, x in enumerate(b):
             check_number(f"trainer.betas[{i}]", x, low=0, high=1, high_strict=True)
 
@@ -266,7 +302,9 @@ class BudgetConfig:
     seq_len: int = MISSING
     batch_size: int = MISSING  # global batch in sequences (tokens per step = batch_size * seq_len)
     micro_batch: int = MISSING  # sequences per forward/backward (gradient accumulation makes up the rest)
-    warmup_frac: Number = 0.0  # fraction of steps in linear warmup (when the model's trainer.warmup_steps does not apply)
+    warmup_frac: Number = (
+        0.0  # fraction of steps in linear warmup (when the model's trainer.warmup_steps does not apply)
+    )
     stages: List[float] = field(default_factory=list)  # mixture-stage boundaries as fractions of the budget
     # evaluation sized to the budget (budget=smoke lowers them, so the whole run takes seconds):
     val_tokens: int = 16384  # validation tokens per domain (trainer.val_tokens)
@@ -352,8 +390,12 @@ class SyntheticTasks:
     # test examples per task (arith tasks hold ~1,000 held-out test problems; fact tasks ~700 in v1 and 350 in
     # v2, whose knowledge base is half the size: they write all they have)
     n_test: int = 500
-    seed: int = II("data.synthetic.seed")  # must be the corpus's seed: the knowledge base and held-out problems follow it
-    benchmark: str = II("data.synthetic.benchmark")  # must be the corpus's: v2's knowledge base (the fact tasks) differs from v1's
+    seed: int = II(
+        "data.synthetic.seed"
+    )  # must be the corpus's seed: the knowledge base and held-out problems follow it
+    benchmark: str = II(
+        "data.synthetic.benchmark"
+    )  # must be the corpus's: v2's knowledge base (the fact tasks) differs from v1's
     cache_dir: str = II("data.cache_dir")
 
 
@@ -363,8 +405,12 @@ class EvalConfig:
 
     name: str = MISSING
     tasks: Any = field(default_factory=list)  # task names (a list, or one name)
-    in_domain: Any = field(default_factory=list)  # tasks averaged as in-domain (the only ones benchmark targets may use)
-    out_of_domain: Any = field(default_factory=list)  # averaged as out-of-domain; others count only in the overall average
+    in_domain: Any = field(
+        default_factory=list
+    )  # tasks averaged as in-domain (the only ones benchmark targets may use)
+    out_of_domain: Any = field(
+        default_factory=list
+    )  # averaged as out-of-domain; others count only in the overall average
     metric: Any = None  # null = acc_norm, else acc, else exact_match, else the first metric; or {task: metric}
     num_fewshot: Any = None  # null = each task's own default (0 when it has none); an integer; or {task: shots}
     include_path: Any = None  # a folder (or list of folders) of your own lm-eval task YAMLs (used as they are)
@@ -390,7 +436,9 @@ class WandbLogger:
     project: str = "tikmix"
     entity: Optional[str] = None
     group: Optional[str] = None  # null = the Hydra sweep (hydra.sweep.dir) for a multirun job, none for a single run
-    tags: List[str] = field(default_factory=list)  # added to the automatic mixer:<name> model:... budget:... data:... eval:...
+    tags: List[str] = field(
+        default_factory=list
+    )  # added to the automatic mixer:<name> model:... budget:... data:... eval:...
     mode: Optional[str] = None  # null = online if a key is configured, else offline; or online | offline | disabled
     system_metrics: bool = False  # W&B's CPU/GPU utilisation sampling; off by default: it costs CPU on small machines
 
@@ -425,8 +473,11 @@ class RunConfig:
     logger: Any = MISSING  # one of LOGGERS
 
     def __post_init__(self) -> None:
-        need(is_number(self.seed, integer=True) and 0 <= self.seed < 2**32, "seed",
-             f"must be {_allowed(RunConfig, 'seed')}, got {self.seed!r}")
+        need(
+            is_number(self.seed, integer=True) and 0 <= self.seed < 2**32,
+            "seed",
+            f"must be {_allowed(RunConfig, 'seed')}, got {self.seed!r}",
+        )
 
 
 def validate(cfg: Mapping[str, Any]) -> RunConfig:
@@ -455,8 +506,8 @@ def register_configs() -> None:
     """Store every schema in Hydra's ConfigStore, where the presets' defaults lists find them: ``schema/<section>``,
     ``schema/logger/<name>`` and ``schema/mixer/<name>`` for every mixer found (tikmix.mixer.discover). Call it
     before composing a config (train.py, python -m eval, the tests' compose)."""
-    from hydra.core.config_store import ConfigStore
-
+    # the one import of the framework that stays inside a function: tikmix.mixer builds on this module (every
+    # mixer's parameters are a schema of it), and the mixers are known only once discovery has run
     from tikmix.mixer import available, mixer_class
 
     global _STORED
@@ -490,5 +541,5 @@ def _override_key(message: str) -> str | None:
     # Hydra: "Error merging override trainer.lr=abc" / "Could not override 'trainer.lrr'."
     for head in ("Error merging override ", "Could not override '"):
         if message.startswith(head):
-            return message[len(head):].split("=", 1)[0].rstrip("'.").lstrip("+~") or None
+            return message[len(head) :].split("=", 1)[0].rstrip("'.").lstrip("+~") or None
     return None

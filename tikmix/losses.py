@@ -5,6 +5,7 @@ target losses, DoReMi's reference model) all score next tokens with :func:`causa
 :func:`autocast` of the run's ``trainer.dtype``. Logits are cast to fp32 (an fp64 model keeps fp64) before the
 cross-entropy, so a loss does not depend on which pass computed it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,6 +96,13 @@ def batch_loss_sum(
     labels = batch.get("labels")
     labels = ids if labels is None else labels.to(dev)
     mask = batch.get("attention_mask")
-    loss = causal_lm_loss(model, ids, labels, autocast=autocast, reduction="sum",
-                          attention_mask=None if mask is None else mask.to(dev), sample_generator=sample_generator)
+    loss = causal_lm_loss(
+        model,
+        ids,
+        labels,
+        autocast=autocast,
+        reduction="sum",
+        attention_mask=None if mask is None else mask.to(dev),
+        sample_generator=sample_generator,
+    )
     return loss, int((labels[:, 1:] != IGNORE).sum().item()), int(ids.numel())

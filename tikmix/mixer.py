@@ -9,6 +9,7 @@ Adding a method = one module with a ``@register("name", NameConfig)`` class and 
 ``baselines/`` or ``tikmix/method/`` (found by :func:`discover`, no list to edit), + one ``conf/mixer/<name>.yaml``
 naming that dataclass as its schema.
 """
+
 from __future__ import annotations
 
 import abc

@@ -1,5 +1,6 @@
 """Helpers the mixers share: weight vectors checked onto the simplex, read from a domain -> weight mapping,
 written back as one; the leading rows of a target set. Pure numpy (no torch), like :mod:`tikmix.mixer`."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -12,7 +13,9 @@ from tikmix.errors import ConfigError
 def check_simplex(w: Any, field_name: str, domains: Sequence[str], atol: float = 1e-6) -> np.ndarray:
     w = np.asarray(w, dtype=np.float64)
     if w.shape != (len(domains),):
-        raise ConfigError(field_name, f"expected {len(domains)} weights (one per domain {list(domains)}), got shape {w.shape}")
+        raise ConfigError(
+            field_name, f"expected {len(domains)} weights (one per domain {list(domains)}), got shape {w.shape}"
+        )
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ConfigError(field_name, f"weights must be finite and >= 0, got {w.tolist()}")
     s = w.sum()
@@ -72,7 +75,10 @@ def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
         rows, T = b["input_ids"].shape[0], b["input_ids"].shape[-1]
         need = -(-(n_tokens - seen) // T)
         if need < rows:
-            b = {k: (v[:need] if hasattr(v, "shape") and len(v.shape) and v.shape[0] == rows else v) for k, v in b.items()}
+            b = {
+                k: (v[:need] if hasattr(v, "shape") and len(v.shape) and v.shape[0] == rows else v)
+                for k, v in b.items()
+            }
             rows = need
         out.append(b)
         seen += rows * T

@@ -9,6 +9,7 @@
 * :func:`top_k_mean`, :func:`dirichlet_search`, :func:`in_region` — the search: the mean of the k mixtures a
   law predicts lowest among many drawn (RegMix's simulation, one round of the paper's Algorithm 1).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -28,8 +29,16 @@ def lgbm_regressor(seed: int, **params: Any) -> Any:
     silent); ``params`` are the method's own and override these."""
     import lightgbm as lgb  # with scikit-learn ~1 s and ~90 MB at import: paid only by runs that fit a law
 
-    return lgb.LGBMRegressor(**{"deterministic": True, "force_col_wise": True, "num_threads": 1, "verbose": -1,
-                                "random_state": int(seed), **params})
+    return lgb.LGBMRegressor(
+        **{
+            "deterministic": True,
+            "force_col_wise": True,
+            "num_threads": 1,
+            "verbose": -1,
+            "random_state": int(seed),
+            **params,
+        }
+    )
 
 
 def stopping_split(n: int, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +51,9 @@ def stopping_split(n: int, valid_frac: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(perm[n_va:]), np.sort(perm[:n_va])
 
 
-def fit_early_stopped(make: Callable[[int], Any], X: np.ndarray, y: np.ndarray, rounds: int, valid_frac: float,
-                      seed: int) -> Any:
+def fit_early_stopped(
+    make: Callable[[int], Any], X: np.ndarray, y: np.ndarray, rounds: int, valid_frac: float, seed: int
+) -> Any:
     """LightGBM as RegMix's reference notebook fits it: boosting stops when the held-out l1 or l2 has not
     improved for ``rounds`` rounds, and predictions use the best round; the held-out rows (``valid_frac``)
     only decide when to stop. ``rounds=0`` grows every tree on every row. ``make(n_train)``: the regressor."""
@@ -56,8 +66,13 @@ def fit_early_stopped(make: Callable[[int], Any], X: np.ndarray, y: np.ndarray, 
     held_out = {"eval_X": X[va], "eval_y": y[va]}  # LightGBM >= 4.7; eval_set before (deprecated since)
     if "eval_X" not in inspect.signature(model.fit).parameters:
         held_out = {"eval_set": [(X[va], y[va])]}
-    return model.fit(X[tr], y[tr], eval_metric="l2",
-                     callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)], **held_out)
+    return model.fit(
+        X[tr],
+        y[tr],
+        eval_metric="l2",
+        callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)],
+        **held_out,
+    )
 
 
 def n_trees(model: Any) -> int:
@@ -91,7 +106,7 @@ class QuadraticRidge:
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "QuadraticRidge":
         F = self.features(X)
-        scale = max(float((F ** 2).sum() / max(1, F.shape[1])), 1e-12)
+        scale = max(float((F**2).sum() / max(1, F.shape[1])), 1e-12)
         self.coef_ = np.linalg.solve(F.T @ F + self.ridge * scale * np.eye(F.shape[1]), F.T @ y)
         return self
 
@@ -108,8 +123,9 @@ def folds_for(n: int, folds: int) -> int:
     return k if k >= 2 and n >= 4 else 0
 
 
-def kfold_predictions(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int, folds: int,
-                      seed: int) -> np.ndarray:
+def kfold_predictions(
+    fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int, folds: int, seed: int
+) -> np.ndarray:
     """Out-of-fold predictions [n]: fold f holds out rows perm[f::folds] of a permutation seeded by ``seed``;
     ``fit_predict(train rows, held-out rows)`` fits on the former and returns predictions of the latter."""
     perm = np.random.default_rng(seed).permutation(n)

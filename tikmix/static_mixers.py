@@ -1,4 +1,5 @@
 """Static mixers: one mixture for the whole run, no feedback."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ class Fixed(Mixer):
         if weights is None:
             path = self.c.weights_file
             if not path:
-                raise ConfigError("mixer.weights", "mixer=fixed needs mixer.weights={domain: weight, ...} or mixer.weights_file=PATH")
+                raise ConfigError(
+                    "mixer.weights", "mixer=fixed needs mixer.weights={domain: weight, ...} or mixer.weights_file=PATH"
+                )
             field = "mixer.weights_file"
             p = Path(path)
             if not p.is_file():
@@ -68,7 +71,9 @@ class Human(Mixer):
     def initial_weights(self) -> np.ndarray:
         hw = self.ctx.human_weights
         if not hw:
-            raise ConfigError("data.human_weights", "this data preset has no published proportions; use mixer=natural or mixer=fixed")
+            raise ConfigError(
+                "data.human_weights", "this data preset has no published proportions; use mixer=natural or mixer=fixed"
+            )
         known = {k: v for k, v in hw.items() if k in self.domains}
         return weights_from_mapping(known, self.domains, "data.human_weights", renormalize=True)
 
@@ -98,9 +103,18 @@ class DesignConfig(MixerConfig):
         need(0 < self.vertex_weight < 1, "mixer.vertex_weight", f"must be in (0, 1), got {self.vertex_weight!r}")
 
 
-def static_design(domains: list[str], natural: np.ndarray, grid_domains: list[str] | None = None, grid_step: int = 3,
-                  vertex_weight: float = 0.7, n_uniform: int = 16, uniform_concentration: float = 2.0,
-                  n_natural: int = 8, natural_concentration: float = 20.0, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+def static_design(
+    domains: list[str],
+    natural: np.ndarray,
+    grid_domains: list[str] | None = None,
+    grid_step: int = 3,
+    vertex_weight: float = 0.7,
+    n_uniform: int = 16,
+    uniform_concentration: float = 2.0,
+    n_natural: int = 8,
+    natural_concentration: float = 20.0,
+    seed: int = 0,
+) -> list[tuple[str, np.ndarray]]:
     """The oracle sweep's design of static mixtures, a pure function of its arguments (README, "ground truth"):
     stratified and natural; near-vertices (``vertex_weight`` on one domain, the rest spread evenly); Dirichlet
     draws around uniform and around natural; and a simplex grid of step 1/``grid_step`` over ``grid_domains``
@@ -114,8 +128,10 @@ def static_design(domains: list[str], natural: np.ndarray, grid_domains: list[st
         out.append((f"vertex:{d}", w))
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0AC1E]))
     out += [(f"dirichlet_uniform:{k}", rng.dirichlet(np.full(m, uniform_concentration))) for k in range(n_uniform)]
-    out += [(f"dirichlet_natural:{k}", rng.dirichlet(np.maximum(natural * natural_concentration, 1e-3)))
-            for k in range(n_natural)]
+    out += [
+        (f"dirichlet_natural:{k}", rng.dirichlet(np.maximum(natural * natural_concentration, 1e-3)))
+        for k in range(n_natural)
+    ]
     grid = list(grid_domains) if grid_domains else list(domains)
     idx = [domains.index(d) for d in grid]
     w = np.zeros(m)
@@ -145,7 +161,10 @@ class Design(Mixer):
         idx = self.c.index
         self.points = self._points(list(domains), ctx)
         if idx >= len(self.points):
-            raise ConfigError("mixer.index", f"{idx} is out of range: the design has {len(self.points)} mixtures (0..{len(self.points) - 1})")
+            raise ConfigError(
+                "mixer.index",
+                f"{idx} is out of range: the design has {len(self.points)} mixtures (0..{len(self.points) - 1})",
+            )
         super().__init__(self.c, domains, ctx)
         self.info = {"index": idx, "point": self.points[idx][0], "n_design": len(self.points)}
 
@@ -159,8 +178,18 @@ class Design(Mixer):
             if bad:
                 raise ConfigError("mixer.grid_domains", f"unknown domain(s) {bad}; the data has {domains}")
         natural = np.array([ctx.train_tokens[d] for d in domains], dtype=np.float64)
-        return static_design(domains, natural, grid, c.grid_step, float(c.vertex_weight), c.n_uniform,
-                             float(c.uniform_concentration), c.n_natural, float(c.natural_concentration), c.seed)
+        return static_design(
+            domains,
+            natural,
+            grid,
+            c.grid_step,
+            float(c.vertex_weight),
+            c.n_uniform,
+            float(c.uniform_concentration),
+            c.n_natural,
+            float(c.natural_concentration),
+            c.seed,
+        )
 
     def initial_weights(self) -> np.ndarray:
         return self.points[self.c.index][1]
@@ -174,5 +203,7 @@ def _read_design_file(path: str, domains: list[str]) -> list[tuple[str, np.ndarr
         raise ConfigError("mixer.design_file", f"cannot read {p}: {e}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("weights"), dict) for r in rows):
         raise ConfigError("mixer.design_file", f"{p} must be a YAML list of {{name, weights: {{domain: weight}}}}")
-    return [(str(r.get("name", i)), weights_from_mapping(r["weights"], domains, "mixer.design_file", renormalize=True))
-            for i, r in enumerate(rows)]
+    return [
+        (str(r.get("name", i)), weights_from_mapping(r["weights"], domains, "mixer.design_file", renormalize=True))
+        for i, r in enumerate(rows)
+    ]

@@ -13,6 +13,7 @@ default ``mixer.targets_tokens`` = 2,048 padded input tokens; the dev splits hol
 measurement's FLOPs (forward+backward of every sample) against the stage's training FLOPs.
 Writes ``influence_snr.png`` and ``influence_snr.json`` into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,13 @@ class SNRProbe(Mixer):
                 t0 = time.perf_counter()
                 S = []
                 for half in (0, 1):
-                    gi = GroupInfluence(probe.model, hessian=hessian, optimizer=probe.optimizer, device=probe.device,
-                                        flops_per_token=probe.flops_per_token)
+                    gi = GroupInfluence(
+                        probe.model,
+                        hessian=hessian,
+                        optimizer=probe.optimizer,
+                        device=probe.device,
+                        flops_per_token=probe.flops_per_token,
+                    )
                     targets = {k: _halves(list(b))[half] for k, b in probe.targets.items()}
                     gi.set_targets(targets)
                     doms = {d: _halves(list(probe.domain_batches(d, 2 * n)))[half] for d in self.domains}
@@ -83,14 +89,24 @@ class SNRProbe(Mixer):
                 # the decision: TiKMiX-D's next mixture from each half (from the current mixture, default settings)
                 w_prev = np.asarray(self.weights(probe.step))
                 wa, wb = (tikmix_d_solve(x, w_prev)[0] for x in S)
-                rec = {"hessian": hessian, "tokens": n, "reliability": float(np.corrcoef(a, b)[0, 1]),
-                       "spearman": spearman(a, b), "cost_pct": 100.0 * flops / (probe.stage_tokens * probe.flops_per_token),
-                       "wall_s": (time.perf_counter() - t0) / 2, "n_targets": n_targets, "step": probe.step,
-                       "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
-                       "mixture_l1": float(np.abs(wa - wb).sum())}
-                print(f"[snr] {cfg.model_name} {hessian:>8} n={n:>6}: reliability {rec['reliability']:.3f} "
-                      f"(sign agreement {rec['sign_agreement']:.2f}; L1 between the halves' TiKMiX-D mixtures {rec['mixture_l1']:.2f}), "
-                      f"cost {rec['cost_pct']:.1f}% of the stage", flush=True)
+                rec = {
+                    "hessian": hessian,
+                    "tokens": n,
+                    "reliability": float(np.corrcoef(a, b)[0, 1]),
+                    "spearman": spearman(a, b),
+                    "cost_pct": 100.0 * flops / (probe.stage_tokens * probe.flops_per_token),
+                    "wall_s": (time.perf_counter() - t0) / 2,
+                    "n_targets": n_targets,
+                    "step": probe.step,
+                    "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
+                    "mixture_l1": float(np.abs(wa - wb).sum()),
+                }
+                print(
+                    f"[snr] {cfg.model_name} {hessian:>8} n={n:>6}: reliability {rec['reliability']:.3f} "
+                    f"(sign agreement {rec['sign_agreement']:.2f}; L1 between the halves' TiKMiX-D mixtures {rec['mixture_l1']:.2f}), "
+                    f"cost {rec['cost_pct']:.1f}% of the stage",
+                    flush=True,
+                )
                 SNRProbe.results.append({"model": cfg.model_name, **rec})
         raise _Done
 
@@ -104,9 +120,22 @@ def measure(model: str, tokens: list[int], hessians: list[str], budget: str) -> 
 
     ConfigStore.instance().store(group="mixer", name="snr_probe", node=SNRProbeConfig(name="snr_probe"))  # its preset
     rd = Path(tempfile.mkdtemp()) / f"snr_{model}"
-    cfg = compose([f"model={model}", f"budget={budget}", "logger=none", "trainer.progress=false", f"run_dir={rd}",
-                   "mixer=snr_probe", f"mixer.tokens={tokens}", f"mixer.hessians={hessians}",
-                   f"mixer.model_name={model}", "eval.limit=0.01", "trainer.save_final_model=false", "trainer.eval_every=0"])
+    cfg = compose(
+        [
+            f"model={model}",
+            f"budget={budget}",
+            "logger=none",
+            "trainer.progress=false",
+            f"run_dir={rd}",
+            "mixer=snr_probe",
+            f"mixer.tokens={tokens}",
+            f"mixer.hessians={hessians}",
+            f"mixer.model_name={model}",
+            "eval.limit=0.01",
+            "trainer.save_final_model=false",
+            "trainer.eval_every=0",
+        ]
+    )
     SNRProbe.results = []
     try:
         run(cfg, quiet=True)
@@ -122,7 +151,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for (model, hessian) in sorted({(r["model"], r["hessian"]) for r in rows}):
+    for model, hessian in sorted({(r["model"], r["hessian"]) for r in rows}):
         rs = sorted((r for r in rows if r["model"] == model and r["hessian"] == hessian), key=lambda r: r["tokens"])
         x = [r["tokens"] for r in rs]
         a1.plot(x, [r["reliability"] for r in rs], marker="o", label=f"{model}, H⁻¹={hessian}")
@@ -171,8 +200,10 @@ def main() -> None:
     print(f"wrote {plot(rows, a.out)} and {a.out / 'influence_snr.json'}")
     for r in rows:
         ok = "meets" if r["reliability"] >= 0.8 and r["cost_pct"] <= 10 else "    "
-        print(f"{r['model']:>5} {r['hessian']:>8} {r['tokens']:>6}: r={r['reliability']:.3f} "
-              f"mixture L1 between halves={r['mixture_l1']:.2f} cost={r['cost_pct']:.1f}% {ok}")
+        print(
+            f"{r['model']:>5} {r['hessian']:>8} {r['tokens']:>6}: r={r['reliability']:.3f} "
+            f"mixture L1 between halves={r['mixture_l1']:.2f} cost={r['cost_pct']:.1f}% {ok}"
+        )
 
 
 if __name__ == "__main__":

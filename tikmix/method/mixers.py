@@ -19,6 +19,7 @@ At each stage boundary (``ctx.stage_steps``) the trainer hands the mixer a probe
 All randomness (projection, KFAC label sampling, LHS, Dirichlet search, LightGBM) is derived from
 (seed, step), so a resumed run re-derives it: the state is the mixture and the history.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,15 @@ import numpy as np
 
 from tikmix.config import Number, check_choice, check_number, need
 from tikmix.errors import ConfigError, DataError
-from tikmix.method.influence import FISHERS, HESSIANS, KFAC_REST, PARAM_SETS, PROJECTIONS, CombinedTarget, GroupInfluence
+from tikmix.method.influence import (
+    FISHERS,
+    HESSIANS,
+    KFAC_REST,
+    PARAM_SETS,
+    PROJECTIONS,
+    CombinedTarget,
+    GroupInfluence,
+)
 from tikmix.method.solvers import (
     REGRESS,
     REGRESSORS,
@@ -71,7 +80,9 @@ class TiKMiXDConfig(MixerConfig):
     # nearly free) | kfac (Kronecker-factored, the faithful variant: the ICLR paper used EK-FAC; the v1 paper is silent)
     hessian: str = "identity"
     damping: Number = 1.0e-3  # kfac only: each factor gets damping × its mean eigenvalue on the diagonal (our choice)
-    kfac_tokens: int = 4096  # kfac only: training tokens (from the current mixture) used to estimate the factors (our choice)
+    kfac_tokens: int = (
+        4096  # kfac only: training tokens (from the current mixture) used to estimate the factors (our choice)
+    )
     # kfac only: Linear layers with a factor larger than this (e.g. an LM head over a big vocabulary) use the
     # identity instead (our choice: bounds the factor memory)
     kfac_max_dim: int = 4096
@@ -86,7 +97,9 @@ class TiKMiXDConfig(MixerConfig):
     # null = exact inner products; an integer k = JL random projection of gradients to k dims (TRAK/LESS-style,
     # bounds memory for big models; the paper is silent)
     projection_dim: Optional[int] = None
-    projection_kind: str = "gaussian"  # gaussian | rademacher entries of the projection (gaussian: faster to generate on CPU)
+    projection_kind: str = (
+        "gaussian"  # gaussian | rademacher entries of the projection (gaussian: faster to generate on CPU)
+    )
     params: str = "all"  # parameters the gradients cover: all | no_embeddings (drops input embeddings and a tied head)
     # gradient sample per domain per boundary. The paper used 0.1B tokens at 1B-model scale; our default keeps the
     # whole influence measurement at ~8% of a demo-budget stage (6 domains + 6 targets × 2048 tokens vs ~307k
@@ -107,7 +120,9 @@ class TiKMiXDConfig(MixerConfig):
     # our relaxation: P̂(w) ≥ P̂(w_prev) − pareto_slack, in Eq. 9's normalised units (P̂ of a target's best single
     # domain is 1). 0 = the paper's constraint
     pareto_slack: Number = 0.0
-    pareto_tol: Number = 1.0e-6  # numerical tolerance of the constraints and the simplex, on the normalised (Eq. 9) scale
+    pareto_tol: Number = (
+        1.0e-6  # numerical tolerance of the constraints and the simplex, on the normalised (Eq. 9) scale
+    )
     solver_maxiter: int = 200  # SLSQP iteration limit (scipy's default is 100); on failure the mixture stays w_prev
     # auto = when the targets are the automatic per-domain held-out texts (targets.domains=auto, no task targets,
     # e.g. eval=none), combine them into ONE target, the average of the domains' losses (Aioli's objective): with
@@ -115,12 +130,20 @@ class TiKMiXDConfig(MixerConfig):
     # would be natural mixing in disguise). true = always combine all targets into one; false = never (the
     # paper's n targets)
     combine_targets: Union[bool, str] = "auto"
-    seed: Optional[int] = None  # seed of the projection / KFAC label sampling; null = the run seed (combined with the step)
+    seed: Optional[int] = (
+        None  # seed of the projection / KFAC label sampling; null = the run seed (combined with the step)
+    )
 
     def __post_init__(self) -> None:
         check_choice("mixer.first_stage", self.first_stage, ("natural", "uniform"))
-        for key, allowed in (("hessian", HESSIANS), ("params", PARAM_SETS), ("projection_kind", PROJECTIONS),
-                             ("kfac_fisher", FISHERS), ("kfac_rest", KFAC_REST), ("combine_targets", COMBINE)):
+        for key, allowed in (
+            ("hessian", HESSIANS),
+            ("params", PARAM_SETS),
+            ("projection_kind", PROJECTIONS),
+            ("kfac_fisher", FISHERS),
+            ("kfac_rest", KFAC_REST),
+            ("combine_targets", COMBINE),
+        ):
             check_choice(f"mixer.{key}", getattr(self, key), allowed)
         for key in ("alpha", "beta", "gamma", "pareto_slack"):
             check_number(f"mixer.{key}", getattr(self, key), low=0)
@@ -157,7 +180,9 @@ class TiKMiXMConfig(TiKMiXDConfig):
     # 1, ~900% at 4 (beyond that every mixture hurts and the least-moving one wins). Near 0 = first order: M
     # re-finds w_D
     lookahead_steps: Number = 1.0
-    lookahead_lr: Optional[Number] = None  # learning rate of the lookahead step; null = the optimiser's LR at the boundary
+    lookahead_lr: Optional[Number] = (
+        None  # learning rate of the lookahead step; null = the optimiser's LR at the boundary
+    )
     # what the regressor learns: second_order = the measured correction P − S·x (S·x, the first-order part
     # TiKMiX-D measured, is added back analytically) | influence = the measured P itself. Either way the
     # objective's std/sum/entropy are computed, not learnt
@@ -176,7 +201,9 @@ class TiKMiXMConfig(TiKMiXDConfig):
     search_rounds: int = 5  # T, rounds of Algorithm 1 (unstated; our choice)
     conc_start: Number = 10.0  # Dirichlet concentration of the first round (broad) ...
     conc_end: Number = 1000.0  # ... to the last (narrow), log-spaced (unstated; our choice)
-    search_samples: int = 10000  # mixtures scored by the regressor per round (QuaDMix, the sibling method, used 100k in all)
+    search_samples: int = (
+        10000  # mixtures scored by the regressor per round (QuaDMix, the sibling method, used 100k in all)
+    )
     top_k: int = 10  # w_best = mean of the top_k predicted mixtures of a round (QuaDMix averaged the top 10)
     n_estimators: int = 200  # LightGBM trees (small data: deterministic, one thread)
     learning_rate: Number = 0.05  # LightGBM learning rate
@@ -192,7 +219,11 @@ class TiKMiXMConfig(TiKMiXDConfig):
         need(0 < self.conc_start and 0 < self.conc_end, "mixer.conc_start", "concentrations must be > 0")
         need(1 <= self.top_k <= self.search_samples, "mixer.top_k", "need 1 <= top_k <= search_samples")
         need(self.candidate_tokens >= 1, "mixer.candidate_tokens", "must be a positive integer")
-        need(self.lookahead_steps > 0, "mixer.lookahead_steps", "must be > 0 (the step the candidates' influence is measured at)")
+        need(
+            self.lookahead_steps > 0,
+            "mixer.lookahead_steps",
+            "must be > 0 (the step the candidates' influence is measured at)",
+        )
         check_number("mixer.lookahead_lr", self.lookahead_lr, low=0, strict=True, null=True)
         check_choice("mixer.regress", self.regress, REGRESS)
         check_choice("mixer.regressor", self.regressor, REGRESSORS)
@@ -233,7 +264,11 @@ class TiKMiXD(Mixer):
         self.c = self.parse_config(cfg)
         self.seed = int(self.c.seed) if self.c.seed is not None else int(ctx.seed)
         super().__init__(self.c, domains, ctx)
-        self.info = {"hessian": self.c.hessian, "projection_dim": self.c.projection_dim, "flops": {"influence": 0.0, "candidates": 0.0}}
+        self.info = {
+            "hessian": self.c.hessian,
+            "projection_dim": self.c.projection_dim,
+            "flops": {"influence": 0.0, "candidates": 0.0},
+        }
 
     # --- interface --------------------------------------------------------------------------------------
     def initial_weights(self) -> np.ndarray:
@@ -254,26 +289,55 @@ class TiKMiXD(Mixer):
         caps = epoch_caps(self._train_tokens(), float(probe.stage_tokens), c.max_epochs)
         seed = self._probe_seed(probe.step)
         gi = self._influence(probe, w_prev, seed)
-        record: dict[str, Any] = {"step": int(probe.step), "stage_tokens": int(probe.stage_tokens), "w_prev": self._wd(w_prev),
-                                  "caps": self._wd(caps)}
+        record: dict[str, Any] = {
+            "step": int(probe.step),
+            "stage_tokens": int(probe.stage_tokens),
+            "w_prev": self._wd(w_prev),
+            "caps": self._wd(caps),
+        }
         try:
             targets = self._targets(probe)
             gi.set_targets(targets)
-            res = gi.matrix({d: (lambda d=d: probe.domain_batches(d, int(c.tokens_per_domain))) for d in self.domains},
-                            keep_directions=self._keep_directions())
+            res = gi.matrix(
+                {d: (lambda d=d: probe.domain_batches(d, int(c.tokens_per_domain))) for d in self.domains},
+                keep_directions=self._keep_directions(),
+            )
             S = res.S
             inf_flops, inf_wall = gi.total_flops(), gi.wall_s
             probe.charge(inf_flops, "influence")
             self.info["flops"]["influence"] += inf_flops
-            w, sinfo = tikmix_d_solve(S, w_prev, float(c.alpha), float(c.beta), float(c.gamma), caps=caps,
-                                      init="uniform", tol=float(c.pareto_tol), maxiter=int(c.solver_maxiter),
-                                      pareto=bool(c.pareto), pareto_slack=float(c.pareto_slack))
+            w, sinfo = tikmix_d_solve(
+                S,
+                w_prev,
+                float(c.alpha),
+                float(c.beta),
+                float(c.gamma),
+                caps=caps,
+                init="uniform",
+                tol=float(c.pareto_tol),
+                maxiter=int(c.solver_maxiter),
+                pareto=bool(c.pareto),
+                pareto_slack=float(c.pareto_slack),
+            )
             self._warn_pinned(probe.step, sinfo, len(targets))
             record.update(
                 targets=list(targets),
                 influence=res.as_dict(),
-                influence_info=_jsonable({k: res.info[k] for k in ("tokens", "norms", "n_params", "hessian", "projection_dim",
-                                                                   "kfac_skipped", "kfac_diag", "block_share")}),
+                influence_info=_jsonable(
+                    {
+                        k: res.info[k]
+                        for k in (
+                            "tokens",
+                            "norms",
+                            "n_params",
+                            "hessian",
+                            "projection_dim",
+                            "kfac_skipped",
+                            "kfac_diag",
+                            "block_share",
+                        )
+                    }
+                ),
                 solver=_jsonable(sinfo),
                 cost={"influence_flops": inf_flops, "influence_wall_s": inf_wall},
             )
@@ -322,10 +386,13 @@ class TiKMiXD(Mixer):
 
     def _warn_pinned(self, step: int, sinfo: dict, n_targets: int) -> None:
         if self.c.pareto and sinfo.get("pareto_room", 1.0) <= 1e-9:
-            print(f"[tikmix] warning: step {step}: the Pareto constraint S·w >= S·w_prev admits no better mixture, so the "
-                  f"mixture stays as it was ({n_targets} targets; typical when every domain is also a target). Consider "
-                  "mixer.combine_targets=true, benchmark targets, mixer.pareto_slack>0 or mixer.pareto=false",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[tikmix] warning: step {step}: the Pareto constraint S·w >= S·w_prev admits no better mixture, so the "
+                f"mixture stays as it was ({n_targets} targets; typical when every domain is also a target). Consider "
+                "mixer.combine_targets=true, benchmark targets, mixer.pareto_slack>0 or mixer.pareto=false",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def state_dict(self) -> dict:
         d = super().state_dict()
@@ -371,8 +438,9 @@ class TiKMiXM(TiKMiXD):
     def _refine(self, probe, gi, S, w_d, w_prev, caps, seed, record) -> np.ndarray:
         c = self.c
         ab = {"alpha": float(c.alpha), "beta": float(c.beta), "gamma": float(c.gamma)}
-        cands, linfo = latin_hypercube_candidates(w_d, int(c.n_candidates), float(c.lhs_low), float(c.lhs_high),
-                                                  seed=seed, return_info=True)
+        cands, linfo = latin_hypercube_candidates(
+            w_d, int(c.n_candidates), float(c.lhs_low), float(c.lhs_high), seed=seed, return_info=True
+        )
         nominal = np.vstack([w_d[None], cands])  # w_D itself is measured too: the centre of the fitted region
         eta = self._eta(probe)
         f0, wall0 = gi.total_flops(), gi.wall_s
@@ -383,9 +451,14 @@ class TiKMiXM(TiKMiXD):
         record["cost"].update(candidates_flops=cand_flops, candidates_wall_s=cand_wall)
         scale = influence_scale(S)
         m_rec: dict[str, Any] = {
-            "w_D": self._wd(w_d), "lhs": linfo, "eta": eta, "nominal": nominal.tolist(), "realised": X.tolist(),
+            "w_D": self._wd(w_d),
+            "lhs": linfo,
+            "eta": eta,
+            "nominal": nominal.tolist(),
+            "realised": X.tolist(),
             "realised_l1_from_nominal": np.abs(X - nominal).sum(axis=1).tolist(),
-            "measured_P": P.tolist(), "first_order_P": first.tolist(),
+            "measured_P": P.tolist(),
+            "first_order_P": first.tolist(),
             "measured": np.asarray(tikmix_objective_from_p(P, X, scale, **ab)).tolist(),
             "linear": np.asarray(tikmix_objective(S, X, **ab)).tolist(),
         }
@@ -394,16 +467,29 @@ class TiKMiXM(TiKMiXD):
             return self._keep_w_d(m_rec, w_d, f"only {len(X)} candidates: too few to fit a regressor")
         try:
             w, law, region = self._search(S, X, P, w_d, caps, seed, ab, m_rec)
-        except (ValueError, FloatingPointError, np.linalg.LinAlgError, _lgb_error()) as e:  # numerical failure: keep training
+        except (
+            ValueError,
+            FloatingPointError,
+            np.linalg.LinAlgError,
+            _lgb_error(),
+        ) as e:  # numerical failure: keep training
             return self._keep_w_d(m_rec, w_d, f"regression/search failed ({type(e).__name__}: {e})")
         pred_m, pred_d = float(law.predict(w[None])[0]), float(law.predict(w_d[None])[0])
         ok, why = accept_search(m_rec["fit"], pred_m, pred_d, float(c.accept_margin))
-        m_rec.update(predicted_w=pred_m, predicted_w_D=pred_d, linear_w=float(tikmix_objective(S, w, **ab)),
-                     linear_w_D=float(tikmix_objective(S, w_d, **ab)), on_boundary=[self.domains[i] for i in on_boundary(w, region)],
-                     pareto_min_vs_prev=float(((S / scale[:, None]) @ (w - w_prev)).min()))  # reported; M has no such constraint
+        m_rec.update(
+            predicted_w=pred_m,
+            predicted_w_D=pred_d,
+            linear_w=float(tikmix_objective(S, w, **ab)),
+            linear_w_D=float(tikmix_objective(S, w_d, **ab)),
+            on_boundary=[self.domains[i] for i in on_boundary(w, region)],
+            pareto_min_vs_prev=float(((S / scale[:, None]) @ (w - w_prev)).min()),
+        )  # reported; M has no such constraint
         if m_rec["on_boundary"]:
-            log.info("tikmix_m: step %d: the searched mixture sits on the fitted region's boundary in %s",
-                     probe.step, m_rec["on_boundary"])
+            log.info(
+                "tikmix_m: step %d: the searched mixture sits on the fitted region's boundary in %s",
+                probe.step,
+                m_rec["on_boundary"],
+            )
         if not ok:
             return self._keep_w_d(m_rec, w_d, why)
         m_rec.update(status="ok", decision=why)
@@ -420,7 +506,9 @@ class TiKMiXM(TiKMiXD):
             lr = probe.optimizer.param_groups[0]["lr"]
         return float(lr) * float(c.lookahead_steps)
 
-    def _measure(self, probe, gi, nominal: np.ndarray, eta: float, S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _measure(
+        self, probe, gi, nominal: np.ndarray, eta: float, S: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per candidate: the composition measured, its finite-step influence P [n] and its first order.
         ``composed``: the step mixes the domains' own preconditioned gradients (the samples S was measured
         on), so the composition is exactly the candidate and the first order exactly S·w. ``own``: a sample
@@ -440,18 +528,38 @@ class TiKMiXM(TiKMiXD):
 
     def _search(self, S, X, P, w_d, caps, seed, ab, m_rec):
         c = self.c
-        law, finfo = fit_influence_law(X, P, S, regress=c.regress, objective_kwargs=ab, seed=seed % (2**31),
-                                       regressor=c.regressor,
-                                       n_folds=int(c.cv_folds), lgbm=dict(n_estimators=int(c.n_estimators),
-                                       learning_rate=float(c.learning_rate), num_leaves=int(c.num_leaves),
-                                       min_child_samples=int(c.min_child_samples)))
+        law, finfo = fit_influence_law(
+            X,
+            P,
+            S,
+            regress=c.regress,
+            objective_kwargs=ab,
+            seed=seed % (2**31),
+            regressor=c.regressor,
+            n_folds=int(c.cv_folds),
+            lgbm=dict(
+                n_estimators=int(c.n_estimators),
+                learning_rate=float(c.learning_rate),
+                num_leaves=int(c.num_leaves),
+                min_child_samples=int(c.min_child_samples),
+            ),
+        )
         region = (X.min(axis=0), X.max(axis=0))
         start = X[0]  # w_D's realised composition: inside the region by construction
         capped = bool(np.any(caps < 1.0)) and caps.sum() >= 1
         project = (lambda W: project_capped_simplex(W, caps)) if capped else None
-        w, trace = dirichlet_search(law.predict, start, T=int(c.search_rounds), conc_start=float(c.conc_start),
-                                    conc_end=float(c.conc_end), n_samples=int(c.search_samples), top_k=int(c.top_k),
-                                    seed=(seed + 1) % (2**32), project=project, region=region)
+        w, trace = dirichlet_search(
+            law.predict,
+            start,
+            T=int(c.search_rounds),
+            conc_start=float(c.conc_start),
+            conc_end=float(c.conc_end),
+            n_samples=int(c.search_samples),
+            top_k=int(c.top_k),
+            seed=(seed + 1) % (2**32),
+            project=project,
+            region=region,
+        )
         m_rec.update(fit=finfo, search=trace, region={"low": self._wd(region[0]), "high": self._wd(region[1])})
         return w, law, region
 

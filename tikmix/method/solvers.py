@@ -9,6 +9,7 @@
 S is the influence matrix [n_targets, m_domains] in the *benefit* convention of :mod:`tikmix.method.influence`
 (S_vd > 0: domain d helps target v).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -56,7 +57,9 @@ def tikmix_objective_from_p(
     return float(val) if np.ndim(val) == 0 else val
 
 
-def tikmix_objective(S: np.ndarray, w: np.ndarray, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> float | np.ndarray:
+def tikmix_objective(
+    S: np.ndarray, w: np.ndarray, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0
+) -> float | np.ndarray:
     """Eq. 10: P = S·w, P̂_v = P_v/(max_d S_vd + 1e-8) (Eq. 9, guarded: :func:`influence_scale`),
     value = α·std(P̂) − β·ΣP̂ − γ·H(w) (population std). Lower is better. ``w`` may be [m] or [k, m]."""
     S = np.atleast_2d(np.asarray(S, dtype=np.float64))
@@ -152,12 +155,20 @@ def tikmix_d_solve(
         raise ValueError("influence matrix has non-finite entries")
     caps = np.ones(m) if caps is None else np.clip(np.asarray(caps, dtype=np.float64), 0.0, 1.0)
     slack = float(pareto_slack)
-    info: dict[str, Any] = {"caps": caps.tolist(), "caps_relaxed": False, "w_prev_clipped": False, "init": init,
-                            "pareto": bool(pareto), "pareto_slack": slack}
+    info: dict[str, Any] = {
+        "caps": caps.tolist(),
+        "caps_relaxed": False,
+        "w_prev_clipped": False,
+        "init": init,
+        "pareto": bool(pareto),
+        "pareto_slack": slack,
+    }
     if caps.sum() < 1.0:
         # No mixture can respect the caps: the least-repeating one is w ∝ caps (the natural distribution).
         info["caps_relaxed"] = True
-        info["caps_message"] = f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
+        info["caps_message"] = (
+            f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
+        )
         caps = caps / caps.sum() if caps.sum() > 0 else np.ones(m)
     w_prev = np.clip(w_prev, 0.0, None)
     w_prev = w_prev / w_prev.sum()
@@ -208,7 +219,12 @@ def tikmix_d_solve(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = optimize.minimize(
-                    f, start, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
+                    f,
+                    start,
+                    jac=jac,
+                    method="SLSQP",
+                    bounds=bounds,
+                    constraints=cons,
                     options={"maxiter": maxiter, "ftol": 1e-10},
                 )
             w = np.clip(res.x, 0.0, caps)
@@ -216,21 +232,41 @@ def tikmix_d_solve(
                 w = w / w.sum()
             ok = bool(np.all(np.isfinite(w))) and feasible(w)
             val = f(w) if ok else float("inf")
-            attempts.append({"start": start_name, "success": bool(res.success), "message": str(res.message),
-                             "iterations": int(res.nit), "feasible": ok, "objective": val})
+            attempts.append(
+                {
+                    "start": start_name,
+                    "success": bool(res.success),
+                    "message": str(res.message),
+                    "iterations": int(res.nit),
+                    "feasible": ok,
+                    "objective": val,
+                }
+            )
             if ok and val <= obj_prev + 1e-9 and (best is None or val < best[1]):
                 best = (w, val, res)
         except Exception as e:  # a numerical failure must never stop training: fall back to w_prev
-            attempts.append({"start": start_name, "success": False, "message": f"{type(e).__name__}: {e}",
-                             "iterations": 0, "feasible": False, "objective": float("inf")})
+            attempts.append(
+                {
+                    "start": start_name,
+                    "success": False,
+                    "message": f"{type(e).__name__}: {e}",
+                    "iterations": 0,
+                    "feasible": False,
+                    "objective": float("inf"),
+                }
+            )
         if best is not None and start_name == "init":
             break
     info["attempts"] = attempts
     if best is None:
-        info.update(status="fallback_prev", iterations=sum(a["iterations"] for a in attempts),
-                    message="SLSQP found no feasible point at least as good as w_prev; keeping w_prev: "
-                    + "; ".join(f"{a['start']}: {a['message']}" for a in attempts),
-                    objective=obj_prev, slacks=slacks(w_prev))
+        info.update(
+            status="fallback_prev",
+            iterations=sum(a["iterations"] for a in attempts),
+            message="SLSQP found no feasible point at least as good as w_prev; keeping w_prev: "
+            + "; ".join(f"{a['start']}: {a['message']}" for a in attempts),
+            objective=obj_prev,
+            slacks=slacks(w_prev),
+        )
         return w_prev, info
     w, val, res = best
     info.update(status="ok", message=str(res.message), iterations=int(res.nit), objective=val, slacks=slacks(w))
@@ -241,8 +277,15 @@ def _pareto_room(Sn: np.ndarray, w_prev: np.ndarray, caps: np.ndarray, slack: fl
     """max Σ_v (Sn·(w − w_prev))_v over the Pareto-feasible capped simplex (an LP); nan if the LP fails."""
     m = Sn.shape[1]
     try:
-        res = optimize.linprog(-Sn.sum(axis=0), A_ub=-Sn, b_ub=-(Sn @ w_prev) + slack, A_eq=np.ones((1, m)), b_eq=[1.0],
-                               bounds=list(zip(np.zeros(m), caps)), method="highs")
+        res = optimize.linprog(
+            -Sn.sum(axis=0),
+            A_ub=-Sn,
+            b_ub=-(Sn @ w_prev) + slack,
+            A_eq=np.ones((1, m)),
+            b_eq=[1.0],
+            bounds=list(zip(np.zeros(m), caps)),
+            method="highs",
+        )
         return float(-res.fun - Sn.sum(axis=0) @ w_prev) if res.status == 0 else float("nan")
     except Exception:
         return float("nan")
@@ -286,14 +329,18 @@ def latin_hypercube_candidates(
     out = np.array(acc[:n]).reshape(-1, m)
     info = {"requested": n, "accepted": len(out), "drawn": drawn}
     if len(out) < n:
-        warnings.warn(f"latin_hypercube_candidates: only {len(out)} of {n} points stayed in their intervals "
-                      f"after {drawn} draws", RuntimeWarning)
+        warnings.warn(
+            f"latin_hypercube_candidates: only {len(out)} of {n} points stayed in their intervals after {drawn} draws",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return (out, info) if return_info else out
 
 
 # TiKMiX-M fits ~17 measured candidates: a leaf may hold a point or two, and every point is used in every tree
-LGBM_SMALL_DATA: dict[str, Any] = dict(min_child_weight=1e-5, min_data_in_bin=1, subsample=1.0, colsample_bytree=1.0,
-                                       reg_lambda=0.0)
+LGBM_SMALL_DATA: dict[str, Any] = dict(
+    min_child_weight=1e-5, min_data_in_bin=1, subsample=1.0, colsample_bytree=1.0, reg_lambda=0.0
+)
 
 
 def fit_regressor(
@@ -316,8 +363,13 @@ def fit_regressor(
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X must be [k, m] and y [k]; got {X.shape} and {y.shape}")
-    params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-                  min_child_samples=min_child_samples, **LGBM_SMALL_DATA)
+    params = dict(
+        n_estimators=n_estimators,
+        learning_rate=learning_rate,
+        num_leaves=num_leaves,
+        min_child_samples=min_child_samples,
+        **LGBM_SMALL_DATA,
+    )
 
     def make():
         return lgbm_regressor(seed, **params)
@@ -351,8 +403,16 @@ class InfluenceLaw:
     mixture is then computed analytically from P̂ (std and sum over targets, the entropy of the mixture
     itself), so the regressors learn only what was measured, never the known −γ·H(w)."""
 
-    def __init__(self, S: np.ndarray, scale: np.ndarray, regress: str, objective_kwargs: dict, lgbm: dict, seed: int,
-                 regressor: str = "lightgbm"):
+    def __init__(
+        self,
+        S: np.ndarray,
+        scale: np.ndarray,
+        regress: str,
+        objective_kwargs: dict,
+        lgbm: dict,
+        seed: int,
+        regressor: str = "lightgbm",
+    ):
         if regress not in REGRESS:
             raise ValueError(f"regress must be one of {REGRESS}, got {regress!r}")
         if regressor not in REGRESSORS:
@@ -384,8 +444,16 @@ class InfluenceLaw:
 
 
 def fit_influence_law(
-    X: np.ndarray, P: np.ndarray, S: np.ndarray, *, regress: str = "second_order", objective_kwargs: dict | None = None,
-    lgbm: dict | None = None, seed: int = 0, n_folds: int = 5, regressor: str = "lightgbm",
+    X: np.ndarray,
+    P: np.ndarray,
+    S: np.ndarray,
+    *,
+    regress: str = "second_order",
+    objective_kwargs: dict | None = None,
+    lgbm: dict | None = None,
+    seed: int = 0,
+    n_folds: int = 5,
+    regressor: str = "lightgbm",
 ) -> tuple[InfluenceLaw, dict[str, Any]]:
     """Fit :class:`InfluenceLaw` on measured candidates (X [k, m] realised compositions, P [k, n] their
     measured influence). Held-out fit by K-fold: R², Spearman ρ and RMSE of the out-of-fold *objective*
