@@ -59,6 +59,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import torch
+import yaml
 
 from tikmix.checkpoint import load_checkpoint
 from tikmix.config import Number, TrainerOverrides, need
@@ -251,8 +252,6 @@ class ReferenceModel:
         self.vocab_size: int | None = None
 
     def _load(self, device: Any, seq_len: int) -> None:
-        import yaml
-
         cfg_path = self.run_dir / "config.yaml"
         if not cfg_path.exists():
             raise CheckpointError(f"DoReMi reference run {self.run_dir} has no config.yaml")

@@ -34,10 +34,12 @@ mixer.proxies=<sweep dir>`` fits on the finished runs and reports how many did n
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import glob
 import json
 import math
+import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import torch
+import yaml
+from omegaconf import OmegaConf
 
 from tikmix.config import ModelConfig, Number, TrainerOverrides, check_choice, is_number, need
 from tikmix.errors import ConfigError, DataError, TikmixError
@@ -623,9 +628,6 @@ def load_proxy_runs(
 # --------------------------------------------------------------------------------------------------------
 def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tuple[bool, str, bool]:
     """Train one proxy in a worker process (fills the sub-run cache; the parent collects and charges it)."""
-    import torch
-    from omegaconf import OmegaConf
-
     torch.set_num_threads(max(1, int(threads)))
     try:
         res = make_subrun(OmegaConf.create(parent), Ledger())(overrides, name, "regmix_proxies")
@@ -811,10 +813,6 @@ class RegMix(Mixer):
     def _pretrain_parallel(self, ovs: list[dict], workers: int) -> tuple[dict[int, str], set[int]]:
         """Train the proxies in ``workers`` local processes (spawned; each fills the sub-run cache). The serial
         loop afterwards finds them finished and charges their compute. Needs the parent's config.yaml."""
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        import yaml
 
         cfg_path = Path(self.ctx.run_dir or ".") / "config.yaml"
         if not cfg_path.exists():

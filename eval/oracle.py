@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from eval import tables
 
@@ -191,8 +192,6 @@ def select(design_dirs: list[str], out: Path, metric: str, top: int = 4, seed: i
         {"name": f"optimum:{name}", "weights": _wd(domains, w)} for name, w in optima.items() if fits[name]["r2"] > 0
     ]
     out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     (out / "confirm.yaml").write_text(yaml.safe_dump(rows, sort_keys=False))
     summary = {
         "metric": metric,

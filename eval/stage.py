@@ -27,6 +27,7 @@ import math
 import random
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -165,8 +166,6 @@ def _light_env_info() -> Iterator[None]:
         return
 
     def env_info(storage: dict) -> None:
-        from importlib.metadata import version
-
         import transformers
 
         storage.update({"lm_eval_version": version("lm_eval"), "transformers_version": transformers.__version__})

@@ -23,6 +23,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+import yaml
 
 from eval.synthetic_tasks import synthetic_task_dir
 from tikmix.errors import ConfigError, DataError
@@ -83,7 +86,6 @@ def include_paths(cfg: Mapping[str, Any]) -> list[Path]:
 def _check_yaml(path: Path) -> None:
     """A task YAML that does not parse is refused by name (lm-eval would skip it, and its task would then
     be reported unknown). lm-eval's ``!function`` tags are accepted, never executed here."""
-    import yaml
 
     class _Loader(yaml.SafeLoader):
         pass
@@ -165,8 +167,6 @@ def _offline_env() -> bool:
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     """Whether the Hugging Face hub answers a TCP connection (cached for a minute)."""
-    from urllib.parse import urlparse
-
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     u = urlparse(endpoint)
     host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)

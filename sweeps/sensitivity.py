@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from eval import tables
 from eval.oracle import metric_value
@@ -26,8 +27,6 @@ from tikmix.method.solvers import entropy, influence_scale
 
 
 def _cfg(run_dir: Path) -> dict:
-    import yaml
-
     try:
         return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     except OSError:

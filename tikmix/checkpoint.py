@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from tikmix.errors import CheckpointError, CheckpointWriteError
 
@@ -194,8 +195,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch.nn.Module) -> str:
     """What differs between the run that wrote a checkpoint and this command: the config keys (from the run
     dir's config.yaml, written when that run started), else the model's parameter shapes."""
-    import yaml
-
     old_path = run_dir / "config.yaml"
     try:
         old = yaml.safe_load(old_path.read_text())

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from omegaconf import OmegaConf
+
 from tikmix.runlog import write_text_atomic
 
 # Output held before the run dir is known, at most (a run that prints more before it starts is not ours).
@@ -99,8 +101,6 @@ class ConsoleLog:
 
 def write_hydra_record(run_dir: Path, job_cfg: Any) -> None:
     """``<run_dir>/.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them; nothing outside a Hydra job."""
-    from omegaconf import OmegaConf
-
     try:
         from hydra.core.hydra_config import HydraConfig
 

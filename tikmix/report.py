@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -360,8 +361,6 @@ def log_results(
     ``figures(logger, res, folder)``, the run's own figures (tikmix.results.run_figures)."""
     if logger is None or getattr(logger, "wandb", None) is None:
         return
-    import tempfile
-
     vals = final_scalars(res)
     logger.log_wandb(vals, step)
     logger.summary(vals)

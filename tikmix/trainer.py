@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from tikmix import signals
 from tikmix.checkpoint import save_checkpoint
@@ -42,8 +43,6 @@ class NonFiniteLoss(TikmixError):
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size) of torch.distributed, (0, 1) when not initialised."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

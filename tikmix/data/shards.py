@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import sys
@@ -509,8 +510,6 @@ def _load(entry: Path, verify_checksums: bool) -> ShardSet:
 def _ensure_open_files(n_domains: int) -> None:
     """A run memory-maps three splits per domain, and each map holds a file descriptor: raise the soft
     ``ulimit -n`` to fit (up to the hard limit), or refuse with the number needed."""
-    import resource
-
     need = 3 * n_domains + 256  # + the interpreter's, torch's and the tokenizer's own
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:

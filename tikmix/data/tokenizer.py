@@ -7,6 +7,7 @@ added and outgrow the model's embedding table.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -167,8 +168,6 @@ def save_tokenizer(
     """Save in Hugging Face format (``tokenizer.json`` + configs), loadable by ``AutoTokenizer`` of transformers
     4 and 5 (a trained BPE is recorded as PreTrainedTokenizerFast). ``model_max_length``: the context of the model
     saved beside it (without it, the limit is left as the tokenizer has it)."""
-    import json
-
     Path(directory).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(directory))
     path = Path(directory) / "tokenizer_config.json"
