@@ -63,7 +63,16 @@ def collect(dirs: list[str]) -> dict[tuple, list[dict]]:
         n_targets = len((r.res.get("mixer_history") or [{}])[0].get("influence") or {})
         key = (float(m.get("beta", 1.0)), float(m.get("gamma", 1.0)), n_targets)
         r.res["_alpha"] = float(m.get("alpha", 1.0))
-        groups.setdefault(key, []).append(r.res)
+        runs = groups.setdefault(key, [])
+        # the defaults' runs of +sweep=compare and +sweep=tikmix_sensitivity are the same runs (same config and
+        # seed, bit-identical results): a seed counts once per setting
+        if any(x.get("seed") == r.res.get("seed") for x in runs):
+            print(
+                f"[sensitivity] {r.path}: seed {r.res.get('seed')} of this setting already read; skipped",
+                file=sys.stderr,
+            )
+            continue
+        runs.append(r.res)
     return groups
 
 
@@ -121,7 +130,9 @@ def markdown(rows: list[dict], oracle: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(rows: list[dict], out: Path) -> Path:
+def figure(rows: list[dict], out: Path, oracle: dict | None = None) -> Path:
+    """The result per setting, with the best static mixture and stratified as lines when an oracle is given, and
+    Eq. 10's terms at the chosen mixture."""
     plt = tables._plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [f"β={r['beta']:g}, γ={r['gamma']:g}, {r['targets']} tgt" for r in rows]
@@ -130,6 +141,13 @@ def figure(rows: list[dict], out: Path) -> Path:
     s = [r["in_domain_bpb"][1] or 0 for r in rows]
     a1.errorbar(x, m, yerr=s, fmt="o", capsize=3)
     a1.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    refs = (oracle or {}).get("mixtures") or {}
+    best = (oracle or {}).get("best", {}).get("name")
+    for name, label, style in ((best, "best static mixture", "--"), ("stratified", "stratified", ":")):
+        if name in refs and refs[name].get("mean") is not None:
+            a1.axhline(refs[name]["mean"], color="grey", ls=style, lw=1, label=f"{label} ({refs[name]['mean']:.3f})")
+    if refs:
+        a1.legend(fontsize=8)
     a1.set_ylabel("in-domain gold BPB (lower is better)")
     a1.set_title("Result", fontsize=10)
     width = 0.25
@@ -159,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, oracle)
     (a.out / "sensitivity.md").write_text(md)
-    fig = figure(rows, a.out)
+    fig = figure(rows, a.out, oracle)
     print(md)
     print(f"wrote {a.out / 'sensitivity.md'} and {fig}")
     return 0
