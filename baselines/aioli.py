@@ -30,7 +30,7 @@ rows of P used in the solve (both come from :func:`exploration_mixtures`; ``hist
 the interval steps and the sequence counts actually drawn in each interval); the step counter is the
 trainer's (``observe`` checks that the steps it sees are consecutive and counts them).
 
-Choices where the paper/code is silent or inconsistent (documented in conf/mixer/aioli.yaml):
+Choices where the paper/code is silent or inconsistent (documented at :class:`AioliConfig`):
 * p⁰ (the mixture the first EG update multiplies, and the anchor of ``anchored`` updates): ``p0: uniform``
   (the published code: its dynamic phase starts from uniform even after a restricted phase) or ``p0: init``
   (the restricted phase's ``init_weights``; a domain with weight 0 there then stays at 0 for the whole run,
@@ -40,17 +40,20 @@ Choices where the paper/code is silent or inconsistent (documented in conf/mixer
 * Hyperparameters left null take the published values of the closest setting (m ≤ 2, m = 3, m ≥ 4 → the
   m = 7 setting): see :data:`PUBLISHED`.
 """
+
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import torch
 
+from tikmix.config import Number, check_choice, need
 from tikmix.errors import ConfigError, DataError
-from tikmix.mixer import DomainStats, Mixer, MixerContext, register, weights_from_mapping
+from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, Probe, register
+from tikmix.mixer_helpers import wdict, weights_from_mapping
 
 # Published settings (HazyResearch/aioli scripts/*/aioli/run.sh, SlimPajama, 160M Pythia):
 #   m=2 (arxiv, stackexchange):  lp_rounds(k)=4, lp_steps=4,  one_hot_factor=0.625, eta=0.2, ema=0.1, update_steps=250
@@ -62,129 +65,76 @@ PUBLISHED: dict[int, dict[str, Any]] = {
     7: {"k": 2, "interval_steps": 10, "one_hot_weight": 0.75, "eta": 1.0, "ema": 0.1, "round_steps": 200},
 }
 
-KEYS: dict[str, Any] = {
-    "name": "aioli",
-    "rounds": None,
-    "round_steps": None,
-    "k": None,
-    "interval_steps": None,
-    "delta": None,
-    "one_hot_weight": None,
-    "eta": None,
-    "ema": None,
-    "update": None,
-    "p0": "uniform",
-    "normalize_A": True,
-    "init_weights": None,
-    "init_steps": 0,
-    "eval_tokens": None,
-    "seed": None,
-}
 
+@dataclass
+class AioliConfig(MixerConfig):
+    """Aioli's parameters (conf/mixer/aioli.yaml). null = the published value of the closest setting
+    (:data:`PUBLISHED`; HazyResearch/aioli run scripts, 160M Pythia, SlimPajama):
 
-# --------------------------------------------------------------------------------------------------------
-# helpers shared by the online baselines (ODM, DGA import these)
-# --------------------------------------------------------------------------------------------------------
-def read_config(cfg: Mapping[str, Any], keys: Mapping[str, Any]) -> dict[str, Any]:
-    """The mixer config as a plain dict over ``keys`` (defaults filled in); unknown keys are refused."""
-    raw = dict(cfg.items()) if hasattr(cfg, "items") else dict(cfg)
-    unknown = sorted(set(raw) - set(keys))
-    if unknown:
-        raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer {keys['name']!r}; known keys: {', '.join(sorted(keys))}")
-    out = {k: raw.get(k, d) for k, d in keys.items()}
-    if hasattr(out.get("init_weights"), "items"):
-        out["init_weights"] = dict(out["init_weights"].items())
-    return out
+                 k   interval_steps  one_hot_weight  eta   ema   round_steps(update_steps)
+      m <= 2:    4   4               0.625           0.2   0.1   250
+      m == 3:    4   6               0.5             0.1   0.5   250
+      m >= 4:    2   10              0.75            1.0   0.1   200      (the m = 7 setting)
 
+    δ (the exploration fraction of a round) is implied: m·k·interval_steps / round length (0.13, 0.29, 0.70
+    published)."""
 
-def need(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"mixer.{key}", msg)
+    # T rounds over the dynamic steps; null = floor(steps / round_steps), at least 1. Steps that do not divide
+    # evenly go one each to the last rounds (none are dropped)
+    rounds: Optional[int] = None
+    round_steps: Optional[int] = None  # target length of a round in steps when rounds is null (published update_steps)
+    k: Optional[int] = None  # sweeps: each domain is explored k times per round (k random permutations, concatenated)
+    interval_steps: Optional[int] = None  # optimiser steps per exploration interval (published lp_steps)
+    # alternative to interval_steps: fraction of the shortest round spent exploring; interval_steps =
+    # floor(delta·round / (m·k)). Give one of the two, not both
+    delta: Optional[Number] = None
+    # weight f of the explored domain; the others get (1−f)/(m−1). Must be in (1/m, 1] (methods.md's
+    # (1−ε)·1_j + ε·uniform with ε = m(1−f)/(m−1))
+    one_hot_weight: Optional[Number] = None
+    eta: Optional[Number] = None  # exponentiated-gradient step size η
+    # EMA of Ā across rounds, weight on the past (Ā ← (1−ema)·Ā_new + ema·Ā_prev); 0 = off
+    ema: Optional[Number] = None
+    # cumulative: p ∝ p_prev·exp(η Σ_i Ā_ij) (the paper's formula); anchored: p ∝ p0·exp(η Σ_i Ā_ema_ij) (the
+    # published code whenever its EMA is on); null = as the published code: anchored iff ema > 0
+    update: Optional[str] = None
+    normalize_A: bool = True  # Ā = A − min(A) if min < 0, then / sum (the published --aioli_normalize_A)
+    init_weights: Any = None  # {domain: weight}: the mixture of the restricted phase (init_steps); null = uniform
+    # uniform | init: the mixture the first update multiplies (and anchored updates anchor to). The published
+    # code uses uniform, even after a restricted phase; with init, a domain at weight 0 in init_weights stays at
+    # 0 for good (multiplicative updates cannot revive it)
+    p0: str = "uniform"
+    init_steps: int = 0  # restricted mode: train on init_weights for this many steps before the first round (S_init)
+    eval_tokens: Optional[int] = None  # input tokens of each target set per boundary evaluation; null = the whole set
+    seed: Optional[int] = None  # exploration orders are drawn from (seed, round); null = the run seed
 
-
-def as_int(c: Mapping[str, Any], key: str, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    v = c[key]
-    if v is None and allow_none:
-        return None
-    need(isinstance(v, (int, np.integer)) and not isinstance(v, bool), key, f"must be an integer, got {v!r}")
-    if minimum is not None:
-        need(int(v) >= minimum, key, f"must be >= {minimum}, got {v}")
-    return int(v)
-
-
-def as_float(c: Mapping[str, Any], key: str, lo: float | None = None, hi: float | None = None, allow_none: bool = False,
-             lo_open: bool = False) -> float | None:
-    v = c[key]
-    if v is None and allow_none:
-        return None
-    need(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(float(v)), key,
-         f"must be a finite number, got {v!r}")
-    v = float(v)
-    if lo is not None:
-        need(v > lo if lo_open else v >= lo, key, f"must be {'>' if lo_open else '>='} {lo}, got {v}")
-    if hi is not None:
-        need(v <= hi, key, f"must be <= {hi}, got {v}")
-    return v
-
-
-def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
-    """The leading rows of a target set up to ``n_tokens`` input tokens, rounded up to whole rows (None = all).
-
-    The last batch is cut to the rows needed, so the compute spent is what the config says, whatever the
-    micro-batch size.
-    """
-    if n_tokens is None:
-        return list(batches)
-    out, seen = [], 0
-    for b in batches:
-        if seen >= n_tokens:
-            break
-        rows, T = b["input_ids"].shape[0], b["input_ids"].shape[-1]
-        need = -(-(n_tokens - seen) // T)
-        if need < rows:
-            b = {k: (v[:need] if hasattr(v, "shape") and len(v.shape) and v.shape[0] == rows else v) for k, v in b.items()}
-            rows = need
-        out.append(b)
-        seen += rows * T
-    return out
-
-
-def wdict(domains: Sequence[str], w: np.ndarray) -> dict[str, float]:
-    return {d: float(x) for d, x in zip(domains, w)}
-
-
-@torch.no_grad()
-def measure_target_losses(probe: Any, n_tokens: int | None = None) -> tuple[list[str], np.ndarray, int]:
-    """Mean loss over the supervised tokens of each target set (eval mode, no gradients).
-
-    Returns (target names, losses [n], input tokens processed). The caller charges the forward FLOPs.
-    (Not ``probe.target_losses()``: that one charges the trainer's ``eval`` category, and these passes are
-    the mixer's overhead.)
-    """
-    from tikmix.influence import causal_lm_loss_sum
-
-    model = probe.model
-    was = model.training
-    model.eval()
-    names, out, n_in_total = [], [], 0
-    try:
-        for name, batches in probe.targets.items():
-            tot, n_lab = 0.0, 0
-            for b in take_tokens(batches, n_tokens):
-                loss, nl, ni = causal_lm_loss_sum(model, b, device=getattr(probe, "device", None),
-                                                  autocast=getattr(probe, "autocast", None))
-                tot += float(loss)
-                n_lab += nl
-                n_in_total += ni
-            if n_lab == 0:
-                raise DataError(f"target {name!r} has no labelled tokens")
-            names.append(name)
-            out.append(tot / n_lab)
-    finally:
-        model.train(was)
-    if not names:
-        raise DataError("Aioli needs at least one target set (config: targets.domains)")
-    return names, np.asarray(out, dtype=np.float64), n_in_total
+    def __post_init__(self) -> None:
+        for key in ("k", "rounds", "round_steps", "interval_steps", "eval_tokens"):
+            v = getattr(self, key)
+            need(v is None or v >= 1, f"mixer.{key}", f"must be >= 1, got {v}")
+        need(self.init_steps >= 0, "mixer.init_steps", f"must be >= 0, got {self.init_steps}")
+        d = self.delta
+        need(
+            d is None or (math.isfinite(d) and 0 < d < 1),
+            "mixer.delta",
+            f"must be in (0, 1): a round needs exploitation steps, got {d}",
+        )
+        need(
+            d is None or self.interval_steps is None,
+            "mixer.delta",
+            "give either mixer.delta (the interval length follows from it) or mixer.interval_steps, not both",
+        )
+        need(
+            self.eta is None or (math.isfinite(self.eta) and self.eta >= 0),
+            "mixer.eta",
+            f"must be >= 0, got {self.eta}",
+        )
+        need(
+            self.ema is None or 0 <= self.ema < 1,
+            "mixer.ema",
+            f"must be in [0, 1) (0 = no EMA; 1 would never update Ā), got {self.ema}",
+        )
+        check_choice("mixer.update", self.update, ("cumulative", "anchored", None))
+        check_choice("mixer.p0", self.p0, ("uniform", "init"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -264,8 +214,16 @@ class Round:
     end: int  # first step of the next round
 
 
-def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_steps: int | None, m: int, k: int,
-                   interval_steps: int | None, delta: float | None) -> tuple[list[Round], int]:
+def aioli_schedule(
+    total_steps: int,
+    init_steps: int,
+    rounds: int | None,
+    round_steps: int | None,
+    m: int,
+    k: int,
+    interval_steps: int | None,
+    delta: float | None,
+) -> tuple[list[Round], int]:
     """The rounds over [init_steps, total_steps) and the interval length. -> (rounds, interval_steps).
 
     T = ``rounds``, or ⌊D / round_steps⌋ (at least 1) with D = total_steps − init_steps. The D steps are
@@ -275,7 +233,9 @@ def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_
     """
     D = total_steps - init_steps
     if D <= 0:
-        raise ConfigError("mixer.init_steps", f"{init_steps} leaves no step for Aioli's rounds (the run has {total_steps} steps)")
+        raise ConfigError(
+            "mixer.init_steps", f"{init_steps} leaves no step for Aioli's rounds (the run has {total_steps} steps)"
+        )
     if rounds is None:
         T = max(1, D // int(round_steps))
     else:
@@ -288,8 +248,11 @@ def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_
     if delta is not None:
         interval_steps = int(delta * min(lengths) // K)
         if interval_steps < 1:
-            raise ConfigError("mixer.delta", f"δ={delta} of a {min(lengths)}-step round is less than one step for each of the "
-                                             f"K=m·k={K} intervals; raise delta, lower k, use fewer rounds or a bigger budget")
+            raise ConfigError(
+                "mixer.delta",
+                f"δ={delta} of a {min(lengths)}-step round is less than one step for each of the "
+                f"K=m·k={K} intervals; raise delta, lower k, use fewer rounds or a bigger budget",
+            )
     out, s = [], init_steps
     for L in lengths:
         if K * interval_steps >= L:
@@ -308,49 +271,53 @@ def aioli_schedule(total_steps: int, init_steps: int, rounds: int | None, round_
 # --------------------------------------------------------------------------------------------------------
 # the mixer
 # --------------------------------------------------------------------------------------------------------
-@register("aioli")
+@register("aioli", AioliConfig)
 class Aioli(Mixer):
     """Aioli as a Mixer (module doc)."""
 
     def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        c = read_config(cfg, KEYS)
+        c = self.c = self.parse_config(cfg)
         m = len(domains)
-        need(m >= 2, "name", f"Aioli needs at least 2 domains, the data has {m}")
-        pub = PUBLISHED[2 if m <= 2 else 3 if m == 3 else 7]
+        need(m >= 2, "mixer.name", f"Aioli needs at least 2 domains, the data has {m}")
         self.published_from = 2 if m <= 2 else 3 if m == 3 else 7
+        pub = PUBLISHED[self.published_from]
         # the schedule is the published one when none of its keys is set: only then may a short budget scale it
-        published_schedule = all(c[key] is None for key in ("rounds", "round_steps", "k", "interval_steps", "delta"))
-        for key in ("k", "interval_steps", "one_hot_weight", "eta", "ema", "round_steps"):
-            if c[key] is None and not (key == "interval_steps" and c["delta"] is not None):
-                c[key] = pub[key]
-        self.k = as_int(c, "k", 1)
-        self.rounds = as_int(c, "rounds", 1, allow_none=True)
-        self.round_steps = as_int(c, "round_steps", 1)
-        self.delta = as_float(c, "delta", 0.0, 1.0, allow_none=True, lo_open=True)
-        need(self.delta is None or self.delta < 1.0, "delta", f"must be in (0, 1): a round needs exploitation steps, got {self.delta}")
-        need(not (self.delta is not None and c["interval_steps"] is not None), "delta",
-             "give either mixer.delta (the interval length follows from it) or mixer.interval_steps, not both")
-        self.interval_steps = as_int(c, "interval_steps", 1, allow_none=True)
-        self.one_hot_weight = as_float(c, "one_hot_weight", 1.0 / m, 1.0, lo_open=True)
-        self.eta = as_float(c, "eta", 0.0)
-        self.ema = as_float(c, "ema", 0.0, 1.0)
-        need(self.ema < 1.0, "ema", f"must be in [0, 1) (0 = no EMA; 1 would never update Ā), got {self.ema}")
-        self.normalize = bool(c["normalize_A"])
-        if c["update"] is None:
-            c["update"] = "anchored" if self.ema > 0 else "cumulative"
-        need(c["update"] in ("cumulative", "anchored"), "update", f"cumulative | anchored | null, got {c['update']!r}")
-        need(c["p0"] in ("uniform", "init"), "p0", f"uniform | init, got {c['p0']!r}")
-        self.update = c["update"]
-        self.init_steps = as_int(c, "init_steps", 0)
-        self.eval_tokens = as_int(c, "eval_tokens", 1, allow_none=True)
-        self.seed = int(c["seed"]) if c["seed"] is not None else int(ctx.seed)
-        self.c = c
-        super().__init__(cfg, domains, ctx)  # sets self._w = initial_weights() (checked on the simplex)
+        published_schedule = all(
+            getattr(c, key) is None for key in ("rounds", "round_steps", "k", "interval_steps", "delta")
+        )
+
+        def given(key: str) -> Any:
+            return pub[key] if getattr(c, key) is None else getattr(c, key)
+
+        self.k, self.rounds, self.round_steps = given("k"), c.rounds, given("round_steps")
+        self.delta = None if c.delta is None else float(c.delta)
+        self.interval_steps = c.interval_steps if c.delta is not None else given("interval_steps")
+        self.one_hot_weight = float(given("one_hot_weight"))
+        need(
+            1.0 / m < self.one_hot_weight <= 1.0,
+            "mixer.one_hot_weight",
+            f"must be > 1/m = {1.0 / m:.4g} and <= 1, got {self.one_hot_weight}",
+        )
+        self.eta, self.ema = float(given("eta")), float(given("ema"))
+        self.normalize = c.normalize_A
+        self.update = c.update or ("anchored" if self.ema > 0 else "cumulative")
+        self.init_steps = c.init_steps
+        self.eval_tokens = c.eval_tokens
+        self.seed = c.seed if c.seed is not None else int(ctx.seed)
+        super().__init__(c, domains, ctx)  # sets self._w = initial_weights() (checked on the simplex)
         self.P = exploration_mixtures(self.m, self.one_hot_weight)
         self.scaled: str | None = None  # what a budget shorter than one published round changed (printed, in info)
         try:
             self.schedule, self.interval_steps = aioli_schedule(
-                int(ctx.total_steps), self.init_steps, self.rounds, self.round_steps, self.m, self.k, self.interval_steps, self.delta)
+                int(ctx.total_steps),
+                self.init_steps,
+                self.rounds,
+                self.round_steps,
+                self.m,
+                self.k,
+                self.interval_steps,
+                self.delta,
+            )
         except ConfigError as e:  # a round longer than the budget (not a bad key): scale the published schedule
             if not published_schedule or e.field != "mixer.interval_steps":
                 raise
@@ -363,12 +330,16 @@ class Aioli(Mixer):
         }
         self._orders = [exploration_order(self.m, self.k, self.seed, ri) for ri in range(len(self.schedule))]
         self._init_w = self._w.copy()
-        self._p0 = np.full(self.m, 1.0 / self.m) if c["p0"] == "uniform" else self._init_w.copy()
+        self._p0 = np.full(self.m, 1.0 / self.m) if c.p0 == "uniform" else self._init_w.copy()
         self._p = self._p0.copy()  # p^{t-1}: the mixture of the last exploitation phase
         self._ema_A: np.ndarray | None = None
         self._acc: dict[str, Any] | None = None  # the round in progress (losses so far, counts per interval)
         self._steps_observed = 0
-        self.info = {
+        self.info = self._summary()
+
+    def _summary(self) -> dict[str, Any]:
+        """The schedule and parameters in force, for results.json (``info``); counters start at 0."""
+        return {
             "published_setting_m": self.published_from,
             "scaled": self.scaled,
             "rounds": len(self.schedule),
@@ -398,12 +369,16 @@ class Aioli(Mixer):
         the dynamic steps, keeping the published exploration share δ where whole steps allow, and at least one
         step to train on what the round learnt; with fewer steps than domains + 1, no round (p0 throughout)."""
         D, m = total_steps - self.init_steps, self.m
-        was = (f"the published schedule (m={self.published_from} setting: k={self.k}, {self.interval_steps}-step intervals, "
-               f"{self.round_steps}-step rounds: {m * self.k * self.interval_steps} exploration steps for {m} domains)")
+        was = (
+            f"the published schedule (m={self.published_from} setting: k={self.k}, {self.interval_steps}-step intervals, "
+            f"{self.round_steps}-step rounds: {m * self.k * self.interval_steps} exploration steps for {m} domains)"
+        )
         if D < m + 1:
             self.schedule = []
-            self.scaled = (f"{was} does not fit this run's {D} steps, nor does one step per domain plus one to train on "
-                           f"the result ({m + 1}): no LearnParams round runs; the run trains the start mixture p0")
+            self.scaled = (
+                f"{was} does not fit this run's {D} steps, nor does one step per domain plus one to train on "
+                f"the result ({m + 1}): no LearnParams round runs; the run trains the start mixture p0"
+            )
             return
         delta = self.published_from * self.k * self.interval_steps / self.round_steps
         k = max(1, min(self.k, int(delta * D / m)))
@@ -411,12 +386,14 @@ class Aioli(Mixer):
         interval = max(1, min(int(delta * D / (m * k)), self.interval_steps, (D - 1) // (m * k)))
         self.k, self.rounds = k, 1
         self.schedule, self.interval_steps = aioli_schedule(total_steps, self.init_steps, 1, None, m, k, interval, None)
-        self.scaled = (f"{was} does not fit this run's {D} steps: scaled to 1 round, k={k}, {interval}-step intervals: "
-                       f"{m * k * interval} exploration + {D - m * k * interval} exploitation steps")
+        self.scaled = (
+            f"{was} does not fit this run's {D} steps: scaled to 1 round, k={k}, {interval}-step intervals: "
+            f"{m * k * interval} exploration + {D - m * k * interval} exploitation steps"
+        )
 
     # --- interface --------------------------------------------------------------------------------------
     def initial_weights(self) -> np.ndarray:
-        iw = self.c["init_weights"]
+        iw = self.c.init_weights
         if iw is None:
             return np.full(self.m, 1.0 / self.m)
         if not hasattr(iw, "items"):
@@ -446,26 +423,36 @@ class Aioli(Mixer):
     def probe_steps(self) -> list[int]:
         return sorted(self._boundary)
 
-    def on_probe(self, probe: Any) -> None:
+    def on_probe(self, probe: Probe) -> None:
         step = int(probe.step)
         if step not in self._boundary:
             return
         ri, i = self._boundary[step]
-        names, L, n_in = measure_target_losses(probe, self.eval_tokens)
-        flops = float(probe.flops_per_token) / 3.0 * n_in
-        probe.charge(flops, "aioli_eval")
+        losses = probe.target_losses(n_tokens=self.eval_tokens, charge_as="aioli_eval")
+        if not losses:
+            raise DataError("Aioli needs at least one target set (config: targets.domains)")
+        names, L, flops = list(losses), np.asarray(list(losses.values()), dtype=np.float64), losses.flops
         self.info["eval_flops"] += flops
         self.info["eval_passes"] += 1
         if i == 0:
             if self._acc is not None:
-                raise RuntimeError(f"Aioli: round {self._acc['round']} is unfinished at the start of round {ri} (step {step})")
-            self._acc = {"round": ri, "targets": names, "losses": [L.tolist()], "counts": np.zeros((self.K, self.m), np.int64).tolist(),
-                         "eval_flops": flops}
+                raise RuntimeError(
+                    f"Aioli: round {self._acc['round']} is unfinished at the start of round {ri} (step {step})"
+                )
+            self._acc = {
+                "round": ri,
+                "targets": names,
+                "losses": [L.tolist()],
+                "counts": np.zeros((self.K, self.m), np.int64).tolist(),
+                "eval_flops": flops,
+            }
             return
         acc = self._acc
         if acc is None or acc["round"] != ri or len(acc["losses"]) != i:
-            raise RuntimeError(f"Aioli: boundary {i} of round {ri} at step {step} does not follow the measurements held "
-                               f"({None if acc is None else (acc['round'], len(acc['losses']))})")
+            raise RuntimeError(
+                f"Aioli: boundary {i} of round {ri} at step {step} does not follow the measurements held "
+                f"({None if acc is None else (acc['round'], len(acc['losses']))})"
+            )
         if names != acc["targets"]:
             raise RuntimeError(f"Aioli: the target sets changed within a round ({acc['targets']} -> {names})")
         acc["losses"].append(L.tolist())
@@ -475,8 +462,10 @@ class Aioli(Mixer):
 
     def observe(self, stats: DomainStats) -> None:
         if int(stats.step) != self._steps_observed:
-            raise RuntimeError(f"Aioli: observed step {stats.step} after {self._steps_observed} steps; the mixer's step "
-                               f"counter must equal the optimiser steps taken")
+            raise RuntimeError(
+                f"Aioli: observed step {stats.step} after {self._steps_observed} steps; the mixer's step "
+                f"counter must equal the optimiser steps taken"
+            )
         self._steps_observed += 1
         self.info["steps_observed"] = self._steps_observed
         kind, ri, i = self.phase(int(stats.step))
@@ -499,27 +488,29 @@ class Aioli(Mixer):
         p_prev = self._p
         self._p = eg_update(p_prev if self.update == "cumulative" else self._p0, A_used, self.eta)
         I = self.interval_steps
-        self.history.append({
-            "round": ri,
-            "step": step,
-            "round_steps": [r.start, r.end],
-            "explore_steps": [r.start, r.explore_end],
-            "intervals": [[r.start + i * I, r.start + (i + 1) * I] for i in range(self.K)],
-            "order": [self.domains[j] for j in order],
-            "order_idx": order.tolist(),
-            "P": self.P.tolist(),
-            "counts": acc["counts"],
-            "targets": acc["targets"],
-            "losses": acc["losses"],
-            "beta": beta.tolist(),
-            "A": A.tolist(),
-            "A_normalized": A_bar.tolist(),
-            "A_used": A_used.tolist(),
-            "gradient": (self.eta * A_used.sum(axis=0)).tolist(),
-            "weights_before": wdict(self.domains, p_prev),
-            "weights": wdict(self.domains, self._p),
-            "eval_flops": acc["eval_flops"],
-        })
+        self.history.append(
+            {
+                "round": ri,
+                "step": step,
+                "round_steps": [r.start, r.end],
+                "explore_steps": [r.start, r.explore_end],
+                "intervals": [[r.start + i * I, r.start + (i + 1) * I] for i in range(self.K)],
+                "order": [self.domains[j] for j in order],
+                "order_idx": order.tolist(),
+                "P": self.P.tolist(),
+                "counts": acc["counts"],
+                "targets": acc["targets"],
+                "losses": acc["losses"],
+                "beta": beta.tolist(),
+                "A": A.tolist(),
+                "A_normalized": A_bar.tolist(),
+                "A_used": A_used.tolist(),
+                "gradient": (self.eta * A_used.sum(axis=0)).tolist(),
+                "weights_before": wdict(self.domains, p_prev),
+                "weights": wdict(self.domains, self._p),
+                "eval_flops": acc["eval_flops"],
+            }
+        )
         self._acc = None
         self.info["final_weights"] = wdict(self.domains, self._p)
         self.info["last_A"] = A.tolist()

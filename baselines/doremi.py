@@ -46,79 +46,122 @@ Choices the paper leaves open, made here:
   domain's weight does not depend on how many of its rows the sampler happened to draw.
 * The reference's per-token losses are recomputed on each batch (a forward pass of the reference model,
   charged as ``mixer/doremi_reference_fwd``) from ``<reference run>/checkpoints/last.pt`` (the final
-  checkpoint every run writes), under the trainer's autocast (bf16 on CUDA, fp32 on CPU).
+  checkpoint every run writes), under the run's autocast (``trainer.dtype``, as every other pass).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+import torch
+import yaml
 
+from tikmix.checkpoint import load_checkpoint
+from tikmix.config import Number, TrainerOverrides, need
 from tikmix.errors import CheckpointError, ConfigError, TikmixError
-from tikmix.mixer import DomainStats, Mixer, MixerContext, register, weights_from_mapping
+from tikmix.losses import Autocast, causal_lm_loss
+from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register
+from tikmix.mixer_helpers import weights_from_mapping
+from tikmix.model import build_model, flops_per_token
 from tikmix.runlog import to_builtin as _jsonable
 
-KEYS: dict[str, Any] = {
-    "name": "doremi",
-    "reference_mixture": "natural",
-    "eta": 1.0,
-    "smoothing": 1.0e-3,
-    "rounds": 1,
-    "round_tol": 1.0e-3,
-    "online": False,
-    "online_sample": "mean",
-    "proxy_model": None,
-    "proxy_budget": {"total_tokens": None, "tokens_frac": 0.5, "warmup_frac": None},
-    "proxy_trainer": {"lr": None, "schedule": None, "betas": None, "weight_decay": None, "grad_clip": None, "eval_every": None},
-    "proxy_seed": None,
-    "history_every": None,
-    "init_score": "log_vocab",
-}
-PROXY_KEYS: dict[str, Any] = {
-    "name": "doremi_proxy",
-    "reference_run": None,
-    "eta": 1.0,
-    "smoothing": 1.0e-3,
-    "history_every": None,
-    "init_score": "log_vocab",
-}
+
+@dataclass
+class DROConfig(MixerConfig):
+    """The Group DRO update's parameters, shared by mixer=doremi and its proxy sub-run (mixer=doremi_proxy)."""
+
+    # step size of the exponentiated update alpha <- alpha * exp(eta * lambda) (paper 1; maintainers advise 0.1
+    # against collapse)
+    eta: Number = 1.0
+    smoothing: Number = 1.0e-3  # c: alpha = (1-c) alpha'/sum + c/m, so every weight >= c/m (paper 1e-3)
+    history_every: Optional[int] = (
+        None  # record alpha every this many proxy steps in results.json (null = about 50 records)
+    )
+    # a domain's excess-loss score before its first batch: log_vocab = log|V| of the reference's vocabulary (the
+    # public code's initial perdomain_scores, the loss of a uniform predictor: an unseen domain is up-weighted at
+    # once) | a number (0 = this suite's former choice). Only matters while a domain is missing from the batches:
+    # a uniform proxy batch of >= m sequences holds every domain at step 0
+    init_score: Union[int, float, str] = "log_vocab"
+
+    def __post_init__(self) -> None:
+        need(math.isfinite(self.eta) and self.eta > 0, "mixer.eta", f"must be > 0, got {self.eta!r}")
+        need(0 <= self.smoothing <= 1, "mixer.smoothing", f"must be in [0, 1], got {self.smoothing!r}")
+        he = self.history_every
+        need(he is None or he >= 1, "mixer.history_every", "null (about 50 records per run) or a positive integer")
+        ini = self.init_score
+        need(
+            ini == "log_vocab" or (not isinstance(ini, str) and math.isfinite(ini)),
+            "mixer.init_score",
+            f"log_vocab (the public code's log|V|) or a finite number, got {ini!r}",
+        )
 
 
-def _cfg(raw: Mapping[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
-    raw = dict(raw.items()) if raw is not None else {}
-    unknown = sorted(set(raw) - set(keys))
-    if unknown:
-        raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer {keys['name']!r}; known keys: {', '.join(sorted(keys))}")
-    out = {k: _jsonable(raw.get(k, d)) for k, d in keys.items()}
-    for k, d in keys.items():
-        if isinstance(d, dict):
-            v = out[k] or {}
-            if not isinstance(v, dict):
-                raise ConfigError(f"mixer.{k}", f"expected a mapping, got {v!r}")
-            if d:  # a fixed set of sub-keys
-                bad = sorted(set(v) - set(d))
-                if bad:
-                    raise ConfigError(f"mixer.{k}.{bad[0]}", f"unknown key; known keys: {', '.join(sorted(d))}")
-                v = {kk: v.get(kk, dd) for kk, dd in d.items()}
-            out[k] = v
-    return out
+@dataclass
+class DoReMiProxyConfig(DROConfig):
+    reference_run: Optional[str] = None  # the reference sub-run's directory (set by mixer=doremi)
 
 
-def _need(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"mixer.{key}", msg)
+@dataclass
+class ProxyBudget:
+    total_tokens: Optional[int] = (
+        None  # tokens of the reference and of the proxy run; null = tokens_frac of the main run's
+    )
+    tokens_frac: Number = 0.5  # paper: as many steps as the main run (1.0); 0.5 halves the search on a CPU
+    warmup_frac: Optional[Number] = None  # null = the main run's budget.warmup_frac
 
 
-def _check_dro(c: Mapping[str, Any]) -> None:
-    _need(isinstance(c["eta"], (int, float)) and float(c["eta"]) > 0, "eta", f"must be > 0, got {c['eta']!r}")
-    _need(isinstance(c["smoothing"], (int, float)) and 0 <= float(c["smoothing"]) <= 1, "smoothing", f"must be in [0, 1], got {c['smoothing']!r}")
-    he = c.get("history_every")
-    _need(he is None or (isinstance(he, int) and he >= 1), "history_every", "null (about 50 records per run) or a positive integer")
-    ini = c["init_score"]
-    number = isinstance(ini, (int, float)) and not isinstance(ini, bool) and math.isfinite(ini)
-    _need(ini == "log_vocab" or number, "init_score", f"log_vocab (the public code's log|V|) or a finite number, got {ini!r}")
+@dataclass
+class DoReMiConfig(DROConfig):
+    """DoReMi's parameters (conf/mixer/doremi.yaml)."""
+
+    reference_mixture: Any = "natural"  # natural (token shares, paper) | uniform | {domain: weight}
+    rounds: int = 1  # iterated DoReMi: >1 retrains the reference on the last round's weights ...
+    round_tol: Number = 1.0e-3  # ... until max |change| < round_tol (paper 1e-3)
+    # true = the main run is the DRO model: alpha is updated every step from its own excess loss (only the
+    # reference is trained first)
+    online: bool = False
+    # online: the main run samples from `mean` = the running mean of alpha so far (what offline DoReMi would output
+    # at this step) | `current` = alpha itself (collapses onto one domain at eta=1 on the demo; see the module doc)
+    online_sample: str = "mean"
+    # model keys of the reference and proxy, merged over the main run's model (null = the main run's; paper: a
+    # 280M proxy for an 8B main model)
+    proxy_model: Any = None
+    proxy_budget: ProxyBudget = field(default_factory=ProxyBudget)
+    # trainer overrides for the reference and proxy runs (null = the main run's value)
+    proxy_trainer: TrainerOverrides = field(default_factory=TrainerOverrides)
+    proxy_seed: Optional[int] = None  # null = the run's seed
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.rounds >= 1, "mixer.rounds", f"a positive integer, got {self.rounds!r}")
+        need(self.round_tol >= 0, "mixer.round_tol", "must be >= 0")
+        need(
+            not (self.online and self.rounds > 1),
+            "mixer.rounds",
+            "online DoReMi has one round (the main run); set rounds=1",
+        )
+        need(
+            self.online_sample in ("mean", "current"),
+            "mixer.online_sample",
+            f"mean | current, got {self.online_sample!r}",
+        )
+        pb = self.proxy_budget
+        need(
+            pb.total_tokens is None or pb.total_tokens > 0,
+            "mixer.proxy_budget.total_tokens",
+            "null (use tokens_frac) or a positive integer",
+        )
+        need(pb.tokens_frac > 0, "mixer.proxy_budget.tokens_frac", "must be > 0")
+        need(
+            self.proxy_model is None or isinstance(self.proxy_model, dict),
+            "mixer.proxy_model",
+            "null (the main run's model) or a mapping of model keys",
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -140,8 +183,6 @@ def excess_loss(token_loss: Any, ref_token_loss: Any, row_domains: Any, m: int) 
     """Per-domain clipped excess loss λ_d = mean over domain d's tokens of max(ℓ_θ − ℓ_ref, 0), and a mask of
     the domains present in the batch (λ_d = 0 where absent). ``token_loss``/``ref_token_loss``: [B, T]
     (numpy or torch), ``row_domains``: [B] domain index of each row."""
-    import torch
-
     tl = torch.as_tensor(token_loss).float()
     rl = torch.as_tensor(ref_token_loss).float().to(tl.device)
     dom = torch.as_tensor(np.asarray(row_domains), dtype=torch.long, device=tl.device)
@@ -182,7 +223,12 @@ class GroupDRO:
         return a / a.sum()
 
     def state_dict(self) -> dict:
-        return {"alpha": self.alpha.tolist(), "scores": self.scores.tolist(), "alpha_sum": self.alpha_sum.tolist(), "n": self.n}
+        return {
+            "alpha": self.alpha.tolist(),
+            "scores": self.scores.tolist(),
+            "alpha_sum": self.alpha_sum.tolist(),
+            "n": self.n,
+        }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         self.alpha = np.asarray(d["alpha"], dtype=np.float64)
@@ -206,12 +252,6 @@ class ReferenceModel:
         self.vocab_size: int | None = None
 
     def _load(self, device: Any, seq_len: int) -> None:
-        import torch
-        import yaml
-
-        from tikmix.checkpoint import load_checkpoint
-        from tikmix.model import build_model, flops_per_token
-
         cfg_path = self.run_dir / "config.yaml"
         if not cfg_path.exists():
             raise CheckpointError(f"DoReMi reference run {self.run_dir} has no config.yaml")
@@ -226,33 +266,28 @@ class ReferenceModel:
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:
-            raise CheckpointError(f"reference checkpoint {self.run_dir} does not fit its config: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"reference checkpoint {self.run_dir} does not fit its config: {str(e).splitlines()[0]}"
+            ) from None
         self.model = model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.flops_per_token_fwd = flops_per_token(self.model, seq_len) / 3.0
         self.seq_len = seq_len
 
-    def token_losses(self, windows: np.ndarray, device: Any, chunk: int = 32) -> Any:
-        """Per-token loss [B, T] of the reference on windows [B, T+1] (no grad)."""
-        import contextlib
-
-        import torch
-        import torch.nn.functional as F
-
+    def token_losses(
+        self, windows: np.ndarray, device: Any, autocast: Autocast | None = None, chunk: int = 32
+    ) -> torch.Tensor:
+        """Per-token loss [B, T] of the reference on windows [B, T+1] (no grad), under the run's ``autocast``."""
         T = windows.shape[1] - 1
         if self.model is None or self.seq_len != T:
             self._load(device, T)
         dev = torch.device(device)
-        amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
         out = []
         with torch.no_grad():
             for i in range(0, len(windows), chunk):
                 w = torch.from_numpy(np.ascontiguousarray(windows[i : i + chunk])).to(dev)
-                x, y = w[:, :-1], w[:, 1:]
-                with amp:
-                    logits = self.model(input_ids=x).logits
-                out.append(F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape))
+                out.append(causal_lm_loss(self.model, w[:, :-1], w, autocast=autocast))
         return torch.cat(out)
 
     def flops(self, n_tokens: int) -> float:
@@ -262,8 +297,14 @@ class ReferenceModel:
 class _DROMixin:
     """The per-step DRO machinery shared by the offline proxy and the online main run."""
 
-    def _init_dro(self, eta: float, smoothing: float, reference_run: str | None, history_every: int | None,
-                  init_score: Any = "log_vocab") -> None:
+    def _init_dro(
+        self,
+        eta: float,
+        smoothing: float,
+        reference_run: str | None,
+        history_every: int | None,
+        init_score: Any = "log_vocab",
+    ) -> None:
         self.dro = GroupDRO(self.m, eta, smoothing)
         self.init_score = init_score
         self.reference = ReferenceModel(reference_run) if reference_run else None
@@ -277,7 +318,7 @@ class _DROMixin:
         if stats.token_loss is None or stats.windows is None or stats.row_domains is None:
             raise TikmixError("DoReMi needs per-token losses and the batch windows from the trainer (DomainStats)")
         tl = stats.token_loss
-        ref = self.reference.token_losses(stats.windows, tl.device)
+        ref = self.reference.token_losses(stats.windows, tl.device, self.ctx.autocast)
         if self.ctx.charge is not None:
             self.ctx.charge(self.reference.flops(int(ref.numel())), "doremi_reference_fwd")
         if self.dro.n == 0:  # the vocabulary is known once the reference is loaded
@@ -287,10 +328,25 @@ class _DROMixin:
         used = self.dro.alpha.copy()
         self.dro.step(lam, present)
         if stats.step % self.history_every == 0 or stats.step == self.ctx.total_steps - 1:
-            self.history.append(_jsonable({"step": int(stats.step), "alpha": dict(zip(self.domains, used)),
-                                           "excess_loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, lam, present)}}))
-        self.info.update(_jsonable({"alpha_mean": dict(zip(self.domains, self.dro.mean())), "alpha_last": dict(zip(self.domains, self.dro.alpha)),
-                                    "scores": dict(zip(self.domains, self.dro.scores)), "updates": self.dro.n}))
+            self.history.append(
+                _jsonable(
+                    {
+                        "step": int(stats.step),
+                        "alpha": dict(zip(self.domains, used)),
+                        "excess_loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, lam, present)},
+                    }
+                )
+            )
+        self.info.update(
+            _jsonable(
+                {
+                    "alpha_mean": dict(zip(self.domains, self.dro.mean())),
+                    "alpha_last": dict(zip(self.domains, self.dro.alpha)),
+                    "scores": dict(zip(self.domains, self.dro.scores)),
+                    "updates": self.dro.n,
+                }
+            )
+        )
 
     def _dro_state(self, base: dict) -> dict:
         base["dro"] = self.dro.state_dict()
@@ -301,18 +357,16 @@ class _DROMixin:
             self.dro.load_state_dict(d["dro"])
 
 
-@register("doremi_proxy")
+@register("doremi_proxy", DoReMiProxyConfig)
 class DoReMiProxy(_DROMixin, Mixer):
     """DoReMi's proxy run: uniform sampling, α-weighted per-domain loss, α updated by Group DRO each step.
     Its ᾱ lands in results.json as ``mixer_info.alpha_mean``."""
 
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        self.c = _cfg(cfg, PROXY_KEYS)
-        _check_dro(self.c)
-        _need(bool(self.c["reference_run"]), "reference_run", "the reference sub-run's directory (set by mixer=doremi)")
-        super().__init__(cfg, domains, ctx)
-        c = self.c
-        self._init_dro(c["eta"], c["smoothing"], c["reference_run"], c["history_every"], c["init_score"])
+    def __init__(self, cfg: Mapping[str, Any] | DoReMiProxyConfig, domains: list[str], ctx: MixerContext):
+        c = self.c = self.parse_config(cfg)
+        need(bool(c.reference_run), "mixer.reference_run", "the reference sub-run's directory (set by mixer=doremi)")
+        super().__init__(c, domains, ctx)
+        self._init_dro(c.eta, c.smoothing, c.reference_run, c.history_every, c.init_score)
 
     def loss_weights(self, step: int) -> np.ndarray:
         return self.dro.alpha
@@ -328,28 +382,16 @@ class DoReMiProxy(_DROMixin, Mixer):
         self._dro_load(d)
 
 
-@register("doremi")
+@register("doremi", DoReMiConfig)
 class DoReMi(_DROMixin, Mixer):
     """DoReMi: reference → DRO proxy → ᾱ as the static mixture (or, ``online``, the main run is the DRO model)."""
 
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        self.c = _cfg(cfg, KEYS)
-        c = self.c
-        _check_dro(c)
-        _need(isinstance(c["rounds"], int) and c["rounds"] >= 1, "rounds", f"a positive integer, got {c['rounds']!r}")
-        _need(float(c["round_tol"]) >= 0, "round_tol", "must be >= 0")
-        _need(not (c["online"] and c["rounds"] > 1), "rounds", "online DoReMi has one round (the main run); set rounds=1")
-        _need(c["online_sample"] in ("mean", "current"), "online_sample", f"mean | current, got {c['online_sample']!r}")
-        pb = c["proxy_budget"]
-        _need(pb["total_tokens"] is None or (isinstance(pb["total_tokens"], int) and pb["total_tokens"] > 0),
-              "proxy_budget.total_tokens", "null (use tokens_frac) or a positive integer")
-        _need(float(pb["tokens_frac"]) > 0, "proxy_budget.tokens_frac", "must be > 0")
-        _need(c["proxy_model"] is None or isinstance(c["proxy_model"], dict), "proxy_model", "null (the main run's model) or a mapping of model keys")
-        rm = c["reference_mixture"]
-        self._ref_w0 = self._reference_weights(rm, domains, ctx)
-        super().__init__(cfg, domains, ctx)
-        self._init_dro(c["eta"], c["smoothing"], None, c["history_every"], c["init_score"])
-        self.info = {"online": bool(c["online"]), "eta": float(c["eta"]), "smoothing": float(c["smoothing"])}
+    def __init__(self, cfg: Mapping[str, Any] | DoReMiConfig, domains: list[str], ctx: MixerContext):
+        c = self.c = self.parse_config(cfg)
+        self._ref_w0 = self._reference_weights(c.reference_mixture, domains, ctx)
+        super().__init__(c, domains, ctx)
+        self._init_dro(c.eta, c.smoothing, None, c.history_every, c.init_score)
+        self.info = {"online": bool(c.online), "eta": float(c.eta), "smoothing": float(c.smoothing)}
 
     @staticmethod
     def _reference_weights(rm: Any, domains: list[str], ctx: MixerContext) -> np.ndarray:
@@ -367,12 +409,12 @@ class DoReMi(_DROMixin, Mixer):
         return np.full(self.m, 1.0 / self.m)  # offline: replaced by ᾱ in prepare(); online: α starts uniform
 
     def weights(self, step: int) -> np.ndarray:
-        if not self.c["online"]:
+        if not self.c.online:
             return self._w
-        return self.dro.mean() if self.c["online_sample"] == "mean" else self.dro.alpha
+        return self.dro.mean() if self.c.online_sample == "mean" else self.dro.alpha
 
     def observe(self, stats: DomainStats) -> None:
-        if self.c["online"]:
+        if self.c.online:
             self._dro_observe(stats)
 
     def state_dict(self) -> dict:
@@ -388,75 +430,118 @@ class DoReMi(_DROMixin, Mixer):
 
     # --- sub-runs ------------------------------------------------------------------------------------
     def _steps(self) -> int:
-        pb = self.c["proxy_budget"]
-        if pb["total_tokens"] is not None:
-            return max(1, int(pb["total_tokens"]) // self.ctx.tokens_per_step)
-        return max(1, int(math.ceil(float(pb["tokens_frac"]) * self.ctx.total_steps)))
+        pb = self.c.proxy_budget
+        if pb.total_tokens is not None:
+            return max(1, pb.total_tokens // self.ctx.tokens_per_step)
+        return max(1, int(math.ceil(float(pb.tokens_frac) * self.ctx.total_steps)))
 
     def _common(self, kind: str) -> dict[str, Any]:
         c = self.c
-        budget: dict[str, Any] = {"name": f"doremi-{kind}", "total_tokens": self._steps() * self.ctx.tokens_per_step, "stages": []}
-        if c["proxy_budget"]["warmup_frac"] is not None:
-            budget["warmup_frac"] = float(c["proxy_budget"]["warmup_frac"])
+        budget: dict[str, Any] = {
+            "name": f"doremi-{kind}",
+            "total_tokens": self._steps() * self.ctx.tokens_per_step,
+            "stages": [],
+        }
+        if c.proxy_budget.warmup_frac is not None:
+            budget["warmup_frac"] = float(c.proxy_budget.warmup_frac)
         ov: dict[str, Any] = {"budget": budget}  # eval inherited: it defines the task targets
-        if c["proxy_model"]:
-            ov["model"] = dict(c["proxy_model"])
-        tr = {k: v for k, v in (c["proxy_trainer"] or {}).items() if v is not None}
+        if c.proxy_model:
+            ov["model"] = dict(c.proxy_model)
+        tr = {k: v for k, v in dataclasses.asdict(c.proxy_trainer).items() if v is not None}
         # the reference and the proxy are used only through their checkpoint and ᾱ: no final evaluation is
         # computed or charged (methods.md, "Compute": charge what the method needs)
         ov["trainer"] = {**tr, "final_eval": "none"}
-        if c["proxy_seed"] is not None:
-            ov["seed"] = int(c["proxy_seed"])
+        if c.proxy_seed is not None:
+            ov["seed"] = int(c.proxy_seed)
         return ov
 
     def reference_overrides(self, w: np.ndarray) -> dict[str, Any]:
         ov = self._common("reference")
-        ov["mixer"] = {"name": "fixed", "weights": {d: float(x) for d, x in zip(self.domains, w)}, "weights_file": None, "renormalize": True}
+        ov["mixer"] = {
+            "name": "fixed",
+            "weights": {d: float(x) for d, x in zip(self.domains, w)},
+            "weights_file": None,
+            "renormalize": True,
+        }
         return ov
 
     def proxy_overrides(self, reference_run: str) -> dict[str, Any]:
         ov = self._common("proxy")
-        ov["mixer"] = {"name": "doremi_proxy", "reference_run": str(reference_run), "eta": float(self.c["eta"]),
-                       "smoothing": float(self.c["smoothing"]), "history_every": self.c["history_every"],
-                       "init_score": self.c["init_score"]}
+        ov["mixer"] = {
+            "name": "doremi_proxy",
+            "reference_run": str(reference_run),
+            "eta": float(self.c.eta),
+            "smoothing": float(self.c.smoothing),
+            "history_every": self.c.history_every,
+            "init_score": self.c.init_score,
+        }
         return ov
 
     def prepare(self) -> None:
         if self.ctx.run_subrun is None:
-            raise ConfigError("mixer", "DoReMi trains its reference and proxy through the trainer (ctx.run_subrun); run it through train.py")
+            raise ConfigError(
+                "mixer",
+                "DoReMi trains its reference and proxy through the trainer (ctx.run_subrun); run it through train.py",
+            )
         c = self.c
         ref_w = self._ref_w0
         rounds: list[dict] = []
         alpha_bar = None
-        for r in range(1, int(c["rounds"]) + 1):
-            ref = self.ctx.run_subrun(self.reference_overrides(ref_w), name="doremi-reference", charge_as="doremi_reference")
-            rec: dict[str, Any] = {"round": r, "reference_weights": dict(zip(self.domains, ref_w)), "reference_run": ref["run_dir"],
-                                   "reference_reused": bool(ref.get("reused")), "reference_val_loss": ref.get("val_loss")}
-            print(f"[doremi] round {r}: reference ({'cached' if ref.get('reused') else 'trained'}) {ref['run_dir']}", flush=True)
-            if c["online"]:
+        for r in range(1, c.rounds + 1):
+            ref = self.ctx.run_subrun(
+                self.reference_overrides(ref_w), name="doremi-reference", charge_as="doremi_reference"
+            )
+            rec: dict[str, Any] = {
+                "round": r,
+                "reference_weights": dict(zip(self.domains, ref_w)),
+                "reference_run": ref["run_dir"],
+                "reference_reused": bool(ref.get("reused")),
+                "reference_val_loss": ref.get("val_loss"),
+            }
+            print(
+                f"[doremi] round {r}: reference ({'cached' if ref.get('reused') else 'trained'}) {ref['run_dir']}",
+                flush=True,
+            )
+            if c.online:
                 self.reference = ReferenceModel(ref["run_dir"])
                 rounds.append(rec)
                 break
-            prox = self.ctx.run_subrun(self.proxy_overrides(ref["run_dir"]), name="doremi-proxy", charge_as="doremi_proxy")
+            prox = self.ctx.run_subrun(
+                self.proxy_overrides(ref["run_dir"]), name="doremi-proxy", charge_as="doremi_proxy"
+            )
             mi = prox.get("mixer_info") or {}
             if "alpha_mean" not in mi:
                 raise TikmixError(f"DoReMi proxy run {prox['run_dir']} reported no alpha_mean")
             new = np.array([float(mi["alpha_mean"][d]) for d in self.domains])
             new = new / new.sum()
             delta = None if alpha_bar is None else float(np.abs(new - alpha_bar).max())
-            rec.update({"alpha_mean": dict(zip(self.domains, new)), "proxy_run": prox["run_dir"], "proxy_reused": bool(prox.get("reused")),
-                        "delta_inf": delta, "proxy_compute": prox.get("compute"), "alpha_trajectory": prox.get("mixer_history")})
+            rec.update(
+                {
+                    "alpha_mean": dict(zip(self.domains, new)),
+                    "proxy_run": prox["run_dir"],
+                    "proxy_reused": bool(prox.get("reused")),
+                    "delta_inf": delta,
+                    "proxy_compute": prox.get("compute"),
+                    "alpha_trajectory": prox.get("mixer_history"),
+                }
+            )
             rounds.append(rec)
-            print(f"[doremi] round {r}: ᾱ = " + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, new))
-                  + ("" if delta is None else f"  (‖Δ‖∞ = {delta:.2e})"), flush=True)
+            print(
+                f"[doremi] round {r}: ᾱ = "
+                + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, new))
+                + ("" if delta is None else f"  (‖Δ‖∞ = {delta:.2e})"),
+                flush=True,
+            )
             alpha_bar = new
-            if delta is not None and delta < float(c["round_tol"]):
+            if delta is not None and delta < float(c.round_tol):
                 break
             ref_w = new
-        if not c["online"]:
+        if not c.online:
             self._w = alpha_bar
             self.info["alpha_mean"] = _jsonable(dict(zip(self.domains, alpha_bar)))
         self.info["rounds"] = len(rounds)
         self.info["proxy_steps"] = self._steps()
-        self.history.extend(_jsonable([{k: v for k, v in rec.items() if k != "alpha_trajectory"} | {"kind": "round"} for rec in rounds]))
+        self.history.extend(
+            _jsonable([{k: v for k, v in rec.items() if k != "alpha_trajectory"} | {"kind": "round"} for rec in rounds])
+        )
         self.info["round_records"] = _jsonable(rounds)

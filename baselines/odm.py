@@ -32,23 +32,19 @@ Note what this optimises: high training loss is rewarded, so an unlearnable doma
 The state is (R̂, the number of steps observed) plus the history; π at any step is recomputed from it, so a
 resumed run continues exactly.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from baselines.aioli import as_float, as_int, need, read_config, wdict
-from tikmix.mixer import DomainStats, Mixer, MixerContext, register
+from tikmix.config import Number, need
+from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register
+from tikmix.mixer_helpers import wdict
 
-KEYS: dict[str, Any] = {
-    "name": "odm",
-    "reward_update": "smoothed_mean",
-    "smoothing": None,
-    "importance": None,
-    "history_every": 10,
-}
 REWARD_UPDATES = ("smoothed_mean", "accumulate", "ema")
 IMPORTANCE = ("pi", "observed")
 # the keys each rule uses, with their defaults; a key set for a rule that ignores it is refused
@@ -91,7 +87,9 @@ def probs(rule: str, R: np.ndarray, t: int) -> np.ndarray:
     return linear_probs(R, t) if rule == "smoothed_mean" else exp3_probs(R, t)
 
 
-def update_rewards(rule: str, R: np.ndarray, loss: np.ndarray, q: np.ndarray, present: np.ndarray, alpha: float) -> np.ndarray:
+def update_rewards(
+    rule: str, R: np.ndarray, loss: np.ndarray, q: np.ndarray, present: np.ndarray, alpha: float
+) -> np.ndarray:
     """R̂ after one step (module doc); domains not ``present`` keep theirs. Pure function."""
     R = np.asarray(R, dtype=np.float64)
     new, p, x = R.copy(), present, np.asarray(loss, dtype=np.float64)[present]
@@ -104,31 +102,57 @@ def update_rewards(rule: str, R: np.ndarray, loss: np.ndarray, q: np.ndarray, pr
     return new
 
 
-def resolve_config(c: dict[str, Any]) -> dict[str, Any]:
-    """Fill the rule's defaults into the keys left null; refuse keys the rule does not use."""
-    rule = c["reward_update"]
-    need(isinstance(rule, str) and rule in REWARD_UPDATES, "reward_update", f"one of {REWARD_UPDATES}, got {rule!r}")
-    used = RULE_KEYS[rule]
-    for key in ("smoothing", "importance"):
-        if key in used:
-            c[key] = used[key] if c[key] is None else c[key]
-        else:
-            need(c[key] is None, key, f"not used by reward_update {rule!r}; leave it null")
-    return c
+@dataclass
+class ODMConfig(MixerConfig):
+    """ODM's parameters (conf/mixer/odm.yaml): the three reward rules of the release (module doc)."""
+
+    # smoothed_mean: R̂_d ← α·R̂_d + (1−α)·exp(L_d); π = (1−m·ε_t)·R̂/ΣR̂ + ε_t (SmoothedMeanWeightUpdater.group_update,
+    #   mixed minibatches). Default: the release's README names it the paper's implementation, and its released 1B
+    #   final weights (static_1B_final.yml, max/min 5.8 over 22 domains) have this rule's exp(loss) spread
+    # accumulate: R̂_d += (L_d/10)/q_d; π = (1−m·ε_t)·softmax(ε_{t−1}·R̂) + ε_t (Exp3WeightUpdater, method `exp3`):
+    #   settles at π_d ∝ L_d
+    # ema: R̂_d ← α·R̂_d + (1−α)·L_d/q_d, same softmax: the paper's formula; with a shrinking ε it drifts back to
+    #   uniform (planted m=4 stream: top arm 0.26 at t=20k vs 0.40 accumulate)
+    # (alon-albalak/online-data-mixing@edbfdad, megatron/data/data_sampling_utils.py, for the domains in the batch)
+    reward_update: str = "smoothed_mean"
+    # α of smoothed_mean and ema (null = 0.9, the release's default; its *_0.5smoothing scripts used 0.5); must
+    # stay null with accumulate
+    smoothing: Optional[Number] = None
+    # q_d of accumulate and ema (null = pi): pi = π_d (the paper: one domain per batch, observed with probability
+    # π_d); observed = min(1, batch·π_d), the probability that domain d appears in a mixed batch drawn by this
+    # suite's sampler; must stay null with smoothed_mean
+    importance: Optional[str] = None
+    history_every: int = 10  # record π, R̂ and the batch losses in mixer_history every this many steps (and the last)
+
+    def __post_init__(self) -> None:
+        """Fill the rule's defaults into the keys left null; refuse keys the rule does not use."""
+        rule = self.reward_update
+        need(rule in REWARD_UPDATES, "mixer.reward_update", f"one of {REWARD_UPDATES}, got {rule!r}")
+        used = RULE_KEYS[rule]
+        for key in ("smoothing", "importance"):
+            if key in used:
+                setattr(self, key, used[key] if getattr(self, key) is None else getattr(self, key))
+            else:
+                need(getattr(self, key) is None, f"mixer.{key}", f"not used by reward_update {rule!r}; leave it null")
+        a = self.smoothing
+        need(a is None or (math.isfinite(a) and 0 <= a <= 1), "mixer.smoothing", f"must be in [0, 1], got {a}")
+        need(
+            self.importance in IMPORTANCE + (None,), "mixer.importance", f"one of {IMPORTANCE}, got {self.importance!r}"
+        )
+        need(self.history_every >= 1, "mixer.history_every", f"must be >= 1, got {self.history_every}")
 
 
-@register("odm")
+@register("odm", ODMConfig)
 class ODM(Mixer):
     """ODM's EXP3 bandit as a Mixer (module doc)."""
 
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        c = resolve_config(read_config(cfg, KEYS))
-        self.rule = c["reward_update"]
-        self.alpha = as_float(c, "smoothing", 0.0, 1.0) if c["smoothing"] is not None else None
-        need(c["importance"] in IMPORTANCE + (None,), "importance", f"one of {IMPORTANCE}, got {c['importance']!r}")
-        self.importance = c["importance"]
-        self.history_every = as_int(c, "history_every", 1)
-        super().__init__(cfg, domains, ctx)
+    def __init__(self, cfg: Mapping[str, Any] | ODMConfig, domains: list[str], ctx: MixerContext):
+        c = self.c = self.parse_config(cfg)
+        self.rule = c.reward_update
+        self.alpha = None if c.smoothing is None else float(c.smoothing)
+        self.importance = c.importance
+        self.history_every = c.history_every
+        super().__init__(c, domains, ctx)
         self.R = np.zeros(self.m)
         self._t = 0  # optimiser steps observed
         self._last: dict[str, Any] | None = None
@@ -145,7 +169,9 @@ class ODM(Mixer):
     def observe(self, stats: DomainStats) -> None:
         step = int(stats.step)
         if step != self._t:
-            raise RuntimeError(f"ODM: observed step {step} after {self._t} steps; steps must be observed once, in order")
+            raise RuntimeError(
+                f"ODM: observed step {step} after {self._t} steps; steps must be observed once, in order"
+            )
         pi = self.weights(step)  # the π this step's batch was drawn with (R̂ has not changed since)
         counts = np.asarray(stats.counts)
         loss = np.asarray(stats.loss, dtype=np.float64)
@@ -155,17 +181,33 @@ class ODM(Mixer):
         self._record(step, pi, loss, present)
 
     def _record(self, step: int, pi: np.ndarray, loss: np.ndarray, present: np.ndarray) -> None:
-        self._last = {"step": step, "weights": wdict(self.domains, pi), "eps": exploration_rate(self.m, step + 1),
-                      "loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, loss, present)},
-                      "reward": wdict(self.domains, self.R)}
+        self._last = {
+            "step": step,
+            "weights": wdict(self.domains, pi),
+            "eps": exploration_rate(self.m, step + 1),
+            "loss": {d: (float(x) if p else None) for d, x, p in zip(self.domains, loss, present)},
+            "reward": wdict(self.domains, self.R),
+        }
         if step % self.history_every == 0 or step == self.ctx.total_steps - 1:
             self.history.append(self._last)
-        self.info.update(steps_observed=self._t, reward=wdict(self.domains, self.R),
-                         final_weights=wdict(self.domains, self.weights(self._t)), eps=exploration_rate(self.m, self._t + 1))
+        self.info.update(
+            steps_observed=self._t,
+            reward=wdict(self.domains, self.R),
+            final_weights=wdict(self.domains, self.weights(self._t)),
+            eps=exploration_rate(self.m, self._t + 1),
+        )
 
     def state_dict(self) -> dict:
-        return {"version": 2, "mixer": self.name, "domains": list(self.domains), "reward_update": self.rule,
-                "R": self.R.tolist(), "t": self._t, "history": list(self.history), "info": dict(self.info)}
+        return {
+            "version": 2,
+            "mixer": self.name,
+            "domains": list(self.domains),
+            "reward_update": self.rule,
+            "R": self.R.tolist(),
+            "t": self._t,
+            "history": list(self.history),
+            "info": dict(self.info),
+        }
 
     def load_state_dict(self, d: dict) -> None:
         if d.get("mixer") != self.name:

@@ -31,139 +31,245 @@ or anywhere as a Hydra multirun (``python train.py -m +sweep=regmix_proxies`` ru
 ``regmix_candidate`` mixer below once per candidate index; then ``python train.py mixer=regmix
 mixer.proxies=<sweep dir>`` fits on the finished runs and reports how many did not finish).
 """
+
 from __future__ import annotations
 
+import concurrent.futures as cf
+import dataclasses
 import glob
-import inspect
 import json
 import math
+import multiprocessing as mp
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import torch
+import yaml
+from omegaconf import OmegaConf
 
+from tikmix.config import ModelConfig, Number, TrainerOverrides, check_choice, is_number, need
 from tikmix.errors import ConfigError, DataError, TikmixError
-from tikmix.mixer import Mixer, MixerContext, register
+from tikmix.ledger import Ledger
+from tikmix.mixer import Mixer, MixerConfig, MixerContext, register
 from tikmix.model import llama_config
+from tikmix.regression import (
+    LinearLaw,
+    fit_early_stopped,
+    folds_for,
+    kfold_predictions,
+    lgbm_regressor,
+    n_trees,
+    rmse,
+    spearman,
+    stopping_split,
+    top_k_mean,
+)
+from tikmix.run import make_subrun
 from tikmix.runlog import to_builtin as _jsonable
 
+
 # --------------------------------------------------------------------------------------------------------
-# config: key -> default (documented in conf/mixer/regmix.yaml)
+# config (conf/mixer/regmix.yaml). Published values are given beside each default; the defaults differ only where
+# a 2-core CPU demands it (n_candidates, proxy_budget, proxy_trainer.lr, lgbm.min_child_samples, n_simulate) or
+# where the published value assumed 1B-token proxies (minimum: auto). The reference: sail-sg/regmix b004d3a,
+# mixture_config/synthesize_mixture.py (candidates) and regression_fitting/regression.ipynb (fit, search).
 # --------------------------------------------------------------------------------------------------------
-GEN_KEYS: dict[str, Any] = {
-    "n_candidates": "auto",
-    "candidate_seed": None,
-    "temperature": 0.5,
-    "strength_min": 0.1,
-    "strength_max": 5.0,
-    "n_strengths": 15,
-    "max_usage": 15.0,
-    "minimum": "auto",
-    "sample_multiplier": 100,
-}
-PROXY_MODEL: dict[str, Any] = {  # the paper's "1M" proxy (TinyLlama-style: 2 layers, d 256, 8 heads, FFN 512)
-    "name": "regmix-1m",
-    "hidden_size": 256,
-    "num_layers": 2,
-    "num_heads": 8,
-    "num_kv_heads": 8,
-    "intermediate_size": 512,
-    "max_position_embeddings": 2048,
-    "vocab_size": None,
-    "tie_embeddings": False,
-    "rope_theta": 10000.0,
-    "init_std": 0.02,
-}
-PROXY_BUDGET: dict[str, Any] = {
-    "total_tokens": None,
-    "tokens_frac": 0.1,
-    "min_steps": 10,
-    "warmup_frac": 0.1,
-    "batch_size": None,
-    "micro_batch": None,
-    "seq_len": None,
-}
-PROXY_TRAINER: dict[str, Any] = {
-    "lr": None,
-    "schedule": "constant",
-    "betas": [0.9, 0.95],
-    "weight_decay": 0.1,
-    "grad_clip": 1.0,
-    "eval_every": 0,
-}
-LGBM: dict[str, Any] = {
-    "n_estimators": 1000,
-    "learning_rate": 0.01,
-    "num_leaves": 31,
-    "min_child_samples": None,
-    "min_data_in_bin": 3,
-    "early_stopping_rounds": 3,
-    "valid_frac": 0.33,
-}
-KEYS: dict[str, Any] = {
-    "name": "regmix",
-    **GEN_KEYS,
-    "proxy_model": PROXY_MODEL,
-    "proxy_budget": PROXY_BUDGET,
-    "proxy_trainer": PROXY_TRAINER,
-    "proxy_seed": None,
-    "workers": 1,
-    "proxies": None,
-    "min_proxies": 4,
-    "target": "mean",
-    "regressor": "lightgbm",
-    "lgbm": LGBM,
-    "cv_folds": 5,
-    "search_distribution": "prior",
-    "search_strength": 1.0,
-    "n_simulate": 100_000,
-    "top_k": 100,
-    "fit_seed": None,
-}
-CANDIDATE_KEYS: dict[str, Any] = {"name": "regmix_candidate", "index": 0, **GEN_KEYS, "n_candidates": 16}
+@dataclass
+class GeneratorConfig(MixerConfig):
+    """1. candidate mixtures (the published synthesize_mixture.py); shared by regmix and regmix_candidate."""
+
+    # proxies to train (paper 512); auto = by the main run's tokens: <1e5 (smoke) 6, <1e8 (demo) 16, <1e9 64, else 512
+    n_candidates: Union[int, str] = "auto"
+    candidate_seed: Optional[int] = None  # seed of the candidate generator; null = the run's seed
+    temperature: Number = (
+        0.5  # Dirichlet base = prior^temperature, renormalised (paper 0.5); prior = each domain's token share
+    )
+    # Dirichlet strengths: n_strengths log-spaced values in [strength_min, strength_max] (paper 0.1 ... 5.0, 15
+    # values); each draw picks one at random
+    strength_min: Number = 0.1
+    strength_max: Number = 5.0
+    n_strengths: int = 15
+    # reject a candidate with w_d > min(max_usage * p_d, 1) (paper 15: a domain may be seen <= 15x its share)
+    max_usage: Number = 15.0
+    # weights below this become 0, the rest are rounded to multiples of it; then dedup. Published 2e-4 = 100
+    # sequences of a 1B-token proxy, "increase it for fewer proxy tokens": auto = max(2e-4, seq_len / proxy tokens),
+    # i.e. a non-zero weight is at least one expected sequence of the proxy (demo: 1/960 = 1.04e-3; smoke: 1/128).
+    # A number is used as given
+    minimum: Union[int, float, str] = "auto"
+    sample_multiplier: int = (
+        100  # draw this many times n_candidates, deduplicate, keep a random n_candidates (paper 100)
+    )
+
+    def __post_init__(self) -> None:
+        nc = self.n_candidates
+        need(
+            nc == "auto" or (isinstance(nc, int) and nc >= 1),
+            "mixer.n_candidates",
+            f"'auto' or a positive integer, got {nc!r}",
+        )
+        need(0 < self.temperature <= 1, "mixer.temperature", "must be in (0, 1] (1 = no smoothing of the prior)")
+        need(0 < self.strength_min <= self.strength_max, "mixer.strength_min", "need 0 < strength_min <= strength_max")
+        need(self.n_strengths >= 1, "mixer.n_strengths", "must be a positive integer")
+        need(self.max_usage > 0, "mixer.max_usage", "must be > 0 (cap: w_d <= min(max_usage * p_d, 1))")
+        mn = self.minimum
+        need(
+            mn == "auto" or (is_number(mn) and 0 <= mn < 1),
+            "mixer.minimum",
+            f"'auto' or a number in [0, 1), got {mn!r}",
+        )
+        need(self.sample_multiplier >= 1, "mixer.sample_multiplier", "must be a positive integer")
 
 
-def _merge_keys(raw: Mapping[str, Any], keys: dict[str, Any], prefix: str = "mixer") -> dict[str, Any]:
-    """Config with defaults filled in; unknown keys are refused (nested dicts one level deep)."""
-    raw = dict(raw.items()) if raw is not None else {}
-    unknown = sorted(set(raw) - set(keys))
-    if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}", f"unknown key for mixer {keys.get('name', '?')!r}; known keys: {', '.join(sorted(keys))}")
-    out: dict[str, Any] = {}
-    for k, d in keys.items():
-        v = raw.get(k, d)
-        if isinstance(d, dict) and k != "name":
-            if v is None:
-                v = {}
-            if not hasattr(v, "items"):
-                raise ConfigError(f"{prefix}.{k}", f"expected a mapping, got {v!r}")
-            sub = dict(v.items())
-            bad = sorted(set(sub) - set(d))
-            if bad:
-                raise ConfigError(f"{prefix}.{k}.{bad[0]}", f"unknown key; known keys: {', '.join(sorted(d))}")
-            v = {kk: _jsonable(sub.get(kk, dd)) for kk, dd in d.items()}
-        out[k] = _jsonable(v)
-    return out
+@dataclass
+class ProxyBudget:
+    """2. the proxies' budget: each is a sub-run through the same trainer, cached under <data.cache_dir>/subruns/
+    by config fingerprint."""
+
+    total_tokens: Optional[int] = (
+        None  # tokens per proxy (paper 1e9 with a 25e9-token main run); null = tokens_frac of the main run
+    )
+    tokens_frac: Number = (
+        0.1  # proxy tokens as a fraction of the main run's (paper 1B/25B = 0.04; 0.1 so CPU-scale proxies learn)
+    )
+    min_steps: int = 10  # ... but at least this many optimiser steps (at most the main run's)
+    warmup_frac: Number = 0.1  # linear warmup then constant LR (paper: 100 of 1000 steps)
+    batch_size: Optional[int] = None  # null = the main run's budget.batch_size / micro_batch / seq_len
+    micro_batch: Optional[int] = None
+    seq_len: Optional[int] = None
 
 
-def _need(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"mixer.{key}", msg)
+@dataclass
+class LGBMConfig:
+    """3. LightGBM as the reference notebook: gbdt, objective regression, metrics l1 and l2."""
+
+    n_estimators: int = 1000  # at most this many trees (notebook 1000)
+    learning_rate: Number = 0.01  # notebook 0.01
+    num_leaves: int = 31  # LightGBM default (notebook: default)
+    # null = LightGBM's 20 (notebook, with 512 proxies), lowered to max(2, n/5) for few proxies so the trees can
+    # split at all (20 allows no split below 40 proxies)
+    min_child_samples: Optional[int] = None
+    min_data_in_bin: int = (
+        3  # LightGBM default (notebook: default); this suite used 1 before (see README fidelity table)
+    )
+    # stop when the held-out l1 or l2 has not improved for this many rounds (notebook 3); predictions use the best
+    # round. 0 = grow all n_estimators trees on every proxy
+    early_stopping_rounds: int = 3
+    # share of the proxies held out for early stopping, which then do not train that model (notebook: 256 test
+    # mixtures beside 512 training ones = 1/3); none are held out when either side would have < 2 proxies
+    valid_frac: Number = 0.33
 
 
-def _check_gen(c: Mapping[str, Any]) -> None:
-    nc = c["n_candidates"]
-    _need(nc == "auto" or (isinstance(nc, int) and nc >= 1), "n_candidates", f"'auto' or a positive integer, got {nc!r}")
-    _need(0 < float(c["temperature"]) <= 1, "temperature", "must be in (0, 1] (1 = no smoothing of the prior)")
-    _need(0 < float(c["strength_min"]) <= float(c["strength_max"]), "strength_min", "need 0 < strength_min <= strength_max")
-    _need(int(c["n_strengths"]) >= 1, "n_strengths", "must be a positive integer")
-    _need(float(c["max_usage"]) > 0, "max_usage", "must be > 0 (cap: w_d <= min(max_usage * p_d, 1))")
-    mn = c["minimum"]
-    _need(mn == "auto" or (isinstance(mn, (int, float)) and not isinstance(mn, bool) and 0 <= mn < 1), "minimum",
-          f"'auto' or a number in [0, 1), got {mn!r}")
-    _need(int(c["sample_multiplier"]) >= 1, "sample_multiplier", "must be a positive integer")
+LGBM: dict[str, Any] = dataclasses.asdict(LGBMConfig())
+
+
+def _regmix_proxy_model() -> ModelConfig:
+    # the paper's "1M" proxy (TinyLlama-style, non-embedding ~1.3M; untied embeddings as in its lit-gpt config)
+    return ModelConfig(
+        name="regmix-1m", hidden_size=256, num_layers=2, num_heads=8, num_kv_heads=8, intermediate_size=512
+    )
+
+
+def _regmix_proxy_trainer() -> TrainerOverrides:
+    # paper: constant LR after warmup, AdamW betas (0.9, 0.95), weight decay 0.1, clip 1.0; no validation during
+    # training (at the end each proxy computes only its target loss: trainer.final_eval=targets, set for every
+    # proxy); lr null = trainer.lr, which tiny CPU-scale proxies need (paper 4e-4 for 512x2048-token batches)
+    return TrainerOverrides(schedule="constant", betas=[0.9, 0.95], weight_decay=0.1, grad_clip=1.0, eval_every=0)
+
+
+@dataclass
+class RegMixConfig(GeneratorConfig):
+    """RegMix's parameters. The paper's recipe: mixer.n_candidates=512 mixer.proxy_budget.total_tokens=1000000000
+    mixer.proxy_trainer.lr=4.0e-4 mixer.n_simulate=1000000 (with budget.seq_len=2048, budget.batch_size=512: 1000
+    steps per proxy)."""
+
+    # --- 2. proxies
+    proxy_model: ModelConfig = field(default_factory=_regmix_proxy_model)
+    proxy_budget: ProxyBudget = field(default_factory=ProxyBudget)
+    proxy_trainer: TrainerOverrides = field(default_factory=_regmix_proxy_trainer)  # null = the main run's value
+    proxy_seed: Optional[int] = None  # null = the run's seed
+    workers: int = 1  # 1 = proxies one after another in this process; N = N local processes (then collected here)
+    # a finished sweep dir (python train.py -m +sweep=regmix_proxies), a glob, or a list: fit on its finished runs
+    # instead of training proxies; unfinished/crashed jobs are counted and skipped
+    proxies: Any = None
+    min_proxies: int = 4  # refuse to fit on fewer finished proxies
+    # --- 3. regression
+    target: str = (
+        "mean"  # regression target: mean = mean loss over the config's targets sets; or one set, e.g. val/arith
+    )
+    regressor: str = (
+        "lightgbm"  # the model that picks the mixture: lightgbm (paper) | linear (both are fitted and reported)
+    )
+    lgbm: LGBMConfig = field(default_factory=LGBMConfig)
+    cv_folds: int = 5  # held-out Spearman rho from K-fold out-of-fold predictions (reported for both models)
+    # --- 4. search
+    # prior = the notebook's w ~ Dir(search_strength * p): no temperature, strength grid, caps or rounding (so the
+    # chosen mixture may exceed max_usage * p_d) | generator = the candidate procedure above (temperature,
+    # strengths, caps kept)
+    search_distribution: str = "prior"
+    search_strength: Number = 1.0  # Dirichlet concentration of the prior search (notebook: prior_dist * 1)
+    n_simulate: int = 100_000  # simulated mixtures from the prior (paper 100k-1M)
+    top_k: int = 100  # average of the top-k predicted (paper 100; its notebook 128)
+    fit_seed: Optional[int] = None  # seed of the folds, LightGBM and simulation; null = the run's seed
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("mixer.regressor", self.regressor, ("lightgbm", "linear"))
+        need(1 <= self.top_k <= self.n_simulate, "mixer.top_k", "need 1 <= top_k <= n_simulate")
+        need(self.min_proxies >= 2, "mixer.min_proxies", "need at least 2 finished proxies to fit anything")
+        need(self.workers >= 1, "mixer.workers", "must be a positive integer")
+        need(self.cv_folds >= 2, "mixer.cv_folds", "must be >= 2")
+        pb, lg, ss = self.proxy_budget, self.lgbm, self.search_strength
+        need(
+            pb.total_tokens is None or pb.total_tokens > 0,
+            "mixer.proxy_budget.total_tokens",
+            "null (use tokens_frac) or a positive integer",
+        )
+        need(0 < pb.tokens_frac, "mixer.proxy_budget.tokens_frac", "must be > 0")
+        need(0 <= pb.warmup_frac < 1, "mixer.proxy_budget.warmup_frac", "must be in [0, 1)")
+        need(
+            self.search_distribution in SEARCH_DISTRIBUTIONS,
+            "mixer.search_distribution",
+            f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {self.search_distribution!r}",
+        )
+        need(
+            is_number(ss) and ss > 0,
+            "mixer.search_strength",
+            f"a number > 0 (search draws w ~ Dir(search_strength * prior)), got {ss!r}",
+        )
+        need(
+            lg.early_stopping_rounds >= 0,
+            "mixer.lgbm.early_stopping_rounds",
+            f"an integer >= 0 (0 = grow all n_estimators trees), got {lg.early_stopping_rounds!r}",
+        )
+        need(
+            is_number(lg.valid_frac) and 0 < lg.valid_frac < 1,
+            "mixer.lgbm.valid_frac",
+            f"a number in (0, 1): the share of proxies held out for early stopping, got {lg.valid_frac!r}",
+        )
+        need(lg.min_data_in_bin >= 1, "mixer.lgbm.min_data_in_bin", f"an integer >= 1, got {lg.min_data_in_bin!r}")
+
+
+@dataclass
+class RegMixCandidateConfig(GeneratorConfig):
+    """One candidate of the generator above as a static mixture: a job of +sweep=regmix_proxies. Use the main run's
+    data: the prior is this run's token shares. ``minimum: auto`` = max(2e-4, seq_len / this job's
+    budget.total_tokens): this job is the proxy."""
+
+    n_candidates: Union[int, str] = 16  # size of the candidate set (must be the sweep's size: the set depends on it)
+    index: int = 0  # which candidate (0 .. n_candidates-1); the sweep enumerates it
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        need(self.index >= 0, "mixer.index", f"a non-negative integer, got {self.index!r}")
+        need(
+            self.n_candidates != "auto",
+            "mixer.n_candidates",
+            "the sweep's size (an integer): the candidate set depends on it",
+        )
 
 
 def auto_n_candidates(main_tokens: float) -> int:
@@ -190,8 +296,12 @@ def resolve_minimum(minimum: Any, proxy_tokens: int, seq_len: int) -> float:
     if minimum != "auto":
         return float(minimum)
     mn = auto_minimum(proxy_tokens, seq_len)
-    _need(mn <= 0.5, "minimum", f"auto gives {mn:.3g} (one sequence of a proxy that sees only {proxy_tokens // seq_len} "
-                                 "sequences): give the proxies more tokens, or a number")
+    need(
+        mn <= 0.5,
+        "mixer.minimum",
+        f"auto gives {mn:.3g} (one sequence of a proxy that sees only {proxy_tokens // seq_len} "
+        "sequences): give the proxies more tokens, or a number",
+    )
     return mn
 
 
@@ -258,10 +368,13 @@ def generate_candidates(
     ``seed``. Every row: on the simplex, w_d ≤ min(max_usage·p_d, 1) (up to the rounding grid), every non-zero
     w_d ≥ ``minimum`` and a multiple of it before the final renormalisation, rows pairwise distinct."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x5E6]))
-    W = sample_dirichlet_mixtures(prior, int(n) * int(sample_multiplier), rng, temperature, strength_min,
-                                  strength_max, n_strengths, max_usage)
+    W = sample_dirichlet_mixtures(
+        prior, int(n) * int(sample_multiplier), rng, temperature, strength_min, strength_max, n_strengths, max_usage
+    )
     if len(W) == 0:
-        raise ConfigError("mixer.max_usage", "every candidate mixture broke the cap w_d <= min(max_usage * p_d, 1); raise max_usage")
+        raise ConfigError(
+            "mixer.max_usage", "every candidate mixture broke the cap w_d <= min(max_usage * p_d, 1); raise max_usage"
+        )
     if minimum > 0:
         W = np.where(W < minimum, 0.0, W)
         W = W / W.sum(axis=1, keepdims=True)
@@ -283,71 +396,29 @@ def generate_candidates(
 # --------------------------------------------------------------------------------------------------------
 # 3. regression
 # --------------------------------------------------------------------------------------------------------
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    return float(spearmanr(a, b).statistic)
-
-
-class LinearLaw:
-    """Least squares y ≈ Σ_d b_d w_d (no separate intercept: Σ w = 1 makes it part of b)."""
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "LinearLaw":
-        self.coef_ = np.linalg.lstsq(np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64), rcond=None)[0]
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(X, dtype=np.float64) @ self.coef_
-
-
 def _lgbm(params: Mapping[str, Any], n: int, seed: int):
-    import lightgbm as lgb
-
     mcs = params.get("min_child_samples")
     if mcs is None:  # LightGBM's default 20, lowered for few proxies so the trees can split at all
         mcs = int(min(20, max(2, n // 5)))
-    return lgb.LGBMRegressor(
-        boosting_type="gbdt", objective="regression", metric=["l1", "l2"], n_estimators=int(params["n_estimators"]),
-        learning_rate=float(params["learning_rate"]), num_leaves=int(params["num_leaves"]), min_child_samples=int(mcs),
-        min_data_in_bin=int(params["min_data_in_bin"]), deterministic=True, force_col_wise=True, num_threads=1,
-        verbose=-1, random_state=int(seed),
+    return lgbm_regressor(
+        seed,
+        boosting_type="gbdt",
+        objective="regression",
+        metric=["l1", "l2"],
+        n_estimators=int(params["n_estimators"]),
+        learning_rate=float(params["learning_rate"]),
+        num_leaves=int(params["num_leaves"]),
+        min_child_samples=int(mcs),
+        min_data_in_bin=int(params["min_data_in_bin"]),
     )
 
 
-def stopping_split(n: int, valid_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) indices for early stopping; no held-out set when either side would have < 2 rows
-    (one mixture's loss is too noisy a stopping signal, and one training row cannot be split)."""
-    n_va = int(round(float(valid_frac) * n))
-    perm = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0xE5])).permutation(n)
-    if n_va < 2 or n - n_va < 2:
-        return np.sort(perm), np.empty(0, dtype=np.int64)
-    return np.sort(perm[n_va:]), np.sort(perm[:n_va])
-
-
 def fit_lgbm(params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, seed: int):
-    """LightGBM as the reference notebook fits it: boosting stops when the held-out l1 or l2 has not improved
-    for ``early_stopping_rounds`` rounds, and predictions use the best round. The held-out mixtures only
-    decide when to stop. ``early_stopping_rounds: 0`` grows all ``n_estimators`` trees on every row."""
-    import lightgbm as lgb
-
-    rounds = int(params["early_stopping_rounds"])
-    tr, va = stopping_split(len(y), float(params["valid_frac"]), seed) if rounds > 0 else (np.arange(len(y)), [])
-    model = _lgbm(params, len(tr), seed)
-    if len(va) == 0:
-        return model.fit(X, y)
-    held_out = {"eval_X": X[va], "eval_y": y[va]}  # LightGBM >= 4.7; eval_set before (deprecated since)
-    if "eval_X" not in inspect.signature(model.fit).parameters:
-        held_out = {"eval_set": [(X[va], y[va])]}
-    return model.fit(X[tr], y[tr], eval_metric="l2", callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)],
-                     **held_out)
-
-
-def n_trees(model: Any) -> int:
-    """Trees a fitted LightGBM model predicts with (the best round when it stopped early)."""
-    return int(model.best_iteration_ or model.booster_.current_iteration())
+    """LightGBM as the reference notebook fits it (:func:`tikmix.regression.fit_early_stopped`: boosting stops
+    when the held-out l1 or l2 has not improved for ``early_stopping_rounds`` rounds; 0 grows all trees)."""
+    return fit_early_stopped(
+        lambda n: _lgbm(params, n, seed), X, y, int(params["early_stopping_rounds"]), float(params["valid_frac"]), seed
+    )
 
 
 def fit_mixing_law(
@@ -364,23 +435,24 @@ def fit_mixing_law(
     n = len(y)
     lgbm = dict(LGBM, **(lgbm or {}))
     fitters: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
-        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed), "linear": lambda Xs, ys: LinearLaw().fit(Xs, ys)}
+        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed),
+        "linear": lambda Xs, ys: LinearLaw().fit(Xs, ys),
+    }
     info: dict[str, Any] = {"n": n}
-    K = min(int(folds), n)
-    if K >= 2 and n >= 4:
-        perm = np.random.default_rng(seed).permutation(n)
-        fold_trees = []
-        for name, fit in fitters.items():
-            oof = np.empty(n)
-            for f in range(K):
-                te = perm[f::K]
-                tr = np.setdiff1d(perm, te)
-                model = fit(X[tr], y[tr])
-                oof[te] = model.predict(X[te])
-                if name == "lightgbm":
-                    fold_trees.append(n_trees(model))
+    K = folds_for(n, folds)
+    if K:
+        fold_trees: list[int] = []
+
+        def fit_predict(name: str, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+            model = fitters[name](X[tr], y[tr])
+            if name == "lightgbm":
+                fold_trees.append(n_trees(model))
+            return model.predict(X[te])
+
+        for name in fitters:
+            oof = kfold_predictions(lambda tr, te: fit_predict(name, tr, te), n, K, seed)
             info[f"spearman_{name}"] = spearman(y, oof)
-            info[f"rmse_{name}"] = float(np.sqrt(np.mean((oof - y) ** 2)))
+            info[f"rmse_{name}"] = rmse(y, oof)
         info["cv_folds"] = K
         info["lgbm_trees_folds"] = fold_trees
     models = {name: fit(X, y) for name, fit in fitters.items()}
@@ -397,7 +469,9 @@ def fit_mixing_law(
 SEARCH_DISTRIBUTIONS = ("prior", "generator")
 
 
-def sample_prior_mixtures(prior: Sequence[float], n: int, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+def sample_prior_mixtures(
+    prior: Sequence[float], n: int, rng: np.random.Generator, strength: float = 1.0
+) -> np.ndarray:
     """The reference notebook's search draws: w ~ Dir(strength · p) (its strength is 1: Dir(p)); no
     temperature, strength grid, caps or rounding. Domains with p_d = 0 stay at 0."""
     p = _prior(prior)
@@ -424,35 +498,39 @@ def choose_mixture(
     if distribution not in SEARCH_DISTRIBUTIONS:
         raise ConfigError("mixer.search_distribution", f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {distribution!r}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0x51A]))
-    gen = {k: v for k, v in gen.items() if k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage")}
+    gen = {
+        k: v for k, v in gen.items() if k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage")
+    }
     if distribution == "prior":
+
         def draw(k: int) -> np.ndarray:
             return sample_prior_mixtures(prior, k, rng, strength)
     else:
+
         def draw(k: int) -> np.ndarray:
             return sample_dirichlet_mixtures(prior, k, rng, **gen)
-    best_w = np.empty((0, len(_prior(prior))))
-    best_y = np.empty(0)
-    left, drawn = int(n_simulate), 0
-    tries = 0
-    while left > 0 and tries < 50:
-        tries += 1
-        W = draw(min(chunk, left))
-        if len(W) == 0:
-            continue
-        yp = np.asarray(model.predict(W), dtype=np.float64)
-        drawn += len(W)
-        left -= len(W)
-        allw = np.concatenate([best_w, W])
-        ally = np.concatenate([best_y, yp])
-        keep = np.argsort(ally, kind="stable")[: int(top_k)]
-        best_w, best_y = allw[keep], ally[keep]
-    if len(best_w) == 0:
+
+    def chunks() -> Iterator[np.ndarray]:
+        left = int(n_simulate)
+        for _ in range(50):  # draws that break the caps are dropped: give up when 50 chunks cannot fill n_simulate
+            if left <= 0:
+                return
+            W = draw(min(chunk, left))
+            left -= len(W)
+            if len(W):
+                yield W
+
+    w, best_y, drawn = top_k_mean(model.predict, chunks(), top_k)
+    if w is None:
         raise ConfigError("mixer.max_usage", "no simulated mixture respected the caps; raise max_usage")
-    w = best_w.mean(axis=0)
-    w = w / w.sum()
-    return w, {"distribution": distribution, "n_simulated": drawn, "top_k": len(best_w), "pred_top_k_mean": float(best_y.mean()),
-               "pred_best": float(best_y[0]), "pred_chosen": float(np.asarray(model.predict(w[None]))[0])}
+    return w, {
+        "distribution": distribution,
+        "n_simulated": drawn,
+        "top_k": len(best_y),
+        "pred_top_k_mean": float(best_y.mean()),
+        "pred_best": float(best_y[0]),
+        "pred_chosen": float(np.asarray(model.predict(w[None]))[0]),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -469,10 +547,17 @@ def proxy_flops(compute: Mapping[str, Any] | None) -> np.ndarray:
 
 
 def _flops_info(f: np.ndarray) -> dict[str, float]:
-    return {"flops": float(f.sum()), "flops_train": float(f[0]), "flops_targets": float(f[1]), "flops_other": float(f[2])}
+    return {
+        "flops": float(f.sum()),
+        "flops_train": float(f[0]),
+        "flops_targets": float(f[1]),
+        "flops_other": float(f[2]),
+    }
 
 
-def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: str = "mean") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def load_proxy_runs(
+    paths: str | Sequence[str], domains: Sequence[str], target: str = "mean"
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(X [k, m] weights, y [k] target losses, info) from the finished runs under ``paths`` (a sweep dir, a
     glob, or a list of them). A run is a directory; it is finished when it holds ``results.json``. Each
     immediate sub-directory of a sweep dir is one job: those without ``results.json`` (crashed, killed or
@@ -523,9 +608,18 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
         flops += proxy_flops(res.get("compute"))
         full_eval += "targets" not in (res.get("compute") or {})  # written before trainer.final_eval: full evaluation
         fps.add((res.get("model"), res.get("budget"), res.get("steps")))
-    info = {"source": [str(r) for r in roots], "n_jobs": len(jobs), "n_finished": len(finished),
-            "n_unfinished": len(unfinished), "unfinished": unfinished, "n_no_target": len(skipped),
-            "no_target": skipped, **_flops_info(flops), "n_full_eval": full_eval, "proxy_setups": sorted([list(map(str, f)) for f in fps])}
+    info = {
+        "source": [str(r) for r in roots],
+        "n_jobs": len(jobs),
+        "n_finished": len(finished),
+        "n_unfinished": len(unfinished),
+        "unfinished": unfinished,
+        "n_no_target": len(skipped),
+        "no_target": skipped,
+        **_flops_info(flops),
+        "n_full_eval": full_eval,
+        "proxy_setups": sorted([list(map(str, f)) for f in fps]),
+    }
     return np.asarray(X, dtype=np.float64).reshape(-1, len(domains)), np.asarray(y, dtype=np.float64), info
 
 
@@ -534,12 +628,6 @@ def load_proxy_runs(paths: str | Sequence[str], domains: Sequence[str], target: 
 # --------------------------------------------------------------------------------------------------------
 def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tuple[bool, str, bool]:
     """Train one proxy in a worker process (fills the sub-run cache; the parent collects and charges it)."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from tikmix.ledger import Ledger
-    from tikmix.run import make_subrun
-
     torch.set_num_threads(max(1, int(threads)))
     try:
         res = make_subrun(OmegaConf.create(parent), Ledger())(overrides, name, "regmix_proxies")
@@ -563,26 +651,14 @@ def _stop_workers(ex) -> None:
 # --------------------------------------------------------------------------------------------------------
 # the mixers
 # --------------------------------------------------------------------------------------------------------
-def _gen_kwargs(c: Mapping[str, Any], proxy_tokens: int, seq_len: int) -> dict[str, Any]:
+def _gen_kwargs(c: GeneratorConfig, proxy_tokens: int, seq_len: int) -> dict[str, Any]:
     """The generator's keys, ``minimum: auto`` resolved for proxies of ``proxy_tokens`` in ``seq_len`` windows."""
-    out = {k: c[k] for k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage", "sample_multiplier")}
-    out["minimum"] = resolve_minimum(c["minimum"], int(proxy_tokens), int(seq_len))
+    out = {
+        k: getattr(c, k)
+        for k in ("temperature", "strength_min", "strength_max", "n_strengths", "max_usage", "sample_multiplier")
+    }
+    out["minimum"] = resolve_minimum(c.minimum, int(proxy_tokens), int(seq_len))
     return out
-
-
-def _is_num(v: Any, integer: bool = False) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v)
-
-
-def _check_fit(c: Mapping[str, Any]) -> None:
-    lg, ss = c["lgbm"], c["search_strength"]
-    _need(c["search_distribution"] in SEARCH_DISTRIBUTIONS, "search_distribution",
-          f"{' | '.join(SEARCH_DISTRIBUTIONS)}, got {c['search_distribution']!r}")
-    _need(_is_num(ss) and ss > 0, "search_strength", f"a number > 0 (search draws w ~ Dir(search_strength * prior)), got {ss!r}")
-    es, vf, mdb = lg["early_stopping_rounds"], lg["valid_frac"], lg["min_data_in_bin"]
-    _need(_is_num(es, integer=True) and es >= 0, "lgbm.early_stopping_rounds", f"an integer >= 0 (0 = grow all n_estimators trees), got {es!r}")
-    _need(_is_num(vf) and 0 < vf < 1, "lgbm.valid_frac", f"a number in (0, 1): the share of proxies held out for early stopping, got {vf!r}")
-    _need(_is_num(mdb, integer=True) and mdb >= 1, "lgbm.min_data_in_bin", f"an integer >= 1, got {mdb!r}")
 
 
 def _prior_from_ctx(ctx: MixerContext, domains: Sequence[str]) -> np.ndarray:
@@ -592,36 +668,23 @@ def _prior_from_ctx(ctx: MixerContext, domains: Sequence[str]) -> np.ndarray:
     return t / t.sum()
 
 
-def _n_candidates(c: Mapping[str, Any], ctx: MixerContext) -> int:
-    nc = c["n_candidates"]
+def _n_candidates(c: GeneratorConfig, ctx: MixerContext) -> int:
+    nc = c.n_candidates
     return auto_n_candidates(ctx.total_steps * ctx.tokens_per_step) if nc == "auto" else int(nc)
 
 
-@register("regmix")
+@register("regmix", RegMixConfig)
 class RegMix(Mixer):
     """Static mixture chosen by RegMix in ``prepare()``; the main run trains on it from step 0."""
 
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        self.c = _merge_keys(cfg, KEYS)
-        c = self.c
-        _check_gen(c)
-        _need(c["target"] == "mean" or isinstance(c["target"], str), "target", "'mean' or the name of a target set (e.g. val/arith)")
-        _need(c["regressor"] in ("lightgbm", "linear"), "regressor", f"lightgbm | linear, got {c['regressor']!r}")
-        _need(int(c["top_k"]) >= 1 and int(c["n_simulate"]) >= int(c["top_k"]), "top_k", "need 1 <= top_k <= n_simulate")
-        _need(int(c["min_proxies"]) >= 2, "min_proxies", "need at least 2 finished proxies to fit anything")
-        _need(int(c["workers"]) >= 1, "workers", "must be a positive integer")
-        _need(int(c["cv_folds"]) >= 2, "cv_folds", "must be >= 2")
-        _check_fit(c)
-        pb = c["proxy_budget"]
-        _need(pb["total_tokens"] is None or int(pb["total_tokens"]) > 0, "proxy_budget.total_tokens", "null (use tokens_frac) or a positive integer")
-        _need(0 < float(pb["tokens_frac"]), "proxy_budget.tokens_frac", "must be > 0")
-        _need(0 <= float(pb["warmup_frac"]) < 1, "proxy_budget.warmup_frac", "must be in [0, 1)")
+    def __init__(self, cfg: Mapping[str, Any] | RegMixConfig, domains: list[str], ctx: MixerContext):
+        c = self.c = self.parse_config(cfg)
         try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
-            llama_config(dict(c["proxy_model"]), vocab_size=2)
+            llama_config(dataclasses.asdict(c.proxy_model), vocab_size=2)
         except ConfigError as e:
             raise ConfigError(f"mixer.proxy_{e.field}", e.detail) from e
         self.prior = _prior_from_ctx(ctx, domains)
-        super().__init__(cfg, domains, ctx)
+        super().__init__(c, domains, ctx)
         self.gen_kwargs()  # minimum: auto, checked now
 
     def initial_weights(self) -> np.ndarray:
@@ -634,51 +697,59 @@ class RegMix(Mixer):
     # --- the proxy sub-run config --------------------------------------------------------------------
     def _proxy_shape(self) -> tuple[int, int]:
         """(batch size, seq_len) of a proxy: its proxy_budget's, else the main run's."""
-        pb = self.c["proxy_budget"]
-        bs = int(pb["batch_size"] or 0) or self.ctx.tokens_per_step // self.ctx.seq_len
-        return bs, int(pb["seq_len"] or 0) or self.ctx.seq_len
+        pb = self.c.proxy_budget
+        bs = pb.batch_size or self.ctx.tokens_per_step // self.ctx.seq_len
+        return bs, pb.seq_len or self.ctx.seq_len
 
     def proxy_steps(self) -> int:
-        pb = self.c["proxy_budget"]
+        pb = self.c.proxy_budget
         bs, sl = self._proxy_shape()
         per_step = bs * sl
-        if pb["total_tokens"] is not None:
-            return max(1, int(pb["total_tokens"]) // per_step)
+        if pb.total_tokens is not None:
+            return max(1, pb.total_tokens // per_step)
         main_tokens = self.ctx.total_steps * self.ctx.tokens_per_step
-        frac_steps = int(math.ceil(float(pb["tokens_frac"]) * main_tokens / per_step))
-        return max(1, frac_steps, min(int(pb["min_steps"]), self.ctx.total_steps))
+        frac_steps = int(math.ceil(float(pb.tokens_frac) * main_tokens / per_step))
+        return max(1, frac_steps, min(pb.min_steps, self.ctx.total_steps))
 
     def proxy_overrides(self, w: np.ndarray) -> dict[str, Any]:
         """The sub-run config of the proxy for mixture ``w``: deterministic, so the cache finds it again."""
         c = self.c
-        pb = c["proxy_budget"]
+        pb = c.proxy_budget
         bs, sl = self._proxy_shape()
-        budget = {"name": "regmix-proxy", "total_tokens": self.proxy_steps() * bs * sl, "warmup_frac": float(pb["warmup_frac"]),
-                  "stages": []}
+        budget = {
+            "name": "regmix-proxy",
+            "total_tokens": self.proxy_steps() * bs * sl,
+            "warmup_frac": float(pb.warmup_frac),
+            "stages": [],
+        }
         for k in ("batch_size", "micro_batch", "seq_len"):
-            if pb[k] is not None:
-                budget[k] = int(pb[k])
-        trainer = {k: v for k, v in c["proxy_trainer"].items() if v is not None}
+            if getattr(pb, k) is not None:
+                budget[k] = getattr(pb, k)
+        trainer = {k: v for k, v in dataclasses.asdict(c.proxy_trainer).items() if v is not None}
         trainer["final_eval"] = "targets"  # the fit needs a proxy's target loss only (methods.md, "Compute")
         ov: dict[str, Any] = {
-            "mixer": {"name": "fixed", "weights": {d: float(x) for d, x in zip(self.domains, w)}, "weights_file": None,
-                      "renormalize": True},
-            "model": dict(c["proxy_model"]),
+            "mixer": {
+                "name": "fixed",
+                "weights": {d: float(x) for d, x in zip(self.domains, w)},
+                "weights_file": None,
+                "renormalize": True,
+            },
+            "model": dataclasses.asdict(c.proxy_model),
             "budget": budget,
             "trainer": trainer,
         }  # the eval preset is inherited: it defines the task targets (sub-runs skip the downstream evaluation)
-        if c["proxy_seed"] is not None:
-            ov["seed"] = int(c["proxy_seed"])
+        if c.proxy_seed is not None:
+            ov["seed"] = c.proxy_seed
         return ov
 
     def candidates(self) -> np.ndarray:
         c = self.c
-        seed = int(c["candidate_seed"]) if c["candidate_seed"] is not None else int(self.ctx.seed)
+        seed = c.candidate_seed if c.candidate_seed is not None else int(self.ctx.seed)
         return generate_candidates(self.prior, _n_candidates(c, self.ctx), seed, **self.gen_kwargs())
 
     # --- prepare --------------------------------------------------------------------------------------
     def _target_of(self, res: dict) -> float | None:
-        t = self.c["target"]
+        t = self.c.target
         if t == "mean":
             return res.get("target_loss_mean")
         tl = res.get("target_loss") or {}
@@ -688,12 +759,14 @@ class RegMix(Mixer):
 
     def _train_proxies(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         if self.ctx.run_subrun is None:
-            raise ConfigError("mixer", "RegMix trains proxies through the trainer (ctx.run_subrun); run it through train.py")
+            raise ConfigError(
+                "mixer", "RegMix trains proxies through the trainer (ctx.run_subrun); run it through train.py"
+            )
         W = self.candidates()
         ovs = [self.proxy_overrides(w) for w in W]
         failed: dict[int, str] = {}
         cached_before: set[int] | None = None
-        workers = int(self.c["workers"])
+        workers = self.c.workers
         if workers > 1:
             failed, cached_before = self._pretrain_parallel(ovs, workers)
         X, y, crashed, reused, flops = [], [], [], 0, np.zeros(3)
@@ -717,24 +790,36 @@ class RegMix(Mixer):
                 continue
             X.append(w)
             y.append(float(val))
-            print(f"[regmix] proxy {i + 1}/{len(W)}: target loss {float(val):.4f}" + (" (cached)" if res.get("reused") else ""), flush=True)
-        info = {"source": "in-process" if workers == 1 else f"{workers} local workers", "n_candidates": len(W),
-                "n_finished": len(X), "n_crashed": len(crashed), "crashed": crashed, "n_reused": reused,
-                **_flops_info(flops), "minimum": self.gen_kwargs()["minimum"], "proxy_steps": self.proxy_steps(), "proxy_model": dict(self.c["proxy_model"]),
-                "proxy_wall_s": time.perf_counter() - t0}
+            print(
+                f"[regmix] proxy {i + 1}/{len(W)}: target loss {float(val):.4f}"
+                + (" (cached)" if res.get("reused") else ""),
+                flush=True,
+            )
+        info = {
+            "source": "in-process" if workers == 1 else f"{workers} local workers",
+            "n_candidates": len(W),
+            "n_finished": len(X),
+            "n_crashed": len(crashed),
+            "crashed": crashed,
+            "n_reused": reused,
+            **_flops_info(flops),
+            "minimum": self.gen_kwargs()["minimum"],
+            "proxy_steps": self.proxy_steps(),
+            "proxy_model": dataclasses.asdict(self.c.proxy_model),
+            "proxy_wall_s": time.perf_counter() - t0,
+        }
         return np.asarray(X, dtype=np.float64).reshape(-1, self.m), np.asarray(y), info
 
     def _pretrain_parallel(self, ovs: list[dict], workers: int) -> tuple[dict[int, str], set[int]]:
         """Train the proxies in ``workers`` local processes (spawned; each fills the sub-run cache). The serial
         loop afterwards finds them finished and charges their compute. Needs the parent's config.yaml."""
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        import yaml
 
         cfg_path = Path(self.ctx.run_dir or ".") / "config.yaml"
         if not cfg_path.exists():
-            raise ConfigError("mixer.workers", f"parallel proxies need the run's config ({cfg_path}); run through train.py or set workers=1")
+            raise ConfigError(
+                "mixer.workers",
+                f"parallel proxies need the run's config ({cfg_path}); run through train.py or set workers=1",
+            )
         parent = yaml.safe_load(cfg_path.read_text())
         threads = max(1, (os.cpu_count() or 1) // workers)
         failed: dict[int, str] = {}
@@ -757,74 +842,103 @@ class RegMix(Mixer):
     def prepare(self) -> None:
         c = self.c
         t0 = time.perf_counter()
-        if c["proxies"]:
-            X, y, pinfo = load_proxy_runs(c["proxies"], self.domains, c["target"])
+        if c.proxies:
+            X, y, pinfo = load_proxy_runs(c.proxies, self.domains, c.target)
             if self.ctx.charge is not None and pinfo["flops"] > 0:
                 self.ctx.charge(pinfo["flops"], "regmix_proxies")  # the sweep jobs' training + target-loss passes
-            print(f"[regmix] {pinfo['n_finished']} finished proxies from {', '.join(pinfo['source'])}; "
-                  f"{pinfo['n_unfinished']} unfinished/crashed left out", flush=True)
+            print(
+                f"[regmix] {pinfo['n_finished']} finished proxies from {', '.join(pinfo['source'])}; "
+                f"{pinfo['n_unfinished']} unfinished/crashed left out",
+                flush=True,
+            )
             if pinfo["n_full_eval"]:
-                print(f"[regmix] {pinfo['n_full_eval']} proxies ran the full final evaluation (written before "
-                      f"trainer.final_eval): {pinfo['flops_other']:.3g} FLOPs of it charged; a new sweep charges only "
-                      "training + target loss", flush=True)
+                print(
+                    f"[regmix] {pinfo['n_full_eval']} proxies ran the full final evaluation (written before "
+                    f"trainer.final_eval): {pinfo['flops_other']:.3g} FLOPs of it charged; a new sweep charges only "
+                    "training + target loss",
+                    flush=True,
+                )
         else:
             X, y, pinfo = self._train_proxies()
             if pinfo["n_crashed"]:
-                print(f"[regmix] {pinfo['n_crashed']} of {pinfo['n_candidates']} proxies crashed; fitting on {pinfo['n_finished']}", flush=True)
-        if len(y) < int(c["min_proxies"]):
+                print(
+                    f"[regmix] {pinfo['n_crashed']} of {pinfo['n_candidates']} proxies crashed; fitting on {pinfo['n_finished']}",
+                    flush=True,
+                )
+        if len(y) < c.min_proxies:
             first = (pinfo.get("crashed") or [{}])[0].get("error")
-            raise DataError(f"RegMix needs at least mixer.min_proxies={c['min_proxies']} finished proxies to fit, has {len(y)} "
-                            f"({pinfo.get('n_unfinished', pinfo.get('n_crashed', 0))} unfinished/crashed"
-                            + (f"; first error: {first}" if first else "") + ")")
-        fit_seed = int(c["fit_seed"]) if c["fit_seed"] is not None else int(self.ctx.seed)
-        models, finfo = fit_mixing_law(X, y, seed=fit_seed, lgbm=c["lgbm"], folds=int(c["cv_folds"]))
-        w, sinfo = choose_mixture(models[c["regressor"]], self.prior, int(c["n_simulate"]), int(c["top_k"]), seed=fit_seed,
-                                  distribution=c["search_distribution"], strength=float(c["search_strength"]), **self.gen_kwargs())
+            raise DataError(
+                f"RegMix needs at least mixer.min_proxies={c.min_proxies} finished proxies to fit, has {len(y)} "
+                f"({pinfo.get('n_unfinished', pinfo.get('n_crashed', 0))} unfinished/crashed"
+                + (f"; first error: {first}" if first else "")
+                + ")"
+            )
+        fit_seed = c.fit_seed if c.fit_seed is not None else int(self.ctx.seed)
+        models, finfo = fit_mixing_law(X, y, seed=fit_seed, lgbm=dataclasses.asdict(c.lgbm), folds=c.cv_folds)
+        w, sinfo = choose_mixture(
+            models[c.regressor],
+            self.prior,
+            c.n_simulate,
+            c.top_k,
+            seed=fit_seed,
+            distribution=c.search_distribution,
+            strength=float(c.search_strength),
+            **self.gen_kwargs(),
+        )
         self._w = w
         best = int(np.argmin(y))
-        self.info = _jsonable({
-            "proxies": {k: v for k, v in pinfo.items() if k not in ("crashed", "unfinished", "no_target")},
-            "crashed": pinfo.get("crashed", []) + pinfo.get("unfinished", []),
-            "n_proxies_used": int(len(y)),
-            "n_proxies_crashed": int(pinfo.get("n_crashed", 0) + pinfo.get("n_unfinished", 0)),
-            "fit": finfo,
-            "spearman_lightgbm": finfo.get("spearman_lightgbm"),
-            "spearman_linear": finfo.get("spearman_linear"),
-            "regressor": c["regressor"],
-            "search": sinfo,
-            "prior": dict(zip(self.domains, self.prior)),
-            "weights": dict(zip(self.domains, w)),
-            "best_proxy": {"weights": dict(zip(self.domains, X[best])), "target_loss": float(y[best])},
-            "target": c["target"],
-            "wall_s": time.perf_counter() - t0,
-        })
-        self.history = _jsonable([{"proxy": i, "weights": dict(zip(self.domains, X[i])), "target_loss": float(y[i])}
-                                  for i in range(len(y))])
-        print(f"[regmix] fit on {len(y)} proxies: held-out Spearman LightGBM {finfo.get('spearman_lightgbm', float('nan')):.3f}, "
-              f"linear {finfo.get('spearman_linear', float('nan')):.3f}; mixture "
-              + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, w)), flush=True)
+        self.info = _jsonable(
+            {
+                "proxies": {k: v for k, v in pinfo.items() if k not in ("crashed", "unfinished", "no_target")},
+                "crashed": pinfo.get("crashed", []) + pinfo.get("unfinished", []),
+                "n_proxies_used": int(len(y)),
+                "n_proxies_crashed": int(pinfo.get("n_crashed", 0) + pinfo.get("n_unfinished", 0)),
+                "fit": finfo,
+                "spearman_lightgbm": finfo.get("spearman_lightgbm"),
+                "spearman_linear": finfo.get("spearman_linear"),
+                "regressor": c.regressor,
+                "search": sinfo,
+                "prior": dict(zip(self.domains, self.prior)),
+                "weights": dict(zip(self.domains, w)),
+                "best_proxy": {"weights": dict(zip(self.domains, X[best])), "target_loss": float(y[best])},
+                "target": c.target,
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+        self.history = _jsonable(
+            [{"proxy": i, "weights": dict(zip(self.domains, X[i])), "target_loss": float(y[i])} for i in range(len(y))]
+        )
+        print(
+            f"[regmix] fit on {len(y)} proxies: held-out Spearman LightGBM {finfo.get('spearman_lightgbm', float('nan')):.3f}, "
+            f"linear {finfo.get('spearman_linear', float('nan')):.3f}; mixture "
+            + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, w)),
+            flush=True,
+        )
 
 
-@register("regmix_candidate")
+@register("regmix_candidate", RegMixCandidateConfig)
 class RegMixCandidate(Mixer):
     """Candidate ``index`` of RegMix's generator as a static mixture: one job of the proxy sweep
     (``python train.py -m +sweep=regmix_proxies``). The same generator keys as ``mixer=regmix``; the prior is
     this run's token shares, so the sweep needs the same data as the main run."""
 
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        self.c = _merge_keys(cfg, CANDIDATE_KEYS)
-        _check_gen(self.c)
-        idx = self.c["index"]
-        _need(isinstance(idx, int) and idx >= 0, "index", f"a non-negative integer, got {idx!r}")
+    def __init__(self, cfg: Mapping[str, Any] | RegMixCandidateConfig, domains: list[str], ctx: MixerContext):
+        c = self.c = self.parse_config(cfg)
+        idx = c.index
         self.prior = _prior_from_ctx(ctx, domains)
-        seed = int(self.c["candidate_seed"]) if self.c["candidate_seed"] is not None else int(ctx.seed)
-        _need(self.c["n_candidates"] != "auto", "n_candidates", "the sweep's size (an integer): the candidate set depends on it")
-        n = int(self.c["n_candidates"])
+        seed = c.candidate_seed if c.candidate_seed is not None else int(ctx.seed)
+        n = c.n_candidates
         # this job is the proxy: minimum: auto follows its own tokens, as mixer=regmix's follows its proxies'
-        W = generate_candidates(self.prior, n, seed, **_gen_kwargs(self.c, ctx.total_steps * ctx.tokens_per_step, ctx.seq_len))
-        _need(idx < len(W), "index", f"{idx} is out of range: the generator gave {len(W)} distinct candidates (n_candidates={n})")
+        W = generate_candidates(
+            self.prior, n, seed, **_gen_kwargs(c, ctx.total_steps * ctx.tokens_per_step, ctx.seq_len)
+        )
+        need(
+            idx < len(W),
+            "mixer.index",
+            f"{idx} is out of range: the generator gave {len(W)} distinct candidates (n_candidates={n})",
+        )
         self.candidate = W[idx]
-        super().__init__(cfg, domains, ctx)
+        super().__init__(c, domains, ctx)
         self.info = {"index": idx, "n_candidates": int(len(W)), "candidate_seed": seed}
 
     def initial_weights(self) -> np.ndarray:

@@ -13,6 +13,7 @@ a limited one, ``eval.limit``, is marked in every table). W&B logging only with 
 override: a W&B run in the original run's project and group (its sweep), job type ``rescore``, named
 ``<run name>-rescore``, its scores under ``rescore/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from eval.stage import evaluate
+from tikmix.config import register_configs
 from tikmix.errors import DataError, TikmixError
+from tikmix.report import wandb_identity
+from tikmix.runlog import RunLogger, write_json_atomic
+from tikmix.trainer import resolve_device
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-USAGE = "usage: python -m eval <run_dir> [eval=<preset>] [eval.limit=N] [eval.tasks=[...]] [device=cpu|cuda] [logger=wandb]"
+USAGE = (
+    "usage: python -m eval <run_dir> [eval=<preset>] [eval.limit=N] [eval.tasks=[...]] [device=cpu|cuda] [logger=wandb]"
+)
 
 
 def check_run_dir(run_dir: Path) -> Path:
@@ -33,32 +48,39 @@ def check_run_dir(run_dir: Path) -> Path:
         raise DataError(f"{run_dir}: no such run directory")
     fm = run_dir / "final_model"
     if not fm.is_dir():
-        why = "the run has not finished" if not (run_dir / "results.json").exists() else \
-            "it ran with trainer.save_final_model=false"
+        why = (
+            "the run has not finished"
+            if not (run_dir / "results.json").exists()
+            else "it ran with trainer.save_final_model=false"
+        )
         raise DataError(f"run {run_dir} has no final model: {fm} is missing ({why}); nothing to evaluate")
     missing = []
     if not (fm / "config.json").exists():
         missing.append("config.json")
-    if not any((fm / n).exists() for n in ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                                           "pytorch_model.bin.index.json")):
+    if not any(
+        (fm / n).exists()
+        for n in (
+            "model.safetensors",
+            "pytorch_model.bin",
+            "model.safetensors.index.json",
+            "pytorch_model.bin.index.json",
+        )
+    ):
         missing.append("model weights (model.safetensors)")
     if not any((fm / n).exists() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         missing.append("tokenizer (tokenizer.json)")
     if missing:
         raise DataError(f"run {run_dir}: the final model in {fm} is incomplete, missing {', '.join(missing)}")
     if not (run_dir / "results.json").exists():
-        raise DataError(f"run {run_dir} has a final model but no results.json: the run did not finish; "
-                        f"resume it with the same command to complete it")
+        raise DataError(
+            f"run {run_dir} has a final model but no results.json: the run did not finish; "
+            f"resume it with the same command to complete it"
+        )
     return fm
 
 
 def compose_config(run_dir: Path, overrides: list[str]):
     """The root config for re-evaluating ``run_dir``: conf/ + overrides, with the run's data config."""
-    import yaml
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
     saved = run_dir / "config.yaml"
     run_cfg = (yaml.safe_load(saved.read_text()) if saved.exists() else None) or {}
     if not any(o.split("=", 1)[0] == "eval" for o in overrides):
@@ -66,6 +88,7 @@ def compose_config(run_dir: Path, overrides: list[str]):
         prev = (run_cfg.get("eval") or {}).get("name") if isinstance(run_cfg.get("eval"), dict) else None
         preset = prev if prev and prev != "none" and (CONF / "eval" / f"{prev}.yaml").exists() else "synthetic9"
         overrides = [f"eval={preset}", *overrides]
+    register_configs()  # the schemas the presets name
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -92,16 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(argv[0]).expanduser().resolve()
     overrides = argv[1:]
     try:
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-    except ImportError:  # pragma: no cover
-        HydraException = OmegaConfBaseException = ()  # type: ignore[misc,assignment]
-    try:
         return _run(run_dir, overrides)
     except TikmixError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (HydraException, OmegaConfBaseException) as e:  # type: ignore[misc]
+    except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}", file=sys.stderr)
         return 2
 
@@ -109,10 +127,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(run_dir: Path, overrides: list[str]) -> int:
     fm = check_run_dir(run_dir)
     cfg = compose_config(run_dir, overrides)
-    from eval.stage import evaluate
-    from tikmix.runlog import write_json_atomic
-    from tikmix.trainer import resolve_device
-
     if (cfg.eval.get("name") or "none") == "none":
         print("[eval] eval=none: nothing to evaluate (choose a preset, e.g. eval=synthetic9)")
         return 0
@@ -123,8 +137,10 @@ def _run(run_dir: Path, overrides: list[str]) -> int:
         tokenizer = AutoTokenizer.from_pretrained(str(fm), local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(str(fm), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any load failure is a problem with the run's files
-        raise DataError(f"run {run_dir}: cannot load the final model in {fm} ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from e
+        raise DataError(
+            f"run {run_dir}: cannot load the final model in {fm} ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+        ) from e
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -149,11 +165,16 @@ def _run(run_dir: Path, overrides: list[str]) -> int:
         res["rescored"] = []
     res["rescored"].append(entry)
     write_json_atomic(results_path, res)
-    lim = f" with eval.limit={entry['limit']} (a limited evaluation, marked as such in eval.tables)" \
-        if entry.get("limit") is not None else ""
-    print(f"[eval] re-scored {entry['preset']}{lim}: written beside the original as results.json['rescored']"
-          f"[{len(res['rescored']) - 1}] in {results_path}; results.json['eval'] (the run's own evaluation) is unchanged. "
-          f"Tables of it: python -m eval.tables {run_dir} --preset {entry['preset']}")
+    lim = (
+        f" with eval.limit={entry['limit']} (a limited evaluation, marked as such in eval.tables)"
+        if entry.get("limit") is not None
+        else ""
+    )
+    print(
+        f"[eval] re-scored {entry['preset']}{lim}: written beside the original as results.json['rescored']"
+        f"[{len(res['rescored']) - 1}] in {results_path}; results.json['eval'] (the run's own evaluation) is unchanged. "
+        f"Tables of it: python -m eval.tables {run_dir} --preset {entry['preset']}"
+    )
     return 0
 
 
@@ -166,7 +187,7 @@ class _Prefixed:
 
     @staticmethod
     def _k(k: str) -> str:
-        return "rescore/" + k[len("eval/"):] if k.startswith("eval/") else k
+        return "rescore/" + k[len("eval/") :] if k.startswith("eval/") else k
 
     def log(self, metrics: dict, step: int | None = None) -> None:
         self.inner.log_wandb({self._k(k): v for k, v in metrics.items()}, step)
@@ -184,11 +205,6 @@ class _Prefixed:
 def _rescore_logger(cfg: Any, run_dir: Path, res: dict, overrides: list[str]) -> _Prefixed:
     """A W&B run beside the run being re-scored: the same project and group (its sweep), job_type ``rescore``, named
     after it, its W&B id in the config (``rescore_of``)."""
-    from omegaconf import OmegaConf
-
-    from tikmix.report import wandb_identity
-    from tikmix.runlog import RunLogger
-
     orig = res.get("wandb") if isinstance(res.get("wandb"), dict) else {}
     lcfg = OmegaConf.to_container(cfg.logger, resolve=True)
     keys = {o.split("=", 1)[0] for o in overrides}
@@ -197,10 +213,18 @@ def _rescore_logger(cfg: Any, run_dir: Path, res: dict, overrides: list[str]) ->
             lcfg[k] = orig[k]
     base = wandb_identity({"mixer": {"name": res.get("mixer")}, "seed": res.get("seed")}, run_dir, sweep="")
     name = f"{orig.get('name') or base['name']}-rescore"
-    ident = {"group": orig.get("group"), "job_type": "rescore",
-             "tags": [*(orig.get("tags") or [f"mixer:{res.get('mixer')}"]), "rescore"]}
-    config = {"eval": OmegaConf.to_container(cfg.eval, resolve=True), "run_dir": str(run_dir), "mixer": res.get("mixer"),
-              "seed": res.get("seed"), "rescore_of": {"id": orig.get("id"), "name": orig.get("name")}}
+    ident = {
+        "group": orig.get("group"),
+        "job_type": "rescore",
+        "tags": [*(orig.get("tags") or [f"mixer:{res.get('mixer')}"]), "rescore"],
+    }
+    config = {
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "run_dir": str(run_dir),
+        "mixer": res.get("mixer"),
+        "seed": res.get("seed"),
+        "rescore_of": {"id": orig.get("id"), "name": orig.get("name")},
+    }
     return _Prefixed(RunLogger(lcfg, run_dir, config, name, write_metrics=False, identity=ident))
 
 

@@ -16,6 +16,7 @@ The score is ``--metric`` (default ``in_domain_bpb``: the in-domain tasks' gold-
 targets every mixer optimises; lower is better). Accuracy metrics (``in_domain_avg``, ``average``) are
 higher-is-better and handled as such.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from eval import tables
 
@@ -52,8 +54,16 @@ def design_runs(dirs: list[str | Path], metric: str) -> list[dict]:
             continue
         doms = list(r.res["domains"])
         info = r.res.get("mixer_info") or {}
-        out.append({"name": str(info.get("point", r.res["mixer"])), "seed": r.res["seed"], "domains": doms,
-                    "w": np.array([r.res["final_weights"][d] for d in doms]), "score": v, "res": r.res})
+        out.append(
+            {
+                "name": str(info.get("point", r.res["mixer"])),
+                "seed": r.res["seed"],
+                "domains": doms,
+                "w": np.array([r.res["final_weights"][d] for d in doms]),
+                "score": v,
+                "res": r.res,
+            }
+        )
     return out
 
 
@@ -100,9 +110,18 @@ class LGBMLaw:
     def fit(self, X: np.ndarray, y: np.ndarray, seed: int = 0) -> "LGBMLaw":
         import lightgbm as lgb
 
-        self.model = lgb.LGBMRegressor(n_estimators=300, learning_rate=0.05, num_leaves=7, min_child_samples=3,
-                                       min_data_in_bin=1, deterministic=True, force_col_wise=True, num_threads=1,
-                                       verbose=-1, random_state=seed).fit(X, y)
+        self.model = lgb.LGBMRegressor(
+            n_estimators=300,
+            learning_rate=0.05,
+            num_leaves=7,
+            min_child_samples=3,
+            min_data_in_bin=1,
+            deterministic=True,
+            force_col_wise=True,
+            num_threads=1,
+            verbose=-1,
+            random_state=seed,
+        ).fit(X, y)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -124,9 +143,13 @@ def heldout_fit(make: Callable[[], Any], X: np.ndarray, y: np.ndarray, folds: in
         tr = np.setdiff1d(perm, te)
         oof[te] = make().fit(X[tr], y[tr], seed).predict(X[te])
     ss = float(((y - y.mean()) ** 2).sum())
-    return {"r2": 1.0 - float(((y - oof) ** 2).sum()) / ss if ss else float("nan"),
-            "spearman": float(spearmanr(y, oof).statistic), "rmse": float(np.sqrt(np.mean((y - oof) ** 2))),
-            "folds": folds, "n": n}
+    return {
+        "r2": 1.0 - float(((y - oof) ** 2).sum()) / ss if ss else float("nan"),
+        "spearman": float(spearmanr(y, oof).statistic),
+        "rmse": float(np.sqrt(np.mean((y - oof) ** 2))),
+        "folds": folds,
+        "n": n,
+    }
 
 
 def law_optimum(law: Any, m: int, sign: float, seed: int = 0, n: int = 20000, rounds: int = 4) -> np.ndarray:
@@ -144,7 +167,9 @@ def law_optimum(law: Any, m: int, sign: float, seed: int = 0, n: int = 20000, ro
 def select(design_dirs: list[str], out: Path, metric: str, top: int = 4, seed: int = 0) -> dict:
     runs = design_runs(design_dirs, metric)
     if len(runs) < 8:
-        raise SystemExit(f"error: {len(runs)} finished design runs with {metric!r} under {design_dirs}; need at least 8")
+        raise SystemExit(
+            f"error: {len(runs)} finished design runs with {metric!r} under {design_dirs}; need at least 8"
+        )
     domains = runs[0]["domains"]
     X = np.array([r["w"] for r in runs])
     y = np.array([r["score"] for r in runs])
@@ -155,23 +180,38 @@ def select(design_dirs: list[str], out: Path, metric: str, top: int = 4, seed: i
         optima[name] = law_optimum(make().fit(X, y, seed), len(domains), sign, seed)
     order = np.argsort(sign * y, kind="stable")
     chosen = [runs[i] for i in order[:top]]
-    refs = [next(r for r in runs if r["name"] == ref) for ref in ("stratified", "natural") if any(r["name"] == ref for r in runs)]
+    refs = [
+        next(r for r in runs if r["name"] == ref)
+        for ref in ("stratified", "natural")
+        if any(r["name"] == ref for r in runs)
+    ]
     rows = [{"name": f"best{k + 1}:{r['name']}", "weights": _wd(domains, r["w"])} for k, r in enumerate(chosen)]
     rows += [{"name": r["name"], "weights": _wd(domains, r["w"])} for r in refs]
     # a law whose held-out R² is not above 0 predicts worse than the design's mean: its optimum is not worth 3 runs
-    rows += [{"name": f"optimum:{name}", "weights": _wd(domains, w)} for name, w in optima.items() if fits[name]["r2"] > 0]
+    rows += [
+        {"name": f"optimum:{name}", "weights": _wd(domains, w)} for name, w in optima.items() if fits[name]["r2"] > 0
+    ]
     out.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     (out / "confirm.yaml").write_text(yaml.safe_dump(rows, sort_keys=False))
-    summary = {"metric": metric, "n_design": len(runs), "laws": fits, "confirm": rows,
-               "ranking": [{"name": runs[i]["name"], "score": float(y[i]), "weights": _wd(domains, runs[i]["w"])} for i in order]}
+    summary = {
+        "metric": metric,
+        "n_design": len(runs),
+        "laws": fits,
+        "confirm": rows,
+        "ranking": [
+            {"name": runs[i]["name"], "score": float(y[i]), "weights": _wd(domains, runs[i]["w"])} for i in order
+        ],
+    }
     (out / "design.json").write_text(json.dumps(summary, indent=1))
-    print(f"[oracle] {len(runs)} design runs; held-out fit of the laws: "
-          + "; ".join(f"{k} R² {v['r2']:.3f}, ρ {v['spearman']:.3f}" for k, v in fits.items()))
-    print(f"[oracle] wrote {out / 'confirm.yaml'} ({len(rows)} mixtures; the optima of laws with held-out R² > 0); "
-          f"train them: python train.py +sweep=oracle_confirm 'mixer.index=range(0,{len(rows)})' "
-          "hydra/launcher=joblib hydra.launcher.n_jobs=2 logger=none")
+    print(
+        f"[oracle] {len(runs)} design runs; held-out fit of the laws: "
+        + "; ".join(f"{k} R² {v['r2']:.3f}, ρ {v['spearman']:.3f}" for k, v in fits.items())
+    )
+    print(
+        f"[oracle] wrote {out / 'confirm.yaml'} ({len(rows)} mixtures; the optima of laws with held-out R² > 0); "
+        f"train them: python train.py +sweep=oracle_confirm 'mixer.index=range(0,{len(rows)})' "
+        "hydra/launcher=joblib hydra.launcher.n_jobs=2 logger=none"
+    )
     return summary
 
 
@@ -202,23 +242,42 @@ def report(design_dirs: list[str], confirm_dirs: list[str], out: Path, metric: s
         e = by.setdefault(r["name"], {"w": r["w"], "scores": {}, "res": {}})
         e["scores"][r["seed"]] = r["score"]
         e["res"][r["seed"]] = r["res"]
-    summ = {n: {"mean": float(np.mean(list(e["scores"].values()))), "std": float(np.std(list(e["scores"].values()), ddof=1))
-                if len(e["scores"]) > 1 else None, "seeds": sorted(e["scores"]), "weights": _wd(domains, e["w"]),
-                "scores": {str(s): v for s, v in sorted(e["scores"].items())}, "extra": _extras(e["res"]),
-                "per_seed": {str(s): _headline(r) for s, r in sorted(e["res"].items())},
-                "limited": {str(s): lim for s, r in sorted(e["res"].items())
-                            if (lim := tables.eval_limit(r.get("eval"))) is not None}} for n, e in by.items()}
+    summ = {
+        n: {
+            "mean": float(np.mean(list(e["scores"].values()))),
+            "std": float(np.std(list(e["scores"].values()), ddof=1)) if len(e["scores"]) > 1 else None,
+            "seeds": sorted(e["scores"]),
+            "weights": _wd(domains, e["w"]),
+            "scores": {str(s): v for s, v in sorted(e["scores"].items())},
+            "extra": _extras(e["res"]),
+            "per_seed": {str(s): _headline(r) for s, r in sorted(e["res"].items())},
+            "limited": {
+                str(s): lim
+                for s, r in sorted(e["res"].items())
+                if (lim := tables.eval_limit(r.get("eval"))) is not None
+            },
+        }
+        for n, e in by.items()
+    }
     best = min(summ, key=lambda n: (sign * summ[n]["mean"], -len(summ[n]["seeds"])))
     vs = {ref: paired(by[best]["scores"], by[ref]["scores"]) for ref in ("stratified", "natural") if ref in by}
-    for ref, p in vs.items():
+    for _ref, p in vs.items():
         if p is not None:
             p["beats_by_more_than_2_paired_std"] = bool(sign * p["mean"] < 0 and abs(p["mean"]) > 2 * p["std"])
     also = _also_vs(summ, best, metric)
     design = json.loads((out / "design.json").read_text()) if (out / "design.json").exists() else {}
-    res = {"metric": metric, "lower_is_better": sign > 0, "best": {"name": best, **summ[best]}, "vs": vs,
-           "vs_other_metrics": also,
-           "mixtures": summ, "laws": design.get("laws"), "n_design": design.get("n_design"),
-           "flops": _flops(design_dirs + confirm_dirs), "sources": {"design": design_dirs, "confirm": confirm_dirs}}
+    res = {
+        "metric": metric,
+        "lower_is_better": sign > 0,
+        "best": {"name": best, **summ[best]},
+        "vs": vs,
+        "vs_other_metrics": also,
+        "mixtures": summ,
+        "laws": design.get("laws"),
+        "n_design": design.get("n_design"),
+        "flops": _flops(design_dirs + confirm_dirs),
+        "sources": {"design": design_dirs, "confirm": confirm_dirs},
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "oracle.json").write_text(json.dumps(res, indent=1))
     (out / "oracle.md").write_text(markdown(res))
@@ -248,8 +307,15 @@ def _also_vs(summ: dict, best: str, metric: str) -> dict:
     return out
 
 
-HEADLINE = ("in_domain_avg", "out_of_domain_avg", "average", "in_domain_bpb", "out_of_domain_bpb", "average_bpb",
-            "target_loss_mean")
+HEADLINE = (
+    "in_domain_avg",
+    "out_of_domain_avg",
+    "average",
+    "in_domain_bpb",
+    "out_of_domain_bpb",
+    "average_bpb",
+    "target_loss_mean",
+)
 
 
 def _headline(res: dict) -> dict[str, float]:
@@ -281,45 +347,81 @@ def _flops(dirs: list[str]) -> dict:
 def markdown(res: dict) -> str:
     m, lower = res["metric"], res["lower_is_better"]
     b = res["best"]
-    lines = [f"# The best static mixture ({m}, {'lower' if lower else 'higher'} is better)", "",
-             f"Best: **{b['name']}**, {m} {b['mean']:.4f} ± {b['std'] or 0:.4f} over seeds {b['seeds']}"
-             + (f" {tables.LIMIT_MARK} (a limited evaluation: see below)" if b.get("limited") else ""), "",
-             "| domain | weight |", "|---|---|"]
+    lines = [
+        f"# The best static mixture ({m}, {'lower' if lower else 'higher'} is better)",
+        "",
+        f"Best: **{b['name']}**, {m} {b['mean']:.4f} ± {b['std'] or 0:.4f} over seeds {b['seeds']}"
+        + (f" {tables.LIMIT_MARK} (a limited evaluation: see below)" if b.get("limited") else ""),
+        "",
+        "| domain | weight |",
+        "|---|---|",
+    ]
     lines += [f"| {d} | {w:.3f} |" for d, w in b["weights"].items()]
-    lines += ["", "| against | mean difference | paired std | 95% interval | beats it by > 2 paired std |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| against | mean difference | paired std | 95% interval | beats it by > 2 paired std |",
+        "|---|---|---|---|---|",
+    ]
     for ref, p in (res.get("vs") or {}).items():
         if p:
-            lines.append(f"| {ref} | {p['mean']:+.4f} | {p['std']:.4f} | [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | "
-                         f"{'yes' if p['beats_by_more_than_2_paired_std'] else 'no'} |")
+            lines.append(
+                f"| {ref} | {p['mean']:+.4f} | {p['std']:.4f} | [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | "
+                f"{'yes' if p['beats_by_more_than_2_paired_std'] else 'no'} |"
+            )
     also = res.get("vs_other_metrics") or {}
     if also:
-        lines += ["", "The same pairs in the other headline metrics (accuracy in %: higher is better):", "",
-                  "| against | metric | mean difference | paired std | 95% interval | better by > 2 paired std |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {ref} | {k} | {p['mean']:+.4f} | {p['std']:.4f} | [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | "
-                  f"{'yes' if p['beats_by_more_than_2_paired_std'] else 'no'} |"
-                  for ref, ks in also.items() for k, p in ks.items()]
-    lines += ["", f"| mixture | {m} (mean ± std) | seeds | " + " | ".join(["in-domain acc", "OOD acc", "OOD bpb"]) + " |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The same pairs in the other headline metrics (accuracy in %: higher is better):",
+            "",
+            "| against | metric | mean difference | paired std | 95% interval | better by > 2 paired std |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {ref} | {k} | {p['mean']:+.4f} | {p['std']:.4f} | [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | "
+            f"{'yes' if p['beats_by_more_than_2_paired_std'] else 'no'} |"
+            for ref, ks in also.items()
+            for k, p in ks.items()
+        ]
+    lines += [
+        "",
+        f"| mixture | {m} (mean ± std) | seeds | " + " | ".join(["in-domain acc", "OOD acc", "OOD bpb"]) + " |",
+        "|---|---|---|---|---|---|",
+    ]
     key = (lambda n: res["mixtures"][n]["mean"]) if lower else (lambda n: -res["mixtures"][n]["mean"])
     for n in sorted(res["mixtures"], key=key):
         e = res["mixtures"][n]
         ex = e["extra"]
         cell = lambda k, nd=1: tables.fmt_ms(ex[k]["mean"], ex[k]["std"], nd) if k in ex else tables.DASH  # noqa: E731
         mark = f" {tables.LIMIT_MARK}" if e.get("limited") else ""
-        lines.append(f"| {n}{mark} | {tables.fmt_ms(e['mean'], e['std'], 4)} | {len(e['seeds'])} | {cell('in_domain_avg')} | "
-                     f"{cell('out_of_domain_avg')} | {cell('out_of_domain_bpb', 3)} |")
-    note = tables.limit_note({n: [(sd, lim, None) for sd, lim in e["limited"].items()]
-                              for n, e in res["mixtures"].items() if e.get("limited")})
+        lines.append(
+            f"| {n}{mark} | {tables.fmt_ms(e['mean'], e['std'], 4)} | {len(e['seeds'])} | {cell('in_domain_avg')} | "
+            f"{cell('out_of_domain_avg')} | {cell('out_of_domain_bpb', 3)} |"
+        )
+    note = tables.limit_note(
+        {
+            n: [(sd, lim, None) for sd, lim in e["limited"].items()]
+            for n, e in res["mixtures"].items()
+            if e.get("limited")
+        }
+    )
     if note:
         lines += ["", note]
     if res.get("laws"):
-        lines += ["", f"Mixing laws fitted on the {res.get('n_design')} design runs (K-fold held-out):", "",
-                  "| law | R² | Spearman ρ | RMSE |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Mixing laws fitted on the {res.get('n_design')} design runs (K-fold held-out):",
+            "",
+            "| law | R² | Spearman ρ | RMSE |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {k} | {v['r2']:.3f} | {v['spearman']:.3f} | {v['rmse']:.4f} |" for k, v in res["laws"].items()]
     f = res.get("flops") or {}
-    lines += ["", f"Compute: {f.get('runs', 0)} runs, {f.get('total_flops', 0):.3g} FLOPs in all "
-                  f"(training and evaluation), {f.get('run_wall_s', 0) / 60:.0f} min of run wall time (summed over runs)."]
+    lines += [
+        "",
+        f"Compute: {f.get('runs', 0)} runs, {f.get('total_flops', 0):.3g} FLOPs in all "
+        f"(training and evaluation), {f.get('run_wall_s', 0) / 60:.0f} min of run wall time (summed over runs).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -342,9 +444,18 @@ def figure(design_dirs: list[str], res: dict, out: Path, metric: str) -> Path | 
         if name in res["mixtures"]:
             e = res["mixtures"][name]
             w = np.array([e["weights"][d] for d in domains])
-            a1.errorbar([w[top3].sum()], [e["mean"]], yerr=[e["std"] or 0], fmt="s", color=colour, label=f"{name} (3 seeds)")
-    a1.errorbar([best_w[top3].sum()], [res["best"]["mean"]], yerr=[res["best"]["std"] or 0], fmt="*", ms=14,
-                color="tab:red", label=f"best: {res['best']['name']}")
+            a1.errorbar(
+                [w[top3].sum()], [e["mean"]], yerr=[e["std"] or 0], fmt="s", color=colour, label=f"{name} (3 seeds)"
+            )
+    a1.errorbar(
+        [best_w[top3].sum()],
+        [res["best"]["mean"]],
+        yerr=[res["best"]["std"] or 0],
+        fmt="*",
+        ms=14,
+        color="tab:red",
+        label=f"best: {res['best']['name']}",
+    )
     a1.set_xlabel("weight on " + " + ".join(domains[i] for i in top3))
     a1.set_ylabel(metric + (" (lower is better)" if res["lower_is_better"] else ""))
     if y.min() > 0 and y.max() / y.min() > 3:  # a few corner mixtures sit far off: log keeps the good end readable
@@ -362,16 +473,24 @@ def figure(design_dirs: list[str], res: dict, out: Path, metric: str) -> Path | 
     px, py = g[:, 1] + 0.5 * g[:, 2], g[:, 2] * math.sqrt(3) / 2
     # colours span the design's better three quarters; what lies beyond shares the end colour
     lo, hi = (y.min(), np.quantile(y, 0.75)) if res["lower_is_better"] else (np.quantile(y, 0.25), y.max())
-    tc = a2.tricontourf(px, py, np.clip(z, lo, hi), levels=np.linspace(lo, hi, 15),
-                        cmap="viridis_r" if res["lower_is_better"] else "viridis")
+    tc = a2.tricontourf(
+        px,
+        py,
+        np.clip(z, lo, hi),
+        levels=np.linspace(lo, hi, 15),
+        cmap="viridis_r" if res["lower_is_better"] else "viridis",
+    )
     fig.colorbar(tc, ax=a2, label=f"predicted {metric}")
     bx = best_w[top3] / max(best_w[top3].sum(), 1e-12)
     a2.plot([bx[1] + 0.5 * bx[2]], [bx[2] * math.sqrt(3) / 2], "r*", ms=14)
     for (x, yy), i in zip(((0, 0), (1, 0), (0.5, math.sqrt(3) / 2)), top3):
         a2.annotate(domains[i], (x, yy), ha="center", va="top" if yy == 0 else "bottom", fontsize=9)
     a2.set_axis_off()
-    a2.set_title(f"LightGBM law over the face of {', '.join(domains[i] for i in top3)}\n"
-                 f"(other domains fixed at the best mixture's weights, {1 - scale:.2f} in all)", fontsize=10)
+    a2.set_title(
+        f"LightGBM law over the face of {', '.join(domains[i] for i in top3)}\n"
+        f"(other domains fixed at the best mixture's weights, {1 - scale:.2f} in all)",
+        fontsize=10,
+    )
     return tables._save(plt, fig, out, "oracle_simplex")
 
 

@@ -18,6 +18,7 @@ documents of log p(gold continuation | context) (natural log, summed over the co
 their accuracy; ``in_domain_bpb`` / ``out_of_domain_bpb`` / ``average_bpb`` (and ``*_logprob``) average the
 tasks that have them: generation tasks (TriviaQA) have none.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,6 +27,7 @@ import math
 import random
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -35,8 +37,18 @@ import torch
 from eval import tasks as T
 from tikmix.errors import ConfigError
 
-PERCENT_METRICS = {"acc", "acc_norm", "acc_mutual_info", "exact_match", "em", "f1", "mcc", "contains",
-                   "pass@1", "acc_bytes"}
+PERCENT_METRICS = {
+    "acc",
+    "acc_norm",
+    "acc_mutual_info",
+    "exact_match",
+    "em",
+    "f1",
+    "mcc",
+    "contains",
+    "pass@1",
+    "acc_bytes",
+}
 _METRIC_PREFERENCE = ("acc_norm", "acc", "exact_match", "em", "f1")
 
 
@@ -47,7 +59,9 @@ def check_config(cfg: Mapping[str, Any]) -> dict:
     """Validate an eval config (a plain dict); returns normalised values. Raises ConfigError."""
     tasks = T.as_list(cfg.get("tasks"), "eval.tasks")
     if not tasks:
-        raise ConfigError("eval.tasks", f"eval={cfg.get('name')} names no tasks; give eval.tasks=[...] or use eval=none")
+        raise ConfigError(
+            "eval.tasks", f"eval={cfg.get('name')} names no tasks; give eval.tasks=[...] or use eval=none"
+        )
     dup = sorted({t for t in tasks if tasks.count(t) > 1})
     if dup:
         raise ConfigError("eval.tasks", f"task(s) listed twice: {dup}")
@@ -58,21 +72,31 @@ def check_config(cfg: Mapping[str, Any]) -> dict:
         raise ConfigError("eval.in_domain", f"task(s) {both} are listed both in-domain and out-of-domain")
     limit = cfg.get("limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
-        raise ConfigError("eval.limit", f"must be null (all examples), a positive integer, or a fraction in (0, 1); got {limit!r}")
+        raise ConfigError(
+            "eval.limit", f"must be null (all examples), a positive integer, or a fraction in (0, 1); got {limit!r}"
+        )
     if isinstance(limit, float) and limit >= 1:
         limit = int(limit)
     shots = cfg.get("num_fewshot")
     if isinstance(shots, Mapping):
-        bad = [k for k, v in shots.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)]
+        bad = [
+            k for k, v in shots.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
+        ]
         if bad:
-            raise ConfigError("eval.num_fewshot", f"shots must be integers >= 0 (or null = the task's default), bad for {bad}")
+            raise ConfigError(
+                "eval.num_fewshot", f"shots must be integers >= 0 (or null = the task's default), bad for {bad}"
+            )
     elif shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
-        raise ConfigError("eval.num_fewshot", f"must be an integer >= 0, a mapping task -> shots, or null; got {shots!r}")
+        raise ConfigError(
+            "eval.num_fewshot", f"must be an integer >= 0, a mapping task -> shots, or null; got {shots!r}"
+        )
     metric = cfg.get("metric")
     if metric is not None and not isinstance(metric, (str, Mapping)):
         raise ConfigError("eval.metric", f"must be a metric name, a mapping task -> metric, or null; got {metric!r}")
     bs = cfg.get("batch_size", 32)
-    if not ((isinstance(bs, int) and not isinstance(bs, bool) and bs > 0) or (isinstance(bs, str) and bs.startswith("auto"))):
+    if not (
+        (isinstance(bs, int) and not isinstance(bs, bool) and bs > 0) or (isinstance(bs, str) and bs.startswith("auto"))
+    ):
         raise ConfigError("eval.batch_size", f"must be a positive integer or 'auto'; got {bs!r}")
     for key in ("bootstrap_iters", "stage_bootstrap_iters"):
         v = cfg.get(key, 0)
@@ -143,7 +167,6 @@ def _light_env_info() -> Iterator[None]:
 
     def env_info(storage: dict) -> None:
         import transformers
-        from importlib.metadata import version
 
         storage.update({"lm_eval_version": version("lm_eval"), "transformers_version": transformers.__version__})
 
@@ -194,9 +217,11 @@ def _pick_metric(wanted: str | None, available: list[str], task: str) -> str | N
     if wanted and wanted in available:
         return wanted
     if wanted:
-        print(f"[eval] {task}: reports {available}, not {wanted!r}; using "
-              f"{next((m for m in _METRIC_PREFERENCE if m in available), available[0] if available else None)!r}",
-              file=sys.stderr)
+        print(
+            f"[eval] {task}: reports {available}, not {wanted!r}; using "
+            f"{next((m for m in _METRIC_PREFERENCE if m in available), available[0] if available else None)!r}",
+            file=sys.stderr,
+        )
     for m in _METRIC_PREFERENCE:
         if m in available:
             return m
@@ -220,8 +245,12 @@ def _loglik(resp: Any) -> float | None:
     """The log-likelihood of one loglikelihood request's response (``[(ll, is_greedy)]``), else None
     (a generation's string, a rolling log-likelihood)."""
     r = resp[0] if isinstance(resp, list) and len(resp) == 1 else resp
-    if isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[1], (bool, np.bool_)) \
-            and isinstance(r[0], (int, float, np.floating)):
+    if (
+        isinstance(r, (tuple, list))
+        and len(r) == 2
+        and isinstance(r[1], (bool, np.bool_))
+        and isinstance(r[0], (int, float, np.floating))
+    ):
         return float(r[0])
     return None
 
@@ -261,15 +290,19 @@ def gold_scores(sample: Mapping[str, Any], task: Any = None) -> tuple[float, flo
     the accuracy credit."""
     args, resps = list(sample.get("arguments") or []), list(sample.get("resps") or [])
     lls = [_loglik(r) for r in resps]
-    if not args or len(args) != len(lls) or any(x is None for x in lls) or \
-            not all(isinstance(a, (tuple, list)) and len(a) >= 2 and isinstance(a[1], str) for a in args):
+    if (
+        not args
+        or len(args) != len(lls)
+        or any(x is None for x in lls)
+        or not all(isinstance(a, (tuple, list)) and len(a) >= 2 and isinstance(a[1], str) for a in args)
+    ):
         return None
     golds = _gold_indices(sample, task, [a[1] for a in args])
     if not golds:
         return None
     i = max(golds, key=lambda g: lls[g])
     ctx, cont = args[i][0], args[i][1]
-    scored = (ctx[len(ctx.rstrip()):] if isinstance(ctx, str) else "") + cont
+    scored = (ctx[len(ctx.rstrip()) :] if isinstance(ctx, str) else "") + cont
     return lls[i], -lls[i] / _LN2 / max(len(scored.encode("utf-8")), 1)
 
 
@@ -282,8 +315,7 @@ def continuous_scores(samples: list[Mapping[str, Any]], task: Any = None) -> dic
     got = [g for s in samples if s.get("filter") == keep for g in [gold_scores(s, task)] if g is not None]
     if not got:
         return None
-    return {"logprob": float(np.mean([g[0] for g in got])), "bpb": float(np.mean([g[1] for g in got])),
-            "n": len(got)}
+    return {"logprob": float(np.mean([g[0] for g in got])), "bpb": float(np.mean([g[1] for g in got])), "n": len(got)}
 
 
 def _over_leaves(leaves: list[str], cont: Mapping[str, dict | None], by_size: bool) -> dict:
@@ -300,8 +332,11 @@ def group_weighting(objs: list) -> dict[str, dict[str, bool]]:
     """{group: {metric: weight_by_size}} from the group objects' ``aggregate_metric_list``."""
     from lm_eval.api.group import Group
 
-    return {o.name: {str(a.metric): bool(a.weight_by_size) for a in (o.aggregate_metric_list or [])}
-            for o in objs if isinstance(o, Group)}
+    return {
+        o.name: {str(a.metric): bool(a.weight_by_size) for a in (o.aggregate_metric_list or [])}
+        for o in objs
+        if isinstance(o, Group)
+    }
 
 
 def _pop_continuous(raw: dict, objs: list) -> dict[str, dict | None]:
@@ -316,9 +351,16 @@ def _by_size(weighting: Mapping[str, Mapping[str, bool]], group: str, metric: st
     return bool(w.get(metric, next(iter(w.values()), True)))
 
 
-def summarise(raw: Mapping[str, Any], cfg: Mapping[str, Any], names: list[str], expand: Mapping[str, list[str]],
-              ind: list[str], ood: list[str], continuous: Mapping[str, dict | None] | None = None,
-              weighting: Mapping[str, Mapping[str, bool]] | None = None) -> dict:
+def summarise(
+    raw: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    names: list[str],
+    expand: Mapping[str, list[str]],
+    ind: list[str],
+    ood: list[str],
+    continuous: Mapping[str, dict | None] | None = None,
+    weighting: Mapping[str, Mapping[str, bool]] | None = None,
+) -> dict:
     """The results.json entry from lm-eval's output ``raw`` (see the module docstring).
 
     ``continuous``: {leaf task: :func:`continuous_scores`} from the logged samples; ``weighting``:
@@ -339,8 +381,16 @@ def summarise(raw: Mapping[str, Any], cfg: Mapping[str, Any], names: list[str], 
 
     def avg(group: str | None, key: str = "value") -> float | None:
         # accuracy averages only proportion metrics; bpb/logprob exist only for log-likelihood tasks
-        return _mean([t[key] for t in tasks.values() if t.get(key) is not None and (group is None or t["group"] == group)
-                      and (key != "value" or t["percent"])])
+        return _mean(
+            [
+                t[key]
+                for t in tasks.values()
+                if t.get(key) is not None
+                and (group is None or t["group"] == group)
+                and (key != "value" or t["percent"])
+            ]
+        )
+
     out = {
         "tasks": tasks,
         "in_domain_avg": avg("in_domain"),
@@ -349,8 +399,13 @@ def summarise(raw: Mapping[str, Any], cfg: Mapping[str, Any], names: list[str], 
         "n_shot": {k: v["n_shot"] for k, v in tasks.items()},
     }
     for k in CONTINUOUS:
-        out.update({f"in_domain_{k}": avg("in_domain", k), f"out_of_domain_{k}": avg("out_of_domain", k),
-                    f"average_{k}": avg(None, k)})
+        out.update(
+            {
+                f"in_domain_{k}": avg("in_domain", k),
+                f"out_of_domain_{k}": avg("out_of_domain", k),
+                f"average_{k}": avg(None, k),
+            }
+        )
     return out
 
 
@@ -368,8 +423,10 @@ def _task_entry(raw: Mapping[str, Any], leaf: str, m: str, metrics: dict, group:
         "n_shot": shots[0] if len(shots) == 1 else (shots or None),
         "n_samples": int(sum(x for x in ns if x is not None)) if any(x is not None for x in ns) else None,
         "subtasks": len(leaves) if raw.get("group_subtasks", {}).get(leaf) else None,
-        "metrics": {k: {"value": _scale(k, v["value"]), "stderr": _scale(k, v["stderr"]), "filter": v["filter"]}
-                    for k, v in metrics.items()},
+        "metrics": {
+            k: {"value": _scale(k, v["value"]), "stderr": _scale(k, v["stderr"]), "filter": v["filter"]}
+            for k, v in metrics.items()
+        },
     }
 
 
@@ -392,9 +449,11 @@ def format_table(entry: Mapping[str, Any]) -> str:
     w = max([len("out-of-domain average")] + [len(t) for t in tasks])
     lines = [f"{'task':<{w}}  {'group':<13}  {'metric':<11}  {'value':>7}  {'± stderr':>8}  {'n':>6}  {'bpb':>6}"]
     for name, t in tasks.items():
-        lines.append(f"{name:<{w}}  {t['group'].replace('_', '-'):<13}  {t['metric']:<11}  {_fmt(t['value']):>7}  "
-                     f"{_fmt(t['stderr']):>8}  {t['n_samples'] if t['n_samples'] is not None else '':>6}  "
-                     f"{_fmt(t.get('bpb'), 3):>6}")
+        lines.append(
+            f"{name:<{w}}  {t['group'].replace('_', '-'):<13}  {t['metric']:<11}  {_fmt(t['value']):>7}  "
+            f"{_fmt(t['stderr']):>8}  {t['n_samples'] if t['n_samples'] is not None else '':>6}  "
+            f"{_fmt(t.get('bpb'), 3):>6}"
+        )
     for (key, prefix), label in zip(_GROUPS, ("in-domain average", "out-of-domain average", "average")):
         val, bpb = entry.get(key), entry.get(f"{prefix}_bpb")
         if val is not None or bpb is not None:
@@ -423,8 +482,18 @@ def preflight(eval_cfg: Any) -> None:
 # ---------------------------------------------------------------------------------------- the stage
 
 
-def evaluate(eval_cfg: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Path, logger: Any = None,
-             step: int | None = None, device: Any = None, *, final: bool = True, quiet: bool = False) -> dict | None:
+def evaluate(
+    eval_cfg: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    run_dir: Path,
+    logger: Any = None,
+    step: int | None = None,
+    device: Any = None,
+    *,
+    final: bool = True,
+    quiet: bool = False,
+) -> dict | None:
     """Score the tasks of ``eval_cfg`` on ``model`` in-process; the results.json "eval" entry, or None.
 
     None when ``eval_cfg.name == "none"``, and on ranks other than 0 under torch.distributed (evaluate on
@@ -482,36 +551,57 @@ def evaluate(eval_cfg: Any, model: torch.nn.Module, tokenizer: Any, run_dir: Pat
         hook = model.register_forward_pre_hook(count, with_kwargs=True)
         dev = next(model.parameters()).device
         mp = None
-        if dev.type == "cuda" and str(cfg.get("dtype", "auto")) in ("auto", "bf16") and \
-                next(model.parameters()).dtype == torch.float32:
+        if (
+            dev.type == "cuda"
+            and str(cfg.get("dtype", "auto")) in ("auto", "bf16")
+            and next(model.parameters()).dtype == torch.float32
+        ):
             mp = torch.bfloat16
         boot = int(cfg.get("bootstrap_iters", 1000) if final else cfg.get("stage_bootstrap_iters", 0))
         try:
             with _rng_preserved(), _light_env_info():
-                lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=chk["batch_size"],
-                          max_batch_size=int(cfg.get("max_batch_size") or 64), mixed_precision_dtype=mp)
+                lm = HFLM(
+                    pretrained=model,
+                    tokenizer=tokenizer,
+                    batch_size=chk["batch_size"],
+                    max_batch_size=int(cfg.get("max_batch_size") or 64),
+                    mixed_precision_dtype=mp,
+                )
                 raw = simple_evaluate(
-                    model=lm, tasks=objs, num_fewshot=None, limit=chk["limit"], bootstrap_iters=boot,
-                    task_manager=tm, log_samples=True, random_seed=0, numpy_random_seed=1234,
-                    torch_random_seed=1234, fewshot_random_seed=1234,
+                    model=lm,
+                    tasks=objs,
+                    num_fewshot=None,
+                    limit=chk["limit"],
+                    bootstrap_iters=boot,
+                    task_manager=tm,
+                    log_samples=True,
+                    random_seed=0,
+                    numpy_random_seed=1234,
+                    torch_random_seed=1234,
+                    fewshot_random_seed=1234,
                 )
         finally:
             hook.remove()
             model.train(was_training)
     if raw is None:  # not rank 0 inside lm-eval's own accounting
         return None
-    entry = {"preset": name, "units": "percent (0-100) for proportion metrics; stderr in the same unit; bpb: bits "
-                                      "per UTF-8 byte of the gold answer (lower is better); logprob: nats"}
+    entry = {
+        "preset": name,
+        "units": "percent (0-100) for proportion metrics; stderr in the same unit; bpb: bits "
+        "per UTF-8 byte of the gold answer (lower is better); logprob: nats",
+    }
     entry.update(summarise(raw, cfg, names, expand, ind, ood, _pop_continuous(raw, objs), group_weighting(objs)))
-    entry.update({
-        "limit": chk["limit"],
-        "bootstrap_iters": boot,
-        "step": step,
-        "final": final,
-        "forward_tokens": counter["tokens"],
-        "wall_time_s": time.perf_counter() - t0,
-        "lm_eval_version": raw.get("lm_eval_version"),
-    })
+    entry.update(
+        {
+            "limit": chk["limit"],
+            "bootstrap_iters": boot,
+            "step": step,
+            "final": final,
+            "forward_tokens": counter["tokens"],
+            "wall_time_s": time.perf_counter() - t0,
+            "lm_eval_version": raw.get("lm_eval_version"),
+        }
+    )
     if not quiet:
         where = f" at step {step}" if step is not None else ""
         lim = f", limit {chk['limit']}" if chk["limit"] is not None else ""
@@ -529,13 +619,19 @@ def log_entry(logger: Any, entry: Mapping[str, Any], step: int | None, final: bo
     for task, t in entry["tasks"].items():
         for m, v in t["metrics"].items():
             rows.append([task, t["group"], m, v["value"], v["stderr"], m == t["metric"], t["n_samples"], t["n_shot"]])
-        rows += [[task, t["group"], k, t[k], None, False, t["n_samples"], t["n_shot"]] for k in CONTINUOUS
-                 if t.get(k) is not None]
+        rows += [
+            [task, t["group"], k, t[k], None, False, t["n_samples"], t["n_shot"]]
+            for k in CONTINUOUS
+            if t.get(k) is not None
+        ]
     for key, prefix in _GROUPS:
         if entry.get(key) is not None:
             rows.append([key, "", "mean", entry[key], None, True, None, None])
-        rows += [[key, "", k, entry[f"{prefix}_{k}"], None, False, None, None] for k in CONTINUOUS
-                 if entry.get(f"{prefix}_{k}") is not None]
+        rows += [
+            [key, "", k, entry[f"{prefix}_{k}"], None, False, None, None]
+            for k in CONTINUOUS
+            if entry.get(f"{prefix}_{k}") is not None
+        ]
     cols = ["task", "group", "metric", "value", "stderr", "headline", "n_samples", "n_shot"]
     logger.table(f"eval/{entry['preset']}" + ("" if final else "_stage"), cols, rows, step)
     cont = {f"eval/{task}/{k}": t[k] for task, t in entry["tasks"].items() for k in CONTINUOUS if t.get(k) is not None}
@@ -544,12 +640,24 @@ def log_entry(logger: Any, entry: Mapping[str, Any], step: int | None, final: bo
         logger.log({**{f"eval/{task}": t["value"] for task, t in entry["tasks"].items()}, **cont, **avgs}, step)
     if final:
         summ = {f"eval/{task}/{t['metric']}": t["value"] for task, t in entry["tasks"].items()}
-        summ.update({f"eval/{task}/{t['metric']}_stderr": t["stderr"] for task, t in entry["tasks"].items() if t["stderr"] is not None})
+        summ.update(
+            {
+                f"eval/{task}/{t['metric']}_stderr": t["stderr"]
+                for task, t in entry["tasks"].items()
+                if t["stderr"] is not None
+            }
+        )
         logger.summary({**summ, **cont, **avgs})
 
 
-def stage_evaluator(eval_cfg: Any, tokenizer: Any, run_dir: Path, logger: Any = None, ledger: Any = None,
-                    flops_per_token: float | None = None):
+def stage_evaluator(
+    eval_cfg: Any,
+    tokenizer: Any,
+    run_dir: Path,
+    logger: Any = None,
+    ledger: Any = None,
+    flops_per_token: float | None = None,
+):
     """For ``eval.every_stage: true``: a function ``(model, step) -> entry`` to call at each mixture-stage
     boundary (before that step's training), or None when the config asks for no stage evaluations.
 

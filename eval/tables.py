@@ -35,6 +35,7 @@ Written into ``--out`` (default: the first folder):
   whether it beats the best static mixture (the interval of the regret in the oracle's metric clear of 0); the
   same block closes each setting of ``table1.md``, and ``regret_vs_compute.png`` plots the regret against FLOPs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,23 @@ from typing import Any, Iterable
 
 import numpy as np
 
-MIXER_ORDER = ["human", "natural", "stratified", "uniform", "fixed", "doremi", "doremi_online", "odm", "doge",
-               "dga", "aioli", "regmix", "tikmix_d", "tikmix_m"]
+from tikmix.report import _plt, dominated_linthresh, wandb_groups  # noqa: F401 — tables._plt: the one figure backend
+from tikmix.runlog import RunLogger
+
+# the tables' row order: references, then the baselines, then TiKMiX; mixers not named here follow, by name
+MIXER_ORDER = [
+    "human",
+    "natural",
+    "stratified",
+    "fixed",
+    "doremi",
+    "odm",
+    "dga",
+    "aioli",
+    "regmix",
+    "tikmix_d",
+    "tikmix_m",
+]
 _SKIP_PARTS = {"subruns", "final_model", "checkpoints", "wandb", "eval_tasks", ".cache", "__pycache__"}
 DASH = "—"
 
@@ -62,7 +78,7 @@ class Run:
     seed: Any
     setting: str
     res: dict | None = None
-    problem: str | None = None            # why the run is missing or partial
+    problem: str | None = None  # why the run is missing or partial
     eval: dict | None = field(default=None)
 
 
@@ -137,13 +153,20 @@ def collect(dirs: Iterable[str | Path], preset: str | None = None) -> list[Run]:
                 runs.append(Run(d, m, s, st, problem=f"unreadable results.json ({type(e).__name__})"))
                 continue
             tokens = _config_tokens(d) or (sum((res.get("tokens_seen") or {}).values()) or None)
-            run = Run(d, str(res.get("mixer", "?")), res.get("seed"),
-                      _setting(res.get("model"), res.get("budget"), res.get("data"), tokens), res=res)
+            run = Run(
+                d,
+                str(res.get("mixer", "?")),
+                res.get("seed"),
+                _setting(res.get("model"), res.get("budget"), res.get("data"), tokens),
+                res=res,
+            )
             run.eval = _eval_entry(res, preset)
             if run.eval is None and not (preset is None and _eval_off(d)):  # eval=none is a choice, not a gap
                 run.problem = f"no evaluation{f' for preset {preset}' if preset else ''} in results.json"
             runs.append(run)
-        for c in sorted(root.rglob("config.yaml")) + ([root / "config.yaml"] if (root / "config.yaml").exists() else []):
+        for c in sorted(root.rglob("config.yaml")) + (
+            [root / "config.yaml"] if (root / "config.yaml").exists() else []
+        ):
             d = c.parent
             if d in seen or _skip(c, roots) or (d / "results.json").exists():
                 continue
@@ -223,11 +246,16 @@ def _by(runs: list[Run], key) -> dict:
 
 
 # (benchmark label, accuracy key in results.json["eval"], prefix of its bpb/logprob keys)
-_AVERAGES = (("In-domain average", "in_domain_avg", "in_domain"),
-             ("Out-of-domain average", "out_of_domain_avg", "out_of_domain"), ("Average", "average", "average"))
+_AVERAGES = (
+    ("In-domain average", "in_domain_avg", "in_domain"),
+    ("Out-of-domain average", "out_of_domain_avg", "out_of_domain"),
+    ("Average", "average", "average"),
+)
 # the continuous sections of Table 1: (metric, title, decimals)
-CONTINUOUS = (("bpb", "Bits per byte of the gold answer (lower is better)", 3),
-              ("logprob", "Mean log-probability of the gold answer (nats; higher is better)", 2))
+CONTINUOUS = (
+    ("bpb", "Bits per byte of the gold answer (lower is better)", 3),
+    ("logprob", "Mean log-probability of the gold answer (nats; higher is better)", 2),
+)
 
 
 def _tasks_of(r: Run) -> dict:
@@ -252,8 +280,15 @@ def _score_rows(rs: list[Run], mixers: list[str], tasks: list[str], order: dict[
     rows = []
     for t in tasks:
         metric = next((_tasks_of(r)[t].get("metric") for r in rs if _tasks_of(r).get(t)), "")
-        rows.append({"benchmark": t, "group": order[t], "metric": metric, "section": "score",
-                     "cells": _cells(rs, mixers, lambda r: _tasks_of(r).get(t, {}).get("value"))})
+        rows.append(
+            {
+                "benchmark": t,
+                "group": order[t],
+                "metric": metric,
+                "section": "score",
+                "cells": _cells(rs, mixers, lambda r: _tasks_of(r).get(t, {}).get("value")),
+            }
+        )
     for label, key, _ in _AVERAGES:
         cells = _cells(rs, mixers, lambda r: (r.eval or {}).get(key))
         if any(c[2] for c in cells.values()):
@@ -264,11 +299,26 @@ def _score_rows(rs: list[Run], mixers: list[str], tasks: list[str], order: dict[
 def _continuous_rows(rs: list[Run], mixers: list[str], tasks: list[str], order: dict[str, str], k: str) -> list[dict]:
     """One metric's rows (bpb or logprob): the tasks that have it (log-likelihood tasks; runs from before
     it was recorded have none) and the group averages."""
-    rows = [{"benchmark": t, "group": order[t], "metric": k, "section": k,
-             "cells": _cells(rs, mixers, lambda r: _tasks_of(r).get(t, {}).get(k))} for t in tasks]
-    rows += [{"benchmark": label, "group": "average", "metric": k, "section": k,
-              "cells": _cells(rs, mixers, lambda r: (r.eval or {}).get(f"{prefix}_{k}"))}
-             for label, _, prefix in _AVERAGES]
+    rows = [
+        {
+            "benchmark": t,
+            "group": order[t],
+            "metric": k,
+            "section": k,
+            "cells": _cells(rs, mixers, lambda r: _tasks_of(r).get(t, {}).get(k)),
+        }
+        for t in tasks
+    ]
+    rows += [
+        {
+            "benchmark": label,
+            "group": "average",
+            "metric": k,
+            "section": k,
+            "cells": _cells(rs, mixers, lambda r: (r.eval or {}).get(f"{prefix}_{k}")),
+        }
+        for label, _, prefix in _AVERAGES
+    ]
     return [row for row in rows if any(c[2] for c in row["cells"].values())]
 
 
@@ -281,20 +331,38 @@ def table1(runs: list[Run]) -> tuple[list[dict], list[str]]:
         tasks, order = _task_order(rs)
         rows = _score_rows(rs, mixers, tasks, order)
         flops = _cells([r for r in rs if r.res], mixers, lambda r: (r.res.get("compute") or {}).get("mixer_total"))
-        rows.append({"benchmark": "Mixture-search FLOPs", "group": "compute", "metric": "FLOPs", "section": "compute",
-                     "cells": flops})
+        rows.append(
+            {
+                "benchmark": "Mixture-search FLOPs",
+                "group": "compute",
+                "metric": "FLOPs",
+                "section": "compute",
+                "cells": flops,
+            }
+        )
         for k, _, _ in CONTINUOUS:
             rows += _continuous_rows(rs, mixers, tasks, order, k)
         seeds = {m: sum(1 for r in rs if r.mixer == m and r.eval is not None) for m in mixers}
         runs_n = {m: sum(1 for r in rs if r.mixer == m) for m in mixers}
-        limited = {m: [(r.seed, eval_limit(r.eval), r.path) for r in rs if r.mixer == m and eval_limit(r.eval) is not None]
-                   for m in mixers}
+        limited = {
+            m: [(r.seed, eval_limit(r.eval), r.path) for r in rs if r.mixer == m and eval_limit(r.eval) is not None]
+            for m in mixers
+        }
         if any(limited.values()):  # CSV and W&B: the largest limit per mixer, n = its limited seeds
-            rows.append({"benchmark": "Evaluation limit (eval.limit)", "group": "limit", "metric": "limit", "section": "limit",
-                         "cells": {m: (max((lv for _, lv, _ in limited[m]), default=None), None, len(limited[m]))
-                                   for m in mixers}})
-        blocks.append({"setting": setting, "mixers": mixers, "rows": rows, "seeds": seeds, "runs": runs_n,
-                       "limited": limited})
+            rows.append(
+                {
+                    "benchmark": "Evaluation limit (eval.limit)",
+                    "group": "limit",
+                    "metric": "limit",
+                    "section": "limit",
+                    "cells": {
+                        m: (max((lv for _, lv, _ in limited[m]), default=None), None, len(limited[m])) for m in mixers
+                    },
+                }
+            )
+        blocks.append(
+            {"setting": setting, "mixers": mixers, "rows": rows, "seeds": seeds, "runs": runs_n, "limited": limited}
+        )
         dup = [(m, s) for (m, s), g in _by([r for r in rs if r.res], lambda r: (r.mixer, r.seed)).items() if len(g) > 1]
         if dup:
             notes.append(f"{setting}: several runs share a (mixer, seed): {dup}; all are averaged")
@@ -302,8 +370,10 @@ def table1(runs: list[Run]) -> tuple[list[dict], list[str]]:
         if r.problem:
             notes.append(f"missing: {r.mixer} seed {r.seed} ({r.setting}) at {r.path}: {r.problem}")
         elif eval_limit(r.eval) is not None:
-            notes.append(f"limited evaluation ({LIMIT_MARK}): {r.mixer} seed {r.seed} ({r.setting}) at {r.path}: "
-                         f"eval.limit={eval_limit(r.eval)}")
+            notes.append(
+                f"limited evaluation ({LIMIT_MARK}): {r.mixer} seed {r.seed} ({r.setting}) at {r.path}: "
+                f"eval.limit={eval_limit(r.eval)}"
+            )
     return blocks, notes
 
 
@@ -312,47 +382,65 @@ LIMIT_MARK = "†"
 
 def limit_note(limited: dict[str, list]) -> str | None:
     """One line naming the limited evaluations (eval.limit) behind a table's cells, None when there are none."""
-    parts = [f"{m} seed{'s' if len(v) > 1 else ''} {', '.join(str(s) for s, _, _ in v)} "
-             f"(eval.limit={', '.join(sorted({str(lv) for _, lv, _ in v}))})" for m, v in limited.items() if v]
+    parts = [
+        f"{m} seed{'s' if len(v) > 1 else ''} {', '.join(str(s) for s, _, _ in v)} "
+        f"(eval.limit={', '.join(sorted({str(lv) for _, lv, _ in v}))})"
+        for m, v in limited.items()
+        if v
+    ]
     if not parts:
         return None
-    return (f"{LIMIT_MARK} **Limited evaluation** (eval.limit: a subset of each task's examples, not comparable with a "
-            f"full evaluation): " + "; ".join(parts) + ".")
+    return (
+        f"{LIMIT_MARK} **Limited evaluation** (eval.limit: a subset of each task's examples, not comparable with a "
+        f"full evaluation): " + "; ".join(parts) + "."
+    )
 
 
 def _md_rows(b: dict, rows: list[dict], nd: int = 1) -> list[str]:
     lim = b.get("limited") or {}
     mark = {m: LIMIT_MARK if lim.get(m) else "" for m in b["mixers"]}
-    head = ["Benchmark"] + [f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" + (f" {LIMIT_MARK} {len(lim[m])} limited" if lim.get(m) else "")
-                            for m in b["mixers"]]
+    head = ["Benchmark"] + [
+        f"{m} (n={b['seeds'][m]}/{b['runs'][m]})" + (f" {LIMIT_MARK} {len(lim[m])} limited" if lim.get(m) else "")
+        for m in b["mixers"]
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row["group"] == "compute":
             cells = [fmt_flops(row["cells"][m][0]) for m in b["mixers"]]
             name = f"**{row['benchmark']}**"
         else:
-            cells = [fmt_ms(*row["cells"][m][:2], nd=nd) + (mark[m] if row["cells"][m][0] is not None else "")
-                     for m in b["mixers"]]
+            cells = [
+                fmt_ms(*row["cells"][m][:2], nd=nd) + (mark[m] if row["cells"][m][0] is not None else "")
+                for m in b["mixers"]
+            ]
             tag = {"in_domain": " (in)", "out_of_domain": " (out)"}.get(row["group"], "")
             name = f"**{row['benchmark']}**" if row["group"] == "average" else f"{row['benchmark']}{tag}"
         out.append("| " + " | ".join([name] + cells) + " |")
     return out
 
 
-def table1_markdown(blocks: list[dict], notes: list[str], reg: list[dict] | None = None, oracle: dict | None = None) -> str:
+def table1_markdown(
+    blocks: list[dict], notes: list[str], reg: list[dict] | None = None, oracle: dict | None = None
+) -> str:
     """Table 1 per setting; with ``reg`` (regret()) and ``oracle``, each setting's regret block under it."""
     reg_by = {rb["setting"]: rb for rb in reg or []}
     out = ["# Table 1: downstream scores (%, mean ± std over seeds)", ""]
     if oracle is not None:
-        out += [oracle_note(oracle) + " Regret against it: the last block of each setting, and regret.md / regret.csv.", ""]
+        out += [
+            oracle_note(oracle) + " Regret against it: the last block of each setting, and regret.md / regret.csv.",
+            "",
+        ]
     for b in blocks:
         if len(blocks) > 1:
             out += [f"## {b['setting']}", ""]
         else:
             out += [f"Setting: {b['setting']}", ""]
         if not any(b["seeds"].values()):
-            out += ["No downstream evaluation in this setting (eval=none); per-domain test perplexity is in "
-                    "perplexity.md. The compute row still holds.", ""]
+            out += [
+                "No downstream evaluation in this setting (eval=none); per-domain test perplexity is in "
+                "perplexity.md. The compute row still holds.",
+                "",
+            ]
         note = limit_note(b.get("limited") or {})
         if note:
             out += [note, ""]
@@ -365,13 +453,15 @@ def table1_markdown(blocks: list[dict], notes: list[str], reg: list[dict] | None
             out += ["**Regret against the best static mixture** ([regret.md](regret.md))", ""]
             out += regret_table_md(reg_by[b["setting"]], oracle) + [""]
             out += [f"- {n}" for n in reg_by[b["setting"]]["notes"]] + ([""] if reg_by[b["setting"]]["notes"] else [])
-    out.append("n = seeds with an evaluation / runs found. In-domain benchmarks may serve as mixer targets; "
-               "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total). "
-               "Bits per byte: -log2 p(gold | context) over the UTF-8 bytes of the gold continuation as scored "
-               "(its leading space included), mean over documents (OLMES's bits_per_byte_corr); log-probability: "
-               "log p(gold | context) in nats, summed over the answer's tokens; both for log-likelihood "
-               "(multiple-choice) tasks only, so generation tasks (exact match) are absent from them and from "
-               "their averages.")
+    out.append(
+        "n = seeds with an evaluation / runs found. In-domain benchmarks may serve as mixer targets; "
+        "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total). "
+        "Bits per byte: -log2 p(gold | context) over the UTF-8 bytes of the gold continuation as scored "
+        "(its leading space included), mean over documents (OLMES's bits_per_byte_corr); log-probability: "
+        "log p(gold | context) in nats, summed over the answer's tokens; both for log-likelihood "
+        "(multiple-choice) tasks only, so generation tasks (exact match) are absent from them and from "
+        "their averages."
+    )
     if oracle is not None:
         out += ["", REGRET_FOOTNOTE]
     if notes:
@@ -383,7 +473,9 @@ def table1_csv(blocks: list[dict], path: Path) -> None:
     mixers = sorted({m for b in blocks for m in b["mixers"]}, key=mixer_sort_key)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["setting", "benchmark", "group", "metric"] + [f"{m}{s}" for m in mixers for s in ("", "_std", "_n")])
+        w.writerow(
+            ["setting", "benchmark", "group", "metric"] + [f"{m}{s}" for m in mixers for s in ("", "_std", "_n")]
+        )
         for b in blocks:
             for row in b["rows"]:
                 vals = []
@@ -425,7 +517,11 @@ def perplexity(runs: list[Run], reference: str = "stratified") -> dict:
                 continue
             absolute[(st, m)] = mean_std([_avg_ppl(r) for r in mine])
             if ref_mean is not None and m != reference:
-                ds = [(_avg_ppl(r) - (ref[r.seed] if ref.get(r.seed) is not None else ref_mean)) for r in mine if _avg_ppl(r) is not None]
+                ds = [
+                    (_avg_ppl(r) - (ref[r.seed] if ref.get(r.seed) is not None else ref_mean))
+                    for r in mine
+                    if _avg_ppl(r) is not None
+                ]
                 delta[(st, m)] = mean_std(ds)
             for d in domains:
                 per_domain[st]["cells"][(d, m)] = mean_std([r.res["test_ppl"].get(d) for r in mine])
@@ -433,8 +529,15 @@ def perplexity(runs: list[Run], reference: str = "stratified") -> dict:
     for m in mixers:
         compared = [delta[(st, m)] for st in settings if (st, m) in delta and delta[(st, m)][0] is not None]
         wins[m] = (sum(1 for c in compared if c[0] < 0), len(compared))
-    return {"settings": settings, "mixers": mixers, "delta": delta, "absolute": absolute, "wins": wins,
-            "per_domain": per_domain, "reference": reference}
+    return {
+        "settings": settings,
+        "mixers": mixers,
+        "delta": delta,
+        "absolute": absolute,
+        "wins": wins,
+        "per_domain": per_domain,
+        "reference": reference,
+    }
 
 
 def perplexity_markdown(p: dict) -> str:
@@ -446,16 +549,26 @@ def perplexity_markdown(p: dict) -> str:
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     if ref in p["mixers"]:
-        out.append("| " + " | ".join([f"{ref} (avg ppl)"] + [fmt_ms(*p["absolute"].get((st, ref), (None, None))[:2], nd=3)
-                                                            for st in p["settings"]] + [""]) + " |")
+        out.append(
+            "| "
+            + " | ".join(
+                [f"{ref} (avg ppl)"]
+                + [fmt_ms(*p["absolute"].get((st, ref), (None, None))[:2], nd=3) for st in p["settings"]]
+                + [""]
+            )
+            + " |"
+        )
     for m in p["mixers"]:
         if m == ref:
             continue
         cells = [fmt_ms(*p["delta"].get((st, m), (None, None))[:2], nd=3) for st in p["settings"]]
         w, n = p["wins"][m]
         out.append("| " + " | ".join([m] + cells + [f"{w}/{n}" if n else DASH]) + " |")
-    out += ["", f"Δ = average over domains of test perplexity, minus `{ref}`'s (same seed when it exists, else its mean "
-                f"over seeds); mean ± std over seeds; lower is better; wins = settings where Δ < 0."]
+    out += [
+        "",
+        f"Δ = average over domains of test perplexity, minus `{ref}`'s (same seed when it exists, else its mean "
+        f"over seeds); mean ± std over seeds; lower is better; wins = settings where Δ < 0.",
+    ]
     if ref not in p["mixers"]:
         out += ["", f"No `{ref}` runs: no differences to report."]
     for st in p["settings"]:
@@ -467,7 +580,11 @@ def perplexity_markdown(p: dict) -> str:
         for d in pd_["domains"] + ["average"]:
             cells = []
             for m in ms:
-                c = p["absolute"].get((st, m), (None, None, 0)) if d == "average" else pd_["cells"].get((d, m), (None, None, 0))
+                c = (
+                    p["absolute"].get((st, m), (None, None, 0))
+                    if d == "average"
+                    else pd_["cells"].get((d, m), (None, None, 0))
+                )
                 cells.append(fmt_ms(c[0], c[1], nd=2))
             out.append("| " + " | ".join([f"**{d}**" if d == "average" else d] + cells) + " |")
     return "\n".join(out) + "\n"
@@ -476,7 +593,9 @@ def perplexity_markdown(p: dict) -> str:
 def perplexity_csv(p: dict, path: Path) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["setting", "mixer", "domain", "ppl_mean", "ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"])
+        w.writerow(
+            ["setting", "mixer", "domain", "ppl_mean", "ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"]
+        )
         for st in p["settings"]:
             pd_ = p["per_domain"][st]
             for m in p["mixers"]:
@@ -502,8 +621,12 @@ class OracleError(ValueError):
 
 
 # (key in results.json["eval"] and in the oracle's per_seed, column label, decimals)
-REGRET_METRICS = (("in_domain_bpb", "in-domain BPB", 4), ("average_bpb", "average BPB", 4),
-                  ("in_domain_avg", "in-domain accuracy, pp", 2), ("average", "average accuracy, pp", 2))
+REGRET_METRICS = (
+    ("in_domain_bpb", "in-domain BPB", 4),
+    ("average_bpb", "average BPB", 4),
+    ("in_domain_avg", "in-domain accuracy, pp", 2),
+    ("average", "average accuracy, pp", 2),
+)
 _HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
 
 
@@ -512,8 +635,9 @@ def load_oracle(path: str | Path) -> dict:
     p = Path(path).expanduser()
     f = p / "oracle.json" if p.is_dir() else p
     if not f.is_file():
-        raise OracleError(f"no oracle file at {f} (give an oracle.json, or a folder holding one, "
-                          f"from python -m eval.oracle report)")
+        raise OracleError(
+            f"no oracle file at {f} (give an oracle.json, or a folder holding one, from python -m eval.oracle report)"
+        )
     try:
         o = json.loads(f.read_text())
     except (OSError, ValueError) as e:
@@ -546,8 +670,10 @@ def _oracle_lower(o: dict) -> bool:
 def oracle_seed_values(o: dict) -> dict[str, dict[str, float]]:
     """{seed (str): {metric: value}} of the best static mixture; ``scores`` fills in the oracle's own metric."""
     best = o["best"]
-    out = {str(s): {k: float(v) for k, v in (vals or {}).items() if _finite(v)}
-           for s, vals in (best.get("per_seed") or {}).items()}
+    out = {
+        str(s): {k: float(v) for k, v in (vals or {}).items() if _finite(v)}
+        for s, vals in (best.get("per_seed") or {}).items()
+    }
     for s, v in (best.get("scores") or {}).items():
         if _finite(v):
             out.setdefault(str(s), {}).setdefault(o["metric"], float(v))
@@ -602,8 +728,10 @@ def l1(w: dict | None, ref: dict) -> float | None:
 def time_averaged_weights(res: dict) -> dict[str, float] | None:
     """The mixture averaged over training: each weights_history entry weighted by the steps it held (from its
     step to the next entry's, the last one to ``steps``)."""
-    hist = sorted((h for h in res.get("weights_history") or [] if isinstance(h, dict) and isinstance(h.get("weights"), dict)),
-                  key=lambda h: h["step"])
+    hist = sorted(
+        (h for h in res.get("weights_history") or [] if isinstance(h, dict) and isinstance(h.get("weights"), dict)),
+        key=lambda h: h["step"],
+    )
     if not hist:
         return None
     end = int(res.get("steps") or hist[-1]["step"] + 1)
@@ -634,14 +762,21 @@ def regret_metrics(o: dict) -> list[tuple[str, str, int]]:
 def _regret_row(m: str, rs: list[Run], o: dict, ref: dict[str, dict[str, float]]) -> dict:
     w_star = o["best"]["weights"]
     done = [r for r in rs if r.res]
-    regs = {k: paired_regret(_mixer_seed_values(done, k), {s: v[k] for s, v in ref.items() if k in v})
-            for k, _, _ in regret_metrics(o)}
+    regs = {
+        k: paired_regret(_mixer_seed_values(done, k), {s: v[k] for s, v in ref.items() if k in v})
+        for k, _, _ in regret_metrics(o)
+    }
     flops = mean_std([(r.res.get("compute") or {}).get("mixer_total") for r in done])[0]
-    return {"mixer": m, "regret": regs, "n": regs[o["metric"]]["n"],
-            "limited": [(r.seed, eval_limit(r.eval)) for r in done if eval_limit(r.eval) is not None],
-            "l1_final": mean_std([l1(r.res.get("final_weights"), w_star) for r in done])[0],
-            "l1_time_avg": mean_std([l1(time_averaged_weights(r.res), w_star) for r in done])[0],
-            "flops": flops, "beats": beats_oracle(regs[o["metric"]], _oracle_lower(o))}
+    return {
+        "mixer": m,
+        "regret": regs,
+        "n": regs[o["metric"]]["n"],
+        "limited": [(r.seed, eval_limit(r.eval)) for r in done if eval_limit(r.eval) is not None],
+        "l1_final": mean_std([l1(r.res.get("final_weights"), w_star) for r in done])[0],
+        "l1_time_avg": mean_std([l1(time_averaged_weights(r.res), w_star) for r in done])[0],
+        "flops": flops,
+        "beats": beats_oracle(regs[o["metric"]], _oracle_lower(o)),
+    }
 
 
 def regret(runs: list[Run], o: dict) -> list[dict]:
@@ -657,26 +792,36 @@ def regret(runs: list[Run], o: dict) -> list[dict]:
 
 def _regret_notes(rs: list[Run], o: dict, ref: dict) -> list[str]:
     notes = []
-    note = limit_note({m: [(r.seed, eval_limit(r.eval), r.path) for r in g if eval_limit(r.eval) is not None]
-                       for m, g in sorted(_by(rs, lambda r: r.mixer).items(), key=lambda x: mixer_sort_key(x[0]))})
+    note = limit_note(
+        {
+            m: [(r.seed, eval_limit(r.eval), r.path) for r in g if eval_limit(r.eval) is not None]
+            for m, g in sorted(_by(rs, lambda r: r.mixer).items(), key=lambda x: mixer_sort_key(x[0]))
+        }
+    )
     if note:
         notes.append(note)
-    unpaired = sorted({(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref},
-                      key=lambda x: (mixer_sort_key(x[0]), x[1]))
+    unpaired = sorted(
+        {(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref}, key=lambda x: (mixer_sort_key(x[0]), x[1])
+    )
     if unpaired:
-        notes.append("not paired (the best static mixture has no such seed): "
-                     + ", ".join(f"{m} seed {s}" for m, s in unpaired))
+        notes.append(
+            "not paired (the best static mixture has no such seed): " + ", ".join(f"{m} seed {s}" for m, s in unpaired)
+        )
     doms = {tuple(sorted(r.res.get("final_weights") or {})) for r in rs} - {()}
     if any(set(d) != set(o["best"]["weights"]) for d in doms):
-        notes.append(f"the best static mixture's domains ({', '.join(o['best']['weights'])}) differ from some runs' "
-                     f"(another corpus?): their L1 distances are left out")
+        notes.append(
+            f"the best static mixture's domains ({', '.join(o['best']['weights'])}) differ from some runs' "
+            f"(another corpus?): their L1 distances are left out"
+        )
     return notes
 
 
 def _fmt_reg(reg: dict, nd: int, n_row: int) -> str:
     if reg["mean"] is None:
         return DASH
-    cell = f"{reg['mean']:+.{nd}f} " + (f"[{reg['lo']:+.{nd}f}, {reg['hi']:+.{nd}f}]" if reg["lo"] is not None else "(n<2)")
+    cell = f"{reg['mean']:+.{nd}f} " + (
+        f"[{reg['lo']:+.{nd}f}, {reg['hi']:+.{nd}f}]" if reg["lo"] is not None else "(n<2)"
+    )
     return cell + (f" (n={reg['n']})" if reg["n"] != n_row else "")
 
 
@@ -687,9 +832,16 @@ def _better_side(key: str) -> str:
 def regret_table_md(block: dict, o: dict) -> list[str]:
     """One setting's regret table, one row per mixer."""
     mets = regret_metrics(o)
-    head = (["Mixer", "seeds paired (n)"] + [f"Δ {label} ({_better_side(k)})" for k, label, _ in mets]
-            + ["L1 final mixture", "L1 time-averaged mixture", "Mixture-search FLOPs",
-               f"Beats the best static mixture? (by {o['metric']})"])
+    head = (
+        ["Mixer", "seeds paired (n)"]
+        + [f"Δ {label} ({_better_side(k)})" for k, label, _ in mets]
+        + [
+            "L1 final mixture",
+            "L1 time-averaged mixture",
+            "Mixture-search FLOPs",
+            f"Beats the best static mixture? (by {o['metric']})",
+        ]
+    )
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in block["rows"]:
         name = row["mixer"] + (f" {LIMIT_MARK}" if row.get("limited") else "")
@@ -707,9 +859,12 @@ def oracle_note(o: dict) -> str:
     if _finite(b.get("mean")):
         score += f" {fmt_ms(b['mean'], b.get('std') if _finite(b.get('std')) else None, 4)} over seeds {b.get('seeds')}"
     src = (o.get("sources") or {}).get("confirm")
-    return (f"Best static mixture: **{b.get('name', '?')}** ({score}; {'lower' if _oracle_lower(o) else 'higher'} "
-            f"is better; weights: {w}), from `{o['path']}` (python -m eval.oracle report"
-            + (f", confirmation runs under {', '.join(map(str, src))}" if src else "") + ").")
+    return (
+        f"Best static mixture: **{b.get('name', '?')}** ({score}; {'lower' if _oracle_lower(o) else 'higher'} "
+        f"is better; weights: {w}), from `{o['path']}` (python -m eval.oracle report"
+        + (f", confirmation runs under {', '.join(map(str, src))}" if src else "")
+        + ")."
+    )
 
 
 REGRET_FOOTNOTE = (
@@ -719,7 +874,8 @@ REGRET_FOOTNOTE = (
     "final mixture and for the time-averaged one (each weights_history entry weighted by the steps it held), mean over "
     "seeds. Mixture-search FLOPs: compute.mixer_total, mean over seeds. Beats the best static mixture: yes when the "
     "95% interval of the regret in the oracle's metric lies entirely on the better side of 0, no when entirely on the "
-    "worse side, within noise otherwise.")
+    "worse side, within noise otherwise."
+)
 
 
 def regret_markdown(blocks: list[dict], o: dict) -> str:
@@ -741,9 +897,19 @@ def regret_rows(blocks: list[dict], o: dict) -> tuple[list[str], list[list[Any]]
     for b in blocks:
         for row in b["rows"]:
             vals = [_c(row["regret"][k][f]) for k, _, _ in mets for f in ("mean", "lo", "hi", "n")]
-            rows.append([b["setting"], row["mixer"], row["n"]] + vals
-                        + [_c(row["l1_final"]), _c(row["l1_time_avg"]), _c(row["flops"]), row["beats"], o["metric"],
-                           o["best"].get("name", ""), len(row.get("limited") or [])])
+            rows.append(
+                [b["setting"], row["mixer"], row["n"]]
+                + vals
+                + [
+                    _c(row["l1_final"]),
+                    _c(row["l1_time_avg"]),
+                    _c(row["flops"]),
+                    row["beats"],
+                    o["metric"],
+                    o["best"].get("name", ""),
+                    len(row.get("limited") or []),
+                ]
+            )
     return cols, rows
 
 
@@ -762,17 +928,9 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, out: Path, kind: str, mixer: str | None = None, setting: str | None = None,
-          multi_setting: bool = False) -> Path:
+def _save(
+    plt, fig, out: Path, kind: str, mixer: str | None = None, setting: str | None = None, multi_setting: bool = False
+) -> Path:
     """Lay out, write and close a figure: ``out/<kind>.png``, or per mixer ``out/<kind>_<mixer>[_<setting>].png``."""
     name = kind if mixer is None else f"{kind}_{_slug(mixer)}" + (f"_{_slug(setting)}" if multi_setting else "")
     if fig.get_layout_engine() is None:  # a figure made with layout="constrained" lays itself out
@@ -791,9 +949,9 @@ def _weights_curve(res: dict) -> tuple[list[str], np.ndarray, np.ndarray] | None
     total = int(res.get("steps") or max(h["step"] for h in hist) + 1)
     steps = np.arange(total + 1)
     w = np.zeros((len(doms), len(steps)))
-    for i, h in enumerate(sorted(hist, key=lambda h: h["step"])):
+    for h in sorted(hist, key=lambda h: h["step"]):
         vec = np.array([float(h["weights"].get(d, 0.0)) for d in doms])
-        w[:, int(h["step"]):] = vec[:, None]
+        w[:, int(h["step"]) :] = vec[:, None]
     return doms, steps, w
 
 
@@ -813,8 +971,12 @@ def fig_mixtures(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
         ax.set_ylim(0, 1)
         ax.set_xlabel("training step")
         ax.set_ylabel("mixture weight")
-        ax.set_title(f"{m}: mixture over training" + (f" (mean of {len(same)} seeds)" if len(same) > 1 else "")
-                     + (f"\n{st}" if multi_setting else ""), fontsize=10)
+        ax.set_title(
+            f"{m}: mixture over training"
+            + (f" (mean of {len(same)} seeds)" if len(same) > 1 else "")
+            + (f"\n{st}" if multi_setting else ""),
+            fontsize=10,
+        )
         h, lab = ax.get_legend_handles_labels()  # top to bottom, as the bands are stacked
         ax.legend(h[::-1], lab[::-1], loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
         written.append(_save(plt, fig, out, "mixture", m, st, multi_setting))
@@ -834,8 +996,9 @@ def _plain_log_ticks(axis, lo: float, hi: float) -> None:
     axis.set_minor_formatter(fmt if hi / lo < 30 else NullFormatter())
 
 
-def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, title: str, logy: bool = False,
-                    from_eval: bool = False) -> Path | None:
+def _fig_vs_compute(
+    runs: list[Run], out: Path, value, name: str, ylabel: str, title: str, logy: bool = False, from_eval: bool = False
+) -> Path | None:
     """One point per (setting, mixer): the mean over seeds of ``value(run)`` against mixture-search FLOPs, the bars
     spanning the seeds' range (min to max: inside the data, so never below 0 on a log axis). x is a log axis with a
     separate "0" for static mixtures; points at the same x are moved apart a little; the mixers are named in a
@@ -867,10 +1030,25 @@ def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, t
         xerr = None
         if xm > 0 and len(xs) > 1 and (max(xs) - min(xs)) > 0.05 * xm:  # FLOPs that differ by seed (reused proxies)
             xerr = [[x - x * min(xs) / xm], [x * max(xs) / xm - x]]
-        label = m + (f" ({st})" if len(settings) > 1 else "") + f" (n={len(ys)})" + (f" [eval.limit={','.join(lim)}]" if lim else "")
+        label = (
+            m
+            + (f" ({st})" if len(settings) > 1 else "")
+            + f" (n={len(ys)})"
+            + (f" [eval.limit={','.join(lim)}]" if lim else "")
+        )
         c = colors(mixers.index(m) % colors.N)
-        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt=markers[settings.index(st) % len(markers)], color=c,
-                    mfc="none" if lim else c, capsize=3, ms=6, label=label)
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=yerr,
+            xerr=xerr,
+            fmt=markers[settings.index(st) % len(markers)],
+            color=c,
+            mfc="none" if lim else c,
+            capsize=3,
+            ms=6,
+            label=label,
+        )
     lo, hi = min(ends), max(ends)
     if logy and lo > 0:
         pad = (hi / lo) ** 0.08 if hi > lo else 1.2
@@ -890,38 +1068,49 @@ def _fig_vs_compute(runs: list[Run], out: Path, value, name: str, ylabel: str, t
 
 
 def fig_score_vs_compute(runs: list[Run], out: Path) -> Path | None:
-    return _fig_vs_compute(runs, out, lambda r: r.eval.get("average") if r.eval else None, "score_vs_compute.png",
-                           "average downstream score (%)", "Downstream score vs mixture-search compute (higher is better)",
-                           from_eval=True)
+    return _fig_vs_compute(
+        runs,
+        out,
+        lambda r: r.eval.get("average") if r.eval else None,
+        "score_vs_compute.png",
+        "average downstream score (%)",
+        "Downstream score vs mixture-search compute (higher is better)",
+        from_eval=True,
+    )
 
 
 def fig_bpb_vs_compute(runs: list[Run], out: Path) -> Path | None:
-    return _fig_vs_compute(runs, out, lambda r: r.eval.get("average_bpb") if r.eval else None, "bpb_vs_compute.png",
-                           "average bits per byte of the gold answer",
-                           "Gold-answer BPB vs mixture-search compute (lower is better)", from_eval=True)
+    return _fig_vs_compute(
+        runs,
+        out,
+        lambda r: r.eval.get("average_bpb") if r.eval else None,
+        "bpb_vs_compute.png",
+        "average bits per byte of the gold answer",
+        "Gold-answer BPB vs mixture-search compute (lower is better)",
+        from_eval=True,
+    )
 
 
 def fig_ppl_vs_compute(runs: list[Run], out: Path) -> Path | None:
     """Average test perplexity (over domains) against mixture-search FLOPs: the comparison when there are
     no downstream tasks (eval=none), and the language-modelling side of it when there are."""
-    return _fig_vs_compute(runs, out, _avg_ppl, "ppl_vs_compute.png", "average test perplexity over domains (log)",
-                           "Test perplexity vs mixture-search compute (lower is better)", logy=True)
+    return _fig_vs_compute(
+        runs,
+        out,
+        _avg_ppl,
+        "ppl_vs_compute.png",
+        "average test perplexity over domains (log)",
+        "Test perplexity vs mixture-search compute (lower is better)",
+        logy=True,
+    )
 
 
 def _influence_records(res: dict) -> list[dict]:
-    return [h for h in (res.get("mixer_history") or []) if isinstance(h, dict) and isinstance(h.get("influence"), dict)
-            and "step" in h]
-
-
-def dominated_linthresh(values: Iterable[Any], ratio: float = 20.0) -> float | None:
-    """When the largest |value| is more than ``ratio`` times the typical one (the median of the non-zero |values|),
-    the linear range of a symmetric-log scale that keeps the typical values readable: the power of ten at or below
-    that median (typical values fall in the logarithmic part, spread out; smaller ones near 0); else None."""
-    a = sorted(abs(float(v)) for v in values if _finite(v) and v != 0)
-    if len(a) < 2:
-        return None
-    med = float(np.median(a))
-    return 10.0 ** math.floor(math.log10(med)) if a[-1] > ratio * med else None
+    return [
+        h
+        for h in (res.get("mixer_history") or [])
+        if isinstance(h, dict) and isinstance(h.get("influence"), dict) and "step" in h
+    ]
 
 
 def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]:
@@ -930,7 +1119,9 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
     symmetric-log y axis, linear within the typical size, so the other domains stay readable. One colour per
     domain in every panel, named in one legend beside the panels."""
     written = []
-    for (st, m), rs in sorted(_by([r for r in runs if r.res and _influence_records(r.res)], lambda r: (r.setting, r.mixer)).items()):
+    for (st, m), rs in sorted(
+        _by([r for r in runs if r.res and _influence_records(r.res)], lambda r: (r.setting, r.mixer)).items()
+    ):
         # values[target][domain][step] -> list over seeds
         values: dict[str, dict[str, dict[int, list[float]]]] = {}
         for r in rs:
@@ -940,7 +1131,9 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
                         continue
                     for d, v in per.items():
                         if v is not None and math.isfinite(float(v)):
-                            values.setdefault(str(tgt), {}).setdefault(str(d), {}).setdefault(int(h["step"]), []).append(float(v))
+                            values.setdefault(str(tgt), {}).setdefault(str(d), {}).setdefault(
+                                int(h["step"]), []
+                            ).append(float(v))
         if not values:
             continue
         plt = _plt()
@@ -949,8 +1142,9 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
         colors = plt.get_cmap("tab10" if len(doms) <= 10 else "tab20")
         ncol = min(3, len(targets))
         nrow = math.ceil(len(targets) / ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 1.6, 3.0 * nrow + 0.6), squeeze=False,
-                                 sharex=True, layout="constrained")
+        fig, axes = plt.subplots(
+            nrow, ncol, figsize=(4.2 * ncol + 1.6, 3.0 * nrow + 0.6), squeeze=False, sharex=True, layout="constrained"
+        )
         handles = {}
         any_symlog = False
         for i, tgt in enumerate(targets):
@@ -976,8 +1170,10 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
                 ax.axhspan(-lin, lin, color="0.94", zorder=0)
                 lo, hi = ax.get_ylim()  # reach the next labelled power of ten when it is close (a reference tick)
                 nxt = lambda v: 10.0 ** math.ceil(math.log10(abs(v)))  # noqa: E731
-                ax.set_ylim(-nxt(lo) * 1.05 if lo < -lin and nxt(lo) <= 3 * abs(lo) else lo,
-                            nxt(hi) * 1.05 if hi > lin and nxt(hi) <= 3 * hi else hi)
+                ax.set_ylim(
+                    -nxt(lo) * 1.05 if lo < -lin and nxt(lo) <= 3 * abs(lo) else lo,
+                    nxt(hi) * 1.05 if hi > lin and nxt(hi) <= 3 * hi else hi,
+                )
             ax.axhline(0, color="k", lw=0.5)
             ax.set_title(tgt + (f"  (symlog; linear within ±{lin:g})" if lin else ""), fontsize=9)
             if i // ncol == nrow - 1 or i + ncol >= len(targets):
@@ -988,11 +1184,22 @@ def fig_influence(runs: list[Run], out: Path, multi_setting: bool) -> list[Path]
             ax.grid(alpha=0.3)
         for j in range(len(targets), nrow * ncol):
             axes[j // ncol][j % ncol].axis("off")
-        fig.legend([handles[d] for d in doms if d in handles], [d for d in doms if d in handles], loc="outside right center",
-                   fontsize=8, frameon=False, title="domain", title_fontsize=8)
-        fig.suptitle(f"{m}: group influence of each domain on each target over stages (mean over {len(rs)} seed"
-                     f"{'s' if len(rs) != 1 else ''})" + (f"\n{st}" if multi_setting else "")
-                     + ("\nshaded: the linear part of a symmetric-log axis" if any_symlog else ""), fontsize=10)
+        fig.legend(
+            [handles[d] for d in doms if d in handles],
+            [d for d in doms if d in handles],
+            loc="outside right center",
+            fontsize=8,
+            frameon=False,
+            title="domain",
+            title_fontsize=8,
+        )
+        fig.suptitle(
+            f"{m}: group influence of each domain on each target over stages (mean over {len(rs)} seed"
+            f"{'s' if len(rs) != 1 else ''})"
+            + (f"\n{st}" if multi_setting else "")
+            + ("\nshaded: the linear part of a symmetric-log axis" if any_symlog else ""),
+            fontsize=10,
+        )
         written.append(_save(plt, fig, out, "influence", m, st, multi_setting))
     return written
 
@@ -1005,10 +1212,10 @@ def _zero_left_log_axis(ax, xs: list[float]) -> float:
     k_max = math.ceil(math.log10(max(pos))) if pos else 0
     x0 = 10.0 ** (k_min - 1)
     ax.set_xscale("log")
-    ax.set_xlim(10 ** (k_min - 1.5), max(pos) * 10 ** 0.5 if pos else 10 ** (k_max + 0.5))
+    ax.set_xlim(10 ** (k_min - 1.5), max(pos) * 10**0.5 if pos else 10 ** (k_max + 0.5))
     step = max(1, math.ceil((k_max - k_min + 1) / 6))  # at most ~7 tick labels, never crowded
     ks = list(range(k_min, k_max + 1, step)) if pos else []
-    ax.set_xticks([x0] + [10.0 ** k for k in ks], ["0"] + [f"$10^{{{k}}}$" for k in ks])
+    ax.set_xticks([x0] + [10.0**k for k in ks], ["0"] + [f"$10^{{{k}}}$" for k in ks])
     from matplotlib.ticker import NullLocator
 
     ax.xaxis.set_minor_locator(NullLocator())
@@ -1053,8 +1260,16 @@ def _label_zero_line(fig, ax, pts: list[tuple[float, dict]]) -> None:
         for dy, va in ((2, "bottom"), (-2, "top")):
             if t is not None:
                 t.remove()
-            t = ax.annotate("best static mixture", (fx, 0), xycoords=("axes fraction", "data"), xytext=(0, dy),
-                            textcoords="offset points", ha=ha, va=va, fontsize=8)
+            t = ax.annotate(
+                "best static mixture",
+                (fx, 0),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=8,
+            )
             bb = t.get_window_extent(r)
             if not any(bb.x0 < b[2] and b[0] < bb.x1 and bb.y0 < b[3] and b[1] < bb.y1 for b in boxes):
                 return
@@ -1063,8 +1278,12 @@ def _label_zero_line(fig, ax, pts: list[tuple[float, dict]]) -> None:
 def fig_regret_vs_compute(blocks: list[dict], o: dict, out: Path) -> Path | None:
     """Regret in the oracle's metric (mean, 95% t-interval) against mixture-search FLOPs; 0 = the best static mixture."""
     key = o["metric"]
-    pts = [(b["setting"], row["mixer"], row["flops"], row["regret"][key]) for b in blocks for row in b["rows"]
-           if row["regret"][key]["mean"] is not None and row["flops"] is not None]
+    pts = [
+        (b["setting"], row["mixer"], row["flops"], row["regret"][key])
+        for b in blocks
+        for row in b["rows"]
+        if row["regret"][key]["mean"] is not None and row["flops"] is not None
+    ]
     if not pts:
         return None
     plt = _plt()
@@ -1075,18 +1294,35 @@ def fig_regret_vs_compute(blocks: list[dict], o: dict, out: Path) -> Path | None
     colors = plt.get_cmap("tab10" if len(pts) <= 10 else "tab20")
     for i, ((st, m, _, reg), x) in enumerate(zip(pts, xs)):
         err = None if reg["lo"] is None else [[reg["mean"] - reg["lo"]], [reg["hi"] - reg["mean"]]]
-        label = m + (f" ({st})" if len(settings) > 1 else "") + (" (n<2: no interval)" if err is None else f" (n={reg['n']})")
-        lim = next((row.get("limited") for b in blocks for row in b["rows"] if b["setting"] == st and row["mixer"] == m), None)
+        label = (
+            m
+            + (f" ({st})" if len(settings) > 1 else "")
+            + (" (n<2: no interval)" if err is None else f" (n={reg['n']})")
+        )
+        lim = next(
+            (row.get("limited") for b in blocks for row in b["rows"] if b["setting"] == st and row["mixer"] == m), None
+        )
         label += f" [{len(lim)} limited eval]" if lim else ""
-        ax.errorbar([x], [reg["mean"]], yerr=err, fmt="osD^v<>P*X"[settings.index(st) % 10], color=colors(i % colors.N),
-                    mfc="none" if err is None else None, capsize=3, ms=6, label=label)
+        ax.errorbar(
+            [x],
+            [reg["mean"]],
+            yerr=err,
+            fmt="osD^v<>P*X"[settings.index(st) % 10],
+            color=colors(i % colors.N),
+            mfc="none" if err is None else None,
+            capsize=3,
+            ms=6,
+            label=label,
+        )
     ax.axhline(0, color="k", lw=1, ls="--", label="best static mixture (Δ = 0)")
     _regret_ylim(ax, [p[3] for p in pts])
     ax.set_xlabel("mixture-search FLOPs (log; 0 = no search)")
     ax.set_ylabel(f"Δ {key}, mixer − best static\n({'< 0' if _oracle_lower(o) else '> 0'} = better)")
-    ax.set_title(f"Regret against the best static mixture ({o['best'].get('name', '?')}) vs mixture-search compute\n"
-                 f"mean and 95% t-interval over paired seeds" + (f"; {settings[0]}" if len(settings) == 1 else ""),
-                 fontsize=10)
+    ax.set_title(
+        f"Regret against the best static mixture ({o['best'].get('name', '?')}) vs mixture-search compute\n"
+        f"mean and 95% t-interval over paired seeds" + (f"; {settings[0]}" if len(settings) == 1 else ""),
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()  # the label's place is chosen in the final layout
@@ -1097,8 +1333,14 @@ def fig_regret_vs_compute(blocks: list[dict], o: dict, out: Path) -> Path | None
 # -------------------------------------------------------------------------------------------- main
 
 
-def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | None = None,
-          logger_cfg: dict | None = None, quiet: bool = False, oracle: str | Path | dict | None = None) -> dict:
+def build(
+    dirs: list[str | Path],
+    out: str | Path | None = None,
+    preset: str | None = None,
+    logger_cfg: dict | None = None,
+    quiet: bool = False,
+    oracle: str | Path | dict | None = None,
+) -> dict:
     """Collect runs under ``dirs`` and write the tables and figures into ``out``; returns what was written.
     ``oracle``: an oracle.json, a folder holding one, or load_oracle()'s dict: adds the regret table."""
     if not dirs:
@@ -1118,8 +1360,10 @@ def build(dirs: list[str | Path], out: str | Path | None = None, preset: str | N
         _log_wandb(attach_to_runs(logger_cfg, runs, out), out, blocks, p, figs, [str(d) for d in dirs], reg_table)
     if not quiet:
         print(md)
-        print(f"[tables] {len(runs)} runs; wrote {', '.join(str(v.name) for k, v in files.items() if k != 'figures')}"
-              f"{', ' + ', '.join(f.name for f in figs) if figs else ''} in {out}")
+        print(
+            f"[tables] {len(runs)} runs; wrote {', '.join(str(v.name) for k, v in files.items() if k != 'figures')}"
+            f"{', ' + ', '.join(f.name for f in figs) if figs else ''} in {out}"
+        )
     files["runs"] = runs
     files["notes"] = notes
     return files
@@ -1130,8 +1374,12 @@ def _write_tables(out: Path, md: str, blocks: list[dict], p: dict, reg: list[dic
     table1_csv(blocks, out / "table1.csv")
     (out / "perplexity.md").write_text(perplexity_markdown(p))
     perplexity_csv(p, out / "perplexity.csv")
-    files: dict[str, Any] = dict(table1_md=out / "table1.md", table1_csv=out / "table1.csv",
-                                 perplexity_md=out / "perplexity.md", perplexity_csv=out / "perplexity.csv")
+    files: dict[str, Any] = dict(
+        table1_md=out / "table1.md",
+        table1_csv=out / "table1.csv",
+        perplexity_md=out / "perplexity.md",
+        perplexity_csv=out / "perplexity.csv",
+    )
     if reg is not None:
         (out / "regret.md").write_text(regret_markdown(reg, o))
         regret_csv(reg, o, out / "regret.csv")
@@ -1142,9 +1390,14 @@ def _write_tables(out: Path, md: str, blocks: list[dict], p: dict, reg: list[dic
 def _figures(runs: list[Run], out: Path, reg: list[dict] | None, o: dict | None) -> list[Path]:
     figs: list[Path] = []
     multi = len({r.setting for r in runs if r.res}) > 1
-    for fn in (lambda: fig_mixtures(runs, out, multi), lambda: fig_score_vs_compute(runs, out),
-               lambda: fig_bpb_vs_compute(runs, out), lambda: fig_ppl_vs_compute(runs, out),
-               lambda: fig_influence(runs, out, multi), lambda: reg and fig_regret_vs_compute(reg, o, out)):
+    for fn in (
+        lambda: fig_mixtures(runs, out, multi),
+        lambda: fig_score_vs_compute(runs, out),
+        lambda: fig_bpb_vs_compute(runs, out),
+        lambda: fig_ppl_vs_compute(runs, out),
+        lambda: fig_influence(runs, out, multi),
+        lambda: reg and fig_regret_vs_compute(reg, o, out),
+    ):
         try:
             got = fn()
         except Exception as e:  # noqa: BLE001 - a figure must never cost the tables
@@ -1154,22 +1407,39 @@ def _figures(runs: list[Run], out: Path, reg: list[dict] | None, o: dict | None)
     return figs
 
 
-def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: list[Path], dirs: list[str],
-               reg_table: tuple[list[str], list[list[Any]]] | None = None) -> None:
-    from tikmix.runlog import RunLogger
-
+def _log_wandb(
+    logger_cfg: dict,
+    out: Path,
+    blocks: list[dict],
+    p: dict,
+    figs: list[Path],
+    dirs: list[str],
+    reg_table: tuple[list[str], list[list[Any]]] | None = None,
+) -> None:
     ident = {"job_type": "tables", "tags": ["tables"]}
-    lg = RunLogger(logger_cfg, out, {"dirs": dirs, "job": "tables"}, name=logger_cfg.get("run_name") or "tables",
-                   write_metrics=False, identity=ident)
+    lg = RunLogger(
+        logger_cfg,
+        out,
+        {"dirs": dirs, "job": "tables"},
+        name=logger_cfg.get("run_name") or "tables",
+        write_metrics=False,
+        identity=ident,
+    )
     if lg.wandb_info:
-        print(f"[tables] W&B: run {lg.wandb_info['name']!r} in project {lg.wandb_info['project']!r}"
-              + (f", group {lg.wandb_info['group']!r} (the runs' sweep)" if lg.wandb_info.get("group") else ""))
+        print(
+            f"[tables] W&B: run {lg.wandb_info['name']!r} in project {lg.wandb_info['project']!r}"
+            + (f", group {lg.wandb_info['group']!r} (the runs' sweep)" if lg.wandb_info.get("group") else "")
+        )
     try:
         for b in blocks:
-            cols = ["setting", "benchmark", "group", "metric"] + [c for m in b["mixers"]
-                                                                  for c in (m, f"{m}_std", f"{m}_n")]
-            rows = [[b["setting"], r["benchmark"], r["group"], r["metric"]]
-                    + [v for m in b["mixers"] for v in r["cells"][m]] for r in b["rows"]]
+            cols = ["setting", "benchmark", "group", "metric"] + [
+                c for m in b["mixers"] for c in (m, f"{m}_std", f"{m}_n")
+            ]
+            rows = [
+                [b["setting"], r["benchmark"], r["group"], r["metric"]]
+                + [v for m in b["mixers"] for v in r["cells"][m]]
+                for r in b["rows"]
+            ]
             lg.table("tables/table1" + (f"/{_slug(b['setting'])}" if len(blocks) > 1 else ""), cols, rows)
         rows = []
         for st in p["settings"]:
@@ -1177,7 +1447,11 @@ def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: l
                 if (st, m) in p["absolute"]:
                     a, d = p["absolute"][(st, m)], p["delta"].get((st, m), (None, None, 0))
                     rows.append([st, m, a[0], a[1], a[2], d[0], d[1]])
-        lg.table("tables/perplexity", ["setting", "mixer", "avg_ppl", "avg_ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"], rows)
+        lg.table(
+            "tables/perplexity",
+            ["setting", "mixer", "avg_ppl", "avg_ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"],
+            rows,
+        )
         if reg_table is not None:
             lg.table("tables/regret", *reg_table)
         for f in figs:  # every figure this command drew
@@ -1189,8 +1463,6 @@ def _log_wandb(logger_cfg: dict, out: Path, blocks: list[dict], p: dict, figs: l
 def attach_to_runs(logger_cfg: dict, runs: list[Run], out: Path) -> dict:
     """The tables' W&B run joins the runs it describes: their group (the sweep) and project, as recorded in their
     results.json (``results["wandb"]``), unless --group / --project name others; named after the group."""
-    from tikmix.report import wandb_groups
-
     cfg = dict(logger_cfg)
     groups, projects = wandb_groups([r.res for r in runs if r.res])
     if not cfg.get("group") and len(groups) == 1:
@@ -1200,8 +1472,10 @@ def attach_to_runs(logger_cfg: dict, runs: list[Run], out: Path) -> dict:
     if not cfg.get("run_name"):
         cfg["run_name"] = f"tables-{_slug(cfg.get('group') or out.name)}"
     if len(groups) > 1 and not logger_cfg.get("group"):
-        print(f"[tables] the runs belong to {len(groups)} W&B groups ({', '.join(sorted(groups))}): the tables' run is "
-              f"in none of them (--group names one)")
+        print(
+            f"[tables] the runs belong to {len(groups)} W&B groups ({', '.join(sorted(groups))}): the tables' run is "
+            f"in none of them (--group names one)"
+        )
     return cfg
 
 
@@ -1209,18 +1483,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="+", help="run folders and/or sweep folders (searched recursively for results.json)")
     ap.add_argument("--out", default=None, help="where to write tables and figures (default: the first folder)")
-    ap.add_argument("--preset", default=None, help="use results.json['evals'][PRESET] (from python -m eval) instead of 'eval'")
-    ap.add_argument("--oracle", default=None, metavar="PATH",
-                    help="oracle.json of python -m eval.oracle report (or a folder holding one, e.g. results/oracle): "
-                         "adds each mixer's regret against the best static mixture (regret.md, regret.csv, Table 1)")
+    ap.add_argument(
+        "--preset", default=None, help="use results.json['evals'][PRESET] (from python -m eval) instead of 'eval'"
+    )
+    ap.add_argument(
+        "--oracle",
+        default=None,
+        metavar="PATH",
+        help="oracle.json of python -m eval.oracle report (or a folder holding one, e.g. results/oracle): "
+        "adds each mixer's regret against the best static mixture (regret.md, regret.csv, Table 1)",
+    )
     ap.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B run")
     ap.add_argument("--project", default=None, help="W&B project (default: the runs' own, else tikmix)")
     ap.add_argument("--entity", default=None)
     ap.add_argument("--group", default=None, help="W&B group (default: the runs' own group, i.e. their sweep)")
     ap.add_argument("--name", default=None, help="W&B run name (default: tables-<group>)")
     a = ap.parse_args(argv)
-    logger_cfg = {"name": "wandb", "project": a.project, "entity": a.entity, "group": a.group, "tags": ["tables"],
-                  "mode": None, "run_name": a.name} if a.wandb else None
+    logger_cfg = (
+        {
+            "name": "wandb",
+            "project": a.project,
+            "entity": a.entity,
+            "group": a.group,
+            "tags": ["tables"],
+            "mode": None,
+            "run_name": a.name,
+        }
+        if a.wandb
+        else None
+    )
     missing = [d for d in a.dirs if not Path(d).exists()]
     if len(missing) == len(a.dirs):
         print(f"error: no such folder(s): {', '.join(missing)}", file=sys.stderr)

@@ -7,15 +7,19 @@ The documents are rendered through the lm-eval task's own ``doc_to_text`` / ``do
 tokenised exactly as lm-eval's HFLM splits a (context, continuation) pair: trailing spaces of the context
 move to the continuation, the whole string is encoded and the answer is what follows the context's tokens.
 """
+
 from __future__ import annotations
 
 import random
 from typing import Any, Iterable
 
 import torch
+from omegaconf import DictConfig
 
 from eval import tasks as T
+from eval.stage import _quiet
 from tikmix.errors import ConfigError, DataError
+from tikmix.trainer import eval_windows
 
 # Preferred order of splits to draw target documents from; the split lm-eval evaluates is never used.
 _SPLIT_ORDER = ("validation", "training", "fewshot")
@@ -33,18 +37,25 @@ def target_split(task: Any, field: str = "targets.tasks") -> tuple[str, list]:
     its evaluation split."""
     c = task.config
     scored = eval_split(task)
-    candidates = [("validation", c.validation_split, task.validation_docs),
-                  ("training", c.training_split, task.training_docs),
-                  ("fewshot", getattr(task.fewshot_cfg, "split", None) if getattr(task, "fewshot_cfg", None) else None,
-                   task.fewshot_docs)]
+    candidates = [
+        ("validation", c.validation_split, task.validation_docs),
+        ("training", c.training_split, task.training_docs),
+        (
+            "fewshot",
+            getattr(task.fewshot_cfg, "split", None) if getattr(task, "fewshot_cfg", None) else None,
+            task.fewshot_docs,
+        ),
+    ]
     for _kind, split, getter in candidates:
         if split and split != scored and split != c.test_split:
             docs = getter()
             if docs is not None and len(docs) > 0:
                 return split, list(docs)
     raise ConfigError(
-        field, f"task {task.task_name!r} has only its evaluation split ({scored!r}); a target needs a dev, "
-               f"validation or train split that is not scored, and the test split is never used")
+        field,
+        f"task {task.task_name!r} has only its evaluation split ({scored!r}); a target needs a dev, "
+        f"validation or train split that is not scored, and the test split is never used",
+    )
 
 
 def render(task: Any, doc: dict) -> tuple[str, str]:
@@ -76,7 +87,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         context = context[:-n_spaces]
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
-    return whole[: len(ctx)], whole[len(ctx):]
+    return whole[: len(ctx)], whole[len(ctx) :]
 
 
 def _docs_of(obj: Any, field: str) -> list[tuple[Any, dict]]:
@@ -109,8 +120,9 @@ def _batches(rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: 
     return out
 
 
-def benchmark_targets(task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, seq_len: int, n_tokens: int,
-                      micro_batch: int) -> dict[str, list[dict]]:
+def benchmark_targets(
+    task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, seq_len: int, n_tokens: int, micro_batch: int
+) -> dict[str, list[dict]]:
     """Target sets ``{"task/<name>": [batch, ...]}`` from lm-eval tasks' non-test splits.
 
     Each batch is ``{"input_ids": LongTensor[b, T], "labels": LongTensor[b, T]}`` (HF convention: labels
@@ -128,14 +140,18 @@ def benchmark_targets(task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, 
     ood = set(T.as_list(cfg.get("out_of_domain"), "eval.out_of_domain"))
     bad = [n for n in names if n in ood]
     if bad:
-        raise ConfigError("targets.tasks", f"{bad} are out-of-domain benchmarks of eval={cfg.get('name')}: they "
-                                           f"measure transfer and are never targets; in-domain ones: "
-                                           f"{T.as_list(cfg.get('in_domain'), 'eval.in_domain')}")
+        raise ConfigError(
+            "targets.tasks",
+            f"{bad} are out-of-domain benchmarks of eval={cfg.get('name')}: they "
+            f"measure transfer and are never targets; in-domain ones: "
+            f"{T.as_list(cfg.get('in_domain'), 'eval.in_domain')}",
+        )
     if seq_len < 2 or n_tokens < 1 or micro_batch < 1:
-        raise ConfigError("targets.tasks", f"need seq_len >= 2, n_tokens >= 1, micro_batch >= 1 (got {seq_len}, {n_tokens}, {micro_batch})")
+        raise ConfigError(
+            "targets.tasks",
+            f"need seq_len >= 2, n_tokens >= 1, micro_batch >= 1 (got {seq_len}, {n_tokens}, {micro_batch})",
+        )
     paths = T.include_paths(cfg)
-    from eval.stage import _quiet
-
     out: dict[str, list[dict]] = {}
     with _quiet(cfg.get("log_level")):
         tm = T.resolve(cfg, names, field="targets.tasks")
@@ -152,7 +168,7 @@ def benchmark_targets(task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, 
                 c, a = encode_pair(tokenizer, ctx, ans)
                 if not a or len(a) >= seq_len:
                     continue
-                c = c[-(seq_len - len(a)):]
+                c = c[-(seq_len - len(a)) :]
                 n = len(c) + len(a)
                 if rows and total + n > n_tokens:
                     break
@@ -162,3 +178,66 @@ def benchmark_targets(task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, 
                 raise DataError(f"target task {name!r}: no document fits seq_len={seq_len} with its answer")
             out[f"task/{name}"] = _batches(rows, int(pad_id), int(micro_batch))
     return out
+
+
+# ------------------------------------------------------------------- the target sets of a run (every mixer's)
+def target_tasks(cfg: DictConfig) -> list[str]:
+    """The task targets: ``targets.tasks``, where ``auto`` = the eval preset's in-domain tasks."""
+    tasks = (cfg.get("targets") or {}).get("tasks", "auto")
+    if tasks == "auto":
+        return list(cfg.eval.get("in_domain") or []) if cfg.eval.get("name", "none") != "none" else []
+    if tasks is None or isinstance(tasks, str):
+        raise ConfigError("targets.tasks", f"auto, or a list of in-domain task names, got {tasks!r}")
+    return list(tasks)
+
+
+def targets_auto(cfg: DictConfig) -> bool:
+    """True when the targets are the automatic per-domain held-out texts (no task targets, domains auto)."""
+    return (cfg.get("targets") or {}).get("domains", "auto") == "auto" and not target_tasks(cfg)
+
+
+def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
+    """Target sets the mixers optimise for (methods.md, "Targets"), the same for every mixer of a comparison.
+
+    ``targets.tasks``: benchmark-derived sets (a task's dev split, loss on the gold answer only); ``auto`` =
+    the in-domain tasks of the eval preset. ``targets.domains``: held-out (val split) text of domains;
+    ``auto`` = every domain when there are no task targets, else none.
+    """
+    tcfg = cfg.get("targets") or {}
+    n_tokens = int(tcfg.get("tokens", 8192))
+    mb = int(cfg.budget.micro_batch)
+    tasks = target_tasks(cfg)
+    names = tcfg.get("domains", "auto")
+    if names == "auto":
+        names = [] if tasks else domains
+    elif names is None or isinstance(names, str):
+        raise ConfigError("targets.domains", f"auto, or a list of domain names, got {names!r}")
+    names = list(names)
+    unknown = [d for d in names if d not in domains]
+    if unknown:
+        raise ConfigError("targets.domains", f"unknown domain(s) {unknown}; the data has {domains}")
+    if not names and not tasks:
+        raise ConfigError("targets", "no target sets: give targets.domains or targets.tasks (or leave them auto)")
+    out: dict[str, list[dict]] = {}
+    for d in names:
+        w = eval_windows(shards.tokens(d, "val"), seq_len, n_tokens)
+        x = torch.from_numpy(w[:, :-1])
+        out[f"val/{d}"] = [{"input_ids": x[i : i + mb], "labels": x[i : i + mb]} for i in range(0, len(x), mb)]
+    if tasks:
+        out.update(benchmark_targets(list(tasks), cfg.eval, shards.tokenizer, seq_len, n_tokens, mb))
+    return out
+
+
+def describe_targets(cfg: DictConfig, targets: dict[str, list[dict]]) -> str:
+    """One console line: what the mixers optimise for (the target sets, their tokens) and where they come from."""
+    sizes = ", ".join(f"{n} ({sum(int(b['input_ids'].numel()) for b in bs):,})" for n, bs in targets.items())
+    if target_tasks(cfg):
+        why = f"targets.tasks: dev splits of eval={cfg.eval.name}'s in-domain tasks"
+    elif targets_auto(cfg):
+        why = (
+            f"targets.domains=auto with no task targets (eval={cfg.eval.name}): every domain's held-out text; "
+            "TiKMiX averages them into one target"
+        )
+    else:
+        why = "targets.domains"
+    return f"[tikmix] targets ({why}), tokens per set: {sizes}"

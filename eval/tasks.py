@@ -13,6 +13,7 @@ Shared by the evaluation stage (:mod:`eval.stage`) and the benchmark-derived tar
   while tasks load, so a cached copy is used and a missing one fails at once instead of after a minute of
   retries; the error says the task needs hub access or a local copy.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -22,7 +23,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
 
+import yaml
+
+from eval.synthetic_tasks import synthetic_task_dir
 from tikmix.errors import ConfigError, DataError
 
 _TM_CACHE: dict[tuple, Any] = {}
@@ -64,8 +69,6 @@ def include_paths(cfg: Mapping[str, Any]) -> list[Path]:
     paths: list[Path] = []
     syn = cfg.get("synthetic")
     if syn:
-        from eval.synthetic_tasks import synthetic_task_dir
-
         paths.append(synthetic_task_dir(syn))
     for p in as_list(cfg.get("include_path"), "eval.include_path"):
         path = Path(p).expanduser().resolve()
@@ -83,7 +86,6 @@ def include_paths(cfg: Mapping[str, Any]) -> list[Path]:
 def _check_yaml(path: Path) -> None:
     """A task YAML that does not parse is refused by name (lm-eval would skip it, and its task would then
     be reported unknown). lm-eval's ``!function`` tags are accepted, never executed here."""
-    import yaml
 
     class _Loader(yaml.SafeLoader):
         pass
@@ -136,11 +138,14 @@ def resolve(cfg: Mapping[str, Any], names: list[str], field: str = "eval.tasks")
         parts = []
         local = [n for n in tm.all_tasks if _from_folders(tm, n, paths)]
         for n in unknown:
-            close = difflib.get_close_matches(n, local, n=5, cutoff=0.6) or \
-                difflib.get_close_matches(n, tm.all_tasks, n=5, cutoff=0.6)
+            close = difflib.get_close_matches(n, local, n=5, cutoff=0.6) or difflib.get_close_matches(
+                n, tm.all_tasks, n=5, cutoff=0.6
+            )
             parts.append(f"{n!r}" + (f" (did you mean: {', '.join(close)}?)" if close else ""))
         where = f" in {', '.join(str(p) for p in paths)} or" if paths else ""
-        raise ConfigError(field, f"unknown lm-eval task(s) {', '.join(parts)}: not found{where} among lm-eval's built-in tasks")
+        raise ConfigError(
+            field, f"unknown lm-eval task(s) {', '.join(parts)}: not found{where} among lm-eval's built-in tasks"
+        )
     return tm
 
 
@@ -154,14 +159,14 @@ def _from_folders(tm: Any, name: str, paths: list[Path]) -> bool:
 
 
 def _offline_env() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in _TRUE
-               for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE
+        for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     """Whether the Hugging Face hub answers a TCP connection (cached for a minute)."""
-    from urllib.parse import urlparse
-
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     u = urlparse(endpoint)
     host, port = u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)
@@ -222,9 +227,18 @@ def _first_line(e: BaseException) -> str:
     return (s[0] if s else "")[:300]
 
 
-_DATA_ERRORS = ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError",
-                "FileNotFoundError", "HfHubHTTPError", "RepositoryNotFoundError", "GatedRepoError",
-                "EmptyDatasetError", "DataFilesNotFoundError")
+_DATA_ERRORS = (
+    "ConnectionError",
+    "OfflineModeIsEnabled",
+    "LocalEntryNotFoundError",
+    "DatasetNotFoundError",
+    "FileNotFoundError",
+    "HfHubHTTPError",
+    "RepositoryNotFoundError",
+    "GatedRepoError",
+    "EmptyDatasetError",
+    "DataFilesNotFoundError",
+)
 
 
 def load_task(tm: Any, name: str, paths: list[Path]) -> dict:

@@ -1,4 +1,5 @@
 """Shared fixtures: the real Hydra config, composed once, patched for CPU, offline and tmp dirs."""
+
 from __future__ import annotations
 
 import os
@@ -19,18 +20,24 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # Small but real synthetic corpus for tests: enough tokens for smoke budgets, built once per session.
-SMOKE_DOCS = ("{train: {arith: 300, facts: 120, grammar: 300, copy: 300, rumors: 120, slang: 300, boiler: 300, noise: 300, "
-              "spam: 300, logs: 300}, "
-              "val: {arith: 40, facts: 40, grammar: 40, copy: 40, rumors: 40, slang: 40, boiler: 40, noise: 40, spam: 40, "
-              "logs: 40}, "
-              "test: {arith: 40, facts: 40, grammar: 40, copy: 40, rumors: 40, slang: 40, boiler: 40, noise: 40, spam: 40, "
-              "logs: 40}}")
+SMOKE_DOCS = (
+    "{train: {arith: 300, facts: 120, grammar: 300, copy: 300, rumors: 120, slang: 300, boiler: 300, noise: 300, "
+    "spam: 300, logs: 300}, "
+    "val: {arith: 40, facts: 40, grammar: 40, copy: 40, rumors: 40, slang: 40, boiler: 40, noise: 40, spam: 40, "
+    "logs: 40}, "
+    "test: {arith: 40, facts: 40, grammar: 40, copy: 40, rumors: 40, slang: 40, boiler: 40, noise: 40, spam: 40, "
+    "logs: 40}}"
+)
 
 
 def compose(overrides: list[str] | None = None):
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tikmix.config import register_configs
+
+    register_configs()  # as train.py does: the schemas the presets name, every mixer's among them
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = hcompose(config_name="config", overrides=list(overrides or []))
@@ -46,10 +53,18 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_overrides(cache_dir) -> list[str]:
     return [
-        "model=tiny", "budget=smoke", "logger=none", "eval=none", "trainer.progress=false",
-        f"data.cache_dir={cache_dir}", f"data.synthetic.docs={SMOKE_DOCS}",
-        "data.tokenizer.vocab_size=512", "data.tokenizer.train_docs_per_domain=200",
-        "trainer.val_tokens=1024", "trainer.test_tokens=1024", "targets.tokens=512",
+        "model=tiny",
+        "budget=smoke",
+        "logger=none",
+        "eval=none",
+        "trainer.progress=false",
+        f"data.cache_dir={cache_dir}",
+        f"data.synthetic.docs={SMOKE_DOCS}",
+        "data.tokenizer.vocab_size=512",
+        "data.tokenizer.train_docs_per_domain=200",
+        "trainer.val_tokens=1024",
+        "trainer.test_tokens=1024",
+        "targets.tokens=512",
     ]
 
 

@@ -1,5 +1,6 @@
 """Aioli (baselines/aioli.py): LearnParams as a pure function, the schedule, the mixtures actually sampled, and
 end-to-end runs of the real entry point (budget, ledger, resume across an exploration interval)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import baselines.aioli as aioli_mod
 from baselines.aioli import (
     PUBLISHED,
     Aioli,
@@ -19,18 +19,25 @@ from baselines.aioli import (
     learn_params,
     normalize_A,
 )
+from tests.conftest import run_until_crash
+from tests.probes import StubProbe
 from tikmix.errors import ConfigError
-from tikmix.mixer import DomainStats, MixerContext, build_mixer
+from tikmix.mixer import DomainStats, MixerContext, TargetLosses, build_mixer
 from tikmix.run import run
 from tikmix.sampler import MixtureSampler
-from tests.conftest import run_until_crash
 from tikmix.trainer import Trainer
 
 
 def ctx(m: int, total_steps: int = 200, seed: int = 0) -> MixerContext:
     doms = [f"d{i}" for i in range(m)]
-    return MixerContext(domains=doms, train_tokens={d: 10_000 for d in doms}, total_steps=total_steps, tokens_per_step=64,
-                        seq_len=16, seed=seed)
+    return MixerContext(
+        domains=doms,
+        train_tokens={d: 10_000 for d in doms},
+        total_steps=total_steps,
+        tokens_per_step=64,
+        seq_len=16,
+        seed=seed,
+    )
 
 
 def sampler(m: int, batch: int, seed: int = 0) -> MixtureSampler:
@@ -71,7 +78,9 @@ def test_m7_one_hot_075_batch_8_the_public_code_defect():
 
 def test_every_weight_the_mixer_asks_for_gives_valid_counts():
     m = 7
-    mixer = build_mixer({"name": "aioli", "k": 2, "interval_steps": 3, "rounds": 2}, [f"d{i}" for i in range(m)], ctx(m, 100))
+    mixer = build_mixer(
+        {"name": "aioli", "k": 2, "interval_steps": 3, "rounds": 2}, [f"d{i}" for i in range(m)], ctx(m, 100)
+    )
     s = sampler(m, 8)
     P = exploration_mixtures(m, 0.75)
     for step in range(100):
@@ -85,7 +94,7 @@ def test_every_weight_the_mixer_asks_for_gives_valid_counts():
 
 def test_exploration_order_is_k_permutations_and_deterministic():
     o = exploration_order(5, 3, seed=1, round_idx=2)
-    assert len(o) == 15 and all(sorted(o[i * 5:(i + 1) * 5]) == list(range(5)) for i in range(3))
+    assert len(o) == 15 and all(sorted(o[i * 5 : (i + 1) * 5]) == list(range(5)) for i in range(3))
     assert np.array_equal(o, exploration_order(5, 3, seed=1, round_idx=2))
     assert not np.array_equal(o, exploration_order(5, 3, seed=1, round_idx=3))
 
@@ -169,7 +178,9 @@ def test_published_defaults_and_config_errors():
     assert (m7.k, m7.interval_steps, m7.one_hot_weight, m7.eta, m7.ema) == (2, 10, 0.75, 1.0, 0.1)
     assert m7.info["rounds"] == 2 and m7.info["explore_steps_per_round"] == 140
     m2 = build_mixer({"name": "aioli"}, ["a", "b"], ctx(2, 500))
-    assert (m2.k, m2.interval_steps, m2.one_hot_weight, m2.eta, m2.ema) == tuple(PUBLISHED[2][k] for k in ("k", "interval_steps", "one_hot_weight", "eta", "ema"))
+    assert (m2.k, m2.interval_steps, m2.one_hot_weight, m2.eta, m2.ema) == tuple(
+        PUBLISHED[2][k] for k in ("k", "interval_steps", "one_hot_weight", "eta", "ema")
+    )
     doms = ["a", "b", "c"]
     for cfg, match in [
         ({"name": "aioli", "nope": 1}, "mixer.nope: unknown key"),
@@ -186,31 +197,42 @@ def test_published_defaults_and_config_errors():
 
 
 # --- the mixer's own loop with a planted loss model (no model, no trainer) --------------------------------
-class FakeProbe:
-    def __init__(self, step, charged):
-        self.step = step
-        self.flops_per_token = 3.0
-        self._charged = charged
+class FakeProbe(StubProbe):
+    """Target losses from a planted loss model ``losses() -> (names, L)``; each pass costs 10 FLOPs, charged as asked."""
 
-    def charge(self, flops, what):
-        self._charged.append((what, flops))
+    def __init__(self, step, charged, losses):
+        self.step, self._charged, self._losses = step, charged, losses
+
+    def target_losses(self, n_tokens=None, charge_as=None):
+        names, L = self._losses()
+        self._charged.append((charge_as, 10.0))
+        return TargetLosses(dict(zip(names, L.tolist())), flops=10.0)
 
 
-def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P(monkeypatch):
+def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P():
     """Simulated trainer: each step on mixture w lowers target losses by A·w. Each round's A estimate must be
     interval_steps·A, and every step of interval i must have used exactly P[order[i]]."""
     m, n, I, total = 3, 3, 2, 90
     A = np.array([[0.30, 0.05, 0.00], [0.02, 0.20, 0.10], [0.00, 0.04, 0.25]])
     state = {"L": np.full(n, 6.0)}
-    monkeypatch.setattr(aioli_mod, "measure_target_losses", lambda probe, n_tokens=None: (["t0", "t1", "t2"], state["L"].copy(), 10))
     doms = ["a", "b", "c"]
-    mixer = Aioli({"name": "aioli", "k": 2, "interval_steps": I, "rounds": 3, "init_steps": 6,
-                   "init_weights": {"a": 0.2, "b": 0.8}}, doms, ctx(3, total))
+    mixer = Aioli(
+        {
+            "name": "aioli",
+            "k": 2,
+            "interval_steps": I,
+            "rounds": 3,
+            "init_steps": 6,
+            "init_weights": {"a": 0.2, "b": 0.8},
+        },
+        doms,
+        ctx(3, total),
+    )
     s = sampler(m, 8)
     probes, charged, used = set(mixer.probe_steps()), [], []
     for step in range(total):
         if step in probes:
-            mixer.on_probe(FakeProbe(step, charged))
+            mixer.on_probe(FakeProbe(step, charged, lambda: (["t0", "t1", "t2"], state["L"].copy())))
         w = mixer.weights(step)
         used.append(w)
         state["L"] = state["L"] - A @ w
@@ -232,7 +254,7 @@ def test_mixer_loop_recovers_planted_A_and_trains_on_the_rows_of_P(monkeypatch):
 
 
 @pytest.mark.parametrize("update,p0", [("anchored", "init"), ("cumulative", "init"), ("anchored", "uniform")])
-def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(monkeypatch, update, p0):
+def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(update, p0):
     """A different planted A each round (its columns rotate, so Ā changes shape, not just scale), ema = 0.3:
     Ā_t = (A_t − min)/sum, E_t = 0.7·Ā_t + 0.3·E_{t−1} (E_0 = Ā_0), p_t ∝ b·exp(η Σ_i E_t[i, :]) with b = p⁰
     (anchored) or p_{t−1} (cumulative; p_{−1} = p⁰), p⁰ = the restricted phase's mixture (init) or uniform."""
@@ -240,13 +262,26 @@ def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(mon
     base = np.array([[0.30, 0.05, -0.02], [0.02, 0.20, 0.10], [0.00, 0.04, 0.25]])
     A_rounds = [np.roll(base, r, axis=1) for r in range(3)]
     state = {"L": np.full(m, 6.0)}
-    monkeypatch.setattr(aioli_mod, "measure_target_losses", lambda probe, n_tokens=None: (["t0", "t1", "t2"], state["L"].copy(), 10))
-    mixer = Aioli({"name": "aioli", "k": 1, "interval_steps": I, "rounds": 3, "init_steps": 6, "eta": eta, "ema": ema,
-                   "update": update, "p0": p0, "init_weights": dict(zip("abc", init.tolist()))}, ["a", "b", "c"], ctx(3, 90))
+    mixer = Aioli(
+        {
+            "name": "aioli",
+            "k": 1,
+            "interval_steps": I,
+            "rounds": 3,
+            "init_steps": 6,
+            "eta": eta,
+            "ema": ema,
+            "update": update,
+            "p0": p0,
+            "init_weights": dict(zip("abc", init.tolist())),
+        },
+        ["a", "b", "c"],
+        ctx(3, 90),
+    )
     probes = set(mixer.probe_steps())
     for step in range(90):
         if step in probes:
-            mixer.on_probe(FakeProbe(step, []))
+            mixer.on_probe(FakeProbe(step, [], lambda: (["t0", "t1", "t2"], state["L"].copy())))
         r = max(0, mixer.phase(step)[1])
         state["L"] = state["L"] - A_rounds[r] @ mixer.weights(step)
         mixer.observe(DomainStats(step=step, counts=np.ones(m, np.int64), loss=np.ones(m), tokens=np.ones(m)))
@@ -260,22 +295,25 @@ def test_ema_of_A_and_the_update_base_by_hand_with_a_different_A_every_round(mon
         b = p_start if update == "anchored" else p_prev
         p = b * np.exp(eta * E.sum(axis=0))
         p /= p.sum()
-        assert np.allclose(h["A_used"], E, atol=1e-10) and np.allclose(list(h["weights"].values()), p, atol=1e-10), (r, update, p0)
+        assert np.allclose(h["A_used"], E, atol=1e-10) and np.allclose(list(h["weights"].values()), p, atol=1e-10), (
+            r,
+            update,
+            p0,
+        )
         assert np.allclose(list(h["weights_before"].values()), p_prev, atol=1e-12)
         p_prev = p
     assert len(mixer.history) == 3
 
 
-def test_state_dict_mid_round_resumes_exactly(monkeypatch):
+def test_state_dict_mid_round_resumes_exactly():
     L = {"v": np.array([5.0, 4.0])}
-    monkeypatch.setattr(aioli_mod, "measure_target_losses", lambda probe, n_tokens=None: (["t0", "t1"], L["v"].copy(), 4))
     cfg = {"name": "aioli", "k": 1, "interval_steps": 1, "rounds": 2}
     A = np.array([[0.2, 0.01], [0.03, 0.1]])
 
     def go(mixer, lo, hi):
         for step in range(lo, hi):
             if step in mixer.probe_steps():
-                mixer.on_probe(FakeProbe(step, []))
+                mixer.on_probe(FakeProbe(step, [], lambda: (["t0", "t1"], L["v"].copy())))
             w = mixer.weights(step)
             L["v"] = L["v"] - A @ w + 0.001 * np.sin(step)
             mixer.observe(DomainStats(step=step, counts=np.array([1, 1]), loss=np.ones(2), tokens=np.array([4, 4])))
@@ -296,9 +334,20 @@ def test_state_dict_mid_round_resumes_exactly(monkeypatch):
 # 48 steps of 8 x 64 tokens: restricted phase [0, 4), round 0 = [4, 26), round 1 = [26, 48), each exploring its
 # first K·2 steps (K = m intervals of 2 steps: 20 steps for the ten-domain synthetic data).
 TOTAL_TOKENS, STEPS = 24576, 48
-AIOLI_E2E = ["mixer=aioli", f"budget.total_tokens={TOTAL_TOKENS}", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
-             "mixer.rounds=2", "mixer.init_steps=4", "mixer.init_weights={arith: 0.5, copy: 0.5}", "mixer.eval_tokens=256",
-             "trainer.eval_every=0", "trainer.ckpt_every=9", "trainer.save_final_model=false"]
+AIOLI_E2E = [
+    "mixer=aioli",
+    f"budget.total_tokens={TOTAL_TOKENS}",
+    "budget.batch_size=8",
+    "mixer.k=1",
+    "mixer.interval_steps=2",
+    "mixer.rounds=2",
+    "mixer.init_steps=4",
+    "mixer.init_weights={arith: 0.5, copy: 0.5}",
+    "mixer.eval_tokens=256",
+    "trainer.eval_every=0",
+    "trainer.ckpt_every=9",
+    "trainer.save_final_model=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +376,9 @@ def test_e2e_budget_steps_ledger_and_history(aioli_run):
     rd, res, used = aioli_run
     total = STEPS
     assert res["steps"] == total == len(used) and [u[0] for u in used] == list(range(total))
-    assert sum(res["tokens_seen"].values()) == TOTAL_TOKENS  # exploration steps are steps of the budget: no extra tokens
+    assert (
+        sum(res["tokens_seen"].values()) == TOTAL_TOKENS
+    )  # exploration steps are steps of the budget: no extra tokens
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
     opt_steps = {int(s["step"]) for s in ck["optimizer"]["state"].values()}
     assert opt_steps == {total} and ck["step"] == total
@@ -348,7 +399,7 @@ def test_e2e_budget_steps_ledger_and_history(aioli_run):
         # exploitation: the round's updated p is what is trained on
         p = np.array(list(h["weights"].values()))
         r_end = h["round_steps"][1]
-        assert all(np.array_equal(w, p) for s, w, _ in used[h["explore_steps"][1]:r_end])
+        assert all(np.array_equal(w, p) for s, w, _ in used[h["explore_steps"][1] : r_end])
     fw = np.array(list(res["final_weights"].values()))
     assert abs(fw.sum() - 1) < 1e-12 and fw.min() > 0 and np.allclose(fw, list(hist[-1]["weights"].values()))
     c = res["compute"]
@@ -362,11 +413,11 @@ def test_e2e_resume_across_an_exploration_interval(aioli_run, make_cfg, tmp_path
     rd_full, res_full, _ = aioli_run
     rd = tmp_path / "interrupted"
     cfg = make_cfg(*AIOLI_E2E, run_dir=rd)
-    # round 1 explores from step 26 in intervals [26, 28), [28, 30), ..., [44, 46); the checkpoint after 36 steps
-    # holds the boundary losses evaluated at steps 26, 28, ..., 34
+    # 44 dynamic steps after init_steps=4 make rounds [4, 26) and [26, 48); round 1 explores in intervals [26, 28),
+    # [28, 30), ...: the checkpoint at 36 holds the boundary measurements at 26, 28, ..., 34 and resumes mid-round
     run_until_crash(cfg, 38, quiet=True)
     ck = torch.load(rd / "checkpoints" / "last.pt", weights_only=True)
-    assert ck["step"] == 36 and ck["mixer"]["acc"] is not None and len(ck["mixer"]["acc"]["losses"]) == 5
+    assert ck["step"] == 36 and ck["mixer"]["acc"]["round"] == 1 and len(ck["mixer"]["acc"]["losses"]) == 5
     res = run(cfg, quiet=True)
     assert res["val_loss"] == res_full["val_loss"]  # bit-exact on CPU
     assert res["mixer_history"] == res_full["mixer_history"] and res["final_weights"] == res_full["final_weights"]

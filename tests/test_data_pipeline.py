@@ -1,4 +1,5 @@
 """The data pipeline end to end on tiny data: sources -> tokenizer -> cached token shards."""
+
 from __future__ import annotations
 
 import gzip
@@ -53,13 +54,16 @@ def write_jsonl(path: Path, rows: list[dict], frames: int = 1) -> None:
 
 
 def pile_rows(split: str, domains: list[str], n: int, field: str = "pile_set_name") -> list[dict]:
-    return [{"text": f"{split} doc {i} of {d}: the {d.lower()} says hello {i * 7}.", "meta": {field: d}}
-            for i in range(n) for d in domains]
+    return [
+        {"text": f"{split} doc {i} of {d}: the {d.lower()} says hello {i * 7}.", "meta": {field: d}}
+        for i in range(n)
+        for d in domains
+    ]
 
 
 def decode_docs(ss: ShardSet, domain: str, split: str) -> list[str]:
     toks, off = ss.tokens(domain, split), ss.doc_offsets(domain, split)
-    return [ss.tokenizer.decode(toks[off[i]:off[i + 1] - 1]) for i in range(len(off) - 1)]
+    return [ss.tokenizer.decode(toks[off[i] : off[i + 1] - 1]) for i in range(len(off) - 1)]
 
 
 # ------------------------------------------------------------------------------------------ synthetic
@@ -79,9 +83,9 @@ def test_synthetic_end_to_end_and_cache_reuse(tmp_path, monkeypatch):
             assert toks.dtype == np.uint16 and toks.ndim == 1 and not toks.flags.writeable
             assert off.dtype == np.int64 and len(off) == 21 and off[0] == 0
             assert off[-1] == len(toks) == ss.num_tokens(domain, split)
-            assert np.all(np.diff(off) >= 2)                       # every doc: >= 1 token + eos
-            assert np.all(toks[off[1:] - 1] == ss.eos_id)          # each document ends with eos
-            assert np.count_nonzero(toks == ss.eos_id) == 20       # ... and eos appears nowhere else
+            assert np.all(np.diff(off) >= 2)  # every doc: >= 1 token + eos
+            assert np.all(toks[off[1:] - 1] == ss.eos_id)  # each document ends with eos
+            assert np.count_nonzero(toks == ss.eos_id) == 20  # ... and eos appears nowhere else
             expected = [t for d, t in iter_documents(cfg, split) if d == domain]
             assert decode_docs(ss, domain, split) == expected
             rec = ss.manifest["domains"][domain]["splits"][split]
@@ -153,10 +157,17 @@ def test_pile_layout_jsonl_zst(tmp_path):
     write_jsonl(root / "train" / "01.jsonl.zst", pile_rows("train2", names, 4))
     write_jsonl(root / "val.jsonl.zst", pile_rows("val", names, 3))
     write_jsonl(root / "test.jsonl.zst", pile_rows("test", names, 2))
-    cfg = {"source": "jsonl", "root": str(root), "train_files": "train/*.jsonl.zst", "val_files": "val.jsonl.zst",
-           "test_files": "test.jsonl.zst", "domain_field": "meta.pile_set_name",
-           "exclude": ["Github"], "cache_dir": str(tmp_path / "cache"),
-           "tokenizer": {"vocab_size": 300}}
+    cfg = {
+        "source": "jsonl",
+        "root": str(root),
+        "train_files": "train/*.jsonl.zst",
+        "val_files": "val.jsonl.zst",
+        "test_files": "test.jsonl.zst",
+        "domain_field": "meta.pile_set_name",
+        "exclude": ["Github"],
+        "cache_dir": str(tmp_path / "cache"),
+        "tokenizer": {"vocab_size": 300},
+    }
     train = list(iter_documents(cfg, "train"))
     assert len(train) == 20 and {d for d, _ in train} == {"Pile-CC", "PubMed Central"}
     assert train[0] == ("Pile-CC", "train doc 0 of Pile-CC: the pile-cc says hello 0.")
@@ -165,7 +176,9 @@ def test_pile_layout_jsonl_zst(tmp_path):
     ss = prepare_data(dict(cfg, max_docs=4))
     assert ss.domains == ["Pile-CC", "PubMed Central"]
     assert [ss.num_docs("PubMed Central", s) for s in SPLITS] == [4, 3, 2]
-    assert decode_docs(ss, "PubMed Central", "test") == [t for d, t in iter_documents(cfg, "test") if d == "PubMed Central"]
+    assert decode_docs(ss, "PubMed Central", "test") == [
+        t for d, t in iter_documents(cfg, "test") if d == "PubMed Central"
+    ]
     folder = ss.manifest["domains"]["PubMed Central"]["dir"]
     assert " " not in folder and (ss.root / folder / "train.bin").is_file()
 
@@ -177,14 +190,26 @@ def test_slimpajama_layout_and_carved_holdout(tmp_path):
     root = tmp_path / "slim"
     names = ["RedPajamaC4", "RedPajamaGithub"]
     for chunk in (1, 2):
-        write_jsonl(root / "train" / f"chunk{chunk}" / "example_train_0.jsonl.zst",
-                    pile_rows(f"train{chunk}", names, 5, "redpajama_set_name"))
-    write_jsonl(root / "validation" / "chunk1" / "example_val_0.jsonl.zst", pile_rows("val", names, 2, "redpajama_set_name"))
-    write_jsonl(root / "test" / "chunk1" / "example_test_0.jsonl.zst", pile_rows("test", names, 2, "redpajama_set_name"))
-    cfg = {"source": "jsonl", "root": str(root), "train_files": "train/**/*.jsonl.zst",
-           "val_files": "validation/**/*.jsonl.zst", "test_files": "test/**/*.jsonl.zst",
-           "domain_field": "meta.redpajama_set_name", "cache_dir": str(tmp_path / "cache"),
-           "tokenizer": {"vocab_size": 300}}
+        write_jsonl(
+            root / "train" / f"chunk{chunk}" / "example_train_0.jsonl.zst",
+            pile_rows(f"train{chunk}", names, 5, "redpajama_set_name"),
+        )
+    write_jsonl(
+        root / "validation" / "chunk1" / "example_val_0.jsonl.zst", pile_rows("val", names, 2, "redpajama_set_name")
+    )
+    write_jsonl(
+        root / "test" / "chunk1" / "example_test_0.jsonl.zst", pile_rows("test", names, 2, "redpajama_set_name")
+    )
+    cfg = {
+        "source": "jsonl",
+        "root": str(root),
+        "train_files": "train/**/*.jsonl.zst",
+        "val_files": "validation/**/*.jsonl.zst",
+        "test_files": "test/**/*.jsonl.zst",
+        "domain_field": "meta.redpajama_set_name",
+        "cache_dir": str(tmp_path / "cache"),
+        "tokenizer": {"vocab_size": 300},
+    }
     counts = {s: len(list(iter_documents(cfg, s))) for s in SPLITS}
     assert counts == {"train": 20, "val": 4, "test": 4}
     ss = prepare_data(cfg)
@@ -204,13 +229,20 @@ def test_jsonl_errors(tmp_path):
     rows = pile_rows("train", ["A"], 3)
     rows.insert(2, {"text": "no domain here", "meta": {}})
     write_jsonl(root / "bad.jsonl", rows)
-    cfg = {"source": "jsonl", "root": str(root), "train_files": "bad.jsonl", "val_files": "bad.jsonl",
-           "test_files": "bad.jsonl"}
+    cfg = {
+        "source": "jsonl",
+        "root": str(root),
+        "train_files": "bad.jsonl",
+        "val_files": "bad.jsonl",
+        "test_files": "bad.jsonl",
+    }
     with pytest.raises(DataError) as err:
         list(iter_documents(cfg, "train"))
     assert "bad.jsonl:3" in str(err.value) and "meta.pile_set_name" in str(err.value)
 
-    blob = zstandard.ZstdCompressor().compress(b"".join(json.dumps(r).encode() + b"\n" for r in pile_rows("t", ["A"], 200)))
+    blob = zstandard.ZstdCompressor().compress(
+        b"".join(json.dumps(r).encode() + b"\n" for r in pile_rows("t", ["A"], 200))
+    )
     (root / "cut.jsonl.zst").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match=r"cut\.jsonl\.zst: truncated zstd"):
         list(iter_documents(dict(cfg, train_files="cut.jsonl.zst"), "train"))
@@ -218,7 +250,16 @@ def test_jsonl_errors(tmp_path):
     with pytest.raises(DataError, match=r"junk\.jsonl\.zst: corrupt zstd"):
         list(iter_documents(dict(cfg, train_files="junk.jsonl.zst"), "train"))
     write_jsonl(root / "ok.jsonl.gz", pile_rows("g", ["A"], 2))
-    assert len(list(iter_documents(dict(cfg, train_files="*.jsonl.gz", val_files=None, holdout={"val": 0, "test": 0}), "train"))) == 2
+    assert (
+        len(
+            list(
+                iter_documents(
+                    dict(cfg, train_files="*.jsonl.gz", val_files=None, holdout={"val": 0, "test": 0}), "train"
+                )
+            )
+        )
+        == 2
+    )
 
     with pytest.raises(DataError, match="no .* files match data.train_files"):
         list(iter_documents(dict(cfg, train_files="nothing/*.jsonl"), "train"))
@@ -233,8 +274,16 @@ def test_jsonl_errors(tmp_path):
     write_jsonl(root / "v.jsonl", pile_rows("v", ["A"], 2))
     write_jsonl(root / "t.jsonl", pile_rows("t", ["A", "B"], 2))
     with pytest.raises(DataError, match="domain 'B' has no documents in split 'val'"):
-        prepare_data(dict(cfg, train_files="t.jsonl", val_files="v.jsonl", test_files="t.jsonl",
-                          cache_dir=str(tmp_path / "c"), tokenizer={"vocab_size": 260}))
+        prepare_data(
+            dict(
+                cfg,
+                train_files="t.jsonl",
+                val_files="v.jsonl",
+                test_files="t.jsonl",
+                cache_dir=str(tmp_path / "c"),
+                tokenizer={"vocab_size": 260},
+            )
+        )
     assert not list((tmp_path / "c").glob("*.tmp-*"))
 
 
@@ -249,8 +298,13 @@ def test_text_dir_with_holdout(tmp_path):
             sub.mkdir(parents=True, exist_ok=True)
             (sub / f"{i:02d}.txt").write_text(f"{domain} file {i}: " + "lorem ipsum " * (i % 5 + 1))
     (root / "code" / "notes.md").write_text("not a .txt, ignored")
-    cfg = {"source": "text_dir", "root": str(root), "holdout": {"val": 0.2, "test": 0.2},
-           "cache_dir": str(tmp_path / "cache"), "tokenizer": {"vocab_size": 280}}
+    cfg = {
+        "source": "text_dir",
+        "root": str(root),
+        "holdout": {"val": 0.2, "test": 0.2},
+        "cache_dir": str(tmp_path / "cache"),
+        "tokenizer": {"vocab_size": 280},
+    }
     assert list_domains(cfg) == ["code", "legal"]
     parts = {s: list(iter_documents(cfg, s)) for s in SPLITS}
     assert sum(len(p) for p in parts.values()) == 60
@@ -264,10 +318,19 @@ def test_hf_json_streaming_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, [{"text": f"row {i} about {d}", "src": d} for i in range(20) for d in ("web", "wiki")])
-    cfg = {"source": "hf", "hf": {"path": "json", "data_files": str(path), "streaming": True,
-                                  "splits": {"train": "train", "val": None, "test": None}},
-           "domain_field": "src", "holdout": {"val": 0.2, "test": 0.2},
-           "cache_dir": str(tmp_path / "cache"), "tokenizer": {"vocab_size": 270}}
+    cfg = {
+        "source": "hf",
+        "hf": {
+            "path": "json",
+            "data_files": str(path),
+            "streaming": True,
+            "splits": {"train": "train", "val": None, "test": None},
+        },
+        "domain_field": "src",
+        "holdout": {"val": 0.2, "test": 0.2},
+        "cache_dir": str(tmp_path / "cache"),
+        "tokenizer": {"vocab_size": 270},
+    }
     parts = {s: list(iter_documents(cfg, s)) for s in SPLITS}
     assert sum(len(p) for p in parts.values()) == 40 and all(parts.values())
     ss = prepare_data(cfg)
@@ -345,6 +408,6 @@ def test_concurrent_prepare_builds_one_entry(tmp_path):
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
-    assert len({m for _, m in results}) == 1          # identical manifests (same creation time: one build)
+    assert len({m for _, m in results}) == 1  # identical manifests (same creation time: one build)
     assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [cache_key(cfg)]
     assert not list(cache.glob("*.tmp-*"))

@@ -1,19 +1,20 @@
 """DGA / online DoGE (baselines/dga.py): the update rule, the alignment on planted domains (through the shared
-tikmix.influence code), and end-to-end runs with the gradient passes charged to the ledger."""
-from __future__ import annotations
+tikmix.method.influence code), and end-to-end runs with the gradient passes charged to the ledger."""
 
-import contextlib
+from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from baselines.dga import DGA, doge_scores, doge_update, dga_update
-from tikmix.errors import ConfigError
-from tikmix.influence import gradient_alignment
-from tikmix.mixer import MixerContext, build_mixer
-from tikmix.run import run
+from baselines.dga import DGA, dga_update, doge_scores, doge_update
 from tests.conftest import run_until_crash
+from tests.probes import StubProbe
+from tikmix.errors import ConfigError
+from tikmix.method.influence import gradient_alignment
+from tikmix.mixer import MixerContext, build_mixer
+from tikmix.mixer_helpers import take_tokens
+from tikmix.run import run
 from tikmix.trainer import Trainer
 
 
@@ -54,21 +55,32 @@ def test_doge_rule_by_hand_with_both_clips_active():
 
 
 def test_config_errors():
-    c = MixerContext(domains=["a", "b"], train_tokens={"a": 1, "b": 1}, total_steps=10, tokens_per_step=8, seq_len=4, seed=0)
-    for cfg, match in [({"name": "dga", "ema": 1.0}, "mixer.ema"), ({"name": "dga", "normalize": "l2"}, "mixer.normalize"),
-                       ({"name": "dga", "update_every": 0}, "mixer.update_every"), ({"name": "dga", "params": "x"}, "mixer.params"),
-                       ({"name": "dga", "zz": 0}, "mixer.zz: unknown key"), ({"name": "dga", "rule": "x"}, "mixer.rule: one of"),
-                       ({"name": "dga", "mu": 0.01}, "mixer.mu: only used by rule 'doge'"),
-                       ({"name": "dga", "rule": "doge", "eta": 1.0}, "mixer.eta: only used by rule 'dga'"),
-                       ({"name": "dga", "rule": "doge", "mu": 0}, "mixer.mu: must be >"),
-                       ({"name": "dga", "rule": "doge", "score_clip": [5, 0]}, "mixer.score_clip"),
-                       ({"name": "dga", "rule": "doge", "score_clip": 5}, "mixer.score_clip"),
-                       ({"name": "dga", "rule": "doge", "grad_clip": -1}, "mixer.grad_clip")]:
+    c = MixerContext(
+        domains=["a", "b"], train_tokens={"a": 1, "b": 1}, total_steps=10, tokens_per_step=8, seq_len=4, seed=0
+    )
+    for cfg, match in [
+        ({"name": "dga", "ema": 1.0}, "mixer.ema"),
+        ({"name": "dga", "normalize": "l2"}, "mixer.normalize"),
+        ({"name": "dga", "update_every": 0}, "mixer.update_every"),
+        ({"name": "dga", "params": "x"}, "mixer.params"),
+        ({"name": "dga", "zz": 0}, "mixer.zz: unknown key"),
+        ({"name": "dga", "rule": "x"}, "mixer.rule: one of"),
+        ({"name": "dga", "mu": 0.01}, "mixer.mu: only used by rule 'doge'"),
+        ({"name": "dga", "rule": "doge", "eta": 1.0}, "mixer.eta: only used by rule 'dga'"),
+        ({"name": "dga", "rule": "doge", "mu": 0}, "mixer.mu: must be >"),
+        ({"name": "dga", "rule": "doge", "score_clip": [5, 0]}, "mixer.score_clip"),
+        ({"name": "dga", "rule": "doge", "score_clip": 5}, "mixer.score_clip"),
+        ({"name": "dga", "rule": "doge", "grad_clip": -1}, "mixer.grad_clip"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             build_mixer(cfg, ["a", "b"], c)
     assert build_mixer({"name": "dga", "update_every": 4}, ["a", "b"], c).probe_steps() == [0, 4, 8]
     doge = build_mixer({"name": "dga", "rule": "doge"}, ["a", "b"], c)
-    assert doge.probe_steps() == list(range(10)) and (doge.mu, doge.score_clip, doge.grad_clip) == (0.01, (0.0, 5.0), 5.0)
+    assert doge.probe_steps() == list(range(10)) and (doge.mu, doge.score_clip, doge.grad_clip) == (
+        0.01,
+        (0.0, 5.0),
+        5.0,
+    )
     with pytest.raises(ValueError, match="rule 'dga'"):
         doge.load_state_dict(build_mixer({"name": "dga"}, ["a", "b"], c).state_dict())
 
@@ -81,20 +93,22 @@ DOMS = ["count", "skip", "high", "noise"]
 def seqs(kind: str, n: int, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     s, t = rng.integers(0, 32, size=(n, 1)), np.arange(SEQ)[None]
-    x = {"count": lambda: (s + t) % 32, "skip": lambda: (s + 3 * t) % 32, "high": lambda: 32 + (s + t) % 32,
-         "noise": lambda: rng.integers(0, V, size=(n, SEQ))}[kind]()
+    x = {
+        "count": lambda: (s + t) % 32,
+        "skip": lambda: (s + 3 * t) % 32,
+        "high": lambda: 32 + (s + t) % 32,
+        "noise": lambda: rng.integers(0, V, size=(n, SEQ)),
+    }[kind]()
     return torch.as_tensor(x, dtype=torch.long)
 
 
-class FakeProbe:
+class FakeProbe(StubProbe):
     def __init__(self, model, step=0, lr=2e-3):
         self.model, self.step, self.device, self.flops_per_token = model, step, torch.device("cpu"), 1000.0
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # the doge rule reads lr_t from it
         self.targets = {"val/count": [{"input_ids": seqs("count", 8, 999), "labels": seqs("count", 8, 999)}]}
+        self.domains, self.seq_len = list(DOMS), SEQ
         self.charged = []
-
-    def autocast(self):
-        return contextlib.nullcontext()
 
     def domain_batches(self, d, n_tokens, split="train"):
         x = seqs(d, max(1, n_tokens // SEQ), 10 + DOMS.index(d) + 100 * self.step)
@@ -109,8 +123,17 @@ def tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=V,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     for step in range(15):
         x = torch.cat([seqs(d, 4, step * 10 + i) for i, d in enumerate(DOMS)])
@@ -122,7 +145,9 @@ def tiny_model():
 
 
 def test_alignment_on_planted_domains_uses_the_shared_influence_code(tiny_model):
-    ctx = MixerContext(domains=DOMS, train_tokens={d: 1 for d in DOMS}, total_steps=10, tokens_per_step=8, seq_len=SEQ, seed=0)
+    ctx = MixerContext(
+        domains=DOMS, train_tokens={d: 1 for d in DOMS}, total_steps=10, tokens_per_step=8, seq_len=SEQ, seed=0
+    )
     mx = DGA({"name": "dga", "tokens_per_domain": 256, "targets_tokens": None, "eta": 1.0, "ema": 0.0}, DOMS, ctx)
     probe = FakeProbe(tiny_model)
     mx.on_probe(probe)
@@ -134,9 +159,13 @@ def test_alignment_on_planted_domains_uses_the_shared_influence_code(tiny_model)
     w = np.array([h["weights"][d] for d in DOMS])
     e = 0.25 * np.exp(a / np.abs(a).max())
     assert np.allclose(w, e / e.sum()) and np.argmax(w) == 0
-    (what, flops), = probe.charged
+    ((what, flops),) = probe.charged
     tokens = 4 * 256 + 8 * SEQ  # the four domain samples + the target, forward+backward each
-    assert what == "dga_gradients" and flops == pytest.approx(h["flops"]) and tokens * 1000.0 <= flops <= tokens * 1000.0 * 1.5
+    assert (
+        what == "dga_gradients"
+        and flops == pytest.approx(h["flops"])
+        and tokens * 1000.0 <= flops <= tokens * 1000.0 * 1.5
+    )
     assert mx.info["gradient_flops"] == flops and mx.info["updates"] == 1
     assert all(p.grad is None for p in tiny_model.parameters())  # no gradient left behind for the optimiser
 
@@ -154,10 +183,14 @@ def flat_clipped_grad(model, x, max_norm):
 def test_doge_rule_on_planted_domains_matches_doge_computed_by_hand(tiny_model):
     """The doge rule through the shared alignment code equals DoGE's procedure written out with torch (clip each
     gradient in place, inner products, mean clipped norm), with the gradient clip binding on every domain."""
-    ctx = MixerContext(domains=DOMS, train_tokens={d: 1 for d in DOMS}, total_steps=10, tokens_per_step=8, seq_len=SEQ, seed=0)
+    ctx = MixerContext(
+        domains=DOMS, train_tokens={d: 1 for d in DOMS}, total_steps=10, tokens_per_step=8, seq_len=SEQ, seed=0
+    )
     norms = [flat_clipped_grad(tiny_model, seqs(d, 8, 10 + i), 1e9)[1] for i, d in enumerate(DOMS)]
     clip = 0.5 * min(norms)  # planted: every domain (and the target) gradient is clipped
-    mx = DGA({"name": "dga", "rule": "doge", "grad_clip": clip, "tokens_per_domain": 256, "targets_tokens": None}, DOMS, ctx)
+    mx = DGA(
+        {"name": "dga", "rule": "doge", "grad_clip": clip, "tokens_per_domain": 256, "targets_tokens": None}, DOMS, ctx
+    )
     probe = FakeProbe(tiny_model, lr=2e-3)
     mx.on_probe(probe)
     tx = probe.targets["val/count"][0]["input_ids"]
@@ -176,8 +209,14 @@ def test_doge_rule_on_planted_domains_matches_doge_computed_by_hand(tiny_model):
 
 # --- end to end --------------------------------------------------------------------------------------------
 # targets come in micro-batches of 8 x 64 = 512 tokens (take_tokens keeps whole batches)
-DGA_E2E = ["mixer=dga", "mixer.update_every=2", "mixer.tokens_per_domain=256", "mixer.targets_tokens=512",
-           "trainer.ckpt_every=3", "trainer.save_final_model=false"]
+DGA_E2E = [
+    "mixer=dga",
+    "mixer.update_every=2",
+    "mixer.tokens_per_domain=256",
+    "mixer.targets_tokens=512",
+    "trainer.ckpt_every=3",
+    "trainer.save_final_model=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +271,17 @@ def test_e2e_doge_rule_updates_every_step_with_the_trainers_lr(make_cfg, tmp_pat
         return orig(self, step, w)
 
     monkeypatch.setattr(Trainer, "train_step", rec)
-    res = run(make_cfg("mixer=dga", "mixer.rule=doge", "mixer.tokens_per_domain=256", "mixer.targets_tokens=512",
-                       "trainer.save_final_model=false", run_dir=tmp_path / "doge"), quiet=True)
+    res = run(
+        make_cfg(
+            "mixer=dga",
+            "mixer.rule=doge",
+            "mixer.tokens_per_domain=256",
+            "mixer.targets_tokens=512",
+            "trainer.save_final_model=false",
+            run_dir=tmp_path / "doge",
+        ),
+        quiet=True,
+    )
     hist, doms = res["mixer_history"], res["domains"]
     assert [h["step"] for h in hist] == list(range(res["steps"])) and res["mixer_info"]["rule"] == "doge"
     for h, (lr, w_used) in zip(hist, used):
@@ -247,8 +295,6 @@ def test_e2e_doge_rule_updates_every_step_with_the_trainers_lr(make_cfg, tmp_pat
 
 
 def test_take_tokens_cuts_whole_rows():
-    from baselines.aioli import take_tokens
-
     x = torch.arange(4 * 3 * 8).view(4, 3, 8)  # 4 batches of 3 rows x 8 tokens
     batches = [{"input_ids": b, "labels": b.clone()} for b in x]
     assert take_tokens(batches, None) == batches

@@ -1,5 +1,6 @@
 """DoReMi: the Group DRO update, excess losses, reference + proxy through the trainer (cache, compute charged),
 iterated rounds, the online variant (and its exact resume), and the noise domain on the synthetic data."""
+
 from __future__ import annotations
 
 import copy
@@ -8,11 +9,10 @@ import math
 
 import numpy as np
 import pytest
-
-from tests.conftest import run_until_crash
 import torch
 
 from baselines.doremi import DoReMiProxy, GroupDRO, dro_update, excess_loss
+from tests.conftest import run_until_crash
 from tests.test_regmix import one_thread, prepared_mixer  # noqa: F401  (the fixture applies here too)
 from tikmix.errors import ConfigError
 from tikmix.mixer import DomainStats, MixerContext, build_mixer
@@ -41,7 +41,7 @@ def test_smoothing_keeps_every_weight_at_least_c_over_m(c):
     m = 6
     dro = GroupDRO(m, eta=1.0, smoothing=c)
     rng = np.random.default_rng(0)
-    for t in range(300):
+    for _ in range(300):
         lam = np.zeros(m)
         lam[0] = 50.0  # extreme excess loss on one domain: the rest would underflow without the floor
         lam[1:] = rng.uniform(0, 0.1, m - 1)
@@ -74,7 +74,7 @@ class StubReference:
     def __init__(self, ref_loss, vocab_size):
         self.ref_loss, self.vocab_size = ref_loss, vocab_size
 
-    def token_losses(self, windows, device):
+    def token_losses(self, windows, device, autocast=None):
         return self.ref_loss
 
     def flops(self, n_tokens):
@@ -86,13 +86,24 @@ def test_a_domain_before_its_first_batch_scores_log_vocab_like_the_public_code(i
     """sangmichaelxie/doremi train.py: perdomain_scores = ones · log(len(tokenizer)); a domain absent from the
     first batch keeps that score and it enters the first update (init_score: a number overrides it)."""
     doms = ["a", "b", "c"]
-    ctx = MixerContext(domains=doms, train_tokens={d: 1 for d in doms}, total_steps=10, tokens_per_step=8, seq_len=2, seed=0)
+    ctx = MixerContext(
+        domains=doms, train_tokens={d: 1 for d in doms}, total_steps=10, tokens_per_step=8, seq_len=2, seed=0
+    )
     mx = DoReMiProxy({"name": "doremi_proxy", "reference_run": "unused", "init_score": init_score}, doms, ctx)
     tl = torch.tensor([[2.0, 1.0], [3.0, 3.0], [1.0, 1.0]])
     mx.reference = StubReference(torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.5, 0.5]]), vocab_size=512)
     rows = np.array([0, 0, 1])  # domain c is not in the batch
-    mx.observe(DomainStats(step=0, counts=np.array([2, 1, 0]), loss=np.array([2.25, 1.0, np.nan]), tokens=np.array([4, 2, 0]),
-                           windows=np.zeros((3, 3), np.int64), row_domains=rows, token_loss=tl))
+    mx.observe(
+        DomainStats(
+            step=0,
+            counts=np.array([2, 1, 0]),
+            loss=np.array([2.25, 1.0, np.nan]),
+            tokens=np.array([4, 2, 0]),
+            windows=np.zeros((3, 3), np.int64),
+            row_domains=rows,
+            token_loss=tl,
+        )
+    )
     s_c = math.log(512) if init_score == "log_vocab" else init_score
     lam = np.array([1.0, 0.25, s_c])  # a: max(ℓ−ℓ_ref, 0) = [1, 0, 2, 1] -> 1; b: [0, 0.5] -> 0.25
     assert np.allclose(mx.dro.scores, lam, rtol=1e-12, atol=0)
@@ -102,14 +113,18 @@ def test_a_domain_before_its_first_batch_scores_log_vocab_like_the_public_code(i
 
 
 def test_bad_config_names_the_field_init_score():
-    ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0)
+    ctx = MixerContext(
+        domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0
+    )
     for bad in ("log_v", float("nan"), True):
         with pytest.raises(ConfigError, match=r"mixer.init_score"):
             build_mixer({"name": "doremi", "init_score": bad}, ["a", "b"], ctx)
 
 
 def test_bad_config_names_the_field():
-    ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0)
+    ctx = MixerContext(
+        domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0
+    )
     with pytest.raises(ConfigError, match=r"mixer.eta"):
         build_mixer({"name": "doremi", "eta": -1}, ["a", "b"], ctx)
     with pytest.raises(ConfigError, match=r"mixer.rounds"):
@@ -122,7 +137,7 @@ def test_bad_config_names_the_field():
 # through the trainer
 # --------------------------------------------------------------------------------------------------------
 def test_doremi_end_to_end_cache_and_compute(make_cfg, tmp_path):
-    res = run(make_cfg("mixer=doremi", run_dir=tmp_path / "a"))
+    run(make_cfg("mixer=doremi", run_dir=tmp_path / "a"))
     on_disk = json.loads((tmp_path / "a" / "results.json").read_text())
     c = on_disk["compute"]
     assert c["mixer/doremi_reference"] > 0 and c["mixer/doremi_proxy"] > 0
@@ -163,13 +178,21 @@ def test_proxy_step_gradient_is_the_alpha_weighted_per_domain_loss(make_cfg, tmp
         tokens, dom = self.sampler.batch(step, w)
         x = torch.from_numpy(tokens)
         logits = before(input_ids=x[:, :-1]).logits.float()
-        tl = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none").view(len(x), -1)
+        tl = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none").view(
+            len(x), -1
+        )
         sum(float(alpha[d]) * tl[torch.from_numpy(dom == d)].mean() for d in np.unique(dom)).backward()
-        got.update(alpha=alpha, grad=[p.grad.clone() for p in self.model.parameters()], hand=[p.grad for p in before.parameters()])
+        got.update(
+            alpha=alpha,
+            grad=[p.grad.clone() for p in self.model.parameters()],
+            hand=[p.grad for p in before.parameters()],
+        )
         return out
 
     monkeypatch.setattr(Trainer, "train_step", rec)
-    prepared_mixer(make_cfg("mixer=doremi", "mixer.eta=4.0", "mixer.proxy_trainer.grad_clip=0", run_dir=tmp_path / "obj"))
+    prepared_mixer(
+        make_cfg("mixer=doremi", "mixer.eta=4.0", "mixer.proxy_trainer.grad_clip=0", run_dir=tmp_path / "obj")
+    )
     alpha = got["alpha"]
     assert alpha.max() / alpha.min() > 1.5, alpha  # far from uniform: the objective's weights matter
     num = sum(float((g - h).norm() ** 2) for g, h in zip(got["grad"], got["hand"])) ** 0.5
@@ -208,7 +231,13 @@ def test_noise_domain_gets_less_than_stratified(make_cfg, tmp_path):
     """On the synthetic data the unlearnable `noise` domain ends well below the stratified 1/6: its excess loss over
     the reference is ~0 (neither model can learn it). 8 smoke steps are too few, so reference and proxy train 24
     steps here; checked for seeds 0 and 1 (noise 0.074 and 0.083)."""
-    m, _ = prepared_mixer(make_cfg("mixer=doremi", "budget.total_tokens=24576", "mixer.proxy_budget.tokens_frac=1.0",
-                                   run_dir=tmp_path / "noise"))
+    m, _ = prepared_mixer(
+        make_cfg(
+            "mixer=doremi",
+            "budget.total_tokens=24576",
+            "mixer.proxy_budget.tokens_frac=1.0",
+            run_dir=tmp_path / "noise",
+        )
+    )
     w = dict(zip(m.domains, m.weights(0)))
     assert w["noise"] < 1 / 6, w

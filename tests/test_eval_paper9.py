@@ -3,6 +3,7 @@ missing hub dataset stops at once with a clear message. Everything short of the 
 
 Indexing lm-eval's built-in tasks takes ~10 s; it is done once per session (eval.tasks caches it).
 """
+
 from __future__ import annotations
 
 import time
@@ -31,9 +32,17 @@ def registry(paper_cfg):
 def test_paper9_protocol_is_explicit(paper_cfg):
     assert list(paper_cfg.tasks) == PAPER_IN + PAPER_OUT
     assert list(paper_cfg.in_domain) == PAPER_IN and list(paper_cfg.out_of_domain) == PAPER_OUT
-    assert dict(paper_cfg.metric) == {"mmlu": "acc", "hellaswag": "acc_norm", "arc_easy": "acc_norm",
-                                      "arc_challenge": "acc_norm", "triviaqa": "exact_match", "piqa": "acc_norm",
-                                      "openbookqa": "acc_norm", "boolq": "acc", "mathqa": "acc_norm"}
+    assert dict(paper_cfg.metric) == {
+        "mmlu": "acc",
+        "hellaswag": "acc_norm",
+        "arc_easy": "acc_norm",
+        "arc_challenge": "acc_norm",
+        "triviaqa": "exact_match",
+        "piqa": "acc_norm",
+        "openbookqa": "acc_norm",
+        "boolq": "acc",
+        "mathqa": "acc_norm",
+    }
     assert set(paper_cfg.num_fewshot) == set(PAPER_IN + PAPER_OUT)
     assert paper_cfg.num_fewshot.mmlu == 5 and paper_cfg.num_fewshot.hellaswag == 0
 
@@ -56,21 +65,32 @@ def test_paper9_names_resolve_and_metrics_exist(registry):
 
 def test_unknown_task_lists_close_matches(registry, paper_cfg):
     cfg = T.cfg_dict(paper_cfg)
-    with pytest.raises(ConfigError, match=r"eval.tasks: unknown lm-eval task\(s\) 'hellaswg' \(did you mean: hellaswag"):
+    with pytest.raises(
+        ConfigError, match=r"eval.tasks: unknown lm-eval task\(s\) 'hellaswg' \(did you mean: hellaswag"
+    ):
         T.resolve(cfg, ["hellaswg"])
 
 
 def _tiny_model():
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<unk>", eos_token="<unk>")
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=2, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=32))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=2,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            max_position_embeddings=32,
+        )
+    )
     return model, hf_tok
 
 
@@ -111,7 +131,10 @@ def test_unreachable_hub_without_offline_env_fails_fast(registry, paper_cfg, mon
 
     before = datasets.config.HF_HUB_OFFLINE
     t0 = time.perf_counter()
-    with pytest.raises(DataError, match=r"eval task 'boolq'.*hub access or a local copy \(the hub is unreachable from here: huggingface.co:443 unreachable \(simulated\)\)"):
+    with pytest.raises(
+        DataError,
+        match=r"eval task 'boolq'.*hub access or a local copy \(the hub is unreachable from here: huggingface.co:443 unreachable \(simulated\)\)",
+    ):
         T.load_task(registry, "boolq", [])
     assert time.perf_counter() - t0 < 10
     assert datasets.config.HF_HUB_OFFLINE == before  # restored
@@ -122,5 +145,7 @@ def test_targets_refuse_out_of_domain_and_unknown_tasks(registry, paper_cfg):
 
     with pytest.raises(ConfigError, match=r"targets.tasks: \['piqa'\] are out-of-domain"):
         benchmark_targets(["hellaswag", "piqa"], paper_cfg, tokenizer=None, seq_len=64, n_tokens=100, micro_batch=2)
-    with pytest.raises(ConfigError, match=r"targets.tasks: unknown lm-eval task\(s\) 'hellaswg' \(did you mean: hellaswag"):
+    with pytest.raises(
+        ConfigError, match=r"targets.tasks: unknown lm-eval task\(s\) 'hellaswg' \(did you mean: hellaswag"
+    ):
         benchmark_targets(["hellaswg"], paper_cfg, tokenizer=None, seq_len=64, n_tokens=100, micro_batch=2)

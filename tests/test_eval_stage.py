@@ -6,6 +6,7 @@ the copy domain's alphabetical-order statistics (a quarter of its sequences are 
 `sorting` task (~32% vs ~16% untrained on its 500 test examples); copying itself needs induction heads,
 hundreds of steps more, so copy_complete stays at chance at this budget.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,18 @@ def eval_run(smoke_overrides, tmp_path_factory):
     from tikmix.run import run
 
     rd = tmp_path_factory.mktemp("evalrun") / "run"
-    cfg = compose(smoke_overrides + [
-        f"run_dir={rd}", "eval=synthetic9", "eval.limit=40", "mixer=fixed", "mixer.weights={copy: 1.0}",
-        "budget.total_tokens=131072", "budget.micro_batch=16",
-    ])
+    cfg = compose(
+        smoke_overrides
+        + [
+            f"run_dir={rd}",
+            "eval=synthetic9",
+            "eval.limit=40",
+            "mixer=fixed",
+            "mixer.weights={copy: 1.0}",
+            "budget.total_tokens=131072",
+            "budget.micro_batch=16",
+        ]
+    )
     res = run(cfg, quiet=True)
     return rd, res, cfg
 
@@ -106,8 +115,9 @@ def test_trained_beats_untrained_on_a_taught_task(eval_run, trained):
     rd, _, cfg = eval_run
     model, tok = trained
     untrained = build_model(cfg.model, model.config.vocab_size, 0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
-    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[sorting]",
-                    "eval.bootstrap_iters=0"]).eval
+    ecfg = compose(
+        ["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[sorting]", "eval.bootstrap_iters=0"]
+    ).eval
     a = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]["sorting"]
     b = evaluate(ecfg, untrained, tok, rd, quiet=True)["tasks"]["sorting"]
     assert a["n_samples"] == b["n_samples"] == 500
@@ -124,12 +134,26 @@ def test_saved_final_model_scores_like_the_in_process_model(eval_run, trained):
 
     rd, _, cfg = eval_run
     model, tok = trained
-    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[sorting]", "eval.limit=30",
-                    "eval.bootstrap_iters=0"]).eval
+    ecfg = compose(
+        [
+            "eval=synthetic9",
+            f"data.cache_dir={cfg.data.cache_dir}",
+            "eval.tasks=[sorting]",
+            "eval.limit=30",
+            "eval.bootstrap_iters=0",
+        ]
+    ).eval
     ours = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]["sorting"]["metrics"]["acc"]["value"]
     tm = T.resolve(T.cfg_dict(ecfg), ["sorting"])
-    raw = simple_evaluate(model="hf", model_args=f"pretrained={rd / 'final_model'},device=cpu,dtype=float32",
-                          tasks=["sorting"], limit=30, bootstrap_iters=0, task_manager=tm, log_samples=False)
+    raw = simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={rd / 'final_model'},device=cpu,dtype=float32",
+        tasks=["sorting"],
+        limit=30,
+        bootstrap_iters=0,
+        task_manager=tm,
+        log_samples=False,
+    )
     assert 100 * raw["results"]["sorting"]["acc,none"] == pytest.approx(ours)
 
 
@@ -144,12 +168,25 @@ def test_bpb_is_computed_from_lm_evals_own_samples(eval_run, trained):
 
     rd, _, cfg = eval_run
     model, tok = trained
-    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[fact_recall,sorting]",
-                    "eval.limit=12", "eval.bootstrap_iters=0"]).eval
+    ecfg = compose(
+        [
+            "eval=synthetic9",
+            f"data.cache_dir={cfg.data.cache_dir}",
+            "eval.tasks=[fact_recall,sorting]",
+            "eval.limit=12",
+            "eval.bootstrap_iters=0",
+        ]
+    ).eval
     ours = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]
     tm = T.resolve(T.cfg_dict(ecfg), ["fact_recall", "sorting"])
-    raw = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=64), tasks=["fact_recall", "sorting"],
-                          limit=12, bootstrap_iters=0, task_manager=tm, log_samples=True)
+    raw = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tok, batch_size=64),
+        tasks=["fact_recall", "sorting"],
+        limit=12,
+        bootstrap_iters=0,
+        task_manager=tm,
+        log_samples=True,
+    )
     for task in ("fact_recall", "sorting"):
         logp, bpb = [], []
         for s in raw["samples"][task]:
@@ -168,8 +205,16 @@ def test_modes_rng_and_logging(eval_run, trained):
 
     rd, _, cfg = eval_run
     model, tok = trained
-    ecfg = compose(["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[arith_mc,sorting]",
-                    "eval.in_domain=[arith_mc]", "eval.limit=8", "eval.every_stage=true"]).eval
+    ecfg = compose(
+        [
+            "eval=synthetic9",
+            f"data.cache_dir={cfg.data.cache_dir}",
+            "eval.tasks=[arith_mc,sorting]",
+            "eval.in_domain=[arith_mc]",
+            "eval.limit=8",
+            "eval.every_stage=true",
+        ]
+    ).eval
     model.train()
     lg = FakeLogger()
     torch.manual_seed(5)
@@ -219,8 +264,14 @@ LN2 = math.log(2)
 
 def _mc(target, conts, lls, ctx="Q: a A:", filt="none", doc=None) -> dict:
     """A logged lm-eval multiple-choice document, as simple_evaluate(log_samples=True) returns it."""
-    return {"doc": doc or {}, "target": target, "arguments": [(ctx, c) for c in conts],
-            "resps": [[(ll, False)] for ll in lls], "filtered_resps": [(ll, False) for ll in lls], "filter": filt}
+    return {
+        "doc": doc or {},
+        "target": target,
+        "arguments": [(ctx, c) for c in conts],
+        "resps": [[(ll, False)] for ll in lls],
+        "filtered_resps": [(ll, False) for ll in lls],
+        "filter": filt,
+    }
 
 
 class FakeTask:  # the three things gold resolution asks of a leaf Task
@@ -254,8 +305,13 @@ def test_gold_bpb_and_logprob_by_hand():
     # with the task: doc_to_choice; and a multiple_input task's gold is its context (doc_to_text)
     e = _mc("bb", [" a", " bb"], [-1.0, -3 * LN2], doc={"choices": ["a", "bb"]})
     assert gold_scores(e, FakeTask()) == pytest.approx((-3 * LN2, 1.0), rel=1e-12)
-    f = {"doc": {"gold_context": 0}, "target": "good", "filter": "none",
-         "arguments": [("x is", " good"), ("y is", " good")], "resps": [[(-5 * LN2, False)], [(-1.0, True)]]}
+    f = {
+        "doc": {"gold_context": 0},
+        "target": "good",
+        "filter": "none",
+        "arguments": [("x is", " good"), ("y is", " good")],
+        "resps": [[(-5 * LN2, False)], [(-1.0, True)]],
+    }
     assert gold_scores(f, FakeTask(multiple_input=True)) == pytest.approx((-5 * LN2, 1.0), rel=1e-12)
     # no log-likelihood gold: a generation, a gold index out of range
     gen = {"doc": {}, "target": "abcd", "filter": "none", "arguments": [("Q:", {"until": ["\n"]})], "resps": [["abcd"]]}
@@ -268,8 +324,12 @@ def test_gold_bpb_and_logprob_by_hand():
 
 
 def _raw(results: dict, subtasks: dict, n: dict) -> dict:
-    return {"results": results, "group_subtasks": subtasks, "n-shot": {t: 0 for t in n},
-            "n-samples": {t: {"original": k, "effective": k} for t, k in n.items()}}
+    return {
+        "results": results,
+        "group_subtasks": subtasks,
+        "n-shot": {t: 0 for t in n},
+        "n-samples": {t: {"original": k, "effective": k} for t, k in n.items()},
+    }
 
 
 def test_group_and_domain_averages_by_hand():
@@ -277,11 +337,23 @@ def test_group_and_domain_averages_by_hand():
     task: the generation task has no bpb and stays out of the bpb averages."""
     from eval.stage import format_table, log_entry, summarise
 
-    raw = _raw({"grp": {"acc,none": 0.5}, "l1": {"acc,none": 0.4}, "l2": {"acc,none": 0.8},
-                "mc": {"acc,none": 0.25, "acc_norm,none": 0.3}, "gen": {"exact_match,none": 0.1}},
-               {"grp": ["l1", "l2"]}, {"l1": 3, "l2": 1, "mc": 4, "gen": 2})
-    cont = {"l1": {"bpb": 1.0, "logprob": -1.0, "n": 3}, "l2": {"bpb": 3.0, "logprob": -5.0, "n": 1},
-            "mc": {"bpb": 0.5, "logprob": -2.0, "n": 4}, "gen": None}
+    raw = _raw(
+        {
+            "grp": {"acc,none": 0.5},
+            "l1": {"acc,none": 0.4},
+            "l2": {"acc,none": 0.8},
+            "mc": {"acc,none": 0.25, "acc_norm,none": 0.3},
+            "gen": {"exact_match,none": 0.1},
+        },
+        {"grp": ["l1", "l2"]},
+        {"l1": 3, "l2": 1, "mc": 4, "gen": 2},
+    )
+    cont = {
+        "l1": {"bpb": 1.0, "logprob": -1.0, "n": 3},
+        "l2": {"bpb": 3.0, "logprob": -5.0, "n": 1},
+        "mc": {"bpb": 0.5, "logprob": -2.0, "n": 4},
+        "gen": None,
+    }
     cfg = {"metric": {"grp": "acc", "mc": "acc_norm"}}
     e = summarise(raw, cfg, ["grp", "gen", "mc"], {}, ["grp", "gen"], ["mc"], cont, {"grp": {"acc": True}})
     t = e["tasks"]
@@ -347,9 +419,16 @@ metric_list:
 @pytest.fixture(scope="module")
 def user_tasks(tmp_path_factory):
     root = tmp_path_factory.mktemp("user_tasks")
-    rows = [{"question": f"copy: {' '.join(s)} ->", "options": [" ".join(s), " ".join(reversed(s)), " ".join(sorted(s))],
-             "label": i % 3} for i, s in enumerate(["abcd", "zqmk", "pqrs", "kmqz", "hgfe", "dcba", "mnop", "wxyz",
-                                                    "qwer", "asdf", "zxcv", "tyui"])]
+    rows = [
+        {
+            "question": f"copy: {' '.join(s)} ->",
+            "options": [" ".join(s), " ".join(reversed(s)), " ".join(sorted(s))],
+            "label": i % 3,
+        }
+        for i, s in enumerate(
+            ["abcd", "zqmk", "pqrs", "kmqz", "hgfe", "dcba", "mnop", "wxyz", "qwer", "asdf", "zxcv", "tyui"]
+        )
+    ]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[6:] + rows[:6]))
     (root / "my_colours.yaml").write_text(USER_YAML.format(root=root))
@@ -357,13 +436,18 @@ def user_tasks(tmp_path_factory):
     grouped.mkdir()
     short = USER_YAML.format(root=root).replace("task: my_colours", "task: my_short")
     (grouped / "my_short.yaml").write_text(short.replace(f"test: {root}/test.jsonl", f"test: {root}/train.jsonl"))
-    (grouped / "my_group.yaml").write_text("group: my_group\ntask: [my_colours, my_short]\naggregate_metric_list:\n"
-                                           "  - metric: acc\n    weight_by_size: true\n")
+    (grouped / "my_group.yaml").write_text(
+        "group: my_group\ntask: [my_colours, my_short]\naggregate_metric_list:\n"
+        "  - metric: acc\n    weight_by_size: true\n"
+    )
     (grouped / "my_gen.yaml").write_text(GEN_YAML.replace("{root}", str(root)))
     only_test = root / "only_test"
     only_test.mkdir()
     (only_test / "test_only_task.yaml").write_text(
-        USER_YAML.format(root=root).replace("task: my_colours", "task: test_only_task").replace("training_split: train\n", ""))
+        USER_YAML.format(root=root)
+        .replace("task: my_colours", "task: test_only_task")
+        .replace("training_split: train\n", "")
+    )
     return root
 
 
@@ -395,8 +479,9 @@ def test_user_task_folder_scored_unchanged(eval_run, trained, user_tasks):
     rd, _, _ = eval_run
     model, tok = trained
     before = {p: p.read_bytes() for p in user_tasks.rglob("*") if p.is_file()}
-    ecfg = compose(["eval=custom", f"eval.include_path={user_tasks}", "eval.tasks=[my_colours]",
-                    "eval.in_domain=[my_colours]"]).eval
+    ecfg = compose(
+        ["eval=custom", f"eval.include_path={user_tasks}", "eval.tasks=[my_colours]", "eval.in_domain=[my_colours]"]
+    ).eval
     entry = evaluate(ecfg, model, tok, rd, quiet=True)
     t = entry["tasks"]["my_colours"]
     docs = [json.loads(l) for l in (user_tasks / "test.jsonl").read_text().splitlines()]
@@ -416,8 +501,13 @@ def test_group_bpb_weighted_like_its_accuracy_and_generation_has_none(eval_run, 
     model, tok = trained
     base = ["eval=custom", f"eval.include_path={user_tasks}", "eval.bootstrap_iters=0"]
     leaves = evaluate(compose(base + ["eval.tasks=[my_colours,my_short]"]).eval, model, tok, rd, quiet=True)["tasks"]
-    entry = evaluate(compose(base + ["eval.tasks=[my_group,my_gen]", "eval.in_domain=[my_group,my_gen]"]).eval,
-                     model, tok, rd, quiet=True)
+    entry = evaluate(
+        compose(base + ["eval.tasks=[my_group,my_gen]", "eval.in_domain=[my_group,my_gen]"]).eval,
+        model,
+        tok,
+        rd,
+        quiet=True,
+    )
     g, gen = entry["tasks"]["my_group"], entry["tasks"]["my_gen"]
     assert g["subtasks"] == 2 and g["n_samples"] == 18
     a, b = leaves["my_colours"], leaves["my_short"]
@@ -478,9 +568,13 @@ def test_targets_refuse_a_task_with_only_its_test_split(trained, user_tasks):
 
     _, tok = trained
     ecfg = compose(["eval=custom", f"eval.include_path={user_tasks / 'only_test'}", "eval.tasks=[test_only_task]"]).eval
-    with pytest.raises(ConfigError, match=r"targets.tasks: task 'test_only_task' has only its evaluation split \('test'\)"):
+    with pytest.raises(
+        ConfigError, match=r"targets.tasks: task 'test_only_task' has only its evaluation split \('test'\)"
+    ):
         benchmark_targets(["test_only_task"], ecfg, tok, 64, 400, 4)
-    ok = benchmark_targets(["my_colours"], compose(["eval=custom", f"eval.include_path={user_tasks}"]).eval, tok, 64, 10_000, 4)
+    ok = benchmark_targets(
+        ["my_colours"], compose(["eval=custom", f"eval.include_path={user_tasks}"]).eval, tok, 64, 10_000, 4
+    )
     rows = sum(b["input_ids"].shape[0] for b in ok["task/my_colours"])
     assert rows == 6  # the train split only (6 documents), never the 12 of the test split
 
@@ -489,9 +583,17 @@ def test_targets_refuse_a_task_with_only_its_test_split(trained, user_tasks):
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        WANDB_MODE="disabled",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "eval", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_python_m_eval_writes_beside_the_original_atomically(eval_run, tmp_path):
@@ -499,8 +601,16 @@ def test_python_m_eval_writes_beside_the_original_atomically(eval_run, tmp_path)
     copy = tmp_path / "run"
     shutil.copytree(rd, copy, ignore=shutil.ignore_patterns("checkpoints"))
     before = json.loads((copy / "results.json").read_text())
-    r = _cli([str(copy), "eval=synthetic9", "eval.limit=10", "eval.tasks=[arith_mc,sorting]",
-              f"data.cache_dir={cfg.data.cache_dir}"], cwd=tmp_path)
+    r = _cli(
+        [
+            str(copy),
+            "eval=synthetic9",
+            "eval.limit=10",
+            "eval.tasks=[arith_mc,sorting]",
+            f"data.cache_dir={cfg.data.cache_dir}",
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "arith_mc" in r.stdout and "average" in r.stdout and "bpb" in r.stdout
     after = json.loads((copy / "results.json").read_text())
@@ -515,7 +625,18 @@ def test_python_m_eval_writes_beside_the_original_atomically(eval_run, tmp_path)
     # a second re-scoring is appended, the first kept
     from eval.__main__ import main
 
-    assert main([str(copy), "eval=synthetic9", "eval.limit=4", "eval.tasks=[sorting]", f"data.cache_dir={cfg.data.cache_dir}"]) == 0
+    assert (
+        main(
+            [
+                str(copy),
+                "eval=synthetic9",
+                "eval.limit=4",
+                "eval.tasks=[sorting]",
+                f"data.cache_dir={cfg.data.cache_dir}",
+            ]
+        )
+        == 0
+    )
     again = json.loads((copy / "results.json").read_text())
     assert [e["limit"] for e in again["rescored"]] == [10, 4] and again["eval"] == before["eval"]
 
@@ -530,8 +651,14 @@ def test_python_m_eval_logs_into_the_runs_wandb_group(eval_run, tmp_path, monkey
     copy = tmp_path / "run"
     shutil.copytree(rd, copy, ignore=shutil.ignore_patterns("checkpoints"))
     res = json.loads((copy / "results.json").read_text())
-    res["wandb"] = {"id": "orig01", "name": "fixed_s0-abcdef", "group": "multirun/2026-01-01/12-00-00",
-                    "project": "proj1", "entity": None, "tags": ["mixer:fixed", "model:tiny"]}
+    res["wandb"] = {
+        "id": "orig01",
+        "name": "fixed_s0-abcdef",
+        "group": "multirun/2026-01-01/12-00-00",
+        "project": "proj1",
+        "entity": None,
+        "tags": ["mixer:fixed", "model:tiny"],
+    }
     (copy / "results.json").write_text(json.dumps(res))
     runs = []
     import types
@@ -546,8 +673,19 @@ def test_python_m_eval_logs_into_the_runs_wandb_group(eval_run, tmp_path, monkey
 
     mod.init, mod.Table, mod.Settings = init, FakeTable, (lambda **k: k)
     monkeypatch.setitem(sys.modules, "wandb", mod)
-    assert main([str(copy), "eval=synthetic9", "eval.limit=4", "eval.tasks=[sorting]", "logger=wandb",
-                 f"data.cache_dir={cfg.data.cache_dir}"]) == 0
+    assert (
+        main(
+            [
+                str(copy),
+                "eval=synthetic9",
+                "eval.limit=4",
+                "eval.tasks=[sorting]",
+                "logger=wandb",
+                f"data.cache_dir={cfg.data.cache_dir}",
+            ]
+        )
+        == 0
+    )
     (r,) = runs
     assert r.init["group"] == "multirun/2026-01-01/12-00-00" and r.init["project"] == "proj1"
     assert r.init["job_type"] == "rescore" and r.init["name"] == "fixed_s0-abcdef-rescore" and r.init["id"] is None
@@ -557,7 +695,10 @@ def test_python_m_eval_logs_into_the_runs_wandb_group(eval_run, tmp_path, monkey
     assert not [k for k in keys if k.startswith("eval/")]
     after = json.loads((copy / "results.json").read_text())
     assert after["rescored"][-1]["wandb"]["group"] == "multirun/2026-01-01/12-00-00"
-    assert not (copy / "metrics.jsonl").exists() or (copy / "metrics.jsonl").read_text() == (rd / "metrics.jsonl").read_text()
+    assert (
+        not (copy / "metrics.jsonl").exists()
+        or (copy / "metrics.jsonl").read_text() == (rd / "metrics.jsonl").read_text()
+    )
 
 
 def test_python_m_eval_without_final_model_says_what_is_missing(eval_run, tmp_path):

@@ -1,4 +1,5 @@
 """python -m eval.tables on fake results.json files: 2 mixers x 2 seeds, one crashed run, one without eval."""
+
 from __future__ import annotations
 
 import csv
@@ -20,29 +21,59 @@ def _bpb(v: float) -> float:  # a made-up gold-answer BPB per score (logprob = -
 
 
 def _eval(scores: dict[str, float]) -> dict:
-    tasks = {t: {"metric": "acc_norm", "value": v, "stderr": 1.0, "group": "in_domain" if t in IN else "out_of_domain",
-                 "percent": True, "n_shot": 0, "n_samples": 100, "metrics": {"acc_norm": {"value": v, "stderr": 1.0}},
-                 "bpb": _bpb(v), "logprob": -10 * _bpb(v)}
-             for t, v in scores.items()}
+    tasks = {
+        t: {
+            "metric": "acc_norm",
+            "value": v,
+            "stderr": 1.0,
+            "group": "in_domain" if t in IN else "out_of_domain",
+            "percent": True,
+            "n_shot": 0,
+            "n_samples": 100,
+            "metrics": {"acc_norm": {"value": v, "stderr": 1.0}},
+            "bpb": _bpb(v),
+            "logprob": -10 * _bpb(v),
+        }
+        for t, v in scores.items()
+    }
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     ind = [v for t, v in scores.items() if t in IN]
     ood = [v for t, v in scores.items() if t in OUT]
-    out = {"preset": "synthetic9", "tasks": tasks, "in_domain_avg": mean(ind), "out_of_domain_avg": mean(ood),
-           "average": mean(list(scores.values()))}
+    out = {
+        "preset": "synthetic9",
+        "tasks": tasks,
+        "in_domain_avg": mean(ind),
+        "out_of_domain_avg": mean(ood),
+        "average": mean(list(scores.values())),
+    }
     for prefix, vs in (("in_domain", ind), ("out_of_domain", ood), ("average", list(scores.values()))):
         out[f"{prefix}_bpb"] = mean([_bpb(v) for v in vs])
         out[f"{prefix}_logprob"] = mean([-10 * _bpb(v) for v in vs])
     return out
 
 
-def _results(mixer: str, seed: int, scores: dict | None, ppl: dict, mixer_total: float, history: list | None = None,
-             weights: list | None = None) -> dict:
+def _results(
+    mixer: str,
+    seed: int,
+    scores: dict | None,
+    ppl: dict,
+    mixer_total: float,
+    history: list | None = None,
+    weights: list | None = None,
+) -> dict:
     w0 = {d: 1 / 3 for d in DOMAINS}
     res = {
-        "mixer": mixer, "seed": seed, "model": "tiny", "budget": "smoke", "data": "synthetic", "domains": DOMAINS,
-        "steps": 8, "final_weights": w0,
+        "mixer": mixer,
+        "seed": seed,
+        "model": "tiny",
+        "budget": "smoke",
+        "data": "synthetic",
+        "domains": DOMAINS,
+        "steps": 8,
+        "final_weights": w0,
         "weights_history": weights or [{"step": 0, "weights": w0}],
-        "test_ppl": ppl, "compute": {"train": 1e12, "eval": 1e10, "mixer_total": mixer_total, "total": 1e12 + mixer_total},
+        "test_ppl": ppl,
+        "compute": {"train": 1e12, "eval": 1e10, "mixer_total": mixer_total, "total": 1e12 + mixer_total},
         "mixer_history": history or [],
     }
     if scores is not None:
@@ -53,21 +84,53 @@ def _results(mixer: str, seed: int, scores: dict | None, ppl: dict, mixer_total:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
-    infl = lambda step, a: {"step": step, "influence": {"val/arith": {"arith": a, "copy": -a / 2, "grammar": 0.1}},  # noqa: E731
-                            "weights": {"arith": 0.5, "copy": 0.25, "grammar": 0.25}}
-    tik_w = lambda: [{"step": 0, "weights": {d: 1 / 3 for d in DOMAINS}},  # noqa: E731
-                     {"step": 4, "weights": {"arith": 0.6, "copy": 0.3, "grammar": 0.1}}]
+
+    def infl(step, a):
+        return {
+            "step": step,
+            "influence": {"val/arith": {"arith": a, "copy": -a / 2, "grammar": 0.1}},  # noqa: E731
+            "weights": {"arith": 0.5, "copy": 0.25, "grammar": 0.25},
+        }
+
+    def tik_w():
+        return [
+            {"step": 0, "weights": {d: 1 / 3 for d in DOMAINS}},  # noqa: E731
+            {"step": 4, "weights": {"arith": 0.6, "copy": 0.3, "grammar": 0.1}},
+        ]
+
     runs = {
-        "0_stratified_s0": _results("stratified", 0, {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0},
-                                    {"arith": 10.0, "copy": 20.0, "grammar": 30.0}, 0.0),
-        "1_stratified_s1": _results("stratified", 1, {"arith_mc": 42.0, "copy_complete": 32.0, "sorting": 22.0},
-                                    {"arith": 12.0, "copy": 22.0, "grammar": 32.0}, 0.0),
-        "2_tikmix_d_s0": _results("tikmix_d", 0, {"arith_mc": 50.0, "copy_complete": 30.0, "sorting": 25.0},
-                                  {"arith": 9.0, "copy": 19.0, "grammar": 31.0}, 7.0e17,
-                                  [infl(0, 1.0), infl(4, 0.5)], tik_w()),
-        "3_tikmix_d_s1": _results("tikmix_d", 1, {"arith_mc": 54.0, "copy_complete": 34.0, "sorting": 27.0},
-                                  {"arith": 11.0, "copy": 21.0, "grammar": 33.0}, 7.4e17,
-                                  [infl(0, 2.0), infl(4, 1.0)], tik_w()),
+        "0_stratified_s0": _results(
+            "stratified",
+            0,
+            {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0},
+            {"arith": 10.0, "copy": 20.0, "grammar": 30.0},
+            0.0,
+        ),
+        "1_stratified_s1": _results(
+            "stratified",
+            1,
+            {"arith_mc": 42.0, "copy_complete": 32.0, "sorting": 22.0},
+            {"arith": 12.0, "copy": 22.0, "grammar": 32.0},
+            0.0,
+        ),
+        "2_tikmix_d_s0": _results(
+            "tikmix_d",
+            0,
+            {"arith_mc": 50.0, "copy_complete": 30.0, "sorting": 25.0},
+            {"arith": 9.0, "copy": 19.0, "grammar": 31.0},
+            7.0e17,
+            [infl(0, 1.0), infl(4, 0.5)],
+            tik_w(),
+        ),
+        "3_tikmix_d_s1": _results(
+            "tikmix_d",
+            1,
+            {"arith_mc": 54.0, "copy_complete": 34.0, "sorting": 27.0},
+            {"arith": 11.0, "copy": 21.0, "grammar": 33.0},
+            7.4e17,
+            [infl(0, 2.0), infl(4, 1.0)],
+            tik_w(),
+        ),
         "5_regmix_s0": _results("regmix", 0, None, {"arith": 11.0, "copy": 21.0, "grammar": 31.0}, 3.7e18),  # no eval
     }
     for name, res in runs.items():
@@ -77,7 +140,9 @@ def sweep(tmp_path_factory) -> Path:
         (d / "config.yaml").write_text(f"mixer:\n  name: {res['mixer']}\nseed: {res['seed']}\n")
     crashed = root / "4_aioli_s0"  # crashed: a config and a checkpoint folder, no results.json
     (crashed / "checkpoints").mkdir(parents=True)
-    (crashed / "config.yaml").write_text("mixer:\n  name: aioli\nseed: 0\nmodel:\n  name: tiny\nbudget:\n  name: smoke\ndata:\n  source: synthetic\n")
+    (crashed / "config.yaml").write_text(
+        "mixer:\n  name: aioli\nseed: 0\nmodel:\n  name: tiny\nbudget:\n  name: smoke\ndata:\n  source: synthetic\n"
+    )
     # a mixer's sub-run lives in its cache: never a column of the table
     sub = root / "cache" / "subruns" / "proxy-abc"
     sub.mkdir(parents=True)
@@ -94,7 +159,7 @@ def built(sweep, tmp_path_factory):
 
 def _section(md: str, title: str) -> str:
     """The markdown from the line that starts with ``title`` to the next blank line after its table."""
-    part = md[md.index(title):]
+    part = md[md.index(title) :]
     return part[: part.index("\n\n", part.index("| Benchmark"))]
 
 
@@ -131,7 +196,9 @@ def test_table1_layout_mean_std_and_missing(built):
 def test_table1_csv_numbers(built):
     rows = list(csv.DictReader(open(built / "table1.csv")))
     arith = next(r for r in rows if r["benchmark"] == "arith_mc")
-    assert float(arith["tikmix_d"]) == pytest.approx(52.0) and float(arith["tikmix_d_std"]) == pytest.approx(math.sqrt(8))
+    assert float(arith["tikmix_d"]) == pytest.approx(52.0) and float(arith["tikmix_d_std"]) == pytest.approx(
+        math.sqrt(8)
+    )
     assert arith["tikmix_d_n"] == "2" and arith["aioli"] == "" and arith["aioli_n"] == "0"
     fl = next(r for r in rows if r["benchmark"] == "Mixture-search FLOPs")
     assert float(fl["tikmix_d"]) == pytest.approx(7.2e17)
@@ -182,8 +249,14 @@ def test_perplexity_aioli_layout(built):
 
 
 def test_figures(built):
-    for name in ("mixture_stratified.png", "mixture_tikmix_d.png", "score_vs_compute.png", "bpb_vs_compute.png",
-                 "ppl_vs_compute.png", "influence_tikmix_d.png"):
+    for name in (
+        "mixture_stratified.png",
+        "mixture_tikmix_d.png",
+        "score_vs_compute.png",
+        "bpb_vs_compute.png",
+        "ppl_vs_compute.png",
+        "influence_tikmix_d.png",
+    ):
         p = built / name
         assert p.exists() and p.stat().st_size > 1000, name
     assert not (built / "influence_stratified.png").exists()  # no influence records: no figure
@@ -211,12 +284,25 @@ def test_wandb_tables_never_fail_the_command(sweep, tmp_path, monkeypatch):
 def test_eval_none_runs_are_not_reported_missing(tmp_path):
     """A run configured with eval=none has no downstream scores by choice: no 'missing' note, a clear line
     in table1.md; a run whose eval preset had tasks but whose results lack them is still reported."""
+
     def run(name, tasks):
         d = tmp_path / name
         d.mkdir()
         (d / "config.yaml").write_text(f"mixer:\n  name: stratified\nseed: 0\neval:\n  name: x\n  tasks: {tasks}\n")
-        (d / "results.json").write_text(json.dumps({"mixer": "stratified", "seed": 0, "model": "tiny", "budget": "b",
-                                                    "data": "jsonl", "test_ppl": {"a": 10.0}, "compute": {"mixer_total": 0}}))
+        (d / "results.json").write_text(
+            json.dumps(
+                {
+                    "mixer": "stratified",
+                    "seed": 0,
+                    "model": "tiny",
+                    "budget": "b",
+                    "data": "jsonl",
+                    "test_ppl": {"a": 10.0},
+                    "compute": {"mixer_total": 0},
+                }
+            )
+        )
+
     run("off", "[]")
     out = tables.build([tmp_path], tmp_path / "out", quiet=True)
     md = out["table1_md"].read_text()
@@ -235,23 +321,47 @@ T2 = 4.302653  # Student t, 0.975 quantile, 2 degrees of freedom (n = 3 paired s
 # per mixer: seed -> (in-domain BPB, in-domain accuracy); the oracle has seeds 0-2 only
 PLANTED = {
     "tikmix_d": {0: (1.90, 41.0), 1: (2.05, 45.0), 2: (1.93, 41.0), 3: (0.0, 99.0)},  # seed 3: unpaired, an outlier
-    "dga": {0: (2.02, 40.0), 1: (2.07, 42.0), 2: (2.09, 41.0)},      # diffs +0.02, -0.03, +0.04: within noise
+    "dga": {0: (2.02, 40.0), 1: (2.07, 42.0), 2: (2.09, 41.0)},  # diffs +0.02, -0.03, +0.04: within noise
     "stratified": {0: (2.10, 39.0), 1: (2.22, 41.0), 2: (2.16, 40.0)},  # diffs +0.10, +0.12, +0.11: worse
-    "odm": {1: (2.30, 30.0)},                                          # one paired seed
-    "regmix": {7: (1.0, 50.0)},                                        # no paired seed
+    "odm": {1: (2.30, 30.0)},  # one paired seed
+    "regmix": {7: (1.0, 50.0)},  # no paired seed
 }
 # tikmix_d's mixture: 2 of the 8 steps at (0.2, 0.4, 0.4), then 6 at (0.6, 0.2, 0.2)
-TIK_HISTORY = [{"step": 0, "weights": {"arith": 0.2, "copy": 0.4, "grammar": 0.4}},
-               {"step": 2, "weights": {"arith": 0.6, "copy": 0.2, "grammar": 0.2}}]
+TIK_HISTORY = [
+    {"step": 0, "weights": {"arith": 0.2, "copy": 0.4, "grammar": 0.4}},
+    {"step": 2, "weights": {"arith": 0.6, "copy": 0.2, "grammar": 0.2}},
+]
 
 
 def _oracle_json(metric: str = "in_domain_bpb") -> dict:
-    per_seed = {str(s): {"in_domain_bpb": ORACLE_BPB[s], "average_bpb": ORACLE_BPB[s] + 0.5,
-                         "in_domain_avg": ORACLE_ACC[s], "average": ORACLE_ACC[s] - 5} for s in ORACLE_BPB}
-    best = {"name": "best1:d0007", "mean": 2.05, "std": 0.05, "seeds": [0, 1, 2], "weights": W_STAR,
-            "scores": {s: v[metric] for s, v in per_seed.items()}, "extra": {}, "per_seed": per_seed}
-    return {"metric": metric, "lower_is_better": metric.endswith("bpb"), "best": best, "mixtures": {"best1:d0007": best},
-            "vs": {}, "laws": None, "sources": {"design": ["multirun/design"], "confirm": ["multirun/confirm"]}}
+    per_seed = {
+        str(s): {
+            "in_domain_bpb": ORACLE_BPB[s],
+            "average_bpb": ORACLE_BPB[s] + 0.5,
+            "in_domain_avg": ORACLE_ACC[s],
+            "average": ORACLE_ACC[s] - 5,
+        }
+        for s in ORACLE_BPB
+    }
+    best = {
+        "name": "best1:d0007",
+        "mean": 2.05,
+        "std": 0.05,
+        "seeds": [0, 1, 2],
+        "weights": W_STAR,
+        "scores": {s: v[metric] for s, v in per_seed.items()},
+        "extra": {},
+        "per_seed": per_seed,
+    }
+    return {
+        "metric": metric,
+        "lower_is_better": metric.endswith("bpb"),
+        "best": best,
+        "mixtures": {"best1:d0007": best},
+        "vs": {},
+        "laws": None,
+        "sources": {"design": ["multirun/design"], "confirm": ["multirun/confirm"]},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -259,9 +369,14 @@ def regret_sweep(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("regret")
     for m, per in PLANTED.items():
         for s, (bpb, acc) in per.items():
-            res = _results(m, s, {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0}, {"arith": 10.0},
-                           float(s + 1) * 1e15 if m == "tikmix_d" else 0.0,
-                           weights=TIK_HISTORY if m == "tikmix_d" else [{"step": 0, "weights": W_STAR}])
+            res = _results(
+                m,
+                s,
+                {"arith_mc": 40.0, "copy_complete": 30.0, "sorting": 20.0},
+                {"arith": 10.0},
+                float(s + 1) * 1e15 if m == "tikmix_d" else 0.0,
+                weights=TIK_HISTORY if m == "tikmix_d" else [{"step": 0, "weights": W_STAR}],
+            )
             res["final_weights"] = res["weights_history"][-1]["weights"]
             res["eval"].update(in_domain_bpb=bpb, average_bpb=bpb + 0.5, in_domain_avg=acc, average=acc - 5)
             (root / "runs" / f"{m}_s{s}").mkdir(parents=True)
@@ -279,7 +394,7 @@ def _regret_csv(root: Path) -> dict[str, dict]:
 def test_regret_paired_mean_and_t_interval_by_hand(regret_sweep):
     row = _regret_csv(regret_sweep)["tikmix_d"]
     # paired over seeds 0-2 (seed 3 has no oracle run): -0.10, -0.05, -0.12
-    mean, sd = -0.09, math.sqrt((0.01 ** 2 + 0.04 ** 2 + 0.03 ** 2) / 2)
+    mean, sd = -0.09, math.sqrt((0.01**2 + 0.04**2 + 0.03**2) / 2)
     half = T2 * sd / math.sqrt(3)
     assert row["n"] == "3" and row["in_domain_bpb_regret_n"] == "3"
     assert float(row["in_domain_bpb_regret"]) == pytest.approx(mean)
@@ -296,10 +411,12 @@ def test_regret_paired_mean_and_t_interval_by_hand(regret_sweep):
 
 def test_regret_verdicts_in_planted_cases(regret_sweep):
     rows = _regret_csv(regret_sweep)
-    assert rows["tikmix_d"]["beats_best_static"] == "yes"         # [-0.1796, -0.0004]: entirely below 0
-    assert rows["dga"]["beats_best_static"] == "within noise"     # +0.01 ± 0.087
-    assert rows["stratified"]["beats_best_static"] == "no"        # [+0.085, +0.135]
-    assert float(rows["stratified"]["in_domain_bpb_regret_lo95"]) == pytest.approx(0.11 - T2 * 0.01 / math.sqrt(3), abs=1e-5)
+    assert rows["tikmix_d"]["beats_best_static"] == "yes"  # [-0.1796, -0.0004]: entirely below 0
+    assert rows["dga"]["beats_best_static"] == "within noise"  # +0.01 ± 0.087
+    assert rows["stratified"]["beats_best_static"] == "no"  # [+0.085, +0.135]
+    assert float(rows["stratified"]["in_domain_bpb_regret_lo95"]) == pytest.approx(
+        0.11 - T2 * 0.01 / math.sqrt(3), abs=1e-5
+    )
     assert rows["odm"]["beats_best_static"] == "n<2" and rows["odm"]["in_domain_bpb_regret_lo95"] == ""
     assert float(rows["odm"]["in_domain_bpb_regret"]) == pytest.approx(0.20)
     assert rows["regmix"]["n"] == "0" and rows["regmix"]["in_domain_bpb_regret"] == ""
@@ -322,11 +439,11 @@ def test_regret_l1_final_and_time_averaged(regret_sweep):
     avg = tables.time_averaged_weights({"steps": 8, "weights_history": TIK_HISTORY})
     assert avg == pytest.approx({"arith": 0.5, "copy": 0.25, "grammar": 0.25})
     rows = _regret_csv(regret_sweep)
-    assert float(rows["tikmix_d"]["l1_final"]) == pytest.approx(0.2)      # |0.6-0.5| + |0.2-0.3| + |0.2-0.2|
-    assert float(rows["tikmix_d"]["l1_time_avg"]) == pytest.approx(0.1)   # 0 + 0.05 + 0.05
+    assert float(rows["tikmix_d"]["l1_final"]) == pytest.approx(0.2)  # |0.6-0.5| + |0.2-0.3| + |0.2-0.2|
+    assert float(rows["tikmix_d"]["l1_time_avg"]) == pytest.approx(0.1)  # 0 + 0.05 + 0.05
     assert float(rows["stratified"]["l1_final"]) == pytest.approx(0.0)
     assert float(rows["tikmix_d"]["mixer_flops"]) == pytest.approx(2.5e15)  # mean of 1e15..4e15 over its 4 runs
-    assert tables.l1({"arith": 1.0}, W_STAR) is None                        # another corpus: no distance
+    assert tables.l1({"arith": 1.0}, W_STAR) is None  # another corpus: no distance
 
 
 def test_regret_tables_figure_and_table1_block(regret_sweep):
@@ -363,14 +480,28 @@ def test_regret_logged_to_wandb(regret_sweep, tmp_path, monkeypatch):
 
     logged = []
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(runlog.RunLogger, "table", lambda self, key, cols, rows, step=None: logged.append((key, cols, rows)))
-    assert tables.main([str(regret_sweep / "runs"), "--out", str(tmp_path), "--wandb",
-                        "--oracle", str(regret_sweep / "oracle" / "oracle.json")]) == 0
+    monkeypatch.setattr(
+        runlog.RunLogger, "table", lambda self, key, cols, rows, step=None: logged.append((key, cols, rows))
+    )
+    assert (
+        tables.main(
+            [
+                str(regret_sweep / "runs"),
+                "--out",
+                str(tmp_path),
+                "--wandb",
+                "--oracle",
+                str(regret_sweep / "oracle" / "oracle.json"),
+            ]
+        )
+        == 0
+    )
     reg = next((c, r) for k, c, r in logged if k == "tables/regret")
     assert "in_domain_bpb_regret_lo95" in reg[0] and {row[1] for row in reg[1]} >= {"tikmix_d", "dga", "stratified"}
 
 
 # ------------------------------------------------------------------------------ limited evaluations, re-scorings
+
 
 def _limited_sweep(root: Path) -> Path:
     """stratified: 2 full seeds; tikmix_d: seed 0 full, seed 1 evaluated with eval.limit=20 (and a full re-scoring of
@@ -381,9 +512,11 @@ def _limited_sweep(root: Path) -> Path:
         res["final_weights"] = W_STAR
         res["eval"].update(limit=lim, in_domain_bpb=2.0, average_bpb=2.5, in_domain_avg=40.0, average=35.0)
         if m == "tikmix_d" and s == 1:  # python -m eval ... eval=paper9 eval.limit=5, then the same in full
-            res["rescored"] = [{**_eval({"arith_mc": 1.0, "sorting": 1.0}), "preset": "paper9", "limit": 5},
-                               {**_eval({"arith_mc": 77.0, "sorting": 1.0}), "preset": "paper9", "limit": None},
-                               {**_eval({"arith_mc": 2.0, "sorting": 1.0}), "preset": "paper9", "limit": 5}]
+            res["rescored"] = [
+                {**_eval({"arith_mc": 1.0, "sorting": 1.0}), "preset": "paper9", "limit": 5},
+                {**_eval({"arith_mc": 77.0, "sorting": 1.0}), "preset": "paper9", "limit": None},
+                {**_eval({"arith_mc": 2.0, "sorting": 1.0}), "preset": "paper9", "limit": 5},
+            ]
         (root / f"{m}_s{s}").mkdir(parents=True)
         (root / f"{m}_s{s}" / "results.json").write_text(json.dumps(res))
     return root
@@ -402,7 +535,9 @@ def test_every_table_marks_limited_evaluations(tmp_path):
     assert "**Limited evaluation**" in md and "tikmix_d seed 1 (eval.limit=20)" in md
     assert "limited evaluation (†): tikmix_d seed 1" in md  # the notes name the run's folder
     lim = next(r for r in csv.DictReader(open(tmp_path / "rep" / "table1.csv")) if r["group"] == "limit")
-    assert lim["tikmix_d"] == "20" and lim["tikmix_d_n"] == "1" and lim["stratified"] == "" and lim["stratified_n"] == "0"
+    assert (
+        lim["tikmix_d"] == "20" and lim["tikmix_d_n"] == "1" and lim["stratified"] == "" and lim["stratified_n"] == "0"
+    )
     reg = (tmp_path / "rep" / "regret.md").read_text()
     assert "\n| tikmix_d † | 2 |" in reg and "\n| stratified | 2 |" in reg
     assert "**Limited evaluation**" in reg
@@ -432,14 +567,17 @@ def test_oracle_report_marks_limited_confirmation_runs():
     from eval import oracle
 
     res = _oracle_json()
-    res["mixtures"] = {"best1:d0007": {**res["best"], "limited": {}},
-                       "stratified": {**res["best"], "mean": 2.2, "limited": {"1": 10}}}
+    res["mixtures"] = {
+        "best1:d0007": {**res["best"], "limited": {}},
+        "stratified": {**res["best"], "mean": 2.2, "limited": {"1": 10}},
+    }
     md = oracle.markdown(res)
     assert "| stratified † |" in md and "| best1:d0007 |" in md and "stratified seed 1 (eval.limit=10)" in md
     assert "†" not in oracle.markdown(_oracle_json())
 
 
 # ------------------------------------------------------------------------------------------ figures, readable
+
 
 @pytest.fixture
 def drawn(monkeypatch):
@@ -478,16 +616,21 @@ def test_vs_compute_figures_are_readable(tmp_path, drawn):
         for s, p in enumerate(ppls):
             d = tmp_path / "runs" / f"{m}_s{s}"
             d.mkdir(parents=True)
-            (d / "results.json").write_text(json.dumps(_results(m, s, {"arith_mc": 40.0 + s, "sorting": 20.0}, {"arith": p}, fl)))
+            (d / "results.json").write_text(
+                json.dumps(_results(m, s, {"arith_mc": 40.0 + s, "sorting": 20.0}, {"arith": p}, fl))
+            )
     tables.build([tmp_path / "runs"], tmp_path / "rep", quiet=True)
     fig = drawn["ppl_vs_compute.png"]
     ax = fig.axes[0]
     r = fig.canvas.get_renderer()
-    labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text() and
-              ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    labels = [
+        t
+        for t in ax.get_xticklabels()
+        if t.get_visible() and t.get_text() and ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]
+    ]
     assert labels[0].get_text().replace("$\\mathdefault{0}$", "0") == "0" and len(labels) >= 2
     boxes = [t.get_window_extent(r) for t in labels]
-    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), [t.get_text() for t in labels]
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), [t.get_text() for t in labels]
     fb = fig.bbox
     for t in (ax.title, ax.xaxis.label, ax.yaxis.label):
         bb = t.get_window_extent(r)
@@ -500,8 +643,10 @@ def test_vs_compute_figures_are_readable(tmp_path, drawn):
 
 def test_influence_panels_readable_when_one_domain_dominates(tmp_path, drawn):
     """The target's own domain at ~100, the others at ~0.05: the small ones must not be a flat line at 0."""
-    hist = [{"step": st, "influence": {"val/arith": {"arith": 100.0 + st, "copy": 0.05 * (1 + st), "grammar": -0.04}}}
-            for st in (2, 4, 6)]
+    hist = [
+        {"step": st, "influence": {"val/arith": {"arith": 100.0 + st, "copy": 0.05 * (1 + st), "grammar": -0.04}}}
+        for st in (2, 4, 6)
+    ]
     d = tmp_path / "runs" / "tikmix_d_s0"
     d.mkdir(parents=True)
     (d / "results.json").write_text(json.dumps(_results("tikmix_d", 0, None, {"arith": 1.0}, 1e12, hist)))
@@ -518,7 +663,10 @@ def test_influence_panels_readable_when_one_domain_dominates(tmp_path, drawn):
     # one legend for the figure, beside the panels, not over a panel's lines
     assert ax.get_legend() is None and len(fig.legends) == 1
     # a panel without a dominating domain stays linear
-    assert tables.dominated_linthresh([1.0, 0.8, -0.5, 0.6]) is None and tables.dominated_linthresh([100, 0.05, 0.04]) == 0.01
+    assert (
+        tables.dominated_linthresh([1.0, 0.8, -0.5, 0.6]) is None
+        and tables.dominated_linthresh([100, 0.05, 0.04]) == 0.01
+    )
 
 
 def test_wandb_tables_attach_to_the_runs_sweep_with_every_figure(sweep, tmp_path, monkeypatch):

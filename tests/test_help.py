@@ -3,6 +3,7 @@
 The help text is conf/hydra/help/tikmix.yaml; this test reads conf/ and sweeps/ and fails when a preset is
 missing from it, or when an internal preset (a base file, a sweep's job mixer) is shown as one.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,20 @@ import pytest
 
 from tests.conftest import CONF, REPO
 
-# presets that are parts of others, not choices: data/_base (every data preset's defaults), the mixers that
-# sweeps run as their jobs (+sweep=regmix_proxies: regmix_candidate; +sweep=oracle/oracle_confirm: design)
-INTERNAL = {"data": {"_base"}, "mixer": {"regmix_candidate", "design"}}
+# presets that are parts of others, not choices: the mixers that sweeps run as their jobs (+sweep=regmix_proxies:
+# regmix_candidate; +sweep=oracle/oracle_confirm: design)
+INTERNAL = {"mixer": {"regmix_candidate", "design"}}
 
 
 @pytest.fixture(scope="module")
 def help_text() -> str:
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, WANDB_MODE="disabled"))
+    r = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, WANDB_MODE="disabled"),
+    )
     assert r.returncode == 0 and not r.stderr, r.stderr
     return r.stdout
 

@@ -1,4 +1,4 @@
-"""Group Influence (tikmix/influence.py) and the TiKMiX mixers (tikmix/tikmix_mixers.py) on a tiny Llama.
+"""Group Influence (tikmix/method/influence.py) and the TiKMiX mixers (tikmix/method/mixers.py) on a tiny Llama.
 
 Domains have planted statistics over a 64-token vocabulary, sequences of 32 tokens:
   count  x_t = (s + t) mod 32            (the target is held-out `count` text)
@@ -6,9 +6,9 @@ Domains have planted statistics over a 64-token vocabulary, sequences of 32 toke
   high   x_t = 32 + (s + t) mod 32       (same rule, disjoint tokens)
   noise  uniform random tokens           (no signal)
 """
+
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import warnings
@@ -19,14 +19,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from tikmix.influence import (
-    GroupInfluence,
-    causal_lm_loss_sum,
-    gradient_alignment,
-    group_influence,
-)
+from tests.probes import StubProbe
+from tikmix.losses import batch_loss_sum
+from tikmix.method.influence import GroupInfluence, gradient_alignment, group_influence
+from tikmix.method.mixers import TiKMiXD, TiKMiXM
 from tikmix.mixer import MixerContext, MixtureSample, build_mixer
-from tikmix.tikmix_mixers import TiKMiXD, TiKMiXM
 
 V, SEQ = 64, 32
 DOMAINS = ["count", "skip", "high", "noise"]
@@ -66,8 +63,15 @@ def tiny_llama(seed: int = 0, dtype=torch.float32):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).to(dtype)
 
 
@@ -84,20 +88,23 @@ def pretrain(model, steps: int = 25, lr: float = 1e-2, exclude_norms: bool = Fal
     return opt
 
 
-class FakeProbe:
-    """Implements the Probe the trainer hands a mixer (see the brief in tikmix_mixers)."""
+class FakeProbe(StubProbe):
+    """The Probe the trainer hands a mixer (tikmix.mixer.Probe), on the planted domains."""
 
     def __init__(self, model, optimizer, step=100, stage_tokens=20000, n_target_seqs=32, seed=0):
         self.model, self.optimizer, self.step, self.stage_tokens = model, optimizer, step, stage_tokens
         self.device = torch.device("cpu")
         self.flops_per_token = 6.0 * sum(p.numel() for p in model.parameters())
         self.seq_len = SEQ
+        self.domains, self.train_tokens = list(DOMAINS), {d: 10**6 for d in DOMAINS}
         self.seed = seed
         self.targets = {"count_val": batches_of(seqs("count", n_target_seqs, 10_000 + seed))}
         self.charged: list[tuple[float, str]] = []
 
-    def domain_batches(self, domain, n_tokens):
-        yield from batches_of(seqs(domain, max(1, n_tokens // SEQ), 100 * self.step + DOMAINS.index(domain) + self.seed))
+    def domain_batches(self, domain, n_tokens, split="train"):
+        yield from batches_of(
+            seqs(domain, max(1, n_tokens // SEQ), 100 * self.step + DOMAINS.index(domain) + self.seed)
+        )
 
     def mixture_batches(self, weights, n_tokens):
         n = max(1, n_tokens // SEQ)
@@ -111,15 +118,12 @@ class FakeProbe:
     def charge(self, flops, what):
         self.charged.append((float(flops), what))
 
-    def autocast(self):
-        return contextlib.nullcontext()
-
 
 def target_loss(model, batches) -> float:
     with torch.no_grad():
         tot = n = 0
         for b in batches:
-            loss, nl, _ = causal_lm_loss_sum(model, b)
+            loss, nl, _ = batch_loss_sum(model, b)
             tot += float(loss)
             n += nl
     return tot / n
@@ -246,7 +250,9 @@ def _summed_loss(model, b, labels=None):
     """Independent of tikmix: the summed next-token cross-entropy of a batch."""
     logits = model(input_ids=b["input_ids"]).logits
     y = (b["labels"] if labels is None else labels)[:, 1:]
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum")
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+    )
 
 
 def _factors_by_hand(model, name, batches):
@@ -294,12 +300,12 @@ def lm_and_batches():
 
 
 def test_kfac_factors_match_an_independent_computation_on_a_causal_lm(lm_and_batches):
-    from tikmix.influence import KFAC
+    from tikmix.method.influence import KFAC
 
     model, batches = lm_and_batches
     named = list(model.named_parameters())
     kf = KFAC(model, [p for _, p in named], damping=1e-2, keep_factors=True, names=[n for n, _ in named])
-    kf.collect(model, batches, lambda m, b: causal_lm_loss_sum(m, b))  # the data's labels: the empirical Fisher
+    kf.collect(model, batches, lambda m, b: batch_loss_sum(m, b))  # the data's labels: the empirical Fisher
     for name in LAYERS:
         A, G = _factors_by_hand(model, name, batches)
         torch.testing.assert_close(kf.factors[name][0], A)
@@ -312,13 +318,13 @@ def test_kfac_factors_match_an_independent_computation_on_a_causal_lm(lm_and_bat
 def test_kfac_sampled_fisher_of_the_lm_head_matches_its_expectation(lm_and_batches):
     """Labels sampled from the model: E[δδᵀ] at the LM head is diag(p) − ppᵀ per labelled position (0 at the
     last position, whose logits predict nothing). Monte Carlo over 60 label draws of the same batches."""
-    from tikmix.influence import KFAC
+    from tikmix.method.influence import KFAC
 
     model, batches = lm_and_batches
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(0)
     kf = KFAC(model, params, damping=1e-2, keep_factors=True)
-    kf.collect(model, batches * 60, lambda m, b: causal_lm_loss_sum(m, b, sample_generator=gen))
+    kf.collect(model, batches * 60, lambda m, b: batch_loss_sum(m, b, sample_generator=gen))
     G = kf.factors["lm_head"][1]
     expect, n = 0, 0
     with torch.no_grad():
@@ -330,8 +336,10 @@ def test_kfac_sampled_fisher_of_the_lm_head_matches_its_expectation(lm_and_batch
     err = float((G - expect).norm() / expect.norm())
     assert err < 0.05, err
     empirical = KFAC(model, params, damping=1e-2, keep_factors=True)
-    empirical.collect(model, batches, lambda m, b: causal_lm_loss_sum(m, b))
-    assert float((empirical.factors["lm_head"][1] - expect).norm() / expect.norm()) > 4 * err  # the test can tell them apart
+    empirical.collect(model, batches, lambda m, b: batch_loss_sum(m, b))
+    assert (
+        float((empirical.factors["lm_head"][1] - expect).norm() / expect.norm()) > 4 * err
+    )  # the test can tell them apart
 
 
 def test_kfac_preconditioned_target_matches_explicit_solves(lm_and_batches):
@@ -376,7 +384,7 @@ def test_kfac_rest_diag_gives_embeddings_and_norms_their_share(lm_and_batches):
     """Before (rest=identity) the K-FAC blocks are amplified by their inverse eigenvalues while embeddings and
     norms are not, so those carry a sliver of |S|; the damped diagonal Fisher puts them on the same scale."""
     model, batches = lm_and_batches
-    from tikmix.influence import block_kind
+    from tikmix.method.influence import block_kind
 
     target = batches_of(seqs("count", 8, 78))
     dom = {d: batches_of(seqs(d, 8, 90 + i)) for i, d in enumerate(DOMAINS)}
@@ -437,7 +445,7 @@ def test_lookahead_is_first_order_for_small_steps_and_the_exact_loss_change_othe
 
 
 def test_combined_target_is_the_mean_of_its_parts(setup64):
-    from tikmix.influence import CombinedTarget
+    from tikmix.method.influence import CombinedTarget
 
     model, _, _, dom = setup64
     parts = {"a": batches_of(seqs("count", 16, 501)), "b": batches_of(seqs("skip", 24, 502))}
@@ -455,7 +463,9 @@ def test_kfac_single_linear_matches_explicit_kronecker_solve():
 
     def data(seed, n):
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 5, generator=g, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+        x = torch.randn(n, 5, generator=g, dtype=torch.float64) * torch.tensor(
+            [1.0, 2.0, 0.5, 1.0, 3.0], dtype=torch.float64
+        )
         return [{"x": x[i : i + 8], "y": x[i : i + 8] @ W.T + 0.3} for i in range(0, n, 8)]
 
     def loss_fn(m, b):
@@ -505,12 +515,12 @@ def test_projection_preserves_inner_products():
 
 
 def test_projector_is_seeded_chunked_and_unbiased():
-    from tikmix.influence import Projector
+    from tikmix.method.influence import Projector
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3000, generator=g), torch.randn(3000, generator=g)
     y = 0.6 * x + 0.8 * y  # cos ≈ 0.6
-    pieces = lambda v: [v[:1000].reshape(10, 100), v[1000:]]  # parameter-shaped pieces
+    pieces = lambda v: [v[:1000].reshape(10, 100), v[1000:]]  # noqa: E731 — parameter-shaped pieces
     k = 4096
     P = Projector(k, seed=5, kind="rademacher")
     P.cols = 700  # force several random blocks per parameter
@@ -561,8 +571,13 @@ def test_memory_at_most_n_targets_plus_one_domain_gradient(hessian):
                 samples.append((name, _live_gradient_floats(model, opt) - base))
             yield b
 
-    res = group_influence(model, {t: (lambda t=t: stream(t)) for t in streams if t.startswith("t")},
-                          {d: (lambda d=d: stream(d)) for d in DOMAINS}, hessian=hessian, optimizer=opt)
+    res = group_influence(
+        model,
+        {t: (lambda t=t: stream(t)) for t in streams if t.startswith("t")},
+        {d: (lambda d=d: stream(d)) for d in DOMAINS},
+        hessian=hessian,
+        optimizer=opt,
+    )
     assert res.S.shape == (n, len(DOMAINS))
     assert len(samples) == n + len(DOMAINS) + 1
     peak = max(v for _, v in samples)
@@ -575,8 +590,15 @@ def test_memory_at_most_n_targets_plus_one_domain_gradient(hessian):
 # the mixers
 # --------------------------------------------------------------------------------------------------------
 def _ctx(seed=0, train_tokens=None):
-    return MixerContext(domains=list(DOMAINS), train_tokens=train_tokens or {d: 100_000 for d in DOMAINS}, total_steps=400,
-                        tokens_per_step=512, seq_len=SEQ, seed=seed, stage_steps=[100, 200, 300])
+    return MixerContext(
+        domains=list(DOMAINS),
+        train_tokens=train_tokens or {d: 100_000 for d in DOMAINS},
+        total_steps=400,
+        tokens_per_step=512,
+        seq_len=SEQ,
+        seed=seed,
+        stage_steps=[100, 200, 300],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -602,7 +624,11 @@ def test_tikmix_d_mixer_moves_weight_by_influence(trained32):
     assert w[DOMAINS.index("noise")] < 0.25, (w, S)
     assert rec["solver"]["status"] == "ok" and rec["solver"]["objective"] <= rec["solver"]["objective_prev"] + 1e-9
     assert min(rec["solver"]["slacks"]["pareto"]) >= -1e-6 * np.abs(S).max()
-    assert probe.charged and probe.charged[0][1] == "influence" and probe.charged[0][0] == pytest.approx(rec["cost"]["influence_flops"])
+    assert (
+        probe.charged
+        and probe.charged[0][1] == "influence"
+        and probe.charged[0][0] == pytest.approx(rec["cost"]["influence_flops"])
+    )
     assert rec["cost"]["influence_flops"] >= (4 * 512 + 1024) * probe.flops_per_token
     assert set(rec) >= {"step", "influence", "weights", "solver", "cost"}
 
@@ -620,8 +646,11 @@ def test_tikmix_d_respects_epoch_caps(trained32):
     model, opt = trained32
     tt = {d: 100_000 for d in DOMAINS}
     tt["count"] = 1000  # stage 20000 tokens, max_epochs 4 -> cap 0.2
-    mixer = build_mixer({"name": "tikmix_d", "tokens_per_domain": 256, "targets_tokens": 512, "first_stage": "uniform"},
-                        DOMAINS, _ctx(train_tokens=tt))
+    mixer = build_mixer(
+        {"name": "tikmix_d", "tokens_per_domain": 256, "targets_tokens": 512, "first_stage": "uniform"},
+        DOMAINS,
+        _ctx(train_tokens=tt),
+    )
     np.testing.assert_allclose(mixer.weights(0), 0.25)
     mixer.on_probe(FakeProbe(model, opt))
     w = mixer.weights(100)
@@ -632,7 +661,13 @@ def test_tikmix_d_respects_epoch_caps(trained32):
 @pytest.mark.parametrize("hessian", ["adam", "kfac"])
 def test_tikmix_d_mixer_with_each_preconditioner(trained32, hessian):
     model, opt = trained32
-    cfg = {"name": "tikmix_d", "tokens_per_domain": 512, "targets_tokens": 1024, "hessian": hessian, "kfac_tokens": 1024}
+    cfg = {
+        "name": "tikmix_d",
+        "tokens_per_domain": 512,
+        "targets_tokens": 1024,
+        "hessian": hessian,
+        "kfac_tokens": 1024,
+    }
     mixer = build_mixer(cfg, DOMAINS, _ctx())
     mixer.on_probe(FakeProbe(model, opt))
     rec = mixer.history[-1]
@@ -649,8 +684,17 @@ def test_tikmix_d_mixer_with_each_preconditioner(trained32, hessian):
 @pytest.mark.parametrize("sample", ["composed", "own"])
 def test_tikmix_m_mixer_runs_and_logs_fit(trained32, sample):
     model, opt = trained32
-    cfg = {"name": "tikmix_m", "tokens_per_domain": 512, "targets_tokens": 1024, "n_candidates": 16, "candidate_tokens": 2048,
-           "search_samples": 500, "search_rounds": 3, "n_estimators": 50, "candidate_sample": sample}
+    cfg = {
+        "name": "tikmix_m",
+        "tokens_per_domain": 512,
+        "targets_tokens": 1024,
+        "n_candidates": 16,
+        "candidate_tokens": 2048,
+        "search_samples": 500,
+        "search_rounds": 3,
+        "n_estimators": 50,
+        "candidate_sample": sample,
+    }
     mixer = build_mixer(cfg, DOMAINS, _ctx())
     assert isinstance(mixer, TiKMiXM) and mixer.c.hessian == "adam" and mixer.c.regressor == "quadratic"
     probe = FakeProbe(model, opt)
@@ -664,7 +708,9 @@ def test_tikmix_m_mixer_runs_and_logs_fit(trained32, sample):
     X = np.array(m["realised"])
     S_ = np.array([[rec["influence"]["count_val"][d] for d in DOMAINS]])
     if sample == "own":
-        assert np.allclose(X.sum(axis=1), 1) and np.all(np.abs(X * 64 - np.round(X * 64)) < 1e-9)  # counts / 64 sequences
+        assert np.allclose(X.sum(axis=1), 1) and np.all(
+            np.abs(X * 64 - np.round(X * 64)) < 1e-9
+        )  # counts / 64 sequences
     else:  # composed: the mixture measured is the candidate, its first order exactly S·w
         np.testing.assert_array_equal(X, m["nominal"])
         np.testing.assert_allclose(np.array(m["first_order_P"]), X @ S_.T, rtol=1e-12)
@@ -706,8 +752,9 @@ def test_auto_per_domain_targets_are_combined_into_one(trained32):
     rec = mixer.history[-1]
     assert rec["targets"] == ["mean(val/count, val/skip, val/high, val/noise)"]
     assert rec["solver"]["pareto_room"] > 0
-    separate = build_mixer({"name": "tikmix_d", "tokens_per_domain": 512, "targets_tokens": 512, "combine_targets": False},
-                           DOMAINS, ctx)
+    separate = build_mixer(
+        {"name": "tikmix_d", "tokens_per_domain": 512, "targets_tokens": 512, "combine_targets": False}, DOMAINS, ctx
+    )
     separate.on_probe(probe)
     assert len(separate.history[-1]["targets"]) == 4
 
@@ -721,24 +768,22 @@ def test_unknown_config_key_is_refused():
         build_mixer({"name": "tikmix_d", "hessian": "exact"}, DOMAINS, _ctx())
 
 
-def test_yaml_configs_match_code_defaults_and_build():
-    """conf/mixer/tikmix_{d,m}.yaml: same keys and defaults as the code; tikmix_m inherits tikmix_d's keys."""
-    from pathlib import Path
+def test_presets_compose_to_the_dataclass_defaults_and_build():
+    """conf/mixer/tikmix_{d,m}.yaml hold only their schema and name: composed, they are exactly the dataclasses'
+    defaults (one place for each), and TiKMiX-M's parameters are TiKMiX-D's and its own."""
+    import dataclasses
 
     from omegaconf import OmegaConf
 
-    from tikmix.tikmix_mixers import D_KEYS, M_KEYS
+    from tests.conftest import compose
+    from tikmix.method.mixers import TiKMiXDConfig, TiKMiXMConfig
 
-    conf = Path(__file__).resolve().parents[1] / "conf" / "mixer"
-    d = OmegaConf.load(conf / "tikmix_d.yaml")
-    m_raw = OmegaConf.load(conf / "tikmix_m.yaml")
-    assert list(m_raw.defaults) == ["tikmix_d", "_self_"]
-    m = OmegaConf.merge(d, {k: v for k, v in m_raw.items() if k != "defaults"})
-    for cfg, keys in ((d, D_KEYS), (m, M_KEYS)):
-        c = OmegaConf.to_container(cfg)
-        assert set(c) == set(keys)
-        assert c == keys
-        build_mixer(cfg, DOMAINS, _ctx())
+    for name, schema in (("tikmix_d", TiKMiXDConfig), ("tikmix_m", TiKMiXMConfig)):
+        composed = compose([f"mixer={name}", "run_dir=/tmp"]).mixer
+        assert OmegaConf.to_container(composed) == dataclasses.asdict(schema(name=name))
+        assert isinstance(build_mixer(composed, DOMAINS, _ctx()).c, schema)
+    d, m = ({f.name for f in dataclasses.fields(c)} for c in (TiKMiXDConfig, TiKMiXMConfig))
+    assert d < m and (TiKMiXDConfig(name="x").hessian, TiKMiXMConfig(name="x").hessian) == ("identity", "adam")
 
 
 def test_composed_lookahead_steps_along_the_mixed_domain_gradients(setup64):

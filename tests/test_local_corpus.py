@@ -1,5 +1,6 @@
 """The real-text corpus builder (tikmix.data.local_corpus): Pile layout, natural proportions, disjoint splits,
 never overwriting, and readable through data=jsonl."""
+
 from __future__ import annotations
 
 import gzip
@@ -32,14 +33,20 @@ def fake_sources(tmp_path, monkeypatch):
     files["mid"].append(str(dup))
     q = src / "quotes.gz"
     with gzip.open(q, "wt") as f:
-        f.write("\n%\n".join(f"quote number {i}: brevity is the soul of wit, said someone, line {i}" for i in range(200)))
+        f.write(
+            "\n%\n".join(f"quote number {i}: brevity is the soul of wit, said someone, line {i}" for i in range(200))
+        )
     files["small"] = [str(q)]
-    monkeypatch.setattr(lc, "SOURCES", {
-        "big": (lambda: files["big"], None, "test: big"),
-        "mid": (lambda: files["mid"], None, "test: mid"),
-        "small": (lambda: files["small"], lc._text_quotes, "test: small"),
-        "missing": (lambda: [], None, "apt-get install nothing-here"),
-    })
+    monkeypatch.setattr(
+        lc,
+        "SOURCES",
+        {
+            "big": (lambda: files["big"], None, "test: big"),
+            "mid": (lambda: files["mid"], None, "test: mid"),
+            "small": (lambda: files["small"], lc._text_quotes, "test: small"),
+            "missing": (lambda: [], None, "apt-get install nothing-here"),
+        },
+    )
     return tmp_path
 
 
@@ -55,13 +62,20 @@ def test_pile_layout_natural_proportions_disjoint_splits(fake_sources):
     out = fake_sources / "corpus"
     m = lc.build(out, ("big", "mid", "small"), doc_chars=600, total_chars=10**9, holdout=0.05, min_holdout=3)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.jsonl.zst", "train", "val.jsonl.zst"]
-    rows = {s: _rows(out / f) for s, f in (("train", "train/00.jsonl.zst"), ("val", "val.jsonl.zst"), ("test", "test.jsonl.zst"))}
+    rows = {
+        s: _rows(out / f)
+        for s, f in (("train", "train/00.jsonl.zst"), ("val", "val.jsonl.zst"), ("test", "test.jsonl.zst"))
+    }
     for split, rs in rows.items():
         assert all(set(r) == {"text", "meta"} and set(r["meta"]) == {"pile_set_name"} for r in rs)
         assert all(len(r["text"]) <= 600 for r in rs)
         assert m["domains"]["big"][split]["docs"] == sum(r["meta"]["pile_set_name"] == "big" for r in rs)
     texts = {s: {r["text"] for r in rs} for s, rs in rows.items()}
-    assert not (texts["train"] & texts["val"]) and not (texts["train"] & texts["test"]) and not (texts["val"] & texts["test"])
+    assert (
+        not (texts["train"] & texts["val"])
+        and not (texts["train"] & texts["test"])
+        and not (texts["val"] & texts["test"])
+    )
     # the duplicated file adds nothing; chars follow the sources' sizes (big ~1.5x mid, mid ~ 2.2x small)
     chars = {d: sum(v[s]["chars"] for s in ("train", "val", "test")) for d, v in m["domains"].items()}
     assert chars["big"] == pytest.approx(1.5 * chars["mid"], rel=0.02)
@@ -71,10 +85,18 @@ def test_pile_layout_natural_proportions_disjoint_splits(fake_sources):
 
 
 def test_total_chars_scales_every_domain_alike(fake_sources):
-    full = lc.build(fake_sources / "full", ("big", "mid", "small"), doc_chars=600, total_chars=10**9, holdout=0.05, min_holdout=3)
+    full = lc.build(
+        fake_sources / "full", ("big", "mid", "small"), doc_chars=600, total_chars=10**9, holdout=0.05, min_holdout=3
+    )
     everything = sum(sum(v[s]["chars"] for s in ("train", "val", "test")) for v in full["domains"].values())
-    half = lc.build(fake_sources / "half", ("big", "mid", "small"), doc_chars=600, total_chars=everything // 2,
-                    holdout=0.05, min_holdout=3)
+    half = lc.build(
+        fake_sources / "half",
+        ("big", "mid", "small"),
+        doc_chars=600,
+        total_chars=everything // 2,
+        holdout=0.05,
+        min_holdout=3,
+    )
 
     def tot(m, d):
         return sum(m["domains"][d][s]["chars"] for s in ("train", "val", "test"))
@@ -101,8 +123,14 @@ def test_refuses_existing_folder_missing_source_and_unknown_domain(fake_sources)
 def test_loads_through_data_jsonl(fake_sources):
     out = fake_sources / "corpus"
     lc.build(out, ("big", "mid", "small"), doc_chars=600, total_chars=10**9, holdout=0.05, min_holdout=3)
-    cfg = {"source": "jsonl", "root": str(out), "train_files": "train/*.jsonl.zst", "val_files": "val.jsonl.zst",
-           "test_files": "test.jsonl.zst", "domain_field": "meta.pile_set_name"}
+    cfg = {
+        "source": "jsonl",
+        "root": str(out),
+        "train_files": "train/*.jsonl.zst",
+        "val_files": "val.jsonl.zst",
+        "test_files": "test.jsonl.zst",
+        "domain_field": "meta.pile_set_name",
+    }
     got = {s: Counter(d for d, _ in iter_documents(cfg, s)) for s in ("train", "val", "test")}
     manifest = json.loads((out / "manifest.json").read_text())
     for s in got:

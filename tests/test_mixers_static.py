@@ -8,7 +8,14 @@ DOMS = ["a", "b", "c"]
 
 
 def ctx(**kw):
-    base = dict(domains=DOMS, train_tokens={"a": 100, "b": 300, "c": 600}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0)
+    base = dict(
+        domains=DOMS,
+        train_tokens={"a": 100, "b": 300, "c": 600},
+        total_steps=10,
+        tokens_per_step=64,
+        seq_len=16,
+        seed=0,
+    )
     base.update(kw)
     return MixerContext(**base)
 
@@ -42,7 +49,10 @@ def test_fixed_from_file(tmp_path):
         ({"name": "fixed", "weights": {"a": -0.5, "b": 1.5}}, r"mixer.weights.a: weight must be finite and >= 0"),
         ({"name": "fixed", "weights": {"a": 0.5, "b": 0.4}}, r"sum to 0.9.*renormalize=true"),
         ({"name": "fixed", "weights": None}, r"mixer.weights"),
-        ({"name": "fixed", "weights": None, "weights_file": "/nonexistent.yaml"}, r"mixer.weights_file: file not found"),
+        (
+            {"name": "fixed", "weights": None, "weights_file": "/nonexistent.yaml"},
+            r"mixer.weights_file: file not found",
+        ),
         ({"name": "nope"}, r"unknown mixer 'nope'; available: .*stratified"),
         ({"name": "human"}, r"data.human_weights"),
     ],

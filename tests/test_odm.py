@@ -1,4 +1,5 @@
 """ODM (baselines/odm.py): the EXP3 bandit's probabilities, reward updates, exact resume, and an end-to-end run."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ DOMS = ["a", "b", "c", "noise"]
 
 
 def ctx(total_steps: int = 1000) -> MixerContext:
-    return MixerContext(domains=DOMS, train_tokens={d: 10_000 for d in DOMS}, total_steps=total_steps, tokens_per_step=64,
-                        seq_len=16, seed=0)
+    return MixerContext(
+        domains=DOMS,
+        train_tokens={d: 10_000 for d in DOMS},
+        total_steps=total_steps,
+        tokens_per_step=64,
+        seq_len=16,
+        seed=0,
+    )
 
 
 def test_exploration_rate_formula():
@@ -43,8 +50,9 @@ def test_probabilities_on_simplex_above_floor_argmax_follows_reward(seed):
 
 
 def stats(step, losses, counts):
-    return DomainStats(step=step, counts=np.asarray(counts), loss=np.asarray(losses, dtype=np.float64),
-                       tokens=np.asarray(counts) * 16)
+    return DomainStats(
+        step=step, counts=np.asarray(counts), loss=np.asarray(losses, dtype=np.float64), tokens=np.asarray(counts) * 16
+    )
 
 
 def test_ema_update_is_the_importance_weighted_ema_and_absent_domains_keep_theirs():
@@ -90,7 +98,9 @@ def test_smoothed_mean_is_the_release_group_update_by_hand():
     R = np.zeros(4)
     for step in range(6):
         mx.observe(stats(step, loss, counts))
-        R = np.array([0.9 * R[0] + 0.1 * np.exp(2.0), 0.9 * R[1] + 0.1 * np.exp(3.0), 0.0, 0.9 * R[3] + 0.1 * np.exp(6.0)])
+        R = np.array(
+            [0.9 * R[0] + 0.1 * np.exp(2.0), 0.9 * R[1] + 0.1 * np.exp(3.0), 0.0, 0.9 * R[3] + 0.1 * np.exp(6.0)]
+        )
         assert np.allclose(mx.R, R, rtol=1e-13, atol=0)
     e7 = np.sqrt(np.log(4) / 28)  # the first ε below 1/4
     assert np.allclose(mx.weights(6), (1 - 4 * e7) * R / R.sum() + e7, rtol=0, atol=1e-12)
@@ -127,6 +137,7 @@ def test_observed_importance_uses_the_probability_of_appearing_in_the_batch():
 @pytest.mark.parametrize("rule", REWARD_UPDATES)
 def test_bandit_favours_the_highest_loss_domain_and_resumes_exactly(rule):
     """Simulated training: three domains whose loss falls as they are trained on, one unlearnable (noise)."""
+
     def simulate(mx, steps, L, lo=0):
         for step in range(lo, lo + steps):
             w = mx.weights(step)
@@ -156,12 +167,14 @@ def test_steps_must_be_observed_in_order_and_config_is_checked():
     mx.observe(stats(0, [1, 1, 1, 1], [1, 1, 1, 1]))
     with pytest.raises(RuntimeError, match="observed step 2 after 1"):
         mx.observe(stats(2, [1, 1, 1, 1], [1, 1, 1, 1]))
-    for cfg, match in [({"name": "odm", "smoothing": 1.5}, "mixer.smoothing"),
-                       ({"name": "odm", "reward_update": "ema", "importance": "x"}, "mixer.importance: one of"),
-                       ({"name": "odm", "reward_update": "sum"}, "mixer.reward_update: one of"),
-                       ({"name": "odm", "reward_update": "accumulate", "smoothing": 0.9}, "mixer.smoothing: not used"),
-                       ({"name": "odm", "importance": "pi"}, "mixer.importance: not used by reward_update 'smoothed_mean'"),
-                       ({"name": "odm", "typo": 1}, "mixer.typo: unknown key")]:
+    for cfg, match in [
+        ({"name": "odm", "smoothing": 1.5}, "mixer.smoothing"),
+        ({"name": "odm", "reward_update": "ema", "importance": "x"}, "mixer.importance: one of"),
+        ({"name": "odm", "reward_update": "sum"}, "mixer.reward_update: one of"),
+        ({"name": "odm", "reward_update": "accumulate", "smoothing": 0.9}, "mixer.smoothing: not used"),
+        ({"name": "odm", "importance": "pi"}, "mixer.importance: not used by reward_update 'smoothed_mean'"),
+        ({"name": "odm", "typo": 1}, "mixer.typo: unknown key"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             build_mixer(cfg, DOMS, ctx())
     sd = build_mixer({"name": "odm", "reward_update": "ema"}, DOMS, ctx()).state_dict()
@@ -182,8 +195,18 @@ def test_e2e_64_steps(make_cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", recording)
     # 64 steps: with m = 6, ε_t = 1/m (π exactly uniform) for t <= m·ln m ≈ 10.8, so the smoke budget's 8 steps
     # would show nothing.
-    res = run(make_cfg("mixer=odm", "mixer.history_every=1", "budget.total_tokens=32768", "budget.batch_size=8",
-                       "trainer.eval_every=0", "trainer.save_final_model=false", run_dir=tmp_path / "odm"), quiet=True)
+    res = run(
+        make_cfg(
+            "mixer=odm",
+            "mixer.history_every=1",
+            "budget.total_tokens=32768",
+            "budget.batch_size=8",
+            "trainer.eval_every=0",
+            "trainer.save_final_model=false",
+            run_dir=tmp_path / "odm",
+        ),
+        quiet=True,
+    )
     total, doms = res["steps"], res["domains"]
     assert total == 64 and sum(res["tokens_seen"].values()) == 32768  # ends at its token budget
     c = res["compute"]

@@ -1,5 +1,6 @@
 """The oracle: the static-mixture design, the selection of the best mixtures on a planted surface, the mixing
 laws' held-out fit, and the report's paired statistics (eval/oracle.py, tikmix/static_mixers.py)."""
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,26 @@ def planted_bpb(w: np.ndarray, seed: int = 0) -> float:
 def write_run(root, name, w, seed, point):
     d = root / name
     d.mkdir(parents=True)
-    res = {"mixer": "design", "seed": seed, "model": "tiny", "budget": "demo", "data": "synthetic", "domains": DOMAINS,
-           "steps": 10, "final_weights": dict(zip(DOMAINS, map(float, w))), "weights_history": [],
-           "compute": {"train": 1e12, "eval": 1e10, "mixer_total": 0.0, "total": 1.01e12}, "total_time_s": 60.0,
-           "mixer_info": {"point": point},
-           "eval": {"in_domain_bpb": planted_bpb(w, seed), "in_domain_avg": 50.0 - 10 * planted_bpb(w, seed),
-                    "average": 40.0, "tasks": {}}}
+    res = {
+        "mixer": "design",
+        "seed": seed,
+        "model": "tiny",
+        "budget": "demo",
+        "data": "synthetic",
+        "domains": DOMAINS,
+        "steps": 10,
+        "final_weights": dict(zip(DOMAINS, map(float, w))),
+        "weights_history": [],
+        "compute": {"train": 1e12, "eval": 1e10, "mixer_total": 0.0, "total": 1.01e12},
+        "total_time_s": 60.0,
+        "mixer_info": {"point": point},
+        "eval": {
+            "in_domain_bpb": planted_bpb(w, seed),
+            "in_domain_avg": 50.0 - 10 * planted_bpb(w, seed),
+            "average": 40.0,
+            "tasks": {},
+        },
+    }
     (d / "results.json").write_text(json.dumps(res))
 
 
@@ -58,8 +73,9 @@ def test_the_preset_design_has_at_least_48_mixtures():
 
 
 def test_design_mixer_indexes_the_design_and_refuses_out_of_range(tmp_path):
-    ctx = MixerContext(domains=DOMAINS, train_tokens={d: 100 for d in DOMAINS}, total_steps=10, tokens_per_step=64,
-                       seq_len=8, seed=3)
+    ctx = MixerContext(
+        domains=DOMAINS, train_tokens={d: 100 for d in DOMAINS}, total_steps=10, tokens_per_step=64, seq_len=8, seed=3
+    )
     m = build_mixer({"name": "design", "index": 2, "grid_domains": ["a", "b"]}, DOMAINS, ctx)
     assert m.info["point"] == "vertex:a" and m.weights(0)[0] == pytest.approx(0.7)
     with pytest.raises(ConfigError, match="mixer.index"):
@@ -73,8 +89,14 @@ def test_design_mixer_indexes_the_design_and_refuses_out_of_range(tmp_path):
 @pytest.fixture(scope="module")
 def design_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("design")
-    pts = static_design(DOMAINS, np.array([5.0, 1.0, 1.0, 2.0, 1.0]), grid_domains=["a", "b", "c"], grid_step=4,
-                        n_uniform=12, n_natural=4)
+    pts = static_design(
+        DOMAINS,
+        np.array([5.0, 1.0, 1.0, 2.0, 1.0]),
+        grid_domains=["a", "b", "c"],
+        grid_step=4,
+        n_uniform=12,
+        n_natural=4,
+    )
     for i, (name, w) in enumerate(pts):
         write_run(root, f"{i}_design{i}_s0", w, 0, name)
     return root, pts
@@ -136,5 +158,8 @@ def test_report_pairs_by_seed_and_names_the_best(tmp_path):
     # accuracy (higher is better) is paired the same way: 50 - 10·bpb gains 10× what BPB loses
     acc = res["vs_other_metrics"]["stratified"]["in_domain_avg"]
     assert acc["mean"] == pytest.approx(-10 * d.mean()) and acc["beats_by_more_than_2_paired_std"]
-    assert "average" in res["vs_other_metrics"]["natural"] and not res["vs_other_metrics"]["natural"]["average"]["beats_by_more_than_2_paired_std"]
+    assert (
+        "average" in res["vs_other_metrics"]["natural"]
+        and not res["vs_other_metrics"]["natural"]["average"]["beats_by_more_than_2_paired_std"]
+    )
     assert (out / "oracle.json").exists() and "best1:x" in (out / "oracle.md").read_text()

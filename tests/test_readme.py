@@ -11,6 +11,7 @@ lines followed by their ``error:`` line) run and must print that line (``...`` s
 Commands that need a GPU, the hub, apt-get, the user's files or more than seconds are skipped with the
 reason given by ``SKIPS``; a command no rule covers fails, so every new kind of command gets a decision.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,9 +38,15 @@ SKIPS = [
     (r"^lm_eval ", "lm-eval's own command line, shown as an alternative; names no tasks"),
     (r"-m eval\.tables (?!<)", "reads a sweep dir that a sweep of minutes writes (outputs/, multirun/)"),
     (r"^torchrun$", "the program's name, not a command"),
-    (r"-m eval\.oracle\b", "reads the oracle's sweep folders (hours of runs); tests/test_oracle.py runs select and report on a planted sweep"),
+    (
+        r"-m eval\.oracle\b",
+        "reads the oracle's sweep folders (hours of runs); tests/test_oracle.py runs select and report on a planted sweep",
+    ),
     (r"train\.py --help$", "Hydra's help, not a run; tests/test_help.py checks what it lists"),
-    (r"^python -m eval( …|$)", "prose naming the re-scoring command; its full form (python -m eval <run dir> ...) runs below"),
+    (
+        r"^python -m eval( …|$)",
+        "prose naming the re-scoring command; its full form (python -m eval <run dir> ...) runs below",
+    ),
 ]
 # bad-input examples that refer to the user's files, which README does not create; the same errors are cases
 # of tests/test_bad_inputs.py
@@ -50,7 +57,7 @@ USER_FILES = ("/data/", "my_tasks", "outputs/run_of_")
 class Command:
     line: int
     text: str
-    expect_error: str | None = None   # the `error:` line README prints under a `$ ` command
+    expect_error: str | None = None  # the `error:` line README prints under a `$ ` command
     args: list[str] = field(default_factory=list)
 
     @property
@@ -93,7 +100,7 @@ def _train_args(cmd: str) -> list[str] | None:
     toks = shlex.split(cmd)
     if not any(t.endswith("train.py") for t in toks):
         return None
-    args = toks[[t.endswith("train.py") for t in toks].index(True) + 1:]
+    args = toks[[t.endswith("train.py") for t in toks].index(True) + 1 :]
     return [a for a in args if a not in ("-m", "--multirun", "...")]
 
 
@@ -111,8 +118,13 @@ COMMANDS = readme_commands()
 
 def test_readme_has_commands_and_each_is_checked_or_skipped_with_a_reason():
     assert len(COMMANDS) > 20 and any(c.text.startswith("python train.py") for c in COMMANDS)
-    undecided = [c.id for c in COMMANDS if skip_reason(c) is None and _train_args(c.text) is None
-                 and not re.match(r"python -m eval(\.tables)? <", c.text)]
+    undecided = [
+        c.id
+        for c in COMMANDS
+        if skip_reason(c) is None
+        and _train_args(c.text) is None
+        and not re.match(r"python -m eval(\.tables)? <", c.text)
+    ]
     assert not undecided, f"README commands no rule covers (add a check or a SKIPS entry): {undecided}"
 
 
@@ -144,22 +156,27 @@ def _variants(args: list[str]) -> list[list[str]]:
     first = [a if v is None else f"{k}={v[0]}" for a, k, v in zip(args, key, vals)]
     out = [first]
     for i, v in enumerate(vals):
-        out += [first[:i] + [f"{key[i]}={x}"] + first[i + 1:] for x in (v or [])[1:]]
+        out += [first[:i] + [f"{key[i]}={x}"] + first[i + 1 :] for x in (v or [])[1:]]
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def _compose(overrides: tuple[str, ...]) -> dict:
     """The composed config (Hydra's section included) as a container; commands README repeats compose once."""
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from tikmix.config import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = hcompose(config_name="config", overrides=[*overrides, "run_dir=/tmp/readme"],
-                           return_hydra_config=True)
+            cfg = hcompose(
+                config_name="config", overrides=[*overrides, "run_dir=/tmp/readme"], return_hydra_config=True
+            )
     finally:
         GlobalHydra.instance().clear()
     out = OmegaConf.to_container(cfg, resolve=False)
@@ -179,7 +196,7 @@ def _compose_all(args: list[str]) -> int:
         _compose(tuple(ov + first))
         for i, (k, v) in enumerate(vals.items()):
             for x in v[1:] if (CONF / k).is_dir() else []:
-                _compose(tuple(ov + first[:i] + [f"{k}={x}"] + first[i + 1:]))
+                _compose(tuple(ov + first[:i] + [f"{k}={x}"] + first[i + 1 :]))
                 n += 1
         n += 1
     return n
@@ -194,8 +211,10 @@ def test_readme_train_command_composes(cmd):
 
 
 # ------------------------------------------------------------------------------ a few, end to end
-LOCAL_ONLY = re.compile(r"(^|\s)(-m|\+sweep=|data\.root=|data=(?!synthetic)|weights_file=|proxies=|model=(?!tiny\b)|"
-                        r"budget=(?!smoke\b|demo\b)|hydra/launcher=)")
+LOCAL_ONLY = re.compile(
+    r"(^|\s)(-m|\+sweep=|data\.root=|data=(?!synthetic)|weights_file=|proxies=|model=(?!tiny\b)|"
+    r"budget=(?!smoke\b|demo\b)|hydra/launcher=)"
+)
 
 
 def _runnable() -> list[Command]:
@@ -282,7 +301,7 @@ def _fragments_in_order(expected: str, actual: str) -> bool:
 
 @pytest.mark.parametrize("cmd", BAD, ids=[c.id for c in BAD])
 def test_readme_bad_input_example_prints_its_error_line(cmd, smoke_overrides, tmp_path, capsys):
-    from tikmix.errors import hydra_error_line
+    from tikmix.cli import hydra_error_line
     from tikmix.run import main
 
     try:

@@ -1,28 +1,45 @@
 """RegMix: candidate generation, the regression on a planted mixing law, proxies through the trainer (cache,
 compute charged), a proxy sweep with a crashed job, and the noise domain on the synthetic data."""
+
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from baselines.regmix import (
+    LGBM,
+    auto_minimum,
+    choose_mixture,
+    fit_lgbm,
+    fit_mixing_law,
+    generate_candidates,
+    load_proxy_runs,
+    proxy_flops,
+    sample_dirichlet_mixtures,
+    strength_grid,
+)
 from tests.conftest import compose
 from tikmix.errors import ConfigError
 from tikmix.ledger import Ledger
 from tikmix.mixer import MixerContext, build_mixer
+from tikmix.regression import n_trees
 from tikmix.run import make_subrun, run
 
-from baselines.regmix import (LGBM, auto_minimum, choose_mixture, fit_lgbm, fit_mixing_law, generate_candidates,
-                               load_proxy_runs, n_trees, proxy_flops, sample_dirichlet_mixtures, strength_grid)
-
 # A small proxy so integration tests stay fast (the default is the paper's 1M proxy).
-SMALL_PROXY = ["mixer.proxy_model.hidden_size=64", "mixer.proxy_model.intermediate_size=128", "mixer.proxy_model.num_heads=2",
-               "mixer.proxy_model.num_kv_heads=2", "mixer.n_simulate=5000", "mixer.top_k=20", "mixer.lgbm.n_estimators=200",
-               "mixer.proxy_budget.total_tokens=2048"]
+SMALL_PROXY = [
+    "mixer.proxy_model.hidden_size=64",
+    "mixer.proxy_model.intermediate_size=128",
+    "mixer.proxy_model.num_heads=2",
+    "mixer.proxy_model.num_kv_heads=2",
+    "mixer.n_simulate=5000",
+    "mixer.top_k=20",
+    "mixer.lgbm.n_estimators=200",
+    "mixer.proxy_budget.total_tokens=2048",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -51,9 +68,16 @@ def built_mixer(cfg):
     b = cfg.budget
     steps = check_budget(b.total_tokens, b.seq_len, b.batch_size, b.micro_batch, cfg.model.max_position_embeddings)
     ledger = Ledger()
-    ctx = MixerContext(domains=doms, train_tokens={d: len(shards.tokens(d, "train")) for d in doms}, total_steps=steps,
-                       tokens_per_step=b.seq_len * b.batch_size, seq_len=b.seq_len, seed=cfg.seed,
-                       run_subrun=make_subrun(cfg, ledger), charge=lambda f, what: ledger.charge_mixer(what, f))
+    ctx = MixerContext(
+        domains=doms,
+        train_tokens={d: len(shards.tokens(d, "train")) for d in doms},
+        total_steps=steps,
+        tokens_per_step=b.seq_len * b.batch_size,
+        seq_len=b.seq_len,
+        seed=cfg.seed,
+        run_subrun=make_subrun(cfg, ledger),
+        charge=lambda f, what: ledger.charge_mixer(what, f),
+    )
     return build_mixer(OmegaConf.to_container(cfg.mixer, resolve=True), doms, ctx), ledger
 
 
@@ -142,8 +166,9 @@ def test_candidate_distribution_tempered_prior_and_strength():
     prior = np.array([0.64, 0.2, 0.1, 0.05, 0.01])
     base = np.sqrt(prior) / np.sqrt(prior).sum()
     for s in (0.5, 4.0):
-        W = sample_dirichlet_mixtures(prior, 40_000, np.random.default_rng(0), strength_min=s, strength_max=s,
-                                      n_strengths=1, max_usage=1e9)
+        W = sample_dirichlet_mixtures(
+            prior, 40_000, np.random.default_rng(0), strength_min=s, strength_max=s, n_strengths=1, max_usage=1e9
+        )
         assert len(W) == 40_000
         assert np.allclose(W.mean(0), base, atol=0.01), (W.mean(0), base)
         assert np.abs(W.mean(0) - prior).max() > 0.1  # p itself is far off
@@ -212,13 +237,23 @@ def test_minimum_auto_is_one_sequence_of_the_proxy(make_cfg):
     too small for auto is refused. Catches: auto resolving to the fixed 2e-4."""
     assert auto_minimum(10**9, 2048) == 2e-4
     assert auto_minimum(122_880, 128) == pytest.approx(1 / 960)
-    ctx = MixerContext(domains=list("abcd"), train_tokens={"a": 400, "b": 300, "c": 200, "d": 100}, total_steps=100,
-                       tokens_per_step=16 * 64, seq_len=64, seed=0)
-    m = build_mixer({"name": "regmix", "n_candidates": 16, "proxy_budget": {"total_tokens": 16 * 64 * 4}}, list("abcd"), ctx)
+    ctx = MixerContext(
+        domains=list("abcd"),
+        train_tokens={"a": 400, "b": 300, "c": 200, "d": 100},
+        total_steps=100,
+        tokens_per_step=16 * 64,
+        seq_len=64,
+        seed=0,
+    )
+    m = build_mixer(
+        {"name": "regmix", "n_candidates": 16, "proxy_budget": {"total_tokens": 16 * 64 * 4}}, list("abcd"), ctx
+    )
     assert m.gen_kwargs()["minimum"] == pytest.approx(1 / 64)  # 4 steps of 16 sequences
     W = m.candidates()
     assert W[W > 0].min() >= 1 / 64 * 0.99
-    fixed = build_mixer({"name": "regmix", "minimum": 2e-4, "proxy_budget": {"total_tokens": 16 * 64 * 4}}, list("abcd"), ctx)
+    fixed = build_mixer(
+        {"name": "regmix", "minimum": 2e-4, "proxy_budget": {"total_tokens": 16 * 64 * 4}}, list("abcd"), ctx
+    )
     assert fixed.gen_kwargs()["minimum"] == 2e-4
     with pytest.raises(ConfigError, match="mixer.minimum"):
         build_mixer({"name": "regmix", "minimum": "tiny"}, list("abcd"), ctx)
@@ -230,12 +265,25 @@ def test_defaults_follow_the_reference():
     """Built from a bare dict or composed from conf/mixer/regmix.yaml, the defaults are the reference's: the
     notebook's Dir(1 · p) search, early stopping after 3 rounds on a third held out, LightGBM's
     min_data_in_bin, and ``minimum: auto`` (its advice for small proxies)."""
-    ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=100, tokens_per_step=1024, seq_len=64, seed=0)
-    for cfg in ({"name": "regmix"}, OmegaConf.to_container(compose(["mixer=regmix", "run_dir=/tmp"]).mixer, resolve=True)):
+    ctx = MixerContext(
+        domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=100, tokens_per_step=1024, seq_len=64, seed=0
+    )
+    for cfg in (
+        {"name": "regmix"},
+        OmegaConf.to_container(compose(["mixer=regmix", "run_dir=/tmp"]).mixer, resolve=True),
+    ):
         c = build_mixer(cfg, ["a", "b"], ctx).c
-        assert (c["search_distribution"], c["search_strength"], c["minimum"]) == ("prior", 1.0, "auto"), c
-        assert {k: c["lgbm"][k] for k in ("early_stopping_rounds", "valid_frac", "min_data_in_bin", "n_estimators", "learning_rate")} == \
-            {"early_stopping_rounds": 3, "valid_frac": 0.33, "min_data_in_bin": 3, "n_estimators": 1000, "learning_rate": 0.01}
+        assert (c.search_distribution, c.search_strength, c.minimum) == ("prior", 1.0, "auto"), c
+        assert {
+            k: getattr(c.lgbm, k)
+            for k in ("early_stopping_rounds", "valid_frac", "min_data_in_bin", "n_estimators", "learning_rate")
+        } == {
+            "early_stopping_rounds": 3,
+            "valid_frac": 0.33,
+            "min_data_in_bin": 3,
+            "n_estimators": 1000,
+            "learning_rate": 0.01,
+        }
 
 
 def test_proxy_flops_split():
@@ -245,7 +293,9 @@ def test_proxy_flops_split():
 
 
 def test_bad_config_names_the_field():
-    ctx = MixerContext(domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0)
+    ctx = MixerContext(
+        domains=["a", "b"], train_tokens={"a": 10, "b": 30}, total_steps=10, tokens_per_step=64, seq_len=16, seed=0
+    )
     with pytest.raises(ConfigError, match=r"mixer.regressor"):
         build_mixer({"name": "regmix", "regressor": "forest"}, ["a", "b"], ctx)
     with pytest.raises(ConfigError, match=r"mixer.n_candidate: unknown key"):
@@ -268,7 +318,7 @@ def test_regmix_end_to_end_cache_and_compute(make_cfg, tmp_path):
     results["compute"]["mixer/regmix_proxies"], the fit is reported; a second run reuses every proxy (no
     training) and still charges them; a changed proxy config trains new ones."""
     cfg = make_cfg("mixer=regmix", *SMALL_PROXY, run_dir=tmp_path / "a")
-    res = run(cfg)
+    run(cfg)
     on_disk = json.loads((tmp_path / "a" / "results.json").read_text())
     info = on_disk["mixer_info"]
     assert info["n_proxies_used"] == 6 and info["n_proxies_crashed"] == 0 and info["proxies"]["n_reused"] == 0
@@ -278,7 +328,11 @@ def test_regmix_end_to_end_cache_and_compute(make_cfg, tmp_path):
     c = on_disk["compute"]
     assert c["mixer/regmix_proxies"] == pytest.approx(info["proxies"]["flops"]) and c["mixer/regmix_proxies"] > 0
     pf = info["proxies"]
-    assert pf["flops_other"] == 0 and pf["flops"] == pytest.approx(pf["flops_train"] + pf["flops_targets"]) and pf["flops_targets"] > 0
+    assert (
+        pf["flops_other"] == 0
+        and pf["flops"] == pytest.approx(pf["flops_train"] + pf["flops_targets"])
+        and pf["flops_targets"] > 0
+    )
     assert c["mixer_total"] == pytest.approx(c["mixer/regmix_proxies"])
     w = np.array([on_disk["final_weights"][d] for d in on_disk["domains"]])
     assert abs(w.sum() - 1) < 1e-9 and np.allclose(w, [info["weights"][d] for d in on_disk["domains"]])
@@ -289,7 +343,9 @@ def test_regmix_end_to_end_cache_and_compute(make_cfg, tmp_path):
     assert np.allclose(again.weights(0), w)
     assert led.summary()["mixer/regmix_proxies"] == pytest.approx(c["mixer/regmix_proxies"])
 
-    changed, _ = prepared_mixer(make_cfg("mixer=regmix", *SMALL_PROXY, "mixer.proxy_trainer.lr=1e-3", run_dir=tmp_path / "c"))
+    changed, _ = prepared_mixer(
+        make_cfg("mixer=regmix", *SMALL_PROXY, "mixer.proxy_trainer.lr=1e-3", run_dir=tmp_path / "c")
+    )
     assert changed.info["proxies"]["n_reused"] == 0
 
 
@@ -326,8 +382,17 @@ def test_sweep_proxy_job_skips_downstream_evaluation(make_cfg, tmp_path, monkeyp
 
     monkeypatch.setattr(eval.stage, "evaluate", boom)
     monkeypatch.setattr(eval.stage, "preflight", boom)
-    cfg = make_cfg("+sweep=regmix_proxies", "budget.total_tokens=2048", "eval=synthetic9", "mixer.index=0", "model.hidden_size=64",
-                   "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=2", run_dir=tmp_path / "job")
+    cfg = make_cfg(
+        "+sweep=regmix_proxies",
+        "budget.total_tokens=2048",
+        "eval=synthetic9",
+        "mixer.index=0",
+        "model.hidden_size=64",
+        "model.intermediate_size=128",
+        "model.num_heads=2",
+        "model.num_kv_heads=2",
+        run_dir=tmp_path / "job",
+    )
     res = run(cfg)
     assert cfg.trainer.final_eval == "targets" and "eval" not in res
     assert {k for k in res["compute"] if k not in ("total", "mixer_total")} == {"train", "targets"}
@@ -337,13 +402,23 @@ def test_sweep_proxy_job_skips_downstream_evaluation(make_cfg, tmp_path, monkeyp
 def test_proxy_sweep_with_a_crashed_job(make_cfg, tmp_path):
     """The sweep config composes (one regmix_candidate job per index); `mixer.proxies=<sweep dir>` fits on the
     finished jobs, counts the crashed one, and charges the sweep's compute."""
-    sweep = ["+sweep=regmix_proxies", "budget.total_tokens=2048",
-             "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=2", "model.num_kv_heads=2"]
+    sweep = [
+        "+sweep=regmix_proxies",
+        "budget.total_tokens=2048",
+        "model.hidden_size=64",
+        "model.intermediate_size=128",
+        "model.num_heads=2",
+        "model.num_kv_heads=2",
+    ]
     d = tmp_path / "sweep"
     totals = []
     for i in range(4):
         cfg = make_cfg(*sweep, f"mixer.index={i}", run_dir=d / f"{i}_cand{i}_s0")
-        assert cfg.mixer.name == "regmix_candidate" and cfg.trainer.schedule == "constant" and cfg.budget.name == "regmix-proxy"
+        assert (
+            cfg.mixer.name == "regmix_candidate"
+            and cfg.trainer.schedule == "constant"
+            and cfg.budget.name == "regmix-proxy"
+        )
         c = run(cfg)["compute"]
         assert {k for k in c if k not in ("total", "mixer_total")} == {"train", "targets"}  # nothing else computed
         totals.append(c["total"])
@@ -355,15 +430,25 @@ def test_proxy_sweep_with_a_crashed_job(make_cfg, tmp_path):
     assert X.shape[0] == 4 and info["n_unfinished"] == 2
     assert "NonFiniteLoss: boom" in [u["error"] for u in info["unfinished"]]
 
-    m, led = prepared_mixer(make_cfg("mixer=regmix", f"mixer.proxies={d}", "mixer.n_simulate=2000", "mixer.top_k=10",
-                                     "mixer.lgbm.n_estimators=100", run_dir=tmp_path / "main"))
+    m, led = prepared_mixer(
+        make_cfg(
+            "mixer=regmix",
+            f"mixer.proxies={d}",
+            "mixer.n_simulate=2000",
+            "mixer.top_k=10",
+            "mixer.lgbm.n_estimators=100",
+            run_dir=tmp_path / "main",
+        )
+    )
     assert m.info["n_proxies_used"] == 4 and m.info["n_proxies_crashed"] == 2
     assert led.summary()["mixer/regmix_proxies"] == pytest.approx(sum(totals))
     assert m.info["proxies"]["n_full_eval"] == 0 and m.info["proxies"]["flops_other"] == 0
     # the sweep's candidate i is mixer=regmix's candidate i (same data, seed and generator keys)
     cand = json.loads((d / "2_cand2_s0" / "results.json").read_text())["final_weights"]
     # (same proxy tokens too: minimum: auto follows them)
-    W = build_mixer({"name": "regmix", "n_candidates": 16, "proxy_budget": {"total_tokens": 2048}}, m.domains, m.ctx).candidates()
+    W = build_mixer(
+        {"name": "regmix", "n_candidates": 16, "proxy_budget": {"total_tokens": 2048}}, m.domains, m.ctx
+    ).candidates()
     assert np.allclose([cand[x] for x in m.domains], W[2])
 
 
@@ -376,10 +461,20 @@ def test_noise_domain_gets_less_than_stratified(make_cfg, tmp_path):
     steps (ten test domains) noise got 0.027, 0.038, 0.090, 0.039 for seeds 0-3 (LightGBM rho 0.29-0.82) with the
     reference's defaults, and 0.044, 0.021, 0.049, 0.046 (rho 0.79-0.87) with all trees grown, the generator as
     search distribution and minimum 2e-4."""
-    m, _ = prepared_mixer(make_cfg(
-        "mixer=regmix", "targets.domains=[arith,facts,grammar,copy,boiler]", "mixer.n_candidates=32",
-        "mixer.proxy_budget.total_tokens=32768", "mixer.proxy_model.hidden_size=64", "mixer.proxy_model.intermediate_size=128",
-        "mixer.proxy_model.num_heads=2", "mixer.proxy_model.num_kv_heads=2", "mixer.n_simulate=20000", run_dir=tmp_path / "noise"))
+    m, _ = prepared_mixer(
+        make_cfg(
+            "mixer=regmix",
+            "targets.domains=[arith,facts,grammar,copy,boiler]",
+            "mixer.n_candidates=32",
+            "mixer.proxy_budget.total_tokens=32768",
+            "mixer.proxy_model.hidden_size=64",
+            "mixer.proxy_model.intermediate_size=128",
+            "mixer.proxy_model.num_heads=2",
+            "mixer.proxy_model.num_kv_heads=2",
+            "mixer.n_simulate=20000",
+            run_dir=tmp_path / "noise",
+        )
+    )
     w = dict(zip(m.domains, m.weights(0)))
     assert m.info["n_proxies_used"] == 32
     assert w["noise"] < 1 / len(m.domains), w

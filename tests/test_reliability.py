@@ -1,5 +1,6 @@
 """Faults: SIGKILL at random moments, non-finite losses, W&B failures, unwritable checkpoints; and (issue 16) one
 process per run directory, a full disk at every write, damaged files, SIGTERM in every phase, silent surprises."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,13 @@ def _env(**kw):
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(smoke_overrides, tmp_path):
     args = smoke_overrides + ["budget.total_tokens=32768", "trainer.ckpt_every=1", "trainer.save_final_model=false"]
     ref = tmp_path / "ref"
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={ref}"], env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={ref}"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rd = tmp_path / "killed"
     cmd = [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={rd}"]
@@ -85,12 +91,23 @@ def test_nan_loss_skip_mode_counts_skipped_batches(make_cfg, tmp_path, monkeypat
     assert sum(res["tokens_seen"].values()) == 7 * 16 * 64  # the skipped batch was not trained on
 
 
-@pytest.mark.parametrize("mixer", [
-    ["mixer=odm", "mixer.history_every=1"],
-    ["mixer=doremi", "mixer.online=true"],
-    ["mixer=aioli", "budget.total_tokens=24576", "budget.batch_size=8", "mixer.k=1", "mixer.interval_steps=2",
-     "mixer.rounds=2", "mixer.eval_tokens=256"],
-], ids=["odm", "doremi-online", "aioli"])
+@pytest.mark.parametrize(
+    "mixer",
+    [
+        ["mixer=odm", "mixer.history_every=1"],
+        ["mixer=doremi", "mixer.online=true"],
+        [
+            "mixer=aioli",
+            "budget.total_tokens=24576",
+            "budget.batch_size=8",
+            "mixer.k=1",
+            "mixer.interval_steps=2",
+            "mixer.rounds=2",
+            "mixer.eval_tokens=256",
+        ],
+    ],
+    ids=["odm", "doremi-online", "aioli"],
+)
 def test_nan_loss_skip_mode_with_every_per_step_mixer(make_cfg, tmp_path, monkeypatch, mixer):
     """A skipped batch still reaches mixer.observe (marked skipped): mixers that check consecutive steps go on,
     and none learns from the skipped batch (ODM's rewards, Aioli's counts, DoReMi's α are untouched by it)."""
@@ -106,10 +123,18 @@ def test_nan_loss_skip_mode_with_every_per_step_mixer(make_cfg, tmp_path, monkey
         assert all(v is None for v in h[3]["loss"].values()) and h[3]["reward"] == h[2]["reward"]
 
 
-@pytest.mark.parametrize("mode_env", [
-    {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40, "WANDB_INIT_TIMEOUT": "3"},
-    {"WANDB_MODE": "bogus-mode"},
-])
+@pytest.mark.parametrize(
+    "mode_env",
+    [
+        {
+            "WANDB_MODE": "online",
+            "WANDB_BASE_URL": "http://127.0.0.1:9",
+            "WANDB_API_KEY": "x" * 40,
+            "WANDB_INIT_TIMEOUT": "3",
+        },
+        {"WANDB_MODE": "bogus-mode"},
+    ],
+)
 def test_wandb_unreachable_or_misconfigured_never_fails_the_run(make_cfg, tmp_path, monkeypatch, mode_env):
     for k, v in mode_env.items():
         monkeypatch.setenv(k, v)
@@ -165,7 +190,9 @@ def test_unwritable_checkpoint_fails_clearly_and_keeps_saved_progress(make_cfg, 
         return real_open(path, mode, *a, **k)
 
     monkeypatch.setattr(ckm, "open", full_disk, raising=False)
-    with pytest.raises(CheckpointError, match="cannot write checkpoint .*No space left on device.*previous checkpoint .* intact"):
+    with pytest.raises(
+        CheckpointError, match="cannot write checkpoint .*No space left on device.*previous checkpoint .* intact"
+    ):
         run(make_cfg("trainer.ckpt_every=2", run_dir=rd))
     assert (rd / "checkpoints" / "last.pt").read_bytes() == saved
     assert not list((rd / "checkpoints").glob(".last.pt.tmp*"))
@@ -196,9 +223,19 @@ def test_no_config_or_data_string_reaches_eval_exec_or_a_shell():
     """A static guard over the product code: no eval/exec, no shell, no unsafe YAML or pickle loading."""
     import re
 
-    banned = [r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"shell\s*=\s*True", r"os\.system\(", r"os\.popen\(",
-              r"subprocess\.", r"weights_only\s*=\s*False", r"pickle\.loads?\(", r"yaml\.load\((?!.*Loader=(_Loader|(yaml\.)?C?SafeLoader)\b)",
-              r"yaml\.unsafe_load", r"marshal\.loads"]
+    banned = [
+        r"(?<![.\w])eval\(",
+        r"(?<![.\w])exec\(",
+        r"shell\s*=\s*True",
+        r"os\.system\(",
+        r"os\.popen\(",
+        r"subprocess\.",
+        r"weights_only\s*=\s*False",
+        r"pickle\.loads?\(",
+        r"yaml\.load\((?!.*Loader=(_Loader|(yaml\.)?C?SafeLoader)\b)",
+        r"yaml\.unsafe_load",
+        r"marshal\.loads",
+    ]
     hits = []
     for folder in ("tikmix", "baselines", "eval"):
         for f in sorted((REPO / folder).rglob("*.py")):
@@ -238,10 +275,18 @@ def test_run_dir_held_by_a_live_process_is_refused_naming_it_and_freed_when_it_d
 
     rd = tmp_path / "run"
     rd.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               "fd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
-                               "print('held', flush=True)\ntime.sleep(120)\n", str(rd)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDONLY)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\ntime.sleep(120)\n",
+            str(rd),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         cfg = make_cfg("trainer.save_final_model=false", run_dir=rd)
@@ -281,7 +326,9 @@ class _TornWrites:
         return f
 
 
-def test_resume_cuts_metrics_back_to_the_checkpoint_and_a_full_disk_leaves_no_torn_line(make_cfg, tmp_path, monkeypatch, capsys):
+def test_resume_cuts_metrics_back_to_the_checkpoint_and_a_full_disk_leaves_no_torn_line(
+    make_cfg, tmp_path, monkeypatch, capsys
+):
     """Case 2: metrics.jsonl after kill + resume holds each step once and no torn line; a metrics write that
     fails on a full disk is cut back off (one error line, exit 74)."""
     import tikmix.runlog as runlog
@@ -319,7 +366,9 @@ def test_checkpoint_claiming_more_steps_than_the_budget_is_refused(make_cfg, tmp
     assert not (rd / "results.json").exists()
 
 
-def test_any_checkpoint_writer_failure_keeps_the_previous_one_and_stale_temp_files_are_cleaned(make_cfg, tmp_path, monkeypatch, capsys):
+def test_any_checkpoint_writer_failure_keeps_the_previous_one_and_stale_temp_files_are_cleaned(
+    make_cfg, tmp_path, monkeypatch, capsys
+):
     """Case 4: torch.save failing as on a full disk (RuntimeError 'unexpected pos') after writing part of the
     file is one error line, exit 74, the previous checkpoint intact and no temporary file left; temporary
     files of killed writers are removed when a run starts."""
@@ -376,12 +425,24 @@ def test_many_domains_build_under_a_low_open_files_limit(smoke_overrides, tmp_pa
     root = tmp_path / "corpus"
     for split, k in (("train", 2), ("val", 1), ("test", 1)):
         (root / split).mkdir(parents=True)
-        rows = [json.dumps({"text": f"document {i} of domain d{d:04d}, some words " * 3, "domain": f"d{d:04d}"})
-                for d in range(n) for i in range(k)]
+        rows = [
+            json.dumps({"text": f"document {i} of domain d{d:04d}, some words " * 3, "domain": f"d{d:04d}"})
+            for d in range(n)
+            for i in range(k)
+        ]
         (root / split / "part0.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = compose([o for o in smoke_overrides if not o.startswith("data.")] + [
-        f"data.cache_dir={tmp_path / 'cache'}", "data=jsonl", f"data.root={root}", "data.domain_field=domain",
-        "data.val_files=val/*.jsonl", "data.test_files=test/*.jsonl", "data.tokenizer.vocab_size=300"])
+    cfg = compose(
+        [o for o in smoke_overrides if not o.startswith("data.")]
+        + [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data=jsonl",
+            f"data.root={root}",
+            "data.domain_field=domain",
+            "data.val_files=val/*.jsonl",
+            "data.test_files=test/*.jsonl",
+            "data.tokenizer.vocab_size=300",
+        ]
+    )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 100, hard))  # fewer than two per domain
@@ -405,9 +466,15 @@ def test_long_documents_are_tokenised_in_pieces_with_the_same_tokens(smoke_overr
     words = ["".join(rng.choice("etaoinshrdlu") for _ in range(rng.randint(1, 8))) for _ in range(300)]
     long_doc = " ".join(rng.choice(words) + rng.choice(["", "", ",", ".\n", "  "]) for _ in range(6000))
     root = tmp_path / "corpus"
-    for split, texts in (("train", [long_doc, "a short one"]), ("val", [" ".join(words)]), ("test", [" ".join(words[::-1])])):
+    for split, texts in (
+        ("train", [long_doc, "a short one"]),
+        ("val", [" ".join(words)]),
+        ("test", [" ".join(words[::-1])]),
+    ):
         (root / split).mkdir(parents=True)
-        (root / split / "part0.jsonl").write_text("".join(json.dumps({"text": t, "domain": "web"}) + "\n" for t in texts))
+        (root / split / "part0.jsonl").write_text(
+            "".join(json.dumps({"text": t, "domain": "web"}) + "\n" for t in texts)
+        )
     for mod in (sh, tkm):
         monkeypatch.setattr(mod, "LONG_DOC_CHARS", 2000, raising=False)
         monkeypatch.setattr(mod, "PIECE_CHARS", 500, raising=False)
@@ -419,14 +486,23 @@ def test_long_documents_are_tokenised_in_pieces_with_the_same_tokens(smoke_overr
         return lambda texts: (longest.append(max(map(len, texts))), enc(texts))[1]
 
     monkeypatch.setattr(sh, "_encoder", spy)
-    cfg = compose([o for o in smoke_overrides if not o.startswith("data.")] + [
-        f"data.cache_dir={tmp_path / 'cache'}", "data=jsonl", f"data.root={root}", "data.domain_field=domain",
-        "data.val_files=val/*.jsonl", "data.test_files=test/*.jsonl", "data.tokenizer.vocab_size=400"])
+    cfg = compose(
+        [o for o in smoke_overrides if not o.startswith("data.")]
+        + [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data=jsonl",
+            f"data.root={root}",
+            "data.domain_field=domain",
+            "data.val_files=val/*.jsonl",
+            "data.test_files=test/*.jsonl",
+            "data.tokenizer.vocab_size=400",
+        ]
+    )
     shards = sh.prepare_data(cfg.data)
     assert len(long_doc) > 20000 and max(longest) <= 2000  # no text longer than LONG_DOC_CHARS in one call
     whole = shards.tokenizer(long_doc, add_special_tokens=False)["input_ids"]
     off = shards.doc_offsets("web", "train")
-    assert list(shards.tokens("web", "train")[off[0]:off[1]]) == whole + [shards.eos_id]
+    assert list(shards.tokens("web", "train")[off[0] : off[1]]) == whole + [shards.eos_id]
     pieces = list(tkm.pieces(long_doc, 500))
     assert "".join(pieces) == long_doc and len(pieces) > 40
     # the tokenizer trained on the pieces is the one the whole document trains
@@ -435,19 +511,40 @@ def test_long_documents_are_tokenised_in_pieces_with_the_same_tokens(smoke_overr
 
 def test_small_budgets_say_what_they_do(make_cfg, tmp_path, capsys):
     """Case 13: a budget of one step and 32% unused tokens, with a warmup that rounds to nothing, says so."""
-    run(make_cfg("budget.total_tokens=1500", "budget.stages=[]", "budget.warmup_frac=0.1", "trainer.save_final_model=false",
-                 run_dir=tmp_path / "r"))
+    run(
+        make_cfg(
+            "budget.total_tokens=1500",
+            "budget.stages=[]",
+            "budget.warmup_frac=0.1",
+            "trainer.save_final_model=false",
+            run_dir=tmp_path / "r",
+        )
+    )
     err = capsys.readouterr().err
     assert "warning: budget.total_tokens=1500 is 1 step(s) of 1,024 tokens: 476 tokens (32%) go unused" in err
     assert "warning: the warmup rounds to no step at all in a 1-step budget" in err
 
 
 def test_multirun_with_a_failed_job_exits_nonzero_after_all_jobs_ran(smoke_overrides, tmp_path):
-    """Case 11: a sweep whose jobs wrote error.json exits 1, after every job ran, naming the failed ones."""
+    """Case 11: a sweep whose jobs wrote error.json exits 1, after every job ran, naming the failed ones. The bad
+    value is of the right type (a string is refused while composing, before any job runs): its job fails."""
     sweep = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, str(REPO / "train.py"), "-m", *smoke_overrides, "trainer.save_final_model=false",
-                        "trainer.lr=abc,0.003", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "-m",
+            *smoke_overrides,
+            "trainer.save_final_model=false",
+            "trainer.lr=-1,0.003",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     assert len(list(sweep.glob("*/results.json"))) == 1 and len(list(sweep.glob("*/error.json"))) == 1
     line = [x for x in r.stderr.splitlines() if "job(s) of the sweep did not finish" in x]
@@ -479,7 +576,7 @@ Trainer.target_loss = _hook
 """,
     # TiKMiX-D's probe at the stage boundary (step 4): stopped at once, not after the probe and one more step
     "probe": """
-from tikmix.tikmix_mixers import TiKMiXD
+from tikmix.method.mixers import TiKMiXD
 _orig = TiKMiXD.on_probe
 def _hook(self, probe):
     os.kill(os.getpid(), signal.SIGTERM)
@@ -515,15 +612,26 @@ _PHASES = {  # phase -> (extra overrides, what the one line says, the step check
     "final-step": ([], "SIGTERM received: checkpointed at step 8", 8),
     "final-evaluation": ([], "during the final evaluation (training is complete and checkpointed at step 8)", 8),
     "probe": (["mixer=tikmix_d"], "SIGTERM received: checkpointed at step 4", 4),
-    "regmix-proxies": (["mixer=regmix", "mixer.n_candidates=4", "mixer.proxy_budget.min_steps=3"],
-                       "during regmix's regmix-proxy run", None),
+    "regmix-proxies": (
+        ["mixer=regmix", "mixer.n_candidates=4", "mixer.proxy_budget.min_steps=3"],
+        "during regmix's regmix-proxy run",
+        None,
+    ),
     "data-cache": ([], "before training started (nothing to checkpoint yet)", None),
 }
 
 
 def _same_results(a: dict, b: dict) -> None:
-    for k in ("steps", "val_loss", "test_loss", "target_loss", "tokens_seen", "final_weights", "weights_history",
-              "compute"):
+    for k in (
+        "steps",
+        "val_loss",
+        "test_loss",
+        "target_loss",
+        "tokens_seen",
+        "final_weights",
+        "weights_history",
+        "compute",
+    ):
         assert a[k] == b[k], k
 
 
@@ -543,8 +651,9 @@ def uninterrupted(smoke_overrides, tmp_path_factory):
 
 
 @pytest.mark.parametrize("phase", list(_PHASES))
-def test_sigterm_in_every_phase_exits_75_then_resumes_to_the_same_results(phase, smoke_overrides, cache_dir, tmp_path,
-                                                                          uninterrupted):
+def test_sigterm_in_every_phase_exits_75_then_resumes_to_the_same_results(
+    phase, smoke_overrides, cache_dir, tmp_path, uninterrupted
+):
     import shutil
 
     from tests.conftest import compose
@@ -559,11 +668,17 @@ def test_sigterm_in_every_phase_exits_75_then_resumes_to_the_same_results(phase,
         for entry in cache_dir.iterdir():
             if entry.is_dir() and (entry / "manifest.json").exists():
                 shutil.copytree(entry, own_cache / entry.name)
-    ov = [o for o in base if not o.startswith("data.cache_dir=")] + [f"data.cache_dir={own_cache}",
-                                                                     f"run_dir={tmp_path / 'run'}"]
-    script = (f"import os, signal, sys\nfrom tests.conftest import compose\n{_HOOKS[phase]}\n"
-              f"from tikmix.run import main\nmain(compose({ov!r}))\n")
-    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    ov = [o for o in base if not o.startswith("data.cache_dir=")] + [
+        f"data.cache_dir={own_cache}",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    script = (
+        f"import os, signal, sys\nfrom tests.conftest import compose\n{_HOOKS[phase]}\n"
+        f"from tikmix.run import main\nmain(compose({ov!r}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     lines = [x for x in r.stderr.splitlines() if "SIGTERM" in x]
     assert r.returncode == 75, r.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("[tikmix] SIGTERM received") and says in lines[0], lines
@@ -574,7 +689,9 @@ def test_sigterm_in_every_phase_exits_75_then_resumes_to_the_same_results(phase,
     _same_results(run(compose(ov)), ref)
 
 
-def test_a_full_disk_while_building_the_cache_is_one_line_and_leaves_nothing(smoke_overrides, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_while_building_the_cache_is_one_line_and_leaves_nothing(
+    smoke_overrides, tmp_path, monkeypatch, capsys
+):
     """Case 4, for the data cache: a shard write that fails on a full disk is one error line naming the cache
     (exit 74), and neither a half-built entry nor its temporary folder stays."""
     from tests.conftest import compose
@@ -585,8 +702,10 @@ def test_a_full_disk_while_building_the_cache_is_one_line_and_leaves_nothing(smo
 
     monkeypatch.setattr(sh._SplitWriter, "_flush", full_disk)
     cache = tmp_path / "cache"
-    cfg = compose([o for o in smoke_overrides if not o.startswith("data.cache_dir=")]
-                  + [f"data.cache_dir={cache}", f"run_dir={tmp_path / 'run'}"])
+    cfg = compose(
+        [o for o in smoke_overrides if not o.startswith("data.cache_dir=")]
+        + [f"data.cache_dir={cache}", f"run_dir={tmp_path / 'run'}"]
+    )
     code, err = _main_in_process(cfg, capsys)
     lines = _error_lines(err)
     assert code == 74 and len(lines) == 1 and "cannot build the data cache in" in lines[0], err[-2000:]

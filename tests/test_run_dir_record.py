@@ -4,6 +4,7 @@ A run of ``python train.py`` writes <run dir>/.hydra/{config,hydra,overrides}.ya
 resolved config.yaml, and everything it printed (the eval table and summary included, with logger=none) to
 console.log. A command that is refused (here: a checkpoint of another config) leaves both as they were.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,13 +19,20 @@ from tikmix.console import ConsoleLog, _Tee
 
 def _train(args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_run_dir_keeps_hydra_record_and_console_log(smoke_overrides, tmp_path):
     rd = tmp_path / "run"
-    args = [*smoke_overrides, "eval=synthetic9", "eval.limit=4", "trainer.save_final_model=false", f"hydra.run.dir={rd}"]
+    args = [
+        *smoke_overrides,
+        "eval=synthetic9",
+        "eval.limit=4",
+        "trainer.save_final_model=false",
+        f"hydra.run.dir={rd}",
+    ]
     r = _train(args)
     assert r.returncode == 0, r.stderr[-3000:]
     hydra_dir = rd / ".hydra"
@@ -50,8 +58,9 @@ def test_console_log_holds_output_until_attached_and_collapses_redraws(tmp_path,
         log.attach(tmp_path / "console.log")
         print("after")
         sys.stderr.write("no newline at the end")
-    assert (tmp_path / "console.log").read_text() == ("before the run dir is known\nbar 3/3\nafter\n"
-                                                      "no newline at the end\n")
+    assert (tmp_path / "console.log").read_text() == (
+        "before the run dir is known\nbar 3/3\nafter\nno newline at the end\n"
+    )
     assert "before the run dir is known" in capsys.readouterr().out  # the console still shows everything
     with ConsoleLog():
         print("a refused command")  # never attached: nothing written anywhere

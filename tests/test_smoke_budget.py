@@ -5,6 +5,7 @@ and eval.limit default to (the command line still wins; other budgets keep the f
 runs at the smoke budget (one session cache, so these runs take seconds each); Aioli, whose published
 LearnParams round is longer than the whole budget, scales its schedule and prints one line saying how.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,20 @@ from tikmix.run import run
 
 # every mixer preset (conf/mixer), with what it needs to run at all; the test fails when a new one is missing here
 MIXERS = {
-    "stratified": [], "natural": [], "fixed": ["mixer.weights={arith: 0.5, copy: 0.5}"],
-    "human": ["data.human_weights={arith: 2, copy: 1, grammar: 1}"], "regmix": [], "doremi": [], "aioli": [],
-    "odm": [], "dga": [], "tikmix_d": [], "tikmix_m": [],
+    "stratified": [],
+    "natural": [],
+    "fixed": ["mixer.weights={arith: 0.5, copy: 0.5}"],
+    "human": ["data.human_weights={arith: 2, copy: 1, grammar: 1}"],
+    "regmix": [],
+    "doremi": [],
+    "aioli": [],
+    "odm": [],
+    "dga": [],
+    "tikmix_d": [],
+    "tikmix_m": [],
     # jobs of sweeps (+sweep=regmix_proxies, +sweep=oracle): one static mixture each
-    "regmix_candidate": [], "design": [],
+    "regmix_candidate": [],
+    "design": [],
 }
 
 
@@ -39,8 +49,17 @@ def test_smoke_run_reports_its_eval_limit(smoke_overrides, tmp_path, capsys):
     # the tests' smoke overrides set eval=none and their own token counts; this is the preset's own evaluation
     rd = tmp_path / "run"
     t0 = time.perf_counter()
-    res = run(compose(smoke_overrides + ["eval=synthetic9", "trainer.val_tokens=${budget.val_tokens}",
-                                         "trainer.test_tokens=${budget.test_tokens}", f"run_dir={rd}"]))
+    run(
+        compose(
+            smoke_overrides
+            + [
+                "eval=synthetic9",
+                "trainer.val_tokens=${budget.val_tokens}",
+                "trainer.test_tokens=${budget.test_tokens}",
+                f"run_dir={rd}",
+            ]
+        )
+    )
     wall = time.perf_counter() - t0
     on_disk = json.loads((rd / "results.json").read_text())
     assert on_disk["eval"]["limit"] == 20 and on_disk["eval"]["tasks"]

@@ -1,11 +1,12 @@
-"""TiKMiX's numerical side (tikmix/solvers.py): objective, SLSQP with Pareto and caps, LHS, Dirichlet search, LightGBM."""
+"""TiKMiX's numerical side (tikmix/method/solvers.py): objective, SLSQP with Pareto and caps, LHS, LightGBM; and the
+Dirichlet search it shares with RegMix (tikmix/regression.py)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tikmix.solvers import (
-    dirichlet_search,
+from tikmix.method.solvers import (
     entropy,
     epoch_caps,
     fit_regressor,
@@ -16,6 +17,7 @@ from tikmix.solvers import (
     tikmix_objective,
     tikmix_objective_from_p,
 )
+from tikmix.regression import dirichlet_search
 
 
 def test_objective_matches_eq_9_10_by_hand():
@@ -138,7 +140,9 @@ def test_dirichlet_search_finds_planted_optimum():
     def predict(W):  # smooth, lower is better, minimum at w_star
         return ((W - w_star) ** 2 / w_star).sum(axis=1)
 
-    w, trace = dirichlet_search(predict, np.full(5, 0.2), T=5, conc_start=10, conc_end=1000, n_samples=5000, top_k=10, seed=0)
+    w, trace = dirichlet_search(
+        predict, np.full(5, 0.2), T=5, conc_start=10, conc_end=1000, n_samples=5000, top_k=10, seed=0
+    )
     assert np.abs(w - w_star).max() < 0.03, w
     assert abs(w.sum() - 1) < 1e-9
     assert len(trace) == 6 and trace[-1]["pred_w_best"] < trace[0]["pred_w_best"]

@@ -1,4 +1,5 @@
 """Multirun sweeps: a crashed job never takes down its siblings; re-running the sweep skips finished runs."""
+
 from __future__ import annotations
 
 import json
@@ -6,15 +7,22 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import REPO, compose
+from tests.conftest import REPO
 
 
 def test_multirun_survives_a_bad_job_and_resubmission_skips_finished(smoke_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
-    args = [sys.executable, str(REPO / "train.py"), "-m", *smoke_overrides, "trainer.save_final_model=false",
-            "mixer=fixed", "mixer.weights={arith: 0.5, grammar: 0.5},{arith: 2.0, nosuch: 1.0}",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        *smoke_overrides,
+        "trainer.save_final_model=false",
+        "mixer=fixed",
+        "mixer.weights={arith: 0.5, grammar: 0.5},{arith: 2.0, nosuch: 1.0}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     # the good job finishes; the sweep exits 1 and names the job that did not (README, "Exit codes")
     assert r.returncode == 1 and "1 job(s) of the sweep did not finish (1_fixed_s0)" in r.stderr, r.stderr[-3000:]
@@ -32,24 +40,39 @@ def test_multirun_survives_a_bad_job_and_resubmission_skips_finished(smoke_overr
 
 
 def test_launcher_presets_compose():
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tikmix.config import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        c = hcompose(config_name="config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+        c = hcompose(
+            config_name="config",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
         assert c.hydra.launcher._target_.endswith("SlurmLauncher") and c.hydra.launcher.partition == "gpu"
-        c = hcompose(config_name="config", overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], return_hydra_config=True)
+        c = hcompose(
+            config_name="config",
+            overrides=["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+            return_hydra_config=True,
+        )
         assert c.hydra.launcher._target_.endswith("JoblibLauncher") and c.hydra.launcher.n_jobs == 2
     GlobalHydra.instance().clear()
 
 
 def test_every_sweep_preset_composes_and_names_real_mixers():
-    from hydra import compose as hcompose, initialize_config_dir
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from tikmix.config import register_configs
     from tikmix.mixer import available
 
+    register_configs()
     names = sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml"))
     assert {"compare", "paper_table1", "regmix_table4", "aioli_table2", "regmix_proxies"} <= set(names)
     mixers = set(available())

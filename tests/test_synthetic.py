@@ -1,4 +1,5 @@
 """Tests of the embedded synthetic benchmark (tikmix.data.synthetic). Fast: a few seconds in all."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ def _docs(domain, split="train", n=200, seed=0):
 
 # ---------------------------------------------------------------- documents
 
+
 def test_public_constants():
     assert s.V1_DOMAINS == ("arith", "facts", "grammar", "copy", "boiler", "noise")
     assert s.DOMAINS == s.V1_DOMAINS + ("rumors", "slang", "spam", "logs")
@@ -38,8 +40,14 @@ def test_public_constants():
         train = docs["train"]
         assert train["facts"] == min(train.values())  # the data-constrained domain
     # v1 stays what results/synthetic and results/claims_synth were made with
-    assert s.DEFAULT_DOCS_BY["v1"]["train"] == {"arith": 8000, "facts": 600, "grammar": 8000, "copy": 6000,
-                                                "boiler": 3000, "noise": 3000}
+    assert s.DEFAULT_DOCS_BY["v1"]["train"] == {
+        "arith": 8000,
+        "facts": 600,
+        "grammar": 8000,
+        "copy": 6000,
+        "boiler": 3000,
+        "noise": 3000,
+    }
     v2 = s.DEFAULT_DOCS_BY["v2"]["train"]
     assert v2["rumors"] > v2["facts"] and v2["slang"] > 0  # natural mixing sees more wrong facts than right ones
     assert len(s.TASKS) == 9 and set(s.TASKS) == set(s.IN_DOMAIN) | set(s.OUT_OF_DOMAIN)
@@ -169,21 +177,25 @@ def test_knowledge_base():
 
 
 def test_deterministic_across_processes():
-    code = ("import hashlib, json; from tikmix.data import synthetic as s; "
-            "docs = [s.generate_document(d, sp, i, 3) for d in s.DOMAINS for sp in s.SPLITS for i in range(3)]; "
-            "tasks = [s.task_examples(t, 'dev', 3, 3) for t in s.TASKS]; "
-            "print(hashlib.sha256(json.dumps([docs, tasks]).encode()).hexdigest())")
+    code = (
+        "import hashlib, json; from tikmix.data import synthetic as s; "
+        "docs = [s.generate_document(d, sp, i, 3) for d in s.DOMAINS for sp in s.SPLITS for i in range(3)]; "
+        "tasks = [s.task_examples(t, 'dev', 3, 3) for t in s.TASKS]; "
+        "print(hashlib.sha256(json.dumps([docs, tasks]).encode()).hexdigest())"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     outs = set()
     for hashseed in ("1", "12345"):
         env = dict(os.environ, PYTHONHASHSEED=hashseed)
-        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
         outs.add(out)
     assert len(outs) == 1
 
 
 # ---------------------------------------------------------------- arithmetic hold-out
+
 
 def _train_problems_in_corpus():
     problems = set()
@@ -196,14 +208,16 @@ def _train_problems_in_corpus():
     for d in _docs("grammar", n=1000):
         for m in COUNTING.finditer(d):
             if m.group(1) in NUMBER_FROM_WORDS:
-                problems.add((NUMBER_FROM_WORDS[m.group(1)], "+" if m.group(2) == "and" else "-",
-                              NUMBER_FROM_WORDS[m.group(3)]))
+                problems.add(
+                    (NUMBER_FROM_WORDS[m.group(1)], "+" if m.group(2) == "and" else "-", NUMBER_FROM_WORDS[m.group(3)])
+                )
     return problems
 
 
 def test_arith_heldout_partition():
-    splits = Counter(s.arith_split(a, op, b) for a in range(100) for b in range(100) for op in "+-"
-                     if op == "+" or a >= b)
+    splits = Counter(
+        s.arith_split(a, op, b) for a in range(100) for b in range(100) for op in "+-" if op == "+" or a >= b
+    )
     total = sum(splits.values())
     assert 0.07 < (splits["dev"] + splits["test"]) / total < 0.13
     assert splits["dev"] > 200 and splits["test"] > 500
@@ -229,6 +243,7 @@ def _parse_arith(task, context):
 
 # ---------------------------------------------------------------- tasks
 
+
 def _gold_answer(task, context, kb):
     """Recompute the gold choice from the context alone."""
     if task in ("arith_mc", "arith_words"):
@@ -242,9 +257,13 @@ def _gold_answer(task, context, kb):
         m = re.fullmatch(r"The (\w+) of the friend of (\w+) is", context)
         return kb.value(kb.value(m.group(2), "friend"), m.group(1)) + "."
     if task == "fact_question":
-        patterns = {"colour": r"Q: What colour is (\w+)\? A:", "home": r"Q: Where does (\w+) live\? A:",
-                    "food": r"Q: What does (\w+) eat\? A:", "job": r"Q: What job does (\w+) have\? A:",
-                    "friend": r"Q: Who is (\w+) friends with\? A:"}
+        patterns = {
+            "colour": r"Q: What colour is (\w+)\? A:",
+            "home": r"Q: Where does (\w+) live\? A:",
+            "food": r"Q: What does (\w+) eat\? A:",
+            "job": r"Q: What job does (\w+) have\? A:",
+            "friend": r"Q: Who is (\w+) friends with\? A:",
+        }
         for attr, pat in patterns.items():
             m = re.fullmatch(pat, context)
             if m:
@@ -347,15 +366,19 @@ def test_task_size_limit():
 
 # ---------------------------------------------------------------- errors and files
 
-@pytest.mark.parametrize("call, arg", [
-    (lambda: s.generate_document("poetry", "train", 0), "domain"),
-    (lambda: s.generate_document("arith", "dev", 0), "split"),
-    (lambda: s.iter_documents("arith", "validation", 3), "split"),
-    (lambda: s.iter_documents("nope", "train", 3), "domain"),
-    (lambda: s.task_examples("arith", "dev", 3), "task"),
-    (lambda: s.task_examples("arith_mc", "train", 3), "split"),
-    (lambda: s.domain_vocabulary("web"), "domain"),
-])
+
+@pytest.mark.parametrize(
+    "call, arg",
+    [
+        (lambda: s.generate_document("poetry", "train", 0), "domain"),
+        (lambda: s.generate_document("arith", "dev", 0), "split"),
+        (lambda: s.iter_documents("arith", "validation", 3), "split"),
+        (lambda: s.iter_documents("nope", "train", 3), "domain"),
+        (lambda: s.task_examples("arith", "dev", 3), "task"),
+        (lambda: s.task_examples("arith_mc", "train", 3), "split"),
+        (lambda: s.domain_vocabulary("web"), "domain"),
+    ],
+)
 def test_unknown_names_raise(call, arg):
     with pytest.raises(ValueError) as info:
         call()

@@ -1,15 +1,24 @@
 """TiKMiX-D through the real trainer: stage boundaries, task targets, exact resume around a boundary."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tikmix.run import run
 from tests.conftest import run_until_crash
+from tikmix.run import run
 
 # task targets (the in-domain synthetic tasks' dev splits) without paying for the downstream evaluation
-ARGS = ("mixer=tikmix_d", "eval=synthetic9", "eval.limit=0.01", "budget.total_tokens=16384", "budget.stages=[0.5]",
-        "trainer.ckpt_every=3", "trainer.save_final_model=false", "trainer.eval_every=0")
+ARGS = (
+    "mixer=tikmix_d",
+    "eval=synthetic9",
+    "eval.limit=0.01",
+    "budget.total_tokens=16384",
+    "budget.stages=[0.5]",
+    "trainer.ckpt_every=3",
+    "trainer.save_final_model=false",
+    "trainer.eval_every=0",
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +33,9 @@ def test_boundary_sets_a_new_mixture_from_influence(uninterrupted):
     res = uninterrupted
     assert [h["step"] for h in res["mixer_history"]] == [8]  # 16 steps, boundary at 0.5
     rec = res["mixer_history"][0]
-    assert set(rec["influence"]) == {f"task/{t}" for t in ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")}
+    assert set(rec["influence"]) == {
+        f"task/{t}" for t in ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")
+    }
     w = rec["weights"]
     assert abs(sum(w.values()) - 1) < 1e-9 and min(w.values()) >= -1e-12
     # the noise domain teaches none of the targets: it loses weight against the mixture before the boundary
@@ -35,9 +46,14 @@ def test_boundary_sets_a_new_mixture_from_influence(uninterrupted):
 SMALL = ("mixer.tokens_per_domain=512", "mixer.targets_tokens=512")
 
 
-@pytest.mark.parametrize("mixer", [["mixer.hessian=kfac", "mixer.kfac_tokens=1024"],
-                                   ["mixer=tikmix_m", "mixer.n_candidates=6", "mixer.candidate_tokens=512",
-                                    "mixer.search_samples=500"]], ids=["tikmix_d-kfac", "tikmix_m-adam"])
+@pytest.mark.parametrize(
+    "mixer",
+    [
+        ["mixer.hessian=kfac", "mixer.kfac_tokens=1024"],
+        ["mixer=tikmix_m", "mixer.n_candidates=6", "mixer.candidate_tokens=512", "mixer.search_samples=500"],
+    ],
+    ids=["tikmix_d-kfac", "tikmix_m-adam"],
+)
 def test_kfac_and_tikmix_m_through_the_trainer(make_cfg, mixer):
     res = run(make_cfg(*ARGS, *mixer, *SMALL), quiet=True)
     rec = res["mixer_history"][0]
@@ -64,8 +80,16 @@ def test_eval_none_combines_the_domain_targets_and_moves(make_cfg):
     """With eval=none the targets are every domain's held-out text; TiKMiX-D combines them into one averaged
     target (mixer.combine_targets: auto), so the Pareto constraint leaves room and the mixture moves: it is not
     natural mixing in disguise."""
-    res = run(make_cfg("mixer=tikmix_d", "budget.total_tokens=16384", "budget.stages=[0.5]", *SMALL,
-                       "trainer.save_final_model=false"), quiet=True)
+    res = run(
+        make_cfg(
+            "mixer=tikmix_d",
+            "budget.total_tokens=16384",
+            "budget.stages=[0.5]",
+            *SMALL,
+            "trainer.save_final_model=false",
+        ),
+        quiet=True,
+    )
     rec = res["mixer_history"][0]
     assert rec["targets"] == ["mean(" + ", ".join(f"val/{d}" for d in res["domains"]) + ")"]
     assert rec["solver"]["pareto_room"] > 0

@@ -7,18 +7,19 @@ every target most at first order, but a group made mostly of it overshoots (the 
 influence couples a domain with itself and the others). TiKMiX-D, which sees only S, puts the most weight on
 domain 0; the best mixture under the true P puts less.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from tests.probes import StubProbe
+from tikmix.method.solvers import entropy, influence_scale, tikmix_d_solve, tikmix_objective_from_p
 from tikmix.mixer import MixerContext, MixtureSample, build_mixer
 from tikmix.sampler import mixture_counts
-from tikmix.solvers import entropy, influence_scale, tikmix_d_solve, tikmix_objective_from_p
 
 DOMAINS = ["a", "b", "c", "d"]
-S = np.array([[1.0, 0.55, 0.25, -0.2],
-              [0.9, 0.25, 0.55, -0.2]])
+S = np.array([[1.0, 0.55, 0.25, -0.2], [0.9, 0.25, 0.55, -0.2]])
 KAPPA = np.array([2.0, 2.0])
 SEQ = 64
 
@@ -57,9 +58,11 @@ class PlantedInfluence:
         return first, finite, {}
 
 
-class PlantedProbe:
+class PlantedProbe(StubProbe):
     step = 100
     stage_tokens = 100_000
+    seq_len = SEQ
+    domains = DOMAINS
 
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
@@ -74,11 +77,26 @@ class PlantedProbe:
 
 
 def _mixer(**cfg):
-    ctx = MixerContext(domains=DOMAINS, train_tokens={d: 10**6 for d in DOMAINS}, total_steps=400, tokens_per_step=4096,
-                       seq_len=SEQ, seed=0, stage_steps=[100])
-    base = {"name": "tikmix_m", "lookahead_lr": 1.0, "n_candidates": 32, "candidate_tokens": 64 * SEQ,
-            "search_samples": 4000, "n_estimators": 100, "min_child_samples": 2, "candidate_sample": "own",
-            "regressor": "lightgbm"}  # the paper-literal path: a sample drawn with each candidate, LightGBM
+    ctx = MixerContext(
+        domains=DOMAINS,
+        train_tokens={d: 10**6 for d in DOMAINS},
+        total_steps=400,
+        tokens_per_step=4096,
+        seq_len=SEQ,
+        seed=0,
+        stage_steps=[100],
+    )
+    base = {
+        "name": "tikmix_m",
+        "lookahead_lr": 1.0,
+        "n_candidates": 32,
+        "candidate_tokens": 64 * SEQ,
+        "search_samples": 4000,
+        "n_estimators": 100,
+        "min_child_samples": 2,
+        "candidate_sample": "own",
+        "regressor": "lightgbm",
+    }  # the paper-literal path: a sample drawn with each candidate, LightGBM
     return build_mixer({**base, **cfg}, DOMAINS, ctx)
 
 

@@ -1,4 +1,5 @@
 """End-to-end runs of the real entry point on the smoke budget: results, resume (bad input: test_bad_inputs.py)."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,17 @@ def finished_run(smoke_overrides, tmp_path_factory):
 def test_results_json_contract(finished_run):
     rd, res = finished_run
     on_disk = json.loads((rd / "results.json").read_text())
-    for key in ("mixer", "seed", "domains", "final_weights", "weights_history", "val_loss", "tokens_seen", "compute", "wall_time_s"):
+    for key in (
+        "mixer",
+        "seed",
+        "domains",
+        "final_weights",
+        "weights_history",
+        "val_loss",
+        "tokens_seen",
+        "compute",
+        "wall_time_s",
+    ):
         assert key in on_disk, key
     doms = on_disk["domains"]
     assert set(on_disk["final_weights"]) == set(doms) and abs(sum(on_disk["final_weights"].values()) - 1) < 1e-9

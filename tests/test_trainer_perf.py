@@ -1,4 +1,5 @@
 """MFU against the device's peak, torch.compile, and the GPU path (bf16 autocast, SDPA, fused AdamW) on CPU."""
+
 from __future__ import annotations
 
 import json
@@ -16,27 +17,30 @@ from tikmix.model import build_model
 from tikmix.run import run
 from tikmix.trainer import adamw_extra_kwargs, amp_dtype_for, compile_module
 
-
 # --- the peak ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, flops", [
-    ("NVIDIA H100 80GB HBM3", 989e12),
-    ("NVIDIA H100 PCIe", 756e12),
-    ("NVIDIA H100 NVL", 835e12),
-    ("NVIDIA H200", 989e12),
-    ("NVIDIA H200 NVL", 835e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12),
-    ("NVIDIA A100 80GB PCIe", 312e12),
-    ("NVIDIA A10", 125e12),
-    ("NVIDIA L4", 121e12),
-    ("NVIDIA GeForce RTX 4090", 165.2e12),
-    # measured instead: no published dense bf16 figure for the part, or a fraction of a GPU
-    ("NVIDIA A10G", None),
-    ("NVIDIA L40S", None),
-    ("NVIDIA GeForce RTX 4090 D", None),
-    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),
-    ("Tesla T4", None),
-])
+
+@pytest.mark.parametrize(
+    "name, flops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA H200 NVL", 835e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A100 80GB PCIe", 312e12),
+        ("NVIDIA A10", 125e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA GeForce RTX 4090", 165.2e12),
+        # measured instead: no published dense bf16 figure for the part, or a fraction of a GPU
+        ("NVIDIA A10G", None),
+        ("NVIDIA L40S", None),
+        ("NVIDIA GeForce RTX 4090 D", None),
+        ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None),
+        ("Tesla T4", None),
+    ],
+)
 def test_table_peak_by_device_name(name, flops):
     assert perf.table_peak(name) == flops
 
@@ -52,7 +56,7 @@ def test_resolve_peak_sources_and_ranks(monkeypatch):
     assert perf.resolve_peak(0, cuda, torch.bfloat16, device_name="NVIDIA H100 80GB HBM3") is None
     # the table holds bf16 tensor-core peaks: an fp32 run, an unknown GPU or a CPU is measured
     calls = []
-    monkeypatch.setattr(perf, "_measured", lambda d, dt: (calls.append((d.type, dt)) or (1e12, "fake")))
+    monkeypatch.setattr(perf, "_measured", lambda d, dt: calls.append((d.type, dt)) or (1e12, "fake"))
     assert perf.resolve_peak(None, cuda, torch.float32, world=2, device_name="NVIDIA H100 80GB HBM3").flops == 2e12
     assert perf.resolve_peak(None, cuda, torch.bfloat16, device_name="NVIDIA A10G").source == "measured"
     assert perf.resolve_peak(None, cpu, torch.float32).source == "measured"
@@ -80,6 +84,7 @@ def test_matmul_peak_is_measured_once_and_quickly():
 
 # --- MFU in a run --------------------------------------------------------------------------------------
 
+
 def _metrics(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -93,17 +98,23 @@ def test_mfu_is_logged_per_interval_and_its_peak_is_in_results(make_cfg, tmp_pat
     recs = [r for r in _metrics(rd) if "train/loss" in r]
     assert len(recs) == m["intervals"] == 4
     for r in recs:  # mfu = training FLOPs/token x tokens/s / peak
-        assert r["train/mfu"] == pytest.approx(res["flops_per_token"] * r["train/tokens_per_s"] / m["peak_flops"], rel=1e-9)
+        assert r["train/mfu"] == pytest.approx(
+            res["flops_per_token"] * r["train/tokens_per_s"] / m["peak_flops"], rel=1e-9
+        )
         assert 0 < r["train/mfu"] < 10
     assert m["mean"] == pytest.approx(sum(r["train/mfu"] for r in recs) / len(recs))
 
     rd = tmp_path / "off"
-    res = run(make_cfg("trainer.log_every=2", "trainer.save_final_model=false", "trainer.peak_flops=0", run_dir=rd), quiet=True)
+    res = run(
+        make_cfg("trainer.log_every=2", "trainer.save_final_model=false", "trainer.peak_flops=0", run_dir=rd),
+        quiet=True,
+    )
     assert res["mfu"] == {"peak_flops": None, "source": "off", "mean": None}
     assert not any("train/mfu" in r for r in _metrics(rd))
 
 
 # --- the GPU path, by construction ---------------------------------------------------------------------
+
 
 def test_gpu_path_uses_bf16_autocast_sdpa_and_fused_adamw():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
@@ -117,6 +128,7 @@ def test_gpu_path_uses_bf16_autocast_sdpa_and_fused_adamw():
 
 
 # --- torch.compile -------------------------------------------------------------------------------------
+
 
 def test_compile_settings_are_checked():
     m = torch.nn.Linear(2, 2)
@@ -145,8 +157,15 @@ def test_compile_failure_names_trainer_compile(make_cfg, monkeypatch):
 @pytest.mark.slow  # inductor builds C++ kernels for forward and backward: ~35 s on a 2-core CPU
 def test_compiled_run_matches_eager_and_its_checkpoint_resumes_uncompiled(make_cfg, tmp_path):
     # DGA probes every 2 steps: per-domain gradients through the plain module while training runs compiled
-    extra = ["mixer=dga", "mixer.update_every=2", "mixer.tokens_per_domain=256", "mixer.targets_tokens=256",
-             "trainer.log_every=1", "trainer.ckpt_every=2", "trainer.save_final_model=false"]
+    extra = [
+        "mixer=dga",
+        "mixer.update_every=2",
+        "mixer.tokens_per_domain=256",
+        "mixer.targets_tokens=256",
+        "trainer.log_every=1",
+        "trainer.ckpt_every=2",
+        "trainer.save_final_model=false",
+    ]
     eager = run(make_cfg(*extra, run_dir=tmp_path / "eager"), quiet=True)
     rd = tmp_path / "compiled"
     run_until_crash(make_cfg(*extra, "trainer.compile=true", run_dir=rd), crash_at=5, quiet=True)

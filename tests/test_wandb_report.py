@@ -1,6 +1,7 @@
 """What reaches W&B: a run's identity (group, job type, tags, name), the mixer's history generically (scalars at
 the trainer's step, tables, heatmaps), final per-domain values and FLOPs, the run's figures; throughput that
 excludes the mixer's probe time. W&B is replaced by a fake module that records every call to its API."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import time
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tikmix.mixer import register
@@ -75,6 +75,7 @@ def assert_steps_monotonic(r: FakeRun) -> None:
 
 # ------------------------------------------------------------------------------------------ a generic mixer
 
+
 @register("test_recorder")
 class Recorder(Stratified):
     """A mixer that records made-up things: a record per probe (numbers, a string, a matrix over domains), and
@@ -88,10 +89,19 @@ class Recorder(Stratified):
 
     def on_probe(self, probe) -> None:
         k = len(self.history)
-        self.history.append({"step": int(probe.step), "status": f"probe {k} ok", "fit": {"r2": 0.5 + k / 10},
-                             "scores": {"t1": {d: float(i + 10 * k) for i, d in enumerate(self.domains)},
-                                        "t2": {d: -float(i) for i, d in enumerate(self.domains)}},
-                             "flag": True, "vector": [1, 2, 3]})
+        self.history.append(
+            {
+                "step": int(probe.step),
+                "status": f"probe {k} ok",
+                "fit": {"r2": 0.5 + k / 10},
+                "scores": {
+                    "t1": {d: float(i + 10 * k) for i, d in enumerate(self.domains)},
+                    "t2": {d: -float(i) for i, d in enumerate(self.domains)},
+                },
+                "flag": True,
+                "vector": [1, 2, 3],
+            }
+        )
         self.info["probes"] = k
 
 
@@ -116,7 +126,12 @@ def test_any_mixers_history_reaches_wandb_at_the_right_steps(make_cfg, tmp_path,
     assert [x["step"] for x in rows] == [None, 2, 5] and rows[0]["target_loss"] == 3.25
     assert rows[2]["status"] == "probe 2 ok" and json.loads(rows[2]["record"])["vector"] == [1, 2, 3]
     mat = tabs["mixer/scores"][-1][1]
-    assert mat.columns == ["step", "row", *doms] and [(x[0], x[1]) for x in mat.data] == [(2, "t1"), (2, "t2"), (5, "t1"), (5, "t2")]
+    assert mat.columns == ["step", "row", *doms] and [(x[0], x[1]) for x in mat.data] == [
+        (2, "t1"),
+        (2, "t2"),
+        (5, "t1"),
+        (5, "t2"),
+    ]
     heat = logged(r, FakeImage)["mixer/scores_heatmap"][-1][1]
     assert [im.caption for im in heat] == ["step 2", "step 5"]
     assert "figures/mixture" in logged(r, FakeImage)
@@ -128,8 +143,10 @@ def test_any_mixers_history_reaches_wandb_at_the_right_steps(make_cfg, tmp_path,
 
 def test_final_values_flops_and_identity(make_cfg, tmp_path, fake_wandb):
     rd = tmp_path / "tik"
-    res = run(make_cfg("logger=wandb", "mixer=tikmix_d", "trainer.save_final_model=false", "logger.tags=[mine]",
-                       run_dir=rd), quiet=True)
+    res = run(
+        make_cfg("logger=wandb", "mixer=tikmix_d", "trainer.save_final_model=false", "logger.tags=[mine]", run_dir=rd),
+        quiet=True,
+    )
     (r,) = fake_wandb
     doms = res["domains"]
     init = r.init
@@ -144,7 +161,10 @@ def test_final_values_flops_and_identity(make_cfg, tmp_path, fake_wandb):
     for t, v in res["target_loss"].items():
         assert r.summary[f"target_loss/{t}"] == pytest.approx(v)
     c = res["compute"]
-    assert r.summary["compute/train_flops"] == c["train"] and r.summary["compute/mixer_total_flops"] == c["mixer_total"] > 0
+    assert (
+        r.summary["compute/train_flops"] == c["train"]
+        and r.summary["compute/mixer_total_flops"] == c["mixer_total"] > 0
+    )
     assert r.summary["compute/mixer/influence_flops"] == c["mixer/influence"]
     # TiKMiX's influence matrix at its boundary (step 4), live and as a table + heatmap; solver status in the table
     sc = logged(r)
@@ -162,8 +182,14 @@ def test_final_values_flops_and_identity(make_cfg, tmp_path, fake_wandb):
 def test_identity_from_a_hydra_sweep(tmp_path):
     from tikmix.report import wandb_identity
 
-    cfg = {"mixer": {"name": "odm"}, "seed": 2, "model": {"name": "20m"}, "budget": {"name": "demo"},
-           "data": {"name": "jsonl", "source": "jsonl"}, "eval": {"name": "none"}}
+    cfg = {
+        "mixer": {"name": "odm"},
+        "seed": 2,
+        "model": {"name": "20m"},
+        "budget": {"name": "demo"},
+        "data": {"name": "jsonl", "source": "jsonl"},
+        "eval": {"name": "none"},
+    }
     a = wandb_identity(cfg, tmp_path / "0_odm_s2", sweep="multirun/2026-01-01/12-00-00")
     b = wandb_identity(cfg, tmp_path / "1_odm_s2", sweep="multirun/2026-01-01/12-00-00")
     assert a["group"] == b["group"] == "multirun/2026-01-01/12-00-00" and a["job_type"] == "odm"
@@ -189,8 +215,13 @@ class SlowProbe(Stratified):
 
 
 def test_throughput_excludes_probe_time_and_reports_the_overhead(make_cfg, tmp_path, capsys):
-    cfg = make_cfg("trainer.log_every=8", "trainer.save_final_model=false", "trainer.progress=true",
-                   "trainer.eval_every=0", run_dir=tmp_path / "slow")
+    cfg = make_cfg(
+        "trainer.log_every=8",
+        "trainer.save_final_model=false",
+        "trainer.progress=true",
+        "trainer.eval_every=0",
+        run_dir=tmp_path / "slow",
+    )
     cfg.mixer.name = "test_slow_probe"
     res = run(cfg)
     err = capsys.readouterr()
@@ -213,7 +244,7 @@ def test_throughput_excludes_probe_time_and_reports_the_overhead(make_cfg, tmp_p
     assert "mixer overhead" in err.out and f"{tp['train_tokens_per_s']:,.0f} tokens/s" in err.out
 
 
-FAKE_WANDB = '''
+FAKE_WANDB = """
 import json, os
 class _Run:
     def __init__(self, kw):
@@ -228,7 +259,7 @@ class Table:
     def __init__(self, *a, **k): pass
 class Image:
     def __init__(self, *a, **k): pass
-'''
+"""
 
 
 def test_a_hydra_sweep_is_one_wandb_group(smoke_overrides, tmp_path):
@@ -242,12 +273,22 @@ def test_a_hydra_sweep_is_one_wandb_group(smoke_overrides, tmp_path):
     (tmp_path / "fake" / "wandb").mkdir(parents=True)
     (tmp_path / "fake" / "wandb" / "__init__.py").write_text(FAKE_WANDB)
     log = tmp_path / "inits.jsonl"
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'fake'}{os.pathsep}{REPO}", FAKE_WANDB_LOG=str(log),
-               OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=f"{tmp_path / 'fake'}{os.pathsep}{REPO}", FAKE_WANDB_LOG=str(log), OMP_NUM_THREADS="1"
+    )
     env.pop("WANDB_MODE", None)
     ov = [o for o in smoke_overrides if not o.startswith("logger=")]
-    cmd = [sys.executable, str(REPO / "train.py"), "-m", *ov, "logger=wandb", "trainer.save_final_model=false",
-           "mixer=stratified,natural", "seed=0", "hydra.sweep.dir=multirun/wbgroup"]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        *ov,
+        "logger=wandb",
+        "trainer.save_final_model=false",
+        "mixer=stratified,natural",
+        "seed=0",
+        "hydra.sweep.dir=multirun/wbgroup",
+    ]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     inits = [json.loads(x) for x in log.read_text().splitlines()]

@@ -1,4 +1,7 @@
-"""Atomic checkpoints: written to a temporary file in the same folder, fsynced, then renamed into place.
+"""Checkpoints and resuming: which config a run is (its fingerprint), whether a checkpoint may resume it, and
+atomic writes.
+
+Atomic checkpoints: written to a temporary file in the same folder, fsynced, then renamed into place.
 
 A crash at any moment leaves either the previous complete checkpoint or the new complete one, never a torn
 file under the final name. A writer that fails (disk full: torch raises OSError or RuntimeError
@@ -6,13 +9,17 @@ file under the final name. A writer that fails (disk full: torch raises OSError 
 Loading uses torch's weights-only unpickler: a checkpoint holds tensors and plain containers only, and
 nothing in it is executed; :func:`check_checkpoint` then checks what it claims before it is used.
 """
+
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from tikmix.errors import CheckpointError, CheckpointWriteError
 
@@ -41,14 +48,29 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
             pass
         if not isinstance(e, Exception):  # KeyboardInterrupt and the like: not a write error
             raise
-        why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        why = (
+            e.strerror
+            if isinstance(e, OSError) and e.strerror
+            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
         raise CheckpointWriteError(
             f"cannot write checkpoint {path}: {why} — the previous checkpoint (if any) is intact"
         ) from None
 
 
-_REQUIRED = ("step", "model", "optimizer", "scheduler", "mixer", "ledger", "tokens_seen", "weights_history",
-             "val_history", "wall_time", "domains")
+_REQUIRED = (
+    "step",
+    "model",
+    "optimizer",
+    "scheduler",
+    "mixer",
+    "ledger",
+    "tokens_seen",
+    "weights_history",
+    "val_history",
+    "wall_time",
+    "domains",
+)
 
 
 def check_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike, total_steps: int, domains: list[str]) -> None:
@@ -87,7 +109,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001 — torch raises many types for a corrupt or truncated file
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_why(e)}); delete it to start over") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({_why(e)}); delete it to start over"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a tikmix checkpoint of format {FORMAT}")
     return state
@@ -102,3 +126,129 @@ def _why(e: BaseException) -> str:
         return f"the weights-only loader refused it: {rest[0] if rest else type(e).__name__}"
     first = msg.splitlines()[0].split(". ")[0] if msg else ""
     return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
+# ------------------------------------------------------------------------------- fingerprint and resuming
+# Keys that do not change what a run computes: a resumed run may differ in these.
+_NON_TRAJECTORY = {
+    "logger",
+    "run_dir",
+    "eval.limit",
+    "eval.bootstrap_iters",
+    "eval.stage_bootstrap_iters",
+    "eval.batch_size",
+    "eval.max_batch_size",
+    "eval.every_stage",
+    "eval.log_level",
+    "trainer.progress",
+    "trainer.log_every",
+    "trainer.ckpt_every",
+    "trainer.save_final_model",
+    "trainer.max_wall_s",
+    "trainer.peak_flops",
+    # compiled and eager runs compute the same model (equal within float tolerance, tested): a
+    # checkpoint of one resumes in the other
+    "trainer.compile",
+    "trainer.compile_mode",
+}
+
+
+# Keys added after runs were made, with the value that means what their absence meant: dropped from the
+# fingerprint when they hold it, so checkpoints and cached sub-runs made before they existed stay valid. (The
+# typed configs, tikmix/config.py, put every schema key into every config; before them a budget preset without
+# evaluation sizes, or a run that computed everything after training, simply lacked these keys.)
+_ADDED_KEYS: dict[str, Any] = {
+    "trainer.warmup_steps": None,
+    "trainer.final_eval": "full",
+    "budget.val_tokens": 16384,
+    "budget.test_tokens": 32768,
+    "budget.eval_limit": None,
+}
+
+
+def fingerprint(cfg: dict) -> str:
+    c = json.loads(json.dumps(cfg, default=str))
+    for k in _NON_TRAJECTORY | set(_ADDED_KEYS):
+        parts = k.split(".")
+        d = c
+        for p in parts[:-1]:
+            d = d.get(p, {}) if isinstance(d, dict) else {}
+        if isinstance(d, dict) and (k in _NON_TRAJECTORY or _holds_absent_value(d, parts[-1], _ADDED_KEYS[k])):
+            d.pop(parts[-1], None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _holds_absent_value(d: dict, key: str, absent: Any) -> bool:
+    return key in d and type(d[key]) is type(absent) and d[key] == absent
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items() if isinstance(d, dict) else []:
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch.nn.Module) -> str:
+    """What differs between the run that wrote a checkpoint and this command: the config keys (from the run
+    dir's config.yaml, written when that run started), else the model's parameter shapes."""
+    old_path = run_dir / "config.yaml"
+    try:
+        old = yaml.safe_load(old_path.read_text())
+    except (OSError, yaml.YAMLError):
+        old = None
+    if isinstance(old, dict):
+        a, b = _flat(old), _flat(json.loads(json.dumps(container, default=str)))
+        skip = tuple(_NON_TRAJECTORY)
+        absent = "(absent)"
+        keys = sorted(
+            k
+            for k in set(a) | set(b)
+            if not (k in skip or k.startswith(tuple(n + "." for n in skip)))
+            and a.get(k, _ADDED_KEYS.get(k, absent)) != b.get(k, _ADDED_KEYS.get(k, absent))
+        )
+        if keys:
+            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+            return (
+                "; ".join(f"{k}: {a.get(k, absent)!r} there, {b.get(k, absent)!r} now" for k in keys[:6])
+                + more
+                + f" (there = {old_path})"
+            )
+    mine = model.state_dict()
+    theirs = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else {}
+    shapes = [
+        f"{k} {list(v.shape)} there, {list(mine[k].shape)} now"
+        for k, v in theirs.items()
+        if k in mine and hasattr(v, "shape") and tuple(v.shape) != tuple(mine[k].shape)
+    ]
+    if shapes:
+        return (
+            "the model differs: " + "; ".join(shapes[:3]) + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else "")
+        )
+    return f"{old_path} is missing or unreadable, so what differs cannot be named"
+
+
+def resume_point(
+    run_dir: Path, container: dict, model: torch.nn.Module, world: int, total_steps: int, domains: list[str]
+) -> dict[str, Any] | None:
+    """The checkpoint this run resumes from (``<run dir>/checkpoints/last.pt``), or None for a fresh start. One
+    of another config, another number of processes, or contents that do not fit this run is refused, naming
+    what differs."""
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    if ckpt.get("fingerprint") != fingerprint(container):
+        raise CheckpointError(
+            f"{run_dir} holds a checkpoint of a different config: {checkpoint_mismatch(run_dir, container, ckpt, model)}. "
+            f"Re-run with the same overrides to resume, or choose another hydra.run.dir"
+        )
+    if ckpt.get("world_size", 1) != world:
+        raise CheckpointError(
+            f"{path} was written with {ckpt.get('world_size', 1)} processes; resume it with the same number (now {world})"
+        )
+    check_checkpoint(ckpt, path, total_steps, domains)  # what it claims (step, parts) fits this run
+    return ckpt

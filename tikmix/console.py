@@ -11,12 +11,15 @@ a finished or busy run dir) writes nothing. Progress-bar redraws (``\\r``) keep 
 null because Hydra writes them before the job runs, into any run dir, refused commands included; the suite
 writes them itself when a run starts fresh (a resumed run keeps the record of the command that started it).
 """
+
 from __future__ import annotations
 
 import io
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+
+from omegaconf import OmegaConf
 
 from tikmix.runlog import write_text_atomic
 
@@ -98,8 +101,6 @@ class ConsoleLog:
 
 def write_hydra_record(run_dir: Path, job_cfg: Any) -> None:
     """``<run_dir>/.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them; nothing outside a Hydra job."""
-    from omegaconf import OmegaConf
-
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -108,7 +109,10 @@ def write_hydra_record(run_dir: Path, job_cfg: Any) -> None:
         return
     out = Path(run_dir) / ".hydra"
     out.mkdir(exist_ok=True)
-    files = {"config.yaml": job_cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
-             "overrides.yaml": hydra_cfg.overrides.task}
+    files = {
+        "config.yaml": job_cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
     for name, cfg in files.items():
         write_text_atomic(out / name, OmegaConf.to_yaml(cfg, resolve=False))

@@ -6,6 +6,7 @@ charges them. The mixer's own search (probes, proxies) and the downstream lm-eva
 they run and are left out (the line says so). The time is FLOPs / peak FLOP/s: a lower bound, since no run
 reaches its device's peak (this suite measured 57-73 % MFU on a CPU).
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -22,8 +23,15 @@ def eval_passes(total_steps: int, eval_every: int, final_val: bool) -> int:
     return len(steps)
 
 
-def run_flops(fpt: float, total_steps: int, tokens_per_step: int, val_tokens: int, n_val_passes: int,
-              test_tokens: int, target_tokens: int) -> dict[str, float]:
+def run_flops(
+    fpt: float,
+    total_steps: int,
+    tokens_per_step: int,
+    val_tokens: int,
+    n_val_passes: int,
+    test_tokens: int,
+    target_tokens: int,
+) -> dict[str, float]:
     """{train, eval, total} FLOPs of a run: ``*_tokens`` are the tokens of one pass over all domains/sets."""
     train = fpt * total_steps * tokens_per_step
     evals = fpt / 3.0 * (val_tokens * n_val_passes + test_tokens + target_tokens)
@@ -40,8 +48,10 @@ def human_time(seconds: float) -> str:
 def estimate_line(flops: Mapping[str, float], peak: Any, device_type: str) -> str:
     """One console line: the FLOPs, the wall time at ``peak`` (a tikmix.perf.Peak, or None: MFU off) and,
     for a long run on a CPU, that a GPU is the place for it."""
-    line = (f"[tikmix] compute: {flops['total']:.3g} FLOPs = train {flops['train']:.3g} + eval {flops['eval']:.3g} "
-            f"(validation, test and target passes; the mixer's search and downstream tasks come on top)")
+    line = (
+        f"[tikmix] compute: {flops['total']:.3g} FLOPs = train {flops['train']:.3g} + eval {flops['eval']:.3g} "
+        f"(validation, test and target passes; the mixer's search and downstream tasks come on top)"
+    )
     if peak is None or not peak.flops:
         return line + "; no peak FLOP/s to estimate the time against (trainer.peak_flops=0)"
     t = flops["total"] / peak.flops
@@ -49,3 +59,22 @@ def estimate_line(flops: Mapping[str, float], peak: Any, device_type: str) -> st
     if device_type == "cpu" and t > CPU_HOUR_S:
         line += " - over an hour on this CPU: a GPU is the sensible place for this run"
     return line
+
+
+def cost_estimate(trainer: Any, test_arrays: list, targets: dict[str, list[dict]], final_eval: str) -> str:
+    """The run's FLOPs and its wall time at the device's peak, before training (tikmix.estimate)."""
+    T, t = trainer.seq_len, trainer.tcfg
+    full = final_eval == "full"
+    val = sum(len(w) * T for w in trainer.val_windows.values())
+    test = sum(max(1, min(int(t.test_tokens) // T, (len(a) - 1) // T)) * T for a in test_arrays) if full else 0
+    tgt = sum(int(b["input_ids"].numel()) for bs in targets.values() for b in bs) if final_eval != "none" else 0
+    flops = run_flops(
+        trainer.flops_per_token,
+        trainer.total_steps,
+        trainer.tokens_per_step,
+        val,
+        eval_passes(trainer.total_steps, int(t.eval_every or 0), full),
+        test,
+        tgt,
+    )
+    return estimate_line(flops, trainer.resolve_peak(), trainer.device.type)

@@ -5,6 +5,7 @@ target-loss pass of a run with ``trainer.final_eval: targets``, e.g. a RegMix pr
 such a run does, booked apart so what a mixer is charged for it is visible) and ``mixer/<what>`` (the
 mixer's own overhead: proxy runs, reference models, influence gradients, exploration passes).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,54 +5,98 @@ mixture in force, reports cheap per-step statistics through ``observe``, and, at
 for (``probe_steps``), hands it a :class:`Probe` with access to the model, the data and the targets.
 Everything a mixer needs to resume exactly goes through ``state_dict``/``load_state_dict``.
 
-Adding a method = one module with a ``@register("name")`` class + one ``conf/mixer/<name>.yaml``.
+Adding a method = one module with a ``@register("name", NameConfig)`` class and its parameters' dataclass, in
+``baselines/`` or ``tikmix/method/`` (found by :func:`discover`, no list to edit), + one ``conf/mixer/<name>.yaml``
+naming that dataclass as its schema.
 """
+
 from __future__ import annotations
 
+import abc
+import importlib
+import importlib.metadata
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
+from omegaconf import MISSING
 
+from tikmix.config import typed
 from tikmix.errors import ConfigError
+from tikmix.mixer_helpers import check_simplex, wdict
+
+if TYPE_CHECKING:  # annotations only: this module stays free of torch
+    import torch
 
 _REGISTRY: dict[str, type["Mixer"]] = {}
+# Where mixers are found (:func:`discover`): every module of these packages, and every module or object an
+# installed distribution names in the entry-point group ENTRY_POINTS. A new method is one module there (or in
+# a package of its own, named in that group) and one conf/mixer/<name>.yaml; no list to edit.
+MIXER_PACKAGES = ("tikmix.static_mixers", "tikmix.method", "baselines")
+ENTRY_POINTS = "tikmix.mixers"
+_discovered = False
 
 
-def register(name: str) -> Callable[[type["Mixer"]], type["Mixer"]]:
+@dataclass
+class MixerConfig:
+    """The parameters every mixer has. A mixer's own dataclass extends it, beside its class, and holds its
+    defaults and their checks (``__post_init__``); its preset conf/mixer/<name>.yaml names it as its schema."""
+
+    name: str = MISSING
+
+
+def register(name: str, config: type[MixerConfig] = MixerConfig) -> Callable[[type["Mixer"]], type["Mixer"]]:
+    """Class decorator: the mixer ``mixer=<name>`` builds, with its parameters' dataclass ``config``."""
+
     def deco(cls: type[Mixer]) -> type[Mixer]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise RuntimeError(f"mixer {name!r} registered twice")
         _REGISTRY[name] = cls
         cls.name = name
+        cls.config_class = config
         return cls
 
     return deco
 
 
-def _import_builtin_mixers() -> None:
-    # Importing the modules registers their classes. Kept lazy so `tikmix.mixer` has no heavy imports.
-    import importlib
-
-    for mod in ("tikmix.static_mixers", "tikmix.tikmix_mixers", "baselines"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module that does not exist yet is fine; a broken import is not
-            if e.name != mod:
-                raise
+def discover() -> None:
+    """Import every mixer module (:data:`MIXER_PACKAGES`, :data:`ENTRY_POINTS`): importing one registers its mixers."""
+    global _discovered
+    if _discovered:
+        return
+    for name in MIXER_PACKAGES:
+        mod = importlib.import_module(name)
+        for info in pkgutil.iter_modules(getattr(mod, "__path__", []), f"{name}."):
+            importlib.import_module(info.name)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        ep.load()
+    _discovered = True
 
 
 def available() -> list[str]:
-    _import_builtin_mixers()
+    discover()
     return sorted(_REGISTRY)
 
 
-def build_mixer(cfg: Mapping[str, Any], domains: Sequence[str], context: "MixerContext") -> "Mixer":
-    _import_builtin_mixers()
-    name = cfg.get("name")
+def mixer_class(name: Any) -> type["Mixer"]:
+    discover()
     if name not in _REGISTRY:
         raise ConfigError("mixer", f"unknown mixer {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](cfg, list(domains), context)
+    return _REGISTRY[name]
+
+
+def mixer_config(cfg: Mapping[str, Any] | MixerConfig) -> MixerConfig:
+    """A mixer's config as its dataclass: ``cfg`` (a dict or DictConfig naming the mixer) merged over the
+    dataclass's defaults, its keys, types and values checked (ConfigErrors name ``mixer.<key>``)."""
+    if isinstance(cfg, MixerConfig):
+        return cfg
+    return mixer_class(cfg.get("name")).parse_config(cfg)
+
+
+def build_mixer(cfg: Mapping[str, Any] | MixerConfig, domains: Sequence[str], context: "MixerContext") -> "Mixer":
+    c = mixer_config(cfg)
+    return mixer_class(c.name)(c, list(domains), context)
 
 
 @dataclass
@@ -76,6 +120,9 @@ class MixerContext:
     run_subrun: Callable[..., dict] | None = None
     # set by the trainer: charge(flops, what) adds mixer overhead to the compute ledger as mixer/<what>
     charge: Callable[[float, str], None] | None = None
+    # set by the trainer: the run's autocast policy (trainer.dtype) for a mixer's own forward passes outside a
+    # probe (DoReMi's reference model); None = fp32
+    autocast: Callable[[], ContextManager] | None = None
 
 
 @dataclass
@@ -103,49 +150,79 @@ class MixtureSample(list):
         self.counts = np.asarray(counts)
 
 
-class Probe:
-    """Model access at the steps a mixer asked for. Implemented by the trainer.
+class TargetLosses(dict):
+    """The mean loss of each target set (name -> float) and ``flops``: the forward FLOPs the pass cost."""
 
-    * ``model``: the model being trained (train mode is restored by the trainer afterwards).
-    * ``optimizer``: the optimiser (e.g. for Adam's second moment as a diagonal preconditioner).
-    * ``domain_batches(domain, n_tokens, split="train", weights=None)``: iterator of LongTensor batches
-      ``[b, seq_len+1]`` from the domain, deterministic given the run seed and step.
-    * ``mixture_batches(weights, n_tokens)``: a :class:`MixtureSample` of batches drawn with a mixture; its
-      ``counts`` are the sequences drawn per domain (the realised composition).
-    * ``targets``: dict name -> list of (input_ids [b, T], loss_mask [b, T]) batches.
-    * ``val_losses()``: per-domain validation loss.
-    * ``target_losses()``: mean loss on each target set (the supervised tokens).
-    * ``charge(flops, what)``: add mixer overhead to the compute ledger.
-    """
+    def __init__(self, losses: Mapping[str, float], flops: float):
+        super().__init__(losses)
+        self.flops = float(flops)
 
-    step: int
-    model: Any
-    optimizer: Any
-    targets: dict
 
-    def domain_batches(self, domain: str, n_tokens: int, split: str = "train") -> Iterator[Any]:
-        raise NotImplementedError
+class Probe(abc.ABC):
+    """Everything a mixer may use at the steps it asked for (``Mixer.probe_steps``); implemented by the trainer
+    (:class:`tikmix.trainer.TrainerProbe`). Batches are dicts ``{"input_ids": [b, T], "labels": [b, T]}`` of
+    LongTensors on ``device``, labels unshifted (Hugging Face convention, -100 = not scored). The trainer puts the
+    model back in train mode and clears its gradients afterwards."""
 
+    step: int  # the step about to be taken
+    model: torch.nn.Module  # the model being trained (under torchrun DDP-wrapped: a backward pass reduces across ranks)
+    optimizer: torch.optim.Optimizer  # its AdamW (second moments as a diagonal preconditioner; the current LR)
+    device: torch.device
+    flops_per_token: float  # training FLOPs per token (6·N + attention); a forward pass costs a third of it
+    stage_tokens: int  # training tokens from this step to the next stage boundary (or the end of the run)
+    seq_len: int
+    domains: list[str]
+    train_tokens: dict[str, int]  # tokens each domain holds in its train split
+    targets: dict[str, list[dict]]  # the target sets the mixer optimises for: name -> batches
+
+    @abc.abstractmethod
+    def autocast(self) -> ContextManager:
+        """The run's autocast policy (``trainer.dtype``): wrap a forward pass in it."""
+
+    @abc.abstractmethod
+    def domain_batches(self, domain: str, n_tokens: int, split: str = "train") -> Iterator[dict]:
+        """Batches of about ``n_tokens`` training tokens of one domain, deterministic given the run seed and step."""
+
+    @abc.abstractmethod
+    def mixture_batches(self, weights: np.ndarray, n_tokens: int) -> MixtureSample:
+        """Batches of about ``n_tokens`` tokens drawn with a mixture; ``counts`` = the sequences drawn per domain."""
+
+    @abc.abstractmethod
     def val_losses(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The per-domain validation loss (booked as evaluation)."""
 
+    @abc.abstractmethod
+    def target_losses(self, n_tokens: int | None = None, charge_as: str | None = None) -> TargetLosses:
+        """The mean loss over the scored tokens of each target set, from its first ``n_tokens`` input tokens (whole
+        rows; None = all). Its forward FLOPs are booked as evaluation, or with ``charge_as`` as the mixer's own
+        overhead ``mixer/<charge_as>``."""
+
+    @abc.abstractmethod
     def charge(self, flops: float, what: str) -> None:
-        raise NotImplementedError
+        """Add the mixer's own overhead to the compute ledger as ``mixer/<what>``."""
 
 
 class Mixer:
     """Base class. Static mixers override ``initial_weights`` only."""
 
     name = "base"
+    config_class: type[MixerConfig] = MixerConfig  # set by @register
 
-    def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
-        self.cfg = cfg
+    def __init__(self, cfg: Mapping[str, Any] | MixerConfig, domains: list[str], ctx: MixerContext):
+        self.c = self.parse_config(cfg)  # the parameters, typed and checked
         self.domains = list(domains)
         self.ctx = ctx
         self.m = len(domains)
         self._w = check_simplex(self.initial_weights(), "mixer", self.domains)
         self.history: list[dict] = []  # per-stage / per-update records, logged to results.json
         self.info: dict[str, Any] = {}  # method-specific summary for results.json
+
+    @classmethod
+    def parse_config(cls, cfg: Mapping[str, Any] | MixerConfig) -> MixerConfig:
+        """This mixer's parameters as its dataclass: a dict or DictConfig merged over its defaults and checked."""
+        if isinstance(cfg, cls.config_class):
+            return cfg
+        return typed(cls.config_class, cfg, "mixer", what=f"mixer {cls.name!r}")
 
     # --- the interface -------------------------------------------------------------------------------
     def initial_weights(self) -> np.ndarray:
@@ -183,47 +260,4 @@ class Mixer:
         self.info = dict(d.get("info", {}))
 
     def weights_dict(self, step: int) -> dict[str, float]:
-        return {d: float(x) for d, x in zip(self.domains, self.weights(step))}
-
-
-def check_simplex(w: Any, field_name: str, domains: Sequence[str], atol: float = 1e-6) -> np.ndarray:
-    w = np.asarray(w, dtype=np.float64)
-    if w.shape != (len(domains),):
-        raise ConfigError(field_name, f"expected {len(domains)} weights (one per domain {list(domains)}), got shape {w.shape}")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ConfigError(field_name, f"weights must be finite and >= 0, got {w.tolist()}")
-    s = w.sum()
-    if abs(s - 1.0) > atol:
-        raise ConfigError(field_name, f"weights must sum to 1, got {s:.6g}")
-    return w / s
-
-
-def weights_from_mapping(
-    mapping: Mapping[str, Any], domains: Sequence[str], field_name: str, renormalize: bool
-) -> np.ndarray:
-    """Domain-name -> weight mapping to a vector in domain order; unknown names and bad values are refused."""
-    unknown = [k for k in mapping if k not in domains]
-    if unknown:
-        raise ConfigError(field_name, f"unknown domain(s) {unknown}; the data has {list(domains)}")
-    vals = []
-    for d in domains:
-        v = mapping.get(d, 0.0)
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{field_name}.{d}", f"weight must be a number, got {v!r}") from None
-        if not np.isfinite(v) or v < 0:
-            raise ConfigError(f"{field_name}.{d}", f"weight must be finite and >= 0, got {v}")
-        vals.append(v)
-    w = np.asarray(vals)
-    s = w.sum()
-    if s <= 0:
-        raise ConfigError(field_name, "weights sum to 0; give at least one domain a positive weight")
-    if abs(s - 1.0) > 1e-6:
-        if not renormalize:
-            raise ConfigError(
-                field_name,
-                f"weights sum to {s:.6g}, not 1; fix them or set mixer.renormalize=true to rescale them explicitly",
-            )
-        w = w / s
-    return w
+        return wdict(self.domains, self.weights(step))

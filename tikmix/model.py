@@ -1,4 +1,5 @@
 """Model builder: Llama architecture (RoPE, SwiGLU, RMSNorm) from config, random initialisation."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -6,11 +7,21 @@ from typing import Any, Mapping
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tikmix.config import ModelConfig
 from tikmix.errors import ConfigError
 
 
-def llama_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = None, eos_id: int | None = None) -> LlamaConfig:
-    for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings"):
+def llama_config(
+    cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = None, eos_id: int | None = None
+) -> LlamaConfig:
+    for key in (
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    ):
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"model.{key}", f"must be a positive integer, got {v!r}")
@@ -19,8 +30,11 @@ def llama_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = N
     if cfg["num_heads"] % cfg["num_kv_heads"]:
         raise ConfigError("model.num_kv_heads", f"must divide num_heads={cfg['num_heads']}")
     if (cfg["hidden_size"] // cfg["num_heads"]) % 2:
-        raise ConfigError("model.hidden_size", f"hidden_size / num_heads (the head size, rotated by RoPE) must be even, got "
-                                               f"{cfg['hidden_size']} / {cfg['num_heads']} = {cfg['hidden_size'] // cfg['num_heads']}")
+        raise ConfigError(
+            "model.hidden_size",
+            f"hidden_size / num_heads (the head size, rotated by RoPE) must be even, got "
+            f"{cfg['hidden_size']} / {cfg['num_heads']} = {cfg['hidden_size'] // cfg['num_heads']}",
+        )
     v = cfg.get("vocab_size") or vocab_size
     return LlamaConfig(
         vocab_size=int(v),
@@ -30,9 +44,9 @@ def llama_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = N
         num_attention_heads=cfg["num_heads"],
         num_key_value_heads=cfg["num_kv_heads"],
         max_position_embeddings=cfg["max_position_embeddings"],
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        initializer_range=float(cfg.get("init_std", 0.02)),
-        tie_word_embeddings=bool(cfg.get("tie_embeddings", False)),
+        rope_theta=float(cfg.get("rope_theta", ModelConfig.rope_theta)),  # a partial dict (a test's) gets the schema's
+        initializer_range=float(cfg.get("init_std", ModelConfig.init_std)),
+        tie_word_embeddings=bool(cfg.get("tie_embeddings", ModelConfig.tie_embeddings)),
         rms_norm_eps=1e-5,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
@@ -41,7 +55,9 @@ def llama_config(cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = N
     )
 
 
-def build_model(cfg: Mapping[str, Any], vocab_size: int, seed: int, pad_id: int | None = None, eos_id: int | None = None) -> LlamaForCausalLM:
+def build_model(
+    cfg: Mapping[str, Any], vocab_size: int, seed: int, pad_id: int | None = None, eos_id: int | None = None
+) -> LlamaForCausalLM:
     conf = llama_config(cfg, vocab_size, pad_id, eos_id)
     conf._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):

@@ -5,6 +5,7 @@
 bf16, or else a matrix-multiply peak measured once per process on this device in the training dtype. Every
 peak is per device and multiplied by the number of ranks (tokens/s is the global rate).
 """
+
 from __future__ import annotations
 
 import re
@@ -27,11 +28,11 @@ GPU_PEAK_BF16: tuple[tuple[str, float], ...] = (
     (r"H200", 989e12),
     (r"H100.*NVL", 835e12),
     (r"H100.*PCIE", 756e12),
-    (r"H100", 989e12),          # SXM5 ("NVIDIA H100 80GB HBM3")
+    (r"H100", 989e12),  # SXM5 ("NVIDIA H100 80GB HBM3")
     (r"A100", 312e12),
-    (r"\bA10\b", 125e12),       # not A10G, not A100
-    (r"\bL4\b", 121e12),        # not L40 / L40S
-    (r"RTX 4090$", 165.2e12),   # not 4090 D or the laptop part
+    (r"\bA10\b", 125e12),  # not A10G, not A100
+    (r"\bL4\b", 121e12),  # not L40 / L40S
+    (r"RTX 4090$", 165.2e12),  # not 4090 D or the laptop part
 )
 
 
@@ -40,7 +41,7 @@ class Peak:
     """The peak FLOP/s of all ranks together, where it came from, and how (one line for logs)."""
 
     flops: float
-    source: str   # "config" | "table" | "measured"
+    source: str  # "config" | "table" | "measured"
     detail: str
 
     def describe(self) -> str:
@@ -68,8 +69,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_peak(device: torch.device | str, dtype: torch.dtype = torch.float32, n: int | None = None,
-                        repeats: int = 3, block_s: float = 0.1) -> tuple[float, str]:
+def measure_matmul_peak(
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    n: int | None = None,
+    repeats: int = 3,
+    block_s: float = 0.1,
+) -> tuple[float, str]:
     """Best-of-``repeats`` FLOP/s of square ``n x n`` matmuls in ``dtype`` on ``device``, and a description.
 
     Each repeat runs as many matmuls as fit in about ``block_s`` seconds, so the whole measurement takes
@@ -136,14 +142,17 @@ def check_peak_setting(value: object) -> float | None:
     try:
         x = float(value)  # YAML reads 989e12 (no dot) as a string
     except (TypeError, ValueError):
-        raise ConfigError("trainer.peak_flops", f"a number of FLOP/s per device, 0 (off) or null (auto), got {value!r}") from None
+        raise ConfigError(
+            "trainer.peak_flops", f"a number of FLOP/s per device, 0 (off) or null (auto), got {value!r}"
+        ) from None
     if not x >= 0 or x == float("inf"):
         raise ConfigError("trainer.peak_flops", f"must be >= 0 and finite (0 = MFU off), got {value!r}")
     return x
 
 
-def resolve_peak(setting: object, device: torch.device, dtype: torch.dtype, world: int = 1,
-                 device_name: str | None = None) -> Peak | None:
+def resolve_peak(
+    setting: object, device: torch.device, dtype: torch.dtype, world: int = 1, device_name: str | None = None
+) -> Peak | None:
     """The peak to divide by, for ``world`` ranks training in ``dtype``; None when MFU is off (setting 0).
 
     The table is used only for a bf16 run on a known GPU (its figures are bf16 tensor-core peaks); an fp32

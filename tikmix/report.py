@@ -14,16 +14,20 @@ A mixer that appends a record to ``self.history`` gets it into W&B with no code 
 Records without a ``step`` (RegMix's proxies, DoReMi's reference rounds) are written before training, so they
 reach W&B through the tables only.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-MAX_LEAVES = 2000          # numbers and strings of one record that reach W&B (a bound, not a filter in practice)
-MAX_HEATMAPS = 12          # heatmap images per matrix path and run (evenly spaced records)
+import numpy as np
+
+MAX_LEAVES = 2000  # numbers and strings of one record that reach W&B (a bound, not a filter in practice)
+MAX_HEATMAPS = 12  # heatmap images per matrix path and run (evenly spaced records)
 
 
 # ------------------------------------------------------------------------------------------------ identity
@@ -79,10 +83,17 @@ def wandb_identity(cfg: Mapping[str, Any], run_dir: str | Path, sweep: str | Non
     sweep = sweep if sweep is not None else sweep_dir()
     mixer = _preset(cfg, "mixer", "name") or "run"
     seed = cfg.get("seed")
-    tags = [f"{g}:{v}" for g, v in (("mixer", mixer), ("model", _preset(cfg, "model", "name")),
-                                     ("budget", _preset(cfg, "budget", "name")),
-                                     ("data", _preset(cfg, "data", "name", "source")),
-                                     ("eval", _preset(cfg, "eval", "name"))) if v]
+    tags = [
+        f"{g}:{v}"
+        for g, v in (
+            ("mixer", mixer),
+            ("model", _preset(cfg, "model", "name")),
+            ("budget", _preset(cfg, "budget", "name")),
+            ("data", _preset(cfg, "data", "name", "source")),
+            ("eval", _preset(cfg, "eval", "name")),
+        )
+        if v
+    ]
     if sweep:
         tags.append("sweep")
     h = hashlib.sha1(str(Path(run_dir).expanduser().resolve()).encode()).hexdigest()[:6]
@@ -140,8 +151,11 @@ def matrices(rec: Any, prefix: str = "") -> dict[str, tuple[list[str], list[str]
         if all(isinstance(r, Mapping) and r and all(x is None or _is_num(x) for x in r.values()) for r in rows):
             cols = list(dict.fromkeys(c for r in rows for c in r))
             if len(rows) * len(cols) >= 2 and len(cols) >= 1:
-                out[path] = ([str(r) for r in v], [str(c) for c in cols],
-                             [[(float(r[c]) if _is_num(r.get(c)) else None) for c in cols] for r in rows])
+                out[path] = (
+                    [str(r) for r in v],
+                    [str(c) for c in cols],
+                    [[(float(r[c]) if _is_num(r.get(c)) else None) for c in cols] for r in rows],
+                )
                 continue
         out.update(matrices(v, path + "/"))
     return out
@@ -167,7 +181,7 @@ class HistoryStream:
         hist = getattr(self.mixer, "history", None) or []
         if len(hist) < self.n:  # a mixer that replaced its history
             self.n = 0
-        new, self.n = hist[self.n:], len(hist)
+        new, self.n = hist[self.n :], len(hist)
         if not new or self.logger is None or getattr(self.logger, "wandb", None) is None:
             return
         out: dict[str, Any] = {}
@@ -197,13 +211,29 @@ def history_table(history: list) -> tuple[list[str], list[list[Any]]]:
     return ["index", "step", *cols, "record"], rows
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def dominated_linthresh(values: Iterable[Any], ratio: float = 20.0) -> float | None:
+    """When the largest |value| is more than ``ratio`` times the typical one (the median of the non-zero |values|),
+    the linear range of a symmetric-log scale that keeps the typical values readable: the power of ten at or below
+    that median (typical values fall in the logarithmic part, spread out; smaller ones near 0); else None."""
+    a = sorted(abs(float(v)) for v in values if _is_num(v) and math.isfinite(float(v)) and v != 0)
+    if len(a) < 2:
+        return None
+    med = float(np.median(a))
+    return 10.0 ** math.floor(math.log10(med)) if a[-1] > ratio * med else None
+
+
 def heatmap_png(path: Path, rows: list[str], cols: list[str], values: list[list[float | None]], title: str) -> Path:
     """A diverging heatmap (0 = white), on a symmetric-log colour scale when one cell dwarfs the typical one,
     each cell annotated with its value when the matrix is small enough to read."""
-    import numpy as np
-
-    from eval.tables import _plt, dominated_linthresh
-
     plt = _plt()
     from matplotlib.colors import Normalize, SymLogNorm
 
@@ -214,8 +244,9 @@ def heatmap_png(path: Path, rows: list[str], cols: list[str], values: list[list[
     lin = dominated_linthresh(finite.tolist())
     norm = SymLogNorm(linthresh=lin, vmin=-vmax, vmax=vmax, base=10) if lin else Normalize(-vmax, vmax)
     short = [r if len(r) <= 32 else r[:20] + "…" + r[-10:] for r in rows]  # a combined target's long name
-    fig, ax = plt.subplots(figsize=(min(16, 3.5 + 0.7 * len(cols)), min(12, 2.4 + 0.45 * len(rows))),
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        figsize=(min(16, 3.5 + 0.7 * len(cols)), min(12, 2.4 + 0.45 * len(rows))), layout="constrained"
+    )
     im = ax.imshow(np.ma.masked_invalid(a), cmap="RdBu", norm=norm, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), short, fontsize=8)
@@ -259,8 +290,14 @@ def _evenly(xs: list, k: int) -> list:
     return [xs[i] for i in idx]
 
 
-def log_mixer(logger: Any, mixer_name: str, history: list, info: Mapping[str, Any] | None, workdir: Path,
-              domains: Iterable[str] = ()) -> None:
+def log_mixer(
+    logger: Any,
+    mixer_name: str,
+    history: list,
+    info: Mapping[str, Any] | None,
+    workdir: Path,
+    domains: Iterable[str] = (),
+) -> None:
     """The mixer's whole history and info: tables, heatmaps, summary values (see the module doc). A heatmap is
     drawn for a matrix whose columns are domains (influence, alignment: something × domain); every matrix gets a
     table."""
@@ -290,8 +327,11 @@ def log_mixer(logger: Any, mixer_name: str, history: list, info: Mapping[str, An
                     print(f"[tikmix] W&B heatmap of {path} failed: {type(e).__name__}: {e}")
                     break
             logger.images(f"mixer/{path}_heatmap", pngs, caps)
-    summ = {f"mixer_info/{k}": v for k, v in leaves(info or {}).items() if v is not None
-            and not (isinstance(v, float) and not math.isfinite(v))}
+    summ = {
+        f"mixer_info/{k}": v
+        for k, v in leaves(info or {}).items()
+        if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+    }
     if summ:
         logger.summary(summ)
 
@@ -311,42 +351,44 @@ def final_scalars(res: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def log_results(logger: Any, res: Mapping[str, Any], step: int, figures: bool = True) -> None:
-    """End of a run: final scalars at ``step``, the mixture history table, the mixer's history and info, and the
-    run's own figures (mixture over training; influence over stages when recorded), as eval.tables draws them."""
+def log_results(
+    logger: Any,
+    res: Mapping[str, Any],
+    step: int,
+    figures: Callable[[Any, Mapping[str, Any], Path], None] | None = None,
+) -> None:
+    """End of a run: final scalars at ``step``, the mixture history table, the mixer's history and info, and, with
+    ``figures(logger, res, folder)``, the run's own figures (tikmix.results.run_figures)."""
     if logger is None or getattr(logger, "wandb", None) is None:
         return
-    import tempfile
-
     vals = final_scalars(res)
     logger.log_wandb(vals, step)
     logger.summary(vals)
     doms = list(res.get("domains") or [])
     wh = res.get("weights_history") or []
     if wh and doms:
-        logger.table("mixer/weights_history", ["step", *doms],
-                     [[h.get("step")] + [(h.get("weights") or {}).get(d) for d in doms] for h in wh])
+        logger.table(
+            "mixer/weights_history",
+            ["step", *doms],
+            [[h.get("step")] + [(h.get("weights") or {}).get(d) for d in doms] for h in wh],
+        )
     with tempfile.TemporaryDirectory(prefix="tikmix-wandb-") as tmp:
         try:
-            log_mixer(logger, str(res.get("mixer")), list(res.get("mixer_history") or []), res.get("mixer_info"), Path(tmp),
-                      doms)
+            log_mixer(
+                logger,
+                str(res.get("mixer")),
+                list(res.get("mixer_history") or []),
+                res.get("mixer_info"),
+                Path(tmp),
+                doms,
+            )
         except Exception as e:  # noqa: BLE001 — W&B extras never fail a run
             print(f"[tikmix] W&B: the mixer's history was not logged ({type(e).__name__}: {e})")
-        if figures:
+        if figures is not None:
             try:
-                _run_figures(logger, res, Path(tmp))
+                figures(logger, res, Path(tmp))
             except Exception as e:  # noqa: BLE001
                 print(f"[tikmix] W&B: the run's figures were not logged ({type(e).__name__}: {e})")
-
-
-def _run_figures(logger: Any, res: Mapping[str, Any], out: Path) -> None:
-    from eval import tables
-
-    run = tables.Run(Path(str(res.get("run_dir", "."))), str(res.get("mixer")), res.get("seed"), "run", res=dict(res))
-    for kind, paths in (("mixture", tables.fig_mixtures([run], out, False)),
-                        ("influence", tables.fig_influence([run], out, False))):
-        for p in paths or []:
-            logger.images(f"figures/{kind}", [p])
 
 
 def wandb_groups(results: Iterable[Mapping[str, Any]]) -> tuple[set, set]:

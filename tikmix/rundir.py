@@ -6,6 +6,7 @@ so a killed run never leaves it stuck. A second command on a held directory is r
 :class:`RunDirBusy` naming the holder (exit 2); a sub-run (e.g. a RegMix proxy shared by two sweep jobs)
 waits for the holder instead, then finds the sub-run finished and reuses it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -43,13 +44,17 @@ def _acquire(fd: int, run_dir: Path, wait: bool) -> None:
         holder = lock_holder(run_dir)
     except OSError as e:  # a filesystem without flock (some network mounts): run unguarded, and say so
         if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            print(f"[tikmix] warning: cannot lock {run_dir} ({e.strerror}); make sure no other process uses it",
-                  file=sys.stderr)
+            print(
+                f"[tikmix] warning: cannot lock {run_dir} ({e.strerror}); make sure no other process uses it",
+                file=sys.stderr,
+            )
             return
         raise
     if not wait:
-        raise RunDirBusy(f"{run_dir} is in use by another run ({holder}): a run directory belongs to one live "
-                         "process. Wait for it to end, or choose another hydra.run.dir")
+        raise RunDirBusy(
+            f"{run_dir} is in use by another run ({holder}): a run directory belongs to one live "
+            "process. Wait for it to end, or choose another hydra.run.dir"
+        )
     print(f"[tikmix] waiting for {holder}, which is running the same sub-run in {run_dir}", file=sys.stderr, flush=True)
     fcntl.flock(fd, fcntl.LOCK_EX)
 
@@ -88,15 +93,20 @@ def read_results(path: Path, repair: bool = False) -> dict[str, Any] | None:
     to ``results.json.damaged-<time>`` and None is returned, so the run resumes and writes it again."""
     try:
         res = json.loads(path.read_text())
-        why = None if isinstance(res, dict) and isinstance(res.get("compute"), dict) else \
-            f"a JSON {type(res).__name__} without the run's compute record"
+        why = (
+            None
+            if isinstance(res, dict) and isinstance(res.get("compute"), dict)
+            else f"a JSON {type(res).__name__} without the run's compute record"
+        )
     except (OSError, ValueError) as e:
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'}"
     if why is None:
         return res
     if not repair:
-        raise DataError(f"{path} is damaged ({why}); move it away and run the same command again to re-create it "
-                        "from the run's last checkpoint, or choose another hydra.run.dir")
+        raise DataError(
+            f"{path} is damaged ({why}); move it away and run the same command again to re-create it "
+            "from the run's last checkpoint, or choose another hydra.run.dir"
+        )
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, aside)
     print(f"[tikmix] {path} was damaged ({why}); moved it to {aside.name} and resuming the sub-run", file=sys.stderr)

@@ -3,6 +3,7 @@
 W&B never fails a run: with no API key it logs offline into the run directory; any exception from wandb
 is printed once and logging continues locally.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,8 +72,10 @@ def append_line(path: Path, line: str) -> None:
             f.flush()
         except OSError as e:
             os.truncate(path, start)
-            raise StorageError(f"cannot write {path}: {e.strerror or e}; it ends at its last complete line "
-                               "and the last checkpoint is intact: free space and run the same command to resume") from None
+            raise StorageError(
+                f"cannot write {path}: {e.strerror or e}; it ends at its last complete line "
+                "and the last checkpoint is intact: free space and run the same command to resume"
+            ) from None
 
 
 def rewind_metrics(path: Path, nbytes: int | None, step: int) -> None:
@@ -132,8 +135,16 @@ def _wandb_key_configured() -> bool:
 
 
 class RunLogger:
-    def __init__(self, cfg: Mapping[str, Any], run_dir: Path, config: dict, name: str, resume_id: str | None = None,
-                 write_metrics: bool = True, identity: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        run_dir: Path,
+        config: dict,
+        name: str,
+        resume_id: str | None = None,
+        write_metrics: bool = True,
+        identity: Mapping[str, Any] | None = None,
+    ):
         """``identity``: W&B ``group`` / ``job_type`` / ``tags`` derived from the run (tikmix.report.wandb_identity);
         an explicit ``logger.group`` wins over the derived group, ``logger.tags`` are added to the derived tags."""
         self.run_dir = Path(run_dir)
@@ -145,8 +156,9 @@ class RunLogger:
         if cfg.get("name") == "wandb":
             self._init_wandb(cfg, config, name, resume_id, dict(identity or {}))
 
-    def _init_wandb(self, cfg: Mapping[str, Any], config: dict, name: str, resume_id: str | None,
-                    identity: dict[str, Any]) -> None:
+    def _init_wandb(
+        self, cfg: Mapping[str, Any], config: dict, name: str, resume_id: str | None, identity: dict[str, Any]
+    ) -> None:
         try:
             import wandb
 
@@ -156,17 +168,33 @@ class RunLogger:
             group = cfg.get("group") or identity.get("group")
             tags = list(dict.fromkeys([*(identity.get("tags") or []), *(cfg.get("tags") or [])]))
             run = wandb.init(
-                project=cfg.get("project"), entity=cfg.get("entity"), group=group, job_type=identity.get("job_type"),
-                tags=tags, name=name, config=config, dir=str(self.run_dir), mode=mode,
-                id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous",
+                project=cfg.get("project"),
+                entity=cfg.get("entity"),
+                group=group,
+                job_type=identity.get("job_type"),
+                tags=tags,
+                name=name,
+                config=config,
+                dir=str(self.run_dir),
+                mode=mode,
+                id=resume_id,
+                resume="allow" if resume_id else None,
+                reinit="finish_previous",
                 # system-metrics sampling costs CPU that a small CPU run needs; opt in with logger.system_metrics=true
                 settings=wandb.Settings(x_disable_stats=not cfg.get("system_metrics", False)),
             )
             self.wandb = run
             self.wandb_id = getattr(run, "id", None)
-            self.wandb_info = {"id": self.wandb_id, "name": name, "group": group, "job_type": identity.get("job_type"),
-                               "tags": tags, "project": cfg.get("project"), "entity": cfg.get("entity"),
-                               "mode": mode or os.environ.get("WANDB_MODE") or "online"}
+            self.wandb_info = {
+                "id": self.wandb_id,
+                "name": name,
+                "group": group,
+                "job_type": identity.get("job_type"),
+                "tags": tags,
+                "project": cfg.get("project"),
+                "entity": cfg.get("entity"),
+                "mode": mode or os.environ.get("WANDB_MODE") or "online",
+            }
         except Exception as e:  # noqa: BLE001 — W&B must never fail a run
             self._fail(e)
 
@@ -203,8 +231,9 @@ class RunLogger:
         except Exception as e:  # noqa: BLE001
             self._fail(e)
 
-    def images(self, key: str, paths: list[str | os.PathLike], captions: list[str] | None = None,
-               step: int | None = None) -> None:
+    def images(
+        self, key: str, paths: list[str | os.PathLike], captions: list[str] | None = None, step: int | None = None
+    ) -> None:
         """PNG files as W&B images under ``key`` (one image, or a gallery when there are several)."""
         if self.wandb is None or not paths:
             return

@@ -9,6 +9,7 @@ Windows of seq_len+1 tokens start at uniformly random offsets of the domain's to
 concatenated with an end-of-text token between them). Everything is drawn from (seed, step, domain), so a
 resumed run replays the same data and any step can be regenerated alone.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -45,7 +46,14 @@ def mixture_counts(weights: np.ndarray, batch: int, rng: np.random.Generator) ->
 class MixtureSampler:
     """Draws the training batch of a step: [B, seq_len+1] token windows and the domain of each row."""
 
-    def __init__(self, arrays: Sequence[np.ndarray], seq_len: int, batch_size: int, seed: int, domains: Sequence[str] | None = None):
+    def __init__(
+        self,
+        arrays: Sequence[np.ndarray],
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        domains: Sequence[str] | None = None,
+    ):
         self.arrays = list(arrays)
         self.seq_len = int(seq_len)
         self.batch_size = int(batch_size)
@@ -68,7 +76,11 @@ class MixtureSampler:
 
     def batch(self, step: int, weights: np.ndarray, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(tokens [B, seq_len+1] int64, domain index per row [B]); deterministic in (seed, step, stream)."""
-        counts = self.counts(step, weights) if stream == 0 else mixture_counts(weights, self.batch_size, _rng(self.seed, step, 0xC0, stream))
+        counts = (
+            self.counts(step, weights)
+            if stream == 0
+            else mixture_counts(weights, self.batch_size, _rng(self.seed, step, 0xC0, stream))
+        )
         rows, dom = [], []
         for d, c in enumerate(counts):
             if c:
@@ -83,14 +95,23 @@ class MixtureSampler:
 
 def check_budget(total_tokens: int, seq_len: int, batch_size: int, micro_batch: int, max_pos: int) -> int:
     """Validate the budget against the model; return the number of optimiser steps."""
-    for k, v in (("total_tokens", total_tokens), ("seq_len", seq_len), ("batch_size", batch_size), ("micro_batch", micro_batch)):
+    for k, v in (
+        ("total_tokens", total_tokens),
+        ("seq_len", seq_len),
+        ("batch_size", batch_size),
+        ("micro_batch", micro_batch),
+    ):
         if not isinstance(v, int) or v <= 0:
             raise ConfigError(f"budget.{k}", f"must be a positive integer, got {v!r}")
     if seq_len > max_pos:
-        raise ConfigError("budget.seq_len", f"{seq_len} exceeds the model's context model.max_position_embeddings={max_pos}")
+        raise ConfigError(
+            "budget.seq_len", f"{seq_len} exceeds the model's context model.max_position_embeddings={max_pos}"
+        )
     if batch_size % micro_batch:
         raise ConfigError("budget.micro_batch", f"must divide budget.batch_size={batch_size}, got {micro_batch}")
     per_step = seq_len * batch_size
     if total_tokens < per_step:
-        raise ConfigError("budget.total_tokens", f"{total_tokens} is smaller than one batch (batch_size*seq_len = {per_step})")
+        raise ConfigError(
+            "budget.total_tokens", f"{total_tokens} is smaller than one batch (batch_size*seq_len = {per_step})"
+        )
     return total_tokens // per_step

@@ -12,6 +12,7 @@ What a SIGTERM does depends on the phase the process is in (:func:`phase`):
 ``Preempted`` derives from BaseException, like KeyboardInterrupt, so that the broad ``except Exception``
 of libraries (lm-eval, datasets) cannot swallow it in the middle of an evaluation.
 """
+
 from __future__ import annotations
 
 import signal
@@ -33,10 +34,10 @@ class Preempted(BaseException):
         return (Preempted, (self.step, self.reason, self.detail))
 
 
-_reason: str | None = None   # set by the handler; read by the training loop and by phase()
-_phases: list[list] = []     # [immediate, what] per nested phase, innermost last
-_installed = 0               # nesting depth of handling()
-_raised = False              # the handler raises at most once per request
+_reason: str | None = None  # set by the handler; read by the training loop and by phase()
+_phases: list[list] = []  # [immediate, what] per nested phase, innermost last
+_installed = 0  # nesting depth of handling()
+_raised = False  # the handler raises at most once per request
 
 
 def requested() -> str | None:

@@ -1,14 +1,19 @@
 """Static mixers: one mixture for the whole run, no feedback."""
+
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, List, Optional
 
 import numpy as np
 import yaml
 
+from tikmix.config import Number, check_number, need
 from tikmix.errors import ConfigError
-from tikmix.mixer import Mixer, register, weights_from_mapping
+from tikmix.mixer import Mixer, MixerConfig, register
+from tikmix.mixer_helpers import weights_from_mapping
 
 
 @register("stratified")
@@ -25,17 +30,26 @@ class Natural(Mixer):
         return t / t.sum()
 
 
-@register("fixed")
+@dataclass
+class FixedConfig(MixerConfig):
+    weights: Any = None  # {domain: weight}; domains not named get 0; must sum to 1 unless renormalize=true
+    weights_file: Optional[str] = None  # a .yaml/.json file with the same mapping (used when weights is null)
+    renormalize: bool = False  # true = rescale weights that do not sum to 1 (said on the console), false = refuse them
+
+
+@register("fixed", FixedConfig)
 class Fixed(Mixer):
     """A user-given mixture by domain name (inline or from a YAML/JSON file)."""
 
     def initial_weights(self) -> np.ndarray:
-        weights = self.cfg.get("weights")
+        weights = self.c.weights
         field = "mixer.weights"
         if weights is None:
-            path = self.cfg.get("weights_file")
+            path = self.c.weights_file
             if not path:
-                raise ConfigError("mixer.weights", "mixer=fixed needs mixer.weights={domain: weight, ...} or mixer.weights_file=PATH")
+                raise ConfigError(
+                    "mixer.weights", "mixer=fixed needs mixer.weights={domain: weight, ...} or mixer.weights_file=PATH"
+                )
             field = "mixer.weights_file"
             p = Path(path)
             if not p.is_file():
@@ -47,8 +61,7 @@ class Fixed(Mixer):
                 raise ConfigError(field, f"cannot parse {p}: {e}") from None
         if not hasattr(weights, "items"):
             raise ConfigError(field, f"expected a mapping domain -> weight, got {weights!r}")
-        w = weights_from_mapping(dict(weights.items()), self.domains, field, bool(self.cfg.get("renormalize", False)))
-        return w
+        return weights_from_mapping(dict(weights.items()), self.domains, field, self.c.renormalize)
 
 
 @register("human")
@@ -58,19 +71,50 @@ class Human(Mixer):
     def initial_weights(self) -> np.ndarray:
         hw = self.ctx.human_weights
         if not hw:
-            raise ConfigError("data.human_weights", "this data preset has no published proportions; use mixer=natural or mixer=fixed")
+            raise ConfigError(
+                "data.human_weights", "this data preset has no published proportions; use mixer=natural or mixer=fixed"
+            )
         known = {k: v for k, v in hw.items() if k in self.domains}
         return weights_from_mapping(known, self.domains, "data.human_weights", renormalize=True)
 
 
-DESIGN_KEYS = {"name": "design", "index": 0, "design_file": None, "grid_domains": None, "grid_step": 3,
-               "vertex_weight": 0.7, "n_uniform": 16, "uniform_concentration": 2.0, "n_natural": 8,
-               "natural_concentration": 20.0, "seed": 0}
+@dataclass
+class DesignConfig(MixerConfig):
+    """One static mixture of the oracle design (:func:`static_design`; +sweep=oracle runs every index), or of
+    ``design_file``."""
+
+    index: int = 0  # which mixture of the design (python -m eval.oracle lists them; out of range = error)
+    # a YAML list of {name, weights: {domain: w}} (python -m eval.oracle --select writes one)
+    design_file: Optional[str] = None
+    grid_domains: Optional[List[str]] = None  # domains of the simplex grid (the others at 0); null = every domain
+    grid_step: int = 3  # grid resolution: weights in multiples of 1/grid_step over grid_domains
+    vertex_weight: Number = 0.7  # near-vertex mixtures: this weight on one domain, the rest spread evenly
+    n_uniform: int = 16  # Dirichlet draws around uniform ...
+    uniform_concentration: Number = 2.0  # ... Dir(2, ..., 2): spread over the whole simplex
+    n_natural: int = 8  # Dirichlet draws around the natural (token-share) mixture ...
+    natural_concentration: Number = 20.0  # ... Dir(20 · natural)
+    seed: int = 0  # the design's seed (not the run's: every seed of a confirmation trains the same mixture)
+
+    def __post_init__(self) -> None:
+        check_number("mixer.index", self.index, integer=True, low=0)
+        check_number("mixer.grid_step", self.grid_step, integer=True, low=1)
+        for key in ("n_uniform", "n_natural"):
+            check_number(f"mixer.{key}", getattr(self, key), integer=True, low=0)
+        need(0 < self.vertex_weight < 1, "mixer.vertex_weight", f"must be in (0, 1), got {self.vertex_weight!r}")
 
 
-def static_design(domains: list[str], natural: np.ndarray, grid_domains: list[str] | None = None, grid_step: int = 3,
-                  vertex_weight: float = 0.7, n_uniform: int = 16, uniform_concentration: float = 2.0,
-                  n_natural: int = 8, natural_concentration: float = 20.0, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+def static_design(
+    domains: list[str],
+    natural: np.ndarray,
+    grid_domains: list[str] | None = None,
+    grid_step: int = 3,
+    vertex_weight: float = 0.7,
+    n_uniform: int = 16,
+    uniform_concentration: float = 2.0,
+    n_natural: int = 8,
+    natural_concentration: float = 20.0,
+    seed: int = 0,
+) -> list[tuple[str, np.ndarray]]:
     """The oracle sweep's design of static mixtures, a pure function of its arguments (README, "ground truth"):
     stratified and natural; near-vertices (``vertex_weight`` on one domain, the rest spread evenly); Dirichlet
     draws around uniform and around natural; and a simplex grid of step 1/``grid_step`` over ``grid_domains``
@@ -84,8 +128,10 @@ def static_design(domains: list[str], natural: np.ndarray, grid_domains: list[st
         out.append((f"vertex:{d}", w))
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0AC1E]))
     out += [(f"dirichlet_uniform:{k}", rng.dirichlet(np.full(m, uniform_concentration))) for k in range(n_uniform)]
-    out += [(f"dirichlet_natural:{k}", rng.dirichlet(np.maximum(natural * natural_concentration, 1e-3)))
-            for k in range(n_natural)]
+    out += [
+        (f"dirichlet_natural:{k}", rng.dirichlet(np.maximum(natural * natural_concentration, 1e-3)))
+        for k in range(n_natural)
+    ]
     grid = list(grid_domains) if grid_domains else list(domains)
     idx = [domains.index(d) for d in grid]
     w = np.zeros(m)
@@ -105,47 +151,48 @@ def _compositions(total: int, k: int) -> list[tuple[int, ...]]:
     return [(first,) + rest for first in range(total, -1, -1) for rest in _compositions(total - first, k - 1)]
 
 
-@register("design")
+@register("design", DesignConfig)
 class Design(Mixer):
     """Mixture ``index`` of the oracle design (:func:`static_design`) or of ``design_file`` (a YAML list of
     {name, weights: {domain: w}} written by ``python -m eval.oracle``): one job of the oracle sweeps."""
 
     def __init__(self, cfg, domains, ctx):
-        unknown = sorted(set(cfg) - set(DESIGN_KEYS))
-        if unknown:
-            raise ConfigError(f"mixer.{unknown[0]}", f"unknown key for mixer 'design'; known keys: {', '.join(DESIGN_KEYS)}")
-        self.c = {k: cfg.get(k, v) for k, v in DESIGN_KEYS.items()}
-        idx = self.c["index"]
-        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-            raise ConfigError("mixer.index", f"a non-negative integer, got {idx!r}")
+        self.c = self.parse_config(cfg)
+        idx = self.c.index
         self.points = self._points(list(domains), ctx)
         if idx >= len(self.points):
-            raise ConfigError("mixer.index", f"{idx} is out of range: the design has {len(self.points)} mixtures (0..{len(self.points) - 1})")
-        super().__init__(cfg, domains, ctx)
+            raise ConfigError(
+                "mixer.index",
+                f"{idx} is out of range: the design has {len(self.points)} mixtures (0..{len(self.points) - 1})",
+            )
+        super().__init__(self.c, domains, ctx)
         self.info = {"index": idx, "point": self.points[idx][0], "n_design": len(self.points)}
 
     def _points(self, domains: list[str], ctx) -> list[tuple[str, np.ndarray]]:
         c = self.c
-        if c["design_file"]:
-            return _read_design_file(c["design_file"], domains)
-        grid = c["grid_domains"]
+        if c.design_file:
+            return _read_design_file(c.design_file, domains)
+        grid = c.grid_domains
         if grid is not None:
-            grid = list(grid)
             bad = [d for d in grid if d not in domains]
             if bad:
                 raise ConfigError("mixer.grid_domains", f"unknown domain(s) {bad}; the data has {domains}")
-        for key in ("grid_step", "n_uniform", "n_natural"):
-            if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] < (1 if key == "grid_step" else 0):
-                raise ConfigError(f"mixer.{key}", f"must be an integer >= {1 if key == 'grid_step' else 0}, got {c[key]!r}")
-        if not 0 < float(c["vertex_weight"]) < 1:
-            raise ConfigError("mixer.vertex_weight", f"must be in (0, 1), got {c['vertex_weight']!r}")
         natural = np.array([ctx.train_tokens[d] for d in domains], dtype=np.float64)
-        return static_design(domains, natural, grid, int(c["grid_step"]), float(c["vertex_weight"]), int(c["n_uniform"]),
-                             float(c["uniform_concentration"]), int(c["n_natural"]), float(c["natural_concentration"]),
-                             int(c["seed"]))
+        return static_design(
+            domains,
+            natural,
+            grid,
+            c.grid_step,
+            float(c.vertex_weight),
+            c.n_uniform,
+            float(c.uniform_concentration),
+            c.n_natural,
+            float(c.natural_concentration),
+            c.seed,
+        )
 
     def initial_weights(self) -> np.ndarray:
-        return self.points[int(self.c["index"])][1]
+        return self.points[self.c.index][1]
 
 
 def _read_design_file(path: str, domains: list[str]) -> list[tuple[str, np.ndarray]]:
@@ -156,5 +203,7 @@ def _read_design_file(path: str, domains: list[str]) -> list[tuple[str, np.ndarr
         raise ConfigError("mixer.design_file", f"cannot read {p}: {e}") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("weights"), dict) for r in rows):
         raise ConfigError("mixer.design_file", f"{p} must be a YAML list of {{name, weights: {{domain: weight}}}}")
-    return [(str(r.get("name", i)), weights_from_mapping(r["weights"], domains, "mixer.design_file", renormalize=True))
-            for i, r in enumerate(rows)]
+    return [
+        (str(r.get("name", i)), weights_from_mapping(r["weights"], domains, "mixer.design_file", renormalize=True))
+        for i, r in enumerate(rows)
+    ]

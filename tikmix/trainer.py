@@ -6,6 +6,7 @@ per-domain training loss from the same forward pass to ``mixer.observe``. Before
 (stage boundaries), the mixer gets a :class:`TrainerProbe` with model access. Checkpoints hold everything
 needed to resume bit-exactly on CPU: model, optimiser, scheduler, mixer, sampler position, ledger, history.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,17 +20,20 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 
-from tikmix.checkpoint import load_checkpoint, save_checkpoint
-from tikmix.errors import ConfigError, TikmixError
+from tikmix import signals
+from tikmix.checkpoint import save_checkpoint
+from tikmix.config import BudgetConfig, TrainerConfig
+from tikmix.errors import CheckpointError, ConfigError, DataError, TikmixError
 from tikmix.ledger import Ledger
-from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe
+from tikmix.losses import amp_dtype_for, autocast, batch_loss_sum, causal_lm_loss
+from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe, TargetLosses
+from tikmix.mixer_helpers import take_tokens
 from tikmix.perf import Peak, check_peak_setting, resolve_peak
 from tikmix.report import HistoryStream
 from tikmix.runlog import RunLogger, to_builtin
 from tikmix.sampler import MixtureSampler, _rng, mixture_counts
-from tikmix import signals
 from tikmix.signals import Preempted
 
 
@@ -39,8 +43,6 @@ class NonFiniteLoss(TikmixError):
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size) of torch.distributed, (0, 1) when not initialised."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -52,17 +54,21 @@ def dist_info() -> tuple[int, int]:
 WARMUP_MAX_SHARE = 0.1
 
 
-def warmup_steps(tcfg: Mapping[str, Any], bcfg: Mapping[str, Any], total_steps: int) -> tuple[int, str | None]:
-    """Linear-warmup steps of a run, and a note (None when nothing was replaced) for the console."""
-    from_budget = int(round(float(bcfg.get("warmup_frac", 0.0)) * total_steps))
-    n = tcfg.get("warmup_steps")
+def warmup_steps(tcfg: Any, bcfg: Any, total_steps: int) -> tuple[int, str | None]:
+    """Linear-warmup steps of a run, and a note (None when nothing was replaced) for the console. ``tcfg`` and
+    ``bcfg``: the ``trainer`` and ``budget`` sections (typed or composed: read by attribute)."""
+    frac = bcfg.warmup_frac
+    from_budget = int(round(float(frac) * total_steps))
+    n = tcfg.warmup_steps
     if n is None:
         return from_budget, None
     if n <= WARMUP_MAX_SHARE * total_steps:
         return int(n), None
-    return from_budget, (f"warmup: trainer.warmup_steps={n} (the model preset's published warmup) is more than a tenth "
-                         f"of this budget's {total_steps} steps; using budget.warmup_frac={bcfg.get('warmup_frac', 0.0)} "
-                         f"instead: {from_budget} steps")
+    return from_budget, (
+        f"warmup: trainer.warmup_steps={n} (the model preset's published warmup) is more than a tenth "
+        f"of this budget's {total_steps} steps; using budget.warmup_frac={frac} "
+        f"instead: {from_budget} steps"
+    )
 
 
 def mixer_overhead(timing: Mapping[str, float], loop_s: float) -> tuple[float, float | None]:
@@ -73,7 +79,9 @@ def mixer_overhead(timing: Mapping[str, float], loop_s: float) -> tuple[float, f
     return mixer_s, mixer_s / total if total > 0 else None
 
 
-def lr_lambda(schedule: str, total: int, warmup: int, min_ratio: float, wsd_decay_frac: float) -> Callable[[int], float]:
+def lr_lambda(
+    schedule: str, total: int, warmup: int, min_ratio: float, wsd_decay_frac: float
+) -> Callable[[int], float]:
     if schedule not in ("cosine", "wsd", "constant"):
         raise ConfigError("trainer.schedule", f"unknown schedule {schedule!r}; allowed: cosine, wsd, constant")
 
@@ -106,13 +114,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def amp_dtype_for(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``trainer.dtype``: bf16 when asked, or on a GPU under auto; None = fp32."""
-    if setting not in ("auto", "fp32", "bf16"):
-        raise ConfigError("trainer.dtype", f"unknown dtype {setting!r}; allowed: auto, fp32, bf16")
-    return torch.bfloat16 if (setting == "bf16" or (setting == "auto" and device.type == "cuda")) else None
-
-
 def adamw_extra_kwargs(device: torch.device) -> dict[str, Any]:
     """Fused AdamW (one kernel for every parameter) on a GPU; the default for-each implementation on CPU."""
     return {"fused": True} if device.type == "cuda" else {}
@@ -137,8 +138,10 @@ def compile_module(module: torch.nn.Module, enabled: Any, mode: Any) -> torch.nn
     try:
         return torch.compile(module, mode=mode)
     except Exception as e:  # noqa: BLE001 — e.g. a Python version dynamo does not support
-        raise ConfigError("trainer.compile", f"torch.compile is unavailable here ({type(e).__name__}: "
-                                             f"{_first_line(e)}); set trainer.compile=false") from e
+        raise ConfigError(
+            "trainer.compile",
+            f"torch.compile is unavailable here ({type(e).__name__}: {_first_line(e)}); set trainer.compile=false",
+        ) from e
 
 
 def _first_line(e: BaseException) -> str:
@@ -181,55 +184,82 @@ class TrainState:
     timing: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What the config and the data fix before training: the domains, the steps and stage boundaries, where the
+    run lives and which config it is (the fingerprint a checkpoint must carry to be resumed)."""
+
+    domains: list[str]
+    total_steps: int
+    stage_steps: list[int]
+    run_dir: Path
+    fingerprint: str
+
+
+@dataclass
+class TrainData:
+    """What the trainer trains and evaluates on: the mixture sampler over the train splits, the validation
+    splits (per domain) and the target sets the mixers optimise for."""
+
+    sampler: MixtureSampler
+    val_arrays: dict[str, np.ndarray]
+    targets: dict[str, list[dict]]
+
+
+@dataclass
+class RunServices:
+    """Where the trainer books compute (ledger), logs (RunLogger; None = nowhere) and, with eval.every_stage, the
+    hook that scores the model at each stage boundary (eval.stage.stage_evaluator)."""
+
+    ledger: Ledger
+    logger: RunLogger | None = None
+    stage_eval: Callable[[torch.nn.Module, int], dict | None] | None = None
+
+
 class Trainer:
     def __init__(
         self,
-        cfg: Mapping[str, Any],
+        settings: TrainerConfig,
+        budget: BudgetConfig,
         model: torch.nn.Module,
         mixer: Mixer,
-        sampler: MixtureSampler,
-        domains: list[str],
-        val_arrays: dict[str, np.ndarray],
-        targets: dict[str, list[dict]],
-        total_steps: int,
-        stage_steps: list[int],
-        run_dir: Path,
-        ledger: Ledger,
-        logger: RunLogger | None,
+        data: TrainData,
+        plan: RunPlan,
+        services: RunServices,
         device: torch.device,
         flops_per_token: float,
-        fingerprint: str,
     ):
-        t = cfg["trainer"]
-        b = cfg["budget"]
-        self.cfg = cfg
-        self.tcfg = t
+        """Complete at construction: the ``trainer`` and ``budget`` sections (typed, tikmix.config), the model and
+        mixer, what it trains and evaluates on, the run's plan, and where it books compute and logs."""
+        t = self.tcfg = settings
         self.model = model.to(device)
         self.mixer = mixer
-        self.sampler = sampler
-        self.domains = domains
-        self.m = len(domains)
-        self.targets = targets
-        self.total_steps = total_steps
-        self.stage_steps = stage_steps
-        self.run_dir = Path(run_dir)
+        self.sampler = data.sampler
+        self.targets = data.targets
+        self.domains = list(plan.domains)
+        self.m = len(self.domains)
+        self.total_steps = plan.total_steps
+        self.stage_steps = list(plan.stage_steps)
+        self.run_dir = Path(plan.run_dir)
+        self.fingerprint = plan.fingerprint
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
-        self.ledger = ledger
-        self.logger = logger
+        self.ledger = services.ledger
+        self.logger = services.logger
+        self.stage_eval = services.stage_eval  # eval.every_stage: scores the model at stage boundaries, or None
         self.device = device
         self.flops_per_token = flops_per_token
-        self.fingerprint = fingerprint
-        self.seq_len = int(b["seq_len"])
-        self.batch_size = int(b["batch_size"])
-        self.micro_batch = int(b["micro_batch"])
+        self.seq_len = int(budget.seq_len)
+        self.batch_size = int(budget.batch_size)
+        self.micro_batch = int(budget.micro_batch)
         self.tokens_per_step = self.seq_len * self.batch_size
         self.rank, self.world = dist_info()
         if self.batch_size % self.world or (self.batch_size // self.world) % self.micro_batch:
-            raise ConfigError("budget.batch_size", f"{self.batch_size} sequences must split into {self.world} ranks of whole micro-batches of {self.micro_batch}")
+            raise ConfigError(
+                "budget.batch_size",
+                f"{self.batch_size} sequences must split into {self.world} ranks of whole micro-batches of {self.micro_batch}",
+            )
         self.ddp = self.model
-        parallel = t.get("parallel", "ddp")
-        if parallel not in ("ddp", "fsdp"):
-            raise ConfigError("trainer.parallel", f"unknown {parallel!r}; allowed: ddp, fsdp")
+        parallel = t.parallel
         if self.world > 1:
             if parallel == "fsdp":
                 from torch.distributed.fsdp import fully_shard
@@ -242,41 +272,39 @@ class Trainer:
 
                 self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.parallel = parallel if self.world > 1 else "none"
-        self.amp_dtype = amp_dtype_for(t.get("dtype", "auto"), device)
+        self.amp_dtype = amp_dtype_for(t.dtype, device)
         # the training forward/backward runs through self.fwd: the (DDP-wrapped) model, compiled when asked
-        self.fwd = compile_module(self.ddp, t.get("compile", False), t.get("compile_mode"))
+        self.fwd = compile_module(self.ddp, t.compile, t.compile_mode)
         self.compiled = self.fwd is not self.ddp
-        self.peak_setting = check_peak_setting(t.get("peak_flops"))
+        self.peak_setting = check_peak_setting(t.peak_flops)
         self.peak: Peak | None = None  # resolved once, lazily, when training starts (rank 0)
         self.mfu_values: list[float] = []  # per log interval, this process
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(t["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(t["lr"]), betas=tuple(t["betas"]), eps=float(t["eps"]),
+            [{"params": decay, "weight_decay": float(t.weight_decay)}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=float(t.lr),
+            betas=tuple(t.betas),
+            eps=float(t.eps),
             **adamw_extra_kwargs(device),
         )
-        warmup, self.warmup_note = warmup_steps(t, b, total_steps)
+        warmup, self.warmup_note = warmup_steps(t, budget, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(t["schedule"], total_steps, warmup, float(t["min_lr_ratio"]), float(t["wsd_decay_frac"]))
+            self.optimizer,
+            lr_lambda(t.schedule, self.total_steps, warmup, float(t.min_lr_ratio), float(t.wsd_decay_frac)),
         )
-        self.val_windows = {d: eval_windows(a, self.seq_len, int(t["val_tokens"])) for d, a in val_arrays.items()}
+        self.val_windows = {d: eval_windows(a, self.seq_len, int(t.val_tokens)) for d, a in data.val_arrays.items()}
         self.state = TrainState(tokens_seen=np.zeros(self.m, dtype=np.int64))
-        self.stage_eval: Callable[[torch.nn.Module, int], dict | None] | None = None  # eval.every_stage hook
 
     # --- helpers ---------------------------------------------------------------------------------------
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        """The run's autocast policy (``trainer.dtype``), for every forward pass: training, evaluation, probes."""
+        return autocast(self.device, self.amp_dtype)
 
     def token_losses(self, windows: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Per-token loss [b, T] of windows [b, T+1] (inputs = all but last, labels = all but first)."""
-        x, y = windows[:, :-1], windows[:, 1:]
-        with self.autocast():
-            logits = (self.model if model is None else model)(input_ids=x).logits
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(y.shape)
+        return causal_lm_loss(self.model if model is None else model, windows[:, :-1], windows, autocast=self.autocast)
 
     @torch.no_grad()
     def eval_loss(self, windows: np.ndarray) -> float:
@@ -295,24 +323,25 @@ class Trainer:
     def val_losses(self) -> dict[str, float]:
         return {d: self.eval_loss(w) for d, w in self.val_windows.items()}
 
-    @torch.no_grad()
     def target_loss(self, batches: list[dict]) -> float:
-        """Mean loss over the supervised tokens (labels != -100) of a target set, HF label convention."""
+        """Mean loss over the supervised tokens (labels != -100) of a target set, HF label convention; each
+        batch's forward FLOPs are booked as ``eval``."""
+        return self.target_pass(batches, book="eval")[0]
+
+    @torch.no_grad()
+    def target_pass(self, batches: list[dict], book: str | None) -> tuple[float, int, int]:
+        """(mean loss over the supervised tokens, supervised tokens, input tokens) of a target set, in eval mode.
+        With ``book``, each batch's forward FLOPs are added to that ledger category as it is scored."""
         was = self.model.training
         self.model.eval()
-        total, n = 0.0, 0
+        total, n, n_in = 0.0, 0, 0
         for bt in batches:
-            x = bt["input_ids"].to(self.device)
-            y = bt["labels"].to(self.device)
-            with self.autocast():
-                logits = self.model(input_ids=x).logits
-            lg, lb = logits[:, :-1].float(), y[:, 1:]
-            tl = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), lb.reshape(-1), ignore_index=-100, reduction="sum")
-            total += float(tl)
-            n += int((lb != -100).sum())
-            self.ledger.add("eval", self.flops_per_token / 3.0 * x.numel())
+            loss, n_lab, n_tok = batch_loss_sum(self.model, bt, device=self.device, autocast=self.autocast)
+            total, n, n_in = total + float(loss), n + n_lab, n_in + n_tok
+            if book is not None:
+                self.ledger.add(book, self.flops_per_token / 3.0 * n_tok)
         self.model.train(was)
-        return total / max(1, n)
+        return total / max(1, n), n, n_in
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -341,7 +370,11 @@ class Trainer:
 
     def save(self) -> None:
         if self.parallel == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             sd = self.state_dict()
@@ -360,13 +393,17 @@ class Trainer:
             dist.barrier()
 
     def load(self, ckpt: dict) -> None:
-        from tikmix.errors import CheckpointError
-
         if ckpt.get("domains") != self.domains:
-            raise CheckpointError(f"checkpoint {self.ckpt_path} was trained on domains {ckpt.get('domains')}, this run has {self.domains}")
+            raise CheckpointError(
+                f"checkpoint {self.ckpt_path} was trained on domains {ckpt.get('domains')}, this run has {self.domains}"
+            )
         try:
             if self.parallel == "fsdp":
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+                from torch.distributed.checkpoint.state_dict import (
+                    StateDictOptions,
+                    set_model_state_dict,
+                    set_optimizer_state_dict,
+                )
 
                 opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
                 set_model_state_dict(self.model, ckpt["model"], options=opts)
@@ -375,7 +412,9 @@ class Trainer:
                 self.model.load_state_dict(ckpt["model"])
                 self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint {self.ckpt_path} does not fit this model/optimiser: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint {self.ckpt_path} does not fit this model/optimiser: {str(e).splitlines()[0]}"
+            ) from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.mixer.load_state_dict(ckpt["mixer"])
         self.ledger.load_state_dict(ckpt["ledger"])
@@ -435,29 +474,44 @@ class Trainer:
         total = float(seq_loss.mean())
         if not math.isfinite(total):
             bad = [self.domains[d] for d in range(self.m) if counts[d] and not math.isfinite(dom_loss[d])]
-            if self.tcfg.get("on_nonfinite", "stop") == "skip":
+            if self.tcfg.on_nonfinite == "skip":
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()  # the step is spent (the budget counts steps), the update is not taken
                 self.state.skipped.append({"step": step, "domains": bad})
-                print(f"[tikmix] step {step}: non-finite loss in {bad}; batch skipped "
-                      f"({len(self.state.skipped)} so far)", file=sys.stderr)
-                return total, DomainStats(step=step, counts=counts, loss=np.full(self.m, np.nan),
-                                          tokens=np.zeros(self.m, dtype=np.int64), windows=tokens, row_domains=dom,
-                                          skipped=True)
+                print(
+                    f"[tikmix] step {step}: non-finite loss in {bad}; batch skipped ({len(self.state.skipped)} so far)",
+                    file=sys.stderr,
+                )
+                return total, DomainStats(
+                    step=step,
+                    counts=counts,
+                    loss=np.full(self.m, np.nan),
+                    tokens=np.zeros(self.m, dtype=np.int64),
+                    windows=tokens,
+                    row_domains=dom,
+                    skipped=True,
+                )
             raise NonFiniteLoss(
                 f"non-finite training loss at step {step}; domains in the batch: "
                 f"{[self.domains[d] for d in range(self.m) if counts[d]]}, non-finite in: {bad}. "
                 f"The last checkpoint ({self.ckpt_path}) is intact; lower trainer.lr or check the data."
             )
-        clip = self.tcfg.get("grad_clip")
+        clip = self.tcfg.grad_clip
         if clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
         self.optimizer.step()
         self.scheduler.step()
         dom_loss[counts == 0] = np.nan
         self.ledger.add("train", self.flops_per_token * B * T)
-        return total, DomainStats(step=step, counts=counts, loss=dom_loss, tokens=counts * T, windows=tokens,
-                                  row_domains=dom, token_loss=token_loss)
+        return total, DomainStats(
+            step=step,
+            counts=counts,
+            loss=dom_loss,
+            tokens=counts * T,
+            windows=tokens,
+            row_domains=dom,
+            token_loss=token_loss,
+        )
 
     def resolve_peak(self) -> Peak | None:
         """The peak FLOP/s MFU is measured against (None: trainer.peak_flops=0, or not rank 0). Once per run."""
@@ -465,8 +519,10 @@ class Trainer:
             return None
         if self.peak is None:
             self.peak = resolve_peak(self.peak_setting, self.device, self.amp_dtype or torch.float32, self.world)
-            print(f"[tikmix] MFU = {self.flops_per_token:.3g} FLOPs/token x tokens/s / peak {self.peak.describe()}",
-                  flush=True)
+            print(
+                f"[tikmix] MFU = {self.flops_per_token:.3g} FLOPs/token x tokens/s / peak {self.peak.describe()}",
+                flush=True,
+            )
         return self.peak
 
     def mfu_summary(self) -> dict:
@@ -483,12 +539,19 @@ class Trainer:
         tokens = s.step * self.tokens_per_step
         train_s = tm.get("train_s", 0.0)
         mixer_s, share = mixer_overhead(tm, s.wall_time)
-        out = {"train_tokens_per_s": tokens / train_s if train_s > 0 else None,
-               "wall_tokens_per_s": tokens / s.wall_time if s.wall_time > 0 else None,
-               "train_time_s": train_s, "mixer_time_s": mixer_s, "mixer_share": share,
-               "prepare_time_s": tm.get("prepare_s", 0.0), "probe_time_s": tm.get("probe_s", 0.0),
-               "observe_time_s": tm.get("observe_s", 0.0), "eval_time_s": tm.get("eval_s", 0.0),
-               "checkpoint_time_s": tm.get("ckpt_s", 0.0), "loop_time_s": s.wall_time}
+        out = {
+            "train_tokens_per_s": tokens / train_s if train_s > 0 else None,
+            "wall_tokens_per_s": tokens / s.wall_time if s.wall_time > 0 else None,
+            "train_time_s": train_s,
+            "mixer_time_s": mixer_s,
+            "mixer_share": share,
+            "prepare_time_s": tm.get("prepare_s", 0.0),
+            "probe_time_s": tm.get("probe_s", 0.0),
+            "observe_time_s": tm.get("observe_s", 0.0),
+            "eval_time_s": tm.get("eval_s", 0.0),
+            "checkpoint_time_s": tm.get("ckpt_s", 0.0),
+            "loop_time_s": s.wall_time,
+        }
         if self.peak is not None and out["train_tokens_per_s"]:
             out["train_mfu"] = self.flops_per_token * out["train_tokens_per_s"] / self.peak.flops
         return out
@@ -533,10 +596,12 @@ class Trainer:
         """Train to the end of the budget. SIGTERM or trainer.max_wall_s checkpoint and raise Preempted."""
         s = self.state
         bar = None
-        if self.tcfg.get("progress", True) and self.rank == 0:
+        if self.tcfg.progress and self.rank == 0:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True
+            )
         stop: dict[str, str | None] = {"reason": None}
         try:  # SIGTERM during a step: checkpoint at its end (the loop reads signals.requested())
             with signals.handling(), signals.phase(False, "during training"):
@@ -550,10 +615,10 @@ class Trainer:
 
     def _loop(self, s: TrainState, bar: Any, stop: dict) -> None:
         probe_at = set(self.mixer.probe_steps())
-        log_every = max(1, int(self.tcfg.get("log_every", 10)))
-        eval_every = int(self.tcfg.get("eval_every", 0) or 0)
-        ckpt_every = int(self.tcfg.get("ckpt_every", 0) or 0)
-        max_wall = self.tcfg.get("max_wall_s")
+        log_every, eval_every, ckpt_every = (
+            int(getattr(self.tcfg, k)) for k in ("log_every", "eval_every", "ckpt_every")
+        )
+        max_wall = self.tcfg.max_wall_s
         peak = self.resolve_peak() if s.step < self.total_steps else None  # before the clock starts
         t_last, step_last = time.perf_counter(), s.step
         t0 = time.perf_counter() - s.wall_time
@@ -579,8 +644,12 @@ class Trainer:
             if stop["reason"]:
                 self.save()
                 raise Preempted(step, stop["reason"])
-            if self.stage_eval is not None and step in self.stage_steps and self.rank == 0 and \
-                    not any(e.get("step") == step for e in s.eval_history):
+            if (
+                self.stage_eval is not None
+                and step in self.stage_steps
+                and self.rank == 0
+                and not any(e.get("step") == step for e in s.eval_history)
+            ):
                 t = time.perf_counter()
                 entry = self._stage_eval_or_stop(step)
                 if entry is not None:
@@ -608,17 +677,22 @@ class Trainer:
             w = np.asarray(self.mixer.weights(step), dtype=np.float64)
             # record a changed mixture: always at a probe step (stage boundary), else at most once per log_every
             # steps (mixers that move every step, like ODM, would otherwise log one entry per step)
-            if not s.weights_history or (not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12)
-                                         and (step in probe_at or step - s.weights_history[-1]["step"] >= log_every)):
+            if not s.weights_history or (
+                not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12)
+                and (step in probe_at or step - s.weights_history[-1]["step"] >= log_every)
+            ):
                 s.weights_history.append({"step": step, "w": w.tolist()})
             t = time.perf_counter()
             try:
                 loss, stats = self.train_step(step, w)
             except Exception as e:
                 if self.compiled and is_compile_failure(e):
-                    raise ConfigError("trainer.compile", f"torch.compile failed at step {step} ({type(e).__name__}: "
-                                                         f"{_first_line(e)}); set trainer.compile=false to train "
-                                                         "without it") from e
+                    raise ConfigError(
+                        "trainer.compile",
+                        f"torch.compile failed at step {step} ({type(e).__name__}: "
+                        f"{_first_line(e)}); set trainer.compile=false to train "
+                        "without it",
+                    ) from e
                 raise
             t_obs = time.perf_counter()
             iv_train += t_obs - t
@@ -637,13 +711,19 @@ class Trainer:
                 n_tok = (s.step - step_last) * self.tokens_per_step
                 tps = n_tok / max(1e-9, iv_train)  # training time only
                 mixer_s, share = mixer_overhead(tm, s.wall_time)
-                rec = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tps,
-                       "train/tokens": int(s.tokens_seen.sum()),
-                       "perf/wall_tokens_per_s": n_tok / max(1e-9, now - t_last),  # probes and evaluations included
-                       "perf/mixer_s": mixer_s, "perf/mixer_share": share, "perf/eval_s": tm.get("eval_s", 0.0),
-                       "compute/train_flops": self.ledger.flops.get("train", 0.0),
-                       "compute/eval_flops": self.ledger.flops.get("eval", 0.0),
-                       "compute/mixer_total_flops": self.ledger.mixer_total}
+                rec = {
+                    "train/loss": loss,
+                    "train/lr": self.scheduler.get_last_lr()[0],
+                    "train/tokens_per_s": tps,
+                    "train/tokens": int(s.tokens_seen.sum()),
+                    "perf/wall_tokens_per_s": n_tok / max(1e-9, now - t_last),  # probes and evaluations included
+                    "perf/mixer_s": mixer_s,
+                    "perf/mixer_share": share,
+                    "perf/eval_s": tm.get("eval_s", 0.0),
+                    "compute/train_flops": self.ledger.flops.get("train", 0.0),
+                    "compute/eval_flops": self.ledger.flops.get("eval", 0.0),
+                    "compute/mixer_total_flops": self.ledger.mixer_total,
+                }
                 t_last, step_last, iv_train = now, s.step, 0.0
                 postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tps:,.0f}"}
                 if peak is not None:
@@ -653,21 +733,33 @@ class Trainer:
                     postfix["mfu"] = f"{mfu:.1%}"
                 if mixer_s > 0:  # the mixer's share of the time, apart from training throughput
                     postfix["mixer"] = f"{share:.0%}"
-                rec.update({f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])})
+                rec.update(
+                    {
+                        f"train_loss/{d}": float(stats.loss[i])
+                        for i, d in enumerate(self.domains)
+                        if np.isfinite(stats.loss[i])
+                    }
+                )
                 rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
                 if self.logger and self.rank == 0:
                     self.logger.log(rec, s.step)
                 if bar is not None:
                     bar.set_postfix(postfix)
             # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
-            final_val = s.step == self.total_steps and self.tcfg.get("final_eval", "full") == "full"
+            final_val = s.step == self.total_steps and self.tcfg.final_eval == "full"
             if (eval_every and s.step % eval_every == 0) or final_val:
                 t = time.perf_counter()
                 vl = self.val_losses()
                 s.val_history.append({"step": s.step, "val_loss": vl})
                 tm["eval_s"] = tm.get("eval_s", 0.0) + time.perf_counter() - t
                 if self.logger and self.rank == 0:
-                    self.logger.log({**{f"val_loss/{d}": v for d, v in vl.items()}, "val_loss/mean": float(np.mean(list(vl.values())))}, s.step)
+                    self.logger.log(
+                        {
+                            **{f"val_loss/{d}": v for d, v in vl.items()},
+                            "val_loss/mean": float(np.mean(list(vl.values()))),
+                        },
+                        s.step,
+                    )
             if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
                 t = time.perf_counter()
                 self.save()
@@ -675,7 +767,7 @@ class Trainer:
 
 
 class TrainerProbe(Probe):
-    """Model access handed to a mixer at the steps it asked for (see tikmix.mixer.Probe)."""
+    """Model access handed to a mixer at the steps it asked for (the members: tikmix.mixer.Probe)."""
 
     def __init__(self, trainer: Trainer, step: int, stage_tokens: int):
         self.tr = trainer
@@ -691,7 +783,6 @@ class TrainerProbe(Probe):
         self.train_tokens = {d: len(a) for d, a in zip(trainer.domains, trainer.sampler.arrays)}
         self._calls = 0
         self._was_training = trainer.model.training
-        self.rank, self.world = trainer.rank, trainer.world
 
     def autocast(self):
         return self.tr.autocast()
@@ -701,7 +792,9 @@ class TrainerProbe(Probe):
         if self.tr.world > 1:  # each rank takes an equal contiguous share (padded by repeating rows)
             w = self.tr.world
             per = -(-len(windows) // w)
-            windows = np.concatenate([windows, windows[: per * w - len(windows)]]) if per * w > len(windows) else windows
+            windows = (
+                np.concatenate([windows, windows[: per * w - len(windows)]]) if per * w > len(windows) else windows
+            )
             windows = windows[self.tr.rank * per : (self.tr.rank + 1) * per]
         for i in range(0, len(windows), mb):
             x = torch.from_numpy(windows[i : i + mb, :-1]).to(self.device)
@@ -725,8 +818,20 @@ class TrainerProbe(Probe):
     def val_losses(self) -> dict[str, float]:
         return self.tr.val_losses()
 
-    def target_losses(self) -> dict[str, float]:
-        return {name: self.tr.target_loss(b) for name, b in self.targets.items()}
+    def target_losses(self, n_tokens: int | None = None, charge_as: str | None = None) -> TargetLosses:
+        losses, n_in = {}, 0
+        for name, batches in self.targets.items():
+            loss, n_lab, n_tok = self.tr.target_pass(
+                take_tokens(batches, n_tokens), book="eval" if charge_as is None else None
+            )
+            if n_lab == 0:
+                raise DataError(f"target {name!r} has no labelled tokens")
+            losses[name] = loss
+            n_in += n_tok
+        flops = self.flops_per_token / 3.0 * n_in
+        if charge_as is not None:  # one charge per measurement, as a mixer books its overhead (evaluation: per batch)
+            self.charge(flops, charge_as)
+        return TargetLosses(losses, flops)
 
     def charge(self, flops: float, what: str) -> None:
         self.tr.ledger.charge_mixer(what, flops)

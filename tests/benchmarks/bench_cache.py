@@ -11,6 +11,7 @@ build; the figure that must stay flat is the build's peak, and the ratio of the 
 corpus whose train split is ONE document of N MB (word-like text), and prints its peak beside the first
 scale's: long documents are tokenised in pieces, so the ratio must stay near 1 too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,18 @@ def child(scale: int, cache: str) -> None:
     wall = time.perf_counter() - t0
     tokens = sum(shards.num_tokens(d, s) for d in shards.domains for s in ("train", "val", "test"))
     n_docs = sum(sum(per.values()) for per in docs.values())
-    print(json.dumps({"scale": scale, "docs": n_docs, "tokens": tokens, "wall_s": wall,
-                      "rss_after_imports_mib": after_imports, "peak_rss_mib": _rss_mib()}))
+    print(
+        json.dumps(
+            {
+                "scale": scale,
+                "docs": n_docs,
+                "tokens": tokens,
+                "wall_s": wall,
+                "rss_after_imports_mib": after_imports,
+                "peak_rss_mib": _rss_mib(),
+            }
+        )
+    )
 
 
 def write_long_doc_corpus(root: Path, mb: float, seed: int = 0) -> None:
@@ -81,15 +92,34 @@ def child_long(mb: float, cache: str) -> None:
     from tikmix.data.shards import prepare_data
 
     root = Path(cache) / "corpus"
-    cfg = compose([f"data.cache_dir={cache}/cache", "data=jsonl", f"data.root={root}", "data.domain_field=domain",
-                   "data.train_files=train/*.jsonl", "data.val_files=val/*.jsonl", "data.test_files=test/*.jsonl"])
+    cfg = compose(
+        [
+            f"data.cache_dir={cache}/cache",
+            "data=jsonl",
+            f"data.root={root}",
+            "data.domain_field=domain",
+            "data.train_files=train/*.jsonl",
+            "data.val_files=val/*.jsonl",
+            "data.test_files=test/*.jsonl",
+        ]
+    )
     after_imports = _rss_mib()
     t0 = time.perf_counter()
     shards = prepare_data(cfg.data)
     wall = time.perf_counter() - t0
     tokens = sum(shards.num_tokens(d, s) for d in shards.domains for s in ("train", "val", "test"))
-    print(json.dumps({"scale": f"{mb:g}MB", "docs": 3, "tokens": tokens, "wall_s": wall,
-                      "rss_after_imports_mib": after_imports, "peak_rss_mib": _rss_mib()}))
+    print(
+        json.dumps(
+            {
+                "scale": f"{mb:g}MB",
+                "docs": 3,
+                "tokens": tokens,
+                "wall_s": wall,
+                "rss_after_imports_mib": after_imports,
+                "peak_rss_mib": _rss_mib(),
+            }
+        )
+    )
 
 
 def _run_child(args: list[str], what: str, long_mb: float = 0.0) -> dict:
@@ -117,20 +147,29 @@ def main() -> None:
         child_long(float(args.child_long[0]), args.child_long[1])
         return
     rows = [_run_child(["--child", str(scale)], f"scale {scale}") for scale in (int(x) for x in args.scales.split(","))]
-    long_row = (_run_child(["--child-long", str(args.long_doc_mb)], "the long document", args.long_doc_mb)
-                if args.long_doc_mb > 0 else None)
+    long_row = (
+        _run_child(["--child-long", str(args.long_doc_mb)], "the long document", args.long_doc_mb)
+        if args.long_doc_mb > 0
+        else None
+    )
     print(f"{'scale':>5}  {'docs':>9}  {'tokens':>12}  {'build s':>8}  {'RSS after imports':>17}  {'peak RSS':>9}")
     for x in rows + ([long_row] if long_row else []):
-        print(f"{x['scale']:>5}  {x['docs']:>9,}  {x['tokens']:>12,}  {x['wall_s']:>8.1f}  "
-              f"{x['rss_after_imports_mib']:>13,.0f} MiB  {x['peak_rss_mib']:>5,.0f} MiB")
+        print(
+            f"{x['scale']:>5}  {x['docs']:>9,}  {x['tokens']:>12,}  {x['wall_s']:>8.1f}  "
+            f"{x['rss_after_imports_mib']:>13,.0f} MiB  {x['peak_rss_mib']:>5,.0f} MiB"
+        )
     base, top = rows[0], rows[-1]
-    print(f"peak RSS ratio {top['scale']}x / {base['scale']}x: {top['peak_rss_mib'] / base['peak_rss_mib']:.3f}   "
-          f"(build increment over imports: {base['peak_rss_mib'] - base['rss_after_imports_mib']:,.0f} -> "
-          f"{top['peak_rss_mib'] - top['rss_after_imports_mib']:,.0f} MiB; target: ratio ~1)")
+    print(
+        f"peak RSS ratio {top['scale']}x / {base['scale']}x: {top['peak_rss_mib'] / base['peak_rss_mib']:.3f}   "
+        f"(build increment over imports: {base['peak_rss_mib'] - base['rss_after_imports_mib']:,.0f} -> "
+        f"{top['peak_rss_mib'] - top['rss_after_imports_mib']:,.0f} MiB; target: ratio ~1)"
+    )
     if long_row:
-        print(f"peak RSS ratio one {long_row['scale']} document / {base['scale']}x corpus: "
-              f"{long_row['peak_rss_mib'] / base['peak_rss_mib']:.3f}   (build increment over imports: "
-              f"{long_row['peak_rss_mib'] - long_row['rss_after_imports_mib']:,.0f} MiB; target: ratio ~1)")
+        print(
+            f"peak RSS ratio one {long_row['scale']} document / {base['scale']}x corpus: "
+            f"{long_row['peak_rss_mib'] / base['peak_rss_mib']:.3f}   (build increment over imports: "
+            f"{long_row['peak_rss_mib'] - long_row['rss_after_imports_mib']:,.0f} MiB; target: ratio ~1)"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ default ``mixer.targets_tokens`` = 2,048 padded input tokens; the dev splits hol
 measurement's FLOPs (forward+backward of every sample) against the stage's training FLOPs.
 Writes ``influence_snr.png`` and ``influence_snr.json`` into --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,16 +21,19 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tikmix.influence import GroupInfluence  # noqa: E402
-from tikmix.mixer import Mixer, register  # noqa: E402
-from tikmix.solvers import tikmix_d_solve  # noqa: E402
+from tikmix.method.influence import GroupInfluence  # noqa: E402
+from tikmix.method.solvers import tikmix_d_solve  # noqa: E402
+from tikmix.mixer import Mixer, MixerConfig, register  # noqa: E402
+from tikmix.regression import spearman  # noqa: E402
 
 
 class _Done(Exception):
@@ -44,7 +48,14 @@ def _halves(batches: list[dict]) -> tuple[list[dict], list[dict]]:
     return mk(rows[:h], labels[:h]), mk(rows[h : 2 * h], labels[h : 2 * h])
 
 
-@register("snr_probe")
+@dataclass
+class SNRProbeConfig(MixerConfig):
+    tokens: List[int] = field(default_factory=list)  # domain sample sizes n to measure S at
+    hessians: List[str] = field(default_factory=list)
+    model_name: str = ""  # for the report
+
+
+@register("snr_probe", SNRProbeConfig)
 class SNRProbe(Mixer):
     """Stratified mixture; at the first stage boundary, measures S twice per (hessian, n) and stops the run."""
 
@@ -54,14 +65,19 @@ class SNRProbe(Mixer):
         return [int(self.ctx.stage_steps[0])]
 
     def on_probe(self, probe) -> None:
-        cfg = self.cfg
-        for hessian in cfg["hessians"]:
-            for n in cfg["tokens"]:
+        cfg = self.c
+        for hessian in cfg.hessians:
+            for n in cfg.tokens:
                 t0 = time.perf_counter()
                 S = []
                 for half in (0, 1):
-                    gi = GroupInfluence(probe.model, hessian=hessian, optimizer=probe.optimizer, device=probe.device,
-                                        flops_per_token=probe.flops_per_token)
+                    gi = GroupInfluence(
+                        probe.model,
+                        hessian=hessian,
+                        optimizer=probe.optimizer,
+                        device=probe.device,
+                        flops_per_token=probe.flops_per_token,
+                    )
                     targets = {k: _halves(list(b))[half] for k, b in probe.targets.items()}
                     gi.set_targets(targets)
                     doms = {d: _halves(list(probe.domain_batches(d, 2 * n)))[half] for d in self.domains}
@@ -73,34 +89,53 @@ class SNRProbe(Mixer):
                 # the decision: TiKMiX-D's next mixture from each half (from the current mixture, default settings)
                 w_prev = np.asarray(self.weights(probe.step))
                 wa, wb = (tikmix_d_solve(x, w_prev)[0] for x in S)
-                rec = {"hessian": hessian, "tokens": n, "reliability": float(np.corrcoef(a, b)[0, 1]),
-                       "spearman": float(_spearman(a, b)), "cost_pct": 100.0 * flops / (probe.stage_tokens * probe.flops_per_token),
-                       "wall_s": (time.perf_counter() - t0) / 2, "n_targets": n_targets, "step": probe.step,
-                       "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
-                       "mixture_l1": float(np.abs(wa - wb).sum())}
-                print(f"[snr] {cfg['model_name']} {hessian:>8} n={n:>6}: reliability {rec['reliability']:.3f} "
-                      f"(sign agreement {rec['sign_agreement']:.2f}; L1 between the halves' TiKMiX-D mixtures {rec['mixture_l1']:.2f}), "
-                      f"cost {rec['cost_pct']:.1f}% of the stage", flush=True)
-                SNRProbe.results.append({"model": cfg["model_name"], **rec})
+                rec = {
+                    "hessian": hessian,
+                    "tokens": n,
+                    "reliability": float(np.corrcoef(a, b)[0, 1]),
+                    "spearman": spearman(a, b),
+                    "cost_pct": 100.0 * flops / (probe.stage_tokens * probe.flops_per_token),
+                    "wall_s": (time.perf_counter() - t0) / 2,
+                    "n_targets": n_targets,
+                    "step": probe.step,
+                    "sign_agreement": float(np.mean(np.sign(a) == np.sign(b))),
+                    "mixture_l1": float(np.abs(wa - wb).sum()),
+                }
+                print(
+                    f"[snr] {cfg.model_name} {hessian:>8} n={n:>6}: reliability {rec['reliability']:.3f} "
+                    f"(sign agreement {rec['sign_agreement']:.2f}; L1 between the halves' TiKMiX-D mixtures {rec['mixture_l1']:.2f}), "
+                    f"cost {rec['cost_pct']:.1f}% of the stage",
+                    flush=True,
+                )
+                SNRProbe.results.append({"model": cfg.model_name, **rec})
         raise _Done
-
-
-def _spearman(a, b):
-    from scipy.stats import spearmanr
-
-    return spearmanr(a, b).statistic
 
 
 def measure(model: str, tokens: list[int], hessians: list[str], budget: str) -> list[dict]:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import compose
+    from hydra.core.config_store import ConfigStore
 
     from tikmix.run import run
 
+    ConfigStore.instance().store(group="mixer", name="snr_probe", node=SNRProbeConfig(name="snr_probe"))  # its preset
     rd = Path(tempfile.mkdtemp()) / f"snr_{model}"
-    cfg = compose([f"model={model}", f"budget={budget}", "logger=none", "trainer.progress=false", f"run_dir={rd}",
-                   "mixer=stratified", "mixer.name=snr_probe", f"+mixer.tokens={tokens}", f"+mixer.hessians={hessians}",
-                   f"+mixer.model_name={model}", "eval.limit=0.01", "trainer.save_final_model=false", "trainer.eval_every=0"])
+    cfg = compose(
+        [
+            f"model={model}",
+            f"budget={budget}",
+            "logger=none",
+            "trainer.progress=false",
+            f"run_dir={rd}",
+            "mixer=snr_probe",
+            f"mixer.tokens={tokens}",
+            f"mixer.hessians={hessians}",
+            f"mixer.model_name={model}",
+            "eval.limit=0.01",
+            "trainer.save_final_model=false",
+            "trainer.eval_every=0",
+        ]
+    )
     SNRProbe.results = []
     try:
         run(cfg, quiet=True)
@@ -116,7 +151,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (a1, a3, a2) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for (model, hessian) in sorted({(r["model"], r["hessian"]) for r in rows}):
+    for model, hessian in sorted({(r["model"], r["hessian"]) for r in rows}):
         rs = sorted((r for r in rows if r["model"] == model and r["hessian"] == hessian), key=lambda r: r["tokens"])
         x = [r["tokens"] for r in rs]
         a1.plot(x, [r["reliability"] for r in rs], marker="o", label=f"{model}, H⁻¹={hessian}")
@@ -165,8 +200,10 @@ def main() -> None:
     print(f"wrote {plot(rows, a.out)} and {a.out / 'influence_snr.json'}")
     for r in rows:
         ok = "meets" if r["reliability"] >= 0.8 and r["cost_pct"] <= 10 else "    "
-        print(f"{r['model']:>5} {r['hessian']:>8} {r['tokens']:>6}: r={r['reliability']:.3f} "
-              f"mixture L1 between halves={r['mixture_l1']:.2f} cost={r['cost_pct']:.1f}% {ok}")
+        print(
+            f"{r['model']:>5} {r['hessian']:>8} {r['tokens']:>6}: r={r['reliability']:.3f} "
+            f"mixture L1 between halves={r['mixture_l1']:.2f} cost={r['cost_pct']:.1f}% {ok}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ on, applied by conjugate gradients with Jacobian-vector products (no approximati
 it prints the correlation of S with S* over (domain) entries and the share of |S| each block carries, beside
 S*'s own shares: the ground truth for "which blocks should carry the influence".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from tikmix.influence import GroupInfluence, block_kind  # noqa: E402
+from tikmix.method.influence import GroupInfluence, block_kind  # noqa: E402
 
 
 def fisher_solver(model, batches, damping: float):
@@ -48,7 +49,9 @@ def fisher_solver(model, batches, damping: float):
 
     dot = lambda a, b: sum(float((a[n] * b[n]).sum()) for n in names)  # noqa: E731
     rng = torch.Generator().manual_seed(0)
-    probes = [{n: torch.randint(0, 2, params[n].shape, generator=rng).double() * 2 - 1 for n in names} for _ in range(8)]
+    probes = [
+        {n: torch.randint(0, 2, params[n].shape, generator=rng).double() * 2 - 1 for n in names} for _ in range(8)
+    ]
     mean_eig = np.mean([dot(z, Fv(z)) for z in probes]) / sum(p.numel() for p in params.values())  # Hutchinson
     lam = damping * mean_eig
 
@@ -108,8 +111,9 @@ def one_seed(seed: int, damping: float) -> dict:
     exact_blocks = {n: sum(abs(float((u[n] * g[n]).sum())) for g in gd.values()) for n in u}
     out = {"exact": {"S": exact, "share": shares(exact_blocks)}}
     for rest in ("identity", "diag"):
-        gi = GroupInfluence(model, hessian="kfac", kfac_batches=kfac_sample * 4, damping=damping, kfac_fisher="sampled",
-                            kfac_rest=rest)
+        gi = GroupInfluence(
+            model, hessian="kfac", kfac_batches=kfac_sample * 4, damping=damping, kfac_fisher="sampled", kfac_rest=rest
+        )
         gi.set_targets({"t": target})
         S = gi.matrix(dom).S[0]
         out[rest] = {"S": S, "share": gi.block_shares(block_kind), "corr": float(np.corrcoef(S, exact)[0, 1])}
@@ -128,9 +132,14 @@ def main() -> None:
     for s in range(a.seeds):
         r = one_seed(s, a.damping)
         for name in ("exact", "identity", "diag"):
-            label = {"exact": "exact damped Fisher", "identity": "K-FAC, rest=identity", "diag": "K-FAC, rest=diag"}[name]
+            label = {"exact": "exact damped Fisher", "identity": "K-FAC, rest=identity", "diag": "K-FAC, rest=diag"}[
+                name
+            ]
             corr = f"{r[name]['corr']:.3f}" if "corr" in r[name] else "—"
-            print(f"{s:>4}  {label:<22}  {corr:>15}  " + "".join(f"{100 * r[name]['share'].get(k, 0):>9.1f}%" for k in kinds))
+            print(
+                f"{s:>4}  {label:<22}  {corr:>15}  "
+                + "".join(f"{100 * r[name]['share'].get(k, 0):>9.1f}%" for k in kinds)
+            )
 
 
 if __name__ == "__main__":

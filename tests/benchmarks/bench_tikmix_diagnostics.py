@@ -13,6 +13,7 @@
 Each K-FAC configuration is one short run (75 steps, one boundary at step 37) through train.py; part 2 is one
 run to the same boundary (same seed and first-stage mixture) that measures every variant on the same model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,27 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = ["logger=none", "eval=synthetic9", "eval.limit=0.01", "budget.total_tokens=307200", "budget.stages=[0.5]",
-        "trainer.progress=false", "trainer.save_final_model=false", "trainer.eval_every=0"]
+BASE = [
+    "logger=none",
+    "eval=synthetic9",
+    "eval.limit=0.01",
+    "budget.total_tokens=307200",
+    "budget.stages=[0.5]",
+    "trainer.progress=false",
+    "trainer.save_final_model=false",
+    "trainer.eval_every=0",
+]
 
 
 def run(out: Path, name: str, *overrides: str) -> dict:
     d = out / name
     if not (d / "results.json").exists():
-        subprocess.run([sys.executable, str(REPO / "train.py"), *BASE, *overrides, f"hydra.run.dir={d}"], cwd=REPO,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(REPO / "train.py"), *BASE, *overrides, f"hydra.run.dir={d}"],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return json.loads((d / "results.json").read_text())
 
 
@@ -54,12 +67,22 @@ class _Done(Exception):
 def _m_variants(probe, domains, steps: list[float], n_candidates: int, seed: int = 0) -> list[dict]:
     """At one model state: TiKMiX-D's w_D, then for each candidate mode, lookahead and regressor, the held-out fit
     of the objective on (n_candidates + 1) measured candidates, and whether the search would move."""
-    from tikmix.influence import GroupInfluence
-    from tikmix.solvers import (accept_search, dirichlet_search, fit_influence_law, latin_hypercube_candidates,
-                                tikmix_d_solve, tikmix_objective_from_p, influence_scale)
+    from tikmix.method.influence import GroupInfluence
+    from tikmix.method.solvers import (
+        accept_search,
+        fit_influence_law,
+        latin_hypercube_candidates,
+        tikmix_d_solve,
+    )
+    from tikmix.regression import dirichlet_search
 
-    gi = GroupInfluence(probe.model, hessian="adam", optimizer=probe.optimizer, device=probe.device,
-                        flops_per_token=probe.flops_per_token)
+    gi = GroupInfluence(
+        probe.model,
+        hessian="adam",
+        optimizer=probe.optimizer,
+        device=probe.device,
+        flops_per_token=probe.flops_per_token,
+    )
     gi.set_targets({k: list(b)[:4] for k, b in probe.targets.items()})
     S = gi.matrix({d: (lambda d=d: probe.domain_batches(d, 2048)) for d in domains}, keep_directions=True).S
     w_prev = np.full(len(domains), 1.0 / len(domains))
@@ -80,22 +103,41 @@ def _m_variants(probe, domains, steps: list[float], n_candidates: int, seed: int
             first = X @ S.T
             gap = float(np.median(np.abs(P - first) / np.maximum(np.abs(first), 1e-12)))
             for regressor in ("lightgbm", "quadratic"):
-                law, fit = fit_influence_law(X, P, S, regressor=regressor, seed=seed,
-                                             lgbm=dict(n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=3))
+                law, fit = fit_influence_law(
+                    X,
+                    P,
+                    S,
+                    regressor=regressor,
+                    seed=seed,
+                    lgbm=dict(n_estimators=200, learning_rate=0.05, num_leaves=15, min_child_samples=3),
+                )
                 region = (X.min(axis=0), X.max(axis=0))
                 w, _ = dirichlet_search(law.predict, X[0], n_samples=4000, seed=seed, region=region)
                 ok, why = accept_search(fit, float(law.predict(w[None])[0]), float(law.predict(w_d[None])[0]), 1.0)
-                rows.append({"steps": k, "eta": eta, "mode": mode, "regressor": regressor, "gap": gap,
-                             "r2": fit["r2_holdout"], "r2_linear": fit["r2_linear"], "moves": ok, "why": why,
-                             "l1_move": float(np.abs(w - w_d).sum()) if ok else 0.0})
+                rows.append(
+                    {
+                        "steps": k,
+                        "eta": eta,
+                        "mode": mode,
+                        "regressor": regressor,
+                        "gap": gap,
+                        "r2": fit["r2_holdout"],
+                        "r2_linear": fit["r2_linear"],
+                        "moves": ok,
+                        "why": why,
+                        "l1_move": float(np.abs(w - w_d).sum()) if ok else 0.0,
+                    }
+                )
     gi.release()
     return rows
 
 
 def lookahead(out: Path, steps: list[float], n_candidates: int = 16) -> None:
     print("TiKMiX-M at the boundary (hessian=adam): finite-step vs first order, and the regressor's held-out fit")
-    print(f"  {'steps':>6}  {'eta':>8}  {'candidates':>10}  {'regressor':>9}  {'median |P-Sx|/|Sx|':>18}  "
-          f"{'R2 held-out':>11}  {'R2 of S.x':>9}  moves (L1)")
+    print(
+        f"  {'steps':>6}  {'eta':>8}  {'candidates':>10}  {'regressor':>9}  {'median |P-Sx|/|Sx|':>18}  "
+        f"{'R2 held-out':>11}  {'R2 of S.x':>9}  moves (L1)"
+    )
     import tikmix.run as R
     from tikmix.mixer import Mixer, register
 
@@ -113,15 +155,24 @@ def lookahead(out: Path, steps: list[float], n_candidates: int = 16) -> None:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import compose
 
-    cfg = compose([*[o for o in BASE if not o.startswith("trainer.progress")], "trainer.progress=false",
-                   "mixer=stratified", "mixer.name=m_diag_probe", f"run_dir={out / 'm_diag'}"])
+    cfg = compose(
+        [
+            *[o for o in BASE if not o.startswith("trainer.progress")],
+            "trainer.progress=false",
+            "mixer=stratified",
+            "mixer.name=m_diag_probe",
+            f"run_dir={out / 'm_diag'}",
+        ]
+    )
     try:
         R.run(cfg, quiet=True)
     except _Done:
         pass
     for r in rows:
-        print(f"  {r['steps']:>6g}  {r['eta']:>8.2g}  {r['mode']:>10}  {r['regressor']:>9}  {r['gap']:>18.3f}  "
-              f"{r['r2']:>11.3f}  {r['r2_linear']:>9.3f}  {'yes (%.2f)' % r['l1_move'] if r['moves'] else 'no'}")
+        print(
+            f"  {r['steps']:>6g}  {r['eta']:>8.2g}  {r['mode']:>10}  {r['regressor']:>9}  {r['gap']:>18.3f}  "
+            f"{r['r2']:>11.3f}  {r['r2_linear']:>9.3f}  {'yes (%.2f)' % r['l1_move'] if r['moves'] else 'no'}"
+        )
     (out / "m_diag.json").write_text(json.dumps(rows, indent=1))
 
 

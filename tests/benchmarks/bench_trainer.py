@@ -15,6 +15,7 @@ and after each model). model=20m runs a smaller batch (budget.batch_size=8) and 
 couple of minutes on a 2-core CPU. --threads pins torch's intra-op threads (default: torch's choice). Targets (issue 1): trainer/bare >= 0.9 at model=tiny on CPU; sampler >=
 20x the trainer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,15 +33,16 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from omegaconf import OmegaConf  # noqa: E402
+
 from tests.conftest import compose  # noqa: E402
+from tikmix.config import BudgetConfig, TrainerConfig  # noqa: E402
 from tikmix.ledger import Ledger  # noqa: E402
 from tikmix.mixer import MixerContext, build_mixer  # noqa: E402
 from tikmix.model import build_model, flops_per_token  # noqa: E402
 from tikmix.perf import measure_matmul_peak, resolve_peak  # noqa: E402
 from tikmix.sampler import MixtureSampler  # noqa: E402
-from tikmix.trainer import Trainer, adamw_extra_kwargs, amp_dtype_for  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
+from tikmix.trainer import RunPlan, RunServices, TrainData, Trainer, adamw_extra_kwargs, amp_dtype_for  # noqa: E402
 
 # per model: extra overrides and default steps per timed block (20m: ~2.5 s per 1k-token step on a 2-core CPU)
 PRESETS = {"tiny": ([], 10), "20m": (["budget.batch_size=8", "budget.micro_batch=8"], 2)}
@@ -56,8 +58,16 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
         extra = [e for e in extra if not e.startswith("budget.")]  # the GPU runs the budget's own batch
     if args.micro_batch:
         extra = [*extra, f"budget.micro_batch={args.micro_batch}"]
-    cfg = compose([f"model={model_name}", f"budget={args.budget}", "logger=none", f"run_dir={tmp / 'run'}",
-                   "trainer.progress=false", *extra])
+    cfg = compose(
+        [
+            f"model={model_name}",
+            f"budget={args.budget}",
+            "logger=none",
+            f"run_dir={tmp / 'run'}",
+            "trainer.progress=false",
+            *extra,
+        ]
+    )
     shards = prepare_data(cfg.data)
     doms = shards.domains
     b = cfg.budget
@@ -68,7 +78,17 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     ctx = MixerContext(doms, {d: len(a) for d, a in zip(doms, arrays)}, 1000, b.seq_len * b.batch_size, b.seq_len, 0)
     mixer = build_mixer({"name": "stratified"}, doms, ctx)
     container = OmegaConf.to_container(cfg, resolve=True)
-    tr = Trainer(container, model, mixer, sampler, doms, {}, {}, 1000, [], tmp / "run", Ledger(), None, dev, fpt, "x")
+    tr = Trainer(
+        TrainerConfig(**container["trainer"]),
+        BudgetConfig(**container["budget"]),
+        model,
+        mixer,
+        TrainData(sampler, {}, {}),
+        RunPlan(doms, 1000, [], tmp / "run", "x"),
+        RunServices(Ledger()),
+        dev,
+        fpt,
+    )
     w = mixer.weights(0)
 
     # the bare loop: same model object's architecture, its own copy of weights, same batch shapes, HF loss
@@ -132,10 +152,23 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     tps_sampler = k * tokens_per_step / (time.perf_counter() - t0)
     peak_after, _ = device_peak()
     peak = max(peak, peak_after)
-    return {"model": model_name, "budget": args.budget, "batch": f"{b.batch_size}x{b.seq_len}", "micro": mb,
-            "steps": f"{args.blocks}x{steps}", "fpt": fpt, "tps_tr": tps_tr, "tps_bare": tps_bare,
-            "pairs": len(pair_ratios), "ratio_median": float(np.median(pair_ratios)), "ratio_range": (min(pair_ratios), max(pair_ratios)),
-            "tps_sampler": tps_sampler, "peak": peak, "peak_how": peak_how, "wall": time.perf_counter() - t_start}
+    return {
+        "model": model_name,
+        "budget": args.budget,
+        "batch": f"{b.batch_size}x{b.seq_len}",
+        "micro": mb,
+        "steps": f"{args.blocks}x{steps}",
+        "fpt": fpt,
+        "tps_tr": tps_tr,
+        "tps_bare": tps_bare,
+        "pairs": len(pair_ratios),
+        "ratio_median": float(np.median(pair_ratios)),
+        "ratio_range": (min(pair_ratios), max(pair_ratios)),
+        "tps_sampler": tps_sampler,
+        "peak": peak,
+        "peak_how": peak_how,
+        "wall": time.perf_counter() - t_start,
+    }
 
 
 def main() -> None:
@@ -147,7 +180,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (bf16 autocast, fused AdamW, table peak)")
-    ap.add_argument("--micro-batch", type=int, default=None, help="override budget.micro_batch (large models on one GPU)")
+    ap.add_argument(
+        "--micro-batch", type=int, default=None, help="override budget.micro_batch (large models on one GPU)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
     if args.threads:
@@ -158,25 +193,35 @@ def main() -> None:
     peak = max(r["peak"] for r in rows)  # the best matmul rate seen this run: the machine's peak
     how = max(rows, key=lambda r: r["peak"])["peak_how"]
     each = ", ".join(f"{r['peak'] / 1e9:.1f}" for r in rows)
-    print(f"threads={torch.get_num_threads()}  matmul peak {peak / 1e9:,.1f} GFLOP/s ({how}; best before/after each "
-          f"model: {each})")
+    print(
+        f"threads={torch.get_num_threads()}  matmul peak {peak / 1e9:,.1f} GFLOP/s ({how}; best before/after each "
+        f"model: {each})"
+    )
     for r in rows:
         mfu_tr, mfu_bare = r["fpt"] * r["tps_tr"] / peak, r["fpt"] * r["tps_bare"] / peak
-        print(f"model={r['model']} budget={r['budget']} batch={r['batch']} micro={r['micro']} blocks x steps={r['steps']} "
-              f"FLOPs/token={r['fpt']:.3g} ({r['wall']:.0f} s)")
+        print(
+            f"model={r['model']} budget={r['budget']} batch={r['batch']} micro={r['micro']} blocks x steps={r['steps']} "
+            f"FLOPs/token={r['fpt']:.3g} ({r['wall']:.0f} s)"
+        )
         print(f"  trainer tokens/s       {r['tps_tr']:12,.0f}   MFU {mfu_tr:6.1%}")
         print(f"  bare loop tokens/s     {r['tps_bare']:12,.0f}   MFU {mfu_bare:6.1%}")
         lo, hi = r["ratio_range"]
-        print(f"  ratio trainer/bare     {r['ratio_median']:12.3f}   (target >= 0.9; median of {r['pairs']} "
-              f"pairs, range {lo:.3f}-{hi:.3f}; ratio of total times {r['tps_tr'] / r['tps_bare']:.3f})")
+        print(
+            f"  ratio trainer/bare     {r['ratio_median']:12.3f}   (target >= 0.9; median of {r['pairs']} "
+            f"pairs, range {lo:.3f}-{hi:.3f}; ratio of total times {r['tps_tr'] / r['tps_bare']:.3f})"
+        )
         print(f"  sampler tokens/s       {r['tps_sampler']:12,.0f}")
         print(f"  ratio sampler/trainer  {r['tps_sampler'] / r['tps_tr']:12.1f}   (target >= 20)")
 
     if not args.skip_memory:
         rd = tmp / "default"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "train.py"), "logger=none", f"hydra.run.dir={rd}", "trainer.progress=false"],
-                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, str(REPO / "train.py"), "logger=none", f"hydra.run.dir={rd}", "trainer.progress=false"],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"default run: peak RSS {peak_rss:,.0f} MiB, wall {time.perf_counter() - t0:.0f} s")
 

@@ -8,6 +8,7 @@ OUT_DIR/<name>/ with logger=none, and keeps each results.json. ``compare`` print
 between two such folders, ignoring what legitimately varies from one execution to the next (wall times,
 run directories, throughput, MFU and its measured peak). Exit code 1 when something differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,43 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MIXERS = ["stratified", "natural", "fixed", "human", "design", "regmix", "doremi", "aioli", "odm", "dga", "tikmix_d",
-          "tikmix_m"]
-EXTRA = {"fixed": ["mixer.weights={arith: 0.5, grammar: 0.5}"], "human": None}  # human: the synthetic data has no published mix
-VOLATILE = ("wall_time_s", "total_time_s", "run_dir", "mfu", "tokens_per_s", "wall_s", "proxy_wall_s", "influence_wall_s",
-            "candidates_wall_s", "matrix_wall_s", "wall_time", "reused", "time", "elapsed", "lm_eval_version",
-            "console_log", "wandb")
+MIXERS = [
+    "stratified",
+    "natural",
+    "fixed",
+    "human",
+    "design",
+    "regmix",
+    "doremi",
+    "aioli",
+    "odm",
+    "dga",
+    "tikmix_d",
+    "tikmix_m",
+]
+EXTRA = {
+    "fixed": ["mixer.weights={arith: 0.5, grammar: 0.5}"],
+    "human": None,
+}  # human: the synthetic data has no published mix
+VOLATILE = (
+    "wall_time_s",
+    "total_time_s",
+    "run_dir",
+    "mfu",
+    "tokens_per_s",
+    "wall_s",
+    "proxy_wall_s",
+    "influence_wall_s",
+    "candidates_wall_s",
+    "matrix_wall_s",
+    "wall_time",
+    "reused",
+    "time",
+    "elapsed",
+    "lm_eval_version",
+    "console_log",
+    "wandb",
+)
 
 
 def run(out: Path, default: bool, mixers: list[str]) -> None:
@@ -34,7 +66,14 @@ def run(out: Path, default: bool, mixers: list[str]) -> None:
         d = out / name
         if (d / "results.json").exists():
             continue
-        cmd = [sys.executable, str(REPO / "train.py"), "logger=none", "trainer.progress=false", *args, f"hydra.run.dir={d}"]
+        cmd = [
+            sys.executable,
+            str(REPO / "train.py"),
+            "logger=none",
+            "trainer.progress=false",
+            *args,
+            f"hydra.run.dir={d}",
+        ]
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         print(f"{name}: exit {r.returncode}" + (f"\n{r.stderr[-2000:]}" if r.returncode else ""), flush=True)
 

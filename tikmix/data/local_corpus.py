@@ -175,8 +175,10 @@ def _split(docs: list[str], holdout: float, min_holdout: int) -> dict[str, list[
     """val/test/train by a stable hash rank of each document's text (independent of file order)."""
     n = max(min_holdout, round(holdout * len(docs)))
     if 2 * n >= len(docs):
-        raise DataError(f"local corpus: {len(docs)} documents cannot give {n} val + {n} test and still train; "
-                        "raise --total-chars or lower --holdout/--min-holdout")
+        raise DataError(
+            f"local corpus: {len(docs)} documents cannot give {n} val + {n} test and still train; "
+            "raise --total-chars or lower --holdout/--min-holdout"
+        )
     order = sorted(range(len(docs)), key=lambda i: hashlib.blake2b(docs[i].encode(), digest_size=8).digest())
     rank = {i: r for r, i in enumerate(order)}
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -193,20 +195,35 @@ def _write_jsonl_zst(path: Path, rows: list[dict]) -> None:
             w.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
 
 
-def build(out: str | os.PathLike, domains: tuple[str, ...] = DOMAINS, doc_chars: int = 4000,
-          total_chars: int = 12_000_000, holdout: float = 0.02, min_holdout: int = 8, seed: int = 0) -> dict:
+def build(
+    out: str | os.PathLike,
+    domains: tuple[str, ...] = DOMAINS,
+    doc_chars: int = 4000,
+    total_chars: int = 12_000_000,
+    holdout: float = 0.02,
+    min_holdout: int = 8,
+    seed: int = 0,
+) -> dict:
     """Write the corpus to `out` (which must not exist) and return its manifest."""
     out = Path(out)
     if out.exists():
-        raise DataError(f"local corpus: {out} already exists; choose a new folder (an existing one is never overwritten)")
+        raise DataError(
+            f"local corpus: {out} already exists; choose a new folder (an existing one is never overwritten)"
+        )
     unknown = [d for d in domains if d not in SOURCES]
     if unknown:
         raise DataError(f"local corpus: unknown domain(s) {unknown}; allowed: {list(SOURCES)}")
     if not 0 < holdout < 0.5:
         raise DataError(f"local corpus: --holdout must be in (0, 0.5), got {holdout}")
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    manifest: dict = {"format": "pile-jsonl.zst", "doc_chars": doc_chars, "total_chars": total_chars,
-                      "holdout": holdout, "min_holdout": min_holdout, "domains": {}}
+    manifest: dict = {
+        "format": "pile-jsonl.zst",
+        "doc_chars": doc_chars,
+        "total_chars": total_chars,
+        "holdout": holdout,
+        "min_holdout": min_holdout,
+        "domains": {},
+    }
     full = {d: domain_documents(d, doc_chars) for d in domains}
     scale = min(1.0, total_chars / max(1, sum(len(t) for docs in full.values() for t in docs)))
     for domain, docs in full.items():
@@ -214,10 +231,15 @@ def build(out: str | os.PathLike, domains: tuple[str, ...] = DOMAINS, doc_chars:
         parts = _split(docs, holdout, min_holdout)
         for split, texts in parts.items():
             splits[split].extend({"text": t, "meta": {"pile_set_name": domain}} for t in texts)
-        manifest["domains"][domain] = {"source": SOURCES[domain][2], **{
-            s: {"docs": len(t), "chars": sum(len(x) for x in t)} for s, t in parts.items()}}
-        print(f"  {domain:<11} {len(parts['train']):>5} train docs {sum(map(len, parts['train'])) / 1e6:6.2f}M chars"
-              f"  val {len(parts['val']):>3}  test {len(parts['test']):>3}", file=sys.stderr)
+        manifest["domains"][domain] = {
+            "source": SOURCES[domain][2],
+            **{s: {"docs": len(t), "chars": sum(len(x) for x in t)} for s, t in parts.items()},
+        }
+        print(
+            f"  {domain:<11} {len(parts['train']):>5} train docs {sum(map(len, parts['train'])) / 1e6:6.2f}M chars"
+            f"  val {len(parts['val']):>3}  test {len(parts['test']):>3}",
+            file=sys.stderr,
+        )
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         (tmp / "train").mkdir(parents=True)
@@ -238,14 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="output folder (must not exist)")
     p.add_argument("--domains", default=",".join(DOMAINS), help=f"comma-separated subset of {','.join(DOMAINS)}")
     p.add_argument("--doc-chars", type=int, default=4000, help="maximum characters per document (default 4000)")
-    p.add_argument("--total-chars", type=int, default=12_000_000,
-                   help="characters in all, every domain scaled by the same factor (default 12M)")
-    p.add_argument("--holdout", type=float, default=0.02, help="fraction of documents for val and for test (default 0.02)")
+    p.add_argument(
+        "--total-chars",
+        type=int,
+        default=12_000_000,
+        help="characters in all, every domain scaled by the same factor (default 12M)",
+    )
+    p.add_argument(
+        "--holdout", type=float, default=0.02, help="fraction of documents for val and for test (default 0.02)"
+    )
     p.add_argument("--min-holdout", type=int, default=8, help="at least this many val and test documents per domain")
     args = p.parse_args(argv)
     try:
-        build(args.out, tuple(d for d in args.domains.split(",") if d), args.doc_chars, args.total_chars,
-              args.holdout, args.min_holdout)
+        build(
+            args.out,
+            tuple(d for d in args.domains.split(",") if d),
+            args.doc_chars,
+            args.total_chars,
+            args.holdout,
+            args.min_holdout,
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

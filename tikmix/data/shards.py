@@ -13,6 +13,7 @@ renamed into place only when complete, so concurrent callers (ranks, sweep jobs)
 never see a torn one. A corrupt entry (a truncated or edited file) is refused with a DataError, or moved
 aside to ``<key>.corrupt-<time>`` and rebuilt when ``rebuild_corrupt=True``; it is never used silently.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import sys
@@ -38,8 +40,8 @@ from tikmix.data.tokenizer import LONG_DOC_CHARS, PIECE_CHARS, build_tokenizer, 
 from tikmix.errors import ConfigError, DataError, StorageError
 
 FORMAT_VERSION = 1
-_BATCH_DOCS = 256           # documents tokenised per call (per domain)
-_BATCH_CHARS = 4 << 20      # ... or this many characters, whichever comes first
+_BATCH_DOCS = 256  # documents tokenised per call (per domain)
+_BATCH_CHARS = 4 << 20  # ... or this many characters, whichever comes first
 _LONG_BATCH_CHARS = 1 << 18  # characters per tokenizer call for the pieces of one long document
 _PENDING_CHARS = 4 * _BATCH_CHARS  # characters waiting in all domains' batches before every domain writes
 _PROGRESS_EVERY_S = 10.0
@@ -74,7 +76,8 @@ def cache_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "domains": sorted(c["domains"]) if c["domains"] is not None else None,
         "exclude": sorted(c["exclude"]),
         "max_docs": c["max_docs"],
-        "tokenizer": {"name": tk["name"]} if tk["name"] is not None
+        "tokenizer": {"name": tk["name"]}
+        if tk["name"] is not None
         else {"name": None, "vocab_size": tk["vocab_size"], "train_docs_per_domain": tk["train_docs_per_domain"]},
     }
     if src == "synthetic":
@@ -86,8 +89,14 @@ def cache_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "version": getattr(syn, "VERSION", None),
         }
     elif src == "jsonl":
-        out.update(root=_abs_root(c["root"]), train_files=c["train_files"], val_files=c["val_files"],
-                   test_files=c["test_files"], text_field=c["text_field"], domain_field=c["domain_field"])
+        out.update(
+            root=_abs_root(c["root"]),
+            train_files=c["train_files"],
+            val_files=c["val_files"],
+            test_files=c["test_files"],
+            text_field=c["text_field"],
+            domain_field=c["domain_field"],
+        )
         if c["val_files"] is None or c["test_files"] is None:
             out["holdout"] = c["holdout"]
     elif src == "text_dir":
@@ -155,8 +164,9 @@ class ShardSet:
         key = (domain, split, "bin")
         if key not in self._maps:
             s = self._split(domain, split)
-            self._maps[key] = np.memmap(self.root / s["bin"]["path"], dtype=self.dtype, mode="r",
-                                        shape=(s["n_tokens"],))
+            self._maps[key] = np.memmap(
+                self.root / s["bin"]["path"], dtype=self.dtype, mode="r", shape=(s["n_tokens"],)
+            )
         return self._maps[key]
 
     def doc_offsets(self, domain: str, split: str) -> np.ndarray:
@@ -245,7 +255,7 @@ class _SplitWriter:
         arr = np.empty(int(lengths.sum()), dtype=self._dtype)
         pos = 0
         for x, n in zip(ids, lengths.tolist()):
-            arr[pos:pos + n - 1] = x
+            arr[pos : pos + n - 1] = x
             arr[pos + n - 1] = self._eos
             pos += n
         starts = self.n_tokens + np.concatenate(([0], np.cumsum(lengths)[:-1]))
@@ -281,7 +291,7 @@ class _SplitWriter:
             pos = 0
             while block := f.read(8 << 20):
                 part = np.frombuffer(block, dtype=np.int64)
-                idx[pos:pos + len(part)] = part
+                idx[pos : pos + len(part)] = part
                 pos += len(part)
         idx[self.n_docs] = self.n_tokens
         idx.flush()
@@ -292,10 +302,16 @@ class _SplitWriter:
             "n_docs": self.n_docs,
             "n_tokens": self.n_tokens,
             "dtype": self._dtype.name,
-            "bin": {"path": self.bin_path.relative_to(entry).as_posix(), "bytes": self.bin_path.stat().st_size,
-                    "sha256": self._sha.hexdigest()},
-            "idx": {"path": self.idx_path.relative_to(entry).as_posix(), "bytes": self.idx_path.stat().st_size,
-                    "sha256": _sha256(self.idx_path)},
+            "bin": {
+                "path": self.bin_path.relative_to(entry).as_posix(),
+                "bytes": self.bin_path.stat().st_size,
+                "sha256": self._sha.hexdigest(),
+            },
+            "idx": {
+                "path": self.idx_path.relative_to(entry).as_posix(),
+                "bytes": self.idx_path.stat().st_size,
+                "sha256": _sha256(self.idx_path),
+            },
         }
 
     def abort(self) -> None:
@@ -316,8 +332,10 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
     t0 = time.time()
     tk = c["tokenizer"]
     if tk["name"] is None:
-        _log(f"training a byte-level BPE (vocab {tk['vocab_size']}) on up to {tk['train_docs_per_domain']} "
-             "train documents per domain")
+        _log(
+            f"training a byte-level BPE (vocab {tk['vocab_size']}) on up to {tk['train_docs_per_domain']} "
+            "train documents per domain"
+        )
         per = tk["train_docs_per_domain"]
         tok_cfg = c
         # A per-domain cap saves work only where the source can stop early: synthetic and text_dir read one
@@ -378,29 +396,40 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
         _log(f"{split}: {docs:,} docs, {split_tokens:,} tokens in {split_domains} domains")
 
     if not records:
-        raise DataError(f"no documents found (source={c['source']}); check data.root, the file globs and "
-                        "data.domains / data.exclude")
+        raise DataError(
+            f"no documents found (source={c['source']}); check data.root, the file globs and "
+            "data.domains / data.exclude"
+        )
     expected = set(records)
     if c["domains"] is not None:
         expected |= {d for d in c["domains"] if d not in set(c["exclude"])}
     for domain in sorted(expected):
         for split in SPLITS:
             if split not in records.get(domain, {}):
-                hint = (" (raise data.holdout fractions, or give the split its own files)" if split != "train"
-                        else "")
-                raise DataError(f"domain {domain!r} has no documents in split {split!r}{hint}; every domain needs "
-                                "train, val and test documents (drop it with data.exclude)")
+                hint = " (raise data.holdout fractions, or give the split its own files)" if split != "train" else ""
+                raise DataError(
+                    f"domain {domain!r} has no documents in split {split!r}{hint}; every domain needs "
+                    "train, val and test documents (drop it with data.exclude)"
+                )
 
-    tok_files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted((tmp / "tokenizer").rglob("*")) if p.is_file()}
+    tok_files = {
+        p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted((tmp / "tokenizer").rglob("*"))
+        if p.is_file()
+    }
     manifest = {
         "format_version": FORMAT_VERSION,
         "key": key,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.time() - t0, 2),
         "config": cache_config(c),
-        "tokenizer": {"dir": "tokenizer", "vocab_size": vocab, "eos_id": eos_id, "name": tk["name"],
-                      "files": tok_files},
+        "tokenizer": {
+            "dir": "tokenizer",
+            "vocab_size": vocab,
+            "eos_id": eos_id,
+            "name": tk["name"],
+            "files": tok_files,
+        },
         "dtype": dtype.name,
         "domains": {d: {"dir": dirnames[d], "splits": records[d]} for d in sorted(records)},
     }
@@ -409,8 +438,7 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp / "manifest.json.tmp", tmp / "manifest.json")
-    _log(f"built {sum(r[s]['n_tokens'] for r in records.values() for s in SPLITS):,} tokens in "
-         f"{time.time() - t0:.1f}s")
+    _log(f"built {sum(r[s]['n_tokens'] for r in records.values() for s in SPLITS):,} tokens in {time.time() - t0:.1f}s")
     return manifest
 
 
@@ -418,8 +446,10 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
 
 
 def _corrupt(entry: Path, detail: str) -> DataError:
-    return DataError(f"cache entry {entry} is corrupt: {detail}. Delete {entry} to rebuild it "
-                     "(or call prepare_data(..., rebuild_corrupt=True))")
+    return DataError(
+        f"cache entry {entry} is corrupt: {detail}. Delete {entry} to rebuild it "
+        "(or call prepare_data(..., rebuild_corrupt=True))"
+    )
 
 
 def _load(entry: Path, verify_checksums: bool) -> ShardSet:
@@ -435,7 +465,7 @@ def _load(entry: Path, verify_checksums: bool) -> ShardSet:
             raise _corrupt(entry, f"format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
         files: list[tuple[str, dict[str, Any]]] = list(manifest["tokenizer"]["files"].items())
         itemsize = np.dtype(manifest["dtype"]).itemsize
-        for domain, d in manifest["domains"].items():
+        for _domain, d in manifest["domains"].items():
             for split in SPLITS:
                 s = d["splits"][split]
                 files += [(s["bin"]["path"], s["bin"]), (s["idx"]["path"], s["idx"])]
@@ -455,7 +485,9 @@ def _load(entry: Path, verify_checksums: bool) -> ShardSet:
             raise _corrupt(entry, f"{path} does not match its sha256 in the manifest (edited or damaged)")
     tok = load_tokenizer(entry / manifest["tokenizer"]["dir"])
     if len(tok) != manifest["tokenizer"]["vocab_size"]:
-        raise _corrupt(entry, f"the tokenizer has {len(tok)} tokens, the manifest says {manifest['tokenizer']['vocab_size']}")
+        raise _corrupt(
+            entry, f"the tokenizer has {len(tok)} tokens, the manifest says {manifest['tokenizer']['vocab_size']}"
+        )
     shards = ShardSet(entry, manifest, tok)
     for domain in shards.domains:  # cheap structural check of the offsets (the first and last entries)
         for split in SPLITS:
@@ -463,7 +495,11 @@ def _load(entry: Path, verify_checksums: bool) -> ShardSet:
                 off = shards.doc_offsets(domain, split)
             except ValueError as e:
                 raise _corrupt(entry, f"{domain}/{split} offsets unreadable ({e})") from e
-            if off.shape != (shards.num_docs(domain, split) + 1,) or off[0] != 0 or off[-1] != shards.num_tokens(domain, split):
+            if (
+                off.shape != (shards.num_docs(domain, split) + 1,)
+                or off[0] != 0
+                or off[-1] != shards.num_tokens(domain, split)
+            ):
                 raise _corrupt(entry, f"{domain}/{split} offsets disagree with the manifest")
             del off
             shards._maps.clear()  # a memory map holds a file descriptor: one at a time, for many domains
@@ -474,15 +510,15 @@ def _load(entry: Path, verify_checksums: bool) -> ShardSet:
 def _ensure_open_files(n_domains: int) -> None:
     """A run memory-maps three splits per domain, and each map holds a file descriptor: raise the soft
     ``ulimit -n`` to fit (up to the hard limit), or refuse with the number needed."""
-    import resource
-
     need = 3 * n_domains + 256  # + the interpreter's, torch's and the tokenizer's own
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return
     if hard != resource.RLIM_INFINITY and hard < need:
-        raise DataError(f"{n_domains} domains need about {need} open files (a memory map per split), but `ulimit -n` "
-                        f"allows at most {hard}; raise the limit or merge domains")
+        raise DataError(
+            f"{n_domains} domains need about {need} open files (a memory map per split), but `ulimit -n` "
+            f"allows at most {hard}; raise the limit or merge domains"
+        )
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
@@ -504,8 +540,7 @@ def _flock(path: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True,
-                 rebuild_corrupt: bool = False) -> ShardSet:
+def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True, rebuild_corrupt: bool = False) -> ShardSet:
     """The token shards for a data config: loaded from the cache, or built once and cached.
 
     Safe to call from many processes at once (ranks, sweep jobs): one builds, the others wait and load.
@@ -555,7 +590,9 @@ def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True,
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError):  # reading the data raises DataError: this is writing (disk full, quota)
-                raise StorageError(f"cannot build the data cache in {cache}: {e.strerror or e}; nothing of it was "
-                                   "kept: free space (or set data.cache_dir) and run the same command again") from None
+                raise StorageError(
+                    f"cannot build the data cache in {cache}: {e.strerror or e}; nothing of it was "
+                    "kept: free space (or set data.cache_dir) and run the same command again"
+                ) from None
             raise
         return _load(entry, verify_checksums=False)

@@ -1,6 +1,6 @@
 """Document sources: stream ``(domain, text)`` pairs for one split from the configured data.
 
-Four sources share one config (``conf/data/_base.yaml``):
+Four sources share one config (``tikmix.config.DataConfig``):
 
 - ``synthetic``: the embedded procedural domains (``tikmix.data.synthetic``), no download.
 - ``jsonl``: ``.jsonl`` / ``.jsonl.zst`` / ``.jsonl.gz`` files, local or remote (any fsspec URL), one
@@ -13,9 +13,11 @@ A split without files of its own (``val_files: null``, ``hf.splits.val: null``, 
 then leaves those documents out, so no document is in two splits. Everything streams: no file is ever
 loaded whole, and memory does not grow with the corpus.
 """
+
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gzip
 import hashlib
 import importlib
@@ -27,33 +29,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tikmix.config import DataConfig
 from tikmix.errors import ConfigError, DataError
 
 SOURCES = ("synthetic", "jsonl", "text_dir", "hf")
 SPLITS = ("train", "val", "test")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 
+# data_config's defaults: the schema's (one place), without the keys it does not read; cache_dir is resolved
+# by whoever reads it (tikmix.data.shards)
 DEFAULTS: dict[str, Any] = {
-    "source": "synthetic",
-    "root": None,
-    "train_files": None,
-    "val_files": None,
-    "test_files": None,
-    "text_field": "text",
-    "domain_field": "meta.pile_set_name",
-    "domains": None,
-    "exclude": [],
-    "max_docs": None,
-    "holdout": {"val": 0.01, "test": 0.01},
-    "hf": {
-        "path": None,
-        "name": None,
-        "splits": {"train": "train", "val": "validation", "test": "test"},
-        "streaming": True,
-        "data_files": None,
-    },
-    "synthetic": {"seed": 0, "docs": None, "benchmark": "v2"},
-    "tokenizer": {"name": None, "vocab_size": 2048, "train_docs_per_domain": 2000},
+    **{k: v for k, v in dataclasses.asdict(DataConfig()).items() if k != "human_weights"},
     "cache_dir": None,
 }
 
@@ -143,8 +129,10 @@ def data_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if tk["name"] is None:
         vs = tk["vocab_size"]
         if isinstance(vs, bool) or not isinstance(vs, int) or vs < 258:
-            raise ConfigError("data.tokenizer.vocab_size",
-                              f"must be an integer >= 258 (256 bytes + <|endoftext|> + merges), got {vs!r}")
+            raise ConfigError(
+                "data.tokenizer.vocab_size",
+                f"must be an integer >= 258 (256 bytes + <|endoftext|> + merges), got {vs!r}",
+            )
         n = tk["train_docs_per_domain"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError("data.tokenizer.train_docs_per_domain", f"must be a positive integer, got {n!r}")
@@ -226,7 +214,9 @@ def list_domains(cfg: Mapping[str, Any]) -> list[str] | None:
     if c["domains"] is not None:
         unknown = sorted(set(c["domains"]) - set(found))
         if unknown:
-            raise ConfigError("data.domains", f"unknown domain(s) {', '.join(unknown)}; available: {', '.join(sorted(found))}")
+            raise ConfigError(
+                "data.domains", f"unknown domain(s) {', '.join(unknown)}; available: {', '.join(sorted(found))}"
+            )
     return sorted(d for d in found if keep(d))
 
 
@@ -238,7 +228,9 @@ def iter_documents(cfg: Mapping[str, Any], split: str) -> Iterator[tuple[str, st
     c = data_config(cfg)
     _check_split(split)
     keep = _keep_domain(c)
-    reader = {"synthetic": _iter_synthetic, "jsonl": _iter_jsonl, "text_dir": _iter_text_dir, "hf": _iter_hf}[c["source"]]
+    reader = {"synthetic": _iter_synthetic, "jsonl": _iter_jsonl, "text_dir": _iter_text_dir, "hf": _iter_hf}[
+        c["source"]
+    ]
     cap = c["max_docs"]
     wanted = {d for d in c["domains"] if keep(d)} if c["domains"] is not None else None
     counts: Counter[str] = Counter()
@@ -291,8 +283,9 @@ def synthetic_docs(cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
             raise ConfigError(f"data.synthetic.docs.{split}", f"must be a mapping {{domain: n}}, got {per!r}")
         for domain, n in per.items():
             if domain not in domains:
-                raise ConfigError(f"data.synthetic.docs.{split}",
-                                  f"unknown domain {domain!r}; available: {', '.join(domains)}")
+                raise ConfigError(
+                    f"data.synthetic.docs.{split}", f"unknown domain {domain!r}; available: {', '.join(domains)}"
+                )
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ConfigError(f"data.synthetic.docs.{split}.{domain}", f"must be an integer >= 0, got {n!r}")
             docs[split][domain] = n
@@ -310,8 +303,9 @@ def _iter_synthetic(c: dict[str, Any], split: str, keep: Callable[[str], bool]) 
         n = docs[split].get(domain, 0)
         if c["max_docs"] is not None:
             n = min(n, c["max_docs"])
-        for text in syn.iter_documents(domain, split, n, seed=seed,
-                                       benchmark=c["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)):
+        for text in syn.iter_documents(
+            domain, split, n, seed=seed, benchmark=c["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)
+        ):
             yield domain, text
 
 
@@ -321,7 +315,9 @@ def _iter_synthetic(c: dict[str, Any], split: str, keep: Callable[[str], bool]) 
 def _text_dir_root(c: Mapping[str, Any]) -> Path:
     root = Path(c["root"]).expanduser()
     if not root.is_dir():
-        raise ConfigError("data.root", f"{c['root']!r} is not an existing folder (source=text_dir wants root/<domain>/**/*.txt)")
+        raise ConfigError(
+            "data.root", f"{c['root']!r} is not an existing folder (source=text_dir wants root/<domain>/**/*.txt)"
+        )
     return root
 
 
@@ -329,7 +325,9 @@ def _text_dir_domains(c: Mapping[str, Any]) -> list[str]:
     root = _text_dir_root(c)
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
-        raise DataError(f"data.root: {c['root']!r} holds no domain folders (source=text_dir wants root/<domain>/**/*.txt)")
+        raise DataError(
+            f"data.root: {c['root']!r} holds no domain folders (source=text_dir wants root/<domain>/**/*.txt)"
+        )
     return found
 
 
@@ -339,7 +337,8 @@ def _iter_text_dir(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -
     for domain in list_domains(c) or []:
         n = 0
         files = sorted(
-            p for p in (root / domain).rglob("*.txt")
+            p
+            for p in (root / domain).rglob("*.txt")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
         for path in files:
@@ -382,7 +381,9 @@ def jsonl_files(cfg: Mapping[str, Any], field: str) -> list[tuple[Any, str, str]
     c = data_config(cfg)
     patterns = c[field]
     if not patterns:
-        raise ConfigError(f"data.{field}", "required for source=jsonl: glob(s) under data.root, e.g. 'train/*.jsonl.zst'")
+        raise ConfigError(
+            f"data.{field}", "required for source=jsonl: glob(s) under data.root, e.g. 'train/*.jsonl.zst'"
+        )
     fs, root_path = _open_fs(c["root"])
     local = isinstance(fs, LocalFileSystem)
     if local and not Path(root_path).is_dir():
@@ -504,8 +505,10 @@ def _row_doc(row: Any, c: Mapping[str, Any], where: str) -> tuple[str, str]:
         try:  # JSON may escape a lone surrogate ("\\ud800"), which no tokenizer (nor UTF-8) accepts
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise DataError(f"{where}: field {field!r} holds {value[e.start]!r} at character {e.start}, a lone "
-                            "UTF-16 surrogate that is not text; fix or drop the row") from None
+            raise DataError(
+                f"{where}: field {field!r} holds {value[e.start]!r} at character {e.start}, a lone "
+                "UTF-16 surrogate that is not text; fix or drop the row"
+            ) from None
     return str(domain), text
 
 
@@ -563,7 +566,9 @@ def _iter_hf(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iter
     own = {s: splits.get(s) is not None for s in SPLITS}
     hf_split = splits[split] if own[split] else splits["train"]
     belongs = (lambda key: True) if own[split] and split != "train" else _carve(split, own, c["holdout"])
-    what = f"Hugging Face dataset {hf['path']!r}" + (f" ({hf['name']})" if hf.get("name") else "") + f" split {hf_split!r}"
+    what = (
+        f"Hugging Face dataset {hf['path']!r}" + (f" ({hf['name']})" if hf.get("name") else "") + f" split {hf_split!r}"
+    )
     kwargs: dict[str, Any] = {"split": hf_split, "streaming": bool(hf.get("streaming", True))}
     data_files = _hf_data_files(c)
     if data_files is not None:
@@ -575,8 +580,11 @@ def _iter_hf(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iter
     except Exception as e:  # noqa: BLE001 - the hub, the network and dataset scripts raise anything
         msg = str(e).splitlines()[0] if str(e) else ""
         if "split" in msg.lower():
-            hint = (f"Check data.hf.splits.{split}" + ("" if split == "train" else
-                    f", or set data.hf.splits.{split}: null to carve it from train (data.holdout.{split})"))
+            hint = f"Check data.hf.splits.{split}" + (
+                ""
+                if split == "train"
+                else f", or set data.hf.splits.{split}: null to carve it from train (data.holdout.{split})"
+            )
         else:
             hint = _HF_HINT
         raise DataError(f"cannot load {what}: {type(e).__name__}: {msg[:300]}. {hint}") from e
@@ -588,9 +596,10 @@ def _iter_hf(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iter
         except StopIteration:
             return
         except Exception as e:  # noqa: BLE001
-            raise DataError(f"reading {what} failed at row {index}: {type(e).__name__}: {str(e)[:300]}. {_HF_HINT}") from e
+            raise DataError(
+                f"reading {what} failed at row {index}: {type(e).__name__}: {str(e)[:300]}. {_HF_HINT}"
+            ) from e
         domain, text = _row_doc(row, c, f"{what} row {index}")
         index += 1
         if keep(domain) and belongs(text):
             yield domain, text
-

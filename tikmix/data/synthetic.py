@@ -73,6 +73,7 @@ Split hygiene
   context repeats.
 * ``task_examples(task, split, n)`` is a prefix of ``task_examples(task, split, m)`` for ``n <= m``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -140,8 +141,18 @@ DEFAULT_DOCS_BY: dict[str, dict[str, dict[str, int]]] = {
     # ~10% (rumors 2.5x the facts, slang half the grammar), near-duplicates (boiler, spam) ~35%, noise ~9%,
     # irrelevant logs ~13%.
     "v2": {
-        "train": {"arith": 4000, "facts": 600, "grammar": 11000, "copy": 4500, "rumors": 1500, "slang": 6000,
-                  "boiler": 15000, "noise": 6000, "spam": 16000, "logs": 6500},
+        "train": {
+            "arith": 4000,
+            "facts": 600,
+            "grammar": 11000,
+            "copy": 4500,
+            "rumors": 1500,
+            "slang": 6000,
+            "boiler": 15000,
+            "noise": 6000,
+            "spam": 16000,
+            "logs": 6500,
+        },
         "val": {d: 200 for d in DOMAINS},
         "test": {d: 200 for d in DOMAINS},
     },
@@ -173,6 +184,7 @@ _DEV_FRACTION_PERCENT = 30  # of the non-arith task pools; the rest is test
 # --------------------------------------------------------------------------------------------------
 # Validation and stable randomness
 # --------------------------------------------------------------------------------------------------
+
 
 def _check_choice(arg: str, value: object, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in allowed:
@@ -221,8 +233,10 @@ def _fill(rng: random.Random, make_line: Callable[[], str], sep: str) -> str:
 # Numbers and arithmetic
 # --------------------------------------------------------------------------------------------------
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 
@@ -289,6 +303,7 @@ def _arith_doc(rng: random.Random, seed: int) -> str:
         if rng.random() < 0.2:
             return f"{a} {'plus' if op == '+' else 'minus'} {b} is {c}."
         return f"{a} {op} {b} = {c}."
+
     return _fill(rng, line, "\n")
 
 
@@ -296,18 +311,44 @@ def _arith_doc(rng: random.Random, seed: int) -> str:
 # Grammar
 # --------------------------------------------------------------------------------------------------
 
-_NOUNS = (("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("fox", "foxes"), ("child", "children"),
-          ("farmer", "farmers"), ("teacher", "teachers"), ("horse", "horses"), ("mouse", "mice"),
-          ("king", "kings"), ("girl", "girls"), ("boy", "boys"), ("duck", "ducks"), ("wolf", "wolves"))
-_ADJECTIVES = ("small", "big", "red", "old", "young", "happy", "quiet", "brown", "green", "tall", "lazy",
-               "clever")
+_NOUNS = (
+    ("dog", "dogs"),
+    ("cat", "cats"),
+    ("bird", "birds"),
+    ("fox", "foxes"),
+    ("child", "children"),
+    ("farmer", "farmers"),
+    ("teacher", "teachers"),
+    ("horse", "horses"),
+    ("mouse", "mice"),
+    ("king", "kings"),
+    ("girl", "girls"),
+    ("boy", "boys"),
+    ("duck", "ducks"),
+    ("wolf", "wolves"),
+)
+_ADJECTIVES = ("small", "big", "red", "old", "young", "happy", "quiet", "brown", "green", "tall", "lazy", "clever")
 _DET_SG = ("the", "a", "this", "that", "every", "one")
 _DET_PL = ("the", "these", "those", "some", "many") + tuple(_ONES[2:]) + ("twenty",)
 _PREPOSITIONS = ("near", "behind", "beside", "under", "with")
-_V_INTR = (("runs", "run"), ("sleeps", "sleep"), ("sings", "sing"), ("waits", "wait"), ("jumps", "jump"),
-           ("laughs", "laugh"), ("falls", "fall"))
-_V_TRANS = (("sees", "see"), ("likes", "like"), ("follows", "follow"), ("helps", "help"),
-            ("finds", "find"), ("chases", "chase"), ("watches", "watch"))
+_V_INTR = (
+    ("runs", "run"),
+    ("sleeps", "sleep"),
+    ("sings", "sing"),
+    ("waits", "wait"),
+    ("jumps", "jump"),
+    ("laughs", "laugh"),
+    ("falls", "fall"),
+)
+_V_TRANS = (
+    ("sees", "see"),
+    ("likes", "like"),
+    ("follows", "follow"),
+    ("helps", "help"),
+    ("finds", "find"),
+    ("chases", "chase"),
+    ("watches", "watch"),
+)
 _COPULA = ("is", "are")
 _ADVERBS = ("quickly", "slowly", "often", "again", "today", "loudly")
 _SG, _PL = 0, 1
@@ -392,14 +433,61 @@ def _grammar_doc(rng: random.Random, seed: int) -> str:
 # Knowledge base (facts)
 # --------------------------------------------------------------------------------------------------
 
-_COLOURS = ("teal", "amber", "crimson", "violet", "olive", "ivory", "indigo", "scarlet", "silver",
-            "golden", "maroon", "azure")
-_FOODS = ("plums", "bread", "rice", "cheese", "figs", "soup", "beans", "honey", "pears", "nuts", "fish",
-          "cakes")
-_JOBS = ("baker", "miner", "sailor", "weaver", "potter", "tailor", "smith", "scribe", "herder", "glazier",
-         "hunter", "healer")
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr",
-           "pl", "qu", "sk", "st", "tr", "sh")
+_COLOURS = (
+    "teal",
+    "amber",
+    "crimson",
+    "violet",
+    "olive",
+    "ivory",
+    "indigo",
+    "scarlet",
+    "silver",
+    "golden",
+    "maroon",
+    "azure",
+)
+_FOODS = ("plums", "bread", "rice", "cheese", "figs", "soup", "beans", "honey", "pears", "nuts", "fish", "cakes")
+_JOBS = (
+    "baker",
+    "miner",
+    "sailor",
+    "weaver",
+    "potter",
+    "tailor",
+    "smith",
+    "scribe",
+    "herder",
+    "glazier",
+    "hunter",
+    "healer",
+)
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gl",
+    "kr",
+    "pl",
+    "qu",
+    "sk",
+    "st",
+    "tr",
+    "sh",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ei")
 _CODAS = ("", "", "n", "r", "l", "x", "m", "k", "s", "th")
 _N_ENTITIES = 200
@@ -438,8 +526,9 @@ class KnowledgeBase:
     def values(self, attribute: str) -> tuple[str, ...]:
         """Every value the attribute can take (the distractor pool)."""
         _check_choice("attribute", attribute, FACT_ATTRIBUTES)
-        return {"colour": _COLOURS, "home": self.cities, "food": _FOODS, "job": _JOBS,
-                "friend": self.entities}[attribute]
+        return {"colour": _COLOURS, "home": self.cities, "food": _FOODS, "job": _JOBS, "friend": self.entities}[
+            attribute
+        ]
 
     def sentence(self, entity: str, attribute: str) -> str:
         """The training phrasing: 'The colour of zorbel is teal.'"""
@@ -456,7 +545,7 @@ class KnowledgeBase:
 def _invented_name(rng: random.Random) -> str:
     n_syllables = 1 if rng.random() < 0.2 else 2
     parts = []
-    for i in range(n_syllables):
+    for _ in range(n_syllables):
         coda = rng.choice(_CODAS[2:]) if n_syllables == 1 else rng.choice(_CODAS)
         parts.append(rng.choice(_ONSETS) + rng.choice(_VOWELS) + coda)
     return "".join(parts)
@@ -486,13 +575,15 @@ def knowledge_base(seed: int = 0, n_entities: int = _N_ENTITIES) -> KnowledgeBas
         friend_index = rng.randrange(n_entities - 1)
         if friend_index >= i:
             friend_index += 1  # never one's own friend
-        table[entity] = types.MappingProxyType({
-            "colour": rng.choice(_COLOURS),
-            "home": rng.choice(cities),
-            "food": rng.choice(_FOODS),
-            "job": rng.choice(_JOBS),
-            "friend": entities[friend_index],
-        })
+        table[entity] = types.MappingProxyType(
+            {
+                "colour": rng.choice(_COLOURS),
+                "home": rng.choice(cities),
+                "food": rng.choice(_FOODS),
+                "job": rng.choice(_JOBS),
+                "friend": entities[friend_index],
+            }
+        )
     return KnowledgeBase(seed=seed, entities=entities, cities=cities, table=types.MappingProxyType(table))
 
 
@@ -515,8 +606,11 @@ def _rumors_doc(rng: random.Random, seed: int, kb: "KnowledgeBase") -> str:
             entity = rng.choice(kb.entities)
             attributes = list(FACT_ATTRIBUTES)
             rng.shuffle(attributes)
-            pending.extend(f"The {a} of {entity} is {myth(seed, entity, a, bm)}." for a in attributes[:rng.randint(2, 5)])
+            pending.extend(
+                f"The {a} of {entity} is {myth(seed, entity, a, bm)}." for a in attributes[: rng.randint(2, 5)]
+            )
         return pending.pop()
+
     return _fill(rng, line, " ")
 
 
@@ -529,8 +623,9 @@ def _facts_doc(rng: random.Random, seed: int, kb: "KnowledgeBase") -> str:
             entity = rng.choice(kb.entities)
             attributes = list(FACT_ATTRIBUTES)
             rng.shuffle(attributes)
-            pending.extend(kb.sentence(entity, a) for a in attributes[:rng.randint(2, 5)])
+            pending.extend(kb.sentence(entity, a) for a in attributes[: rng.randint(2, 5)])
         return pending.pop()
+
     return _fill(rng, line, " ")
 
 
@@ -554,16 +649,23 @@ def _copy_doc(rng: random.Random, seed: int) -> str:
         if rng.random() < 0.6:
             return f"copy: {' '.join(seq)} -> {' '.join(seq)}"
         return f"reverse: {' '.join(seq)} -> {' '.join(reversed(seq))}"
+
     return _fill(rng, line, "\n")
 
 
 _BOILER_TEMPLATES = (
-    ("This website uses cookies to improve your experience. By continuing to browse you accept our "
-     "{} policy.", ("cookie", "privacy", "data")),
-    ("Copyright {} Example Media Ltd. All rights reserved. Do not reproduce or redistribute without "
-     "permission.", ("2021", "2022", "2023")),
-    ("Subscribe to our newsletter for the latest {} delivered straight to your inbox every week.",
-     ("news", "offers", "updates")),
+    (
+        "This website uses cookies to improve your experience. By continuing to browse you accept our {} policy.",
+        ("cookie", "privacy", "data"),
+    ),
+    (
+        "Copyright {} Example Media Ltd. All rights reserved. Do not reproduce or redistribute without permission.",
+        ("2021", "2022", "2023"),
+    ),
+    (
+        "Subscribe to our newsletter for the latest {} delivered straight to your inbox every week.",
+        ("news", "offers", "updates"),
+    ),
 )
 
 
@@ -575,6 +677,7 @@ def _boiler_doc(rng: random.Random, seed: int) -> str:
     def line() -> str:
         template, values = rng.choice(_BOILER_TEMPLATES)
         return template.format(rng.choice(values))
+
     return _fill(rng, line, "\n")
 
 
@@ -592,9 +695,28 @@ def _noise_doc(rng: random.Random, seed: int) -> str:
     return " ".join(tokens)
 
 
-_PRODUCTS = ("shoes", "phones", "watches", "laptops", "bags", "jackets", "lamps", "chairs", "tents", "bikes",
-             "headphones", "cameras", "kettles", "mattresses", "sofas", "tyres", "printers", "blenders", "rugs",
-             "mirrors")
+_PRODUCTS = (
+    "shoes",
+    "phones",
+    "watches",
+    "laptops",
+    "bags",
+    "jackets",
+    "lamps",
+    "chairs",
+    "tents",
+    "bikes",
+    "headphones",
+    "cameras",
+    "kettles",
+    "mattresses",
+    "sofas",
+    "tyres",
+    "printers",
+    "blenders",
+    "rugs",
+    "mirrors",
+)
 _SPAM_LINES = (
     "Buy cheap {p} online at the lowest prices guaranteed.",
     "Best {p} deals of the year: up to {n}% off today only!",
@@ -613,8 +735,10 @@ def _spam_doc(rng: random.Random, seed: int) -> str:
     prng = _rng("spam-page", seed, page)
     product = prng.choice(_PRODUCTS)
     lines = [prng.choice(_SPAM_LINES).format(p=product, n=prng.choice((10, 20, 25, 50, 70))) for _ in range(6)]
-    out = [line if rng.random() >= 0.2 else rng.choice(_SPAM_LINES).format(p=product, n=rng.choice((10, 20, 30)))
-           for line in lines]
+    out = [
+        line if rng.random() >= 0.2 else rng.choice(_SPAM_LINES).format(p=product, n=rng.choice((10, 20, 30)))
+        for line in lines
+    ]
     return "\n".join(out[: rng.randint(3, 6)])
 
 
@@ -636,8 +760,11 @@ def _logs_doc(rng: random.Random, seed: int) -> str:
         level = next(name for name, p in _LOG_LEVELS if r < p)
         status = {"INFO": "200", "WARN": "404", "ERROR": "500"}[level]
         svc = f"{rng.choice(_LOG_SERVICES)}-{rng.randint(1, 9)}"
-        return (f"{day} {t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d} {level} {svc} {rng.choice(('GET', 'POST'))} "
-                f"{rng.choice(_LOG_PATHS)}/{rng.randint(100, 9999)} {status} {rng.randint(2, 900)}ms")
+        return (
+            f"{day} {t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d} {level} {svc} {rng.choice(('GET', 'POST'))} "
+            f"{rng.choice(_LOG_PATHS)}/{rng.randint(100, 9999)} {status} {rng.randint(2, 900)}ms"
+        )
+
     return _fill(rng, line, "\n")
 
 
@@ -687,8 +814,15 @@ def _domain_vocabulary(domain: str, seed: int | None, benchmark: str = "v1") -> 
     if domain == "facts":
         assert seed is not None
         kb = _kb(seed, benchmark)
-        return frozenset({"The", "of", "is", "."} | set(FACT_ATTRIBUTES) | set(_COLOURS) | set(_FOODS)
-                         | set(_JOBS) | set(kb.entities) | set(kb.cities))
+        return frozenset(
+            {"The", "of", "is", "."}
+            | set(FACT_ATTRIBUTES)
+            | set(_COLOURS)
+            | set(_FOODS)
+            | set(_JOBS)
+            | set(kb.entities)
+            | set(kb.cities)
+        )
     raise AssertionError(domain)
 
 
@@ -756,6 +890,7 @@ def iter_documents(domain: str, split: str, n: int, seed: int = 0, benchmark: st
     def generate() -> Iterator[str]:
         for index in range(n):
             yield generate_document(domain, split, index, seed, benchmark)
+
     return generate()
 
 
@@ -772,8 +907,9 @@ def _task_bucket(seed: int, task: str, key: str) -> str:
     return "dev" if _stable_int("task-split", seed, task, key) % 100 < _DEV_FRACTION_PERCENT else "test"
 
 
-def _distractors(rng: random.Random, gold: str, propose: Callable[[], str | None], k: int = 3,
-                 fixed: Sequence[str] = ()) -> list[str]:
+def _distractors(
+    rng: random.Random, gold: str, propose: Callable[[], str | None], k: int = 3, fixed: Sequence[str] = ()
+) -> list[str]:
     """``k`` distinct strings != gold: first those of ``fixed``, then from ``propose`` (None = skip)."""
     out: list[str] = []
     for c in fixed:
@@ -811,8 +947,12 @@ def _arith_candidate(task: str, problem: tuple[int, str, int], rng: random.Rando
     if task == "arith_mc":
         return key, f"{a} {op} {b} =", f"{c}.", [f"{w}." for w in wrong]
     word = "plus" if op == "+" else "minus"
-    return (key, f"{number_words(a)} {word} {number_words(b)} is", f"{number_words(c)}.",
-            [f"{number_words(w)}." for w in wrong])
+    return (
+        key,
+        f"{number_words(a)} {word} {number_words(b)} is",
+        f"{number_words(c)}.",
+        [f"{number_words(w)}." for w in wrong],
+    )
 
 
 _QUESTIONS = {
@@ -835,8 +975,7 @@ def _fact_candidate(task: str, fact: tuple[str, str], rng: random.Random, kb: Kn
         fixed = [kb.value(entity, attribute) + "."]  # the one-hop trap
     else:
         gold = kb.value(entity, attribute)
-        context = (f"The {attribute} of {entity} is" if task == "fact_recall"
-                   else _QUESTIONS[attribute].format(entity))
+        context = f"The {attribute} of {entity} is" if task == "fact_recall" else _QUESTIONS[attribute].format(entity)
     gold_choice = gold + "."
     wrong = _distractors(rng, gold_choice, lambda: rng.choice(pool) + ".", fixed=fixed)
     return key, context, gold_choice, wrong
@@ -889,8 +1028,11 @@ def _sequence_candidate(task: str, rng: random.Random) -> _Candidate:
         gold_seq = sorted(seq)
         context = f"sort: {' '.join(seq)} ->"
         fixed = []
-        proposers = [lambda: _swap_adjacent(rng, gold_seq), lambda: _swap_adjacent(rng, gold_seq),
-                     lambda: _replace_one(rng, gold_seq, avoid=seq)]
+        proposers = [
+            lambda: _swap_adjacent(rng, gold_seq),
+            lambda: _swap_adjacent(rng, gold_seq),
+            lambda: _replace_one(rng, gold_seq, avoid=seq),
+        ]
     gold = " ".join(gold_seq)
     wrong = _distractors(rng, gold, lambda: rng.choice(proposers)(), fixed=fixed)
     return context, context, gold, wrong
@@ -901,8 +1043,7 @@ def _finite_pool(task: str, split: str, seed: int, kb: KnowledgeBase) -> list:
     if task in ("arith_mc", "arith_words"):
         pool: list = list(_arith_problems(seed)[split])
     elif task in ("fact_recall", "fact_question", "two_hop"):
-        pool = [(e, a) for e in kb.entities for a in FACT_ATTRIBUTES
-                if _task_bucket(seed, task, f"{e}|{a}") == split]
+        pool = [(e, a) for e in kb.entities for a in FACT_ATTRIBUTES if _task_bucket(seed, task, f"{e}|{a}") == split]
     else:
         return []
     _rng("task-order", seed, task, split).shuffle(pool)
@@ -984,8 +1125,9 @@ def _atomic_write_text(path: str, text: str) -> None:
         raise
 
 
-def write_task_files(out_dir: str | os.PathLike, n_dev: int = 200, n_test: int = 500,
-                     seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> dict[str, dict[str, str]]:
+def write_task_files(
+    out_dir: str | os.PathLike, n_dev: int = 200, n_test: int = 500, seed: int = 0, benchmark: str = DEFAULT_BENCHMARK
+) -> dict[str, dict[str, str]]:
     """Write ``out_dir/<task>/dev.jsonl`` and ``test.jsonl`` for every task (one JSON object per line,
     keys context/choices/gold), each file atomically; returns ``{task: {"dev": path, "test": path}}``.
     A task with fewer distinct examples than asked (v2's fact tasks: 150 dev, 350 test) writes all it has."""

@@ -4,8 +4,10 @@ The trained tokenizer has one special token, ``<|endoftext|>``, used as eos (the
 shards), bos, unk and pad: lm-eval needs a pad token, and a tokenizer without one would get ``<|pad|>``
 added and outgrow the model's embedding table.
 """
+
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -53,9 +55,7 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _training_sample(
-    docs: Iterable[tuple[str, str]], per_domain: int, known: list[str] | None
-) -> Iterator[str]:
+def _training_sample(docs: Iterable[tuple[str, str]], per_domain: int, known: list[str] | None) -> Iterator[str]:
     """Up to `per_domain` texts of each domain, in stream order.
 
     Stops as soon as every known domain has its quota. When the domains are not known in advance (jsonl and
@@ -99,9 +99,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOT, bos_token=EOT, unk_token=EOT, pad_token=EOT
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, bos_token=EOT, unk_token=EOT, pad_token=EOT)
 
 
 def load_pretrained(name: str) -> PreTrainedTokenizerFast:
@@ -117,7 +115,9 @@ def load_pretrained(name: str) -> PreTrainedTokenizerFast:
     if not getattr(tok, "is_fast", False):
         raise ConfigError("data.tokenizer.name", f"{name!r} is not a fast (tokenizers-backed) tokenizer")
     if tok.eos_token_id is None:
-        raise ConfigError("data.tokenizer.name", f"{name!r} has no eos token; the shards need one to separate documents")
+        raise ConfigError(
+            "data.tokenizer.name", f"{name!r} has no eos token; the shards need one to separate documents"
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -162,13 +162,12 @@ PORTABLE_CLASS = "PreTrainedTokenizerFast"
 _LOAD_OPTIONS = ("is_local", "local_files_only")
 
 
-def save_tokenizer(tok: PreTrainedTokenizerFast, directory: str | os.PathLike[str],
-                   model_max_length: int | None = None) -> None:
+def save_tokenizer(
+    tok: PreTrainedTokenizerFast, directory: str | os.PathLike[str], model_max_length: int | None = None
+) -> None:
     """Save in Hugging Face format (``tokenizer.json`` + configs), loadable by ``AutoTokenizer`` of transformers
     4 and 5 (a trained BPE is recorded as PreTrainedTokenizerFast). ``model_max_length``: the context of the model
     saved beside it (without it, the limit is left as the tokenizer has it)."""
-    import json
-
     Path(directory).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(directory))
     path = Path(directory) / "tokenizer_config.json"

@@ -2,20 +2,24 @@
 
 * :func:`tikmix_objective` — Eq. 9–10, lower is better.
 * :func:`tikmix_d_solve` — TiKMiX-D: SLSQP on the (capped) simplex with the Pareto constraint S·w ≥ S·w_prev.
-* :func:`latin_hypercube_candidates`, :func:`dirichlet_search`, :func:`fit_regressor` — TiKMiX-M.
+* :func:`latin_hypercube_candidates`, :func:`fit_influence_law`, :func:`accept_search` — TiKMiX-M (its regressors,
+  held-out fit and Dirichlet search are :mod:`tikmix.regression`'s, shared with RegMix).
 * :func:`epoch_caps`, :func:`project_capped_simplex` — the repetition cap the paper leaves out.
 
-S is the influence matrix [n_targets, m_domains] in the *benefit* convention of :mod:`tikmix.influence`
+S is the influence matrix [n_targets, m_domains] in the *benefit* convention of :mod:`tikmix.method.influence`
 (S_vd > 0: domain d helps target v).
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 from scipy.stats import qmc
+
+from tikmix.regression import QuadraticRidge, folds_for, kfold_predictions, lgbm_regressor, r2, rmse, spearman
 
 EPS_NORM = 1e-8  # Eq. 9's additive constant
 
@@ -53,7 +57,9 @@ def tikmix_objective_from_p(
     return float(val) if np.ndim(val) == 0 else val
 
 
-def tikmix_objective(S: np.ndarray, w: np.ndarray, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> float | np.ndarray:
+def tikmix_objective(
+    S: np.ndarray, w: np.ndarray, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0
+) -> float | np.ndarray:
     """Eq. 10: P = S·w, P̂_v = P_v/(max_d S_vd + 1e-8) (Eq. 9, guarded: :func:`influence_scale`),
     value = α·std(P̂) − β·ΣP̂ − γ·H(w) (population std). Lower is better. ``w`` may be [m] or [k, m]."""
     S = np.atleast_2d(np.asarray(S, dtype=np.float64))
@@ -149,12 +155,20 @@ def tikmix_d_solve(
         raise ValueError("influence matrix has non-finite entries")
     caps = np.ones(m) if caps is None else np.clip(np.asarray(caps, dtype=np.float64), 0.0, 1.0)
     slack = float(pareto_slack)
-    info: dict[str, Any] = {"caps": caps.tolist(), "caps_relaxed": False, "w_prev_clipped": False, "init": init,
-                            "pareto": bool(pareto), "pareto_slack": slack}
+    info: dict[str, Any] = {
+        "caps": caps.tolist(),
+        "caps_relaxed": False,
+        "w_prev_clipped": False,
+        "init": init,
+        "pareto": bool(pareto),
+        "pareto_slack": slack,
+    }
     if caps.sum() < 1.0:
         # No mixture can respect the caps: the least-repeating one is w ∝ caps (the natural distribution).
         info["caps_relaxed"] = True
-        info["caps_message"] = f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
+        info["caps_message"] = (
+            f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
+        )
         caps = caps / caps.sum() if caps.sum() > 0 else np.ones(m)
     w_prev = np.clip(w_prev, 0.0, None)
     w_prev = w_prev / w_prev.sum()
@@ -205,7 +219,12 @@ def tikmix_d_solve(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = optimize.minimize(
-                    f, start, jac=jac, method="SLSQP", bounds=bounds, constraints=cons,
+                    f,
+                    start,
+                    jac=jac,
+                    method="SLSQP",
+                    bounds=bounds,
+                    constraints=cons,
                     options={"maxiter": maxiter, "ftol": 1e-10},
                 )
             w = np.clip(res.x, 0.0, caps)
@@ -213,21 +232,41 @@ def tikmix_d_solve(
                 w = w / w.sum()
             ok = bool(np.all(np.isfinite(w))) and feasible(w)
             val = f(w) if ok else float("inf")
-            attempts.append({"start": start_name, "success": bool(res.success), "message": str(res.message),
-                             "iterations": int(res.nit), "feasible": ok, "objective": val})
+            attempts.append(
+                {
+                    "start": start_name,
+                    "success": bool(res.success),
+                    "message": str(res.message),
+                    "iterations": int(res.nit),
+                    "feasible": ok,
+                    "objective": val,
+                }
+            )
             if ok and val <= obj_prev + 1e-9 and (best is None or val < best[1]):
                 best = (w, val, res)
         except Exception as e:  # a numerical failure must never stop training: fall back to w_prev
-            attempts.append({"start": start_name, "success": False, "message": f"{type(e).__name__}: {e}",
-                             "iterations": 0, "feasible": False, "objective": float("inf")})
+            attempts.append(
+                {
+                    "start": start_name,
+                    "success": False,
+                    "message": f"{type(e).__name__}: {e}",
+                    "iterations": 0,
+                    "feasible": False,
+                    "objective": float("inf"),
+                }
+            )
         if best is not None and start_name == "init":
             break
     info["attempts"] = attempts
     if best is None:
-        info.update(status="fallback_prev", iterations=sum(a["iterations"] for a in attempts),
-                    message="SLSQP found no feasible point at least as good as w_prev; keeping w_prev: "
-                    + "; ".join(f"{a['start']}: {a['message']}" for a in attempts),
-                    objective=obj_prev, slacks=slacks(w_prev))
+        info.update(
+            status="fallback_prev",
+            iterations=sum(a["iterations"] for a in attempts),
+            message="SLSQP found no feasible point at least as good as w_prev; keeping w_prev: "
+            + "; ".join(f"{a['start']}: {a['message']}" for a in attempts),
+            objective=obj_prev,
+            slacks=slacks(w_prev),
+        )
         return w_prev, info
     w, val, res = best
     info.update(status="ok", message=str(res.message), iterations=int(res.nit), objective=val, slacks=slacks(w))
@@ -238,8 +277,15 @@ def _pareto_room(Sn: np.ndarray, w_prev: np.ndarray, caps: np.ndarray, slack: fl
     """max Σ_v (Sn·(w − w_prev))_v over the Pareto-feasible capped simplex (an LP); nan if the LP fails."""
     m = Sn.shape[1]
     try:
-        res = optimize.linprog(-Sn.sum(axis=0), A_ub=-Sn, b_ub=-(Sn @ w_prev) + slack, A_eq=np.ones((1, m)), b_eq=[1.0],
-                               bounds=list(zip(np.zeros(m), caps)), method="highs")
+        res = optimize.linprog(
+            -Sn.sum(axis=0),
+            A_ub=-Sn,
+            b_ub=-(Sn @ w_prev) + slack,
+            A_eq=np.ones((1, m)),
+            b_eq=[1.0],
+            bounds=list(zip(np.zeros(m), caps)),
+            method="highs",
+        )
         return float(-res.fun - Sn.sum(axis=0) @ w_prev) if res.status == 0 else float("nan")
     except Exception:
         return float("nan")
@@ -283,76 +329,18 @@ def latin_hypercube_candidates(
     out = np.array(acc[:n]).reshape(-1, m)
     info = {"requested": n, "accepted": len(out), "drawn": drawn}
     if len(out) < n:
-        warnings.warn(f"latin_hypercube_candidates: only {len(out)} of {n} points stayed in their intervals "
-                      f"after {drawn} draws", RuntimeWarning)
+        warnings.warn(
+            f"latin_hypercube_candidates: only {len(out)} of {n} points stayed in their intervals after {drawn} draws",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return (out, info) if return_info else out
 
 
-def in_region(X: np.ndarray, region: tuple[np.ndarray, np.ndarray] | None, tol: float = 1e-9) -> np.ndarray:
-    """Rows of X inside the per-domain box region = (lo, hi) (all True without a region)."""
-    X = np.atleast_2d(X)
-    if region is None:
-        return np.ones(len(X), dtype=bool)
-    lo, hi = region
-    return np.all((X >= lo - tol) & (X <= hi + tol), axis=1)
-
-
-def dirichlet_search(
-    predict: Callable[[np.ndarray], np.ndarray],
-    w_init: np.ndarray,
-    T: int = 5,
-    conc_start: float = 10.0,
-    conc_end: float = 1000.0,
-    n_samples: int = 10000,
-    top_k: int = 10,
-    seed: int | None = None,
-    floor: float = 1e-4,
-    project: Callable[[np.ndarray], np.ndarray] | None = None,
-    region: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, list[dict]]:
-    """Paper Algorithm 1. ``predict(W[k, m]) -> [k]`` returns the predicted objective, LOWER IS BETTER.
-
-    For t = 1..T with concentration c_t log-spaced from ``conc_start`` (broad) to ``conc_end`` (narrow):
-    sample ``n_samples`` points ~ Dir(c_t · max(w_best, floor)) (the floor keeps zero weights samplable),
-    optionally map them through ``project`` (e.g. onto the caps), keep those inside ``region`` (the box
-    the regressor was fitted on: outside it a tree predicts a constant, so a search there follows no
-    data), score them, w_best = mean of the ``top_k`` lowest. A round with no sample in the region keeps
-    w_best. ``w_init`` should lie in the region (the mean of points in a box stays in the box).
-    Returns (w_best, trace of one dict per round)."""
-    rng = np.random.default_rng(seed)
-    w = np.asarray(w_init, dtype=np.float64)
-    w = w / w.sum()
-    trace = [{"round": 0, "concentration": None, "pred_w_best": float(np.asarray(predict(w[None]))[0])}]
-    # domains the region holds at 0 are not sampled at all (a floor would put every sample outside it)
-    active = np.ones(len(w), dtype=bool) if region is None else np.asarray(region[1]) > 0
-    for t, c in enumerate(np.geomspace(conc_start, conc_end, T), start=1):
-        X = np.zeros((n_samples, len(w)))
-        X[:, active] = rng.dirichlet(c * np.maximum(w[active], floor), size=n_samples)
-        X = X[np.all(np.isfinite(X), axis=1)]
-        if project is not None:
-            X = project(X)
-        X = X[in_region(X, region)]
-        rec: dict[str, Any] = {"round": t, "concentration": float(c), "n_in_region": int(len(X))}
-        if len(X):
-            y = np.asarray(predict(X), dtype=np.float64)
-            idx = np.argsort(y, kind="stable")[:top_k]
-            w = X[idx].mean(axis=0)
-            w = w / w.sum()
-            rec.update(pred_top_k_mean=float(y[idx].mean()), pred_best_sample=float(y[idx[0]]))
-        rec["pred_w_best"] = float(np.asarray(predict(w[None]))[0])
-        trace.append(rec)
-    return w, trace
-
-
-def _r2(y: np.ndarray, yhat: np.ndarray) -> float:
-    ss = float(((y - y.mean()) ** 2).sum())
-    return float("nan") if ss == 0 else 1.0 - float(((y - yhat) ** 2).sum()) / ss
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
-        return float("nan")
-    return float(stats.spearmanr(a, b).statistic)
+# TiKMiX-M fits ~17 measured candidates: a leaf may hold a point or two, and every point is used in every tree
+LGBM_SMALL_DATA: dict[str, Any] = dict(
+    min_child_weight=1e-5, min_data_in_bin=1, subsample=1.0, colsample_bytree=1.0, reg_lambda=0.0
+)
 
 
 def fit_regressor(
@@ -371,38 +359,34 @@ def fit_regressor(
     R² and Spearman ρ of the out-of-fold predictions. With ``S``, also the *linear* prediction
     tikmix_objective(S, w) against the measured y (R², ρ): does the tree earn its cost? The returned model is
     refit on all data."""
-    import lightgbm as lgb
-
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"X must be [k, m] and y [k]; got {X.shape} and {y.shape}")
-    params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-                  min_child_samples=min_child_samples, min_child_weight=1e-5, min_data_in_bin=1,
-                  subsample=1.0, colsample_bytree=1.0, reg_lambda=0.0, deterministic=True, force_col_wise=True,
-                  num_threads=1, verbose=-1, random_state=seed)
+    params = dict(
+        n_estimators=n_estimators,
+        learning_rate=learning_rate,
+        num_leaves=num_leaves,
+        min_child_samples=min_child_samples,
+        **LGBM_SMALL_DATA,
+    )
 
     def make():
-        return lgb.LGBMRegressor(**params)
+        return lgbm_regressor(seed, **params)
 
     k = len(y)
-    info: dict[str, Any] = {"n": k, "params": {kk: v for kk, v in params.items()}}
-    folds = min(n_folds, k)
-    if folds >= 2 and k >= 4:
-        perm = np.random.default_rng(seed).permutation(k)
-        oof = np.empty(k)
-        for f in range(folds):
-            te = perm[f::folds]
-            tr = np.setdiff1d(perm, te)
-            oof[te] = make().fit(X[tr], y[tr]).predict(X[te])
-        info.update(folds=folds, r2_holdout=_r2(y, oof), spearman_holdout=_spearman(y, oof))
+    info: dict[str, Any] = {"n": k, "params": {**params, "random_state": seed}}
+    folds = folds_for(k, n_folds)
+    if folds:
+        oof = kfold_predictions(lambda tr, te: make().fit(X[tr], y[tr]).predict(X[te]), k, folds, seed)
+        info.update(folds=folds, r2_holdout=r2(y, oof), spearman_holdout=spearman(y, oof))
     else:
         info.update(folds=0, r2_holdout=float("nan"), spearman_holdout=float("nan"))
     model = make().fit(X, y)
-    info["r2_train"] = _r2(y, model.predict(X))
+    info["r2_train"] = r2(y, model.predict(X))
     if S is not None:
         lin = np.asarray(tikmix_objective(S, X, **(objective_kwargs or {})), dtype=np.float64)
-        info.update(r2_linear=_r2(y, lin), spearman_linear=_spearman(y, lin))
+        info.update(r2_linear=r2(y, lin), spearman_linear=spearman(y, lin))
     return model, info
 
 
@@ -413,37 +397,22 @@ REGRESS = ("second_order", "influence")
 REGRESSORS = ("lightgbm", "quadratic")
 
 
-class QuadraticRidge:
-    """y ≈ b + Σ_i a_i w_i + Σ_{i≤j} c_ij w_i w_j by ridge least squares (the second-order term of group
-    influence is a quadratic form in the mixture: −(η/2)·Σ_de w_d w_e u_dᵀ∇²L u_e)."""
-
-    def __init__(self, ridge: float = 1e-6):
-        self.ridge = ridge
-
-    @staticmethod
-    def features(W: np.ndarray) -> np.ndarray:
-        W = np.atleast_2d(W)
-        i, j = np.triu_indices(W.shape[1])
-        return np.hstack([np.ones((len(W), 1)), W, W[:, i] * W[:, j]])
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "QuadraticRidge":
-        F = self.features(X)
-        scale = max(float((F ** 2).sum() / max(1, F.shape[1])), 1e-12)
-        self.coef_ = np.linalg.solve(F.T @ F + self.ridge * scale * np.eye(F.shape[1]), F.T @ y)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.features(X) @ self.coef_
-
-
 class InfluenceLaw:
     """P̂(W) [k, n] = W·Sᵀ + r̂(W) (``regress="second_order"``) or r̂(W) alone (``"influence"``), one
     regressor per target for r̂ (LightGBM, the paper's, or a quadratic ridge); the Eq. 10 objective of a
     mixture is then computed analytically from P̂ (std and sum over targets, the entropy of the mixture
     itself), so the regressors learn only what was measured, never the known −γ·H(w)."""
 
-    def __init__(self, S: np.ndarray, scale: np.ndarray, regress: str, objective_kwargs: dict, lgbm: dict, seed: int,
-                 regressor: str = "lightgbm"):
+    def __init__(
+        self,
+        S: np.ndarray,
+        scale: np.ndarray,
+        regress: str,
+        objective_kwargs: dict,
+        lgbm: dict,
+        seed: int,
+        regressor: str = "lightgbm",
+    ):
         if regress not in REGRESS:
             raise ValueError(f"regress must be one of {REGRESS}, got {regress!r}")
         if regressor not in REGRESSORS:
@@ -457,16 +426,12 @@ class InfluenceLaw:
         return W @ self.S.T if self.regress == "second_order" else np.zeros((len(W), self.S.shape[0]))
 
     def fit(self, X: np.ndarray, P: np.ndarray) -> "InfluenceLaw":
-        import lightgbm as lgb
-
         R = np.asarray(P) - self.known(X)
         if self.regressor == "quadratic":
             self.models = [QuadraticRidge().fit(X, R[:, v]) for v in range(R.shape[1])]
             return self
-        params = dict(min_child_weight=1e-5, min_data_in_bin=1, subsample=1.0, colsample_bytree=1.0, reg_lambda=0.0,
-                      deterministic=True, force_col_wise=True, num_threads=1, verbose=-1, random_state=self.seed)
-        params.update(self.lgbm)
-        self.models = [lgb.LGBMRegressor(**params).fit(X, R[:, v]) for v in range(R.shape[1])]
+        params = {**LGBM_SMALL_DATA, **self.lgbm}
+        self.models = [lgbm_regressor(self.seed, **params).fit(X, R[:, v]) for v in range(R.shape[1])]
         return self
 
     def predict_P(self, W: np.ndarray) -> np.ndarray:
@@ -479,8 +444,16 @@ class InfluenceLaw:
 
 
 def fit_influence_law(
-    X: np.ndarray, P: np.ndarray, S: np.ndarray, *, regress: str = "second_order", objective_kwargs: dict | None = None,
-    lgbm: dict | None = None, seed: int = 0, n_folds: int = 5, regressor: str = "lightgbm",
+    X: np.ndarray,
+    P: np.ndarray,
+    S: np.ndarray,
+    *,
+    regress: str = "second_order",
+    objective_kwargs: dict | None = None,
+    lgbm: dict | None = None,
+    seed: int = 0,
+    n_folds: int = 5,
+    regressor: str = "lightgbm",
 ) -> tuple[InfluenceLaw, dict[str, Any]]:
     """Fit :class:`InfluenceLaw` on measured candidates (X [k, m] realised compositions, P [k, n] their
     measured influence). Held-out fit by K-fold: R², Spearman ρ and RMSE of the out-of-fold *objective*
@@ -493,23 +466,16 @@ def fit_influence_law(
     make = lambda: InfluenceLaw(S, scale, regress, ab, lgbm or {}, seed, regressor)  # noqa: E731
     k = len(y)
     info: dict[str, Any] = {"n": k, "regress": regress, "regressor": regressor, "measured": y.tolist()}
-    folds = min(n_folds, k)
-    if folds >= 2 and k >= 4:
-        perm = np.random.default_rng(seed).permutation(k)
-        oof = np.empty(k)
-        for f in range(folds):
-            te = perm[f::folds]
-            tr = np.setdiff1d(perm, te)
-            oof[te] = make().fit(X[tr], P[tr]).predict(X[te])
-        info.update(folds=folds, r2_holdout=_r2(y, oof), spearman_holdout=_spearman(y, oof),
-                    rmse_holdout=float(np.sqrt(np.mean((oof - y) ** 2))))
+    folds = folds_for(k, n_folds)
+    if folds:
+        oof = kfold_predictions(lambda tr, te: make().fit(X[tr], P[tr]).predict(X[te]), k, folds, seed)
+        info.update(folds=folds, r2_holdout=r2(y, oof), spearman_holdout=spearman(y, oof), rmse_holdout=rmse(y, oof))
     else:
         info.update(folds=0, r2_holdout=float("nan"), spearman_holdout=float("nan"), rmse_holdout=float("nan"))
     lin = np.asarray(tikmix_objective_from_p(X @ np.atleast_2d(S).T, X, scale, **ab), dtype=np.float64)
-    info.update(r2_linear=_r2(y, lin), spearman_linear=_spearman(y, lin),
-                rmse_linear=float(np.sqrt(np.mean((lin - y) ** 2))))
+    info.update(r2_linear=r2(y, lin), spearman_linear=spearman(y, lin), rmse_linear=rmse(y, lin))
     law = make().fit(X, P)
-    info["r2_train"] = _r2(y, law.predict(X))
+    info["r2_train"] = r2(y, law.predict(X))
     return law, info
 
 

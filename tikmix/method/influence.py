@@ -68,6 +68,7 @@ held (flat, or projected), each domain's gradient is accumulated in the paramete
 to n dot products before the next domain starts. A combined target holds one extra gradient while it is
 formed; a lookahead holds one copy of the parameters while they are displaced.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -78,12 +79,11 @@ from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tikmix.errors import ConfigError, DataError
+from tikmix.losses import Batch, batch_loss_sum
 
-Batch = Mapping[str, torch.Tensor]
 BatchSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int, int]]
 
@@ -97,53 +97,19 @@ _PROJ_CHUNK_ELEMS = 1 << 22  # at most this many random entries (16 MiB in fp32)
 
 
 # --------------------------------------------------------------------------------------------------------
-# losses and gradients
+# parameters
 # --------------------------------------------------------------------------------------------------------
-def causal_lm_loss_sum(
-    model: nn.Module,
-    batch: Batch,
-    *,
-    device: torch.device | None = None,
-    autocast: Callable[[], ContextManager] | None = None,
-    sample_generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, int, int]:
-    """Summed next-token loss of a batch ``{"input_ids", "labels"}`` (HF convention: labels unshifted,
-    -100 ignored). Returns (loss_sum, labelled tokens, input tokens).
-
-    With ``sample_generator``, the labels of the labelled positions are replaced by tokens sampled from the
-    model's own predictive distribution (the true-Fisher estimate KFAC uses).
-    """
-    dev = device if device is not None else next(model.parameters()).device
-    ids = batch["input_ids"].to(dev)
-    labels = batch.get("labels")
-    labels = ids if labels is None else labels.to(dev)
-    kwargs = {}
-    if "attention_mask" in batch:
-        kwargs["attention_mask"] = batch["attention_mask"].to(dev)
-    with (autocast() if autocast is not None else contextlib.nullcontext()):
-        out = model(input_ids=ids, use_cache=False, **kwargs)
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    logits = logits[:, :-1]
-    logits = logits if logits.dtype == torch.float64 else logits.float()
-    tgt = labels[:, 1:]
-    mask = tgt != -100
-    flat = logits.reshape(-1, logits.shape[-1])
-    if sample_generator is not None:
-        with torch.no_grad():
-            probs = torch.softmax(flat.detach(), dim=-1)
-            sampled = torch.multinomial(probs, 1, generator=sample_generator).squeeze(1)
-        tgt = torch.where(mask.reshape(-1), sampled, torch.full_like(sampled, -100)).reshape(tgt.shape)
-    loss = F.cross_entropy(flat, tgt.reshape(-1), ignore_index=-100, reduction="sum")
-    return loss, int(mask.sum().item()), int(ids.numel())
-
-
 def select_parameters(model: nn.Module, which: str = "all") -> list[tuple[str, nn.Parameter]]:
     """The trainable parameters influence is measured over: ``all`` or ``no_embeddings`` (drops every
     ``nn.Embedding`` parameter, and with it a tied LM head, which is the same tensor)."""
     if which not in PARAM_SETS:
         raise ConfigError("mixer.params", f"expected one of {PARAM_SETS}, got {which!r}")
     emb = {id(p) for mod in model.modules() if isinstance(mod, nn.Embedding) for p in mod.parameters(recurse=False)}
-    out = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not (which == "no_embeddings" and id(p) in emb)]
+    out = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if p.requires_grad and not (which == "no_embeddings" and id(p) in emb)
+    ]
     if not out:
         raise ConfigError("mixer.params", f"no trainable parameters left with params={which!r}")
     return out
@@ -204,8 +170,16 @@ class KFAC:
     """Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per ``nn.Linear``, collected with hooks, and a damped
     diagonal Fisher for every other selected parameter (``rest="diag"``; module doc)."""
 
-    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], damping: float = 1e-3, max_dim: int = 4096,
-                 rest: str = "diag", names: Sequence[str] | None = None, keep_factors: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Sequence[nn.Parameter],
+        damping: float = 1e-3,
+        max_dim: int = 4096,
+        rest: str = "diag",
+        names: Sequence[str] | None = None,
+        keep_factors: bool = False,
+    ):
         if not (damping > 0):
             raise ConfigError("mixer.damping", f"must be > 0, got {damping}")
         if rest not in KFAC_REST:
@@ -268,6 +242,7 @@ class KFAC:
             self._nA[name] = self._nA.get(name, 0) + a.shape[0]
             self.flops += 2.0 * a.shape[0] * a.shape[1] ** 2
             if output.requires_grad:
+
                 def ghook(g):
                     d = g.detach().reshape(-1, mod.out_features).to(dt)
                     self._G[name] = self._G.get(name, 0) + d.T @ d
@@ -283,7 +258,9 @@ class KFAC:
         inverses of the factors and, for the rest, of the diagonal Fisher. Parameter ``.grad`` is cleared."""
         handles = [mod.register_forward_hook(self._fwd_hook(n, mod)) for n, mod in self.layers.items()]
         covered = self._covered()
-        rest = [(n, p) for n, p in zip(self._names, self._params) if id(p) not in covered] if self.rest == "diag" else []
+        rest = (
+            [(n, p) for n, p in zip(self._names, self._params) if id(p) not in covered] if self.rest == "diag" else []
+        )
         sq: dict[int, torch.Tensor] = {}
         n_lab = 0
         try:
@@ -475,16 +452,27 @@ class GroupInfluence:
         self.named = select_parameters(model, params)
         self.params = [p for _, p in self.named]
         if any(hasattr(p, "to_local") for p in self.params):  # DTensor: FSDP2-sharded parameters
-            raise ConfigError("trainer.parallel", "TiKMiX's influence gradients are not implemented for FSDP-sharded "
-                              "parameters yet; use trainer.parallel=ddp (or a single process)")
+            raise ConfigError(
+                "trainer.parallel",
+                "TiKMiX's influence gradients are not implemented for FSDP-sharded "
+                "parameters yet; use trainer.parallel=ddp (or a single process)",
+            )
         self.sizes = [p.numel() for p in self.params]
         self.n_params = int(sum(self.sizes))
         # held targets and dot products: fp32, or fp64 for an fp64 model (projections are always fp32)
-        self._dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.params) and projection_dim is None else torch.float32
-        self.flops_per_token = float(flops_per_token) if flops_per_token else 6.0 * sum(p.numel() for p in model.parameters())
+        self._dtype = (
+            torch.float64
+            if any(p.dtype == torch.float64 for p in self.params) and projection_dim is None
+            else torch.float32
+        )
+        self.flops_per_token = (
+            float(flops_per_token) if flops_per_token else 6.0 * sum(p.numel() for p in model.parameters())
+        )
         self._custom_loss = loss_fn
         self.projector = (
-            Projector(projection_dim, projection_seed, projection_kind, self.device) if projection_dim is not None else None
+            Projector(projection_dim, projection_seed, projection_kind, self.device)
+            if projection_dim is not None
+            else None
         )
         self.targets: list[str] = []
         self._T: torch.Tensor | None = None  # [n, N] or [n, k]: the held target gradients
@@ -510,8 +498,14 @@ class GroupInfluence:
         elif hessian == "kfac":
             if kfac_batches is None:
                 raise ConfigError("mixer.hessian", "hessian=kfac needs a training sample to estimate the factors")
-            self.kfac = KFAC(model, self.params, damping=damping, max_dim=kfac_max_dim, rest=kfac_rest,
-                             names=[n for n, _ in self.named])
+            self.kfac = KFAC(
+                model,
+                self.params,
+                damping=damping,
+                max_dim=kfac_max_dim,
+                rest=kfac_rest,
+                names=[n for n, _ in self.named],
+            )
             gen = None
             if kfac_fisher == "sampled":
                 gen = torch.Generator(device=self.device)
@@ -526,7 +520,7 @@ class GroupInfluence:
     def _loss(self, model: nn.Module, batch: Batch, gen: torch.Generator | None = None):
         if self._custom_loss is not None:
             return self._custom_loss(model, batch)
-        return causal_lm_loss_sum(model, batch, device=self.device, autocast=self.autocast, sample_generator=gen)
+        return batch_loss_sum(model, batch, device=self.device, autocast=self.autocast, sample_generator=gen)
 
     @contextlib.contextmanager
     def _grad_scope(self):
@@ -715,8 +709,17 @@ class GroupInfluence:
         finite = (self._base_loss - np.array([x for x, _ in stepped])) / eta
         self.tokens["groups"] += n_in
         self.wall_s += time.perf_counter() - t0
-        return first, finite, {"labelled": n_lab, "inputs": n_in, "loss": loss, "eta": float(eta),
-                               "target_loss_after": [float(x) for x, _ in stepped]}
+        return (
+            first,
+            finite,
+            {
+                "labelled": n_lab,
+                "inputs": n_in,
+                "loss": loss,
+                "eta": float(eta),
+                "target_loss_after": [float(x) for x, _ in stepped],
+            },
+        )
 
     def lookahead_composed(self, w: np.ndarray, eta: float) -> np.ndarray:
         """Finite-step benefit [n] of the group that mixes the domains of the last :meth:`matrix` call (kept
@@ -761,9 +764,12 @@ class GroupInfluence:
         cols, per = [], {}
         f0, w0 = self.total_flops(), self.wall_s
         if keep_directions and self.projector is not None:
-            raise ConfigError("mixer.candidate_sample", "composed candidates step the model along the domains' "
-                                                        "gradients, which a projection does not keep; set "
-                                                        "mixer.projection_dim=null or mixer.candidate_sample=own")
+            raise ConfigError(
+                "mixer.candidate_sample",
+                "composed candidates step the model along the domains' "
+                "gradients, which a projection does not keep; set "
+                "mixer.projection_dim=null or mixer.candidate_sample=own",
+            )
         self._U = []
         for name, src in groups.items():
             try:
@@ -787,7 +793,11 @@ class GroupInfluence:
             "hessian": self.hessian,
             "n_params": self.n_params,
             "projection_dim": self.projector.k if self.projector is not None else None,
-            "tokens": {"targets": dict(self.tokens["targets"]), "groups": self.tokens["groups"], "kfac": self.tokens["kfac"]},
+            "tokens": {
+                "targets": dict(self.tokens["targets"]),
+                "groups": self.tokens["groups"],
+                "kfac": self.tokens["kfac"],
+            },
             "flops": self.total_flops(),
             "flops_breakdown": dict(self.flops),
             "wall_s": self.wall_s,

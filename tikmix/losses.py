@@ -1,0 +1,108 @@
+"""The one causal-LM loss every pass uses, and the one autocast policy.
+
+Training steps, validation and target losses, and the mixers' own passes (influence gradients, Aioli's
+target losses, DoReMi's reference model) all score next tokens with :func:`causal_lm_loss`, inside
+:func:`autocast` of the run's ``trainer.dtype``. Logits are cast to fp32 (an fp64 model keeps fp64) before the
+cross-entropy, so a loss does not depend on which pass computed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tikmix.errors import ConfigError
+
+IGNORE = -100  # the label of a position that is not scored (Hugging Face convention)
+DTYPES = ("auto", "fp32", "bf16")
+
+Batch = Mapping[str, torch.Tensor]
+Autocast = Callable[[], ContextManager]
+
+
+def amp_dtype_for(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``trainer.dtype``: bf16 when asked, or on a GPU under auto; None = fp32."""
+    if setting not in DTYPES:
+        raise ConfigError("trainer.dtype", f"unknown dtype {setting!r}; allowed: {', '.join(DTYPES)}")
+    return torch.bfloat16 if (setting == "bf16" or (setting == "auto" and device.type == "cuda")) else None
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager:
+    """The context every forward pass of a run runs in: autocast to ``amp_dtype`` on ``device``, or none (fp32)."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def causal_lm_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    autocast: Autocast | None = None,
+    reduction: str = "none",
+    attention_mask: torch.Tensor | None = None,
+    sample_generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy of ``model`` on ``input_ids`` [b, T].
+
+    ``labels`` are unshifted (Hugging Face convention): input position t is scored against ``labels[:, t+1]``,
+    and positions labelled -100 are not scored. ``labels`` may be one token longer than the inputs (a training
+    window [b, T+1] whose last input's next token is known): then every input position is scored.
+    ``reduction="none"``: the per-position losses [b, labels.shape[1] - 1] (0 where not scored); ``"sum"``: their sum.
+    With ``sample_generator`` the scored positions' labels are drawn from the model's own predictive
+    distribution (the true Fisher that K-FAC estimates).
+    """
+    kwargs = {} if attention_mask is None else {"attention_mask": attention_mask}
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        out = model(input_ids=input_ids, use_cache=False, **kwargs)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    tgt = labels[:, 1:]
+    if logits.shape[1] != tgt.shape[1]:  # no slice when every position is scored: its backward would copy the logits
+        logits = logits[:, : tgt.shape[1]]
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    flat = logits.reshape(-1, logits.shape[-1])
+    if sample_generator is not None:
+        tgt = _sampled_labels(flat, tgt, sample_generator)
+    loss = F.cross_entropy(flat, tgt.reshape(-1), ignore_index=IGNORE, reduction=reduction)
+    return loss.view(tgt.shape) if reduction == "none" else loss
+
+
+def _sampled_labels(flat_logits: torch.Tensor, tgt: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``tgt`` with each scored position's label drawn from softmax(logits); unscored positions stay -100."""
+    with torch.no_grad():
+        probs = torch.softmax(flat_logits.detach(), dim=-1)
+        sampled = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    scored = (tgt != IGNORE).reshape(-1)
+    return torch.where(scored, sampled, torch.full_like(sampled, IGNORE)).reshape(tgt.shape)
+
+
+def batch_loss_sum(
+    model: nn.Module,
+    batch: Batch,
+    *,
+    device: torch.device | None = None,
+    autocast: Autocast | None = None,
+    sample_generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, int, int]:
+    """Summed :func:`causal_lm_loss` of a batch ``{"input_ids", "labels" (default: the inputs), "attention_mask"?}``
+    moved to ``device``. Returns (loss sum, scored tokens, input tokens)."""
+    dev = device if device is not None else next(model.parameters()).device
+    ids = batch["input_ids"].to(dev)
+    labels = batch.get("labels")
+    labels = ids if labels is None else labels.to(dev)
+    mask = batch.get("attention_mask")
+    loss = causal_lm_loss(
+        model,
+        ids,
+        labels,
+        autocast=autocast,
+        reduction="sum",
+        attention_mask=None if mask is None else mask.to(dev),
+        sample_generator=sample_generator,
+    )
+    return loss, int((labels[:, 1:] != IGNORE).sum().item()), int(ids.numel())
