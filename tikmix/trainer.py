@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 from tikmix import signals
 from tikmix.checkpoint import save_checkpoint
@@ -388,8 +389,6 @@ class Trainer:
 
     def barrier(self) -> None:
         if self.world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
 
     def load(self, ckpt: dict) -> None:
@@ -461,8 +460,6 @@ class Trainer:
                     ((tl.sum(1) * row_scale[i : i + self.micro_batch]).sum() * scale).backward()
             local[i - lo : i - lo + self.micro_batch] = tl.detach()
         if self.world > 1:
-            import torch.distributed as dist
-
             parts = [torch.empty_like(local) for _ in range(self.world)]
             dist.all_gather(parts, local)
             token_loss = torch.cat(parts)
@@ -597,8 +594,6 @@ class Trainer:
         s = self.state
         bar = None
         if self.tcfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-
             bar = tqdm(
                 total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True
             )
@@ -614,75 +609,104 @@ class Trainer:
         return s
 
     def _loop(self, s: TrainState, bar: Any, stop: dict) -> None:
+        """The training loop: at each step, stop if asked, run what a stage boundary holds, train one step in the
+        mixer's mixture, log, validate and checkpoint. Training throughput counts training steps only: probes,
+        mixer.observe, evaluations and checkpoints are timed apart (``s.timing``) and reported as the mixer's
+        overhead, eval and checkpoint time."""
         probe_at = set(self.mixer.probe_steps())
-        log_every, eval_every, ckpt_every = (
-            int(getattr(self.tcfg, k)) for k in ("log_every", "eval_every", "ckpt_every")
-        )
-        max_wall = self.tcfg.max_wall_s
+        log_every, eval_every, ckpt_every = (self.tcfg.log_every, self.tcfg.eval_every, self.tcfg.ckpt_every)
         peak = self.resolve_peak() if s.step < self.total_steps else None  # before the clock starts
-        t_last, step_last = time.perf_counter(), s.step
+        iv = _Interval(time.perf_counter(), s.step, s.timing.get("train_s", 0.0))
         t0 = time.perf_counter() - s.wall_time
         t_proc = time.perf_counter()
-        # training throughput counts training steps only: probes, mixer.observe, evaluations and checkpoints are
-        # timed apart (s.timing) and reported as the mixer's overhead / eval / checkpoint time
-        tm = s.timing
-        iv_train = 0.0  # seconds spent in training steps since the last log line
         stream = HistoryStream(self.logger, self.mixer) if self.logger is not None and self.rank == 0 else None
         self.model.train()
         while s.step < self.total_steps:
             step = s.step
-            stop["reason"] = stop["reason"] or signals.requested()
-            if stop["reason"] is None and max_wall and time.perf_counter() - t_proc > float(max_wall):
-                stop["reason"] = f"trainer.max_wall_s={max_wall} reached"
-            if self.world > 1:  # every rank stops at the same step
-                import torch.distributed as dist
-
-                flag = torch.tensor([1.0 if stop["reason"] else 0.0], device=self.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() and not stop["reason"]:
-                    stop["reason"] = "stop requested on another rank"
-            if stop["reason"]:
-                self.save()
-                raise Preempted(step, stop["reason"])
-            if (
-                self.stage_eval is not None
-                and step in self.stage_steps
-                and self.rank == 0
-                and not any(e.get("step") == step for e in s.eval_history)
+            self._stop_if_asked(step, stop, time.perf_counter() - t_proc)
+            self._boundary(step, step in probe_at, bar, stream)
+            w = np.asarray(self.mixer.weights(step), dtype=np.float64)
+            self._record_mixture(w, step, step in probe_at, log_every)
+            loss, stats = self._timed_step(step, w)
+            s.tokens_seen += stats.tokens
+            s.step += 1
+            s.wall_time = time.perf_counter() - t0
+            if stream is not None:
+                stream.flush(s.step)
+            if bar is not None:
+                bar.update(1)
+            if s.step % log_every == 0 or s.step == self.total_steps:
+                self._log_interval(iv, loss, stats, w, peak, bar)
+            # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
+            if (eval_every and s.step % eval_every == 0) or (
+                s.step == self.total_steps and self.tcfg.final_eval == "full"
             ):
-                t = time.perf_counter()
+                self._validate()
+            if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
+                with _timed(s.timing, "ckpt_s"):
+                    self.save()
+
+    def _stop_if_asked(self, step: int, stop: dict, elapsed_s: float) -> None:
+        """SIGTERM or trainer.max_wall_s: checkpoint and raise Preempted; under torchrun every rank stops at the
+        same step."""
+        max_wall = self.tcfg.max_wall_s
+        stop["reason"] = stop["reason"] or signals.requested()
+        if stop["reason"] is None and max_wall and elapsed_s > float(max_wall):
+            stop["reason"] = f"trainer.max_wall_s={max_wall} reached"
+        if self.world > 1:
+            flag = torch.tensor([1.0 if stop["reason"] else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() and not stop["reason"]:
+                stop["reason"] = "stop requested on another rank"
+        if stop["reason"]:
+            self.save()
+            raise Preempted(step, stop["reason"])
+
+    def _boundary(self, step: int, probe: bool, bar: Any, stream: HistoryStream | None) -> None:
+        """What a step may hold before it trains: the stage evaluation (eval.every_stage) and the mixer's probe;
+        under torchrun rank 0's mixer decides and every rank takes its state."""
+        s = self.state
+        if (
+            self.stage_eval is not None
+            and step in self.stage_steps
+            and self.rank == 0
+            and not any(e.get("step") == step for e in s.eval_history)
+        ):
+            with _timed(s.timing, "eval_s"):
                 entry = self._stage_eval_or_stop(step)
                 if entry is not None:
                     s.eval_history.append(entry)
                 self.model.train()
-                tm["eval_s"] = tm.get("eval_s", 0.0) + time.perf_counter() - t
-            if step in probe_at:
-                t = time.perf_counter()
-                if bar is not None:
-                    bar.set_description(f"{self.mixer.name} (mixer probe)")
-                p = self.probe(step)
-                self._probe_or_stop(p, step)
-                p.close()
-                if bar is not None:
-                    bar.set_description(self.mixer.name)
-                tm["probe_s"] = tm.get("probe_s", 0.0) + time.perf_counter() - t
-                if stream is not None:
-                    stream.flush(step)
-                if self.world > 1:  # one rank decides, every rank uses its mixture
-                    import torch.distributed as dist
+        if not probe:
+            return
+        with _timed(s.timing, "probe_s"):
+            if bar is not None:
+                bar.set_description(f"{self.mixer.name} (mixer probe)")
+            p = self.probe(step)
+            self._probe_or_stop(p, step)
+            p.close()
+            if bar is not None:
+                bar.set_description(self.mixer.name)
+        if stream is not None:
+            stream.flush(step)
+        if self.world > 1:
+            obj = [to_builtin(self.mixer.state_dict()) if self.rank == 0 else None]
+            dist.broadcast_object_list(obj, src=0)
+            self.mixer.load_state_dict(obj[0])
 
-                    obj = [to_builtin(self.mixer.state_dict()) if self.rank == 0 else None]
-                    dist.broadcast_object_list(obj, src=0)
-                    self.mixer.load_state_dict(obj[0])
-            w = np.asarray(self.mixer.weights(step), dtype=np.float64)
-            # record a changed mixture: always at a probe step (stage boundary), else at most once per log_every
-            # steps (mixers that move every step, like ODM, would otherwise log one entry per step)
-            if not s.weights_history or (
-                not np.allclose(s.weights_history[-1]["w"], w, rtol=0, atol=1e-12)
-                and (step in probe_at or step - s.weights_history[-1]["step"] >= log_every)
-            ):
-                s.weights_history.append({"step": step, "w": w.tolist()})
-            t = time.perf_counter()
+    def _record_mixture(self, w: np.ndarray, step: int, probe: bool, log_every: int) -> None:
+        """Record a changed mixture: always at a probe step (stage boundary), else at most once per log_every steps
+        (mixers that move every step, like ODM, would otherwise log one entry per step)."""
+        h = self.state.weights_history
+        if not h or (
+            not np.allclose(h[-1]["w"], w, rtol=0, atol=1e-12) and (probe or step - h[-1]["step"] >= log_every)
+        ):
+            h.append({"step": step, "w": w.tolist()})
+
+    def _timed_step(self, step: int, w: np.ndarray) -> tuple[float, DomainStats]:
+        """One training step (timed as train_s), then the mixer's observe (timed as observe_s)."""
+        tm = self.state.timing
+        with _timed(tm, "train_s"):
             try:
                 loss, stats = self.train_step(step, w)
             except Exception as e:
@@ -694,76 +718,79 @@ class Trainer:
                         "without it",
                     ) from e
                 raise
-            t_obs = time.perf_counter()
-            iv_train += t_obs - t
-            tm["train_s"] = tm.get("train_s", 0.0) + t_obs - t
+        with _timed(tm, "observe_s"):
             self.mixer.observe(stats)  # a skipped batch too (stats.skipped): per-step mixers count every step
-            tm["observe_s"] = tm.get("observe_s", 0.0) + time.perf_counter() - t_obs
-            s.tokens_seen += stats.tokens
-            s.step += 1
-            s.wall_time = time.perf_counter() - t0
-            if stream is not None:
-                stream.flush(s.step)
-            if bar is not None:
-                bar.update(1)
-            if s.step % log_every == 0 or s.step == self.total_steps:
-                now = time.perf_counter()
-                n_tok = (s.step - step_last) * self.tokens_per_step
-                tps = n_tok / max(1e-9, iv_train)  # training time only
-                mixer_s, share = mixer_overhead(tm, s.wall_time)
-                rec = {
-                    "train/loss": loss,
-                    "train/lr": self.scheduler.get_last_lr()[0],
-                    "train/tokens_per_s": tps,
-                    "train/tokens": int(s.tokens_seen.sum()),
-                    "perf/wall_tokens_per_s": n_tok / max(1e-9, now - t_last),  # probes and evaluations included
-                    "perf/mixer_s": mixer_s,
-                    "perf/mixer_share": share,
-                    "perf/eval_s": tm.get("eval_s", 0.0),
-                    "compute/train_flops": self.ledger.flops.get("train", 0.0),
-                    "compute/eval_flops": self.ledger.flops.get("eval", 0.0),
-                    "compute/mixer_total_flops": self.ledger.mixer_total,
-                }
-                t_last, step_last, iv_train = now, s.step, 0.0
-                postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tps:,.0f}"}
-                if peak is not None:
-                    mfu = self.flops_per_token * tps / peak.flops
-                    rec["train/mfu"] = mfu
-                    self.mfu_values.append(mfu)
-                    postfix["mfu"] = f"{mfu:.1%}"
-                if mixer_s > 0:  # the mixer's share of the time, apart from training throughput
-                    postfix["mixer"] = f"{share:.0%}"
-                rec.update(
-                    {
-                        f"train_loss/{d}": float(stats.loss[i])
-                        for i, d in enumerate(self.domains)
-                        if np.isfinite(stats.loss[i])
-                    }
-                )
-                rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
-                if self.logger and self.rank == 0:
-                    self.logger.log(rec, s.step)
-                if bar is not None:
-                    bar.set_postfix(postfix)
-            # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
-            final_val = s.step == self.total_steps and self.tcfg.final_eval == "full"
-            if (eval_every and s.step % eval_every == 0) or final_val:
-                t = time.perf_counter()
-                vl = self.val_losses()
-                s.val_history.append({"step": s.step, "val_loss": vl})
-                tm["eval_s"] = tm.get("eval_s", 0.0) + time.perf_counter() - t
-                if self.logger and self.rank == 0:
-                    self.logger.log(
-                        {
-                            **{f"val_loss/{d}": v for d, v in vl.items()},
-                            "val_loss/mean": float(np.mean(list(vl.values()))),
-                        },
-                        s.step,
-                    )
-            if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
-                t = time.perf_counter()
-                self.save()
-                tm["ckpt_s"] = tm.get("ckpt_s", 0.0) + time.perf_counter() - t
+        return loss, stats
+
+    def _log_interval(
+        self, iv: "_Interval", loss: float, stats: DomainStats, w: np.ndarray, peak: Peak | None, bar: Any
+    ) -> None:
+        """The log line at the end of a log interval: loss, LR, training and wall throughput, MFU, the mixer's share
+        of the time, FLOPs so far, per-domain training losses and the mixture (metrics.jsonl, W&B, the bar)."""
+        s, tm = self.state, self.state.timing
+        now = time.perf_counter()
+        n_tok = (s.step - iv.step) * self.tokens_per_step
+        tps = n_tok / max(1e-9, tm.get("train_s", 0.0) - iv.train_s)  # training time only
+        mixer_s, share = mixer_overhead(tm, s.wall_time)
+        rec = {
+            "train/loss": loss,
+            "train/lr": self.scheduler.get_last_lr()[0],
+            "train/tokens_per_s": tps,
+            "train/tokens": int(s.tokens_seen.sum()),
+            "perf/wall_tokens_per_s": n_tok / max(1e-9, now - iv.t),  # probes and evaluations included
+            "perf/mixer_s": mixer_s,
+            "perf/mixer_share": share,
+            "perf/eval_s": tm.get("eval_s", 0.0),
+            "compute/train_flops": self.ledger.flops.get("train", 0.0),
+            "compute/eval_flops": self.ledger.flops.get("eval", 0.0),
+            "compute/mixer_total_flops": self.ledger.mixer_total,
+        }
+        iv.t, iv.step, iv.train_s = now, s.step, tm.get("train_s", 0.0)
+        postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tps:,.0f}"}
+        if peak is not None:
+            mfu = self.flops_per_token * tps / peak.flops
+            rec["train/mfu"] = mfu
+            self.mfu_values.append(mfu)
+            postfix["mfu"] = f"{mfu:.1%}"
+        if mixer_s > 0:  # the mixer's share of the time, apart from training throughput
+            postfix["mixer"] = f"{share:.0%}"
+        rec.update(
+            {f"train_loss/{d}": float(stats.loss[i]) for i, d in enumerate(self.domains) if np.isfinite(stats.loss[i])}
+        )
+        rec.update({f"weights/{d}": float(w[i]) for i, d in enumerate(self.domains)})
+        if self.logger and self.rank == 0:
+            self.logger.log(rec, s.step)
+        if bar is not None:
+            bar.set_postfix(postfix)
+
+    def _validate(self) -> None:
+        """Per-domain validation losses now (timed as eval_s), recorded and logged."""
+        s = self.state
+        with _timed(s.timing, "eval_s"):
+            vl = self.val_losses()
+            s.val_history.append({"step": s.step, "val_loss": vl})
+        if self.logger and self.rank == 0:
+            self.logger.log(
+                {**{f"val_loss/{d}": v for d, v in vl.items()}, "val_loss/mean": float(np.mean(list(vl.values())))},
+                s.step,
+            )
+
+
+@dataclass
+class _Interval:
+    """Where the current log interval started: wall clock, step, and the training seconds so far."""
+
+    t: float
+    step: int
+    train_s: float
+
+
+@contextlib.contextmanager
+def _timed(timing: dict, key: str) -> Iterator[None]:
+    """Add the block's seconds to ``timing[key]`` (not when it raises: a preempted phase is not counted)."""
+    t = time.perf_counter()
+    yield
+    timing[key] = timing.get(key, 0.0) + time.perf_counter() - t
 
 
 class TrainerProbe(Probe):
