@@ -44,6 +44,10 @@ SKIPS = [
     ),
     (r"train\.py --help$", "Hydra's help, not a run; tests/test_help.py checks what it lists"),
     (
+        r"-m sweeps\.sensitivity\b",
+        "reads the sensitivity sweep's folders (22 min of runs); tests/test_sensitivity.py runs it on planted runs",
+    ),
+    (
         r"^python -m eval( …|$)",
         "prose naming the re-scoring command; its full form (python -m eval <run dir> ...) runs below",
     ),
