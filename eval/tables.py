@@ -67,7 +67,7 @@ MIXER_ORDER = [
     "tikmix_d",
     "tikmix_m",
 ]
-_SKIP_PARTS = {"subruns", "final_model", "checkpoints", "wandb", "eval_tasks", ".cache", "__pycache__"}
+_SKIP_PARTS = {"subruns", "final_model", "checkpoints", "wandb", "eval_tasks", ".cache", "__pycache__", ".hydra"}
 DASH = "—"
 
 

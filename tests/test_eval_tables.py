@@ -700,3 +700,19 @@ def test_wandb_tables_attach_to_the_runs_sweep_with_every_figure(sweep, tmp_path
     made.clear()
     assert tables.main([str(runs_dir), "--out", str(tmp_path / "rep2"), "--wandb", "--group", "mine"]) == 0
     assert made[0].init["group"] == "mine" and made[0].init["project"] == "proj1"
+
+
+def test_a_runs_hydra_record_is_not_another_run(tmp_path):
+    """Every run dir holds Hydra's record, ``.hydra/config.yaml``: it is part of that run, not a crashed one."""
+    d = tmp_path / "0_stratified_s0"
+    (d / ".hydra").mkdir(parents=True)
+    cfg = "mixer:\n  name: stratified\nseed: 0\neval:\n  name: none\n  tasks: []\n"
+    (d / "config.yaml").write_text(cfg)
+    (d / ".hydra" / "config.yaml").write_text(cfg)
+    (d / "results.json").write_text(
+        json.dumps(
+            {"mixer": "stratified", "seed": 0, "model": "tiny", "budget": "b", "data": "x", "test_ppl": {"a": 1.0}}
+        )
+    )
+    runs = tables.collect([tmp_path])
+    assert [(r.path.name, r.problem) for r in runs] == [("0_stratified_s0", None)]
