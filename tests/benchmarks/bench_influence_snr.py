@@ -186,6 +186,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     a2.set_xlabel("tokens per domain gradient sample")
     a2.set_ylabel("influence cost, % of the stage's training FLOPs")
     a2.set_title("Cost of one measurement", fontsize=10)
+    a2.legend(fontsize=8)
     fig.tight_layout()
     p = out / "influence_snr.png"
     fig.savefig(p, dpi=120)
