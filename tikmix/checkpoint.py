@@ -232,16 +232,22 @@ def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch
 
 
 def resume_point(
-    run_dir: Path, container: dict, model: torch.nn.Module, world: int, total_steps: int, domains: list[str]
+    run_dir: Path,
+    container: dict,
+    fp: str,
+    model: torch.nn.Module,
+    world: int,
+    total_steps: int,
+    domains: list[str],
 ) -> dict[str, Any] | None:
     """The checkpoint this run resumes from (``<run dir>/checkpoints/last.pt``), or None for a fresh start. One
     of another config, another number of processes, or contents that do not fit this run is refused, naming
-    what differs."""
+    what differs. ``fp``: this config's fingerprint (:func:`fingerprint` of ``container``)."""
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return None
     ckpt = load_checkpoint(path)
-    if ckpt.get("fingerprint") != fingerprint(container):
+    if ckpt.get("fingerprint") != fp:
         raise CheckpointError(
             f"{run_dir} holds a checkpoint of a different config: {checkpoint_mismatch(run_dir, container, ckpt, model)}. "
             f"Re-run with the same overrides to resume, or choose another hydra.run.dir"

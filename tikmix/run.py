@@ -103,7 +103,7 @@ def _run(
     """The build chain: config → data → model → mixer → trainer → evaluation → results, each step in the module
     that owns it. Every check that can refuse the run comes before anything is written to the run directory."""
     t_start = time.perf_counter()
-    check_resolves(cfg)
+    container = resolved_container(cfg)
     rank, world, device_name = init_distributed(str(cfg.device))
     run_dir = agreed_run_dir(cfg, world)
     if rank == 0:
@@ -111,7 +111,7 @@ def _run(
     done = finished_run(run_dir, repair=wait_for_lock, quiet=quiet)
     if done is not None:
         return done
-    container = checked_container(cfg)  # every section against its schema (tikmix/config.py)
+    validate(container)  # every section against its schema (tikmix/config.py); nothing is written before this
     mixer_config(container["mixer"])
     device = resolve_device(device_name)
     settings, budget = TrainerConfig(**container["trainer"]), BudgetConfig(**container["budget"])
@@ -127,6 +127,7 @@ def _run(
 
     model = build_model(cfg.model, shards.vocab_size, cfg.seed, pad_id=shards.eos_id, eos_id=shards.eos_id)  # model
     fpt = flops_per_token(model, budget.seq_len)
+    counts = param_counts(model)
 
     ledger = Ledger()  # ------------------------------------------------------------------------------ mixer
     mixer = build_mixer(cfg.mixer, domains, mixer_context(cfg, plan, train_tokens, ledger, device, settings))
@@ -138,7 +139,7 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
-    ckpt = resume_point(run_dir, container, model, world, total_steps, domains)
+    ckpt = resume_point(run_dir, container, plan.fingerprint, model, world, total_steps, domains)
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -152,11 +153,12 @@ def _run(
             if downstream_eval and rank == 0
             else None
         )
+        # -------------------------------------------------------------------------------------------- trainer
         trainer = Trainer(
             settings,
             budget,
             model,
-            mixer,  # ---------------------------------------- trainer
+            mixer,
             TrainData(sampler, {d: shards.tokens(d, "val") for d in domains}, targets),
             plan,
             RunServices(ledger, logger, stage_eval),
@@ -164,7 +166,7 @@ def _run(
             fpt,
         )
         if rank == 0:
-            _announce(cfg, trainer, model, shards, targets, final_eval, world, quiet)
+            _announce(cfg, trainer, counts, shards, targets, final_eval, world, quiet)
         state = _train(trainer, mixer, ckpt, logger)
 
         signals.describe(f"during the final evaluation (training is complete and checkpointed at step {state.step})")
@@ -173,16 +175,9 @@ def _run(
             save_hf(model, shards.tokenizer, run_dir / "final_model")
         eval_entry = _downstream(cfg, trainer, model, shards, state, quiet, rank) if downstream_eval else None
 
+        # -------------------------------------------------------------------------------------------- results
         res = assemble(
-            cfg,
-            trainer,
-            state,
-            losses,
-            train_tokens,
-            param_counts(model),
-            eval_entry,  # results
-            world,
-            time.perf_counter() - t_start,
+            cfg, trainer, state, losses, train_tokens, counts, eval_entry, world, time.perf_counter() - t_start
         )
         if rank == 0:
             write_json_atomic(run_dir / "results.json", res)
@@ -194,18 +189,13 @@ def _run(
         logger.finish()
 
 
-def check_resolves(cfg: DictConfig) -> None:
-    """An interpolation that does not resolve is a user error, named by its key."""
+def resolved_container(cfg: DictConfig) -> dict:
+    """The config as plain containers, every interpolation resolved; one that does not resolve is a user error,
+    named by its key."""
     try:
-        OmegaConf.to_container(cfg, resolve=True)
+        return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(getattr(e, "full_key", None) or "config", str(e).splitlines()[0]) from None
-
-
-def checked_container(cfg: DictConfig) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    validate(container)  # nothing is written before this
-    return container
 
 
 def agreed_run_dir(cfg: DictConfig, world: int) -> Path:
@@ -300,14 +290,13 @@ def run_logger(cfg: DictConfig, container: dict, run_dir: Path, ckpt: dict | Non
 def _announce(
     cfg: DictConfig,
     trainer: Trainer,
-    model: torch.nn.Module,
+    counts: dict,
     shards: Any,
     targets: dict,
     final_eval: str,
     world: int,
     quiet: bool,
 ) -> None:
-    counts = param_counts(model)
     ranks = f" x {world} ranks ({trainer.parallel})" if world > 1 else ""
     print(
         f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
