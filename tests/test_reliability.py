@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -413,12 +414,29 @@ def test_damaged_subrun_results_are_recreated_from_its_checkpoint(make_cfg, cach
     assert len(list(res_path.parent.glob("results.json.damaged-*"))) >= 1
 
 
+def _jsonl_config(smoke_overrides: list[str], tmp_path: Path, root: Path, vocab_size: int):
+    """The smoke config on a jsonl corpus at ``root`` (train/, val/, test/; the domain in each row's ``domain``)."""
+    from tests.conftest import compose
+
+    return compose(
+        [o for o in smoke_overrides if not o.startswith("data.")]
+        + [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data=jsonl",
+            f"data.root={root}",
+            "data.domain_field=domain",
+            "data.val_files=val/*.jsonl",
+            "data.test_files=test/*.jsonl",
+            f"data.tokenizer.vocab_size={vocab_size}",
+        ]
+    )
+
+
 def test_many_domains_build_under_a_low_open_files_limit(smoke_overrides, tmp_path):
     """Case 7: the cache build holds no file open per domain (1000 domains under `ulimit -n 1024` ran out; here
     150 domains with ~100 free descriptors), and the run's soft limit is raised to fit its memory maps."""
     import resource
 
-    from tests.conftest import compose
     from tikmix.data.shards import prepare_data
 
     n = 150
@@ -431,18 +449,7 @@ def test_many_domains_build_under_a_low_open_files_limit(smoke_overrides, tmp_pa
             for i in range(k)
         ]
         (root / split / "part0.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = compose(
-        [o for o in smoke_overrides if not o.startswith("data.")]
-        + [
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data=jsonl",
-            f"data.root={root}",
-            "data.domain_field=domain",
-            "data.val_files=val/*.jsonl",
-            "data.test_files=test/*.jsonl",
-            "data.tokenizer.vocab_size=300",
-        ]
-    )
+    cfg = _jsonl_config(smoke_overrides, tmp_path, root, vocab_size=300)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     in_use = len(os.listdir("/proc/self/fd"))
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 100, hard))  # fewer than two per domain
@@ -458,7 +465,6 @@ def test_many_domains_build_under_a_low_open_files_limit(smoke_overrides, tmp_pa
 def test_long_documents_are_tokenised_in_pieces_with_the_same_tokens(smoke_overrides, tmp_path, monkeypatch):
     """Case 12: a document longer than LONG_DOC_CHARS reaches the tokenizer in pieces (memory stays flat;
     measured in tests/benchmarks/bench_cache.py), and its tokens equal those of the whole document."""
-    from tests.conftest import compose
     from tikmix.data import shards as sh
     from tikmix.data import tokenizer as tkm
 
@@ -486,18 +492,7 @@ def test_long_documents_are_tokenised_in_pieces_with_the_same_tokens(smoke_overr
         return lambda texts: (longest.append(max(map(len, texts))), enc(texts))[1]
 
     monkeypatch.setattr(sh, "_encoder", spy)
-    cfg = compose(
-        [o for o in smoke_overrides if not o.startswith("data.")]
-        + [
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data=jsonl",
-            f"data.root={root}",
-            "data.domain_field=domain",
-            "data.val_files=val/*.jsonl",
-            "data.test_files=test/*.jsonl",
-            "data.tokenizer.vocab_size=400",
-        ]
-    )
+    cfg = _jsonl_config(smoke_overrides, tmp_path, root, vocab_size=400)
     shards = sh.prepare_data(cfg.data)
     assert len(long_doc) > 20000 and max(longest) <= 2000  # no text longer than LONG_DOC_CHARS in one call
     whole = shards.tokenizer(long_doc, add_special_tokens=False)["input_ids"]
