@@ -28,7 +28,9 @@ from tikmix.errors import ConfigError
 from tikmix.mixer import MixerContext, available, build_mixer, mixer_class
 
 GROUP_DIRS = ("mixer", "model", "budget", "data", "eval", "logger")
-PIN = ["data.cache_dir=.cache/tikmix", "run_dir=/tmp/rd"]  # the fingerprints below hash the cache path
+# the fingerprints below hash the cache path, and were taken when v2 was the default benchmark (v3 changes the
+# default's data, so a v3 run must not resume a v2 checkpoint: its fingerprint differs, as it should)
+PIN = ["data.cache_dir=.cache/tikmix", "run_dir=/tmp/rd", "data.synthetic.benchmark=v2"]
 
 
 def _presets(group: str) -> list[Path]:

@@ -31,7 +31,11 @@ def _docs(domain, split="train", n=200, seed=0):
 def test_public_constants():
     assert s.V1_DOMAINS == ("arith", "facts", "grammar", "copy", "boiler", "noise")
     assert s.DOMAINS == s.V1_DOMAINS + ("rumors", "slang", "spam", "logs")
-    assert s.BENCHMARKS == {"v2": s.DOMAINS, "v1": s.V1_DOMAINS} and s.DEFAULT_DOCS is s.DEFAULT_DOCS_BY["v2"]
+    assert s.BENCHMARKS == {"v3": s.DOMAINS, "v2": s.DOMAINS, "v1": s.V1_DOMAINS}
+    assert s.DEFAULT_DOCS is s.DEFAULT_DOCS_BY[s.DEFAULT_BENCHMARK]
+    assert (
+        s.DEFAULT_DOCS_BY["v3"] == s.DEFAULT_DOCS_BY["v2"]
+    )  # v3 changes the knowledge base and a task, not the corpus sizes
     for bm, docs in s.DEFAULT_DOCS_BY.items():
         assert set(docs) == {"train", "val", "test"}
         for split, sizes in docs.items():
@@ -281,6 +285,7 @@ def test_task_examples(task):
     kb = s.benchmark_kb()
     contexts = {}
     for split, n in (("dev", 100), ("test", 200)):
+        n = min(n, s.task_pool_size(task, split) or n)  # v3's 200 facts: 55 dev and 145 test questions
         examples = s.task_examples(task, split, n)
         assert len(examples) == n
         assert examples == s.task_examples(task, split, n)  # deterministic
@@ -305,23 +310,33 @@ def test_task_examples(task):
     assert s.task_examples(task, "dev", 20, seed=1) != s.task_examples(task, "dev", 20)
 
 
-def test_agreement_gold():
+@pytest.mark.parametrize("benchmark", ["v2", "v3"])
+def test_agreement_gold(benchmark):
+    """v1/v2: the choices are the whole verb phrase; v3: the verb alone, on the same contexts."""
     singular_verbs = {v[0] for v in s._V_INTR + s._V_TRANS} | {"is"}
     plural_verbs = {v[1] for v in s._V_INTR + s._V_TRANS} | {"are"}
     attractors = 0
     numbers = Counter()
-    for ex in s.task_examples("agreement", "test", 300):
+    examples = s.task_examples("agreement", "test", 300, benchmark=benchmark)
+    for ex in examples:
         words = ex["context"].split()
         head = next(w for w in words if w in NOUNS)
         numbers[NOUNS[head]] += 1
         gold, wrong = ex["choices"][ex["gold"]], ex["choices"][1 - ex["gold"]]
-        assert gold.split()[1:] == wrong.split()[1:] and gold.endswith(" .")
+        if benchmark == "v3":
+            assert len(gold.split()) == len(wrong.split()) == 1 and gold != wrong
+        else:
+            assert gold.split()[1:] == wrong.split()[1:] and gold.endswith(" .")
         verb = gold.split()[0]
         assert verb in (singular_verbs if NOUNS[head] == 0 else plural_verbs), ex
         if any(NOUNS.get(w, NOUNS[head]) != NOUNS[head] for w in words):
             attractors += 1
     assert attractors > 100
     assert min(numbers.values()) > 100  # singular and plural heads both common
+    if benchmark == "v3":  # the same subjects as v2's, in the same split: only the choices are shorter
+        v2 = s.task_examples("agreement", "test", 300, benchmark="v2")
+        assert [ex["context"] for ex in examples] == [ex["context"] for ex in v2]
+        assert all(a["choices"][a["gold"]] == b["choices"][b["gold"]].split()[0] for a, b in zip(examples, v2))
 
 
 def test_training_phrasing_matches_in_domain_tasks():
@@ -347,7 +362,7 @@ def test_training_phrasing_matches_in_domain_tasks():
 def test_two_hop_and_sorting_distractors():
     kb = s.benchmark_kb()
     traps = 0
-    for ex in s.task_examples("two_hop", "dev", 100):
+    for ex in s.task_examples("two_hop", "dev", min(100, s.task_pool_size("two_hop", "dev"))):
         m = re.fullmatch(r"The (\w+) of the friend of (\w+) is", ex["context"])
         own = kb.value(m.group(2), m.group(1)) + "."
         if own != ex["choices"][ex["gold"]]:
@@ -442,3 +457,24 @@ def test_v2_default_docs_in_web_crawl_proportions():
     train = s.DEFAULT_DOCS_BY["v2"]["train"]
     useful = sum(train[d] for d in ("arith", "facts", "grammar", "copy"))
     assert useful / sum(train.values()) < 0.35
+
+
+def test_v3_knowledge_base_is_smaller_and_its_look_alikes_follow_it():
+    """v3's 40 entities (200 facts) are memorised within the demo budget by a mixture that gives facts a
+    quarter of the tokens; facts, rumors and the fact tasks of v3 all use that knowledge base."""
+    kb = s.benchmark_kb(0, "v3")
+    assert len(kb.entities) == s.KB_ENTITIES["v3"] == 40 and len(kb) == 200
+    assert s.task_pool_size("fact_recall", "dev", benchmark="v3") + s.task_pool_size(
+        "fact_recall", "test", benchmark="v3"
+    ) == len(kb)
+    fact = re.compile(r"The (\w+) of (\w+) is (\w+)\.")
+    for domain, truthful in (("facts", True), ("rumors", False)):
+        found = 0
+        for d in s.iter_documents(domain, "train", 30, benchmark="v3"):
+            for attr, ent, val in fact.findall(d):
+                assert (val == kb.value(ent, attr)) is truthful
+                found += 1
+        assert found > 50
+    for ex in s.task_examples("fact_recall", "test", 20, benchmark="v3"):
+        entity = ex["context"].split()[3]
+        assert entity in kb.entities

@@ -343,9 +343,11 @@ class SyntheticSource:
     seed: int = 0  # the generator's seed (the knowledge base, held-out arithmetic problems, documents)
     # {split: {domain: n}} overrides of the benchmark's documents (tikmix.data.synthetic.DEFAULT_DOCS_BY)
     docs: Any = None
-    # v2: eight domains in web-crawl proportions (four teach the tasks; near-duplicates, noise and an irrelevant
-    # source take the rest) | v1: the first six domains (data=synthetic_v1)
-    benchmark: str = "v2"
+    # v3: ten domains in web-crawl proportions (four teach the tasks; two harmful look-alikes; near-duplicates,
+    # noise and an irrelevant source take the rest), 200 facts, agreement scored on the verb alone | v2: the same
+    # with 500 facts and agreement on the whole verb phrase (data=synthetic_v2) | v1: the first six domains
+    # (data=synthetic_v1)
+    benchmark: str = "v3"
 
 
 @dataclass
@@ -387,15 +389,15 @@ class SyntheticTasks:
     """How eval=synthetic9's task files are generated (dev = targets / few-shot, test = evaluation)."""
 
     n_dev: int = 200  # dev examples per task
-    # test examples per task (arith tasks hold ~1,000 held-out test problems; fact tasks ~700 in v1 and 350 in
-    # v2, whose knowledge base is half the size: they write all they have)
+    # test examples per task (arith tasks hold ~1,000 held-out test problems; fact tasks ~700 in v1, 350 in v2
+    # and 145 in v3, whose knowledge bases are smaller: they write all they have)
     n_test: int = 500
     seed: int = II(
         "data.synthetic.seed"
     )  # must be the corpus's seed: the knowledge base and held-out problems follow it
     benchmark: str = II(
         "data.synthetic.benchmark"
-    )  # must be the corpus's: v2's knowledge base (the fact tasks) differs from v1's
+    )  # must be the corpus's: each benchmark has its own knowledge base (the fact tasks)
     cache_dir: str = II("data.cache_dir")
 
 

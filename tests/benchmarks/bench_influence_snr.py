@@ -2,7 +2,7 @@
 each gradient sample and the model size, with its cost as a share of the stage's training FLOPs.
 
     python tests/benchmarks/bench_influence_snr.py [--models tiny,20m] [--tokens 2048,4096,8192,16384,32768]
-        [--hessians identity,adam] [--out results] [--budget demo] [--replot A.json B.json ...]
+        [--hessians identity,adam] [--out results] [--budget demo] [--data synthetic] [--replot A.json B.json ...]
 
 For each model: train on the default benchmark (stratified mixture) to TiKMiX's first stage boundary of the
 budget (step 75 of 300 at the demo budget), then measure S twice from two independent samples (disjoint
@@ -111,7 +111,7 @@ class SNRProbe(Mixer):
         raise _Done
 
 
-def measure(model: str, tokens: list[int], hessians: list[str], budget: str) -> list[dict]:
+def measure(model: str, tokens: list[int], hessians: list[str], budget: str, data: str = "synthetic") -> list[dict]:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import compose
     from hydra.core.config_store import ConfigStore
@@ -124,6 +124,7 @@ def measure(model: str, tokens: list[int], hessians: list[str], budget: str) -> 
         [
             f"model={model}",
             f"budget={budget}",
+            f"data={data}",
             "logger=none",
             "trainer.progress=false",
             f"run_dir={rd}",
@@ -200,6 +201,7 @@ def main() -> None:
     ap.add_argument("--tokens", default="2048,4096,8192,16384,32768")
     ap.add_argument("--hessians", default="identity,adam")
     ap.add_argument("--budget", default="demo")
+    ap.add_argument("--data", default="synthetic", help="the data preset (results/influence_snr: synthetic_v2)")
     ap.add_argument("--out", type=Path, default=REPO / "results")
     ap.add_argument(
         "--replot",
@@ -212,7 +214,7 @@ def main() -> None:
     tokens = [int(x) for x in a.tokens.split(",")]
     rows = [r for p in a.replot or [] for r in json.loads(p.read_text())]
     for model in [] if a.replot else a.models.split(","):
-        rows += measure(model, tokens, a.hessians.split(","), a.budget)
+        rows += measure(model, tokens, a.hessians.split(","), a.budget, a.data)
     a.out.mkdir(parents=True, exist_ok=True)
     if not a.replot:
         (a.out / "influence_snr.json").write_text(json.dumps(rows, indent=1))

@@ -258,7 +258,7 @@ def _synthetic_module() -> Any:
 
 
 def synthetic_domains(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    """The domains of ``data.synthetic.benchmark`` (v2, the default, or v1)."""
+    """The domains of ``data.synthetic.benchmark`` (v3, the default, v2 or v1)."""
     syn = _synthetic_module()
     bm = data_config(cfg)["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)
     if bm not in syn.BENCHMARKS:

@@ -1,15 +1,21 @@
 """The embedded synthetic benchmark: procedural text domains and nine multiple-choice tasks.
 
-Two benchmarks (``data.synthetic.benchmark``) share the generators, documents and tasks:
+Three benchmarks (``data.synthetic.benchmark``) share the generators and tasks:
 
-* ``v2`` (the default): ten domains of unequal value in web-crawl-like proportions. Four teach the tasks
-  (arith, facts, grammar, copy: a third of the tokens); two are harmful look-alikes (``rumors``: the facts'
-  phrasing with consistently wrong values; ``slang``: the grammar's sentences with the verb's number always
-  wrong); four teach nothing: near-duplicate sources (``boiler``, ``spam``), random tokens (``noise``) and a
-  clean, learnable but irrelevant source (``logs``). The token-proportional (natural) mixture spends two
+* ``v3`` (the default): v2's ten domains in v2's proportions, with two changes that make the gold answer's
+  bits per byte answer to the mixture (README, "The synthetic benchmark"): a knowledge base of 40 entities
+  (200 facts), which a mixture giving facts a quarter of the tokens memorises within the demo budget and one
+  that gives rumors as much as facts cannot; and ``agreement`` choices that are the verb alone (`runs` /
+  `run`), so its BPB measures the agreement rather than the words both choices share.
+* ``v2``: ten domains of unequal value in web-crawl-like proportions (``data=synthetic_v2``). Four teach the
+  tasks (arith, facts, grammar, copy: a third of the tokens); two are harmful look-alikes (``rumors``: the
+  facts' phrasing with consistently wrong values; ``slang``: the grammar's sentences with the verb's number
+  always wrong); four teach nothing: near-duplicate sources (``boiler``, ``spam``), random tokens (``noise``)
+  and a clean, learnable but irrelevant source (``logs``). The token-proportional (natural) mixture spends two
   thirds of training on the six, the uniform (stratified) one 60%, and both train on the wrong facts and
-  the wrong agreement, so the best static mixture beats both by a margin that a mixing method can be
-  judged against (results/oracle/).
+  the wrong agreement. Its best static mixture beats stratified in accuracy but not in gold BPB outside the
+  seed noise (results/oracle_v2/); results/synthetic_v2, results/tikmix_sensitivity, results/influence_snr
+  and results/localtext's synthetic parts were made with it.
 * ``v1``: the first six domains in their first proportions (``data=synthetic_v1``), where the uniform
   mixture was hard to beat; kept because results/synthetic and results/claims_synth were made with it.
 
@@ -122,8 +128,8 @@ VERSION: str = "1"
 
 V1_DOMAINS: tuple[str, ...] = ("arith", "facts", "grammar", "copy", "boiler", "noise")
 DOMAINS: tuple[str, ...] = V1_DOMAINS + ("rumors", "slang", "spam", "logs")  # every domain the generator knows
-BENCHMARKS: dict[str, tuple[str, ...]] = {"v2": DOMAINS, "v1": V1_DOMAINS}
-DEFAULT_BENCHMARK = "v2"
+BENCHMARKS: dict[str, tuple[str, ...]] = {"v3": DOMAINS, "v2": DOMAINS, "v1": V1_DOMAINS}
+DEFAULT_BENCHMARK = "v3"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASK_SPLITS: tuple[str, ...] = ("dev", "test")
 
@@ -157,6 +163,7 @@ DEFAULT_DOCS_BY: dict[str, dict[str, dict[str, int]]] = {
         "test": {d: 200 for d in DOMAINS},
     },
 }
+DEFAULT_DOCS_BY["v3"] = DEFAULT_DOCS_BY["v2"]
 DEFAULT_DOCS: dict[str, dict[str, int]] = DEFAULT_DOCS_BY[DEFAULT_BENCHMARK]
 
 IN_DOMAIN: tuple[str, ...] = ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")
@@ -492,18 +499,24 @@ _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ei")
 _CODAS = ("", "", "n", "r", "l", "x", "m", "k", "s", "th")
 _N_ENTITIES = 200
 _N_CITIES = 24
-# entities of the knowledge base per benchmark: v2's is half v1's (500 facts), so that facts are memorised within
-# the demo budget and the fact tasks answer to the mixture (v1's 1,000 facts stay near chance there)
-KB_ENTITIES: dict[str, int] = {"v1": 200, "v2": 100}
+# entities of the knowledge base per benchmark: v2's is half v1's (500 facts), v3's 40 (200 facts). v1's 1,000
+# facts stay near chance at the demo budget; v2's are half-learnt by the best static mixture (fact_recall 38-42%);
+# v3's are memorised by it (76-96%), so the fact tasks' gold BPB separates mixtures
+KB_ENTITIES: dict[str, int] = {"v1": 200, "v2": 100, "v3": 40}
 
 
-def benchmark_kb(seed: int = 0, benchmark: str = "v2") -> "KnowledgeBase":
+def benchmark_kb(seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> "KnowledgeBase":
     """The knowledge base the facts, rumors and fact tasks of ``benchmark`` use."""
     _check_choice("benchmark", benchmark, tuple(KB_ENTITIES))
     return knowledge_base(seed, KB_ENTITIES[benchmark])
 
 
 _kb = benchmark_kb
+
+
+def _benchmark_of(kb: "KnowledgeBase") -> str:
+    """The benchmark whose knowledge base ``kb`` is (each benchmark's has its own size)."""
+    return next(b for b, n in KB_ENTITIES.items() if n == len(kb.entities))
 
 
 @dataclass(frozen=True, eq=False)
@@ -553,7 +566,7 @@ def _invented_name(rng: random.Random) -> str:
 
 @functools.lru_cache(maxsize=8)
 def knowledge_base(seed: int = 0, n_entities: int = _N_ENTITIES) -> KnowledgeBase:
-    """The knowledge base of ``seed``: ``n_entities`` invented entities (200 in v1, 100 in v2), each with a
+    """The knowledge base of ``seed``: ``n_entities`` invented entities (200 in v1, 100 in v2, 40 in v3), each with a
     colour, home city, food, job and friend (another entity). Deterministic and cached; shared by the facts
     corpus and the fact tasks."""
     seed = _check_int("seed", seed, minimum=None)
@@ -587,7 +600,7 @@ def knowledge_base(seed: int = 0, n_entities: int = _N_ENTITIES) -> KnowledgeBas
     return KnowledgeBase(seed=seed, entities=entities, cities=cities, table=types.MappingProxyType(table))
 
 
-def myth(seed: int, entity: str, attribute: str, benchmark: str = "v2") -> str:
+def myth(seed: int, entity: str, attribute: str, benchmark: str = DEFAULT_BENCHMARK) -> str:
     """The one wrong value that ``rumors`` documents always assert for (entity, attribute)."""
     kb = _kb(seed, benchmark)
     true = kb.value(entity, attribute)
@@ -598,7 +611,7 @@ def myth(seed: int, entity: str, attribute: str, benchmark: str = "v2") -> str:
 def _rumors_doc(rng: random.Random, seed: int, kb: "KnowledgeBase") -> str:
     """Facts in the training phrasing with a consistent wrong value (:func:`myth`): `The colour of zorbel is
     crimson.` where facts says teal. Looks exactly like ``facts``; teaches the wrong answer to every fact task."""
-    bm = next(b for b, n in KB_ENTITIES.items() if n == len(kb.entities))
+    bm = _benchmark_of(kb)
     pending: list[str] = []
 
     def line() -> str:
@@ -981,11 +994,16 @@ def _fact_candidate(task: str, fact: tuple[str, str], rng: random.Random, kb: Kn
     return key, context, gold_choice, wrong
 
 
-def _agreement_candidate(rng: random.Random) -> _Candidate:
+def _agreement_candidate(rng: random.Random, verb_only: bool = False) -> _Candidate:
+    """``verb_only`` (v3): the choices are the verb alone (`runs` / `run`), so that the gold answer's bits per
+    byte measure the agreement; with the rest of the verb phrase (v1, v2) most of its bytes are words that
+    either choice shares, and the BPB of a model that agrees 95% of the time is within 0.07 of one at chance."""
     number = rng.randrange(2)
     subject = _subject_np(rng, number, p_mod=0.75, p_attractor=0.75)
     verb, rest = _verb_phrase(rng)
     gold = f"{verb[number]}{rest} ."
+    if verb_only:
+        return f"{subject} {gold}", subject, verb[number], [verb[1 - number]]
     return f"{subject} {gold}", subject, gold, [f"{verb[1 - number]}{rest} ."]
 
 
@@ -1071,7 +1089,7 @@ def _candidates(task: str, split: str, n: int, seed: int, kb: KnowledgeBase) -> 
         if tries > 100 * n + 1000:
             raise ValueError(f"n={n}: could not find that many distinct {split} examples of task {task!r}")
         if task == "agreement":
-            cand = _agreement_candidate(stream)
+            cand = _agreement_candidate(stream, verb_only=_benchmark_of(kb) == "v3")
         else:
             cand = _sequence_candidate(task, stream)
         if cand[1] in seen or _task_bucket(seed, task, cand[1]) != split:
