@@ -31,7 +31,7 @@ Domains (the corpus; splits ``train``, ``val``, ``test``, each from its own RNG 
 | domain  | what a document is | why it matters for mixing | direction a good mixer takes |
 |---------|--------------------|---------------------------|------------------------------|
 | arith   | lines `37 + 45 = 82.` / `81 - 19 = 62.` (0..99, differences >= 0), one line in five in words-for-operators form `37 plus 45 is 82.` | learnable but slow skill; in-domain task `arith_mc` | up early, down once learned |
-| facts   | sentences over a fixed random knowledge base of 200 invented entities x 5 attributes (`The colour of zorbel is teal.` `The friend of zorbel is quax.`): 1,000 distinct facts that documents recombine | memorisation; small, so the data-constrained domain (few train documents) | up, but capped by epochs |
+| facts   | sentences over a fixed random knowledge base of invented entities x 5 attributes (`The colour of zorbel is teal.` `The friend of zorbel is quax.`): 200 facts in v3, 500 in v2, 1,000 in v1, that documents recombine | memorisation; small, so the data-constrained domain (few train documents) | up, but capped by epochs |
 | grammar | sentences of a small probabilistic grammar with subject-verb agreement across attractors (`the small dog near the red cats runs .`), number-word determiners, and one sentence in seven a counting sentence (`forty two cats and seven cats are forty nine cats .`) | "natural language": broad transfer to task formats, number words | steady share |
 | copy    | `copy: k q z m -> k q z m` and `reverse: a b c -> c b a` lines (3-8 letters; a quarter of the sequences in alphabetical order) | induction-style skill that transfers to in-context tasks | up early |
 | boiler  | three cookie-banner / copyright / newsletter lines, each with one slot of three values (nine distinct lines in all) | saturates within a few hundred steps | down fast |
@@ -48,7 +48,7 @@ Tasks (multiple choice; splits ``dev`` for targets/tuning and ``test`` for evalu
 |------------------|---------------|------------------|-----------------------------------------------------|
 | arith_mc         | in-domain     | arith            | `37 + 45 =` -> `82.` (held-out problems only) |
 | fact_recall      | in-domain     | facts            | `The colour of zorbel is` -> `teal.` |
-| agreement        | in-domain     | grammar          | `the small dog near the red cats` -> `runs .` (1 distractor: `run .`) |
+| agreement        | in-domain     | grammar          | `the small dog near the red cats` -> `runs .` (1 distractor: `run .`; v3: `runs` / `run`) |
 | copy_complete    | in-domain     | copy             | `copy: k q z m ->` -> `k q z m` |
 | reverse_complete | in-domain     | copy             | `reverse: a b c d ->` -> `d c b a` |
 | arith_words      | out-of-domain | arith + grammar  | `seven plus five is` -> `twelve.` (held-out problems only) |
