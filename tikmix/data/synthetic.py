@@ -14,8 +14,8 @@ Three benchmarks (``data.synthetic.benchmark``) share the generators and tasks:
   and a clean, learnable but irrelevant source (``logs``). The token-proportional (natural) mixture spends two
   thirds of training on the six, the uniform (stratified) one 60%, and both train on the wrong facts and
   the wrong agreement. Its best static mixture beats stratified in accuracy but not in gold BPB outside the
-  seed noise (results/oracle_v2/); results/synthetic_v2, results/tikmix_sensitivity, results/influence_snr
-  and results/localtext's synthetic parts were made with it.
+  seed noise (results/oracle_v2/); results/synthetic_v2, results/tikmix_sensitivity and results/influence_snr
+  were made with it.
 * ``v1``: the first six domains in their first proportions (``data=synthetic_v1``), where the uniform
   mixture was hard to beat; kept because results/synthetic and results/claims_synth were made with it.
 
@@ -503,6 +503,8 @@ _N_CITIES = 24
 # facts stay near chance at the demo budget; v2's are half-learnt by the best static mixture (fact_recall 38-42%);
 # v3's are memorised by it (76-96%), so the fact tasks' gold BPB separates mixtures
 KB_ENTITIES: dict[str, int] = {"v1": 200, "v2": 100, "v3": 40}
+# benchmarks whose agreement choices are the verb alone (_agreement_candidate)
+VERB_ONLY_AGREEMENT: frozenset[str] = frozenset({"v3"})
 
 
 def benchmark_kb(seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> "KnowledgeBase":
@@ -1068,7 +1070,8 @@ def _finite_pool(task: str, split: str, seed: int, kb: KnowledgeBase) -> list:
     return pool
 
 
-def _candidates(task: str, split: str, n: int, seed: int, kb: KnowledgeBase) -> list[_Candidate]:
+def _candidates(task: str, split: str, n: int, seed: int, benchmark: str) -> list[_Candidate]:
+    kb = _kb(seed, benchmark)
     if task in ("arith_mc", "arith_words", "fact_recall", "fact_question", "two_hop"):
         pool = _finite_pool(task, split, seed, kb)
         if n > len(pool):
@@ -1089,7 +1092,7 @@ def _candidates(task: str, split: str, n: int, seed: int, kb: KnowledgeBase) -> 
         if tries > 100 * n + 1000:
             raise ValueError(f"n={n}: could not find that many distinct {split} examples of task {task!r}")
         if task == "agreement":
-            cand = _agreement_candidate(stream, verb_only=_benchmark_of(kb) == "v3")
+            cand = _agreement_candidate(stream, verb_only=benchmark in VERB_ONLY_AGREEMENT)
         else:
             cand = _sequence_candidate(task, stream)
         if cand[1] in seen or _task_bucket(seed, task, cand[1]) != split:
@@ -1117,7 +1120,7 @@ def task_examples(task: str, split: str, n: int, seed: int = 0, benchmark: str =
     n = _check_int("n", n)
     seed = _check_int("seed", seed, minimum=None)
     examples = []
-    for i, (_key, context, gold, wrong) in enumerate(_candidates(task, split, n, seed, _kb(seed, benchmark))):
+    for i, (_key, context, gold, wrong) in enumerate(_candidates(task, split, n, seed, benchmark)):
         rng = _rng("task-gold-position", seed, task, split, i)
         position = rng.randrange(len(wrong) + 1)
         choices = list(wrong)
