@@ -18,10 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
-from tikmix.errors import CheckpointError, CheckpointWriteError
+from tikmix.errors import CheckpointError, CheckpointWriteError, ConfigError
 
 FORMAT = 1
 
@@ -163,6 +164,8 @@ _ADDED_KEYS: dict[str, Any] = {
     "budget.val_tokens": 16384,
     "budget.test_tokens": 32768,
     "budget.eval_limit": None,
+    "trainer.stop_at_stage": None,
+    "trainer.init_from": None,
 }
 
 
@@ -196,27 +199,10 @@ def checkpoint_mismatch(run_dir: Path, container: dict, ckpt: dict, model: torch
     """What differs between the run that wrote a checkpoint and this command: the config keys (from the run
     dir's config.yaml, written when that run started), else the model's parameter shapes."""
     old_path = run_dir / "config.yaml"
-    try:
-        old = yaml.safe_load(old_path.read_text())
-    except (OSError, yaml.YAMLError):
-        old = None
-    if isinstance(old, dict):
-        a, b = _flat(old), _flat(json.loads(json.dumps(container, default=str)))
-        skip = tuple(_NON_TRAJECTORY)
-        absent = "(absent)"
-        keys = sorted(
-            k
-            for k in set(a) | set(b)
-            if not (k in skip or k.startswith(tuple(n + "." for n in skip)))
-            and a.get(k, _ADDED_KEYS.get(k, absent)) != b.get(k, _ADDED_KEYS.get(k, absent))
-        )
-        if keys:
-            more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
-            return (
-                "; ".join(f"{k}: {a.get(k, absent)!r} there, {b.get(k, absent)!r} now" for k in keys[:6])
-                + more
-                + f" (there = {old_path})"
-            )
+    if old_path.is_file():
+        diff = _config_diff(old_path, container, ())
+        if diff:
+            return diff + f" (there = {old_path})"
     mine = model.state_dict()
     theirs = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else {}
     shapes = [
@@ -258,3 +244,73 @@ def resume_point(
         )
     check_checkpoint(ckpt, path, total_steps, domains)  # what it claims (step, parts) fits this run
     return ckpt
+
+
+# Keys in which a run may differ from the run it branches from (trainer.init_from): the mixture of the stages
+# after the branch point, and what either run does after training.
+_BRANCH_FREE = ("mixer.stages", "mixer.stages_file", "trainer.stop_at_stage", "trainer.init_from", "trainer.final_eval")
+
+
+def branch_point(
+    src: Path,
+    container: dict,
+    world: int,
+    total_steps: int,
+    stage_steps: list[int],
+    domains: list[str],
+    stages: list[list[float]] | None,
+) -> dict[str, Any]:
+    """The checkpoint a fresh run starts from with ``trainer.init_from=src``: ``src``'s last checkpoint, taken at
+    one of this run's stage boundaries by a run of the same config but for the mixture of the later stages
+    (mixer=schedule, ``stages``: this run's, one list of weights per stage). Anything else is refused with one
+    line (ConfigError on ``trainer.init_from``), before anything is written."""
+    path = src / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError("trainer.init_from", f"{path} does not exist: name the run dir of a finished prefix run")
+    ckpt = load_checkpoint(path)
+    check_checkpoint(ckpt, path, total_steps, domains)
+    step = ckpt["step"]
+    if step not in stage_steps:
+        raise ConfigError(
+            "trainer.init_from", f"{path} is at step {step}, not at a stage boundary of this run ({stage_steps})"
+        )
+    if ckpt.get("world_size", 1) != world:
+        raise ConfigError(
+            "trainer.init_from", f"{path} was written with {ckpt.get('world_size', 1)} processes, now {world}"
+        )
+    diff = _config_diff(src / "config.yaml", container, _BRANCH_FREE)
+    if diff is None:
+        raise ConfigError("trainer.init_from", f"{src / 'config.yaml'} is missing or unreadable")
+    if diff:
+        raise ConfigError("trainer.init_from", f"{src} is a run of another config: {diff}")
+    k = stage_steps.index(step) + 1
+    theirs = (ckpt.get("mixer") or {}).get("stages")
+    if stages is None or theirs is None or len(theirs) < k or not np.array_equal(np.asarray(theirs[:k]), stages[:k]):
+        raise ConfigError(
+            "trainer.init_from",
+            f"{src} did not train this run's first {k} stage mixture(s) (both runs must be mixer=schedule, "
+            f"the same up to step {step})",
+        )
+    return ckpt
+
+
+def _config_diff(old_path: Path, container: dict, free: tuple[str, ...]) -> str | None:
+    """The trajectory keys in which the run config at ``old_path`` differs from ``container``, ignoring ``free``
+    ("" = none); None when that config cannot be read."""
+    try:
+        old = yaml.safe_load(old_path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    a, b = _flat(old), _flat(json.loads(json.dumps(container, default=str)))
+    skip = tuple(_NON_TRAJECTORY) + free
+    absent = "(absent)"
+    keys = sorted(
+        k
+        for k in set(a) | set(b)
+        if not (k in skip or k.startswith(tuple(n + "." for n in skip)))
+        and a.get(k, _ADDED_KEYS.get(k, absent)) != b.get(k, _ADDED_KEYS.get(k, absent))
+    )
+    more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+    return "; ".join(f"{k}: {a.get(k, absent)!r} there, {b.get(k, absent)!r} now" for k in keys[:6]) + more

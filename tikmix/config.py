@@ -220,6 +220,13 @@ class TrainerConfig:
     # what a run computes after training: full (validation, test and target losses, downstream evaluation) |
     # targets (the target losses only: RegMix's proxies) | none (nothing: DoReMi's reference and proxy)
     final_eval: str = "full"
+    # end the run at this stage boundary (1 = the first of budget.stages), checkpointed, computing nothing after
+    # training: a prefix that schedules sharing it continue from (trainer.init_from). null = train to the end
+    stop_at_stage: Optional[int] = None
+    # start a fresh run from another run's checkpoint taken at one of this run's stage boundaries (a run stopped
+    # with trainer.stop_at_stage): its config must equal this one but for the mixture of the later stages
+    # (mixer=schedule); the result equals training the whole schedule from scratch, bit for bit on CPU
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.lr == MISSING:  # the prototype OmegaConf builds for RunConfig's schema; checked once lr is given
@@ -239,6 +246,7 @@ class TrainerConfig:
             check_number(f"trainer.{key}", getattr(self, key), integer=True, low=1)
         check_number("trainer.max_wall_s", self.max_wall_s, low=0, null=True)  # 0, like null, means no limit
         check_number("trainer.warmup_steps", self.warmup_steps, integer=True, low=0, null=True)
+        check_number("trainer.stop_at_stage", self.stop_at_stage, integer=True, low=1, null=True)
         b = self.betas
         need(
             isinstance(b, (list, tuple)) and len(b) == 2,

@@ -110,6 +110,7 @@ class MixerContext:
     seq_len: int
     seed: int
     stage_steps: list[int] = field(default_factory=list)  # steps at which a new stage begins (excl. 0)
+    stop_at_stage: int | None = None  # trainer.stop_at_stage: the run ends at that stage boundary (a shared prefix)
     human_weights: dict[str, float] | None = None  # the data preset's published proportions, if any
     # the targets are the automatic per-domain held-out texts (targets.domains=auto, no task targets): a
     # mixer may combine them into one averaged target (TiKMiX: mixer.combine_targets)

@@ -29,7 +29,7 @@ from eval.stage import charge, evaluate, preflight, stage_evaluator
 from eval.targets import build_targets, describe_targets, targets_auto
 from tikmix import signals
 from tikmix.budget import check_repeats, plan_steps
-from tikmix.checkpoint import fingerprint, resume_point
+from tikmix.checkpoint import branch_point, fingerprint, resume_point
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
 from tikmix.data.shards import prepare_data
@@ -120,6 +120,11 @@ def _run(
     shards = prepare_data(cfg.data)  # ---------------------------------------------------------------- data
     domains = list(shards.domains)
     total_steps, stage_steps = plan_steps(cfg, shards, final_eval, warn=not quiet and rank == 0)
+    if settings.stop_at_stage and settings.stop_at_stage > len(stage_steps):
+        raise ConfigError(
+            "trainer.stop_at_stage",
+            f"{settings.stop_at_stage} is past the last stage boundary (budget.stages has {len(stage_steps)})",
+        )
     plan = RunPlan(domains, total_steps, stage_steps, run_dir, fingerprint(container))
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
@@ -140,6 +145,18 @@ def _run(
         total_steps * budget.seq_len * budget.batch_size,
     )
     ckpt = resume_point(run_dir, container, plan.fingerprint, model, world, total_steps, domains)
+    branch = None
+    if ckpt is None and settings.init_from:  # a schedule continuing a shared prefix (eval.schedule_oracle)
+        stages = getattr(mixer, "stages", None)
+        branch = branch_point(
+            Path(settings.init_from).resolve(),
+            container,
+            world,
+            total_steps,
+            stage_steps,
+            domains,
+            None if stages is None else np.asarray(stages),
+        )
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -167,11 +184,11 @@ def _run(
         )
         if rank == 0:
             _announce(cfg, trainer, counts, shards, targets, final_eval, world, quiet)
-        state = _train(trainer, mixer, ckpt, logger)
+        state = _train(trainer, mixer, ckpt, logger, branch, settings.init_from)
 
         signals.describe(f"during the final evaluation (training is complete and checkpointed at step {state.step})")
         losses = final_losses(trainer, shards, targets, final_eval)  # -------------------------------- evaluation
-        if settings.save_final_model and rank == 0:
+        if settings.save_final_model and not settings.stop_at_stage and rank == 0:
             save_hf(model, shards.tokenizer, run_dir / "final_model")
         eval_entry = _downstream(cfg, trainer, model, shards, state, quiet, rank) if downstream_eval else None
 
@@ -179,6 +196,8 @@ def _run(
         res = assemble(
             cfg, trainer, state, losses, train_tokens, counts, eval_entry, world, time.perf_counter() - t_start
         )
+        if settings.stop_at_stage or settings.init_from:  # a schedule oracle's prefix, or a run continuing one
+            res["prefix"] = {"stop_at_stage": settings.stop_at_stage, "init_from": settings.init_from}
         if rank == 0:
             write_json_atomic(run_dir / "results.json", res)
         log_final(logger, res, final_eval, ledger.mixer_total, state.step)
@@ -227,6 +246,8 @@ def what_to_evaluate(cfg: DictConfig, world: int, downstream_eval: bool) -> tupl
     only the target loss is used) or none, and then computes and is charged for nothing else. The eval config,
     its task folders and tasks are checked now (eval.stage.preflight), not after training."""
     final_eval = str(cfg.trainer.get("final_eval", "full"))
+    if cfg.trainer.get("stop_at_stage"):  # a prefix: checkpointed at its boundary, nothing computed after
+        return "none", False
     downstream_eval = (
         downstream_eval and final_eval == "full" and str((cfg.get("eval") or {}).get("name") or "none") != "none"
     )
@@ -262,6 +283,7 @@ def mixer_context(
         seq_len=b.seq_len,
         seed=cfg.seed,
         stage_steps=plan.stage_steps,
+        stop_at_stage=settings.stop_at_stage,
         human_weights=dict(cfg.data.human_weights) if cfg.data.get("human_weights") else None,
         run_dir=str(plan.run_dir),
         targets_auto=targets_auto(cfg),
@@ -311,12 +333,15 @@ def _announce(
         print(cost_estimate(trainer, [shards.tokens(d, "test") for d in trainer.domains], targets, final_eval))
 
 
-def _train(trainer: Trainer, mixer: Any, ckpt: dict | None, logger: RunLogger) -> Any:
-    """Resume from the checkpoint, or let the mixer prepare (proxies, reference models) on a fresh start; then
-    train to the end of the budget."""
+def _train(trainer: Trainer, mixer: Any, ckpt: dict | None, logger: RunLogger, branch: dict | None, src: Any) -> Any:
+    """Resume from the checkpoint, or start from another run's (``branch``, from trainer.init_from ``src``), or
+    let the mixer prepare (proxies, reference models) on a fresh start; then train to the end of the budget."""
     if ckpt is not None:
         trainer.load(ckpt)
         print(f"[tikmix] resumed from {trainer.ckpt_path} at step {trainer.state.step}/{trainer.total_steps}")
+    elif branch is not None:
+        trainer.load(branch, branch=True)
+        print(f"[tikmix] continuing {src} from its step {trainer.state.step}/{trainer.total_steps} (trainer.init_from)")
     else:
         signals.describe("during the mixer's preparation (finished sub-runs, e.g. RegMix proxies, are kept and reused)")
         t_prep = time.perf_counter()

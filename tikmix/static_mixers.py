@@ -13,7 +13,7 @@ import yaml
 from tikmix.config import Number, check_number, need
 from tikmix.errors import ConfigError
 from tikmix.mixer import Mixer, MixerConfig, register
-from tikmix.mixer_helpers import weights_from_mapping
+from tikmix.mixer_helpers import wdict, weights_from_mapping
 
 
 @register("stratified")
@@ -207,3 +207,85 @@ def _read_design_file(path: str, domains: list[str]) -> list[tuple[str, np.ndarr
         (str(r.get("name", i)), weights_from_mapping(r["weights"], domains, "mixer.design_file", renormalize=True))
         for i, r in enumerate(rows)
     ]
+
+
+@dataclass
+class ScheduleConfig(MixerConfig):
+    """A fixed schedule: one mixture per stage of ``budget.stages`` (K boundaries = K + 1 stages), no feedback."""
+
+    # a list with one {domain: weight} per stage (domains not named get 0), e.g.
+    # mixer.stages='[{facts: 0.5, grammar: 0.5}, {arith: 0.5, grammar: 0.5}]'
+    stages: Any = None
+    stages_file: Optional[str] = None  # a .yaml/.json file holding that list (used when stages is null)
+    renormalize: bool = False  # true = rescale a stage whose weights do not sum to 1, false = refuse it
+
+
+def read_stages(c: ScheduleConfig) -> tuple[list[Any], str]:
+    """The schedule's stages as given (inline or from ``stages_file``) and the field they came from."""
+    stages, field_name = c.stages, "mixer.stages"
+    if stages is None:
+        if not c.stages_file:
+            raise ConfigError(
+                "mixer.stages", "mixer=schedule needs mixer.stages=[{domain: weight}, ...] or mixer.stages_file=PATH"
+            )
+        field_name = "mixer.stages_file"
+        p = Path(c.stages_file)
+        try:
+            text = p.read_text()
+            stages = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(field_name, f"cannot read {p}: {e}") from None
+        if isinstance(stages, dict) and "stages" in stages:
+            stages = stages["stages"]
+    if not isinstance(stages, (list, tuple)) or not stages or not all(hasattr(s, "items") for s in stages):
+        raise ConfigError(field_name, f"expected a non-empty list of {{domain: weight}} mappings, got {stages!r}")
+    return list(stages), field_name
+
+
+def stage_of(step: int, stage_steps: list[int]) -> int:
+    """The stage (0-based) that ``step`` trains in: the number of boundaries at or before it."""
+    return sum(1 for s in stage_steps if s <= step)
+
+
+@register("schedule", ScheduleConfig)
+class Schedule(Mixer):
+    """A mixture per stage, set in advance: the reference a dynamic method is measured against (README,
+    "Ground truth: the best schedule"). A run stopped early (``trainer.stop_at_stage=k``) needs only its first
+    k mixtures: that is how the schedule oracle trains a shared prefix once."""
+
+    def __init__(self, cfg, domains, ctx):
+        self.c = self.parse_config(cfg)
+        raw, field_name = read_stages(self.c)
+        self.stages = np.stack(
+            [
+                weights_from_mapping(dict(s.items()), list(domains), f"{field_name}[{k}]", self.c.renormalize)
+                for k, s in enumerate(raw)
+            ]
+        )
+        n_need = len(ctx.stage_steps) + 1
+        if len(raw) > n_need or (len(raw) < n_need and len(raw) < (ctx.stop_at_stage or n_need)):
+            raise ConfigError(
+                field_name,
+                f"{len(raw)} mixtures for a budget of {n_need} stages (budget.stages has {n_need - 1} "
+                f"boundaries): give one mixture per stage",
+            )
+        super().__init__(self.c, domains, ctx)
+        starts = [0] + list(ctx.stage_steps)
+        self.history = [
+            {"step": starts[k], "stage": k, "weights": wdict(self.domains, w)} for k, w in enumerate(self.stages)
+        ]
+        self.info = {"stages": [wdict(self.domains, w) for w in self.stages], "stage_steps": starts[: len(raw)]}
+
+    def initial_weights(self) -> np.ndarray:
+        return self.stages[0]
+
+    def weights(self, step: int) -> np.ndarray:
+        return self.stages[min(stage_of(step, self.ctx.stage_steps), len(self.stages) - 1)]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "stages": self.stages.tolist()}
+
+    def load_state_dict(self, d: dict) -> None:
+        mine = self.stages.tolist()
+        super().load_state_dict(d)
+        self.stages = np.asarray(mine, dtype=np.float64)  # the config's schedule, not the checkpoint's copy

@@ -241,6 +241,9 @@ class Trainer:
         self.m = len(self.domains)
         self.total_steps = plan.total_steps
         self.stage_steps = list(plan.stage_steps)
+        # trainer.stop_at_stage: the run ends (checkpointed) at that boundary: a prefix other schedules continue from
+        k = t.stop_at_stage
+        self.stop_step = self.stage_steps[k - 1] if k else plan.total_steps
         self.run_dir = Path(plan.run_dir)
         self.fingerprint = plan.fingerprint
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
@@ -391,7 +394,9 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
 
-    def load(self, ckpt: dict) -> None:
+    def load(self, ckpt: dict, branch: bool = False) -> None:
+        """Resume from ``ckpt``; ``branch``: it is another run's (trainer.init_from), whose mixer state and W&B run
+        are not this run's (a schedule's mixture comes from its own config)."""
         if ckpt.get("domains") != self.domains:
             raise CheckpointError(
                 f"checkpoint {self.ckpt_path} was trained on domains {ckpt.get('domains')}, this run has {self.domains}"
@@ -415,7 +420,8 @@ class Trainer:
                 f"checkpoint {self.ckpt_path} does not fit this model/optimiser: {str(e).splitlines()[0]}"
             ) from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.mixer.load_state_dict(ckpt["mixer"])
+        if not branch:
+            self.mixer.load_state_dict(ckpt["mixer"])
         self.ledger.load_state_dict(ckpt["ledger"])
         self.state = TrainState(
             step=int(ckpt["step"]),
@@ -423,7 +429,7 @@ class Trainer:
             weights_history=list(ckpt["weights_history"]),
             val_history=list(ckpt["val_history"]),
             wall_time=float(ckpt["wall_time"]),
-            wandb_id=ckpt.get("wandb_id"),
+            wandb_id=None if branch else ckpt.get("wandb_id"),
             skipped=list(ckpt.get("skipped", [])),
             eval_history=list(ckpt.get("eval_history", [])),
             timing={k: float(v) for k, v in (ckpt.get("timing") or {}).items()},
@@ -594,9 +600,7 @@ class Trainer:
         s = self.state
         bar = None
         if self.tcfg.progress and self.rank == 0:
-            bar = tqdm(
-                total=self.total_steps, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True
-            )
+            bar = tqdm(total=self.stop_step, initial=s.step, desc=f"{self.mixer.name}", unit="step", dynamic_ncols=True)
         stop: dict[str, str | None] = {"reason": None}
         try:  # SIGTERM during a step: checkpoint at its end (the loop reads signals.requested())
             with signals.handling(), signals.phase(False, "during training"):
@@ -615,13 +619,13 @@ class Trainer:
         overhead, eval and checkpoint time."""
         probe_at = set(self.mixer.probe_steps())
         log_every, eval_every, ckpt_every = (self.tcfg.log_every, self.tcfg.eval_every, self.tcfg.ckpt_every)
-        peak = self.resolve_peak() if s.step < self.total_steps else None  # before the clock starts
+        peak = self.resolve_peak() if s.step < self.stop_step else None  # before the clock starts
         iv = _Interval(time.perf_counter(), s.step, s.timing.get("train_s", 0.0))
         t0 = time.perf_counter() - s.wall_time
         t_proc = time.perf_counter()
         stream = HistoryStream(self.logger, self.mixer) if self.logger is not None and self.rank == 0 else None
         self.model.train()
-        while s.step < self.total_steps:
+        while s.step < self.stop_step:
             step = s.step
             self._stop_if_asked(step, stop, time.perf_counter() - t_proc)
             self._boundary(step, step in probe_at, bar, stream)
@@ -635,14 +639,14 @@ class Trainer:
                 stream.flush(s.step)
             if bar is not None:
                 bar.update(1)
-            if s.step % log_every == 0 or s.step == self.total_steps:
+            if s.step % log_every == 0 or s.step == self.stop_step:
                 self._log_interval(iv, loss, stats, w, peak, bar)
             # a proxy run (trainer.final_eval: targets | none) needs no per-domain validation at its end
             if (eval_every and s.step % eval_every == 0) or (
                 s.step == self.total_steps and self.tcfg.final_eval == "full"
             ):
                 self._validate()
-            if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.total_steps:
+            if (ckpt_every and s.step % ckpt_every == 0) or s.step == self.stop_step:
                 with _timed(s.timing, "ckpt_s"):
                     self.save()
 
