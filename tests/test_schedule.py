@@ -91,7 +91,12 @@ def branched(smoke_overrides, tmp_path_factory):
     static = run(
         compose(
             smoke_overrides
-            + ["mixer=fixed", "mixer.weights={" + ", ".join(f"{d}: {v!r}" for d, v in w.items()) + "}", "mixer.renormalize=true", f"run_dir={root / 'st'}"]
+            + [
+                "mixer=fixed",
+                "mixer.weights={" + ", ".join(f"{d}: {v!r}" for d, v in w.items()) + "}",
+                "mixer.renormalize=true",
+                f"run_dir={root / 'st'}",
+            ]
         ),
         quiet=True,
     )
