@@ -2,7 +2,7 @@
 
     python -m eval.schedule_oracle run OUT --candidates FILE --stages 0.5 [--jobs 2] [-- overrides]  # search, seed 0
     python -m eval.schedule_oracle confirm OUT [--top 3] [--seeds 0,1,2] [--jobs 2]               # best few, 3 seeds
-    python -m eval.schedule_oracle report OUT [--static results/oracle] --out results/oracle_schedule
+    python -m eval.schedule_oracle report OUT [--static results/oracle] --dest results/oracle_schedule
 
 A schedule picks one mixture per stage from a candidate set C (a YAML list of {name, weights: {domain: w}}), so
 K stages give |C|^K schedules. ``run`` trains all of them at seed 0, stage by stage: each prefix of k stages is

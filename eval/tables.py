@@ -4,6 +4,8 @@
     python -m eval.tables run_a run_b run_c --out report/ --wandb     # + a W&B run with the tables and figures,
                                                                       #   in the runs' W&B group (their sweep)
     python -m eval.tables SWEEP --oracle results/oracle               # + regret against the best static mixture
+    python -m eval.tables SWEEP --oracle results/oracle --schedule-oracle results/oracle_schedule
+                                                                      # + against the best schedule, gain captured
 
 Every ``results.json`` under the given folders is one run (sub-runs of mixers, under ``subruns/``, are
 skipped). Runs are grouped by setting (model / budget / data) and, within a setting, by mixer across seeds.
@@ -34,6 +36,12 @@ Written into ``--out`` (default: the first folder):
   the L1 distance of its final and time-averaged mixture to the oracle's weights, its mixture-search FLOPs and
   whether it beats the best static mixture (the interval of the regret in the oracle's metric clear of 0); the
   same block closes each setting of ``table1.md``, and ``regret_vs_compute.png`` plots the regret against FLOPs.
+* with ``--schedule-oracle PATH`` (an ``oracle_schedule.json`` of ``python -m eval.schedule_oracle report``, or a
+  folder holding one): ``regret_schedule.md`` / ``regret_schedule.csv``, per setting one row per mixer: its regret
+  against the best schedule (same columns and pairing as above), the L1 distance of its mixture averaged over each
+  of the schedule's stages to that stage's mixture, whether it beats the best schedule, and with ``--oracle`` too
+  the gain captured (S − M) / (S − B): the share of the best schedule's gain over the best static mixture that the
+  mixer recovers; the same block follows the regret block in each setting of ``table1.md``.
 """
 
 from __future__ import annotations
@@ -420,16 +428,23 @@ def _md_rows(b: dict, rows: list[dict], nd: int = 1) -> list[str]:
 
 
 def table1_markdown(
-    blocks: list[dict], notes: list[str], reg: list[dict] | None = None, oracle: dict | None = None
+    blocks: list[dict],
+    notes: list[str],
+    reg: list[dict] | None = None,
+    oracle: dict | None = None,
+    sreg: list[dict] | None = None,
+    so: dict | None = None,
 ) -> str:
-    """Table 1 per setting; with ``reg`` (regret()) and ``oracle``, each setting's regret block under it."""
-    reg_by = {rb["setting"]: rb for rb in reg or []}
+    """Table 1 per setting; with ``reg`` (regret()) and ``oracle``, each setting's regret block under it; with
+    ``sreg`` (schedule_regret()) and ``so``, the block against the best schedule after it."""
     out = ["# Table 1: downstream scores (%, mean ± std over seeds)", ""]
     if oracle is not None:
         out += [
             oracle_note(oracle) + " Regret against it: the last block of each setting, and regret.md / regret.csv.",
             "",
         ]
+    if so is not None:
+        out += [schedule_note(so) + " Regret against it: a block of each setting, and regret_schedule.md / .csv.", ""]
     for b in blocks:
         if len(blocks) > 1:
             out += [f"## {b['setting']}", ""]
@@ -449,10 +464,7 @@ def table1_markdown(
             rows = [r for r in b["rows"] if r["section"] == k]
             if rows:
                 out += [f"**{title}**, mean ± std over seeds", ""] + _md_rows(b, rows, nd) + [""]
-        if oracle is not None and b["setting"] in reg_by:
-            out += ["**Regret against the best static mixture** ([regret.md](regret.md))", ""]
-            out += regret_table_md(reg_by[b["setting"]], oracle) + [""]
-            out += [f"- {n}" for n in reg_by[b["setting"]]["notes"]] + ([""] if reg_by[b["setting"]]["notes"] else [])
+        out += _reference_blocks(b["setting"], reg, oracle, sreg, so)
     out.append(
         "n = seeds with an evaluation / runs found. In-domain benchmarks may serve as mixer targets; "
         "out-of-domain ones never do. FLOPs: compute spent choosing the mixture (compute.mixer_total). "
@@ -464,9 +476,29 @@ def table1_markdown(
     )
     if oracle is not None:
         out += ["", REGRET_FOOTNOTE]
+    if so is not None:
+        out += ["", schedule_footnote(oracle is not None)]
     if notes:
         out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
+
+
+def _reference_blocks(
+    setting: str, reg: list[dict] | None, oracle: dict | None, sreg: list[dict] | None, so: dict | None
+) -> list[str]:
+    """One setting's regret blocks of Table 1: against the best static mixture, then against the best schedule."""
+    out: list[str] = []
+    rb = next((x for x in reg or [] if x["setting"] == setting), None)
+    if oracle is not None and rb is not None:
+        out += ["**Regret against the best static mixture** ([regret.md](regret.md))", ""]
+        out += regret_table_md(rb, oracle) + [""]
+        out += [f"- {n}" for n in rb["notes"]] + ([""] if rb["notes"] else [])
+    sb = next((x for x in sreg or [] if x["setting"] == setting), None)
+    if so is not None and sb is not None:
+        out += ["**Regret against the best schedule** ([regret_schedule.md](regret_schedule.md))", ""]
+        out += schedule_table_md(sb, so, oracle) + [""]
+        out += [f"- {n}" for n in sb["notes"]] + ([""] if sb["notes"] else [])
+    return out
 
 
 def table1_csv(blocks: list[dict], path: Path) -> None:
@@ -921,6 +953,324 @@ def regret_csv(blocks: list[dict], o: dict, path: Path) -> None:
         w.writerows(rows)
 
 
+# ---------------------------------------------------------------------------- regret (the best schedule)
+
+
+class ScheduleOracleError(OracleError):
+    """The --schedule-oracle input is missing or not an oracle_schedule.json of ``python -m eval.schedule_oracle``."""
+
+
+def load_schedule_oracle(path: str | Path) -> dict:
+    """``oracle_schedule.json`` (or a folder holding one) checked for what the schedule columns read."""
+    p = Path(path).expanduser()
+    f = p / "oracle_schedule.json" if p.is_dir() else p
+    if not f.is_file():
+        raise ScheduleOracleError(
+            f"no schedule oracle file at {f} (give an oracle_schedule.json, or a folder holding one, from "
+            "python -m eval.schedule_oracle report)"
+        )
+    try:
+        so = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise ScheduleOracleError(f"{f} is not readable JSON ({type(e).__name__})") from None
+    problem = _schedule_oracle_problem(so)
+    if problem:
+        raise ScheduleOracleError(f"{f} is not an oracle_schedule.json of python -m eval.schedule_oracle: {problem}")
+    return {**so, "path": str(f.resolve())}
+
+
+def _schedule_oracle_problem(so: Any) -> str | None:
+    if not isinstance(so, dict):
+        return "not a JSON object"
+    best = so.get("best")
+    if not isinstance(so.get("metric"), str) or not isinstance(best, dict):
+        return "no 'metric' or 'best'"
+    ws = best.get("weights")
+    if not isinstance(ws, list) or not ws or not all(isinstance(w, dict) and w for w in ws):
+        hint = " (a static oracle.json? that one goes to --oracle)" if isinstance(ws, dict) else ""
+        return "best.weights is not a list of {domain: weight}, one per stage" + hint
+    if not all(_finite(v) for w in ws for v in w.values()):
+        return "best.weights holds a weight that is not a number"
+    starts = best.get("stage_steps")
+    ok = isinstance(starts, list) and len(starts) == len(ws) and all(isinstance(s, int) for s in starts)
+    if not ok or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])):
+        return f"best.stage_steps is not the {len(ws)} stages' first steps (0, then increasing): {starts!r}"
+    if not isinstance(best.get("per_seed") or best.get("scores"), dict):
+        return "best has neither per_seed nor scores"
+    return None
+
+
+def window_averaged_weights(res: dict, start: float, end: float) -> dict[str, float] | None:
+    """The mixture averaged over the steps [start, end): each weights_history entry weighted by the steps of the
+    window it held (from its step to the next entry's, the last one to ``steps``); None when none falls inside."""
+    hist = sorted(
+        (h for h in res.get("weights_history") or [] if isinstance(h, dict) and isinstance(h.get("weights"), dict)),
+        key=lambda h: h["step"],
+    )
+    if not hist:
+        return None
+    stop = int(res.get("steps") or hist[-1]["step"] + 1)
+    bounds = [int(h["step"]) for h in hist] + [max(stop, int(hist[-1]["step"]))]
+    held = np.array([max(0.0, min(b, end) - max(a, start)) for a, b in zip(bounds, bounds[1:])], dtype=float)
+    if held.sum() <= 0:
+        return None
+    doms = list(dict.fromkeys(d for h in hist for d in h["weights"]))
+    return {d: float(sum(t * float(h["weights"].get(d, 0.0)) for t, h in zip(held, hist)) / held.sum()) for d in doms}
+
+
+def stage_l1(w: dict | None, ref: dict) -> float | None:
+    """L1 to one stage's mixture. mixer=schedule trains a domain its stage does not name at 0, so such a domain
+    counts as 0; a named domain the run lacks means another corpus: None."""
+    if not w or not set(ref) <= set(w):
+        return None
+    return l1(w, {d: float(ref.get(d, 0.0)) for d in w})
+
+
+def stage_l1s(res: dict, best: dict) -> list[float | None]:
+    """Per stage k of the best schedule: L1 of the run's mixture averaged over the stage's steps (stage_steps[k]
+    to the next boundary; the last stage to the run's end) to the schedule's stage-k mixture."""
+    starts = [int(s) for s in best["stage_steps"]]
+    ends = starts[1:] + [math.inf]  # window_averaged_weights ends the last entry at the run's own steps
+    return [stage_l1(window_averaged_weights(res, a, b), w) for a, b, w in zip(starts, ends, best["weights"])]
+
+
+def gain_captured(mine: dict[str, float], static: dict[str, float], sched: dict[str, float], lower: bool) -> dict:
+    """(S − M) / (S − B) over the seeds all three have: S, M, B the means of the best static mixture, the mixer and
+    the best schedule. Undefined ("why" set, "gain" None) when no seed is shared or the schedule does not beat S."""
+    seeds = sorted(set(mine) & set(static) & set(sched))
+    out: dict[str, Any] = {"n": len(seeds), "S": None, "M": None, "B": None, "gain": None, "why": None}
+    if not seeds:
+        out["why"] = "no seed shared by the mixer, the best static mixture and the best schedule"
+        return out
+    s, m, b = (float(np.mean([v[x] for x in seeds])) for v in (static, mine, sched))
+    out.update(S=s, M=m, B=b)
+    if (s - b if lower else b - s) <= 0:  # no gain to capture: the ratio would be meaningless or flip sign
+        out["why"] = "the best schedule does not beat the best static mixture"
+    else:
+        out["gain"] = (s - m) / (s - b)
+    return out
+
+
+def _metric_of(ref: dict[str, dict[str, float]], k: str) -> dict[str, float]:
+    return {s: v[k] for s, v in ref.items() if k in v}
+
+
+def _schedule_row(m: str, rs: list[Run], so: dict, ref: dict, o: dict | None, static_ref: dict | None) -> dict:
+    done = [r for r in rs if r.res]
+    regs = {k: paired_regret(_mixer_seed_values(done, k), _metric_of(ref, k)) for k, _, _ in regret_metrics(so)}
+    per_run = [stage_l1s(r.res, so["best"]) for r in done]
+    gain = None
+    if static_ref is not None:
+        k = o["metric"]
+        mine = _mixer_seed_values(done, k)
+        gain = gain_captured(mine, _metric_of(static_ref, k), _metric_of(ref, k), _oracle_lower(o))
+    return {
+        "mixer": m,
+        "regret": regs,
+        "n": regs[so["metric"]]["n"],
+        "limited": [(r.seed, eval_limit(r.eval)) for r in done if eval_limit(r.eval) is not None],
+        "stage_l1": [mean_std([p[k] for p in per_run])[0] for k in range(len(so["best"]["weights"]))],
+        "beats": beats_oracle(regs[so["metric"]], _oracle_lower(so)),
+        "gain": gain,
+    }
+
+
+def schedule_regret(runs: list[Run], so: dict, o: dict | None = None) -> list[dict]:
+    """Per setting: {"setting", "rows": [one per mixer, see _schedule_row], "notes"}; with ``o`` (the best static
+    mixture) each row also holds its gain captured."""
+    ref = oracle_seed_values(so)
+    static_ref = oracle_seed_values(o) if o is not None else None
+    blocks = []
+    for setting, rs in sorted(_by([r for r in runs if r.res], lambda r: r.setting).items()):
+        by_m = _by(rs, lambda r: r.mixer)
+        rows = [_schedule_row(m, by_m[m], so, ref, o, static_ref) for m in sorted(by_m, key=mixer_sort_key)]
+        notes = _schedule_notes(rs, so, ref) + (_gain_notes(so, ref, o, static_ref) if static_ref is not None else [])
+        blocks.append({"setting": setting, "rows": rows, "notes": notes})
+    return blocks
+
+
+def _schedule_steps(so: dict) -> int | None:
+    """The best schedule's run length, from its stage shares: γ_last = (steps − last start) / steps."""
+    starts, g = so["best"]["stage_steps"], so["best"].get("gammas")
+    if len(starts) < 2 or not isinstance(g, list) or len(g) != len(starts) or not _finite(g[-1]) or g[-1] >= 1:
+        return None
+    return round(starts[-1] / (1 - g[-1]))
+
+
+def _schedule_notes(rs: list[Run], so: dict, ref: dict) -> list[str]:
+    notes = []
+    note = limit_note(
+        {
+            m: [(r.seed, eval_limit(r.eval), r.path) for r in g if eval_limit(r.eval) is not None]
+            for m, g in sorted(_by(rs, lambda r: r.mixer).items(), key=lambda x: mixer_sort_key(x[0]))
+        }
+    )
+    if note:
+        notes.append(note)
+    unpaired = sorted(
+        {(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref}, key=lambda x: (mixer_sort_key(x[0]), x[1])
+    )
+    if unpaired:
+        notes.append(
+            "not paired (the best schedule has no such seed): " + ", ".join(f"{m} seed {s}" for m, s in unpaired)
+        )
+    named = {d for w in so["best"]["weights"] for d in w}
+    if any(not named <= set(r.res.get("domains") or r.res.get("final_weights") or named) for r in rs):
+        notes.append(
+            f"the best schedule names domains ({', '.join(sorted(named))}) some runs do not have (another corpus?): "
+            "their stage L1 distances are left out"
+        )
+    total = _schedule_steps(so)
+    other = sorted({int(r.res["steps"]) for r in rs if _finite(r.res.get("steps"))} - {total}) if total else []
+    if other:
+        notes.append(
+            f"some runs train {', '.join(map(str, other))} steps, the best schedule {total}: their stage windows "
+            f"are still the schedule's steps {so['best']['stage_steps']}, so their stage L1 compares other phases"
+        )
+    return notes
+
+
+def _gain_notes(so: dict, ref: dict, o: dict, static_ref: dict) -> list[str]:
+    k, notes = o["metric"], []
+    sched, static = _metric_of(ref, k), _metric_of(static_ref, k)
+    seeds = sorted(set(sched) & set(static))
+    if not seeds:
+        notes.append(f"gain captured is left out: the best schedule has no {k} at the best static mixture's seeds")
+    else:
+        s, b = (float(np.mean([v[x] for x in seeds])) for v in (static, sched))
+        if (s - b if _oracle_lower(o) else b - s) <= 0:
+            notes.append(
+                f"gain captured is n/a: over seeds {seeds} the best schedule ({k} {b:.4f}) does not beat the best "
+                f"static mixture ({s:.4f}), so there is no gain to capture"
+            )
+    if so["metric"] != k:
+        notes.append(f"the best schedule was chosen by {so['metric']}; gain captured is in the static oracle's {k}")
+    sb = so["static_best"].get("name") if isinstance(so.get("static_best"), dict) else None
+    if sb and sb != o["best"].get("name"):
+        notes.append(
+            f"the schedule oracle was reported against the static mixture {sb}, --oracle names {o['best'].get('name')}"
+        )
+    return notes
+
+
+def _fmt_stage_l1(vals: list[float | None]) -> str:
+    if all(v is None for v in vals):
+        return DASH
+    return " / ".join(DASH if v is None else f"{v:.3f}" for v in vals)
+
+
+def _fmt_gain(g: dict | None, n_row: int) -> str:
+    if g is None or not g["n"]:
+        return DASH
+    if g["gain"] is None:
+        return "n/a"
+    return f"{g['gain']:.2f}" + (f" (n={g['n']})" if g["n"] != n_row else "")
+
+
+def schedule_table_md(block: dict, so: dict, o: dict | None = None) -> list[str]:
+    """One setting's table against the best schedule, one row per mixer; gain captured when ``o`` is given."""
+    mets = regret_metrics(so)
+    k = len(so["best"]["weights"])
+    head = (
+        ["Mixer", "seeds paired (n)"]
+        + [f"Δ {label} ({_better_side(key)})" for key, label, _ in mets]
+        + [
+            f"L1 per stage ({' / '.join(f'stage {i + 1}' for i in range(k))})",
+            f"Beats the best schedule? (by {so['metric']})",
+        ]
+        + ([f"Gain captured (by {o['metric']})"] if o is not None else [])
+    )
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in block["rows"]:
+        name = row["mixer"] + (f" {LIMIT_MARK}" if row.get("limited") else "")
+        cells = [name, str(row["n"])] + [_fmt_reg(row["regret"][key], nd, row["n"]) for key, _, nd in mets]
+        cells += [_fmt_stage_l1(row["stage_l1"]), row["beats"]]
+        cells += [_fmt_gain(row["gain"], row["n"])] if o is not None else []
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def schedule_note(so: dict) -> str:
+    """Which schedule the regret is measured against: its stages, score and file."""
+    b = so["best"]
+    stages = "; ".join(
+        f"stage {k + 1} from step {s}: " + ", ".join(f"{d} {float(v):.3f}" for d, v in w.items())
+        for k, (s, w) in enumerate(zip(b["stage_steps"], b["weights"]))
+    )
+    score = so["metric"]
+    if _finite(b.get("mean")):
+        score += f" {fmt_ms(b['mean'], b.get('std') if _finite(b.get('std')) else None, 4)} over seeds {b.get('seeds')}"
+    return (
+        f"Best schedule: **{b.get('name', '?')}** ({score}; {'lower' if _oracle_lower(so) else 'higher'} is better; "
+        f"{stages}), from `{so['path']}` (python -m eval.schedule_oracle report)."
+    )
+
+
+def schedule_footnote(with_gain: bool) -> str:
+    text = (
+        "Against the best schedule: Δ = mixer − best schedule, per seed over the seeds both have (n), then the mean "
+        "and its 95% Student t-interval [df = n − 1]; n<2: the mean difference only; BPB: Δ < 0 is better; accuracy "
+        "in percentage points: Δ > 0 is better. Beats the best schedule: yes / no when the 95% interval in the "
+        "schedule oracle's metric lies entirely on the better / worse side of 0, within noise otherwise. L1 per "
+        "stage: for each stage k of the best schedule (from its stage_steps[k] to the next boundary, the last stage "
+        "to the run's end), the mixer's mixture averaged over those steps (each weights_history entry weighted by "
+        "the steps of the stage it held), then Σ_d |w_d − w*_k,d| (0 to 2) to the schedule's stage-k mixture w*_k "
+        "(a domain it does not name counts as 0), mean over seeds; stages in order, separated by /."
+    )
+    if with_gain:
+        text += (
+            " Gain captured = (S − M) / (S − B) in the static oracle's metric, with S, M and B the means of the best "
+            "static mixture, the mixer and the best schedule over the seeds all three have (n shown when fewer than "
+            "the paired seeds): the share of the best schedule's gain over the best static mixture that the mixer "
+            "recovers (1 = as good as the best schedule, 0 = no better than the best static mixture, < 0 worse "
+            "than it, > 1 better than the best schedule); n/a when the best schedule does not beat the best static "
+            "mixture over those seeds (S − B is 0 or on the worse side), so there is no gain to capture."
+        )
+    return text
+
+
+def schedule_markdown(blocks: list[dict], so: dict, o: dict | None = None) -> str:
+    out = ["# Regret against the best schedule", "", schedule_note(so), ""]
+    if o is not None:
+        out += [oracle_note(o) + " Gain captured is measured between the two.", ""]
+    for b in blocks:
+        out += [f"## {b['setting']}" if len(blocks) > 1 else f"Setting: {b['setting']}", ""]
+        out += schedule_table_md(b, so, o) + [""] + [f"- {n}" for n in b["notes"]] + ([""] if b["notes"] else [])
+    if not blocks:
+        out += ["No finished runs.", ""]
+    return "\n".join(out + [schedule_footnote(o is not None)]) + "\n"
+
+
+def schedule_rows(blocks: list[dict], so: dict, o: dict | None = None) -> tuple[list[str], list[list[Any]]]:
+    """The table against the best schedule as flat columns (regret_schedule.csv and W&B)."""
+    mets = regret_metrics(so)
+    k = len(so["best"]["weights"])
+    cols = ["setting", "mixer", "n"] + [f"{key}_regret{s}" for key, _, _ in mets for s in ("", "_lo95", "_hi95", "_n")]
+    cols += [f"l1_stage{i + 1}" for i in range(k)] + ["beats_best_schedule", "decided_by", "schedule", "limited_evals"]
+    if o is not None:
+        cols += ["gain_captured", "gain_n", "gain_static_mean", "gain_mixer_mean", "gain_schedule_mean", "gain_metric"]
+    rows = []
+    for b in blocks:
+        for row in b["rows"]:
+            vals = [_c(row["regret"][key][f]) for key, _, _ in mets for f in ("mean", "lo", "hi", "n")]
+            vals += [_c(v) for v in row["stage_l1"]]
+            vals += [row["beats"], so["metric"], so["best"].get("name", ""), len(row.get("limited") or [])]
+            if o is not None:
+                g = row["gain"]
+                gain = "n/a" if g["n"] and g["gain"] is None else _c(g["gain"])
+                vals += [gain, g["n"], _c(g["S"]), _c(g["M"]), _c(g["B"]), o["metric"]]
+            rows.append([b["setting"], row["mixer"], row["n"]] + vals)
+    return cols, rows
+
+
+def schedule_csv(blocks: list[dict], so: dict, o: dict | None, path: Path) -> None:
+    cols, rows = schedule_rows(blocks, so, o)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows(rows)
+
+
 # ----------------------------------------------------------------------------------------- figures
 
 
@@ -1340,24 +1690,39 @@ def build(
     logger_cfg: dict | None = None,
     quiet: bool = False,
     oracle: str | Path | dict | None = None,
+    schedule_oracle: str | Path | dict | None = None,
 ) -> dict:
     """Collect runs under ``dirs`` and write the tables and figures into ``out``; returns what was written.
-    ``oracle``: an oracle.json, a folder holding one, or load_oracle()'s dict: adds the regret table."""
+    ``oracle``: an oracle.json, a folder holding one, or load_oracle()'s dict: adds the regret table.
+    ``schedule_oracle``: an oracle_schedule.json, a folder holding one, or load_schedule_oracle()'s dict: adds the
+    table against the best schedule (with ``oracle`` too: each mixer's gain captured)."""
     if not dirs:
         raise ValueError("give at least one run or sweep folder")
-    o = oracle if isinstance(oracle, dict) or oracle is None else load_oracle(oracle)  # fails before any writing
+    # both are read before anything is written, so a bad file leaves no half-written report
+    o = oracle if isinstance(oracle, dict) or oracle is None else load_oracle(oracle)
+    so = (
+        schedule_oracle
+        if isinstance(schedule_oracle, dict) or schedule_oracle is None
+        else load_schedule_oracle(schedule_oracle)
+    )
     out = Path(out or dirs[0]).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     runs = collect(dirs, preset)
     blocks, notes = table1(runs)
     reg = regret(runs, o) if o is not None else None
-    md = table1_markdown(blocks, notes, reg, o)
+    sreg = schedule_regret(runs, so, o) if so is not None else None
+    md = table1_markdown(blocks, notes, reg, o, sreg, so)
     p = perplexity(runs)
     files = _write_tables(out, md, blocks, p, reg, o)
+    if sreg is not None:
+        (out / "regret_schedule.md").write_text(schedule_markdown(sreg, so, o))
+        schedule_csv(sreg, so, o, out / "regret_schedule.csv")
+        files.update(regret_schedule_md=out / "regret_schedule.md", regret_schedule_csv=out / "regret_schedule.csv")
     figs = files["figures"] = _figures(runs, out, reg, o)
     if logger_cfg:
-        reg_table = regret_rows(reg, o) if reg is not None else None
-        _log_wandb(attach_to_runs(logger_cfg, runs, out), out, blocks, p, figs, [str(d) for d in dirs], reg_table)
+        tabs = {"tables/regret": regret_rows(reg, o) if reg is not None else None}
+        tabs["tables/regret_schedule"] = schedule_rows(sreg, so, o) if sreg is not None else None
+        _log_wandb(attach_to_runs(logger_cfg, runs, out), out, blocks, p, figs, [str(d) for d in dirs], tabs)
     if not quiet:
         print(md)
         print(
@@ -1414,7 +1779,7 @@ def _log_wandb(
     p: dict,
     figs: list[Path],
     dirs: list[str],
-    reg_table: tuple[list[str], list[list[Any]]] | None = None,
+    ref_tables: dict[str, tuple[list[str], list[list[Any]]] | None] | None = None,
 ) -> None:
     ident = {"job_type": "tables", "tags": ["tables"]}
     lg = RunLogger(
@@ -1452,8 +1817,9 @@ def _log_wandb(
             ["setting", "mixer", "avg_ppl", "avg_ppl_std", "n", "delta_vs_" + p["reference"], "delta_std"],
             rows,
         )
-        if reg_table is not None:
-            lg.table("tables/regret", *reg_table)
+        for key, tab in (ref_tables or {}).items():
+            if tab is not None:
+                lg.table(key, *tab)
         for f in figs:  # every figure this command drew
             lg.images(f"figures/{f.stem}", [f])
     finally:
@@ -1493,6 +1859,14 @@ def main(argv: list[str] | None = None) -> int:
         help="oracle.json of python -m eval.oracle report (or a folder holding one, e.g. results/oracle): "
         "adds each mixer's regret against the best static mixture (regret.md, regret.csv, Table 1)",
     )
+    ap.add_argument(
+        "--schedule-oracle",
+        default=None,
+        metavar="PATH",
+        help="oracle_schedule.json of python -m eval.schedule_oracle report (or a folder holding one, e.g. "
+        "results/oracle_schedule): adds each mixer's regret against the best schedule and its per-stage L1 "
+        "(regret_schedule.md, regret_schedule.csv, Table 1); with --oracle also the gain captured",
+    )
     ap.add_argument("--wandb", action="store_true", help="also log the tables and figures to a W&B run")
     ap.add_argument("--project", default=None, help="W&B project (default: the runs' own, else tikmix)")
     ap.add_argument("--entity", default=None)
@@ -1518,10 +1892,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         oracle = load_oracle(a.oracle) if a.oracle else None
-    except OracleError as e:
+        sched = load_schedule_oracle(a.schedule_oracle) if a.schedule_oracle else None
+    except OracleError as e:  # ScheduleOracleError too
         print(f"error: {e}", file=sys.stderr)
         return 2
-    build(a.dirs, a.out, a.preset, logger_cfg, oracle=oracle)
+    build(a.dirs, a.out, a.preset, logger_cfg, oracle=oracle, schedule_oracle=sched)
     return 0
 
 
