@@ -227,6 +227,9 @@ def test_the_oracle_finds_the_planted_best_schedule_and_pairs_it_with_its_matche
     assert vm["mean"] == pytest.approx(-0.05) and vm["n"] == 3
     assert res["best"]["matched_static"]["weights"] == pytest.approx({"early": 0.2, "late": 0.3, "x": 0.5})
     assert res["search"][0]["name"] == "early > late" and len(res["search"]) == 9
+    # without --static the reference is the best static mixture this oracle confirmed, named as such
+    assert res["static_best"]["name"] == "matched static of early > late"
+    assert res["vs_static_best"]["mean"] == pytest.approx(-0.05)
     assert (tmp_path / "dest" / "oracle_schedule.md").exists()
 
 
