@@ -67,6 +67,7 @@ MIXER_ORDER = [
     "natural",
     "stratified",
     "fixed",
+    "schedule",
     "doremi",
     "odm",
     "dga",

@@ -23,6 +23,7 @@ MIXERS = {
     "natural": [],
     "fixed": ["mixer.weights={arith: 0.5, copy: 0.5}"],
     "human": ["data.human_weights={arith: 2, copy: 1, grammar: 1}"],
+    "schedule": ["mixer.stages=[{facts: 1.0}, {arith: 0.5, copy: 0.5}]"],
     "regmix": [],
     "doremi": [],
     "aioli": [],
