@@ -85,6 +85,7 @@ _DOCS = {
     "fact_question": "Out-of-domain (facts + grammar): `Q: What colour is zorbel? A:` -> `teal.`",
     "two_hop": "Out-of-domain (facts): `The colour of the friend of zorbel is` -> the friend's colour.",
     "sorting": "Out-of-domain (copy): `sort: k q z m ->` -> `k m q z`.",
+    "chain_deep": "In-domain (chain3; v4): `q = 7 , k next q , z same k , m next z ? m =` -> `9`, held-out chains.",
 }
 
 
@@ -127,8 +128,8 @@ def synthetic_task_dir(syn: Mapping[str, Any]) -> Path:
         except ValueError as e:
             raise ConfigError("eval.synthetic", str(e)) from e
         (tmp / "utils.py").write_text(_UTILS)
-        for task in s.TASKS:
-            group = "in_domain" if task in s.IN_DOMAIN else "out_of_domain"
+        for task in s.benchmark_tasks(bm):
+            group = "out_of_domain" if task in s.OUT_OF_DOMAIN else "in_domain"
             (tmp / f"{task}.yaml").write_text(
                 _YAML.format(task=task, group=group, version=s.VERSION, seed=seed, doc=_DOCS.get(task, ""))
             )
@@ -145,8 +146,8 @@ def synthetic_task_dir(syn: Mapping[str, Any]) -> Path:
                     "n_test": n_test,
                     "seed": seed,
                     "benchmark": bm,
-                    "tasks": list(s.TASKS),
-                    "in_domain": list(s.IN_DOMAIN),
+                    "tasks": list(s.benchmark_tasks(bm)),
+                    "in_domain": [t for t in s.benchmark_tasks(bm) if t not in s.OUT_OF_DOMAIN],
                     "out_of_domain": list(s.OUT_OF_DOMAIN),
                 },
                 indent=2,

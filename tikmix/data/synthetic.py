@@ -102,6 +102,11 @@ __all__ = [
     "DEFAULT_DOCS_BY",
     "BENCHMARKS",
     "V1_DOMAINS",
+    "V2_DOMAINS",
+    "V4_NEW",
+    "CHAIN_TASKS",
+    "CHAIN_DEPTH",
+    "benchmark_tasks",
     "TASKS",
     "IN_DOMAIN",
     "OUT_OF_DOMAIN",
@@ -127,8 +132,11 @@ __all__ = [
 VERSION: str = "1"
 
 V1_DOMAINS: tuple[str, ...] = ("arith", "facts", "grammar", "copy", "boiler", "noise")
-DOMAINS: tuple[str, ...] = V1_DOMAINS + ("rumors", "slang", "spam", "logs")  # every domain the generator knows
-BENCHMARKS: dict[str, tuple[str, ...]] = {"v3": DOMAINS, "v2": DOMAINS, "v1": V1_DOMAINS}
+V2_DOMAINS: tuple[str, ...] = V1_DOMAINS + ("rumors", "slang", "spam", "logs")
+# v4: a prerequisite chain (chain1 -> chain2 -> chain3) and the web's noisy grammar (forum) beside scarce clean grammar
+V4_NEW: tuple[str, ...] = ("chain1", "chain2", "chain3", "forum")
+DOMAINS: tuple[str, ...] = V2_DOMAINS + V4_NEW  # every domain the generator knows
+BENCHMARKS: dict[str, tuple[str, ...]] = {"v4": DOMAINS, "v3": V2_DOMAINS, "v2": V2_DOMAINS, "v1": V1_DOMAINS}
 DEFAULT_BENCHMARK = "v3"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TASK_SPLITS: tuple[str, ...] = ("dev", "test")
@@ -164,11 +172,27 @@ DEFAULT_DOCS_BY: dict[str, dict[str, dict[str, int]]] = {
     },
 }
 DEFAULT_DOCS_BY["v3"] = DEFAULT_DOCS_BY["v2"]
+# v4: v3's domains, with clean grammar scarce (300 documents: repeated, its held-out loss rises) and the web's
+# grammar in ``forum`` (abundant, the verb's number wrong in 30% of sentences), plus the three levels of the
+# prerequisite chain
+DEFAULT_DOCS_BY["v4"] = {
+    "train": {
+        **DEFAULT_DOCS_BY["v2"]["train"],
+        "grammar": 300,
+        "forum": 10000,
+        "chain1": 2000,
+        "chain2": 2000,
+        "chain3": 2000,
+    },
+    "val": {d: 200 for d in DOMAINS},
+    "test": {d: 200 for d in DOMAINS},
+}
 DEFAULT_DOCS: dict[str, dict[str, int]] = DEFAULT_DOCS_BY[DEFAULT_BENCHMARK]
 
 IN_DOMAIN: tuple[str, ...] = ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")
 OUT_OF_DOMAIN: tuple[str, ...] = ("arith_words", "fact_question", "two_hop", "sorting")
-TASKS: tuple[str, ...] = IN_DOMAIN + OUT_OF_DOMAIN
+CHAIN_TASKS: tuple[str, ...] = ("chain_deep",)  # v4 (eval=synthetic10): in-domain, taught by chain3
+TASKS: tuple[str, ...] = IN_DOMAIN + OUT_OF_DOMAIN + CHAIN_TASKS
 TASK_DOMAINS: dict[str, tuple[str, ...]] = {
     "arith_mc": ("arith",),
     "fact_recall": ("facts",),
@@ -179,6 +203,7 @@ TASK_DOMAINS: dict[str, tuple[str, ...]] = {
     "fact_question": ("facts", "grammar"),
     "two_hop": ("facts",),
     "sorting": ("copy",),
+    "chain_deep": ("chain3", "chain2", "chain1"),
 }
 
 FACT_ATTRIBUTES: tuple[str, ...] = ("colour", "home", "food", "job", "friend")
@@ -436,6 +461,55 @@ def _grammar_doc(rng: random.Random, seed: int) -> str:
     return _fill(rng, lambda: _grammar_sentence(rng, seed), " ")
 
 
+FORUM_ERROR_RATE = 0.3  # share of forum sentences whose verb takes the wrong number
+
+
+def _forum_doc(rng: random.Random, seed: int) -> str:
+    """(v4) The web's grammar: ``grammar``'s sentences, the verb's number wrong in 30% of them. Abundant where
+    clean grammar is scarce: it teaches the syntax and mostly-right agreement, and caps how sure of the agreement
+    a model trained on it can be."""
+    return _fill(rng, lambda: _grammar_sentence(rng, seed, agree=rng.random() >= FORUM_ERROR_RATE), " ")
+
+
+# --------------------------------------------------------------------------------------------------
+# The prerequisite chain (v4)
+# --------------------------------------------------------------------------------------------------
+
+_CHAIN_OPS = ("same", "next")
+CHAIN_DEPTH: dict[str, int] = {"chain1": 1, "chain2": 2, "chain3": 3}
+_CHAIN_HELDOUT_PERCENT = 10  # of chain lines, reserved for the tasks (never in a training document)
+
+
+def _chain_item(rng: random.Random, depth: int) -> tuple[str, str]:
+    """(context, answer) of one chain of ``depth`` links: ``q = 7 , k next q , z same k ? z =`` -> ``8``. Each
+    link copies (`same`) or increments mod 10 (`next`) the variable before it, so a depth-d item is a depth-(d-1)
+    item and one more link: its answer is the first value plus the number of `next` links, mod 10."""
+    names = rng.sample(_LETTERS, depth + 1)
+    v = rng.randrange(10)
+    parts = [f"{names[0]} = {v}"]
+    for i in range(1, depth + 1):
+        op = rng.randrange(2)
+        v = (v + op) % 10
+        parts.append(f"{names[i]} {_CHAIN_OPS[op]} {names[i - 1]}")
+    return " , ".join(parts) + f" ? {names[-1]} =", str(v)
+
+
+def _chain_heldout(seed: int, context: str) -> bool:
+    return _stable_int("chain-holdout", seed, context) % 100 < _CHAIN_HELDOUT_PERCENT
+
+
+def _chain_doc(rng: random.Random, seed: int, depth: int) -> str:
+    """Lines of chains of one depth, each ending in its answer (``... ? z = 0 .``); held-out chains never appear."""
+
+    def line() -> str:
+        while True:
+            context, answer = _chain_item(rng, depth)
+            if not _chain_heldout(seed, context):
+                return f"{context} {answer} ."
+
+    return _fill(rng, line, " ")
+
+
 # --------------------------------------------------------------------------------------------------
 # Knowledge base (facts)
 # --------------------------------------------------------------------------------------------------
@@ -502,9 +576,9 @@ _N_CITIES = 24
 # entities of the knowledge base per benchmark: v2's is half v1's (500 facts), v3's 40 (200 facts). v1's 1,000
 # facts stay near chance at the demo budget; v2's are half-learnt by the best static mixture (fact_recall 38-42%);
 # v3's are memorised by it (76-96%), so the fact tasks' gold BPB separates mixtures
-KB_ENTITIES: dict[str, int] = {"v1": 200, "v2": 100, "v3": 40}
+KB_ENTITIES: dict[str, int] = {"v1": 200, "v2": 100, "v3": 40, "v4": 40}
 # benchmarks whose agreement choices are the verb alone (_agreement_candidate)
-VERB_ONLY_AGREEMENT: frozenset[str] = frozenset({"v3"})
+VERB_ONLY_AGREEMENT: frozenset[str] = frozenset({"v3", "v4"})
 
 
 def benchmark_kb(seed: int = 0, benchmark: str = DEFAULT_BENCHMARK) -> "KnowledgeBase":
@@ -818,6 +892,10 @@ def _domain_vocabulary(domain: str, seed: int | None, benchmark: str = "v1") -> 
         return frozenset(t for line in _boiler_lines() for t in word_tokens(line))
     if domain == "slang":
         return _domain_vocabulary("grammar", seed) - {"and", "without", "hundred"}
+    if domain == "forum":
+        return _domain_vocabulary("grammar", seed)
+    if domain in CHAIN_DEPTH:
+        return frozenset(_LETTERS + _CHAIN_OPS + tuple("0123456789") + ("=", ",", "?", "."))
     if domain == "rumors":
         return _domain_vocabulary("facts", seed, benchmark)
     if domain == "spam":
@@ -877,6 +955,10 @@ _DOC_MAKERS: dict[str, Callable[..., str]] = {
     "slang": _slang_doc,
     "spam": _spam_doc,
     "logs": _logs_doc,
+    "forum": _forum_doc,
+    "chain1": functools.partial(_chain_doc, depth=1),
+    "chain2": functools.partial(_chain_doc, depth=2),
+    "chain3": functools.partial(_chain_doc, depth=3),
 }
 
 
@@ -1058,6 +1140,15 @@ def _sequence_candidate(task: str, rng: random.Random) -> _Candidate:
     return context, context, gold, wrong
 
 
+def _chain_candidate(rng: random.Random, seed: int) -> _Candidate | None:
+    """A depth-3 chain held out of every training document (None: this one is not held out), 4 choices."""
+    context, answer = _chain_item(rng, 3)
+    if not _chain_heldout(seed, context):
+        return None
+    a = int(answer)  # distractors: the nearest wrong values (what a model that miscounts the links answers)
+    return context, context, answer, [str((a + d) % 10) for d in (1, -1, 2)]
+
+
 def _finite_pool(task: str, split: str, seed: int, kb: KnowledgeBase) -> list:
     """The problems of a finite-pool task in ``split``, in a seeded random order ([] for open tasks)."""
     if task in ("arith_mc", "arith_words"):
@@ -1093,6 +1184,10 @@ def _candidates(task: str, split: str, n: int, seed: int, benchmark: str) -> lis
             raise ValueError(f"n={n}: could not find that many distinct {split} examples of task {task!r}")
         if task == "agreement":
             cand = _agreement_candidate(stream, verb_only=benchmark in VERB_ONLY_AGREEMENT)
+        elif task in CHAIN_TASKS:
+            cand = _chain_candidate(stream, seed)
+            if cand is None:
+                continue
         else:
             cand = _sequence_candidate(task, stream)
         if cand[1] in seen or _task_bucket(seed, task, cand[1]) != split:
@@ -1129,6 +1224,11 @@ def task_examples(task: str, split: str, n: int, seed: int = 0, benchmark: str =
     return examples
 
 
+def benchmark_tasks(benchmark: str) -> tuple[str, ...]:
+    """The tasks a benchmark has: the nine, and for v4 the chain's (eval=synthetic10)."""
+    return TASKS if benchmark == "v4" else IN_DOMAIN + OUT_OF_DOMAIN
+
+
 def _atomic_write_text(path: str, text: str) -> None:
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
@@ -1156,7 +1256,7 @@ def write_task_files(
     n_test = _check_int("n_test", n_test)
     seed = _check_int("seed", seed, minimum=None)
     paths: dict[str, dict[str, str]] = {}
-    for task in TASKS:
+    for task in benchmark_tasks(benchmark):
         task_dir = os.path.join(os.fspath(out_dir), task)
         os.makedirs(task_dir, exist_ok=True)
         paths[task] = {}
