@@ -30,8 +30,9 @@ def _docs(domain, split="train", n=200, seed=0):
 
 def test_public_constants():
     assert s.V1_DOMAINS == ("arith", "facts", "grammar", "copy", "boiler", "noise")
-    assert s.DOMAINS == s.V1_DOMAINS + ("rumors", "slang", "spam", "logs")
-    assert s.BENCHMARKS == {"v3": s.DOMAINS, "v2": s.DOMAINS, "v1": s.V1_DOMAINS}
+    assert s.V2_DOMAINS == s.V1_DOMAINS + ("rumors", "slang", "spam", "logs")
+    assert s.DOMAINS == s.V2_DOMAINS + ("chain1", "chain2", "chain3", "forum")
+    assert s.BENCHMARKS == {"v4": s.DOMAINS, "v3": s.V2_DOMAINS, "v2": s.V2_DOMAINS, "v1": s.V1_DOMAINS}
     assert s.DEFAULT_DOCS is s.DEFAULT_DOCS_BY[s.DEFAULT_BENCHMARK]
     assert (
         s.DEFAULT_DOCS_BY["v3"] == s.DEFAULT_DOCS_BY["v2"]
@@ -42,7 +43,9 @@ def test_public_constants():
             assert set(sizes) == set(s.BENCHMARKS[bm]), (bm, split)
             assert all(isinstance(v, int) and v > 0 for v in sizes.values())
         train = docs["train"]
-        assert train["facts"] == min(train.values())  # the data-constrained domain
+        # the data-constrained domain: facts; in v4 also clean grammar, scarcer still (forum is the web's grammar)
+        scarce = sorted(train, key=train.get)[: 2 if bm == "v4" else 1]
+        assert scarce == (["grammar", "facts"] if bm == "v4" else ["facts"]), (bm, scarce)
     # v1 stays what results/synthetic and results/claims_synth were made with
     assert s.DEFAULT_DOCS_BY["v1"]["train"] == {
         "arith": 8000,
@@ -54,7 +57,8 @@ def test_public_constants():
     }
     v2 = s.DEFAULT_DOCS_BY["v2"]["train"]
     assert v2["rumors"] > v2["facts"] and v2["slang"] > 0  # natural mixing sees more wrong facts than right ones
-    assert len(s.TASKS) == 9 and set(s.TASKS) == set(s.IN_DOMAIN) | set(s.OUT_OF_DOMAIN)
+    assert len(s.TASKS) == 10 and set(s.TASKS) == set(s.IN_DOMAIN) | set(s.OUT_OF_DOMAIN) | set(s.CHAIN_TASKS)
+    assert s.benchmark_tasks("v3") == s.IN_DOMAIN + s.OUT_OF_DOMAIN and s.benchmark_tasks("v4") == s.TASKS
     assert len(s.IN_DOMAIN) == 5 and len(s.OUT_OF_DOMAIN) == 4
     assert set(s.TASK_DOMAINS) == set(s.TASKS)
     assert all(set(v) <= set(s.DOMAINS) and v for v in s.TASK_DOMAINS.values())
@@ -413,7 +417,8 @@ def test_bad_numbers_raise():
 
 def test_write_task_files(tmp_path):
     paths = s.write_task_files(tmp_path / "tasks", n_dev=5, n_test=7, seed=2)
-    assert set(paths) == set(s.TASKS)
+    assert set(paths) == set(s.IN_DOMAIN + s.OUT_OF_DOMAIN)  # v3: the nine; v4 adds chain_deep (below)
+    assert set(s.write_task_files(tmp_path / "v4", n_dev=2, n_test=2, seed=2, benchmark="v4")) == set(s.TASKS)
     for task, by_split in paths.items():
         assert set(by_split) == {"dev", "test"}
         for split, path in by_split.items():
@@ -478,3 +483,72 @@ def test_v3_knowledge_base_is_smaller_and_its_look_alikes_follow_it():
     for ex in s.task_examples("fact_recall", "test", 20, benchmark="v3"):
         entity = ex["context"].split()[3]
         assert entity in kb.entities
+
+
+# ---------------------------------------------------------------- benchmark v4
+
+
+CHAIN_LINE = re.compile(r"([a-z]) = (\d)((?: , [a-z] (?:same|next) [a-z])+) \? ([a-z]) = (\d) \.")
+
+
+def _resolve_chain(first: str, v0: int, links: str) -> tuple[str, int, int]:
+    """(last variable, its value, depth) of a chain, following each link from the variable it names."""
+    value, last, depth = {first: v0}, first, 0
+    for link in links.split(" , ")[1:]:
+        name, op, src = link.split()
+        assert src == last, link  # each link reads the variable before it
+        value[name] = (value[src] + (op == "next")) % 10
+        last, depth = name, depth + 1
+    return last, value[last], depth
+
+
+@pytest.mark.parametrize("domain", ["chain1", "chain2", "chain3"])
+def test_v4_chain_lines_have_their_depth_and_the_right_answer(domain):
+    depth = s.CHAIN_DEPTH[domain]
+    lines = 0
+    for d in _docs(domain, n=100):
+        found = CHAIN_LINE.findall(d)
+        assert found and d.count("?") == len(found), d  # every line is a well-formed chain
+        for first, v0, links, queried, answer in found:
+            last, value, got_depth = _resolve_chain(first, int(v0), links)
+            assert (queried, int(answer), got_depth) == (last, value, depth)
+            lines += 1
+    assert lines > 300
+
+
+def test_v4_chain_task_asks_held_out_deep_chains_with_the_right_answer():
+    train = set()
+    for domain in ("chain1", "chain2", "chain3"):
+        for d in _docs(domain, n=2000):
+            train.update(m.split(" ? ")[0] + " ?" for m in re.findall(r"[a-z] = \d[^?]*\? [a-z] =", d))
+    for split in ("dev", "test"):
+        for ex in s.task_examples("chain_deep", split, 100, benchmark="v4"):
+            ctx = ex["context"]
+            m = re.fullmatch(r"([a-z]) = (\d)((?: , [a-z] (?:same|next) [a-z])+) \? ([a-z]) =", ctx)
+            assert m, ctx
+            last, value, depth = _resolve_chain(m.group(1), int(m.group(2)), m.group(3))
+            assert depth == 3 and m.group(4) == last and ex["choices"][ex["gold"]] == str(value)
+            assert ctx.split(" ? ")[0] + " ?" not in train  # never in a training document
+    dev = {e["context"] for e in s.task_examples("chain_deep", "dev", 200, benchmark="v4")}
+    assert not dev & {e["context"] for e in s.task_examples("chain_deep", "test", 200, benchmark="v4")}
+
+
+def test_v4_forum_is_grammar_with_a_share_of_wrong_agreement():
+    """forum: the grammar's sentences, the verb's number wrong in about 30% of those with a plain subject."""
+    sing = {v[0] for v in s._V_INTR + s._V_TRANS} | {"is"}
+    plur = {v[1] for v in s._V_INTR + s._V_TRANS} | {"are"}
+    nouns_sg, nouns_pl = {n[0] for n in s._NOUNS}, {n[1] for n in s._NOUNS}
+    counts = Counter()
+    for domain in ("forum", "grammar"):
+        for d in _docs(domain, n=400):
+            for sent in d.split(" . "):
+                w = sent.split()
+                # "<det> [adj] <noun> <verb> ...": the head noun and its verb are adjacent, no attractor
+                i = next((k for k, t in enumerate(w[:3]) if t in nouns_sg | nouns_pl), None)
+                if i is None or i + 1 >= len(w) or w[i + 1] not in sing | plur or w[i + 1] in ("that",):
+                    continue
+                right = (w[i] in nouns_sg) == (w[i + 1] in sing)
+                counts[domain, right] += 1
+    wrong_share = counts["forum", False] / (counts["forum", False] + counts["forum", True])
+    assert 0.2 < wrong_share < 0.4, counts
+    assert counts["grammar", False] == 0 and counts["grammar", True] > 100

@@ -167,8 +167,8 @@ DEFAULT_DOCS_BY: dict[str, dict[str, dict[str, int]]] = {
             "spam": 16000,
             "logs": 6500,
         },
-        "val": {d: 200 for d in DOMAINS},
-        "test": {d: 200 for d in DOMAINS},
+        "val": {d: 200 for d in V2_DOMAINS},
+        "test": {d: 200 for d in V2_DOMAINS},
     },
 }
 DEFAULT_DOCS_BY["v3"] = DEFAULT_DOCS_BY["v2"]
