@@ -29,6 +29,17 @@ def test_synthetic_data_keeps_its_tasks_and_sweeps_keep_theirs():
     assert compose(["+sweep=compare_text"]).eval.name == "none"
 
 
+def test_benchmark_v4_brings_its_tasks_and_its_learning_rate_schedule():
+    v4 = compose(["data=synthetic_v4"])
+    assert (v4.data.synthetic.benchmark, v4.eval.name, v4.trainer.schedule) == ("v4", "synthetic10", "wsd")
+    assert "chain_deep" in v4.eval.in_domain and v4.data.source == "synthetic"
+    assert (
+        compose(["data=synthetic_v4", "trainer.schedule=cosine"]).trainer.schedule == "cosine"
+    )  # the command line wins
+    assert compose(["data=synthetic_v4", "eval=synthetic9"]).eval.name == "synthetic9"
+    assert compose([]).trainer.schedule == "cosine"  # the other benchmarks keep theirs
+
+
 @pytest.fixture(scope="module")
 def text_corpus(tmp_path_factory):
     """Three domains of plain-text files (data=text_dir): 60 documents each, so every held-out split has some."""
