@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from eval import tables
 from eval.oracle import _extras, _headline, _sign, metric_value, paired
 
 REPO = Path(__file__).resolve().parent.parent
@@ -567,8 +568,6 @@ def markdown(res: dict) -> str:
 
 def figure(res: dict, dest: Path) -> Path | None:
     """The best schedule's stages as stacked bars beside its matched static mixture and the best static one."""
-    from eval import tables
-
     plt = tables._plt()
     b = res["best"]
     bars = [(f"stage {k + 1}\n({g:.0%} of steps)", w) for k, (w, g) in enumerate(zip(b["weights"], b["gammas"]))]

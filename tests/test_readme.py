@@ -42,6 +42,10 @@ SKIPS = [
         r"-m eval\.oracle\b",
         "reads the oracle's sweep folders (hours of runs); tests/test_oracle.py runs select and report on a planted sweep",
     ),
+    (
+        r"-m eval\.schedule_oracle\b",
+        "trains or reads a schedule oracle (an hour of runs); tests/test_schedule.py runs it on a planted problem",
+    ),
     (r"train\.py --help$", "Hydra's help, not a run; tests/test_help.py checks what it lists"),
     (
         r"-m sweeps\.sensitivity\b",
