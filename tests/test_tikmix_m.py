@@ -193,3 +193,30 @@ def test_composed_candidates_beat_tikmix_d_with_few_points(regressor):
     assert true_objective(w) < true_objective(w_d) - 0.01
     if regressor == "quadratic":
         assert rec["fit"]["r2_holdout"] > 0.99
+
+
+def test_the_acceptance_rule_needs_a_gain_beyond_the_margin_times_the_held_out_rmse():
+    """A predicted gain that is positive but inside the regressor's own held-out error is not a reason to move:
+    replacing `gain > margin × RMSE` by `gain > 0` makes the first case accept, and this test fail."""
+    from tikmix.method.solvers import accept_search
+
+    fit = {"r2_holdout": 0.6, "rmse_holdout": 0.10}
+    assert accept_search(fit, pred_m=1.00, pred_d=1.05, margin=1.0)[0] is False  # gain 0.05 < 1 × 0.10
+    assert accept_search(fit, pred_m=1.00, pred_d=1.15, margin=1.0)[0] is True  # gain 0.15 > 0.10
+    assert accept_search(fit, pred_m=1.00, pred_d=1.15, margin=2.0)[0] is False  # 0.15 < 2 × 0.10
+    assert accept_search({"r2_holdout": -0.1, "rmse_holdout": 0.01}, 1.0, 2.0, 0.0)[0] is False  # R² <= 0
+
+
+def test_the_configured_margin_is_the_one_the_decision_uses(monkeypatch):
+    import tikmix.method.mixers as mixers_mod
+
+    seen = []
+    real = mixers_mod.accept_search
+
+    def spy(fit, pred_m, pred_d, margin):
+        seen.append(margin)
+        return real(fit, pred_m, pred_d, margin)
+
+    monkeypatch.setattr(mixers_mod, "accept_search", spy)
+    _refine(_mixer(accept_margin=2.5), PlantedInfluence(noise=0.005, seed=0), 0)
+    assert seen == [2.5]
