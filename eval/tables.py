@@ -649,6 +649,16 @@ def _c(x: Any) -> Any:
 # ------------------------------------------------------------------------- regret (the best static mixture)
 
 
+def shown_path(p: str | Path) -> str:
+    """A path as published tables name it: relative to the working directory (the repository, for the README's
+    commands) when it lies under it, so a results file never names the machine that made it."""
+    q = Path(p).expanduser().resolve()
+    try:
+        return str(q.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(q)
+
+
 class OracleError(ValueError):
     """The --oracle input is missing or not an oracle.json of ``python -m eval.oracle report``."""
 
@@ -678,7 +688,7 @@ def load_oracle(path: str | Path) -> dict:
     problem = _oracle_problem(o)
     if problem:
         raise OracleError(f"{f} is not an oracle.json of python -m eval.oracle report: {problem}")
-    return {**o, "path": str(f.resolve())}
+    return {**o, "path": shown_path(f)}
 
 
 def _oracle_problem(o: Any) -> str | None:
@@ -977,7 +987,7 @@ def load_schedule_oracle(path: str | Path) -> dict:
     problem = _schedule_oracle_problem(so)
     if problem:
         raise ScheduleOracleError(f"{f} is not an oracle_schedule.json of python -m eval.schedule_oracle: {problem}")
-    return {**so, "path": str(f.resolve())}
+    return {**so, "path": shown_path(f)}
 
 
 def _schedule_oracle_problem(so: Any) -> str | None:

@@ -288,3 +288,17 @@ def test_schedule_table_logged_to_wandb(planted, tmp_path, monkeypatch):
     cols, rows = next((c, r) for k, c, r in logged if k == "tables/regret_schedule")
     assert "l1_stage2" in cols and {row[1] for row in rows} == {"tikmix_d", "dga"}
     assert not any(k == "tables/regret" for k, _, _ in logged)  # no --oracle: no static table
+
+
+def test_published_tables_name_the_oracles_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """A results file never names the machine that made it: the oracle's path is shown relative to the working
+    directory (the repository, where README's commands run) when it lies under it."""
+    from eval.tables import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "oracle").mkdir(parents=True)
+    f = tmp_path / "results" / "oracle" / "oracle.json"
+    f.write_text("{}")
+    assert shown_path(f) == "results/oracle/oracle.json"
+    assert shown_path("results/oracle/oracle.json") == "results/oracle/oracle.json"
+    assert shown_path("/elsewhere/oracle.json") == "/elsewhere/oracle.json"
