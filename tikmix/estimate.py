@@ -70,10 +70,10 @@ def cost_estimate(trainer: Any, test_arrays: list, targets: dict[str, list[dict]
     tgt = sum(int(b["input_ids"].numel()) for bs in targets.values() for b in bs) if final_eval != "none" else 0
     flops = run_flops(
         trainer.flops_per_token,
-        trainer.total_steps,
+        trainer.stop_step,  # a prefix (trainer.stop_at_stage) trains only to its boundary
         trainer.tokens_per_step,
         val,
-        eval_passes(trainer.total_steps, int(t.eval_every or 0), full),
+        eval_passes(trainer.stop_step, int(t.eval_every or 0), full),
         test,
         tgt,
     )
