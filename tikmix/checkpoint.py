@@ -151,6 +151,8 @@ _NON_TRAJECTORY = {
     # checkpoint of one resumes in the other
     "trainer.compile",
     "trainer.compile_mode",
+    # a warning threshold of TiKMiX's (the mixture is the same whatever it is)
+    "mixer.warn_fraction",
 }
 
 

@@ -44,6 +44,7 @@ from tikmix.method.influence import (
 from tikmix.method.solvers import (
     REGRESS,
     REGRESSORS,
+    WEAK_SIGNAL_FRACTION,
     accept_search,
     epoch_caps,
     fit_influence_law,
@@ -54,6 +55,7 @@ from tikmix.method.solvers import (
     tikmix_d_solve,
     tikmix_objective,
     tikmix_objective_from_p,
+    weak_signal,
 )
 from tikmix.mixer import Mixer, MixerConfig, MixerContext, Probe, register
 from tikmix.regression import dirichlet_search
@@ -116,7 +118,7 @@ class TiKMiXDConfig(MixerConfig):
     # the paper's Pareto constraint S·w ≥ S·w_prev (no target may lose influence vs the previous mixture).
     # Beware: when every domain is also a target (n ≥ m, S near-diagonal) no other mixture satisfies it and the
     # mixture never moves; the history's solver.pareto_room says how much room it leaves (0 = none) and a
-    # warning is logged
+    # warning is logged (warn_fraction)
     pareto: bool = True
     # our relaxation: P̂(w) ≥ P̂(w_prev) − pareto_slack, in Eq. 9's normalised units (P̂ of a target's best single
     # domain is 1). 0 = the paper's constraint
@@ -131,6 +133,18 @@ class TiKMiXDConfig(MixerConfig):
     # would be natural mixing in disguise). true = always combine all targets into one; false = never (the
     # paper's n targets)
     combine_targets: Union[bool, str] = "auto"
+    # warn (stderr, and the history's solver.warnings) when a stage's mixture is not the influence signal's: when
+    # it realises less than this fraction of the influence gain on the way from the entropy term's own answer
+    # (max H(w) under the same constraints: the uniform mixture under the caps where the Pareto constraint allows
+    # it) to the influence terms' own answer (gamma=0), or when the
+    # Pareto constraint allows less than this fraction of the move the objective asks for (solver.diagnosis
+    # holds both shares; tikmix/method/solvers.py entropy_pull). Compared as objective values, not distances,
+    # because the influence terms' own answer jumps between near-tied domains. Calibration: the eval=none smoke
+    # boundary (tests/test_tikmix_e2e.py) realises 21% (influences spanning 13x give weights spanning 2.5x, L1 0.32
+    # from uniform); 10 domains, 100 random S each: one target with benefits N(1, 0.2) realises 0-10%
+    # (all warned), one target with benefits N(0.5, 0.5) median 17% (85% warned), five task targets with
+    # benefits N(0.5, 0.5) median 49% (2% warned). 0 = never warn. Diagnostic only: the mixture is the same
+    warn_fraction: Number = WEAK_SIGNAL_FRACTION
     seed: Optional[int] = (
         None  # seed of the projection / KFAC label sampling; null = the run seed (combined with the step)
     )
@@ -150,6 +164,7 @@ class TiKMiXDConfig(MixerConfig):
             check_number(f"mixer.{key}", getattr(self, key), low=0)
         check_number("mixer.damping", self.damping, low=0, strict=True)
         check_number("mixer.pareto_tol", self.pareto_tol, low=0)
+        check_number("mixer.warn_fraction", self.warn_fraction, low=0, high=1)
         for key in ("tokens_per_domain", "kfac_tokens", "kfac_max_dim", "solver_maxiter"):
             check_number(f"mixer.{key}", getattr(self, key), integer=True, low=1)
         for key in ("projection_dim", "targets_tokens"):
@@ -320,7 +335,7 @@ class TiKMiXD(Mixer):
                 pareto=bool(c.pareto),
                 pareto_slack=float(c.pareto_slack),
             )
-            self._warn_pinned(probe.step, sinfo, len(targets))
+            sinfo["warnings"] = self._warn_weak_signal(probe.step, sinfo, len(targets), inf_flops)
             record.update(
                 targets=list(targets),
                 influence=res.as_dict(),
@@ -385,15 +400,44 @@ class TiKMiXD(Mixer):
             return {"mean(" + ", ".join(targets) + ")": CombinedTarget(targets)}
         return targets
 
-    def _warn_pinned(self, step: int, sinfo: dict, n_targets: int) -> None:
-        if self.c.pareto and sinfo.get("pareto_room", 1.0) <= 1e-9:
-            print(
-                f"[tikmix] warning: step {step}: the Pareto constraint S·w >= S·w_prev admits no better mixture, so the "
-                f"mixture stays as it was ({n_targets} targets; typical when every domain is also a target). Consider "
-                "mixer.combine_targets=true, benchmark targets, mixer.pareto_slack>0 or mixer.pareto=false",
-                file=sys.stderr,
-                flush=True,
+    def _warn_weak_signal(self, step: int, sinfo: dict, n_targets: int, flops: float) -> list[str]:
+        """One ``[tikmix] warning:`` line on stderr when the stage's mixture is held by the Pareto constraint or is
+        mostly the entropy term's (:func:`tikmix.method.solvers.weak_signal`, threshold ``warn_fraction``); the
+        lines are returned for the history (``solver.warnings``)."""
+        c, d = self.c, sinfo.get("diagnosis") or {}
+        frac = float(c.warn_fraction)
+        kind = weak_signal(d, frac) if frac > 0 else None
+        if kind == "pareto":
+            msg = (
+                f"step {step}: the Pareto constraint S·w >= S·w_prev holds the mixture within L1 {d['move_l1']:.3f} "
+                f"of the previous one, {d['move_share']:.0%} of the L1 {d['free_move_l1']:.3f} the objective asks for "
+                f"without it (room {sinfo.get('pareto_room', float('nan')):.3g}; mixer.warn_fraction={frac:g}), so "
+                f"the mixture stays about as it was ({n_targets} targets; typical when every domain is also a "
+                "target). Consider mixer.combine_targets=true, benchmark targets, mixer.pareto_slack>0 or "
+                "mixer.pareto=false"
             )
+        elif kind == "entropy":
+            why = (
+                "Without task targets (eval=none) the targets are the domains' own held-out texts combined into one "
+                "(their average loss), which most domains help about equally, and Eq. 9 scales the best domain's "
+                "influence to 1: with one target the best domain gets at most e^(beta/gamma) times the weight of a "
+                "domain of no influence."
+                if self.ctx.targets_auto and n_targets == 1
+                else "The domains' normalised influences on the targets differ too little."
+            )
+            msg = (
+                f"step {step}: TiKMiX-D's mixture is mostly the entropy term's (L1 {d['l1_from_uniform']:.2f} from "
+                f"uniform under the caps, H(w) {d['entropy']:.2f} of {d['entropy_max']:.2f}): it realises "
+                f"{max(d['influence_share'], 0.0):.0%} of the influence gain available over the max-entropy mixture "
+                f"(mixer.warn_fraction={frac:g}). The influence signal is too weak to move it against "
+                f"gamma·H(w) (mixer.gamma={float(c.gamma):g}), so this stage is close to stratified (uniform) mixing "
+                f"at the price of {flops:.3g} FLOPs of influence measurement. {why} Give task targets "
+                "(eval=<benchmark>, targets.tasks), lower mixer.gamma, or use mixer=stratified"
+            )
+        else:
+            return []
+        print(f"[tikmix] warning: {msg}", file=sys.stderr, flush=True)
+        return [msg]
 
     def state_dict(self) -> dict:
         d = super().state_dict()

@@ -1,7 +1,8 @@
 """The numerical side of TiKMiX (methods.md, "TiKMiX-D" and "TiKMiX-M"): pure numpy/scipy, no torch.
 
 * :func:`tikmix_objective` — Eq. 9–10, lower is better.
-* :func:`tikmix_d_solve` — TiKMiX-D: SLSQP on the (capped) simplex with the Pareto constraint S·w ≥ S·w_prev.
+* :func:`tikmix_d_solve` — TiKMiX-D: SLSQP on the (capped) simplex with the Pareto constraint S·w ≥ S·w_prev;
+  :func:`entropy_pull` and :func:`weak_signal` — whether its answer is the influence signal's or the entropy term's.
 * :func:`latin_hypercube_candidates`, :func:`fit_influence_law`, :func:`accept_search` — TiKMiX-M (its regressors,
   held-out fit and Dirichlet search are :mod:`tikmix.regression`'s, shared with RegMix).
 * :func:`epoch_caps`, :func:`project_capped_simplex` — the repetition cap the paper leaves out.
@@ -134,6 +135,7 @@ def tikmix_d_solve(
     maxiter: int = 200,
     pareto: bool = True,
     pareto_slack: float = 0.0,
+    diagnose: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Minimise Eq. 10 over {Σw = 1, 0 ≤ w ≤ caps, S·w ≥ S·w_prev} with SLSQP (initialised uniform, projected
     onto the caps). Always returns a feasible w: when SLSQP fails, ends infeasible, or ends worse than w_prev,
@@ -145,6 +147,8 @@ def tikmix_d_solve(
     total normalised influence any Pareto-feasible mixture can gain over w_prev (an LP): 0 means the
     constraint pins w to w_prev, which happens whenever S restricted to the move directions is "diagonal"
     enough, e.g. when every domain is also a target (n ≥ m, each target helped mostly by its own domain).
+    ``diagnose`` adds ``info["diagnosis"]`` (:func:`entropy_pull`: how much of the mixture is the entropy term's,
+    how much the Pareto constraint holds it); :func:`weak_signal` reads it.
     """
     S = np.atleast_2d(np.asarray(S, dtype=np.float64))
     n, m = S.shape
@@ -267,10 +271,112 @@ def tikmix_d_solve(
             objective=obj_prev,
             slacks=slacks(w_prev),
         )
+        if diagnose:
+            info["diagnosis"] = entropy_pull(S, w_prev, w_prev, alpha, beta, gamma, caps, tol, maxiter, pareto, slack)
         return w_prev, info
     w, val, res = best
     info.update(status="ok", message=str(res.message), iterations=int(res.nit), objective=val, slacks=slacks(w))
+    if diagnose:
+        info["diagnosis"] = entropy_pull(S, w, w_prev, alpha, beta, gamma, caps, tol, maxiter, pareto, slack)
     return w, info
+
+
+# How much of TiKMiX-D's answer is the influence signal's. Eq. 9 normalises every target's influence by its best
+# domain's, so the influence terms of Eq. 10 span about one unit per target, while γ·H(w) spans log(m) and pulls
+# towards the uniform mixture. With one target (eval=none: the domains' held-out texts combined into one) and
+# every domain helping it, the answer is w ∝ exp(β·P̂_d/γ) with P̂_d ∈ [0, 1]: the best domain gets at most e
+# times the weight of one of no influence, so the mixture can only drift towards uniform, whatever it cost.
+# The criterion compares objective values, not distances to a vertex: the influence terms' own optimum is an LP
+# vertex that jumps between near-tied domains, their value does not.
+WEAK_SIGNAL_FRACTION = 0.25  # TiKMiXDConfig.warn_fraction's default (its calibration is written there)
+NO_GAIN = 1e-6  # influence gain (Eq. 9 units, a target's best domain = 1) below which the terms cannot choose
+NO_MOVE = 1e-3  # L1 below which the unconstrained solve does not move either: the Pareto constraint costs nothing
+
+
+def influence_value(S: np.ndarray, w: np.ndarray, alpha: float = 1.0, beta: float = 1.0) -> float:
+    """The influence terms of Eq. 10 as a gain (higher is better): β·ΣP̂ − α·std(P̂), P̂ = (S·w)/scale."""
+    S = np.atleast_2d(np.asarray(S, dtype=np.float64))
+    Ph = (S @ np.asarray(w, dtype=np.float64)) / influence_scale(S)
+    return float(beta * Ph.sum() - alpha * Ph.std())
+
+
+def entropy_pull(
+    S: np.ndarray,
+    w: np.ndarray,
+    w_prev: np.ndarray,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    caps: np.ndarray,
+    tol: float = 1e-6,
+    maxiter: int = 200,
+    pareto: bool = True,
+    pareto_slack: float = 0.0,
+) -> dict[str, Any]:
+    """How much of the solved mixture ``w`` the influence signal chose (three more SLSQP solves of the same
+    m-dimensional problem: milliseconds).
+
+    * ``influence_share`` = [I(w) − I(w_H)] / [I(w_I) − I(w_H)], I = :func:`influence_value`: the share of the
+      influence gain the mixture realises on the way from w_H, the entropy term's own answer (α = β = 0: the
+      uniform mixture under the caps, and the Pareto constraint if on), to w_I, the influence terms' own answer
+      (γ = 0), both over the same feasible set as ``w``. 0: the mixture is the entropy term's (also when the
+      influence terms cannot tell the feasible mixtures apart: gain ≤ NO_GAIN); 1: the influence terms'.
+      nan when γ = 0 (no entropy term to dominate).
+    * ``move_share`` (Pareto on) = L1(w, w_prev) / L1(w_free, w_prev), w_free = the same solve without the
+      Pareto constraint: how much of the move the objective asks for the constraint allows. nan when w_free
+      itself stays within NO_MOVE of w_prev.
+    * the distances a user reads: ``l1_from_uniform`` (the uniform mixture under the caps, the max-entropy
+      mixture), ``entropy`` and ``entropy_max`` (H of that mixture), ``move_l1``.
+    """
+    S = np.atleast_2d(np.asarray(S, dtype=np.float64))
+    w = np.asarray(w, dtype=np.float64)
+    w_prev = np.asarray(w_prev, dtype=np.float64)
+    kw = dict(caps=caps, tol=tol, maxiter=maxiter, pareto_slack=pareto_slack, diagnose=False)
+    w_uni = project_capped_simplex(np.full(len(w), 1.0 / len(w)), caps)  # max H under the caps alone
+    out: dict[str, Any] = {
+        "l1_from_uniform": float(np.abs(w - w_uni).sum()),
+        "entropy": float(entropy(w)),
+        "entropy_max": float(entropy(w_uni)),
+        "move_l1": float(np.abs(w - w_prev).sum()),
+        "influence_share": float("nan"),
+        "move_share": float("nan"),
+    }
+    if gamma > 0:
+        w_h, _ = tikmix_d_solve(S, w_prev, 0.0, 0.0, gamma, pareto=pareto, **kw)
+        w_i, _ = tikmix_d_solve(S, w_prev, alpha, beta, 0.0, pareto=pareto, **kw)
+        i_h = influence_value(S, w_h, alpha, beta)
+        # the best influence value seen on a feasible point (SLSQP's optimum of the non-smooth std may be inexact)
+        i_best = max(influence_value(S, x, alpha, beta) for x in (w_i, w, w_prev))
+        gain = i_best - i_h
+        out.update(
+            w_entropy=w_h.tolist(),
+            w_influence=w_i.tolist(),
+            l1_from_entropy=float(np.abs(w - w_h).sum()),
+            influence_gain=float(gain),
+            influence_share=float((influence_value(S, w, alpha, beta) - i_h) / gain) if gain > NO_GAIN else 0.0,
+        )
+    if pareto:
+        w_free, _ = tikmix_d_solve(S, w_prev, alpha, beta, gamma, pareto=False, **kw)
+        free = float(np.abs(w_free - w_prev).sum())
+        out.update(w_free=w_free.tolist(), free_move_l1=free)
+        if free > NO_MOVE:
+            out["move_share"] = out["move_l1"] / free
+    return out
+
+
+def weak_signal(diagnosis: dict[str, Any] | None, fraction: float = WEAK_SIGNAL_FRACTION) -> str | None:
+    """Which warning :func:`entropy_pull`'s numbers call for: ``"pareto"`` when the Pareto constraint allows less
+    than ``fraction`` of the move the objective asks for (it, not the entropy, holds the mixture), else
+    ``"entropy"`` when the mixture realises less than ``fraction`` of the influence gain on the way from the
+    entropy term's answer to the influence terms', else None. ``fraction = 0`` turns both off."""
+    if not diagnosis:
+        return None
+    move, share = diagnosis.get("move_share", float("nan")), diagnosis.get("influence_share", float("nan"))
+    if np.isfinite(move) and move < fraction:
+        return "pareto"
+    if np.isfinite(share) and share < fraction:
+        return "entropy"
+    return None
 
 
 def _pareto_room(Sn: np.ndarray, w_prev: np.ndarray, caps: np.ndarray, slack: float) -> float:
