@@ -17,10 +17,12 @@ methods.md, "RegMix". The steps, each a pure function here so tests can check th
    after training it computes, and is charged for, its target loss only (the reference read one validation
    loss from each proxy's log), not the per-domain validation/test perplexity nor a downstream evaluation.
 3. :func:`fit_mixing_law` — LightGBM as the reference notebook fits it (gbdt, objective regression, up to
-   1000 iterations, learning rate 0.01, metrics l1 and l2, early stopping after 3 rounds without improvement
-   on held-out mixtures: here a third of the proxies, which then take no part in that model's training) and
-   a linear model from the m weights to the target loss; held-out Spearman ρ of each from K-fold
-   out-of-fold predictions.
+   1000 iterations, learning rate 0.01, metrics l1 and l2) and a linear model from the m weights to the target
+   loss; held-out Spearman ρ of each from K-fold out-of-fold predictions (a warning when the chosen model's is
+   below ``cv_warn_below``). The number of trees (``lgbm.n_trees``): ``cv`` (default) = the round minimising
+   the K-fold out-of-fold MSE over all proxies, then refitted on all of them; ``holdout`` = the notebook's early
+   stopping after 3 rounds without improvement on held-out mixtures (here a third of the proxies, which then take
+   no part in that model's training; at 16 proxies a stopping signal of 5 mixtures).
 4. :func:`choose_mixture` — simulate many mixtures, predict, average the top-k → the static mixture of the
    main run. ``search_distribution: prior`` (default) draws them as the notebook does, w ~ Dir(1·p): no
    temperature, strengths or caps; ``generator`` draws them with the candidate procedure (temperature,
@@ -41,6 +43,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +61,7 @@ from tikmix.mixer import Mixer, MixerConfig, MixerContext, register
 from tikmix.model import llama_config
 from tikmix.regression import (
     LinearLaw,
+    fit_cv_trees,
     fit_early_stopped,
     folds_for,
     kfold_predictions,
@@ -75,7 +79,8 @@ from tikmix.runlog import to_builtin as _jsonable
 # --------------------------------------------------------------------------------------------------------
 # config (conf/mixer/regmix.yaml). Published values are given beside each default; the defaults differ only where
 # a 2-core CPU demands it (n_candidates, proxy_budget, proxy_trainer.lr, lgbm.min_child_samples, n_simulate) or
-# where the published value assumed 1B-token proxies (minimum: auto). The reference: sail-sg/regmix b004d3a,
+# where the published value assumed 1B-token proxies (minimum: auto), and in the number of trees (lgbm.n_trees: cv,
+# since the notebook's early stopping had 256 extra test proxies). The reference: sail-sg/regmix b004d3a,
 # mixture_config/synthesize_mixture.py (candidates) and regression_fitting/regression.ipynb (fit, search).
 # --------------------------------------------------------------------------------------------------------
 @dataclass
@@ -155,15 +160,26 @@ class LGBMConfig:
     min_data_in_bin: int = (
         3  # LightGBM default (notebook: default); this suite used 1 before (see README fidelity table)
     )
-    # stop when the held-out l1 or l2 has not improved for this many rounds (notebook 3); predictions use the best
-    # round. 0 = grow all n_estimators trees on every proxy
+    # how many trees (of at most n_estimators) the model that picks the mixture uses:
+    # cv = K-fold cross-validation over ALL proxies (K = min(mixer.cv_folds, n), the folds of the reported rho):
+    #   each fold grows every tree on the other folds and records its held-out l2 per round; the round with the
+    #   lowest pooled out-of-fold MSE wins and the model is refitted on all proxies with that many trees (5-fold at
+    #   the default cv_folds; leave-one-out only when n <= cv_folds). Why: the notebook's early stopping (holdout)
+    #   had 256 extra test proxies; holding out a third of this run's own proxies leaves 5 of 16 to decide when to
+    #   stop, and those 5 train nothing. Planted law, 16 proxies, 10 seeds (tests/benchmarks/bench_regmix_fit.py):
+    #   trees 1-795, rho on fresh mixtures 0.60 with holdout; 232-1000 trees, 0.71 with cv
+    # holdout = the notebook's rule: stop when l1 or l2 on valid_frac of the proxies (who then train nothing) has
+    #   not improved for early_stopping_rounds rounds; predictions use the best round
+    n_trees: str = "cv"
+    # holdout's patience (notebook 3). 0 = grow all n_estimators trees on every proxy, whatever n_trees says
     early_stopping_rounds: int = 3
-    # share of the proxies held out for early stopping, which then do not train that model (notebook: 256 test
-    # mixtures beside 512 training ones = 1/3); none are held out when either side would have < 2 proxies
+    # holdout only: share of the proxies held out for early stopping, which then do not train that model (notebook:
+    # 256 test mixtures beside 512 training ones = 1/3); none are held out when either side would have < 2 proxies
     valid_frac: Number = 0.33
 
 
 LGBM: dict[str, Any] = dataclasses.asdict(LGBMConfig())
+N_TREES_RULES = ("cv", "holdout")
 
 
 def _regmix_proxy_model() -> ModelConfig:
@@ -205,6 +221,11 @@ class RegMixConfig(GeneratorConfig):
     )
     lgbm: LGBMConfig = field(default_factory=LGBMConfig)
     cv_folds: int = 5  # held-out Spearman rho from K-fold out-of-fold predictions (reported for both models)
+    # print "[regmix] warning: ..." (stderr) when the cross-validated Spearman rho of the model that picks the
+    # mixture (mixer_info.cv_spearman) is below this, or undefined: such a fit ranks mixtures poorly, so its top-k
+    # rests on little; more proxies (mixer.n_candidates) help. 0.5: the planted law's median at 16 proxies is ~0.4,
+    # at 32 ~0.8 (tests/benchmarks/bench_regmix_fit.py); real 32-proxy demo runs gave 0.29-0.82. null = never warn
+    cv_warn_below: Optional[Number] = 0.5
     # --- 4. search
     # prior = the notebook's w ~ Dir(search_strength * p): no temperature, strength grid, caps or rounding (so the
     # chosen mixture may exceed max_usage * p_d) | generator = the candidate procedure above (temperature,
@@ -244,6 +265,13 @@ class RegMixConfig(GeneratorConfig):
             lg.early_stopping_rounds >= 0,
             "mixer.lgbm.early_stopping_rounds",
             f"an integer >= 0 (0 = grow all n_estimators trees), got {lg.early_stopping_rounds!r}",
+        )
+        check_choice("mixer.lgbm.n_trees", lg.n_trees, N_TREES_RULES)
+        wb = self.cv_warn_below
+        need(
+            wb is None or (is_number(wb) and -1 <= wb <= 1),
+            "mixer.cv_warn_below",
+            f"null or a Spearman rho in [-1, 1], got {wb!r}",
         )
         need(
             is_number(lg.valid_frac) and 0 < lg.valid_frac < 1,
@@ -413,11 +441,33 @@ def _lgbm(params: Mapping[str, Any], n: int, seed: int):
     )
 
 
-def fit_lgbm(params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, seed: int):
-    """LightGBM as the reference notebook fits it (:func:`tikmix.regression.fit_early_stopped`: boosting stops
-    when the held-out l1 or l2 has not improved for ``early_stopping_rounds`` rounds; 0 grows all trees)."""
-    return fit_early_stopped(
-        lambda n: _lgbm(params, n, seed), X, y, int(params["early_stopping_rounds"]), float(params["valid_frac"]), seed
+def fit_lgbm(params: Mapping[str, Any], X: np.ndarray, y: np.ndarray, seed: int, folds: int = 5):
+    """LightGBM with the number of trees ``params["n_trees"]`` says: ``cv`` = chosen by ``folds``-fold
+    cross-validation over all rows, refitted on all (:func:`tikmix.regression.fit_cv_trees`); ``holdout`` = as the
+    reference notebook (:func:`tikmix.regression.fit_early_stopped`: boosting stops when the held-out l1 or l2 has
+    not improved for ``early_stopping_rounds`` rounds). ``early_stopping_rounds: 0`` grows all trees."""
+    rule, rounds = params.get("n_trees", "cv"), int(params["early_stopping_rounds"])
+    if rule not in N_TREES_RULES:
+        raise ConfigError("mixer.lgbm.n_trees", f"{' | '.join(N_TREES_RULES)}, got {rule!r}")
+    make = lambda n: _lgbm(params, n, seed)  # noqa: E731
+    if rule == "cv" and rounds > 0:
+        return fit_cv_trees(make, X, y, folds, seed)
+    return fit_early_stopped(make, X, y, rounds, float(params["valid_frac"]), seed)
+
+
+def cv_warning(rho: float | None, n: int, threshold: float | None, regressor: str = "lightgbm") -> str | None:
+    """The warning line for a fit whose cross-validated Spearman ρ is below ``threshold`` (or undefined), else
+    None (also when ``threshold`` is None)."""
+    if threshold is None:
+        return None
+    rho = float("nan") if rho is None else float(rho)
+    if math.isfinite(rho) and rho >= float(threshold):
+        return None
+    what = f"is {rho:.2f}, below mixer.cv_warn_below={float(threshold):g}" if math.isfinite(rho) else "is undefined"
+    return (
+        f"[regmix] warning: the {regressor} fit's cross-validated Spearman rho {what} with {n} proxies: it ranks "
+        f"mixtures poorly, so the chosen mixture rests on little; train more proxies "
+        f"(mixer.n_candidates, e.g. {max(64, 4 * n)})"
     )
 
 
@@ -426,8 +476,10 @@ def fit_mixing_law(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit LightGBM (:func:`fit_lgbm`) and the linear model w → y. Returns ({"lightgbm": model, "linear":
     model}, info) where info holds the held-out Spearman ρ of each (K-fold out-of-fold predictions, K =
-    min(folds, n); each fold's LightGBM stops early on a split of that fold's training rows), their held-out
-    RMSE, n, and the trees LightGBM used. The returned models are fitted on all the data."""
+    min(folds, n); each fold's LightGBM chooses its trees on that fold's training rows alone: by an inner K-fold
+    cross-validation (``n_trees: cv``) or early stopping on a split of them (``holdout``), so the ρ is that of
+    the whole procedure), their held-out RMSE, n, and the trees LightGBM used. The returned models are fitted on
+    all the data (``holdout``: on all but its held-out rows)."""
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     if X.ndim != 2 or len(X) != len(y):
@@ -435,7 +487,7 @@ def fit_mixing_law(
     n = len(y)
     lgbm = dict(LGBM, **(lgbm or {}))
     fitters: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
-        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed),
+        "lightgbm": lambda Xs, ys: fit_lgbm(lgbm, Xs, ys, seed, folds),
         "linear": lambda Xs, ys: LinearLaw().fit(Xs, ys),
     }
     info: dict[str, Any] = {"n": n}
@@ -457,8 +509,14 @@ def fit_mixing_law(
         info["lgbm_trees_folds"] = fold_trees
     models = {name: fit(X, y) for name, fit in fitters.items()}
     info["lgbm_trees"] = n_trees(models["lightgbm"])
-    held_out = stopping_split(n, lgbm["valid_frac"], seed)[1] if int(lgbm["early_stopping_rounds"]) > 0 else []
-    info["lgbm_stopping_rows"] = len(held_out)  # 0: too few proxies to hold any out, all trees grown
+    rounds = int(lgbm["early_stopping_rounds"])
+    info["lgbm_n_trees"] = lgbm["n_trees"] if rounds > 0 else "all"
+    # the trees' choice: cv = its folds (0: too few proxies, all trees grown); holdout = the proxies it held out
+    # (0: too few to hold any out, all trees grown)
+    if lgbm["n_trees"] == "cv":
+        info["lgbm_tree_folds"] = folds_for(n, folds) if rounds > 0 else 0
+    else:
+        info["lgbm_stopping_rows"] = len(stopping_split(n, lgbm["valid_frac"], seed)[1]) if rounds > 0 else 0
     info["linear_coef"] = models["linear"].coef_.tolist()
     return models, info
 
@@ -887,6 +945,8 @@ class RegMix(Mixer):
         )
         self._w = w
         best = int(np.argmin(y))
+        cv_rho = finfo.get(f"spearman_{c.regressor}")
+        warning = cv_warning(cv_rho, len(y), c.cv_warn_below, c.regressor)
         self.info = _jsonable(
             {
                 "proxies": {k: v for k, v in pinfo.items() if k not in ("crashed", "unfinished", "no_target")},
@@ -897,6 +957,9 @@ class RegMix(Mixer):
                 "spearman_lightgbm": finfo.get("spearman_lightgbm"),
                 "spearman_linear": finfo.get("spearman_linear"),
                 "regressor": c.regressor,
+                # the cross-validated Spearman rho of the model that picked the mixture, and the warning it gave
+                "cv_spearman": cv_rho,
+                "cv_warning": warning,
                 "search": sinfo,
                 "prior": dict(zip(self.domains, self.prior)),
                 "weights": dict(zip(self.domains, w)),
@@ -909,11 +972,14 @@ class RegMix(Mixer):
             [{"proxy": i, "weights": dict(zip(self.domains, X[i])), "target_loss": float(y[i])} for i in range(len(y))]
         )
         print(
-            f"[regmix] fit on {len(y)} proxies: held-out Spearman LightGBM {finfo.get('spearman_lightgbm', float('nan')):.3f}, "
+            f"[regmix] fit on {len(y)} proxies: held-out Spearman LightGBM {finfo.get('spearman_lightgbm', float('nan')):.3f} "
+            f"({finfo['lgbm_trees']} trees, {finfo['lgbm_n_trees']}), "
             f"linear {finfo.get('spearman_linear', float('nan')):.3f}; mixture "
             + ", ".join(f"{d} {x:.3f}" for d, x in zip(self.domains, w)),
             flush=True,
         )
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
 
 
 @register("regmix_candidate", RegMixCandidateConfig)

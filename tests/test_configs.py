@@ -88,7 +88,8 @@ def test_mixer_presets_are_their_dataclass_defaults():
 FINGERPRINTS = {
     (): "91ce3f20d6cdb738",
     ("budget=smoke", "mixer=tikmix_m"): "b328a04f9996ee5a",
-    ("budget=smoke", "mixer=regmix"): "c9382d9090652ce9",
+    ("budget=smoke", "mixer=regmix"): "7e49ee51b268f730",  # lgbm.n_trees: cv, a new default: a new fingerprint
+    ("budget=smoke", "mixer=regmix", "mixer.lgbm.n_trees=holdout"): "c9382d9090652ce9",  # the rule before: as before
     ("budget=smoke", "mixer=doremi"): "bd0f99ccc76493d2",
     ("budget=smoke", "mixer=aioli"): "e229d503026a9359",
     ("mixer=dga", "mixer.rule=doge"): "fe0cafd0085dfd58",

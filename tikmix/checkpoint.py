@@ -151,8 +151,9 @@ _NON_TRAJECTORY = {
     # checkpoint of one resumes in the other
     "trainer.compile",
     "trainer.compile_mode",
-    # a warning threshold of TiKMiX's (the mixture is the same whatever it is)
+    # warning thresholds of TiKMiX's and RegMix's (the mixture is the same whatever they are)
     "mixer.warn_fraction",
+    "mixer.cv_warn_below",
 }
 
 
@@ -168,6 +169,7 @@ _ADDED_KEYS: dict[str, Any] = {
     "budget.eval_limit": None,
     "trainer.stop_at_stage": None,
     "trainer.init_from": None,
+    "mixer.lgbm.n_trees": "holdout",  # RegMix's trees before cross-validation chose them
 }
 
 

@@ -1,11 +1,12 @@
 """Laws over mixtures and the search for the mixture a law predicts best: shared by RegMix
 (:mod:`baselines.regmix`) and TiKMiX-M (:mod:`tikmix.method.solvers`). Pure numpy/scipy, no torch.
 
-* :func:`lgbm_regressor`, :func:`fit_early_stopped`, :func:`n_trees` — LightGBM on a few dozen mixtures, the same
-  trees on every machine; RegMix's fit that stops on held-out mixtures.
+* :func:`lgbm_regressor`, :func:`fit_cv_trees`, :func:`fit_early_stopped`, :func:`n_trees` — LightGBM on a few
+  dozen mixtures, the same trees on every machine; RegMix's fit, its number of trees chosen by K-fold
+  cross-validation over all mixtures (or, as the reference notebook, by early stopping on held-out mixtures).
 * :class:`LinearLaw`, :class:`QuadraticRidge` — least-squares laws linear / quadratic in the weights.
-* :func:`folds_for`, :func:`kfold_predictions`, :func:`r2`, :func:`spearman`, :func:`rmse` — how well a law
-  predicts mixtures it was not fitted on (K-fold out-of-fold predictions).
+* :func:`folds_for`, :func:`fold_indices`, :func:`kfold_predictions`, :func:`r2`, :func:`spearman`, :func:`rmse` —
+  how well a law predicts mixtures it was not fitted on (K-fold out-of-fold predictions).
 * :func:`top_k_mean`, :func:`dirichlet_search`, :func:`in_region` — the search: the mean of the k mixtures a
   law predicts lowest among many drawn (RegMix's simulation, one round of the paper's Algorithm 1).
 """
@@ -51,28 +52,70 @@ def stopping_split(n: int, valid_frac: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(perm[n_va:]), np.sort(perm[:n_va])
 
 
+def _eval_kwargs(model: Any, Xv: np.ndarray, yv: np.ndarray) -> dict[str, Any]:
+    """``fit``'s validation-set arguments: eval_X/eval_y on LightGBM >= 4.7, eval_set before (deprecated since)."""
+    if "eval_X" in inspect.signature(model.fit).parameters:
+        return {"eval_X": Xv, "eval_y": yv}
+    return {"eval_set": [(Xv, yv)]}
+
+
 def fit_early_stopped(
     make: Callable[[int], Any], X: np.ndarray, y: np.ndarray, rounds: int, valid_frac: float, seed: int
 ) -> Any:
     """LightGBM as RegMix's reference notebook fits it: boosting stops when the held-out l1 or l2 has not
     improved for ``rounds`` rounds, and predictions use the best round; the held-out rows (``valid_frac``)
-    only decide when to stop. ``rounds=0`` grows every tree on every row. ``make(n_train)``: the regressor."""
+    only decide when to stop. ``rounds=0`` grows every tree on every row. ``make(n_train)``: the regressor.
+    With few rows the stopping signal is a handful of mixtures (16 proxies: 5): :func:`fit_cv_trees` uses all."""
     import lightgbm as lgb
 
     tr, va = stopping_split(len(y), valid_frac, seed) if rounds > 0 else (np.arange(len(y)), [])
     model = make(len(tr))
     if len(va) == 0:
         return model.fit(X, y)
-    held_out = {"eval_X": X[va], "eval_y": y[va]}  # LightGBM >= 4.7; eval_set before (deprecated since)
-    if "eval_X" not in inspect.signature(model.fit).parameters:
-        held_out = {"eval_set": [(X[va], y[va])]}
     return model.fit(
         X[tr],
         y[tr],
         eval_metric="l2",
         callbacks=[lgb.early_stopping(rounds, first_metric_only=False, verbose=False)],
-        **held_out,
+        **_eval_kwargs(model, X[va], y[va]),
     )
+
+
+def cv_loss_curve(make: Callable[[int], Any], X: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Held-out mean squared error after each boosting round [n_estimators], pooled over the K folds of
+    :func:`fold_indices` (K = ``folds``): fold f grows every tree of ``make(len(y))`` on the other folds' rows and
+    records its l2 on its own rows after each round. Every row is held out exactly once, so round t's value is the
+    out-of-fold MSE of t-tree models. A fold whose boosting ended early (no split left) keeps its last value."""
+    n = len(y)
+    sse: np.ndarray | None = None
+    for te in fold_indices(n, folds, seed):
+        tr = np.setdiff1d(np.arange(n), te)
+        model = make(n)  # the hyperparameters of the final fit on all n rows (min_child_samples may follow n)
+        model.fit(X[tr], y[tr], eval_metric="l2", **_eval_kwargs(model, X[te], y[te]))
+        curve = np.asarray(next(iter(model.evals_result_.values()))["l2"], dtype=np.float64)
+        if sse is None:
+            sse = np.zeros(int(model.get_params()["n_estimators"]))
+        full = np.full(len(sse), curve[-1] if len(curve) else np.nan)
+        full[: len(curve)] = curve[: len(sse)]
+        sse += len(te) * full
+    assert sse is not None
+    return sse / n
+
+
+def fit_cv_trees(make: Callable[[int], Any], X: np.ndarray, y: np.ndarray, folds: int, seed: int) -> Any:
+    """LightGBM with its number of trees chosen by K-fold cross-validation over ALL rows, then refitted on all
+    of them: T = the round that minimises the pooled out-of-fold MSE (:func:`cv_loss_curve`; the earliest of
+    ties), then ``make(n)`` with ``n_estimators=T`` fitted on every row. K = min(``folds``, n) (:func:`folds_for`);
+    below 4 rows (no cross-validation) every tree is grown. Unlike :func:`fit_early_stopped` every row both trains
+    the final model and votes on T, and T minimises the whole curve (no patience: a few noisy rounds cannot stop
+    it). ``make(n)``: the regressor (its ``n_estimators`` is the most trees considered)."""
+    n = len(y)
+    K = folds_for(n, folds)
+    if not K:
+        return make(n).fit(X, y)
+    curve = cv_loss_curve(make, X, y, K, seed)
+    best = int(np.nanargmin(curve)) + 1 if np.isfinite(curve).any() else len(curve)
+    return make(n).set_params(n_estimators=best).fit(X, y)
 
 
 def n_trees(model: Any) -> int:
@@ -123,16 +166,20 @@ def folds_for(n: int, folds: int) -> int:
     return k if k >= 2 and n >= 4 else 0
 
 
+def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """The held-out rows of each of ``folds`` folds: fold f = perm[f::folds] of a permutation seeded by ``seed``."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return [perm[f::folds] for f in range(folds)]
+
+
 def kfold_predictions(
     fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int, folds: int, seed: int
 ) -> np.ndarray:
-    """Out-of-fold predictions [n]: fold f holds out rows perm[f::folds] of a permutation seeded by ``seed``;
-    ``fit_predict(train rows, held-out rows)`` fits on the former and returns predictions of the latter."""
-    perm = np.random.default_rng(seed).permutation(n)
+    """Out-of-fold predictions [n] over the folds of :func:`fold_indices`; ``fit_predict(train rows, held-out
+    rows)`` fits on the former and returns predictions of the latter."""
     oof = np.empty(n)
-    for f in range(folds):
-        te = perm[f::folds]
-        oof[te] = fit_predict(np.setdiff1d(perm, te), te)
+    for te in fold_indices(n, folds, seed):
+        oof[te] = fit_predict(np.setdiff1d(np.arange(n), te), te)
     return oof
 
 
