@@ -25,6 +25,8 @@ import pytest
 from tests.conftest import CONF, REPO, compose
 
 README = REPO / "README.md"
+# the findings moved to results/README.md (every table's regeneration commands): checked the same way
+READMES = (README, REPO / "results" / "README.md")
 PROGRAMS = ("python ", ".venv/bin/python ", "torchrun ", "bash ", "apt-get ", "lm_eval ")
 MAX_RUNS = 2  # train.py commands run end to end (each ~5-10 s with its smoke evaluation); the rest are composed
 
@@ -67,10 +69,12 @@ class Command:
     text: str
     expect_error: str | None = None  # the `error:` line README prints under a `$ ` command
     args: list[str] = field(default_factory=list)
+    file: str = "README.md"
 
     @property
     def id(self) -> str:
-        return f"L{self.line}:{self.text[:60]}"
+        where = "" if self.file == "README.md" else f"{self.file}:"
+        return f"{where}L{self.line}:{self.text[:60]}"
 
 
 def _split(text: str) -> list[str]:
@@ -80,7 +84,15 @@ def _split(text: str) -> list[str]:
 
 
 def readme_commands() -> list[Command]:
-    lines = README.read_text().splitlines()
+    out: list[Command] = []
+    for path in READMES:
+        name = str(path.relative_to(REPO))
+        out += [Command(c.line, c.text, c.expect_error, c.args, name) for c in _commands_of(path)]
+    return out
+
+
+def _commands_of(path: Path) -> list[Command]:
+    lines = path.read_text().splitlines()
     out: list[Command] = []
     fenced = False
     for i, line in enumerate(lines):
