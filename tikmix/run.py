@@ -32,7 +32,7 @@ from tikmix.budget import check_repeats, plan_steps
 from tikmix.checkpoint import branch_point, fingerprint, resume_point
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
-from tikmix.data.shards import prepare_data
+from tikmix.data.shards import changed_inputs, prepare_data
 from tikmix.errors import ConfigError, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
@@ -125,7 +125,8 @@ def _run(
             "trainer.stop_at_stage",
             f"{settings.stop_at_stage} is past the last stage boundary (budget.stages has {len(stage_steps)})",
         )
-    plan = RunPlan(domains, total_steps, stage_steps, run_dir, fingerprint(container))
+    fp = fingerprint(container, shards.inputs_digest)
+    plan = RunPlan(domains, total_steps, stage_steps, run_dir, fp, shards.key, shards.inputs_digest)
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
     sampler = MixtureSampler(train_arrays, budget.seq_len, budget.batch_size, cfg.seed, domains)
@@ -144,7 +145,17 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
-    ckpt = resume_point(run_dir, container, plan.fingerprint, model, world, total_steps, domains)
+    ckpt = resume_point(
+        run_dir,
+        container,
+        plan.fingerprint,
+        model,
+        world,
+        total_steps,
+        domains,
+        functools.partial(data_change, shards=shards),
+        fingerprint(container),
+    )
     branch = None
     if ckpt is None and settings.init_from:  # a schedule continuing a shared prefix (eval.schedule_oracle)
         stages = getattr(mixer, "stages", None)
@@ -157,6 +168,9 @@ def _run(
             domains,
             None if stages is None else np.asarray(stages),
         )
+        why = data_change(branch, shards)
+        if why:
+            raise ConfigError("trainer.init_from", f"{settings.init_from} was trained on other data: {why}")
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -206,6 +220,20 @@ def _run(
         return res
     finally:
         logger.finish()
+
+
+def data_change(ckpt: dict, shards: Any) -> str | None:
+    """What of the local input files differs from those the checkpoint's run trained on (None: the same, or
+    nothing to compare: synthetic data, or a checkpoint from before the inputs were recorded)."""
+    old = ckpt.get("data_inputs")
+    if "data_inputs" not in ckpt or old == shards.inputs_digest:
+        return None
+    manifest = shards.root.parent / str(ckpt.get("data_key")) / "manifest.json"
+    try:
+        before = json.loads(manifest.read_text()).get("inputs") or []
+    except (OSError, ValueError):
+        return f"its input files have changed since (digest {old}, now {shards.inputs_digest})"
+    return changed_inputs(before, shards.inputs) or f"its input files' digest was {old}, now {shards.inputs_digest}"
 
 
 def resolved_container(cfg: DictConfig) -> dict:
@@ -288,7 +316,7 @@ def mixer_context(
         run_dir=str(plan.run_dir),
         targets_auto=targets_auto(cfg),
     )
-    ctx.run_subrun = make_subrun(cfg, ledger)
+    ctx.run_subrun = make_subrun(cfg, ledger, plan.data_inputs)
     ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
     ctx.autocast = functools.partial(autocast, device, amp_dtype_for(settings.dtype, device))
     return ctx
@@ -367,7 +395,7 @@ def _downstream(
     return entry
 
 
-def make_subrun(parent: DictConfig, ledger: Ledger):
+def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = None):
     """A function mixers call to train a proxy/reference model through this same trainer.
 
     ``run_subrun(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
@@ -392,7 +420,7 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
         cfg.trainer.progress = False
         cfg.trainer.save_final_model = False
         cfg.run_dir = "."
-        key = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        key = fingerprint(OmegaConf.to_container(cfg, resolve=True), data_inputs)  # edited data: another sub-run
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
