@@ -706,3 +706,42 @@ def test_a_full_disk_while_building_the_cache_is_one_line_and_leaves_nothing(
     assert code == 74 and len(lines) == 1 and "cannot build the data cache in" in lines[0], err[-2000:]
     assert "No space left on device" in lines[0]
     assert [p.name for p in cache.iterdir()] == [f"{sh.cache_key(cfg.data)}.lock"]
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A 64 KiB tmpfs filled to the last page: writes there fail as on a really full disk (ENOSPC), with no
+    patched writer in between. Needs root (mount); skipped where it cannot be mounted."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({(r.stderr or r.stdout).strip()[:80]})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(mnt: Path) -> None:
+    with open(mnt / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_while_appending_metrics_is_one_storage_error_and_no_torn_line(full_fs):
+    """[5 of 6] case 2: appending to metrics.jsonl on a really full filesystem raises StorageError (one line, exit
+    74), not the bare OSError a buffered file raised again when it was closed; the file ends at its last line."""
+    from tikmix.errors import StorageError
+    from tikmix.runlog import append_line
+
+    path = full_fs / "metrics.jsonl"
+    first = json.dumps({"step": 1, "pad": "x" * 4070})  # the file ends near a page boundary ...
+    append_line(path, first)
+    _fill(full_fs)
+    with pytest.raises(StorageError, match="No space left on device; it ends at its last complete line"):
+        append_line(path, json.dumps({"step": 2, "loss": 1.5}))  # ... so a short line needs a new page
+    assert path.read_text() == first + "\n"
