@@ -745,3 +745,36 @@ def test_a_full_disk_while_appending_metrics_is_one_storage_error_and_no_torn_li
     with pytest.raises(StorageError, match="No space left on device; it ends at its last complete line"):
         append_line(path, json.dumps({"step": 2, "loss": 1.5}))  # ... so a short line needs a new page
     assert path.read_text() == first + "\n"
+
+
+def test_ctrl_c_twice_checkpoints_exits_130_in_one_line_then_resumes_to_the_same_results(
+    smoke_overrides, tmp_path, uninterrupted
+):
+    """[5 of 6] case 3: SIGINT (Ctrl-C, here twice) is handled as SIGTERM: the step ends, is checkpointed, one
+    `[tikmix] SIGINT received` line, exit 130 (not a KeyboardInterrupt traceback and death by signal); the same
+    command resumes to the uninterrupted run's results."""
+    from tests.conftest import compose
+
+    base = smoke_overrides + ["trainer.save_final_model=false"]
+    ref = uninterrupted(base)
+    ov = base + [f"run_dir={tmp_path / 'run'}"]
+    hook = """
+from tikmix.trainer import Trainer
+_orig = Trainer.train_step
+def _hook(self, step, w):
+    if step == 4:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    return _orig(self, step, w)
+Trainer.train_step = _hook
+"""
+    script = f"import os, signal, sys\nfrom tests.conftest import compose\n{hook}\nfrom tikmix.run import main\nmain(compose({ov!r}))\n"
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    lines = [x for x in r.stderr.splitlines() if "SIGINT" in x]
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert lines == ["[tikmix] SIGINT received (Ctrl-C): checkpointed at step 5; run the same command again to resume"]
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+    _same_results(run(compose(ov)), ref)

@@ -474,7 +474,7 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
     except (TikmixError, Preempted) as e:
         code = exit_code(e)
         msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
-        print(f"{'[tikmix]' if code == 75 else 'error:'} {msg}", file=sys.stderr)
+        print(f"{'[tikmix]' if code in (75, 130) else 'error:'} {msg}", file=sys.stderr)
         if not multirun:
             sys.exit(code)
         _record_failure(cfg, e)
@@ -493,9 +493,11 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
 
 
 def exit_code(e: BaseException) -> int:
-    """75 (EX_TEMPFAIL) preempted, resumable; 74 (EX_IOERR) a write failed, resumable once there is space;
-    2 bad input (tikmix.errors lists them all)."""
-    return 75 if isinstance(e, Preempted) else 74 if isinstance(e, StorageError) else 2
+    """75 (EX_TEMPFAIL) preempted, resumable; 130 interrupted (Ctrl-C), resumable; 74 (EX_IOERR) a write failed,
+    resumable once there is space; 2 bad input (tikmix.errors lists them all)."""
+    if isinstance(e, Preempted):
+        return 130 if e.reason.startswith("SIGINT") else 75
+    return 74 if isinstance(e, StorageError) else 2
 
 
 def _is_multirun() -> bool:
@@ -522,7 +524,7 @@ class SweepExitCode(Callback):
         failed = failed_jobs(Path(str(config.hydra.sweep.dir)), getattr(self, "t0", 0.0))
         if not failed:
             return
-        code = 75 if all(f.get("exit_code") == 75 for f in failed) else 1
+        code = 75 if all(f.get("exit_code") in (75, 130) for f in failed) else 1  # only stopped: resumable
         first = failed[0]
         print(
             f"{'[tikmix]' if code == 75 else 'error:'} {len(failed)} job(s) of the sweep did not finish "
