@@ -778,3 +778,26 @@ Trainer.train_step = _hook
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
     _same_results(run(compose(ov)), ref)
+
+
+def test_a_resume_with_another_thread_count_is_said_and_the_count_is_recorded(make_cfg, tmp_path, capsys):
+    """[5 of 6] case 4: a checkpoint records the torch thread count; resuming it with another one is accepted
+    with one note (equal within float tolerance, not bit for bit), and with the same one, silently."""
+    cfg = make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "run")
+    run_until_crash(cfg, crash_at=5)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["torch_threads"] == torch.get_num_threads()
+    capsys.readouterr()
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        run(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "run"))
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert f"written with {before} torch threads, the run now has {before + 1}" in err
+    assert "within float tolerance, not bit for bit" in err
+    run_until_crash(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "same"), crash_at=5)
+    capsys.readouterr()
+    run(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "same"))
+    assert "torch threads" not in capsys.readouterr().err

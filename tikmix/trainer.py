@@ -375,6 +375,9 @@ class Trainer:
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
+            # CPU matmuls sum in another order with another thread count: a resume is then equal within float
+            # tolerance, not bit for bit (tikmix.run says so on resume)
+            "torch_threads": torch.get_num_threads(),
             # metrics.jsonl's length now: a resumed run cuts the lines logged after this checkpoint
             "metrics_bytes": self.logger.metrics_bytes() if self.logger is not None else None,
         }
