@@ -801,3 +801,31 @@ def test_a_resume_with_another_thread_count_is_said_and_the_count_is_recorded(ma
     capsys.readouterr()
     run(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "same"))
     assert "torch threads" not in capsys.readouterr().err
+
+
+def test_a_run_dir_that_is_a_file_and_a_refused_config_leave_nothing_behind(tmp_path):
+    """[5 of 6] case 5: a run folder that is an existing file is one error line (exit 2), not Hydra's traceback;
+    a config refused at start leaves no empty run folder behind (a folder the user made beforehand stays)."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    base = [sys.executable, str(REPO / "train.py"), "budget=smoke", "logger=none"]
+    r = subprocess.run(base + [f"hydra.run.dir={afile}"], cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: config error: hydra.run.dir: {afile} is an existing file, not a folder; choose another "
+        "hydra.run.dir (hydra.sweep.dir for a multirun)"
+    )
+    assert afile.read_text() == "mine"
+    new = tmp_path / "new"
+    r = subprocess.run(
+        base + ["trainer.lr=-1", f"hydra.run.dir={new}"], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "trainer.lr: must be a number > 0" in r.stderr
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.utime(mine, (time.time() - 3600, time.time() - 3600))  # made by the user, before the run
+    r = subprocess.run(
+        base + ["trainer.lr=-1", f"hydra.run.dir={mine}"], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and mine.is_dir()

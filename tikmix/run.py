@@ -491,6 +491,8 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
         msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
         print(f"{'[tikmix]' if code in (75, 130) else 'error:'} {msg}", file=sys.stderr)
         if not multirun:
+            if not isinstance(e, Preempted):
+                _drop_if_made_empty(Path(str(cfg.run_dir)))
             sys.exit(code)
         _record_failure(cfg, e)
         if isinstance(e, Preempted) and _in_sweep_process():
@@ -505,6 +507,19 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
     if not res["val_loss"]:  # a proxy run (trainer.final_eval: targets | none)
         return res.get("target_loss_mean")
     return float(np.mean(list(res["val_loss"].values())))
+
+
+_STARTED = time.time()  # this process's start (train.py imports this module before Hydra makes the run folder)
+
+
+def _drop_if_made_empty(run_dir: Path) -> None:
+    """A refused run writes nothing: remove the run folder Hydra made for it, if it is still empty and was made
+    by this process (a folder the user made, or one holding anything, stays)."""
+    try:
+        if run_dir.is_dir() and not any(run_dir.iterdir()) and run_dir.stat().st_mtime >= _STARTED - 1:
+            run_dir.rmdir()
+    except OSError:
+        pass
 
 
 def exit_code(e: BaseException) -> int:
