@@ -706,3 +706,126 @@ def test_a_full_disk_while_building_the_cache_is_one_line_and_leaves_nothing(
     assert code == 74 and len(lines) == 1 and "cannot build the data cache in" in lines[0], err[-2000:]
     assert "No space left on device" in lines[0]
     assert [p.name for p in cache.iterdir()] == [f"{sh.cache_key(cfg.data)}.lock"]
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A 64 KiB tmpfs filled to the last page: writes there fail as on a really full disk (ENOSPC), with no
+    patched writer in between. Needs root (mount); skipped where it cannot be mounted."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({(r.stderr or r.stdout).strip()[:80]})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(mnt: Path) -> None:
+    with open(mnt / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_while_appending_metrics_is_one_storage_error_and_no_torn_line(full_fs):
+    """[5 of 6] case 2: appending to metrics.jsonl on a really full filesystem raises StorageError (one line, exit
+    74), not the bare OSError a buffered file raised again when it was closed; the file ends at its last line."""
+    from tikmix.errors import StorageError
+    from tikmix.runlog import append_line
+
+    path = full_fs / "metrics.jsonl"
+    first = json.dumps({"step": 1, "pad": "x" * 4070})  # the file ends near a page boundary ...
+    append_line(path, first)
+    _fill(full_fs)
+    with pytest.raises(StorageError, match="No space left on device; it ends at its last complete line"):
+        append_line(path, json.dumps({"step": 2, "loss": 1.5}))  # ... so a short line needs a new page
+    assert path.read_text() == first + "\n"
+
+
+def test_ctrl_c_twice_checkpoints_exits_130_in_one_line_then_resumes_to_the_same_results(
+    smoke_overrides, tmp_path, uninterrupted
+):
+    """[5 of 6] case 3: SIGINT (Ctrl-C, here twice) is handled as SIGTERM: the step ends, is checkpointed, one
+    `[tikmix] SIGINT received` line, exit 130 (not a KeyboardInterrupt traceback and death by signal); the same
+    command resumes to the uninterrupted run's results."""
+    from tests.conftest import compose
+
+    base = smoke_overrides + ["trainer.save_final_model=false"]
+    ref = uninterrupted(base)
+    ov = base + [f"run_dir={tmp_path / 'run'}"]
+    hook = """
+from tikmix.trainer import Trainer
+_orig = Trainer.train_step
+def _hook(self, step, w):
+    if step == 4:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+    return _orig(self, step, w)
+Trainer.train_step = _hook
+"""
+    script = f"import os, signal, sys\nfrom tests.conftest import compose\n{hook}\nfrom tikmix.run import main\nmain(compose({ov!r}))\n"
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    lines = [x for x in r.stderr.splitlines() if "SIGINT" in x]
+    assert r.returncode == 130, r.stderr[-3000:]
+    assert lines == ["[tikmix] SIGINT received (Ctrl-C): checkpointed at step 5; run the same command again to resume"]
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+    _same_results(run(compose(ov)), ref)
+
+
+def test_a_resume_with_another_thread_count_is_said_and_the_count_is_recorded(make_cfg, tmp_path, capsys):
+    """[5 of 6] case 4: a checkpoint records the torch thread count; resuming it with another one is accepted
+    with one note (equal within float tolerance, not bit for bit), and with the same one, silently."""
+    cfg = make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "run")
+    run_until_crash(cfg, crash_at=5)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["torch_threads"] == torch.get_num_threads()
+    capsys.readouterr()
+    before = torch.get_num_threads()
+    torch.set_num_threads(before + 1)
+    try:
+        run(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "run"))
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert f"written with {before} torch threads, the run now has {before + 1}" in err
+    assert "within float tolerance, not bit for bit" in err
+    run_until_crash(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "same"), crash_at=5)
+    capsys.readouterr()
+    run(make_cfg("trainer.ckpt_every=2", run_dir=tmp_path / "same"))
+    assert "torch threads" not in capsys.readouterr().err
+
+
+def test_a_run_dir_that_is_a_file_and_a_refused_config_leave_nothing_behind(tmp_path):
+    """[5 of 6] case 5: a run folder that is an existing file is one error line (exit 2), not Hydra's traceback;
+    a config refused at start leaves no empty run folder behind (a folder the user made beforehand stays)."""
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    base = [sys.executable, str(REPO / "train.py"), "budget=smoke", "logger=none"]
+    r = subprocess.run(base + [f"hydra.run.dir={afile}"], cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: config error: hydra.run.dir: {afile} is an existing file, not a folder; choose another "
+        "hydra.run.dir (hydra.sweep.dir for a multirun)"
+    )
+    assert afile.read_text() == "mine"
+    new = tmp_path / "new"
+    r = subprocess.run(
+        base + ["trainer.lr=-1", f"hydra.run.dir={new}"], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "trainer.lr: must be a number > 0" in r.stderr
+    assert not new.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    os.utime(mine, (time.time() - 3600, time.time() - 3600))  # made by the user, before the run
+    r = subprocess.run(
+        base + ["trainer.lr=-1", f"hydra.run.dir={mine}"], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert r.returncode == 2 and mine.is_dir()

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -173,8 +173,12 @@ _ADDED_KEYS: dict[str, Any] = {
 }
 
 
-def fingerprint(cfg: dict) -> str:
+def fingerprint(cfg: dict, data_inputs: str | None = None) -> str:
+    """Which run a config is: a hash of its trajectory keys and, for local data files, of the files themselves
+    (``data_inputs``, tikmix.data.shards.signature_digest): the same config over edited data is another run."""
     c = json.loads(json.dumps(cfg, default=str))
+    if data_inputs is not None:
+        c["_data_inputs"] = data_inputs
     for k in _NON_TRAJECTORY | set(_ADDED_KEYS):
         parts = k.split(".")
         d = c
@@ -229,15 +233,28 @@ def resume_point(
     world: int,
     total_steps: int,
     domains: list[str],
+    data_changed: Callable[[dict], str | None] | None = None,
+    legacy_fp: str | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint this run resumes from (``<run dir>/checkpoints/last.pt``), or None for a fresh start. One
     of another config, another number of processes, or contents that do not fit this run is refused, naming
-    what differs. ``fp``: this config's fingerprint (:func:`fingerprint` of ``container``)."""
+    what differs. ``fp``: this config's fingerprint (:func:`fingerprint` of ``container`` and the data's input
+    digest); ``data_changed(ckpt)``: what of the data differs from what the checkpoint was trained on, if any;
+    ``legacy_fp``: the fingerprint without the data's digest, which a checkpoint written before the digest was
+    recorded carries (accepted: there is nothing to compare its data with)."""
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return None
     ckpt = load_checkpoint(path)
-    if ckpt.get("fingerprint") != fp:
+    if ckpt.get("fingerprint") != fp and data_changed is not None:
+        why = data_changed(ckpt)
+        if why:
+            raise CheckpointError(
+                f"{run_dir} was trained on other data: {why}. Resuming would train the rest on data it did not "
+                "start with; restore those files, or start afresh in another hydra.run.dir"
+            )
+    legacy = legacy_fp is not None and "data_inputs" not in ckpt and ckpt.get("fingerprint") == legacy_fp
+    if ckpt.get("fingerprint") != fp and not legacy:  # legacy: written before the inputs were recorded
         raise CheckpointError(
             f"{run_dir} holds a checkpoint of a different config: {checkpoint_mismatch(run_dir, container, ckpt, model)}. "
             f"Re-run with the same overrides to resume, or choose another hydra.run.dir"

@@ -58,13 +58,23 @@ def hydra_cli(hydra_main) -> None:
     try:
         hydra_main()
     except Exception as e:  # noqa: BLE001 - only Hydra's own errors are turned into a line
-        line, code = hydra_error_line(e), 2
+        line, code = hydra_error_line(e) or run_dir_error_line(e), 2
         if line is None:
             line, code = sweep_error_line(e), 1
         if line is None or asked_full:
             raise
         print(f"error: {line}", file=sys.stderr)
         sys.exit(code)
+
+
+def run_dir_error_line(e: BaseException) -> str | None:
+    """One line for a run (or sweep) folder Hydra cannot create because a file stands at its path (or on it)."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not os.path.isdir(e.filename):
+        return (
+            f"config error: hydra.run.dir: {e.filename} is an existing file, not a folder; choose another "
+            "hydra.run.dir (hydra.sweep.dir for a multirun)"
+        )
+    return None
 
 
 def sweep_error_line(e: BaseException) -> str | None:

@@ -12,7 +12,8 @@ Exit codes of ``python train.py`` (tikmix.run.main):
   74  a write failed (:class:`StorageError`: disk full, quota, read-only): the file being written is
       discarded, the previous checkpoint is intact; free space and run the same command to resume;
   75  preempted (SIGTERM, ``trainer.max_wall_s``): what finished is saved; run the same command to resume
-      (a multirun exits 75 when every unfinished job was preempted).
+      (a multirun exits 75 when every unfinished job was preempted or interrupted).
+  130 interrupted (Ctrl-C, SIGINT): handled as SIGTERM is (what finished is saved); run the same command to resume.
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ def log_final(logger: Any, res: Mapping[str, Any], final_eval: str, mixer_flops:
                 [d, res["final_weights"][d], res["tokens_seen"][d], res["epochs"][d], val_loss[d], res["test_ppl"][d]]
                 for d in domains
             ],
+            step,  # at the last step: a table without one would advance W&B past it, and the scalars after it be lost
         )
     log_results(logger, res, step, figures=run_figures)
 

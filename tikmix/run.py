@@ -32,7 +32,7 @@ from tikmix.budget import check_repeats, plan_steps
 from tikmix.checkpoint import branch_point, fingerprint, resume_point
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
-from tikmix.data.shards import prepare_data
+from tikmix.data.shards import changed_inputs, prepare_data
 from tikmix.errors import ConfigError, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
@@ -125,7 +125,8 @@ def _run(
             "trainer.stop_at_stage",
             f"{settings.stop_at_stage} is past the last stage boundary (budget.stages has {len(stage_steps)})",
         )
-    plan = RunPlan(domains, total_steps, stage_steps, run_dir, fingerprint(container))
+    fp = fingerprint(container, shards.inputs_digest)
+    plan = RunPlan(domains, total_steps, stage_steps, run_dir, fp, shards.key, shards.inputs_digest)
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
     sampler = MixtureSampler(train_arrays, budget.seq_len, budget.batch_size, cfg.seed, domains)
@@ -144,7 +145,17 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
-    ckpt = resume_point(run_dir, container, plan.fingerprint, model, world, total_steps, domains)
+    ckpt = resume_point(
+        run_dir,
+        container,
+        plan.fingerprint,
+        model,
+        world,
+        total_steps,
+        domains,
+        functools.partial(data_change, shards=shards),
+        fingerprint(container),
+    )
     branch = None
     if ckpt is None and settings.init_from:  # a schedule continuing a shared prefix (eval.schedule_oracle)
         stages = getattr(mixer, "stages", None)
@@ -157,6 +168,9 @@ def _run(
             domains,
             None if stages is None else np.asarray(stages),
         )
+        why = data_change(branch, shards)
+        if why:
+            raise ConfigError("trainer.init_from", f"{settings.init_from} was trained on other data: {why}")
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -206,6 +220,20 @@ def _run(
         return res
     finally:
         logger.finish()
+
+
+def data_change(ckpt: dict, shards: Any) -> str | None:
+    """What of the local input files differs from those the checkpoint's run trained on (None: the same, or
+    nothing to compare: synthetic data, or a checkpoint from before the inputs were recorded)."""
+    old = ckpt.get("data_inputs")
+    if "data_inputs" not in ckpt or old == shards.inputs_digest:
+        return None
+    manifest = shards.root.parent / str(ckpt.get("data_key")) / "manifest.json"
+    try:
+        before = json.loads(manifest.read_text()).get("inputs") or []
+    except (OSError, ValueError):
+        return f"its input files have changed since (digest {old}, now {shards.inputs_digest})"
+    return changed_inputs(before, shards.inputs) or f"its input files' digest was {old}, now {shards.inputs_digest}"
 
 
 def resolved_container(cfg: DictConfig) -> dict:
@@ -288,7 +316,7 @@ def mixer_context(
         run_dir=str(plan.run_dir),
         targets_auto=targets_auto(cfg),
     )
-    ctx.run_subrun = make_subrun(cfg, ledger)
+    ctx.run_subrun = make_subrun(cfg, ledger, plan.data_inputs)
     ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
     ctx.autocast = functools.partial(autocast, device, amp_dtype_for(settings.dtype, device))
     return ctx
@@ -339,6 +367,7 @@ def _train(trainer: Trainer, mixer: Any, ckpt: dict | None, logger: RunLogger, b
     if ckpt is not None:
         trainer.load(ckpt)
         print(f"[tikmix] resumed from {trainer.ckpt_path} at step {trainer.state.step}/{trainer.total_steps}")
+        _note_threads(ckpt)
     elif branch is not None:
         trainer.load(branch, branch=True)
         print(f"[tikmix] continuing {src} from its step {trainer.state.step}/{trainer.total_steps} (trainer.init_from)")
@@ -349,6 +378,20 @@ def _train(trainer: Trainer, mixer: Any, ckpt: dict | None, logger: RunLogger, b
         trainer.state.timing["prepare_s"] = time.perf_counter() - t_prep  # the mixer's overhead before training
     trainer.state.wandb_id = logger.wandb_id
     return trainer.fit()
+
+
+def _note_threads(ckpt: dict) -> None:
+    """A resume with another torch thread count is accepted, and said: matmuls then sum in another order, so the
+    resumed run equals the uninterrupted one within float tolerance (val loss off by <= 5e-7 measured), not bit
+    for bit."""
+    then, now = ckpt.get("torch_threads"), torch.get_num_threads()
+    if then is not None and then != now:
+        print(
+            f"[tikmix] note: this checkpoint was written with {then} torch threads, the run now has {now}: the result "
+            f"will equal an uninterrupted run within float tolerance, not bit for bit (set OMP_NUM_THREADS={then} "
+            "for that)",
+            file=sys.stderr,
+        )
 
 
 def _downstream(
@@ -367,7 +410,7 @@ def _downstream(
     return entry
 
 
-def make_subrun(parent: DictConfig, ledger: Ledger):
+def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = None):
     """A function mixers call to train a proxy/reference model through this same trainer.
 
     ``run_subrun(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
@@ -392,7 +435,7 @@ def make_subrun(parent: DictConfig, ledger: Ledger):
         cfg.trainer.progress = False
         cfg.trainer.save_final_model = False
         cfg.run_dir = "."
-        key = fingerprint(OmegaConf.to_container(cfg, resolve=True))
+        key = fingerprint(OmegaConf.to_container(cfg, resolve=True), data_inputs)  # edited data: another sub-run
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
@@ -446,8 +489,10 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
     except (TikmixError, Preempted) as e:
         code = exit_code(e)
         msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
-        print(f"{'[tikmix]' if code == 75 else 'error:'} {msg}", file=sys.stderr)
+        print(f"{'[tikmix]' if code in (75, 130) else 'error:'} {msg}", file=sys.stderr)
         if not multirun:
+            if not isinstance(e, Preempted):
+                _drop_if_made_empty(Path(str(cfg.run_dir)))
             sys.exit(code)
         _record_failure(cfg, e)
         if isinstance(e, Preempted) and _in_sweep_process():
@@ -464,10 +509,25 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
     return float(np.mean(list(res["val_loss"].values())))
 
 
+_STARTED = time.time()  # this process's start (train.py imports this module before Hydra makes the run folder)
+
+
+def _drop_if_made_empty(run_dir: Path) -> None:
+    """A refused run writes nothing: remove the run folder Hydra made for it, if it is still empty and was made
+    by this process (a folder the user made, or one holding anything, stays)."""
+    try:
+        if run_dir.is_dir() and not any(run_dir.iterdir()) and run_dir.stat().st_mtime >= _STARTED - 1:
+            run_dir.rmdir()
+    except OSError:
+        pass
+
+
 def exit_code(e: BaseException) -> int:
-    """75 (EX_TEMPFAIL) preempted, resumable; 74 (EX_IOERR) a write failed, resumable once there is space;
-    2 bad input (tikmix.errors lists them all)."""
-    return 75 if isinstance(e, Preempted) else 74 if isinstance(e, StorageError) else 2
+    """75 (EX_TEMPFAIL) preempted, resumable; 130 interrupted (Ctrl-C), resumable; 74 (EX_IOERR) a write failed,
+    resumable once there is space; 2 bad input (tikmix.errors lists them all)."""
+    if isinstance(e, Preempted):
+        return 130 if e.reason.startswith("SIGINT") else 75
+    return 74 if isinstance(e, StorageError) else 2
 
 
 def _is_multirun() -> bool:
@@ -494,7 +554,7 @@ class SweepExitCode(Callback):
         failed = failed_jobs(Path(str(config.hydra.sweep.dir)), getattr(self, "t0", 0.0))
         if not failed:
             return
-        code = 75 if all(f.get("exit_code") == 75 for f in failed) else 1
+        code = 75 if all(f.get("exit_code") in (75, 130) for f in failed) else 1  # only stopped: resumable
         first = failed[0]
         print(
             f"{'[tikmix]' if code == 75 else 'error:'} {len(failed)} job(s) of the sweep did not finish "

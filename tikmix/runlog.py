@@ -65,17 +65,23 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def append_line(path: Path, line: str) -> None:
     """Append one line; a write that fails (disk full) is cut back off, so the file never ends in a partial
     line, and raises StorageError."""
-    with open(path, "ab") as f:
-        start = f.tell()
+    data = memoryview(line.encode() + b"\n")
+    # unbuffered: a buffered file would flush the failed bytes again when closed, and that second OSError
+    # (not a StorageError) would end the run with a traceback
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(line.encode() + b"\n")
-            f.flush()
+            while data:
+                data = data[os.write(fd, data) :]
         except OSError as e:
-            os.truncate(path, start)
+            os.ftruncate(fd, start)
             raise StorageError(
                 f"cannot write {path}: {e.strerror or e}; it ends at its last complete line "
                 "and the last checkpoint is intact: free space and run the same command to resume"
             ) from None
+    finally:
+        os.close(fd)
 
 
 def rewind_metrics(path: Path, nbytes: int | None, step: int) -> None:

@@ -1,4 +1,4 @@
-"""SIGTERM in every phase of a run: record what finished, exit 75, resume from there.
+"""SIGTERM (and Ctrl-C, SIGINT) in every phase of a run: record what finished, exit 75 (130), resume from there.
 
 One handler per process, installed by :func:`handling` (nested runs, such as RegMix's proxies, share it).
 What a SIGTERM does depends on the phase the process is in (:func:`phase`):
@@ -45,9 +45,15 @@ def requested() -> str | None:
     return _reason
 
 
+# what a request says, by signal: Ctrl-C at a terminal (SIGINT) is handled as a scheduler's SIGTERM is, so that
+# it too checkpoints and ends in one line, not a KeyboardInterrupt traceback (a second Ctrl-C while the
+# checkpoint is written does not cut it short)
+REASONS = {signal.SIGTERM: "SIGTERM received", signal.SIGINT: "SIGINT received (Ctrl-C)"}
+
+
 def _on_term(signum, frame) -> None:  # noqa: ARG001
     global _reason, _raised
-    _reason = _reason or "SIGTERM received"
+    _reason = _reason or REASONS.get(signum, "SIGTERM received")
     if _phases and _phases[-1][0] and not _raised:
         _raised = True
         raise Preempted(None, _reason, _phases[-1][1])
@@ -61,17 +67,18 @@ def handling() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = None
+    old: dict = {}
     if _installed == 0:
         _reason, _raised = None, False
-        old = signal.signal(signal.SIGTERM, _on_term)
+        old = {sig: signal.signal(sig, _on_term) for sig in REASONS}
     _installed += 1
     try:
         yield
     finally:
         _installed -= 1
         if _installed == 0:
-            signal.signal(signal.SIGTERM, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 @contextmanager

@@ -195,6 +195,10 @@ class RunPlan:
     stage_steps: list[int]
     run_dir: Path
     fingerprint: str
+    # the data cache entry trained on, and the digest of its local input files (None: synthetic or remote data):
+    # a resumed run whose inputs were edited since is refused (tikmix.checkpoint.resume_point)
+    data_key: str | None = None
+    data_inputs: str | None = None
 
 
 @dataclass
@@ -246,6 +250,7 @@ class Trainer:
         self.stop_step = self.stage_steps[k - 1] if k else plan.total_steps
         self.run_dir = Path(plan.run_dir)
         self.fingerprint = plan.fingerprint
+        self.data_key, self.data_inputs = plan.data_key, plan.data_inputs
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
         self.ledger = services.ledger
         self.logger = services.logger
@@ -352,6 +357,8 @@ class Trainer:
         s = self.state
         return {
             "fingerprint": self.fingerprint,
+            "data_key": self.data_key,
+            "data_inputs": self.data_inputs,
             "step": s.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -368,6 +375,9 @@ class Trainer:
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
+            # CPU matmuls sum in another order with another thread count: a resume is then equal within float
+            # tolerance, not bit for bit (tikmix.run says so on resume)
+            "torch_threads": torch.get_num_threads(),
             # metrics.jsonl's length now: a resumed run cuts the lines logged after this checkpoint
             "metrics_bytes": self.logger.metrics_bytes() if self.logger is not None else None,
         }

@@ -111,9 +111,49 @@ def cache_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cache_key(cfg: Mapping[str, Any]) -> str:
-    """Short (16 hex) sha256 of the canonical JSON of :func:`cache_config`."""
-    blob = json.dumps(cache_config(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_HASH_FILE_MAX = 1 << 20  # inputs up to 1 MiB are also hashed (an edit that keeps size and mtime is still seen) ...
+_HASH_TOTAL_MAX = 64 << 20  # ... until 64 MiB have been read: beyond that, size and mtime (a stat per file)
+
+
+def input_signature(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each local input file's path, size and modification time (and sha256 where cheap): the data itself, which
+    the source config does not pin. An input edited in place changes it, so the cache key, and a resumed run's
+    check, see the edit."""
+    out, hashed = [], 0
+    for p in sources.local_inputs(cfg):
+        st = p.stat()
+        rec: dict[str, Any] = {"path": str(p), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if st.st_size <= _HASH_FILE_MAX and hashed + st.st_size <= _HASH_TOTAL_MAX:
+            rec["sha256"] = _sha256(p)
+            hashed += st.st_size
+        out.append(rec)
+    return out
+
+
+def signature_digest(signature: list[dict[str, Any]]) -> str | None:
+    """16 hex of the signature's sha256; None when the source reads no local file (synthetic, remote)."""
+    if not signature:
+        return None
+    blob = json.dumps(signature, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def changed_inputs(old: list[dict[str, Any]], new: list[dict[str, Any]], limit: int = 3) -> str:
+    """The input files that differ between two signatures, in words (edited / added / removed)."""
+    a, b = {r["path"]: r for r in old}, {r["path"]: r for r in new}
+    words = [f"{p} (edited)" for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+    words += [f"{p} (added)" for p in sorted(set(b) - set(a))] + [f"{p} (removed)" for p in sorted(set(a) - set(b))]
+    more = f" and {len(words) - limit} more" if len(words) > limit else ""
+    return ", ".join(words[:limit]) + more
+
+
+def cache_key(cfg: Mapping[str, Any], inputs: str | None = None) -> str:
+    """Short (16 hex) sha256 of the canonical JSON of :func:`cache_config` and, for local files, the digest of
+    their :func:`input_signature` (``inputs``): an input edited in place is another entry, built afresh."""
+    c = cache_config(cfg)
+    if inputs is not None:
+        c["inputs"] = inputs
+    blob = json.dumps(c, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -143,6 +183,9 @@ class ShardSet:
         self.vocab_size: int = len(tokenizer)
         self.dtype = np.dtype(manifest["dtype"])
         self._maps: dict[tuple[str, str, str], np.ndarray] = {}
+        self.key = self.root.name  # the cache entry: the data a run trained on
+        self.inputs: list[dict[str, Any]] = list(manifest.get("inputs") or [])
+        self.inputs_digest = signature_digest(self.inputs)
 
     def __repr__(self) -> str:
         return f"ShardSet({str(self.root)!r}, domains={self.domains}, vocab_size={self.vocab_size})"
@@ -327,7 +370,7 @@ def _encoder(tok: Any) -> Any:
     return encode
 
 
-def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
+def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
     """Build a complete entry in `tmp` (manifest last); returns the manifest."""
     t0 = time.time()
     tk = c["tokenizer"]
@@ -423,6 +466,7 @@ def _build(c: dict[str, Any], key: str, tmp: Path) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(time.time() - t0, 2),
         "config": cache_config(c),
+        "inputs": inputs,  # the local files read, as they were (input_signature)
         "tokenizer": {
             "dir": "tokenizer",
             "vocab_size": vocab,
@@ -549,7 +593,8 @@ def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True, reb
     """
     c = data_config(data_cfg)
     cache = _cache_dir(c)
-    key = cache_key(c)
+    inputs = input_signature(c)
+    key = cache_key(c, signature_digest(inputs))
     entry = cache / key
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -585,7 +630,7 @@ def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True, reb
         tmp.mkdir()
         _log(f"building token shards for source={c['source']} into {entry}")
         try:
-            _build(c, key, tmp)
+            _build(c, key, tmp, inputs)
             os.replace(tmp, entry)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)

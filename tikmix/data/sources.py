@@ -409,6 +409,39 @@ def jsonl_files(cfg: Mapping[str, Any], field: str) -> list[tuple[Any, str, str]
     return [out[k] for k in sorted(out)]
 
 
+def local_inputs(cfg: Mapping[str, Any]) -> list[Path]:
+    """The local files a file-based source reads (jsonl's matched files, text_dir's .txt files, hf's local
+    data_files), sorted: what an edit in place changes. Remote files and generated sources give none."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    c = data_config(cfg)
+    out: set[Path] = set()
+    if c["source"] == "jsonl":
+        for field in ("train_files", "val_files", "test_files"):
+            if c[field]:
+                out |= {Path(p) for fs, p, _ in jsonl_files(c, field) if isinstance(fs, LocalFileSystem)}
+    elif c["source"] == "text_dir":
+        root = _text_dir_root(c)
+        for domain in list_domains(c) or []:
+            out |= {
+                p
+                for p in (root / domain).rglob("*.txt")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            }
+    elif c["source"] == "hf":
+        files = _hf_data_files(c)
+        flat = [f for v in (files.values() if isinstance(files, dict) else [files]) for f in _as_list(v)]
+        for f in flat:
+            if isinstance(f, str) and "://" not in f:
+                p = Path(f).expanduser()
+                out |= {q for q in p.rglob("*") if q.is_file()} if p.is_dir() else ({p} if p.is_file() else set())
+    return sorted(p.resolve() for p in out)
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) else [] if v is None else [v]
+
+
 def _zstd_chunks(f: Any, name: str) -> Iterator[bytes]:
     """Decompress a (possibly multi-frame) zstd stream, raising DataError on a truncated or corrupt file.
 
