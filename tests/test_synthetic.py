@@ -552,3 +552,29 @@ def test_v4_forum_is_grammar_with_a_share_of_wrong_agreement():
     wrong_share = counts["forum", False] / (counts["forum", False] + counts["forum", True])
     assert 0.2 < wrong_share < 0.4, counts
     assert counts["grammar", False] == 0 and counts["grammar", True] > 100
+
+
+# the generated text of each benchmark (documents of every domain and split, task examples), pinned per VERSION:
+# a change to a generator fails here until VERSION is bumped (the shard and task caches key on it; a v4 chain
+# changed without a bump once trained a whole sweep on the cached old text) and the digests are re-pinned
+GENERATED = {
+    "2": {"v4": "3997e89444e3d64e", "v3": "65d142b741e1a962", "v2": "b0e63fb2446b3e2a", "v1": "c909d5dbf32e06a5"},
+}
+
+
+def test_generated_text_changes_only_with_a_version_bump():
+    import hashlib
+
+    assert s.VERSION in GENERATED, f"VERSION {s.VERSION} has no pinned digests: pin them (below) after the bump"
+    got = {}
+    for bm, doms in s.BENCHMARKS.items():
+        h = hashlib.sha256()
+        for d in doms:
+            for split in s.SPLITS:
+                for i in range(3):
+                    h.update(s.generate_document(d, split, i, 0, bm).encode())
+        for t in s.benchmark_tasks(bm):
+            for ex in s.task_examples(t, "test", 3, 0, bm):
+                h.update(repr(ex).encode())
+        got[bm] = h.hexdigest()[:16]
+    assert got == GENERATED[s.VERSION], f"generated text changed: bump synthetic.VERSION and pin {got}"
