@@ -15,10 +15,11 @@ import zstandard
 from tikmix.data import shards as shards_mod
 from tikmix.data.shards import ShardSet, cache_key, prepare_data
 from tikmix.data.sources import iter_documents, list_domains
-from tikmix.data.synthetic import DOMAINS
+from tikmix.data.synthetic import BENCHMARKS, DEFAULT_BENCHMARK
 from tikmix.data.tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe
 from tikmix.errors import ConfigError, DataError
 
+DOMAINS = BENCHMARKS[DEFAULT_BENCHMARK]  # the default benchmark's domains (v4 adds four more)
 SPLITS = ("train", "val", "test")
 
 
