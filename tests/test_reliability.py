@@ -237,11 +237,16 @@ def test_no_config_or_data_string_reaches_eval_exec_or_a_shell():
         r"yaml\.unsafe_load",
         r"marshal\.loads",
     ]
+    # the one place that starts processes: the schedule oracle runs `python train.py` jobs, each from an argument
+    # list (no shell: nothing of a config value is parsed by one); any other use of subprocess is still refused
+    allowed = {("eval/schedule_oracle.py", "rc = subprocess.call(_command(plan, job), cwd=REPO")}
     hits = []
     for folder in ("tikmix", "baselines", "eval"):
         for f in sorted((REPO / folder).rglob("*.py")):
             for n, line in enumerate(f.read_text().splitlines(), 1):
                 code = line.split("#", 1)[0]
+                if any(f.relative_to(REPO).as_posix() == a and code.strip().startswith(b) for a, b in allowed):
+                    continue
                 hits += [f"{f.relative_to(REPO)}:{n}: {line.strip()}" for pat in banned if re.search(pat, code)]
     hits += [f"train.py: {pat}" for pat in banned if re.search(pat, (REPO / "train.py").read_text())]
     assert not hits, "\n".join(hits)
@@ -303,30 +308,6 @@ def test_run_dir_held_by_a_live_process_is_refused_naming_it_and_freed_when_it_d
     assert code == 0 and (rd / "results.json").exists(), err[-2000:]
 
 
-class _TornWrites:
-    """open() for files whose name contains ``match``: writes half of what is asked, then fails as a full
-    disk does (ENOSPC). Other files open normally."""
-
-    def __init__(self, match: str):
-        import builtins
-
-        self.match, self.real = match, builtins.open
-
-    def __call__(self, path, mode="r", *a, **k):
-        f = self.real(path, mode, *a, **k)
-        if self.match not in str(path) or not any(c in mode for c in "wa"):
-            return f
-        real_write = f.write
-
-        def write(data):
-            real_write(data[: len(data) // 2])
-            f.flush()
-            raise OSError(28, "No space left on device")
-
-        f.write = write
-        return f
-
-
 def test_resume_cuts_metrics_back_to_the_checkpoint_and_a_full_disk_leaves_no_torn_line(
     make_cfg, tmp_path, monkeypatch, capsys
 ):
@@ -346,7 +327,12 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_a_full_disk_leaves_no_to
     assert train_steps == list(range(1, 9)), train_steps
 
     rd2 = tmp_path / "r2"
-    monkeypatch.setattr(runlog, "open", _TornWrites("metrics.jsonl"), raising=False)
+
+    def torn(fd, data):  # writes half of what is asked, then fails as a full disk does (ENOSPC)
+        os.write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runlog, "_write", torn)
     code, err = _main_in_process(make_cfg(*args, run_dir=rd2), capsys)
     lines = _error_lines(err)
     assert code == 74 and len(lines) == 1 and "No space left on device" in lines[0], err[-2000:]

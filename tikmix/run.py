@@ -33,7 +33,7 @@ from tikmix.checkpoint import branch_point, fingerprint, resume_point
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
 from tikmix.data.shards import changed_inputs, prepare_data
-from tikmix.errors import ConfigError, StorageError, TikmixError
+from tikmix.errors import ConfigError, RunDirBusy, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
 from tikmix.losses import amp_dtype_for, autocast
@@ -483,6 +483,7 @@ def _record_start(cfg: DictConfig, run_dir: Path, fresh: bool, console: Any) -> 
 
 
 def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
+    t_task = time.time()  # Hydra made the run folder just before calling the task
     multirun = _is_multirun()
     try:
         res = run(cfg, on_start=on_start)
@@ -491,8 +492,8 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
         msg = " ".join(str(e).split("\n"))  # one line, whatever the message holds
         print(f"{'[tikmix]' if code in (75, 130) else 'error:'} {msg}", file=sys.stderr)
         if not multirun:
-            if not isinstance(e, Preempted):
-                _drop_if_made_empty(Path(str(cfg.run_dir)))
+            if not isinstance(e, (Preempted, RunDirBusy)):  # a busy folder is another live run's
+                _drop_if_made_empty(Path(str(cfg.run_dir)), t_task)
             sys.exit(code)
         _record_failure(cfg, e)
         if isinstance(e, Preempted) and _in_sweep_process():
@@ -509,14 +510,11 @@ def _main(cfg: DictConfig, on_start: Callable[[Path, bool], None]) -> Any:
     return float(np.mean(list(res["val_loss"].values())))
 
 
-_STARTED = time.time()  # this process's start (train.py imports this module before Hydra makes the run folder)
-
-
-def _drop_if_made_empty(run_dir: Path) -> None:
-    """A refused run writes nothing: remove the run folder Hydra made for it, if it is still empty and was made
-    by this process (a folder the user made, or one holding anything, stays)."""
+def _drop_if_made_empty(run_dir: Path, t_task: float) -> None:
+    """A refused run writes nothing: remove the run folder Hydra made for it (just before the task started), if
+    it is still empty (a folder made earlier, by the user or another run, or one holding anything, stays)."""
     try:
-        if run_dir.is_dir() and not any(run_dir.iterdir()) and run_dir.stat().st_mtime >= _STARTED - 1:
+        if run_dir.is_dir() and not any(run_dir.iterdir()) and run_dir.stat().st_mtime >= t_task - 2:
             run_dir.rmdir()
     except OSError:
         pass

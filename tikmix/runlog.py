@@ -62,6 +62,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise StorageError(f"cannot write {path}: {e.strerror or e}; nothing was written under that name") from None
 
 
+def _write(fd: int, data: memoryview) -> int:
+    """os.write, named so that a test can make it fail as a full disk does."""
+    return os.write(fd, data)
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one line; a write that fails (disk full) is cut back off, so the file never ends in a partial
     line, and raises StorageError."""
@@ -73,7 +78,7 @@ def append_line(path: Path, line: str) -> None:
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
             while data:
-                data = data[os.write(fd, data) :]
+                data = data[_write(fd, data) :]
         except OSError as e:
             os.ftruncate(fd, start)
             raise StorageError(
