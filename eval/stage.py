@@ -22,6 +22,7 @@ tasks that have them: generation tasks (TriviaQA) have none.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import math
 import random
@@ -33,6 +34,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
+from tqdm import tqdm as _Tqdm
 
 from eval import tasks as T
 from tikmix.errors import ConfigError
@@ -130,13 +132,39 @@ def metric_for(cfg: Mapping[str, Any], task: str) -> str | None:
 
 @contextlib.contextmanager
 def _quiet(level: str | None) -> Iterator[None]:
+    """lm-eval's log at ``level`` (eval.log_level) and none of its progress bars (one per task building its
+    requests, tokenizing, running the log-likelihoods): the stage prints one line of its own."""
     lg = logging.getLogger("lm_eval")
     old = lg.level
     lg.setLevel(getattr(logging, str(level or "ERROR").upper(), logging.ERROR))
+    bars = _silence_lm_eval_bars()
     try:
         yield
     finally:
         lg.setLevel(old)
+        for mod, orig in bars:
+            mod.tqdm = orig
+
+
+def _silence_lm_eval_bars() -> list[tuple[Any, Any]]:
+    """Every lm_eval module's ``tqdm`` replaced by one that is off; returns what to put back."""
+    for name in ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface", "lm_eval.evaluator"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an lm-eval version without it
+            pass
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("lm_eval") and getattr(mod, "tqdm", None) is _Tqdm:
+            out.append((mod, _Tqdm))
+            mod.tqdm = _off
+    return out
+
+
+def _off(*args: Any, **kwargs: Any) -> Any:
+    """A progress bar that is off whatever its caller asks (lm-eval passes disable=False explicitly)."""
+    kwargs["disable"] = True
+    return _Tqdm(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -66,3 +66,27 @@ def test_console_log_holds_output_until_attached_and_collapses_redraws(tmp_path,
         print("a refused command")  # never attached: nothing written anywhere
     assert list(tmp_path.iterdir()) == [tmp_path / "console.log"]
     assert not isinstance(sys.stdout, _Tee) and not isinstance(sys.stderr, _Tee)  # the streams are restored
+
+
+def test_the_console_holds_one_progress_bar_and_no_library_noise(smoke_overrides, tmp_path):
+    """[5 of 6] case 7: between the training bar and the evaluation table nothing but the stage's own line: no
+    lm-eval bar per task, no "Tokenizing inputs" / "Running loglikelihood requests" bars, no transformers
+    "Writing model shards" bar, no matplotlib font-cache message."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    args = [o for o in smoke_overrides if not o.startswith("eval=")] + ["eval=synthetic9", "eval.limit=4"]
+    r = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args, "trainer.progress=true", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    for noise in ("Tokenizing inputs", "Running loglikelihood", "Writing model shards", "fontManager", "it/s]"):
+        assert noise not in out, noise
+    assert "step/s]" in out and "[eval] synthetic9 at step 8" in out  # the training bar and the stage's one line

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -214,6 +215,9 @@ def history_table(history: list) -> tuple[list[str], list[list[Any]]]:
 def _plt():
     import matplotlib
 
+    # its font cache's first build logs "generated new fontManager" at INFO, which Hydra's console logging
+    # shows between the training bar and the evaluation table
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -173,6 +173,9 @@ def save_hf(model: torch.nn.Module, tokenizer: Any, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" for one shard: noise between the bar and the table
     try:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position_embeddings)
