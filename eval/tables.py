@@ -675,19 +675,33 @@ _HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
 
 def load_oracle(path: str | Path) -> dict:
     """``oracle.json`` (or a folder holding one) checked for what the regret columns read; OracleError if not."""
+    return _load_reference(
+        path,
+        "oracle",
+        "oracle.json",
+        "python -m eval.oracle report",
+        "python -m eval.oracle report",
+        _oracle_problem,
+        OracleError,
+    )
+
+
+def _load_reference(
+    path: str | Path, kind: str, name: str, made_by: str, valid_of: str, problem_of: Any, error: type
+) -> dict:
+    """A reference file (``name``, or a folder holding one) read and checked by ``problem_of``; ``error`` names
+    the file and what is wrong. The path is kept as published tables show it (:func:`shown_path`)."""
     p = Path(path).expanduser()
-    f = p / "oracle.json" if p.is_dir() else p
+    f = p / name if p.is_dir() else p
     if not f.is_file():
-        raise OracleError(
-            f"no oracle file at {f} (give an oracle.json, or a folder holding one, from python -m eval.oracle report)"
-        )
+        raise error(f"no {kind} file at {f} (give an {name}, or a folder holding one, from {made_by})")
     try:
         o = json.loads(f.read_text())
     except (OSError, ValueError) as e:
-        raise OracleError(f"{f} is not readable JSON ({type(e).__name__})") from None
-    problem = _oracle_problem(o)
+        raise error(f"{f} is not readable JSON ({type(e).__name__})") from None
+    problem = problem_of(o)
     if problem:
-        raise OracleError(f"{f} is not an oracle.json of python -m eval.oracle report: {problem}")
+        raise error(f"{f} is not an {name} of {valid_of}: {problem}")
     return {**o, "path": shown_path(f)}
 
 
@@ -973,21 +987,15 @@ class ScheduleOracleError(OracleError):
 
 def load_schedule_oracle(path: str | Path) -> dict:
     """``oracle_schedule.json`` (or a folder holding one) checked for what the schedule columns read."""
-    p = Path(path).expanduser()
-    f = p / "oracle_schedule.json" if p.is_dir() else p
-    if not f.is_file():
-        raise ScheduleOracleError(
-            f"no schedule oracle file at {f} (give an oracle_schedule.json, or a folder holding one, from "
-            "python -m eval.schedule_oracle report)"
-        )
-    try:
-        so = json.loads(f.read_text())
-    except (OSError, ValueError) as e:
-        raise ScheduleOracleError(f"{f} is not readable JSON ({type(e).__name__})") from None
-    problem = _schedule_oracle_problem(so)
-    if problem:
-        raise ScheduleOracleError(f"{f} is not an oracle_schedule.json of python -m eval.schedule_oracle: {problem}")
-    return {**so, "path": shown_path(f)}
+    return _load_reference(
+        path,
+        "schedule oracle",
+        "oracle_schedule.json",
+        "python -m eval.schedule_oracle report",
+        "python -m eval.schedule_oracle",
+        _schedule_oracle_problem,
+        ScheduleOracleError,
+    )
 
 
 def _schedule_oracle_problem(so: Any) -> str | None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose, run_until_crash
+from tests.conftest import run_until_crash
+from tests.test_reliability import _jsonl_config
 from tikmix.data.shards import changed_inputs, input_signature, prepare_data
 from tikmix.errors import CheckpointError
 from tikmix.run import run
@@ -31,19 +32,7 @@ def _corpus(root: Path, flavour: str = "") -> None:
 
 
 def _cfg(smoke_overrides, tmp_path: Path, root: Path, *extra: str):
-    return compose(
-        [o for o in smoke_overrides if not o.startswith("data.")]
-        + [
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data=jsonl",
-            f"data.root={root}",
-            "data.domain_field=domain",
-            "data.val_files=val/*.jsonl",
-            "data.test_files=test/*.jsonl",
-            "data.tokenizer.vocab_size=300",
-            *extra,
-        ]
-    )
+    return _jsonl_config(smoke_overrides, tmp_path, root, 300, *extra)
 
 
 def _edit_in_place(path: Path, new_text: str) -> None:

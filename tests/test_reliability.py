@@ -400,7 +400,7 @@ def test_damaged_subrun_results_are_recreated_from_its_checkpoint(make_cfg, cach
     assert len(list(res_path.parent.glob("results.json.damaged-*"))) >= 1
 
 
-def _jsonl_config(smoke_overrides: list[str], tmp_path: Path, root: Path, vocab_size: int):
+def _jsonl_config(smoke_overrides: list[str], tmp_path: Path, root: Path, vocab_size: int, *extra: str):
     """The smoke config on a jsonl corpus at ``root`` (train/, val/, test/; the domain in each row's ``domain``)."""
     from tests.conftest import compose
 
@@ -414,6 +414,7 @@ def _jsonl_config(smoke_overrides: list[str], tmp_path: Path, root: Path, vocab_
             "data.val_files=val/*.jsonl",
             "data.test_files=test/*.jsonl",
             f"data.tokenizer.vocab_size={vocab_size}",
+            *extra,
         ]
     )
 
