@@ -6,6 +6,11 @@ The documents are rendered through the lm-eval task's own ``doc_to_text`` / ``do
 ``doc_to_choice`` and ``target_delimiter``, from the same task objects the evaluation stage builds, and
 tokenised exactly as lm-eval's HFLM splits a (context, continuation) pair: trailing spaces of the context
 move to the continuation, the whole string is encoded and the answer is what follows the context's tokens.
+
+``targets.loss`` chooses what of the answer is scored: ``answer`` (every answer token), ``first_token`` (the
+answer's first token only) or ``margin`` (every choice of a multiple-choice document scored as lm-eval scores
+it, the loss −(log p(gold) − max over wrong choices of log p(choice)) per document: see
+:func:`tikmix.losses.margin_loss_sum`). Held-out domain text has no answer and keeps its loss on every token.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from omegaconf import DictConfig
 
 from eval import tasks as T
 from eval.stage import _quiet
+from tikmix.config import TARGET_LOSSES, check_choice
 from tikmix.errors import ConfigError, DataError
 from tikmix.trainer import eval_windows
 
@@ -79,6 +85,25 @@ def render(task: Any, doc: dict) -> tuple[str, str]:
     return str(ctx), f"{delim}{ans}"
 
 
+def render_choices(task: Any, doc: dict) -> tuple[list[tuple[str, str]], int]:
+    """Every (context, continuation) pair lm-eval scores for one multiple-choice document (zero-shot), and the
+    index of the gold pair (-1 when the gold is not among the choices: lm-eval scores such a document wrong)."""
+    choices = list(task.doc_to_choice(doc))
+    ctx = task.doc_to_text(doc)
+    tgt = task.doc_to_target(doc)
+    delim = task.config.target_delimiter if task.config.target_delimiter is not None else " "
+    if isinstance(ctx, int):  # multiple inputs (winogrande-style): the choices are the contexts
+        pairs, gold = [(str(c), f"{delim}{tgt}") for c in choices], ctx
+    else:
+        pairs, gold = [(str(ctx), f"{delim}{c}") for c in choices], tgt
+    if isinstance(gold, list):  # several golds: the first, as render() takes it
+        gold = gold[0]
+    if isinstance(gold, str):
+        gold = choices.index(gold) if gold in choices else -1
+    gold = int(gold)
+    return pairs, gold if 0 <= gold < len(pairs) else -1
+
+
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval HFLM's split of a (context, continuation) pair into token ids (causal models)."""
     n_spaces = len(context) - len(context.rstrip())
@@ -105,7 +130,10 @@ def _docs_of(obj: Any, field: str) -> list[tuple[Any, dict]]:
     return out
 
 
-def _batches(rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: int) -> list[dict]:
+def _batches(
+    rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: int, first_token: bool = False
+) -> list[dict]:
+    """Right-padded batches of (context, answer) rows, labelled on the answer (``first_token``: its first token)."""
     out = []
     for i in range(0, len(rows), micro_batch):
         chunk = rows[i : i + micro_batch]
@@ -115,13 +143,56 @@ def _batches(rows: list[tuple[list[int], list[int]]], pad_id: int, micro_batch: 
         for r, (c, a) in enumerate(chunk):
             seq = c + a
             ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            labels[r, len(c) : len(seq)] = torch.tensor(a, dtype=torch.long)
+            scored = a[:1] if first_token else a
+            labels[r, len(c) : len(c) + len(scored)] = torch.tensor(scored, dtype=torch.long)
         out.append({"input_ids": ids, "labels": labels})
     return out
 
 
+def _margin_batches(docs: list[list[tuple[list[int], list[int], bool]]], pad_id: int, micro_batch: int) -> list[dict]:
+    """Margin batches (tikmix.losses.margin_loss_sum): one row per choice, labelled on the choice, a document's
+    rows contiguous and never split across batches (a document with more choices than ``micro_batch`` is a
+    batch of its own); ``doc_index`` numbers the documents of a batch from 0, ``is_gold`` marks the gold rows."""
+    groups: list[list[list[tuple[list[int], list[int], bool]]]] = []
+    for d in docs:
+        if groups and sum(len(x) for x in groups[-1]) + len(d) <= micro_batch:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    out = []
+    for g in groups:
+        rows = [(c, a) for d in g for c, a, _ in d]
+        b = _batches(rows, pad_id, len(rows))[0]
+        b["doc_index"] = torch.tensor([i for i, d in enumerate(g) for _ in d], dtype=torch.long)
+        b["is_gold"] = torch.tensor([gold for d in g for _, _, gold in d], dtype=torch.bool)
+        out.append(b)
+    return out
+
+
+def _margin_doc(leaf: Any, doc: dict, tokenizer: Any, seq_len: int) -> list[tuple[list[int], list[int], bool]] | None:
+    """(context ids, choice ids, is gold) of every choice of one document, each cut to ``seq_len`` from the left
+    as an answer row is; None when the document has no usable gold, no wrong choice, or a choice that does not
+    fit (lm-eval would still score it; a margin target leaves it out)."""
+    pairs, gold = render_choices(leaf, doc)
+    if gold < 0 or len(pairs) < 2:
+        return None
+    rows = []
+    for i, (ctx, cont) in enumerate(pairs):
+        c, a = encode_pair(tokenizer, ctx, cont)
+        if not a or len(a) >= seq_len:
+            return None
+        rows.append((c[-(seq_len - len(a)) :], a, i == gold))
+    return rows
+
+
 def benchmark_targets(
-    task_names: Iterable[str], eval_cfg: Any, tokenizer: Any, seq_len: int, n_tokens: int, micro_batch: int
+    task_names: Iterable[str],
+    eval_cfg: Any,
+    tokenizer: Any,
+    seq_len: int,
+    n_tokens: int,
+    micro_batch: int,
+    loss: str = "answer",
 ) -> dict[str, list[dict]]:
     """Target sets ``{"task/<name>": [batch, ...]}`` from lm-eval tasks' non-test splits.
 
@@ -130,9 +201,13 @@ def benchmark_targets(
     one document per row, right-padded with the tokenizer's pad id (labels -100 there), T <= seq_len
     (a long context is cut from the left, as lm-eval does; a document whose answer alone does not fit is
     skipped); documents are added until their tokens would exceed ``n_tokens`` (at least one).
-    Out-of-domain tasks of the eval preset are refused (they measure transfer), and so is a task with
-    only a test split; unknown names get close matches.
+    ``loss`` (``targets.loss``): ``answer`` labels every answer token, ``first_token`` the first only (same
+    rows); ``margin`` makes one row per choice of each document, labelled on the choice, with ``doc_index``
+    and ``is_gold`` (:func:`_margin_batches`; a document's tokens are all its rows'), and refuses a task
+    without choices. Out-of-domain tasks of the eval preset are refused (they measure transfer), and so is a
+    task with only a test split; unknown names get close matches.
     """
+    check_choice("targets.loss", loss, TARGET_LOSSES)
     names = [str(n) for n in (task_names or [])]
     if not names:
         return {}
@@ -161,22 +236,45 @@ def benchmark_targets(
         for name in names:
             loaded = T.load_task(tm, name, paths)
             objs = [loaded["groups"][name]] if name in loaded["groups"] else list(loaded["tasks"].values())
+            if loss == "margin":
+                plain = [
+                    leaf.task_name for obj in objs for leaf in T.leaf_tasks(obj) if leaf.config.doc_to_choice is None
+                ]
+                if plain:
+                    raise ConfigError(
+                        "targets.loss",
+                        f"margin scores the choices of multiple-choice tasks (lm-eval's doc_to_choice), and target "
+                        f"task {name!r} has none{'' if plain == [name] else f' (its subtasks {plain})'}; use "
+                        f"targets.loss=answer or first_token, or leave {name!r} out of targets.tasks",
+                    )
             pairs = [p for obj in objs for p in _docs_of(obj, "targets.tasks")]
             rows, total = [], 0
             for leaf, doc in pairs:
-                ctx, ans = render(leaf, doc)
-                c, a = encode_pair(tokenizer, ctx, ans)
-                if not a or len(a) >= seq_len:
-                    continue
-                c = c[-(seq_len - len(a)) :]
-                n = len(c) + len(a)
+                if loss == "margin":
+                    item = _margin_doc(leaf, doc, tokenizer, seq_len)
+                    if item is None:
+                        continue
+                    n = sum(len(c) + len(a) for c, a, _ in item)
+                else:
+                    ctx, ans = render(leaf, doc)
+                    c, a = encode_pair(tokenizer, ctx, ans)
+                    if not a or len(a) >= seq_len:
+                        continue
+                    item = (c[-(seq_len - len(a)) :], a)
+                    n = len(item[0]) + len(a)
                 if rows and total + n > n_tokens:
                     break
-                rows.append((c, a))
+                rows.append(item)
                 total += n
             if not rows:
-                raise DataError(f"target task {name!r}: no document fits seq_len={seq_len} with its answer")
-            out[f"task/{name}"] = _batches(rows, int(pad_id), int(micro_batch))
+                raise DataError(
+                    f"target task {name!r}: no document fits seq_len={seq_len} with its answer"
+                    + (" (margin: with every choice)" if loss == "margin" else "")
+                )
+            if loss == "margin":
+                out[f"task/{name}"] = _margin_batches(rows, int(pad_id), int(micro_batch))
+            else:
+                out[f"task/{name}"] = _batches(rows, int(pad_id), int(micro_batch), first_token=loss == "first_token")
     return out
 
 
@@ -199,11 +297,14 @@ def targets_auto(cfg: DictConfig) -> bool:
 def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
     """Target sets the mixers optimise for (methods.md, "Targets"), the same for every mixer of a comparison.
 
-    ``targets.tasks``: benchmark-derived sets (a task's dev split, loss on the gold answer only); ``auto`` =
-    the in-domain tasks of the eval preset. ``targets.domains``: held-out (val split) text of domains;
-    ``auto`` = every domain when there are no task targets, else none.
+    ``targets.tasks``: benchmark-derived sets (a task's dev split, scored by ``targets.loss``: the gold
+    answer, its first token, or the margin over the wrong choices); ``auto`` = the in-domain tasks of the eval
+    preset. ``targets.domains``: held-out (val split) text of domains, loss on every token whatever
+    ``targets.loss`` says (text has no answer); ``auto`` = every domain when there are no task targets, else none.
     """
     tcfg = cfg.get("targets") or {}
+    loss = tcfg.get("loss", "answer")
+    check_choice("targets.loss", loss, TARGET_LOSSES)
     n_tokens = int(tcfg.get("tokens", 8192))
     mb = int(cfg.budget.micro_batch)
     tasks = target_tasks(cfg)
@@ -224,7 +325,7 @@ def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int
         x = torch.from_numpy(w[:, :-1])
         out[f"val/{d}"] = [{"input_ids": x[i : i + mb], "labels": x[i : i + mb]} for i in range(0, len(x), mb)]
     if tasks:
-        out.update(benchmark_targets(list(tasks), cfg.eval, shards.tokenizer, seq_len, n_tokens, mb))
+        out.update(benchmark_targets(list(tasks), cfg.eval, shards.tokenizer, seq_len, n_tokens, mb, loss=loss))
     return out
 
 
@@ -233,6 +334,9 @@ def describe_targets(cfg: DictConfig, targets: dict[str, list[dict]]) -> str:
     sizes = ", ".join(f"{n} ({sum(int(b['input_ids'].numel()) for b in bs):,})" for n, bs in targets.items())
     if target_tasks(cfg):
         why = f"targets.tasks: dev splits of eval={cfg.eval.name}'s in-domain tasks"
+        loss = (cfg.get("targets") or {}).get("loss", "answer")
+        if loss != "answer":  # the default's line is as it was
+            why += f", targets.loss={loss}"
     elif targets_auto(cfg):
         why = (
             f"targets.domains=auto with no task targets (eval={cfg.eval.name}): every domain's held-out text; "

@@ -198,6 +198,11 @@ CASES = [
         "config-targets-unknown-domain", ["targets.domains=[nosuch]"], ["targets.domains: unknown domain(s) ['nosuch']"]
     ),
     Case(
+        "config-targets-loss",
+        ["targets.loss=tokens"],
+        ["config error: targets.loss: unknown 'tokens'; allowed: answer, first_token, margin"],
+    ),
+    Case(
         "config-seed-out-of-range",
         ["seed=99999999999999999999999"],
         ["config error: seed: must be an integer from 0 to 4294967295"],

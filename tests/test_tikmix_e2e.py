@@ -99,3 +99,30 @@ def test_eval_none_combines_the_domain_targets_and_moves(make_cfg):
     # measured here: 21% of the influence gain realised, influences spanning 13x given weights spanning 2.5x
     assert rec["solver"]["diagnosis"]["influence_share"] < 0.25
     assert len(rec["solver"]["warnings"]) == 1 and "mostly the entropy term's" in rec["solver"]["warnings"][0]
+
+
+@pytest.mark.parametrize(
+    "loss, mixer",
+    [
+        ("first_token", []),
+        ("margin", []),
+        (
+            "margin",
+            ["mixer=tikmix_m", "mixer.n_candidates=6", "mixer.candidate_tokens=512", "mixer.search_samples=500"],
+        ),
+    ],
+    ids=["tikmix_d-first_token", "tikmix_d-margin", "tikmix_m-margin"],
+)
+def test_every_target_loss_through_the_trainer(make_cfg, loss, mixer):
+    """targets.loss=first_token | margin: the influence, TiKMiX-M's lookahead (target losses after a step) and the
+    final target losses all run on the loss kind's batches (answer: the tests above)."""
+    res = run(make_cfg(*ARGS, *mixer, *SMALL, f"targets.loss={loss}"), quiet=True)
+    rec = res["mixer_history"][0]
+    assert set(rec["influence"]) == {
+        f"task/{t}" for t in ("arith_mc", "fact_recall", "agreement", "copy_complete", "reverse_complete")
+    }
+    assert all(np.isfinite(v) for row in rec["influence"].values() for v in row.values())
+    assert abs(sum(rec["weights"].values()) - 1) < 1e-9
+    assert all(np.isfinite(v) for v in res["target_loss"].values())
+    if res["mixer"] == "tikmix_m":
+        assert rec["tikmix_m"]["status"] in ("ok", "kept_w_D") and res["compute"]["mixer/candidates"] > 0

@@ -170,6 +170,7 @@ _ADDED_KEYS: dict[str, Any] = {
     "trainer.stop_at_stage": None,
     "trainer.init_from": None,
     "mixer.lgbm.n_trees": "holdout",  # RegMix's trees before cross-validation chose them
+    "targets.loss": "answer",  # the loss on the gold answer's tokens, as every task target was scored before
 }
 
 

@@ -270,6 +270,9 @@ class TrainerOverrides:
 
 
 # ------------------------------------------------------------------------------------------- targets, model
+TARGET_LOSSES = ("answer", "first_token", "margin")
+
+
 @dataclass
 class TargetsConfig:
     """``targets``: what the mixers optimise for (methods.md, "Targets"); the same for every mixer of a comparison."""
@@ -281,6 +284,17 @@ class TargetsConfig:
     # auto | list of domain names
     domains: Any = "auto"
     tokens: int = 8192  # tokens per target set (a mixer's probe may use fewer: see its own *_tokens keys)
+    # the loss of a task target (README, "Targets"): answer = the gold answer's tokens (every one of them);
+    # first_token = the answer's first token only (the rest is mostly spelling and punctuation a look-alike
+    # domain teaches as well); margin = -(log p(gold) - max over wrong choices of log p(choice)) per document,
+    # for multiple-choice tasks (what accuracy depends on; the max is not smooth, on purpose). Held-out domain
+    # text targets (val/<domain>) have no answer: they keep the loss on every token under every kind.
+    # answer (today's behaviour, the default until the measurement of tests/benchmarks/bench_target_loss.py
+    # chooses) | first_token | margin
+    loss: str = "answer"
+
+    def __post_init__(self) -> None:
+        check_choice("targets.loss", self.loss, TARGET_LOSSES)
 
 
 @dataclass

@@ -21,6 +21,9 @@ IGNORE = -100  # the label of a position that is not scored (Hugging Face conven
 DTYPES = ("auto", "fp32", "bf16")
 
 Batch = Mapping[str, torch.Tensor]
+# the extra keys of a margin batch (targets.loss: margin): per row, the batch-local index of its document (a
+# document's rows are contiguous) and whether the row's continuation is the gold choice
+MARGIN_KEYS = ("doc_index", "is_gold")
 Autocast = Callable[[], ContextManager]
 
 
@@ -90,12 +93,29 @@ def batch_loss_sum(
     sample_generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, int, int]:
     """Summed :func:`causal_lm_loss` of a batch ``{"input_ids", "labels" (default: the inputs), "attention_mask"?}``
-    moved to ``device``. Returns (loss sum, scored tokens, input tokens)."""
+    moved to ``device``. Returns (loss sum, scored tokens, input tokens).
+
+    A margin batch (``targets.loss: margin``: it also holds ``doc_index`` and ``is_gold``) is scored by
+    :func:`margin_loss_sum` instead, and its "scored" count is its number of documents: every consumer that
+    divides by the scored count (mean target loss, mean-target gradient) then gets the mean over documents."""
     dev = device if device is not None else next(model.parameters()).device
     ids = batch["input_ids"].to(dev)
     labels = batch.get("labels")
     labels = ids if labels is None else labels.to(dev)
     mask = batch.get("attention_mask")
+    if MARGIN_KEYS[0] in batch:
+        if sample_generator is not None:
+            raise ValueError("a margin batch has no token labels to sample (K-FAC samples training text only)")
+        loss, n_docs = margin_loss_sum(
+            model,
+            ids,
+            labels,
+            batch["doc_index"].to(dev),
+            batch["is_gold"].to(dev),
+            autocast=autocast,
+            attention_mask=None if mask is None else mask.to(dev),
+        )
+        return loss, n_docs, int(ids.numel())
     loss = causal_lm_loss(
         model,
         ids,
@@ -106,3 +126,36 @@ def batch_loss_sum(
         sample_generator=sample_generator,
     )
     return loss, int((labels[:, 1:] != IGNORE).sum().item()), int(ids.numel())
+
+
+def margin_loss_sum(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    doc_index: torch.Tensor,
+    is_gold: torch.Tensor,
+    *,
+    autocast: Autocast | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Σ over documents of −(log p(gold) − max over wrong choices of log p(choice)), and the number of documents.
+
+    Each row [r] is one (context, choice) pair, labelled on the choice's tokens only; its log-probability is the
+    sum of those tokens' log-probabilities, as lm-eval's loglikelihood scores a choice (unnormalised: what its
+    ``acc`` compares). A document's rows are contiguous, ``doc_index`` [r] numbers them 0..D-1 and ``is_gold``
+    [r] marks the gold row (one per document) among at least one wrong one. The max over the wrong choices is
+    not smooth (its gradient flows through the best wrong choice only, split evenly on a tie): that is intended,
+    since accuracy depends on exactly that comparison.
+    """
+    per_pos = causal_lm_loss(model, input_ids, labels, autocast=autocast, attention_mask=attention_mask)
+    logp = -per_pos.sum(dim=1)  # [r]
+    n_docs = int(doc_index.max().item()) + 1 if doc_index.numel() else 0
+    gold_mask = is_gold.bool()
+    gold = torch.zeros(n_docs, dtype=logp.dtype, device=logp.device).index_add(0, doc_index[gold_mask], logp[gold_mask])
+    wrong = torch.full((n_docs,), float("-inf"), dtype=logp.dtype, device=logp.device).scatter_reduce(
+        0, doc_index[~gold_mask], logp[~gold_mask], reduce="amax", include_self=True
+    )
+    n_gold = torch.bincount(doc_index[gold_mask], minlength=n_docs)
+    if n_docs and (bool((n_gold != 1).any()) or not bool(torch.isfinite(wrong).all())):
+        raise ValueError("a margin batch needs exactly one gold row and at least one wrong row per document")
+    return -(gold - wrong).sum(), n_docs

@@ -64,7 +64,8 @@ def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
     """The leading rows of a target set up to ``n_tokens`` input tokens, rounded up to whole rows (None = all).
 
     The last batch is cut to the rows needed, so the compute spent is what the config says, whatever the
-    micro-batch size.
+    micro-batch size; a margin batch (``doc_index``: one row per choice of a document) is cut after a whole
+    document, never between the choices of one.
     """
     if n_tokens is None:
         return list(batches)
@@ -74,6 +75,9 @@ def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
             break
         rows, T = b["input_ids"].shape[0], b["input_ids"].shape[-1]
         need = -(-(n_tokens - seen) // T)
+        if need < rows and "doc_index" in b:  # rows up to the end of the last document begun
+            doc = b["doc_index"]
+            need = int((doc <= doc[need - 1]).sum())
         if need < rows:
             b = {
                 k: (v[:need] if hasattr(v, "shape") and len(v.shape) and v.shape[0] == rows else v)
