@@ -34,15 +34,31 @@ Preconditioners (H⁻¹ is applied once, to the n target gradients, which are th
   (G + λ ḡ I)⁻¹ ∇W (A + λ ā I)⁻¹ = ((G + λ ḡ I) ⊗ (A + λ ā I))⁻¹ vec(∇W)  (row-major vec), computed from
   eigendecompositions. Layers with a factor larger than ``kfac_max_dim`` (e.g. an LM head over a big
   vocabulary), Linear weights shared with another module (tied embeddings), and every non-Linear
-  parameter (norms, embeddings) are "the rest". ``kfac_rest="diag"`` (default) preconditions the rest
-  with a damped *diagonal* Fisher estimated in the same pass, on the same per-token scale as the K-FAC
-  blocks (EK-FAC style: without it the K-FAC blocks are amplified by the inverse of their small
-  eigenvalues while the rest keeps the identity, and embeddings, norms and the LM head drop out of S):
-  F_ii = Σ_b (∂ℓ_b/∂θ_i)² / Σ_b N_b over the K-FAC sample's batches b, ℓ_b the summed loss of a batch of
-  N_b labelled tokens. With sampled labels the per-token gradients have zero mean given the inputs, so
-  cross terms vanish in expectation and this is an unbiased per-token Fisher diagonal; with
-  ``kfac_fisher="empirical"`` it is the usual batch approximation. Damped like the factors:
-  (F + λ·mean(F))⁻¹. ``kfac_rest="identity"`` keeps the identity (the behaviour before; kept to measure).
+  parameter (norms, embeddings) are "the rest". Without a curvature of its own the rest keeps the identity
+  while the K-FAC blocks are amplified by the inverse of their small eigenvalues, and embeddings, norms and
+  the LM head drop out of S (``kfac_rest="identity"``, the first behaviour; kept to measure). Otherwise
+  (our choice) the rest gets a damped curvature from the same pass, on the factored blocks' scale
+  (``tests/benchmarks/bench_kfac_rest.py`` measures the choices against the exact damped Fisher):
+
+  - ``kfac_rest="diag"`` (default): a Linear layer in the rest only because a factor is larger than
+    ``kfac_max_dim`` keeps K-FAC's estimator and loses only the factor it cannot afford, which is replaced
+    by its diagonal and damped like a factor (λ·its mean). An LM head over a big vocabulary gets
+    diag(G + λ ḡ)⁻¹ ∇W (A + λ ā I)⁻¹, diag(G) = E[δ²] over the vocabulary and A the full factor over the
+    hidden size (both sides diagonal if both are too large). Being the factored blocks' own estimator
+    (per-position factors, the same damping), it carries their systematic error and no other: on the
+    benchmark's causal LMs moving the LM head past ``kfac_max_dim`` changes S by under 1% (the diagonal
+    Fisher of ``diag_v1``: 5-17%; the identity: 21-67%), moving the MLPs past it too by 1-11% (12-33%;
+    69-84%), so the memory bound barely changes the answer. Every other parameter of the rest (embeddings,
+    norms, tied weights) gets the damped diagonal Fisher of ``diag_v1``; a per-position full Fisher block for
+    the norms (exact per block, but then on another scale than K-FAC's per-position factors) brought their
+    share of |S| to the exact influence's and lowered the correlation with the exact S by ~0.03.
+  - ``kfac_rest="diag_v1"`` (the behaviour before; kept to measure): every parameter of the rest, oversized
+    Linear layers included, gets the damped *diagonal* Fisher
+    F_ii = Σ_b (∂ℓ_b/∂θ_i)² / Σ_b N_b over the K-FAC sample's batches b, ℓ_b the summed loss of a batch
+    of N_b labelled tokens. With sampled labels the per-token gradients have zero mean given the inputs,
+    so cross terms between sequences vanish in expectation and this is an unbiased Fisher diagonal; with
+    ``kfac_fisher="empirical"`` it is the usual batch approximation. Damped like the factors:
+    (F + λ·mean(F))⁻¹.
 
 Optional random projection (``projection_dim=k``): gradients are mapped to k dimensions by a JL
 projection R/√k with i.i.d. Gaussian (default: ~3× faster to generate on a CPU than the alternative) or
@@ -91,7 +107,7 @@ HESSIANS = ("identity", "adam", "kfac")
 PARAM_SETS = ("all", "no_embeddings")
 PROJECTIONS = ("rademacher", "gaussian")
 FISHERS = ("sampled", "empirical")
-KFAC_REST = ("diag", "identity")
+KFAC_REST = ("diag", "diag_v1", "identity")
 
 _PROJ_CHUNK_ELEMS = 1 << 22  # at most this many random entries (16 MiB in fp32) generated at once
 
@@ -161,14 +177,22 @@ def _damped_inverse(M: torch.Tensor, damping: float) -> torch.Tensor:
     return inv.to(M.dtype)
 
 
+def _damped_diag_inverse(d: torch.Tensor, damping: float) -> torch.Tensor:
+    """(diag(d) + λ·mean(d)·I)⁻¹ as a vector, for a non-negative d (λ absolute when d is 0): the diagonal
+    counterpart of :func:`_damped_inverse`."""
+    mean = float(d.mean())
+    return 1.0 / (d + (damping * mean if mean > 0 else damping))
+
+
 def kfac_precondition_matrix(grad: torch.Tensor, A_inv: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
     """G⁻¹ ∇W A⁻¹ for ∇W of shape [out, in] (bias already folded in as the last input column)."""
     return G_inv @ grad @ A_inv
 
 
 class KFAC:
-    """Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per ``nn.Linear``, collected with hooks, and a damped
-    diagonal Fisher for every other selected parameter (``rest="diag"``; module doc)."""
+    """Kronecker factors A = E[a aᵀ], G = E[δ δᵀ] per ``nn.Linear``, collected with hooks; for a Linear layer
+    with a factor over ``max_dim`` the same with that factor diagonal (``rest="diag"``), and a damped diagonal
+    Fisher for every other selected parameter (``rest="diag"`` or ``"diag_v1"``; module doc)."""
 
     def __init__(
         self,
@@ -193,6 +217,9 @@ class KFAC:
                 owners[id(p)] = owners.get(id(p), 0) + 1
         selected = {id(p) for p in params}
         self.layers: dict[str, nn.Linear] = {}
+        # rest="diag": oversized Linear layers -> (module, input factor full?, output factor full?); a factor
+        # that is not full is kept as its diagonal
+        self.partial: dict[str, tuple[nn.Linear, bool, bool]] = {}
         self.skipped: dict[str, str] = {}
         for name, mod in model.named_modules():
             if not isinstance(mod, nn.Linear) or id(mod.weight) not in selected:
@@ -204,6 +231,11 @@ class KFAC:
                 self.skipped[name] = "bias not in the selected parameters"
             elif max(din, mod.out_features) > self.max_dim:
                 self.skipped[name] = f"factor dimension {max(din, mod.out_features)} > kfac_max_dim {self.max_dim}"
+                if rest == "diag":
+                    a_full, g_full = din <= self.max_dim, mod.out_features <= self.max_dim
+                    self.partial[name] = (mod, a_full, g_full)
+                    sides = [s for s, full in (("input", a_full), ("output", g_full)) if not full]
+                    self.skipped[name] += f": Kronecker with a diagonal {' and '.join(sides)} factor"
             else:
                 self.layers[name] = mod
         self._params = list(params)
@@ -217,37 +249,40 @@ class KFAC:
         self.keep_factors = keep_factors  # keep the undamped A, G, F too (diagnostics and tests; memory x2)
         self.factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.diag: dict[int, torch.Tensor] = {}
-        self.diag_inv: dict[int, torch.Tensor] = {}  # id(param) -> (F + λ·mean F)⁻¹ for the rest (rest="diag")
+        self.diag_inv: dict[int, torch.Tensor] = {}  # id(param) -> (F + λ·mean F)⁻¹ for the rest
         self.diag_names: dict[int, str] = {}
         self.tokens = 0
         self.flops = 0.0
 
     def _covered(self) -> set[int]:
         out = set()
-        for mod in self.layers.values():
+        for mod in [*self.layers.values(), *(m for m, _, _ in self.partial.values())]:
             out.add(id(mod.weight))
             if mod.bias is not None:
                 out.add(id(mod.bias))
         return out
 
     # hooks -----------------------------------------------------------------------------------------------
-    def _fwd_hook(self, name: str, mod: nn.Linear):
+    def _fwd_hook(self, name: str, mod: nn.Linear, a_full: bool = True, g_full: bool = True):
+        """Accumulates Σ a aᵀ and Σ δ δᵀ over positions (or only their diagonals, for a factor not ``full``)."""
         dt = _acc_dtype(mod.weight)
+
+        def second_moment(x: torch.Tensor, full: bool) -> torch.Tensor:
+            self.flops += 2.0 * x.shape[0] * x.shape[1] ** (2 if full else 1)
+            return x.T @ x if full else (x * x).sum(0)
 
         def hook(_m, inputs, output):
             a = inputs[0].detach().reshape(-1, mod.in_features).to(dt)
             if mod.bias is not None:
                 a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
-            self._A[name] = self._A.get(name, 0) + a.T @ a
+            self._A[name] = self._A.get(name, 0) + second_moment(a, a_full)
             self._nA[name] = self._nA.get(name, 0) + a.shape[0]
-            self.flops += 2.0 * a.shape[0] * a.shape[1] ** 2
             if output.requires_grad:
 
                 def ghook(g):
                     d = g.detach().reshape(-1, mod.out_features).to(dt)
-                    self._G[name] = self._G.get(name, 0) + d.T @ d
+                    self._G[name] = self._G.get(name, 0) + second_moment(d, g_full)
                     self._nG[name] = self._nG.get(name, 0) + d.shape[0]
-                    self.flops += 2.0 * d.shape[0] * d.shape[1] ** 2
 
                 output.register_hook(ghook)
 
@@ -257,9 +292,14 @@ class KFAC:
         """Run forward/backward over ``batches`` (gradients of each batch's summed loss), form the damped
         inverses of the factors and, for the rest, of the diagonal Fisher. Parameter ``.grad`` is cleared."""
         handles = [mod.register_forward_hook(self._fwd_hook(n, mod)) for n, mod in self.layers.items()]
+        handles += [
+            mod.register_forward_hook(self._fwd_hook(n, mod, af, gf)) for n, (mod, af, gf) in self.partial.items()
+        ]
         covered = self._covered()
         rest = (
-            [(n, p) for n, p in zip(self._names, self._params) if id(p) not in covered] if self.rest == "diag" else []
+            [(n, p) for n, p in zip(self._names, self._params) if id(p) not in covered]
+            if self.rest != "identity"
+            else []
         )
         sq: dict[int, torch.Tensor] = {}
         n_lab = 0
@@ -281,46 +321,56 @@ class KFAC:
                 h.remove()
         for p in model.parameters():
             p.grad = None
-        for name in self.layers:
+        for name in [*self.layers, *self.partial]:
             if name not in self._A or name not in self._G:
                 self.skipped[name] = "not reached by the KFAC sample"
                 continue
             A = self._A.pop(name) / self._nA[name]
             G = self._G.pop(name) / self._nG[name]
-            self.A_inv[name] = _damped_inverse(A, self.damping)
-            self.G_inv[name] = _damped_inverse(G, self.damping)
+            self.A_inv[name] = (
+                _damped_inverse(A, self.damping) if A.dim() == 2 else _damped_diag_inverse(A, self.damping)
+            )
+            self.G_inv[name] = (
+                _damped_inverse(G, self.damping) if G.dim() == 2 else _damped_diag_inverse(G, self.damping)
+            )
             if self.keep_factors:
                 self.factors[name] = (A, G)
-            self.flops += 10.0 * (A.shape[0] ** 3 + G.shape[0] ** 3)  # eigendecompositions, roughly
-        for name in list(self.layers):
-            if name not in self.A_inv:
-                del self.layers[name]
+            self.flops += 10.0 * sum(M.shape[0] ** 3 for M in (A, G) if M.dim() == 2)  # eigendecompositions, roughly
+        for layers in (self.layers, self.partial):
+            for name in list(layers):
+                if name not in self.A_inv:
+                    del layers[name]
         covered = self._covered()
         for n, p in rest:
             if id(p) in covered or id(p) not in sq or n_lab == 0:
                 continue
             F = sq[id(p)] / n_lab
-            mean = float(F.mean())
-            lam = self.damping * mean if mean > 0 else self.damping
-            self.diag_inv[id(p)] = 1.0 / (F + lam)
+            self.diag_inv[id(p)] = _damped_diag_inverse(F, self.damping)
             self.diag_names[id(p)] = n
             if self.keep_factors:
                 self.diag[id(p)] = F
 
     def precondition_(self) -> None:
-        """Replace each covered layer's ``.grad`` by G⁻¹ ∇W A⁻¹ in place (bias folded in), and the rest's by
-        the damped inverse diagonal Fisher (``rest="diag"``)."""
-        for name, mod in self.layers.items():
+        """Replace each covered layer's ``.grad`` by G⁻¹ ∇W A⁻¹ in place (bias folded in; a diagonal factor of
+        a partly factored layer scales rows or columns), and the rest's by the damped inverse diagonal Fisher."""
+        for name, mod in [*self.layers.items(), *((n, m) for n, (m, _, _) in self.partial.items())]:
             gw = mod.weight.grad
             if gw is None:
                 continue
-            dt = self.A_inv[name].dtype
+            A_inv, G_inv = self.A_inv[name], self.G_inv[name]
+            dt = A_inv.dtype
             X = gw.to(dt)
             if mod.bias is not None:
                 gb = mod.bias.grad if mod.bias.grad is not None else torch.zeros_like(mod.bias)
                 X = torch.cat([X, gb.to(dt)[:, None]], dim=1)
-            Y = kfac_precondition_matrix(X, self.A_inv[name], self.G_inv[name])
-            self.flops += 2.0 * (Y.shape[0] ** 2 * Y.shape[1] + Y.shape[0] * Y.shape[1] ** 2)
+            if A_inv.dim() == 2 and G_inv.dim() == 2:
+                Y = kfac_precondition_matrix(X, A_inv, G_inv)
+            else:
+                Y = G_inv @ X if G_inv.dim() == 2 else X * G_inv[:, None]
+                Y = Y @ A_inv if A_inv.dim() == 2 else Y * A_inv[None, :]
+            self.flops += (
+                2.0 * Y.numel() * ((Y.shape[0] if G_inv.dim() == 2 else 1) + (Y.shape[1] if A_inv.dim() == 2 else 1))
+            )
             if mod.bias is not None:
                 mod.weight.grad = Y[:, :-1].to(gw.dtype).contiguous()
                 mod.bias.grad = Y[:, -1].to(gw.dtype).contiguous()

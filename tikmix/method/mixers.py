@@ -85,16 +85,17 @@ class TiKMiXDConfig(MixerConfig):
     kfac_tokens: int = (
         4096  # kfac only: training tokens (from the current mixture) used to estimate the factors (our choice)
     )
-    # kfac only: Linear layers with a factor larger than this (e.g. an LM head over a big vocabulary) use the
-    # identity instead (our choice: bounds the factor memory)
+    # kfac only: a factor larger than this (e.g. an LM head's over a big vocabulary) is kept as its diagonal
+    # (kfac_rest) instead of a full matrix (our choice: bounds the factor memory)
     kfac_max_dim: int = 4096
     # kfac only: sampled (labels drawn from the model: true Fisher, as EK-FAC influence work does) | empirical (the
     # data's labels)
     kfac_fisher: str = "sampled"
-    # kfac only: parameters without Kronecker factors (embeddings, norms, an LM head over kfac_max_dim, tied
-    # weights): diag = a damped diagonal Fisher from the same sample, on the K-FAC blocks' per-token scale (EK-FAC
-    # style; our choice) | identity (before: those blocks then carried 1-5% of |S|, the K-FAC blocks being
-    # amplified ~40x; README)
+    # kfac only: parameters without full Kronecker factors (our choice; tikmix/method/influence.py, README).
+    # diag = a Linear layer past kfac_max_dim keeps K-FAC with its oversized factor diagonal; embeddings, norms and
+    # tied weights get a damped diagonal Fisher on the K-FAC blocks' per-token scale | diag_v1 = the diagonal
+    # Fisher for all of them, oversized Linear layers included (before; tracks the exact Fisher worse once an LM
+    # head is past the bound) | identity (first behaviour: those blocks then carried 1-5% of |S|)
     kfac_rest: str = "diag"
     # null = exact inner products; an integer k = JL random projection of gradients to k dims (TRAK/LESS-style,
     # bounds memory for big models; the paper is silent)
