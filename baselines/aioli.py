@@ -275,6 +275,10 @@ def aioli_schedule(
 class Aioli(Mixer):
     """Aioli as a Mixer (module doc)."""
 
+    family = "baseline"
+    summary = "Aioli: an online linear mixing law learnt in exploration rounds"
+    help_rank, table_rank = 3, 4
+
     def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         m = len(domains)

@@ -204,6 +204,10 @@ class DGAConfig(MixerConfig):
 class DGA(Mixer):
     """Online DoGE / DGA as a Mixer (module doc)."""
 
+    family = "baseline"
+    summary = "online DoGE: each domain's gradient alignment with the targets"
+    help_rank, table_rank = 5, 3
+
     def __init__(self, cfg: Mapping[str, Any] | DGAConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         self.rule, self.update_every = c.rule, c.update_every

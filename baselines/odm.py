@@ -146,6 +146,10 @@ class ODMConfig(MixerConfig):
 class ODM(Mixer):
     """ODM's EXP3 bandit as a Mixer (module doc)."""
 
+    family = "baseline"
+    summary = "ODM: an EXP3 bandit over domains rewarded by the training loss"
+    help_rank, table_rank = 4, 2
+
     def __init__(self, cfg: Mapping[str, Any] | ODMConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         self.rule = c.reward_update

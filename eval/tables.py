@@ -58,24 +58,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from tikmix.mixer import table_order
 from tikmix.report import _plt, dominated_linthresh, wandb_groups  # noqa: F401 — tables._plt: the one figure backend
 from tikmix.runlog import RunLogger
 
-# the tables' row order: references, then the baselines, then TiKMiX; mixers not named here follow, by name
-MIXER_ORDER = [
-    "human",
-    "natural",
-    "stratified",
-    "fixed",
-    "schedule",
-    "doremi",
-    "odm",
-    "dga",
-    "aioli",
-    "regmix",
-    "tikmix_d",
-    "tikmix_m",
-]
 _SKIP_PARTS = {"subruns", "final_model", "checkpoints", "wandb", "eval_tasks", ".cache", "__pycache__", ".hydra"}
 DASH = "—"
 
@@ -218,8 +204,20 @@ def _from_config(d: Path) -> tuple[str | None, Any, str]:
         return None, None, "?"
 
 
+def __getattr__(name: str) -> Any:
+    # MIXER_ORDER, the tables' row order (references, then the baselines, then TiKMiX), is made from the registry
+    # when first asked for, not at import: discovery imports every mixer module, and some build on tikmix.run,
+    # which imports this module
+    if name == "MIXER_ORDER":
+        return table_order()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def mixer_sort_key(m: str) -> tuple:
-    return (MIXER_ORDER.index(m), m) if m in MIXER_ORDER else (len(MIXER_ORDER), m)
+    """The tables' row order: each mixer's class says where it goes (tikmix.mixer.table_order); mixers of another
+    family or not registered follow, by name."""
+    order = table_order()
+    return (order.index(m), m) if m in order else (len(order), m)
 
 
 # ------------------------------------------------------------------------------------------- stats

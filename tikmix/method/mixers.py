@@ -276,6 +276,10 @@ def _take_tokens(batches: list[dict], n_tokens: int | None) -> list[dict]:
 class TiKMiXD(Mixer):
     """TiKMiX-D: the next stage's mixture minimises Eq. 10 over the measured influence matrix."""
 
+    family = "tikmix"
+    summary = "TiKMiX-D: Group Influence at each stage boundary sets the next stage's mixture"
+    help_rank, table_rank = 1, 1
+
     def __init__(self, cfg: Mapping[str, Any] | TiKMiXDConfig, domains: list[str], ctx: MixerContext):
         self.c = self.parse_config(cfg)
         self.seed = int(self.c.seed) if self.c.seed is not None else int(ctx.seed)
@@ -479,6 +483,10 @@ class TiKMiXD(Mixer):
 class TiKMiXM(TiKMiXD):
     """TiKMiX-M: a regression of measured finite-step group influence over candidate mixtures, searched à la
     Algorithm 1 inside the region it was fitted on (module doc)."""
+
+    family = "tikmix"
+    summary = "TiKMiX-M: TiKMiX-D plus the measured finite-step influence of candidate mixtures"
+    help_rank, table_rank = 2, 2
 
     def _refine(self, probe, gi, S, w_d, w_prev, caps, seed, record) -> np.ndarray:
         c = self.c
