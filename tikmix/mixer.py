@@ -327,5 +327,28 @@ class Mixer:
         self.history = list(d.get("history", []))
         self.info = dict(d.get("info", {}))
 
+    # The envelope of a state richer than the weights (Aioli, DGA, ODM): its version, whose state it is (mixer and
+    # domains, checked on load: a checkpoint of another run must not be resumed silently), the mixer's own fields,
+    # then history and info.
+    def _envelope(self, version: int, **state: Any) -> dict:
+        return {
+            "version": version,
+            "mixer": self.name,
+            "domains": list(self.domains),
+            **state,
+            "history": list(self.history),
+            "info": dict(self.info),
+        }
+
+    def _check_envelope(self, d: dict) -> None:
+        if d.get("mixer") != self.name:
+            raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
+        if list(d.get("domains", [])) != self.domains:
+            raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+
+    def _load_records(self, d: dict) -> None:
+        self.history = list(d.get("history", []))
+        self.info = dict(d.get("info", self.info))
+
     def weights_dict(self, step: int) -> dict[str, float]:
         return wdict(self.domains, self.weights(step))
