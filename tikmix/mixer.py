@@ -43,6 +43,7 @@ _discovered = False
 # in both; family "part" (a sweep's job, a sub-run's mixer: not a choice on its own) is not in --help.
 HELP_FAMILIES = ("static", "tikmix", "baseline")
 TABLE_FAMILIES = ("static", "baseline", "tikmix")
+_LISTING = ("family", "summary", "help_rank", "table_rank", "smoke")  # Mixer's attributes for the lists
 _STORED: tuple | None = None  # the mixers whose schemas ConfigStore holds, as (name, config class)
 
 
@@ -63,6 +64,9 @@ def register(name: str, config: type[MixerConfig] = MixerConfig) -> Callable[[ty
         _REGISTRY[name] = cls
         cls.name = name
         cls.config_class = config
+        for attr in _LISTING:  # a subclass registered under its own name is listed as it says, not as its parent
+            if attr not in vars(cls):
+                setattr(cls, attr, getattr(Mixer, attr))
         return cls
 
     return deco
