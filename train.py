@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tikmix.cli import hydra_cli
-from tikmix.config import register_configs
+from tikmix.mixer import register_configs
 from tikmix.run import main as run_main
 
 
@@ -14,5 +14,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    register_configs()  # the schemas conf/'s presets name (tikmix/config.py, every mixer's dataclass)
+    register_configs()  # the schemas conf/'s presets name (every mixer's dataclass among them), the help's mixers
     hydra_cli(main)  # = main(), with Hydra's config errors (unknown preset or key) as one "error:" line

@@ -275,6 +275,10 @@ def aioli_schedule(
 class Aioli(Mixer):
     """Aioli as a Mixer (module doc)."""
 
+    family = "baseline"
+    summary = "Aioli: an online linear mixing law learnt in exploration rounds"
+    help_rank, table_rank = 3, 4
+
     def __init__(self, cfg: Mapping[str, Any], domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         m = len(domains)
@@ -517,26 +521,18 @@ class Aioli(Mixer):
 
     # --- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "version": 1,
-            "mixer": self.name,
-            "domains": list(self.domains),
-            "p": self._p.tolist(),
-            "ema_A": None if self._ema_A is None else self._ema_A.tolist(),
-            "acc": self._acc,
-            "steps_observed": self._steps_observed,
-            "history": list(self.history),
-            "info": dict(self.info),
-        }
+        return self._envelope(
+            1,
+            p=self._p.tolist(),
+            ema_A=None if self._ema_A is None else self._ema_A.tolist(),
+            acc=self._acc,
+            steps_observed=self._steps_observed,
+        )
 
     def load_state_dict(self, d: dict) -> None:
-        if d.get("mixer") != self.name:
-            raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
-        if list(d.get("domains", [])) != self.domains:
-            raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+        self._check_envelope(d)
         self._p = np.asarray(d["p"], dtype=np.float64)
         self._ema_A = None if d.get("ema_A") is None else np.asarray(d["ema_A"], dtype=np.float64)
         self._acc = d.get("acc")
         self._steps_observed = int(d["steps_observed"])
-        self.history = list(d.get("history", []))
-        self.info = dict(d.get("info", self.info))
+        self._load_records(d)

@@ -204,6 +204,10 @@ class DGAConfig(MixerConfig):
 class DGA(Mixer):
     """Online DoGE / DGA as a Mixer (module doc)."""
 
+    family = "baseline"
+    summary = "online DoGE: each domain's gradient alignment with the targets"
+    help_rank, table_rank = 5, 3
+
     def __init__(self, cfg: Mapping[str, Any] | DGAConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         self.rule, self.update_every = c.rule, c.update_every
@@ -289,27 +293,15 @@ class DGA(Mixer):
         self.info["average_weights"] = wdict(self.domains, self._sum_w / self._n_updates)
 
     def state_dict(self) -> dict:
-        return {
-            "version": 2,
-            "mixer": self.name,
-            "domains": list(self.domains),
-            "rule": self.rule,
-            "w": self._w.tolist(),
-            "sum_w": self._sum_w.tolist(),
-            "n_updates": self._n_updates,
-            "history": list(self.history),
-            "info": dict(self.info),
-        }
+        return self._envelope(
+            2, rule=self.rule, w=self._w.tolist(), sum_w=self._sum_w.tolist(), n_updates=self._n_updates
+        )
 
     def load_state_dict(self, d: dict) -> None:
-        if d.get("mixer") != self.name:
-            raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
-        if list(d.get("domains", [])) != self.domains:
-            raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+        self._check_envelope(d)
         if d.get("rule", "dga") != self.rule:  # version 1 states had the dga rule only
             raise ValueError(f"state is for rule {d.get('rule', 'dga')!r}, this run uses rule {self.rule!r}")
         self._w = np.asarray(d["w"], dtype=np.float64)
         self._sum_w = np.asarray(d["sum_w"], dtype=np.float64)
         self._n_updates = int(d["n_updates"])
-        self.history = list(d.get("history", []))
-        self.info = dict(d.get("info", self.info))
+        self._load_records(d)

@@ -362,6 +362,8 @@ class DoReMiProxy(_DROMixin, Mixer):
     """DoReMi's proxy run: uniform sampling, α-weighted per-domain loss, α updated by Group DRO each step.
     Its ᾱ lands in results.json as ``mixer_info.alpha_mean``."""
 
+    family = "part"
+
     def __init__(self, cfg: Mapping[str, Any] | DoReMiProxyConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         need(bool(c.reference_run), "mixer.reference_run", "the reference sub-run's directory (set by mixer=doremi)")
@@ -385,6 +387,10 @@ class DoReMiProxy(_DROMixin, Mixer):
 @register("doremi", DoReMiConfig)
 class DoReMi(_DROMixin, Mixer):
     """DoReMi: reference → DRO proxy → ᾱ as the static mixture (or, ``online``, the main run is the DRO model)."""
+
+    family = "baseline"
+    summary = "DoReMi: a reference model, then a Group-DRO proxy whose mean weights are the mixture"
+    help_rank, table_rank = 2, 1
 
     def __init__(self, cfg: Mapping[str, Any] | DoReMiConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)

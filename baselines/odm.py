@@ -146,6 +146,10 @@ class ODMConfig(MixerConfig):
 class ODM(Mixer):
     """ODM's EXP3 bandit as a Mixer (module doc)."""
 
+    family = "baseline"
+    summary = "ODM: an EXP3 bandit over domains rewarded by the training loss"
+    help_rank, table_rank = 4, 2
+
     def __init__(self, cfg: Mapping[str, Any] | ODMConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         self.rule = c.reward_update
@@ -198,26 +202,13 @@ class ODM(Mixer):
         )
 
     def state_dict(self) -> dict:
-        return {
-            "version": 2,
-            "mixer": self.name,
-            "domains": list(self.domains),
-            "reward_update": self.rule,
-            "R": self.R.tolist(),
-            "t": self._t,
-            "history": list(self.history),
-            "info": dict(self.info),
-        }
+        return self._envelope(2, reward_update=self.rule, R=self.R.tolist(), t=self._t)
 
     def load_state_dict(self, d: dict) -> None:
-        if d.get("mixer") != self.name:
-            raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
-        if list(d.get("domains", [])) != self.domains:
-            raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+        self._check_envelope(d)
         rule = d.get("reward_update", "ema")  # version 1 states came from the EMA rule, the only one then
         if rule != self.rule:
             raise ValueError(f"state holds {rule!r} rewards, this run uses reward_update {self.rule!r}")
         self.R = np.asarray(d["R"], dtype=np.float64)
         self._t = int(d["t"])
-        self.history = list(d.get("history", []))
-        self.info = dict(d.get("info", self.info))
+        self._load_records(d)

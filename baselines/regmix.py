@@ -735,6 +735,10 @@ def _n_candidates(c: GeneratorConfig, ctx: MixerContext) -> int:
 class RegMix(Mixer):
     """Static mixture chosen by RegMix in ``prepare()``; the main run trains on it from step 0."""
 
+    family = "baseline"
+    summary = "RegMix: proxies on candidate mixtures, a regression, the best predicted mixture"
+    help_rank, table_rank = 1, 5
+
     def __init__(self, cfg: Mapping[str, Any] | RegMixConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
@@ -987,6 +991,8 @@ class RegMixCandidate(Mixer):
     """Candidate ``index`` of RegMix's generator as a static mixture: one job of the proxy sweep
     (``python train.py -m +sweep=regmix_proxies``). The same generator keys as ``mixer=regmix``; the prior is
     this run's token shares, so the sweep needs the same data as the main run."""
+
+    family = "part"
 
     def __init__(self, cfg: Mapping[str, Any] | RegMixCandidateConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)

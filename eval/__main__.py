@@ -30,8 +30,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from eval.stage import evaluate
-from tikmix.config import register_configs
 from tikmix.errors import DataError, TikmixError
+from tikmix.mixer import register_configs
 from tikmix.report import wandb_identity
 from tikmix.runlog import RunLogger, write_json_atomic
 from tikmix.trainer import resolve_device

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from eval import tables
+from eval import figures, tables
 
 HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -431,7 +431,7 @@ def figure(design_dirs: list[str], res: dict, out: Path, metric: str) -> Path | 
     runs = design_runs(design_dirs, metric)
     if not runs:
         return None
-    plt = tables._plt()
+    plt = figures._plt()
     domains = runs[0]["domains"]
     best_w = np.array([res["best"]["weights"][d] for d in domains])
     top3 = list(np.argsort(-best_w)[:3])
@@ -491,7 +491,7 @@ def figure(design_dirs: list[str], res: dict, out: Path, metric: str) -> Path | 
         f"(other domains fixed at the best mixture's weights, {1 - scale:.2f} in all)",
         fontsize=10,
     )
-    return tables._save(plt, fig, out, "oracle_simplex")
+    return figures.save_figure(plt, fig, out, "oracle_simplex")
 
 
 # ------------------------------------------------------------------------------------------ cli

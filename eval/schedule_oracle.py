@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from eval import tables
+from eval import figures
 from eval.oracle import _extras, _headline, _sign, metric_value, paired
 
 REPO = Path(__file__).resolve().parent.parent
@@ -568,7 +568,7 @@ def markdown(res: dict) -> str:
 
 def figure(res: dict, dest: Path) -> Path | None:
     """The best schedule's stages as stacked bars beside its matched static mixture and the best static one."""
-    plt = tables._plt()
+    plt = figures._plt()
     b = res["best"]
     bars = [(f"stage {k + 1}\n({g:.0%} of steps)", w) for k, (w, g) in enumerate(zip(b["weights"], b["gammas"]))]
     if b.get("matched_static"):
@@ -587,7 +587,7 @@ def figure(res: dict, dest: Path) -> Path | None:
     ax.set_ylabel("mixture weight")
     ax.set_title(f"best schedule: {b['name']}\n{res['metric']} {b['mean']:.3f}", fontsize=9)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return tables._save(plt, fig, dest, "schedule")
+    return figures.save_figure(plt, fig, dest, "schedule")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -510,6 +510,85 @@ def preflight(eval_cfg: Any) -> None:
 # ---------------------------------------------------------------------------------------- the stage
 
 
+def _load_tasks(cfg: dict, names: list[str], tm: Any, paths: list) -> tuple[list, dict[str, list[str]]]:
+    """The lm-eval task objects of ``names`` with their few-shot counts set, and what each name reports: itself (a
+    task or a group) or, for a tag, each of its tasks."""
+    objs, expand = [], {}
+    for n in names:
+        loaded = T.load_task(tm, n, paths)
+        if n in loaded["groups"]:
+            top = [loaded["groups"][n]]
+            expand[n] = [n]
+        elif n in loaded["tasks"]:
+            top = [loaded["tasks"][n]]
+            expand[n] = [n]
+        else:  # a tag: its tasks, each reported on its own
+            top = list(loaded["tasks"].values())
+            expand[n] = list(loaded["tasks"])
+        k = shots_for(cfg, n)
+        for obj in top:
+            for leaf in T.leaf_tasks(obj):
+                if k is not None:
+                    leaf.set_config(key="num_fewshot", value=int(k))
+        objs.extend(top)
+    return objs, expand
+
+
+def _score(
+    cfg: dict, chk: dict, model: torch.nn.Module, tokenizer: Any, device: Any, objs: list, tm: Any, boot: int
+) -> tuple[dict | None, int]:
+    """lm-eval's ``simple_evaluate`` on the model (its mode and the RNG streams restored afterwards): the raw
+    results, and the tokens its forward passes saw (the compute ledger's count)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    if device is not None:
+        model.to(device)
+    was_training = model.training
+    counter = {"tokens": 0}
+
+    def count(_mod: Any, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("input_ids")
+        if isinstance(x, torch.Tensor):
+            counter["tokens"] += int(x.numel())
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
+    dev = next(model.parameters()).device
+    mp = None
+    if (
+        dev.type == "cuda"
+        and str(cfg.get("dtype", "auto")) in ("auto", "bf16")
+        and next(model.parameters()).dtype == torch.float32
+    ):
+        mp = torch.bfloat16
+    try:
+        with _rng_preserved(), _light_env_info():
+            lm = HFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=chk["batch_size"],
+                max_batch_size=int(cfg.get("max_batch_size") or 64),
+                mixed_precision_dtype=mp,
+            )
+            raw = simple_evaluate(
+                model=lm,
+                tasks=objs,
+                num_fewshot=None,
+                limit=chk["limit"],
+                bootstrap_iters=boot,
+                task_manager=tm,
+                log_samples=True,
+                random_seed=0,
+                numpy_random_seed=1234,
+                torch_random_seed=1234,
+                fewshot_random_seed=1234,
+            )
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return raw, counter["tokens"]
+
+
 def evaluate(
     eval_cfg: Any,
     model: torch.nn.Module,
@@ -543,74 +622,9 @@ def evaluate(
     paths = T.include_paths(cfg)
     with _quiet(cfg.get("log_level")):
         tm = T.resolve(cfg, names)
-        objs, expand, shots_used = [], {}, {}
-        for n in names:
-            loaded = T.load_task(tm, n, paths)
-            if n in loaded["groups"]:
-                top = [loaded["groups"][n]]
-                expand[n] = [n]
-            elif n in loaded["tasks"]:
-                top = [loaded["tasks"][n]]
-                expand[n] = [n]
-            else:  # a tag: its tasks, each reported on its own
-                top = list(loaded["tasks"].values())
-                expand[n] = list(loaded["tasks"])
-            k = shots_for(cfg, n)
-            for obj in top:
-                for leaf in T.leaf_tasks(obj):
-                    if k is not None:
-                        leaf.set_config(key="num_fewshot", value=int(k))
-            objs.extend(top)
-            shots_used[n] = k
-
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-
-        if device is not None:
-            model.to(device)
-        was_training = model.training
-        counter = {"tokens": 0}
-
-        def count(_mod: Any, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else kwargs.get("input_ids")
-            if isinstance(x, torch.Tensor):
-                counter["tokens"] += int(x.numel())
-
-        hook = model.register_forward_pre_hook(count, with_kwargs=True)
-        dev = next(model.parameters()).device
-        mp = None
-        if (
-            dev.type == "cuda"
-            and str(cfg.get("dtype", "auto")) in ("auto", "bf16")
-            and next(model.parameters()).dtype == torch.float32
-        ):
-            mp = torch.bfloat16
+        objs, expand = _load_tasks(cfg, names, tm, paths)
         boot = int(cfg.get("bootstrap_iters", 1000) if final else cfg.get("stage_bootstrap_iters", 0))
-        try:
-            with _rng_preserved(), _light_env_info():
-                lm = HFLM(
-                    pretrained=model,
-                    tokenizer=tokenizer,
-                    batch_size=chk["batch_size"],
-                    max_batch_size=int(cfg.get("max_batch_size") or 64),
-                    mixed_precision_dtype=mp,
-                )
-                raw = simple_evaluate(
-                    model=lm,
-                    tasks=objs,
-                    num_fewshot=None,
-                    limit=chk["limit"],
-                    bootstrap_iters=boot,
-                    task_manager=tm,
-                    log_samples=True,
-                    random_seed=0,
-                    numpy_random_seed=1234,
-                    torch_random_seed=1234,
-                    fewshot_random_seed=1234,
-                )
-        finally:
-            hook.remove()
-            model.train(was_training)
+        raw, forward_tokens = _score(cfg, chk, model, tokenizer, device, objs, tm, boot)
     if raw is None:  # not rank 0 inside lm-eval's own accounting
         return None
     entry = {
@@ -625,7 +639,7 @@ def evaluate(
             "bootstrap_iters": boot,
             "step": step,
             "final": final,
-            "forward_tokens": counter["tokens"],
+            "forward_tokens": forward_tokens,
             "wall_time_s": time.perf_counter() - t0,
             "lm_eval_version": raw.get("lm_eval_version"),
         }

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from eval import tables
+from eval import figures, tables
 from eval.oracle import metric_value
 from tikmix.method.solvers import entropy, influence_scale
 
@@ -133,7 +133,7 @@ def markdown(rows: list[dict], oracle: dict | None) -> str:
 def figure(rows: list[dict], out: Path, oracle: dict | None = None) -> Path:
     """The result per setting, with the best static mixture and stratified as lines when an oracle is given, and
     Eq. 10's terms at the chosen mixture."""
-    plt = tables._plt()
+    plt = figures._plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [f"β={r['beta']:g}, γ={r['gamma']:g}, {r['targets']} tgt" for r in rows]
     x = np.arange(len(rows))
@@ -157,7 +157,7 @@ def figure(rows: list[dict], out: Path, oracle: dict | None = None) -> Path:
     a2.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     a2.set_title("Eq. 10's terms at the chosen mixture", fontsize=10)
     a2.legend(fontsize=8)
-    return tables._save(plt, fig, out, "sensitivity")
+    return figures.save_figure(plt, fig, out, "sensitivity")
 
 
 def main(argv: list[str] | None = None) -> int:

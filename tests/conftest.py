@@ -35,7 +35,7 @@ def compose(overrides: list[str] | None = None):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tikmix.config import register_configs
+    from tikmix.mixer import register_configs
 
     register_configs()  # as train.py does: the schemas the presets name, every mixer's among them
     GlobalHydra.instance().clear()

@@ -6,26 +6,32 @@
 * a value of the wrong type or an unknown key is one line naming the field, whether Hydra composes it or a
   sub-run config made in code is checked;
 * a mixer built from a plain dict gets its dataclass's defaults;
-* a new method is one module and one YAML: found without editing a list, composed, trained.
+* a new method is one module and one YAML: found without editing a list, composed, trained, listed by --help.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import runpy
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import MISSING, OmegaConf
 
 import tikmix.mixer as mixer_mod
-from tests.conftest import CONF, compose
+from tests.conftest import CONF, REPO, compose
+from tests.test_help import check_mixers_listed
+from tests.test_smoke_budget import check_smoke
 from tikmix.cli import hydra_error_line
 from tikmix.config import GROUPS, LOGGERS, RunConfig, TrainerConfig, typed, validate
 from tikmix.errors import ConfigError
-from tikmix.mixer import MixerContext, available, build_mixer, mixer_class
+from tikmix.mixer import MixerContext, available, build_mixer, help_order, mixer_class
 
 GROUP_DIRS = ("mixer", "model", "budget", "data", "eval", "logger")
 # the fingerprints below hash the cache path, and were taken when v2 was the default benchmark (v3 changes the
@@ -206,10 +212,18 @@ def test_a_mixer_from_a_plain_dict_gets_its_dataclass_defaults():
         build_mixer({"name": "tikmix_d", "alpha": "x"}, doms, ctx)
 
 
-def test_the_tables_order_only_mixers_that_exist():
+def test_the_lists_made_from_the_registry_keep_the_orders_they_had_by_hand():
     from eval.tables import MIXER_ORDER
 
-    assert set(MIXER_ORDER) <= set(available())
+    presets = {p.stem for p in _presets("mixer")}  # other tests register mixers of their own
+    assert [n for n in MIXER_ORDER if n in presets] == [
+        *("human", "natural", "stratified", "fixed", "schedule"),
+        *("doremi", "odm", "dga", "aioli", "regmix", "tikmix_d", "tikmix_m"),
+    ]
+    assert [n for n in help_order() if n in presets] == [
+        *("stratified", "natural", "fixed", "human", "schedule", "tikmix_d", "tikmix_m"),
+        *("regmix", "doremi", "aioli", "odm", "dga"),
+    ]
 
 
 # --------------------------------------------------------------------------------------------- a new method
@@ -233,6 +247,10 @@ class TemperedConfig(MixerConfig):
 
 @register("{name}", TemperedConfig)
 class Tempered(Mixer):
+    family = "static"
+    summary = "token shares tempered by mixer.power"
+    smoke = ("mixer.power=0.5",)
+
     def initial_weights(self) -> np.ndarray:
         t = np.array([self.ctx.train_tokens[d] for d in self.domains], dtype=np.float64) ** self.c.power
         return t / t.sum()
@@ -283,6 +301,40 @@ def test_a_new_method_is_one_module_and_one_yaml(fresh_registry, smoke_overrides
     assert np.allclose([res["final_weights"][d] for d in res["domains"]], t / t.sum())
 
 
+def test_a_new_mixer_is_in_the_help_and_passes_the_smoke_check(fresh_registry, smoke_overrides, tmp_path, monkeypatch):
+    """One module + one YAML and no list edited: ``python train.py --help`` lists it with its summary (the help
+    test's check), and it completes a smoke run with the overrides its class declares (the smoke test's check)."""
+    import baselines
+    from tikmix.run import run
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "tempered_new.py").write_text(NEW_MODULE.replace("{name}", "tempered_new"))
+    (tmp_path / "conf" / "mixer").mkdir(parents=True)
+    (tmp_path / "conf" / "mixer" / "tempered_new.yaml").write_text(NEW_YAML.replace("{name}", "tempered_new"))
+    monkeypatch.setattr(baselines, "__path__", [*baselines.__path__, str(tmp_path / "pkg")])
+    search = f"hydra.searchpath=[pkg://sweeps,file://{tmp_path / 'conf'}]"
+
+    # python train.py --help SEARCH, in this process (a subprocess would not see the module added to the path)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "--help", search])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)  # train.py's hydra_cli sets it: restored afterwards
+    out = io.StringIO()
+    GlobalHydra.instance().clear()
+    try:
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+            runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+    assert e.value.code == 0
+    check_mixers_listed(out.getvalue(), [CONF, tmp_path / "conf"])
+    assert "  tempered_new    token shares tempered by mixer.power" in out.getvalue().splitlines()
+
+    smoke = list(mixer_class("tempered_new").smoke)
+    cfg = compose(smoke_overrides + [search, "mixer=tempered_new", *smoke, f"run_dir={tmp_path / 'run'}"])
+    res = run(cfg, quiet=True)
+    check_smoke(res)
+    assert res["mixer"] == "tempered_new" and cfg.mixer.power == 0.5
+
+
 def test_an_installed_package_adds_a_mixer_through_its_entry_point(fresh_registry, tmp_path, monkeypatch):
     """Out of the tree: a distribution that names its module in the ``tikmix.mixers`` entry-point group."""
     (tmp_path / "tempered_plugin.py").write_text(NEW_MODULE.replace("{name}", "tempered_plugin"))
@@ -298,3 +350,15 @@ def test_an_installed_package_adds_a_mixer_through_its_entry_point(fresh_registr
     assert np.allclose(build_mixer({"name": "tempered_plugin"}, ["a", "b"], ctx).weights(0), [1 / 3, 2 / 3])
     with pytest.raises(ConfigError, match="mixer.power: must be a number >= 0, got -1"):
         build_mixer({"name": "tempered_plugin", "power": -1}, ["a", "b"], ctx)
+
+
+def test_a_subclass_registered_under_its_own_name_is_not_listed_as_its_parent(fresh_registry):
+    from tikmix.mixer import register, table_order
+    from tikmix.static_mixers import Stratified
+
+    @register("sub_of_stratified")
+    class Sub(Stratified):
+        pass
+
+    assert (Sub.family, Sub.summary, Sub.smoke) == ("other", "", ()) and Stratified.family == "static"
+    assert "sub_of_stratified" not in table_order()

@@ -301,3 +301,7 @@ def test_take_tokens_cuts_whole_rows():
     got = take_tokens(batches, 40)  # 5 rows: one full batch + 2 rows
     assert [b["input_ids"].shape[0] for b in got] == [3, 2] and torch.equal(got[1]["labels"], x[1][:2])
     assert sum(b["input_ids"].numel() for b in take_tokens(batches, 41)) == 48  # rounded up to a whole row
+    # TiKMiX's take keeps the last batch whole (tikmix/method/mixers.py says why): the same batch objects, uncut
+    whole = take_tokens(batches, 40, whole_batches=True)
+    assert len(whole) == 2 and all(a is b for a, b in zip(whole, batches))
+    assert take_tokens(batches, 48, whole_batches=True) == batches[:2]

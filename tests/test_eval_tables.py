@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import tables
+from eval import figures, tables
 
 DOMAINS = ["arith", "copy", "grammar"]
 IN = ["arith_mc", "copy_complete"]
@@ -583,7 +583,7 @@ def test_oracle_report_marks_limited_confirmation_runs():
 def drawn(monkeypatch):
     """Every figure the table tool draws, laid out as saved, kept open for inspection: {file name: figure}."""
     figs = {}
-    real = tables._save
+    real = figures.save_figure
 
     def keep(plt, fig, out, kind, mixer=None, setting=None, multi_setting=False):
         plt_close = plt.close
@@ -595,7 +595,7 @@ def drawn(monkeypatch):
         figs[p.name] = fig
         return p
 
-    monkeypatch.setattr(tables, "_save", keep)
+    monkeypatch.setattr(figures, "save_figure", keep)
     yield figs
     import matplotlib.pyplot as plt
 
@@ -664,8 +664,8 @@ def test_influence_panels_readable_when_one_domain_dominates(tmp_path, drawn):
     assert ax.get_legend() is None and len(fig.legends) == 1
     # a panel without a dominating domain stays linear
     assert (
-        tables.dominated_linthresh([1.0, 0.8, -0.5, 0.6]) is None
-        and tables.dominated_linthresh([100, 0.05, 0.04]) == 0.01
+        figures.dominated_linthresh([1.0, 0.8, -0.5, 0.6]) is None
+        and figures.dominated_linthresh([100, 0.05, 0.04]) == 0.01
     )
 
 

@@ -1,7 +1,8 @@
 """`python train.py --help` lists the user-facing groups and every user-facing preset, one line each.
 
-The help text is conf/hydra/help/tikmix.yaml; this test reads conf/ and sweeps/ and fails when a preset is
-missing from it, or when an internal preset (a base file, a sweep's job mixer) is shown as one.
+The help text is conf/hydra/help/tikmix.yaml, its mixer lines made from the mixers' classes (tikmix.mixer.help_lines);
+this test reads conf/ and sweeps/ and fails when a preset is missing from it, or when an internal preset (a base
+file, a sweep's job mixer) is shown as one.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import CONF, REPO
+from tikmix.mixer import available, mixer_class
 
-# presets that are parts of others, not choices: the mixers that sweeps run as their jobs (+sweep=regmix_proxies:
-# regmix_candidate; +sweep=oracle/oracle_confirm: design)
-INTERNAL = {"mixer": {"regmix_candidate", "design"}}
+# presets that are parts of others, not choices: the mixers of family "part", e.g. those sweeps run as their jobs
+# (+sweep=regmix_proxies: regmix_candidate; +sweep=oracle/oracle_confirm: design)
+INTERNAL = {"mixer": {n for n in available() if mixer_class(n).family == "part"}}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +50,16 @@ def _sections(text: str) -> dict[str, list[str]]:
     return out
 
 
+def check_mixers_listed(text: str, conf_dirs: list[Path]) -> None:
+    """The help's mixer group lists every mixer preset of ``conf_dirs`` (each a conf/ folder) once, none internal."""
+    want = {p.stem for d in conf_dirs for p in (d / "mixer").glob("*.yaml")} - INTERNAL["mixer"]
+    assert sorted(_sections(text)["mixer"]) == sorted(want)
+
+
 def test_help_lists_every_user_facing_preset_once(help_text):
     sections = _sections(help_text)
-    for group in ("mixer", "model", "budget", "data", "eval", "logger"):
+    check_mixers_listed(help_text, [CONF])
+    for group in ("model", "budget", "data", "eval", "logger"):
         want = {p.stem for p in (CONF / group).glob("*.yaml")} - INTERNAL.get(group, set())
         assert sorted(sections[group]) == sorted(want), group
     assert sorted(sections["+sweep"]) == sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml"))

@@ -188,7 +188,7 @@ def _compose(overrides: tuple[str, ...]) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from tikmix.config import register_configs
+    from tikmix.mixer import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

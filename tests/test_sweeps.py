@@ -44,7 +44,7 @@ def test_launcher_presets_compose():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tikmix.config import register_configs
+    from tikmix.mixer import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -69,8 +69,7 @@ def test_every_sweep_preset_composes_and_names_real_mixers():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tikmix.config import register_configs
-    from tikmix.mixer import available
+    from tikmix.mixer import available, register_configs
 
     register_configs()
     names = sorted(p.stem for p in (REPO / "sweeps" / "sweep").glob("*.yaml"))

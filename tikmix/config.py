@@ -1,8 +1,8 @@
 """Typed configs: the schema of every config section, and the one place its defaults and checks live.
 
 Each section of a run's config is a dataclass here (a mixer's parameters: a dataclass beside the mixer's class,
-e.g. ``baselines/aioli.py``). :func:`register_configs` stores them all in Hydra's ConfigStore under
-``schema/``, and every preset ``conf/<group>/<preset>.yaml`` starts with a defaults list naming its schema
+e.g. ``baselines/aioli.py``). :func:`tikmix.mixer.register_configs` stores them all in Hydra's ConfigStore
+under ``schema/``, and every preset ``conf/<group>/<preset>.yaml`` starts with a defaults list naming its schema
 (``/schema/model@model``, ``/schema/mixer/aioli@_here_``, ...). The dataclass holds every default; a preset
 sets its name and what differs; the comments beside each field say what it means and why its default is what
 it is. ``python train.py --cfg job`` prints the composed result.
@@ -26,7 +26,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, List, Mapping, Optional, Sequence, Union
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
@@ -521,31 +520,6 @@ GROUPS: dict[str, type] = {"model": ModelConfig, "budget": BudgetConfig, "data":
 
 
 SCHEMAS: dict[str, type] = {"run": RunConfig, **GROUPS}
-
-
-_STORED: tuple | None = None  # the mixers whose schemas ConfigStore holds, as (name, config class)
-
-
-def register_configs() -> None:
-    """Store every schema in Hydra's ConfigStore, where the presets' defaults lists find them: ``schema/<section>``,
-    ``schema/logger/<name>`` and ``schema/mixer/<name>`` for every mixer found (tikmix.mixer.discover). Call it
-    before composing a config (train.py, python -m eval, the tests' compose)."""
-    # the one import of the framework that stays inside a function: tikmix.mixer builds on this module (every
-    # mixer's parameters are a schema of it), and the mixers are known only once discovery has run
-    from tikmix.mixer import available, mixer_class
-
-    global _STORED
-    mixers = tuple((name, mixer_class(name).config_class) for name in available())
-    if _STORED == mixers:  # every compose calls this; storing 30 structured configs again costs ~0.2 s each time
-        return
-    cs = ConfigStore.instance()
-    for name, node in SCHEMAS.items():
-        cs.store(group="schema", name=name, node=node)
-    for name, node in LOGGERS.items():
-        cs.store(group="schema/logger", name=name, node=node)
-    for name, node in mixers:
-        cs.store(group="schema/mixer", name=name, node=node)
-    _STORED = mixers
 
 
 def omegaconf_error_line(e: BaseException) -> str | None:

@@ -7,7 +7,8 @@ Everything a mixer needs to resume exactly goes through ``state_dict``/``load_st
 
 Adding a method = one module with a ``@register("name", NameConfig)`` class and its parameters' dataclass, in
 ``baselines/`` or ``tikmix/method/`` (found by :func:`discover`, no list to edit), + one ``conf/mixer/<name>.yaml``
-naming that dataclass as its schema.
+naming that dataclass as its schema. The class also says how the suite lists it (``family``, ``summary``, ``smoke``:
+``python train.py --help``, the tables' row order, the smoke test), so no list elsewhere names the mixers.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
-from omegaconf import MISSING
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
 
-from tikmix.config import typed
+from tikmix.config import LOGGERS, SCHEMAS, typed
 from tikmix.errors import ConfigError
 from tikmix.mixer_helpers import check_simplex, wdict
 
@@ -36,6 +38,13 @@ _REGISTRY: dict[str, type["Mixer"]] = {}
 MIXER_PACKAGES = ("tikmix.static_mixers", "tikmix.method", "baselines")
 ENTRY_POINTS = "tikmix.mixers"
 _discovered = False
+# Mixer.family, in the order of each list. --help leads with the default and the static choices, then this
+# suite's method; the tables read references, then the baselines, then TiKMiX. A mixer of another family follows
+# in both; family "part" (a sweep's job, a sub-run's mixer: not a choice on its own) is not in --help.
+HELP_FAMILIES = ("static", "tikmix", "baseline")
+TABLE_FAMILIES = ("static", "baseline", "tikmix")
+_LISTING = ("family", "summary", "help_rank", "table_rank", "smoke")  # Mixer's attributes for the lists
+_STORED: tuple | None = None  # the mixers whose schemas ConfigStore holds, as (name, config class)
 
 
 @dataclass
@@ -55,6 +64,9 @@ def register(name: str, config: type[MixerConfig] = MixerConfig) -> Callable[[ty
         _REGISTRY[name] = cls
         cls.name = name
         cls.config_class = config
+        for attr in _LISTING:  # a subclass registered under its own name is listed as it says, not as its parent
+            if attr not in vars(cls):
+                setattr(cls, attr, getattr(Mixer, attr))
         return cls
 
     return deco
@@ -77,6 +89,56 @@ def discover() -> None:
 def available() -> list[str]:
     discover()
     return sorted(_REGISTRY)
+
+
+def _listed(families: tuple[str, ...], rank: str) -> list[str]:
+    def key(name: str) -> tuple:
+        cls = _REGISTRY[name]
+        fam = families.index(cls.family) if cls.family in families else len(families)
+        return fam, getattr(cls, rank), name
+
+    return sorted((n for n in available() if _REGISTRY[n].family != "part"), key=key)
+
+
+def help_order() -> list[str]:
+    """The mixers ``python train.py --help`` lists, in its order (families :data:`HELP_FAMILIES`, then ``help_rank``)."""
+    return _listed(HELP_FAMILIES, "help_rank")
+
+
+def table_order() -> list[str]:
+    """The tables' row order of the mixers of :data:`TABLE_FAMILIES` (then ``table_rank``); others follow them."""
+    return [n for n in _listed(TABLE_FAMILIES, "table_rank") if _REGISTRY[n].family in TABLE_FAMILIES]
+
+
+def help_lines(default: str = "") -> str:
+    """The mixer group's lines of ``python train.py --help`` (conf/hydra/help/tikmix.yaml interpolates them):
+    one per listed mixer, its name and its ``summary``; ``default`` is marked [default]."""
+    lines = []
+    for name in help_order():
+        text = _REGISTRY[name].summary
+        lines.append(f"  {name:<14}  {'[default] ' if name == default else ''}{text}".rstrip())
+    return "\n".join(lines)
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore, where the presets' defaults lists find them: ``schema/<section>``,
+    ``schema/logger/<name>`` and ``schema/mixer/<name>`` for every mixer found (:func:`discover`), and the help
+    text's resolver ``${tikmix_mixers:<default>}`` (:func:`help_lines`). Call it before composing a config
+    (train.py, python -m eval, the tests' compose)."""
+    global _STORED
+    if not OmegaConf.has_resolver("tikmix_mixers"):
+        OmegaConf.register_new_resolver("tikmix_mixers", help_lines)
+    mixers = tuple((name, mixer_class(name).config_class) for name in available())
+    if _STORED == mixers:  # every compose calls this; storing 30 structured configs again costs ~0.2 s each time
+        return
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(group="schema", name=name, node=node)
+    for name, node in LOGGERS.items():
+        cs.store(group="schema/logger", name=name, node=node)
+    for name, node in mixers:
+        cs.store(group="schema/mixer", name=name, node=node)
+    _STORED = mixers
 
 
 def mixer_class(name: Any) -> type["Mixer"]:
@@ -208,6 +270,15 @@ class Mixer:
 
     name = "base"
     config_class: type[MixerConfig] = MixerConfig  # set by @register
+    # How the suite lists it. family: one of HELP_FAMILIES / TABLE_FAMILIES, or "part" (run only inside a sweep or
+    # as a sub-run: not in --help); summary: its one line in --help; help_rank / table_rank: its place within its
+    # family in --help and in the tables (ties by name); smoke: the overrides it needs to run at all on the
+    # synthetic data at budget=smoke (tests/test_smoke_budget.py runs every preset with them).
+    family: str = "other"
+    summary: str = ""
+    help_rank: int = 99
+    table_rank: int = 99
+    smoke: tuple[str, ...] = ()
 
     def __init__(self, cfg: Mapping[str, Any] | MixerConfig, domains: list[str], ctx: MixerContext):
         self.c = self.parse_config(cfg)  # the parameters, typed and checked
@@ -259,6 +330,29 @@ class Mixer:
         self._w = np.asarray(d["w"], dtype=np.float64)
         self.history = list(d.get("history", []))
         self.info = dict(d.get("info", {}))
+
+    # The envelope of a state richer than the weights (Aioli, DGA, ODM): its version, whose state it is (mixer and
+    # domains, checked on load: a checkpoint of another run must not be resumed silently), the mixer's own fields,
+    # then history and info.
+    def _envelope(self, version: int, **state: Any) -> dict:
+        return {
+            "version": version,
+            "mixer": self.name,
+            "domains": list(self.domains),
+            **state,
+            "history": list(self.history),
+            "info": dict(self.info),
+        }
+
+    def _check_envelope(self, d: dict) -> None:
+        if d.get("mixer") != self.name:
+            raise ValueError(f"state is for mixer {d.get('mixer')!r}, not {self.name!r}")
+        if list(d.get("domains", [])) != self.domains:
+            raise ValueError(f"state is for domains {d.get('domains')}, this run has {self.domains}")
+
+    def _load_records(self, d: dict) -> None:
+        self.history = list(d.get("history", []))
+        self.info = dict(d.get("info", self.info))
 
     def weights_dict(self, step: int) -> dict[str, float]:
         return wdict(self.domains, self.weights(step))

@@ -60,12 +60,13 @@ def wdict(domains: Sequence[str], w: Any) -> dict[str, float]:
     return {d: float(x) for d, x in zip(domains, w)}
 
 
-def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
+def take_tokens(batches: Sequence[dict], n_tokens: int | None, whole_batches: bool = False) -> list[dict]:
     """The leading rows of a target set up to ``n_tokens`` input tokens, rounded up to whole rows (None = all).
 
     The last batch is cut to the rows needed, so the compute spent is what the config says, whatever the
     micro-batch size; a margin batch (``doc_index``: one row per choice of a document) is cut after a whole
-    document, never between the choices of one.
+    document, never between the choices of one. With ``whole_batches`` it is kept whole: the take overshoots
+    ``n_tokens`` by up to a batch less one row (TiKMiX's targets, see tikmix/method/mixers.py).
     """
     if n_tokens is None:
         return list(batches)
@@ -73,6 +74,10 @@ def take_tokens(batches: Sequence[dict], n_tokens: int | None) -> list[dict]:
     for b in batches:
         if seen >= n_tokens:
             break
+        if whole_batches:
+            out.append(b)
+            seen += int(b["input_ids"].numel())
+            continue
         rows, T = b["input_ids"].shape[0], b["input_ids"].shape[-1]
         need = -(-(n_tokens - seen) // T)
         if need < rows and "doc_index" in b:  # rows up to the end of the last document begun

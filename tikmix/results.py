@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from eval import tables
+from eval import figures, runs
 from tikmix.data.tokenizer import save_tokenizer
 from tikmix.errors import StorageError
 from tikmix.report import log_results
@@ -118,11 +118,11 @@ def log_final(logger: Any, res: Mapping[str, Any], final_eval: str, mixer_flops:
 
 
 def run_figures(logger: Any, res: Mapping[str, Any], out: Path) -> None:
-    """One run's mixture over training and influence over stages, drawn as eval.tables draws a sweep's."""
-    run = tables.Run(Path(str(res.get("run_dir", "."))), str(res.get("mixer")), res.get("seed"), "run", res=dict(res))
+    """One run's mixture over training and influence over stages, drawn as eval.tables draws a sweep's (eval/figures.py)."""
+    run = runs.Run(Path(str(res.get("run_dir", "."))), str(res.get("mixer")), res.get("seed"), "run", res=dict(res))
     for kind, paths in (
-        ("mixture", tables.fig_mixtures([run], out, False)),
-        ("influence", tables.fig_influence([run], out, False)),
+        ("mixture", figures.fig_mixtures([run], out, False)),
+        ("influence", figures.fig_influence([run], out, False)),
     ):
         for p in paths or []:
             logger.images(f"figures/{kind}", [p])

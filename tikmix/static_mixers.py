@@ -20,10 +20,18 @@ from tikmix.mixer_helpers import wdict, weights_from_mapping
 class Stratified(Mixer):
     """Uniform over domains."""
 
+    family = "static"
+    summary = "uniform over the domains"
+    help_rank, table_rank = 1, 3
+
 
 @register("natural")
 class Natural(Mixer):
     """Each domain's share of the training tokens."""
+
+    family = "static"
+    summary = "each domain's share of the train tokens"
+    help_rank, table_rank = 2, 2
 
     def initial_weights(self) -> np.ndarray:
         t = np.array([self.ctx.train_tokens[d] for d in self.domains], dtype=np.float64)
@@ -40,6 +48,11 @@ class FixedConfig(MixerConfig):
 @register("fixed", FixedConfig)
 class Fixed(Mixer):
     """A user-given mixture by domain name (inline or from a YAML/JSON file)."""
+
+    family = "static"
+    summary = "your weights: mixer.weights='{arith: 0.5, copy: 0.5}' or mixer.weights_file=FILE"
+    help_rank, table_rank = 3, 4
+    smoke = ("mixer.weights={arith: 0.5, copy: 0.5}",)
 
     def initial_weights(self) -> np.ndarray:
         weights = self.c.weights
@@ -67,6 +80,11 @@ class Fixed(Mixer):
 @register("human")
 class Human(Mixer):
     """The data preset's published default proportions (The Pile's, SlimPajama's)."""
+
+    family = "static"
+    summary = "the data preset's published proportions (pile, slimpajama)"
+    help_rank, table_rank = 4, 1
+    smoke = ("data.human_weights={arith: 2, copy: 1, grammar: 1}",)
 
     def initial_weights(self) -> np.ndarray:
         hw = self.ctx.human_weights
@@ -155,6 +173,8 @@ def _compositions(total: int, k: int) -> list[tuple[int, ...]]:
 class Design(Mixer):
     """Mixture ``index`` of the oracle design (:func:`static_design`) or of ``design_file`` (a YAML list of
     {name, weights: {domain: w}} written by ``python -m eval.oracle``): one job of the oracle sweeps."""
+
+    family = "part"
 
     def __init__(self, cfg, domains, ctx):
         self.c = self.parse_config(cfg)
@@ -252,6 +272,11 @@ class Schedule(Mixer):
     """A mixture per stage, set in advance: the reference a dynamic method is measured against (README,
     "Ground truth: the best schedule"). A run stopped early (``trainer.stop_at_stage=k``) needs only its first
     k mixtures: that is how the schedule oracle trains a shared prefix once."""
+
+    family = "static"
+    summary = "one mixture per stage: mixer.stages='[{facts: 1}, {arith: 0.5, copy: 0.5}]' or mixer.stages_file=FILE"
+    help_rank, table_rank = 5, 5
+    smoke = ("mixer.stages=[{facts: 1.0}, {arith: 0.5, copy: 0.5}]",)
 
     def __init__(self, cfg, domains, ctx):
         self.c = self.parse_config(cfg)

@@ -370,9 +370,8 @@ def _encoder(tok: Any) -> Any:
     return encode
 
 
-def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Build a complete entry in `tmp` (manifest last); returns the manifest."""
-    t0 = time.time()
+def _entry_tokenizer(c: dict[str, Any], tmp: Path) -> Any:
+    """The entry's tokenizer, trained or loaded, saved into ``tmp/tokenizer`` and read back from there."""
     tk = c["tokenizer"]
     if tk["name"] is None:
         _log(
@@ -394,50 +393,59 @@ def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]])
     tok = load_tokenizer(tmp / "tokenizer")  # shards are made by exactly what the entry holds
     if tok.eos_token_id is None:
         raise ConfigError("data.tokenizer.name", "the tokenizer has no eos token")
-    eos_id = int(tok.eos_token_id)
-    vocab = len(tok)
-    dtype = _dtype_for(vocab)
-    encode = _encoder(tok)
-    _log(f"tokenizer ready: {vocab} tokens, eos id {eos_id} ({time.time() - t0:.1f}s)")
+    return tok
 
-    records: dict[str, dict[str, Any]] = {}
-    dirnames: dict[str, str] = {}
-    for split in SPLITS:
-        writers: dict[str, _SplitWriter] = {}
-        docs = split_tokens = split_domains = pending = 0
-        last = time.time()
-        try:
-            for domain, text in iter_documents(c, split):
-                w = writers.get(domain)
-                if w is None:
-                    if domain not in dirnames:
-                        name = _domain_dirname(domain)
-                        if name in dirnames.values():
-                            raise DataError(f"domains {domain!r} and another map to the same folder {name!r}")
-                        dirnames[domain] = name
-                    w = writers[domain] = _SplitWriter(tmp / dirnames[domain], split, dtype, eos_id, encode)
-                w.add(text)
-                docs += 1
-                pending += len(text)
-                if pending > _PENDING_CHARS:  # thousands of domains, each holding part of a batch
-                    for x in writers.values():
-                        x._flush()
-                    pending = 0
-                if time.time() - last > _PROGRESS_EVERY_S:
-                    last = time.time()
-                    ntok = sum(x.n_tokens for x in writers.values())
-                    _log(f"{split}: {docs:,} docs, {ntok:,} tokens so far, {len(writers)} domains")
-            for domain in sorted(writers):
-                rec = writers.pop(domain).close()
-                records.setdefault(domain, {})[split] = rec
-                split_tokens += rec["n_tokens"]
-                split_domains += 1
-                _log(f"{split}/{domain}: {rec['n_docs']:,} docs, {rec['n_tokens']:,} tokens")
-        finally:
-            for w in writers.values():
-                w.abort()
-        _log(f"{split}: {docs:,} docs, {split_tokens:,} tokens in {split_domains} domains")
 
+def _write_split(
+    c: dict[str, Any],
+    split: str,
+    tmp: Path,
+    dtype: Any,
+    eos_id: int,
+    encode: Any,
+    records: dict[str, dict[str, Any]],
+    dirnames: dict[str, str],
+) -> None:
+    """Tokenise one split into ``tmp``, one writer per domain as it shows up; each domain's record is added to
+    ``records`` and its folder name to ``dirnames`` (shared by the splits: a domain keeps one folder)."""
+    writers: dict[str, _SplitWriter] = {}
+    docs = split_tokens = split_domains = pending = 0
+    last = time.time()
+    try:
+        for domain, text in iter_documents(c, split):
+            w = writers.get(domain)
+            if w is None:
+                if domain not in dirnames:
+                    name = _domain_dirname(domain)
+                    if name in dirnames.values():
+                        raise DataError(f"domains {domain!r} and another map to the same folder {name!r}")
+                    dirnames[domain] = name
+                w = writers[domain] = _SplitWriter(tmp / dirnames[domain], split, dtype, eos_id, encode)
+            w.add(text)
+            docs += 1
+            pending += len(text)
+            if pending > _PENDING_CHARS:  # thousands of domains, each holding part of a batch
+                for x in writers.values():
+                    x._flush()
+                pending = 0
+            if time.time() - last > _PROGRESS_EVERY_S:
+                last = time.time()
+                ntok = sum(x.n_tokens for x in writers.values())
+                _log(f"{split}: {docs:,} docs, {ntok:,} tokens so far, {len(writers)} domains")
+        for domain in sorted(writers):
+            rec = writers.pop(domain).close()
+            records.setdefault(domain, {})[split] = rec
+            split_tokens += rec["n_tokens"]
+            split_domains += 1
+            _log(f"{split}/{domain}: {rec['n_docs']:,} docs, {rec['n_tokens']:,} tokens")
+    finally:
+        for w in writers.values():
+            w.abort()
+    _log(f"{split}: {docs:,} docs, {split_tokens:,} tokens in {split_domains} domains")
+
+
+def _check_every_split(c: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
+    """Refuse a build with no documents, or a domain (found or asked for) without all its splits."""
     if not records:
         raise DataError(
             f"no documents found (source={c['source']}); check data.root, the file globs and "
@@ -454,6 +462,24 @@ def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]])
                     f"domain {domain!r} has no documents in split {split!r}{hint}; every domain needs "
                     "train, val and test documents (drop it with data.exclude)"
                 )
+
+
+def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Build a complete entry in `tmp` (manifest last); returns the manifest."""
+    t0 = time.time()
+    tk = c["tokenizer"]
+    tok = _entry_tokenizer(c, tmp)
+    eos_id = int(tok.eos_token_id)
+    vocab = len(tok)
+    dtype = _dtype_for(vocab)
+    encode = _encoder(tok)
+    _log(f"tokenizer ready: {vocab} tokens, eos id {eos_id} ({time.time() - t0:.1f}s)")
+
+    records: dict[str, dict[str, Any]] = {}
+    dirnames: dict[str, str] = {}
+    for split in SPLITS:
+        _write_split(c, split, tmp, dtype, eos_id, encode, records, dirnames)
+    _check_every_split(c, records)
 
     tok_files = {
         p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}

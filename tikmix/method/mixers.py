@@ -58,6 +58,7 @@ from tikmix.method.solvers import (
     weak_signal,
 )
 from tikmix.mixer import Mixer, MixerConfig, MixerContext, Probe, register
+from tikmix.mixer_helpers import take_tokens
 from tikmix.regression import dirichlet_search
 from tikmix.runlog import to_builtin as _jsonable
 
@@ -260,22 +261,13 @@ def _lgb_error() -> type[Exception]:
         return ValueError
 
 
-def _take_tokens(batches: list[dict], n_tokens: int | None) -> list[dict]:
-    """The leading batches of a target set until ``n_tokens`` input tokens (compute, not labelled tokens)."""
-    if n_tokens is None:
-        return list(batches)
-    out, seen = [], 0
-    for b in batches:
-        if seen >= n_tokens:
-            break
-        out.append(b)
-        seen += int(b["input_ids"].numel())
-    return out
-
-
 @register("tikmix_d", TiKMiXDConfig)
 class TiKMiXD(Mixer):
     """TiKMiX-D: the next stage's mixture minimises Eq. 10 over the measured influence matrix."""
+
+    family = "tikmix"
+    summary = "TiKMiX-D: Group Influence at each stage boundary sets the next stage's mixture"
+    help_rank, table_rank = 1, 1
 
     def __init__(self, cfg: Mapping[str, Any] | TiKMiXDConfig, domains: list[str], ctx: MixerContext):
         self.c = self.parse_config(cfg)
@@ -393,7 +385,10 @@ class TiKMiXD(Mixer):
         combined into one averaged target (``combine_targets``): one target per domain makes S near-diagonal,
         and the Pareto constraint then pins the mixture where it started (methods.md, README)."""
         c = self.c
-        targets = {name: _take_tokens(b, c.targets_tokens) for name, b in probe.targets.items()}
+        # whole batches, not cut to targets_tokens as DGA's and the probe's targets are: TiKMiX's influence
+        # measurements (and every result recorded with them) were made on whole target batches, and cutting the
+        # last one would change the targets' gradients, hence the mixtures; a refactor keeps them
+        targets = {name: take_tokens(b, c.targets_tokens, whole_batches=True) for name, b in probe.targets.items()}
         if not targets:
             raise DataError("TiKMiX needs at least one target set (config: targets)")
         combine = c.combine_targets is True or (c.combine_targets == "auto" and bool(self.ctx.targets_auto))
@@ -480,6 +475,10 @@ class TiKMiXD(Mixer):
 class TiKMiXM(TiKMiXD):
     """TiKMiX-M: a regression of measured finite-step group influence over candidate mixtures, searched à la
     Algorithm 1 inside the region it was fitted on (module doc)."""
+
+    family = "tikmix"
+    summary = "TiKMiX-M: TiKMiX-D plus the measured finite-step influence of candidate mixtures"
+    help_rank, table_rank = 2, 2
 
     def _refine(self, probe, gi, S, w_d, w_prev, caps, seed, record) -> np.ndarray:
         c = self.c

@@ -14,7 +14,7 @@ S is the influence matrix [n_targets, m_domains] in the *benefit* convention of 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy import optimize
@@ -123,6 +123,87 @@ def project_capped_simplex(v: np.ndarray, caps: np.ndarray | None = None) -> np.
 # --------------------------------------------------------------------------------------------------------
 # TiKMiX-D
 # --------------------------------------------------------------------------------------------------------
+def _satisfiable(caps: np.ndarray, w_prev: np.ndarray, info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The caps scaled up when no mixture can respect them, and w_prev made a mixture within them; each change is
+    recorded in ``info``."""
+    m = len(caps)
+    if caps.sum() < 1.0:
+        # No mixture can respect the caps: the least-repeating one is w ∝ caps (the natural distribution).
+        info["caps_relaxed"] = True
+        info["caps_message"] = (
+            f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
+        )
+        caps = caps / caps.sum() if caps.sum() > 0 else np.ones(m)
+    w_prev = np.clip(w_prev, 0.0, None)
+    w_prev = w_prev / w_prev.sum()
+    if np.any(w_prev > caps + 1e-12):
+        info["w_prev_clipped"] = True
+        info["w_prev_original"] = w_prev.tolist()
+        w_prev = project_capped_simplex(w_prev, caps)
+    return caps, w_prev
+
+
+def _slsqp(
+    f: Callable,
+    jac: Callable,
+    starts: tuple[tuple[str, np.ndarray], ...],
+    caps: np.ndarray,
+    cons: list[dict],
+    maxiter: int,
+    feasible: Callable[[np.ndarray], bool],
+    obj_prev: float,
+) -> tuple[list[dict], tuple | None]:
+    """SLSQP from each start in turn, the next start tried only when the first gave no answer: every attempt's
+    record, and the best feasible answer no worse than w_prev (w, objective, scipy's result) or None."""
+    bounds = list(zip(np.zeros(len(caps)), caps))
+    attempts: list[dict] = []
+    best = None
+    for start_name, start in starts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = optimize.minimize(
+                    f,
+                    start,
+                    jac=jac,
+                    method="SLSQP",
+                    bounds=bounds,
+                    constraints=cons,
+                    options={"maxiter": maxiter, "ftol": 1e-10},
+                )
+            w = np.clip(res.x, 0.0, caps)
+            if w.sum() > 0:
+                w = w / w.sum()
+            ok = bool(np.all(np.isfinite(w))) and feasible(w)
+            val = f(w) if ok else float("inf")
+            attempts.append(
+                {
+                    "start": start_name,
+                    "success": bool(res.success),
+                    "message": str(res.message),
+                    "iterations": int(res.nit),
+                    "feasible": ok,
+                    "objective": val,
+                }
+            )
+            if ok and val <= obj_prev + 1e-9 and (best is None or val < best[1]):
+                best = (w, val, res)
+        except Exception as e:  # a numerical failure must never stop training: fall back to w_prev
+            attempts.append(
+                {
+                    "start": start_name,
+                    "success": False,
+                    "message": f"{type(e).__name__}: {e}",
+                    "iterations": 0,
+                    "feasible": False,
+                    "objective": float("inf"),
+                }
+            )
+        if best is not None and start_name == "init":
+            break
+    return attempts, best
+
+
 def tikmix_d_solve(
     S: np.ndarray,
     w_prev: np.ndarray,
@@ -167,19 +248,7 @@ def tikmix_d_solve(
         "pareto": bool(pareto),
         "pareto_slack": slack,
     }
-    if caps.sum() < 1.0:
-        # No mixture can respect the caps: the least-repeating one is w ∝ caps (the natural distribution).
-        info["caps_relaxed"] = True
-        info["caps_message"] = (
-            f"caps sum to {caps.sum():.4g} < 1: every domain will exceed max_epochs; caps scaled up to sum to 1"
-        )
-        caps = caps / caps.sum() if caps.sum() > 0 else np.ones(m)
-    w_prev = np.clip(w_prev, 0.0, None)
-    w_prev = w_prev / w_prev.sum()
-    if np.any(w_prev > caps + 1e-12):
-        info["w_prev_clipped"] = True
-        info["w_prev_original"] = w_prev.tolist()
-        w_prev = project_capped_simplex(w_prev, caps)
+    caps, w_prev = _satisfiable(caps, w_prev, info)
     scale = influence_scale(S)
     Sn = S / scale[:, None]
     f, jac = _objective_and_grad(S, scale, alpha, beta, gamma)
@@ -215,52 +284,7 @@ def tikmix_d_solve(
     if pareto:
         cons.append({"type": "ineq", "fun": lambda w: Sn @ w - ref + slack, "jac": lambda w: Sn})
         info["pareto_room"] = _pareto_room(Sn, w_prev, caps, slack)
-    bounds = list(zip(np.zeros(m), caps))
-    attempts = []
-    best = None
-    for start_name, start in (("init", x0), ("w_prev", w_prev)):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = optimize.minimize(
-                    f,
-                    start,
-                    jac=jac,
-                    method="SLSQP",
-                    bounds=bounds,
-                    constraints=cons,
-                    options={"maxiter": maxiter, "ftol": 1e-10},
-                )
-            w = np.clip(res.x, 0.0, caps)
-            if w.sum() > 0:
-                w = w / w.sum()
-            ok = bool(np.all(np.isfinite(w))) and feasible(w)
-            val = f(w) if ok else float("inf")
-            attempts.append(
-                {
-                    "start": start_name,
-                    "success": bool(res.success),
-                    "message": str(res.message),
-                    "iterations": int(res.nit),
-                    "feasible": ok,
-                    "objective": val,
-                }
-            )
-            if ok and val <= obj_prev + 1e-9 and (best is None or val < best[1]):
-                best = (w, val, res)
-        except Exception as e:  # a numerical failure must never stop training: fall back to w_prev
-            attempts.append(
-                {
-                    "start": start_name,
-                    "success": False,
-                    "message": f"{type(e).__name__}: {e}",
-                    "iterations": 0,
-                    "feasible": False,
-                    "objective": float("inf"),
-                }
-            )
-        if best is not None and start_name == "init":
-            break
+    attempts, best = _slsqp(f, jac, (("init", x0), ("w_prev", w_prev)), caps, cons, maxiter, feasible, obj_prev)
     info["attempts"] = attempts
     if best is None:
         info.update(
