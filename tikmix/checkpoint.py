@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from tikmix.errors import CheckpointError, CheckpointWriteError, ConfigError
+from tikmix.losses import CPU_BF16_MIN_HIDDEN, resolve_dtype
 
 FORMAT = 1
 
@@ -151,6 +152,10 @@ _NON_TRAJECTORY = {
     # checkpoint of one resumes in the other
     "trainer.compile",
     "trainer.compile_mode",
+    "trainer.compile_min_seconds",
+    # changes what a run computes only through the dtype trainer.dtype=auto resolves to, which
+    # fingerprint_config puts in the fingerprint in auto's place
+    "trainer.cpu_bf16_min_hidden",
     # warning thresholds of TiKMiX's and RegMix's (the mixture is the same whatever they are)
     "mixer.warn_fraction",
     "mixer.cv_warn_below",
@@ -171,6 +176,21 @@ _ADDED_KEYS: dict[str, Any] = {
     "trainer.init_from": None,
     "mixer.lgbm.n_trees": "holdout",  # RegMix's trees before cross-validation chose them
 }
+
+
+def fingerprint_config(cfg: dict, device: torch.device) -> dict:
+    """``cfg`` as the run computes it on ``device``, for :func:`fingerprint`: ``trainer.dtype=auto`` that resolves to
+    bf16 autocast on a CPU (a CPU with bf16 matrix instructions, a model at least trainer.cpu_bf16_min_hidden
+    wide) is the run ``trainer.dtype=bf16`` is, not the fp32 run auto meant there before; every other config is
+    returned as it is, so its fingerprint stays what it was."""
+    t = cfg.get("trainer") or {}
+    if t.get("dtype") != "auto" or device.type != "cpu":
+        return cfg
+    hidden = (cfg.get("model") or {}).get("hidden_size")
+    choice = resolve_dtype("auto", device, hidden, t.get("cpu_bf16_min_hidden", CPU_BF16_MIN_HIDDEN))
+    if choice.amp is None:
+        return cfg
+    return {**cfg, "trainer": {**t, "dtype": "bf16"}}
 
 
 def fingerprint(cfg: dict, data_inputs: str | None = None) -> str:

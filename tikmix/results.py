@@ -82,7 +82,10 @@ def assemble(
         "mixer_info": mixer.info,
         "fingerprint": trainer.fingerprint,
         "world_size": world,
-        "mfu": trainer.mfu_summary(),  # the peak FLOP/s used (config / table / measured) and the mean MFU
+        "dtype": trainer.dtype_choice.as_dict(),  # trainer.dtype as set, the autocast it resolved to, and why
+        "compile": trainer.compile_summary(),  # trainer.compile as set, whether it compiled and why, compile_s
+        # the peak FLOP/s used (config / table / measured) in the run's dtype (the other dtype's on a CPU), the mean MFU
+        "mfu": trainer.mfu_summary(),
         "throughput": trainer.throughput_summary(),  # training tokens/s apart from the mixer's overhead
         # id, name, group, project: python -m eval and eval.tables attach to them
         "wandb": trainer.logger.wandb_info if trainer.logger is not None else None,

@@ -29,11 +29,11 @@ from eval.stage import charge, evaluate, preflight, stage_evaluator
 from eval.targets import build_targets, describe_targets, targets_auto
 from tikmix import signals
 from tikmix.budget import check_repeats, plan_steps
-from tikmix.checkpoint import branch_point, fingerprint, resume_point
+from tikmix.checkpoint import branch_point, fingerprint, fingerprint_config, resume_point
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
 from tikmix.data.shards import changed_inputs, prepare_data
-from tikmix.errors import ConfigError, RunDirBusy, StorageError, TikmixError
+from tikmix.errors import CheckpointError, ConfigError, RunDirBusy, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
 from tikmix.losses import amp_dtype_for, autocast
@@ -44,7 +44,16 @@ from tikmix.results import assemble, final_losses, log_final, print_summary, sav
 from tikmix.rundir import clean_stale, locked, read_results
 from tikmix.runlog import RunLogger, rewind_metrics, write_json_atomic, write_text_atomic
 from tikmix.sampler import MixtureSampler
-from tikmix.trainer import Preempted, RunPlan, RunServices, TrainData, Trainer, dist_info, resolve_device
+from tikmix.trainer import (
+    Preempted,
+    RunPlan,
+    RunServices,
+    TrainData,
+    Trainer,
+    compile_setting,
+    dist_info,
+    resolve_device,
+)
 
 
 def _start_writing(run_dir: Path, container: dict, ckpt: dict | None) -> None:
@@ -116,6 +125,8 @@ def _run(
     device = resolve_device(device_name)
     settings, budget = TrainerConfig(**container["trainer"]), BudgetConfig(**container["budget"])
     final_eval, downstream_eval = what_to_evaluate(cfg, world, downstream_eval)
+    if compile_setting(settings.compile) is not False:
+        share_inductor_cache(str(cfg.data.cache_dir))
 
     shards = prepare_data(cfg.data)  # ---------------------------------------------------------------- data
     domains = list(shards.domains)
@@ -125,7 +136,10 @@ def _run(
             "trainer.stop_at_stage",
             f"{settings.stop_at_stage} is past the last stage boundary (budget.stages has {len(stage_steps)})",
         )
-    fp = fingerprint(container, shards.inputs_digest)
+    computed = fingerprint_config(
+        container, device
+    )  # trainer.dtype=auto as the dtype it resolves to, where that matters
+    fp = fingerprint(computed, shards.inputs_digest)
     plan = RunPlan(domains, total_steps, stage_steps, run_dir, fp, shards.key, shards.inputs_digest)
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
@@ -145,17 +159,25 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
-    ckpt = resume_point(
-        run_dir,
-        container,
-        plan.fingerprint,
-        model,
-        world,
-        total_steps,
-        domains,
-        functools.partial(data_change, shards=shards),
-        fingerprint(container),
-    )
+    try:
+        ckpt = resume_point(
+            run_dir,
+            computed,
+            plan.fingerprint,
+            model,
+            world,
+            total_steps,
+            domains,
+            functools.partial(data_change, shards=shards),
+            fingerprint(computed),
+        )
+    except CheckpointError as e:
+        if computed is container:
+            raise
+        raise CheckpointError(
+            f"{e} (trainer.dtype=auto trains this model in bf16 autocast on this CPU; a run started before auto "
+            "chose bf16 trained in fp32: resume it with trainer.dtype=fp32)"
+        ) from None
     branch = None
     if ckpt is None and settings.init_from:  # a schedule continuing a shared prefix (eval.schedule_oracle)
         stages = getattr(mixer, "stages", None)
@@ -220,6 +242,24 @@ def _run(
         return res
     finally:
         logger.finish()
+
+
+_INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
+# the user's own choice, read before anything here compiles: inductor writes its /tmp default into the environment
+# the first time it compiles, so a value found later is not necessarily the user's
+_INDUCTOR_USER_DIR = os.environ.get(_INDUCTOR_ENV)
+
+
+def share_inductor_cache(cache_dir: str) -> str:
+    """Point inductor's caches at ``<data.cache_dir>/inductor`` unless the user set TORCHINDUCTOR_CACHE_DIR: the
+    compiled kernels, the FX graph cache and the AOTAutograd cache (both on by default in torch 2.13) live there,
+    so the jobs of a sweep, and a resumed run, reuse each other's compiled graphs instead of compiling again (dynamo
+    still traces the model in each process). Returns the directory in use."""
+    if _INDUCTOR_USER_DIR is not None:
+        return _INDUCTOR_USER_DIR
+    path = str(Path(cache_dir).resolve() / "inductor")
+    os.environ[_INDUCTOR_ENV] = path
+    return path
 
 
 def data_change(ckpt: dict, shards: Any) -> str | None:
@@ -318,7 +358,8 @@ def mixer_context(
     )
     ctx.run_subrun = make_subrun(cfg, ledger, plan.data_inputs)
     ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
-    ctx.autocast = functools.partial(autocast, device, amp_dtype_for(settings.dtype, device))
+    amp = amp_dtype_for(settings.dtype, device, cfg.model.hidden_size, settings.cpu_bf16_min_hidden)  # the trainer's
+    ctx.autocast = functools.partial(autocast, device, amp)
     return ctx
 
 
@@ -354,6 +395,7 @@ def _announce(
         f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(trainer.domains)}; device={trainer.device}{ranks}; "
         f"run dir {trainer.run_dir}"
     )
+    print(f"[tikmix] dtype: {trainer.dtype_choice.describe()}")
     if trainer.warmup_note:
         print(f"[tikmix] {trainer.warmup_note}")
     if not quiet:
@@ -435,7 +477,9 @@ def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = No
         cfg.trainer.progress = False
         cfg.trainer.save_final_model = False
         cfg.run_dir = "."
-        key = fingerprint(OmegaConf.to_container(cfg, resolve=True), data_inputs)  # edited data: another sub-run
+        # edited data: another sub-run; the sub-run's own model decides what trainer.dtype=auto computes
+        computed = fingerprint_config(OmegaConf.to_container(cfg, resolve=True), resolve_device(str(cfg.device)))
+        key = fingerprint(computed, data_inputs)
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
