@@ -438,3 +438,23 @@ def test_compiled_steps_equal_eager_steps():
     eager, compiled = train(False), train(True)
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert eager[0] != eager[-1]  # the steps trained
+
+
+def test_a_branch_point_of_another_autocast_is_refused(monkeypatch):
+    """trainer.init_from compares configs, and auto's dtype depends on the CPU and on when the prefix ran: a
+    checkpoint records its autocast, and one without the record trained in what the setting meant then."""
+    from types import SimpleNamespace
+
+    from tikmix.run import _same_autocast
+
+    monkeypatch.setattr(losses, "cpu_has_bf16", lambda: True)
+    auto = SimpleNamespace(dtype="auto", cpu_bf16_min_hidden=256, init_from="/runs/prefix")
+    with pytest.raises(ConfigError) as e:
+        _same_autocast({}, auto, 384, CPU)  # a prefix from before: auto was fp32 on every CPU
+    assert e.value.field == "trainer.init_from" and "trained in fp32, this run would train in bf16" in str(e.value)
+    with pytest.raises(ConfigError):
+        _same_autocast({"autocast": "fp32"}, auto, 384, CPU)
+    _same_autocast({"autocast": "bf16"}, auto, 384, CPU)
+    _same_autocast({}, auto, 128, CPU)  # narrow: fp32 now as then
+    _same_autocast({}, SimpleNamespace(dtype="bf16", cpu_bf16_min_hidden=256, init_from="x"), 128, CPU)
+    _same_autocast({}, auto, 384, CUDA)  # a GPU: bf16 now as then

@@ -36,7 +36,7 @@ from tikmix.data.shards import changed_inputs, prepare_data
 from tikmix.errors import CheckpointError, ConfigError, RunDirBusy, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
-from tikmix.losses import amp_dtype_for, autocast
+from tikmix.losses import amp_dtype_for, autocast, resolve_dtype
 from tikmix.mixer import MixerContext, build_mixer, mixer_config
 from tikmix.model import build_model, flops_per_token, param_counts
 from tikmix.report import wandb_identity
@@ -193,6 +193,7 @@ def _run(
         why = data_change(branch, shards)
         if why:
             raise ConfigError("trainer.init_from", f"{settings.init_from} was trained on other data: {why}")
+        _same_autocast(branch, settings, cfg.model.hidden_size, device)
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -260,6 +261,21 @@ def share_inductor_cache(cache_dir: str) -> str:
     path = str(Path(cache_dir).resolve() / "inductor")
     os.environ[_INDUCTOR_ENV] = path
     return path
+
+
+def _same_autocast(branch: dict, settings: TrainerConfig, hidden: int, device: torch.device) -> None:
+    """Refuse a branch point trained in another autocast dtype than this run's: the configs are equal, but
+    trainer.dtype=auto depends on the CPU and on when the prefix ran (before auto chose bf16 on a CPU, a checkpoint
+    did not record its dtype, and auto meant fp32 on every CPU)."""
+    mine = resolve_dtype(settings.dtype, device, hidden, settings.cpu_bf16_min_hidden).name
+    # no record: what the setting meant then, which is what it means without the model's width
+    theirs = branch.get("autocast") or resolve_dtype(settings.dtype, device).name
+    if theirs != mine:
+        raise ConfigError(
+            "trainer.init_from",
+            f"{settings.init_from} was trained in {theirs}, this run would train in {mine} (trainer.dtype="
+            f"{settings.dtype} here); set trainer.dtype={theirs} in both runs",
+        )
 
 
 def data_change(ckpt: dict, shards: Any) -> str | None:

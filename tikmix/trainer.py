@@ -426,6 +426,8 @@ class Trainer:
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
+            # the autocast trainer.dtype resolved to (auto depends on the CPU and the model): a branch checks it
+            "autocast": self.dtype_choice.name,
             # CPU matmuls sum in another order with another thread count: a resume is then equal within float
             # tolerance, not bit for bit (tikmix.run says so on resume)
             "torch_threads": torch.get_num_threads(),
@@ -615,20 +617,21 @@ class Trainer:
 
     def decide_compile(self, peak: Peak | None) -> None:
         """trainer.compile=auto, when training starts: compile the training forward/backward if the estimated time
-        of the steps left (FLOPs over ``peak``, else the measured matmul peak of the run's dtype) is long enough
-        (:func:`compile_decision`); printed in one line. Every rank decides alike: the estimate uses this
-        process's own measurement only when there is no configured peak."""
+        of the steps left (FLOPs over ``peak``, else the configured or measured matmul peak of the run's dtype) is
+        long enough (:func:`compile_decision`); printed in one line. Under torchrun auto never compiles, so every
+        rank decides alike without measuring."""
         if self.compile_setting != "auto" or self.compiled:
             return
-        steps_left = self.stop_step - self.state.step
-        flops = self.flops_per_token * self.tokens_per_step * steps_left
-        if peak is not None:
-            rate = peak.flops
-        elif self.peak_setting:
-            rate = self.peak_setting * self.world
-        else:
-            rate = perf.measured_peak(self.device, self.amp_dtype or torch.float32)[0] * self.world
-        est = flops / rate if rate else None
+        est = None
+        if self.world == 1:
+            flops = self.flops_per_token * self.tokens_per_step * (self.stop_step - self.state.step)
+            if peak is not None:
+                rate = peak.flops
+            elif self.peak_setting:
+                rate = self.peak_setting
+            else:
+                rate = perf.measured_peak(self.device, self.amp_dtype or torch.float32)[0]
+            est = flops / rate if rate else None
         on, self.compile_reason = compile_decision(self.device, self.world, est, float(self.tcfg.compile_min_seconds))
         if on:
             self.fwd = compile_module(self.ddp, True, self.tcfg.compile_mode)
