@@ -193,9 +193,9 @@ class TrainerConfig:
     # bf16 matrix instructions (AVX512-BF16 or AMX) for a model of hidden_size >= cpu_bf16_min_hidden; else fp32.
     # The run start prints the choice and why; results.json["dtype"] records it
     dtype: str = "auto"
-    # the model width from which auto uses bf16 on such a CPU: measured (tests/benchmarks/bench_trainer.py --dtypes),
-    # below it the matmuls are too small for bf16 to pay. It changes what a run computes only through the
-    # resolved dtype, which the fingerprint hashes in its place
+    # the model width from which auto uses bf16 on such a CPU (tests/benchmarks/bench_trainer.py --dtypes: 1.6x
+    # faster from 256 up; narrower models gain less and less reliably, and model=tiny's runs stay the fp32 runs
+    # they were). It changes what a run computes only through the resolved dtype, which the fingerprint hashes
     cpu_bf16_min_hidden: int = CPU_BF16_MIN_HIDDEN
     log_every: int = 10  # steps between console/W&B/metrics.jsonl training logs
     eval_every: int = 50  # steps between per-domain validation losses (0 = only at the end)

@@ -71,7 +71,7 @@ def resolve_dtype(
 ) -> DtypeChoice:
     """``trainer.dtype`` on ``device`` for a model of ``hidden_size``: bf16 autocast when asked; under auto, on a GPU,
     and on a CPU with bf16 matrix instructions (:func:`cpu_has_bf16`) for a model at least ``cpu_bf16_min_hidden``
-    wide (narrower ones gain little or nothing: their matmuls are too small); else fp32. Without ``hidden_size``
+    wide (narrower ones gain less: their matmuls are small); else fp32. Without ``hidden_size``
     auto keeps fp32 on every CPU."""
     if setting not in DTYPES:
         raise ConfigError("trainer.dtype", f"unknown dtype {setting!r}; allowed: {', '.join(DTYPES)}")
