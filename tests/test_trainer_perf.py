@@ -312,6 +312,10 @@ def test_the_dtype_choice_and_both_peaks_are_printed_and_in_results(make_cfg, tm
     assert (m["peak_flops"], m["dtype"]) == (3e11, "bf16")
     assert m["other_peak"]["dtype"] == "fp32" and m["other_peak"]["peak_flops"] == 1e11
     assert "the bf16 peak 3e+11 FLOP/s" in out and "the fp32 peak is 1e+11 FLOP/s" in out
+    from tikmix.results import print_summary
+
+    print_summary(res)
+    assert "of the bf16 peak (3e+11 FLOP/s, fp32 peak 1e+11)" in capsys.readouterr().out
     explicit = run(make_cfg(*over, "trainer.dtype=bf16", run_dir=tmp_path / "bf16"), quiet=True)
     assert explicit["fingerprint"] == res["fingerprint"]
     assert explicit["val_loss"] == res["val_loss"]  # the same computation, bit for bit

@@ -161,6 +161,14 @@ def print_summary(res: dict) -> None:
     tp = res.get("throughput") or {}
     if tp.get("train_tokens_per_s"):
         mfu = f", MFU {tp['train_mfu']:.1%}" if tp.get("train_mfu") else ""
+        m = res.get("mfu") or {}
+        if mfu and m.get("dtype"):  # which peak it is against, and on a CPU the other dtype's
+            other = m.get("other_peak")
+            also = f", {other['dtype']} peak {other['peak_flops']:.3g}" if other else ""
+            mfu += f" of the {m['dtype']} peak ({m['peak_flops']:.3g} FLOP/s{also})"
+        comp = res.get("compile") or {}
+        if comp.get("compile_s") is not None:
+            mfu += f"; compile {comp['compile_s']:.1f}s included"
         over = (
             f"; mixer overhead {tp['mixer_time_s']:.1f}s ({tp['mixer_share']:.0%} of the run)"
             if tp.get("mixer_time_s", 0) > 0.05
