@@ -393,17 +393,16 @@ def test_compile_auto_in_a_run_decides_prints_and_records(make_cfg, tmp_path, ca
 
 
 def test_compiling_runs_share_inductors_cache_under_the_data_cache(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
     import tikmix.run as run_mod
 
-    monkeypatch.setattr(run_mod, "_INDUCTOR_USER_DIR", None)
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")  # inductor's default, written by it
-    assert run_mod.share_inductor_cache(str(tmp_path)) == str(tmp_path / "inductor")
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-    assert cache_dir() == str(tmp_path / "inductor")
-    monkeypatch.setattr(run_mod, "_INDUCTOR_USER_DIR", "/mine")  # the user's own: left alone
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/mine")
-    assert run_mod.share_inductor_cache(str(tmp_path)) == "/mine" and cache_dir() == "/mine"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # written by inductor itself, not the user
+    assert run_mod.share_inductor_cache(str(tmp_path / "a")) == str(tmp_path / "a" / "inductor") == cache_dir()
+    # the next job of a sweep with another data cache: its own (this process set the first)
+    assert run_mod.share_inductor_cache(str(tmp_path / "b")) == str(tmp_path / "b" / "inductor") == cache_dir()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's own: left alone
+    assert run_mod.share_inductor_cache(str(tmp_path / "a")) == str(tmp_path / "mine") == cache_dir()
     assert torch._inductor.config.fx_graph_cache  # the FX graph cache is on by default: compiled graphs are reused
 
 
@@ -444,21 +443,45 @@ def test_compiled_steps_equal_eager_steps():
     assert eager[0] != eager[-1]  # the steps trained
 
 
-def test_a_branch_point_of_another_autocast_is_refused(monkeypatch):
-    """trainer.init_from compares configs, and auto's dtype depends on the CPU and on when the prefix ran: a
-    checkpoint records its autocast, and one without the record trained in what the setting meant then."""
+def test_a_checkpoint_of_another_autocast_is_named_when_refused(monkeypatch):
+    """Resuming and trainer.init_from compare config files, where trainer.dtype=auto's choice on a CPU is not:
+    a checkpoint records its autocast, and one without the record trained in what the setting meant then."""
     from types import SimpleNamespace
 
-    from tikmix.run import _same_autocast
+    from tikmix.run import autocast_change
 
     monkeypatch.setattr(losses, "cpu_has_bf16", lambda: True)
-    auto = SimpleNamespace(dtype="auto", cpu_bf16_min_hidden=256, init_from="/runs/prefix")
-    with pytest.raises(ConfigError) as e:
-        _same_autocast({}, auto, 384, CPU)  # a prefix from before: auto was fp32 on every CPU
-    assert e.value.field == "trainer.init_from" and "trained in fp32, this run would train in bf16" in str(e.value)
-    with pytest.raises(ConfigError):
-        _same_autocast({"autocast": "fp32"}, auto, 384, CPU)
-    _same_autocast({"autocast": "bf16"}, auto, 384, CPU)
-    _same_autocast({}, auto, 128, CPU)  # narrow: fp32 now as then
-    _same_autocast({}, SimpleNamespace(dtype="bf16", cpu_bf16_min_hidden=256, init_from="x"), 128, CPU)
-    _same_autocast({}, auto, 384, CUDA)  # a GPU: bf16 now as then
+    auto = SimpleNamespace(dtype="auto", cpu_bf16_min_hidden=256)
+    why = autocast_change({}, auto, 384, CPU)  # a checkpoint from before: auto was fp32 on every CPU
+    assert why == (
+        "was trained in fp32, and trainer.dtype=auto trains this model in bf16 here: set "
+        "trainer.cpu_bf16_min_hidden=385 (above this model's hidden_size: auto keeps fp32) to continue it"
+    )
+    assert autocast_change({"autocast": "fp32"}, auto, 384, CPU) is not None
+    monkeypatch.setattr(losses, "cpu_has_bf16", lambda: False)  # a bf16 run moved to a CPU without bf16 units
+    assert "set trainer.dtype=bf16 to continue it" in autocast_change({"autocast": "bf16"}, auto, 384, CPU)
+    monkeypatch.setattr(losses, "cpu_has_bf16", lambda: True)
+    assert autocast_change({"autocast": "bf16"}, auto, 384, CPU) is None
+    assert autocast_change({}, auto, 128, CPU) is None  # narrow: fp32 now as then
+    assert autocast_change({}, SimpleNamespace(dtype="bf16", cpu_bf16_min_hidden=256), 128, CPU) is None
+    assert autocast_change({}, auto, 384, CUDA) is None  # a GPU: bf16 now as then
+
+
+def test_resuming_a_run_started_when_auto_meant_fp32_says_how(make_cfg, tmp_path, monkeypatch):
+    """A run with trainer.dtype=auto checkpointed on a CPU without bf16 units (or before auto chose bf16) is refused on
+    one with them for a model at the threshold, naming the precision and the override that resumes it."""
+    from tests.conftest import run_until_crash
+    from tikmix.errors import CheckpointError
+
+    over = ("trainer.cpu_bf16_min_hidden=128", "trainer.save_final_model=false", "trainer.ckpt_every=2")
+    rd = tmp_path / "run"
+    monkeypatch.setattr(losses, "cpu_has_bf16", lambda: False)
+    run_until_crash(make_cfg(*over, run_dir=rd), crash_at=3, quiet=True)
+    ckpt = load_checkpoint(rd / "checkpoints" / "last.pt")
+    assert ckpt["autocast"] == "fp32"
+    monkeypatch.setattr(losses, "cpu_has_bf16", lambda: True)
+    with pytest.raises(CheckpointError) as e:
+        run(make_cfg(*over, run_dir=rd), quiet=True)
+    assert "was trained in fp32" in str(e.value) and "set trainer.cpu_bf16_min_hidden=129" in str(e.value)
+    res = run(make_cfg(*over, "trainer.cpu_bf16_min_hidden=129", run_dir=rd), quiet=True)  # the same run: resumes
+    assert res["steps"] == 8 and res["dtype"]["autocast"] == "fp32"

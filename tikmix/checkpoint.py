@@ -255,13 +255,16 @@ def resume_point(
     domains: list[str],
     data_changed: Callable[[dict], str | None] | None = None,
     legacy_fp: str | None = None,
+    dtype_changed: Callable[[dict], str | None] | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint this run resumes from (``<run dir>/checkpoints/last.pt``), or None for a fresh start. One
     of another config, another number of processes, or contents that do not fit this run is refused, naming
     what differs. ``fp``: this config's fingerprint (:func:`fingerprint` of ``container`` and the data's input
     digest); ``data_changed(ckpt)``: what of the data differs from what the checkpoint was trained on, if any;
     ``legacy_fp``: the fingerprint without the data's digest, which a checkpoint written before the digest was
-    recorded carries (accepted: there is nothing to compare its data with)."""
+    recorded carries (accepted: there is nothing to compare its data with); ``dtype_changed(ckpt)``: how the
+    autocast dtype it was trained in differs from this run's, if it does (trainer.dtype=auto's choice on a CPU
+    is not in the config files the refusal compares)."""
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return None
@@ -273,6 +276,14 @@ def resume_point(
                 f"{run_dir} was trained on other data: {why}. Resuming would train the rest on data it did not "
                 "start with; restore those files, or start afresh in another hydra.run.dir"
             )
+    if (
+        ckpt.get("fingerprint") != fp
+        and dtype_changed is not None
+        and _config_diff(run_dir / "config.yaml", container, ()) == ""
+    ):
+        why = dtype_changed(ckpt)  # the same config file: the dtype auto resolves to may differ
+        if why:
+            raise CheckpointError(f"{run_dir} holds a checkpoint that {why}")
     legacy = legacy_fp is not None and "data_inputs" not in ckpt and ckpt.get("fingerprint") == legacy_fp
     if ckpt.get("fingerprint") != fp and not legacy:  # legacy: written before the inputs were recorded
         raise CheckpointError(

@@ -33,7 +33,7 @@ from tikmix.checkpoint import branch_point, fingerprint, fingerprint_config, res
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
 from tikmix.data.shards import changed_inputs, prepare_data
-from tikmix.errors import CheckpointError, ConfigError, RunDirBusy, StorageError, TikmixError
+from tikmix.errors import ConfigError, RunDirBusy, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
 from tikmix.losses import amp_dtype_for, autocast, resolve_dtype
@@ -136,9 +136,8 @@ def _run(
             "trainer.stop_at_stage",
             f"{settings.stop_at_stage} is past the last stage boundary (budget.stages has {len(stage_steps)})",
         )
-    computed = fingerprint_config(
-        container, device
-    )  # trainer.dtype=auto as the dtype it resolves to, where that matters
+    # trainer.dtype=auto hashed as the dtype it resolves to where that is not what auto meant before (bf16 on a CPU)
+    computed = fingerprint_config(container, device)
     fp = fingerprint(computed, shards.inputs_digest)
     plan = RunPlan(domains, total_steps, stage_steps, run_dir, fp, shards.key, shards.inputs_digest)
     train_arrays = [shards.tokens(d, "train") for d in domains]
@@ -159,25 +158,19 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
-    try:
-        ckpt = resume_point(
-            run_dir,
-            computed,
-            plan.fingerprint,
-            model,
-            world,
-            total_steps,
-            domains,
-            functools.partial(data_change, shards=shards),
-            fingerprint(computed),
-        )
-    except CheckpointError as e:
-        if computed is container:
-            raise
-        raise CheckpointError(
-            f"{e} (trainer.dtype=auto trains this model in bf16 autocast on this CPU; a run started before auto "
-            "chose bf16 trained in fp32: resume it with trainer.dtype=fp32)"
-        ) from None
+    hidden = cfg.model.hidden_size
+    ckpt = resume_point(
+        run_dir,
+        container,
+        plan.fingerprint,
+        model,
+        world,
+        total_steps,
+        domains,
+        functools.partial(data_change, shards=shards),
+        fingerprint(computed),
+        lambda c: autocast_change(c, settings, hidden, device),
+    )
     branch = None
     if ckpt is None and settings.init_from:  # a schedule continuing a shared prefix (eval.schedule_oracle)
         stages = getattr(mixer, "stages", None)
@@ -193,7 +186,9 @@ def _run(
         why = data_change(branch, shards)
         if why:
             raise ConfigError("trainer.init_from", f"{settings.init_from} was trained on other data: {why}")
-        _same_autocast(branch, settings, cfg.model.hidden_size, device)
+        why = autocast_change(branch, settings, hidden, device)
+        if why:
+            raise ConfigError("trainer.init_from", f"{settings.init_from} {why}")
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -246,36 +241,43 @@ def _run(
 
 
 _INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
-# the user's own choice, read before anything here compiles: inductor writes its /tmp default into the environment
-# the first time it compiles, so a value found later is not necessarily the user's
-_INDUCTOR_USER_DIR = os.environ.get(_INDUCTOR_ENV)
+_inductor_dir_set: str | None = None  # the directory this process put there, if any
 
 
 def share_inductor_cache(cache_dir: str) -> str:
     """Point inductor's caches at ``<data.cache_dir>/inductor`` unless the user set TORCHINDUCTOR_CACHE_DIR: the
     compiled kernels, the FX graph cache and the AOTAutograd cache (both on by default in torch 2.13) live there,
     so the jobs of a sweep, and a resumed run, reuse each other's compiled graphs instead of compiling again (dynamo
-    still traces the model in each process). Returns the directory in use."""
-    if _INDUCTOR_USER_DIR is not None:
-        return _INDUCTOR_USER_DIR
+    still traces the model in each process). Inductor writes its own default (under /tmp) into the environment
+    the first time anything asks for its cache, which imports do: that value, or one this process set, is not
+    the user's. Returns the directory in use."""
+    global _inductor_dir_set
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(_INDUCTOR_ENV)
+    ours = (None, _inductor_dir_set, os.path.abspath(default_cache_dir()))
+    if current is not None and os.path.abspath(current) not in ours:
+        return current
     path = str(Path(cache_dir).resolve() / "inductor")
-    os.environ[_INDUCTOR_ENV] = path
+    os.environ[_INDUCTOR_ENV] = _inductor_dir_set = path
     return path
 
 
-def _same_autocast(branch: dict, settings: TrainerConfig, hidden: int, device: torch.device) -> None:
-    """Refuse a branch point trained in another autocast dtype than this run's: the configs are equal, but
-    trainer.dtype=auto depends on the CPU and on when the prefix ran (before auto chose bf16 on a CPU, a checkpoint
-    did not record its dtype, and auto meant fp32 on every CPU)."""
+def autocast_change(ckpt: dict, settings: TrainerConfig, hidden: int, device: torch.device) -> str | None:
+    """How the autocast dtype a checkpoint was trained in differs from this run's, and the override that continues
+    it (None: the same). Asked only of a checkpoint whose config file equals this run's: then only
+    trainer.dtype=auto can differ, which depends on the CPU and on when the run started (before auto chose bf16 on
+    a CPU, checkpoints did not record their dtype, and auto meant fp32 on every CPU)."""
     mine = resolve_dtype(settings.dtype, device, hidden, settings.cpu_bf16_min_hidden).name
     # no record: what the setting meant then, which is what it means without the model's width
-    theirs = branch.get("autocast") or resolve_dtype(settings.dtype, device).name
-    if theirs != mine:
-        raise ConfigError(
-            "trainer.init_from",
-            f"{settings.init_from} was trained in {theirs}, this run would train in {mine} (trainer.dtype="
-            f"{settings.dtype} here); set trainer.dtype={theirs} in both runs",
-        )
+    theirs = ckpt.get("autocast") or resolve_dtype(settings.dtype, device).name
+    if theirs == mine:
+        return None
+    if theirs == "bf16":  # the fingerprint of auto resolved to bf16 on a CPU is explicit bf16's
+        fix = "set trainer.dtype=bf16"
+    else:  # auto stays fp32 for a model below the threshold, and fingerprints as it did
+        fix = f"set trainer.cpu_bf16_min_hidden={int(hidden) + 1} (above this model's hidden_size: auto keeps fp32)"
+    return f"was trained in {theirs}, and trainer.dtype={settings.dtype} trains this model in {mine} here: {fix} to continue it"
 
 
 def data_change(ckpt: dict, shards: Any) -> str | None:
