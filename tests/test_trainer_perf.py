@@ -406,7 +406,7 @@ def test_compiling_runs_share_inductors_cache_under_the_data_cache(monkeypatch, 
     assert torch._inductor.config.fx_graph_cache  # the FX graph cache is on by default: compiled graphs are reused
 
 
-@pytest.mark.slow  # inductor's C++ build: ~100 s on this 2-core CPU under load, even for one layer
+@pytest.mark.slow  # inductor's C++ build: ~100 s here with a cold cache under load (30 s warm), even for one layer
 def test_compiled_steps_equal_eager_steps():
     """A real inductor compile of a one-layer model: three AdamW steps give the losses eager gives (within float
     tolerance: inductor fuses and reorders)."""
