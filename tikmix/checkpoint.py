@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from tikmix.errors import CheckpointError, CheckpointWriteError, ConfigError
+from tikmix.losses import CPU_BF16_MIN_HIDDEN, resolve_dtype
 
 FORMAT = 1
 
@@ -151,6 +152,10 @@ _NON_TRAJECTORY = {
     # checkpoint of one resumes in the other
     "trainer.compile",
     "trainer.compile_mode",
+    "trainer.compile_min_seconds",
+    # changes what a run computes only through the dtype trainer.dtype=auto resolves to, which
+    # fingerprint_config puts in the fingerprint in auto's place
+    "trainer.cpu_bf16_min_hidden",
     # warning thresholds of TiKMiX's and RegMix's (the mixture is the same whatever they are)
     "mixer.warn_fraction",
     "mixer.cv_warn_below",
@@ -172,6 +177,21 @@ _ADDED_KEYS: dict[str, Any] = {
     "mixer.lgbm.n_trees": "holdout",  # RegMix's trees before cross-validation chose them
     "targets.loss": "answer",  # the loss on the gold answer's tokens, as every task target was scored before
 }
+
+
+def fingerprint_config(cfg: dict, device: torch.device) -> dict:
+    """``cfg`` as the run computes it on ``device``, for :func:`fingerprint`: ``trainer.dtype=auto`` that resolves to
+    bf16 autocast on a CPU (a CPU with bf16 matrix instructions, a model at least trainer.cpu_bf16_min_hidden
+    wide) is the run ``trainer.dtype=bf16`` is, not the fp32 run auto meant there before; every other config is
+    returned as it is, so its fingerprint stays what it was."""
+    t = cfg.get("trainer") or {}
+    if t.get("dtype") != "auto" or device.type != "cpu":
+        return cfg
+    hidden = (cfg.get("model") or {}).get("hidden_size")
+    choice = resolve_dtype("auto", device, hidden, t.get("cpu_bf16_min_hidden", CPU_BF16_MIN_HIDDEN))
+    if choice.amp is None:
+        return cfg
+    return {**cfg, "trainer": {**t, "dtype": "bf16"}}
 
 
 def fingerprint(cfg: dict, data_inputs: str | None = None) -> str:
@@ -236,13 +256,16 @@ def resume_point(
     domains: list[str],
     data_changed: Callable[[dict], str | None] | None = None,
     legacy_fp: str | None = None,
+    dtype_changed: Callable[[dict], str | None] | None = None,
 ) -> dict[str, Any] | None:
     """The checkpoint this run resumes from (``<run dir>/checkpoints/last.pt``), or None for a fresh start. One
     of another config, another number of processes, or contents that do not fit this run is refused, naming
     what differs. ``fp``: this config's fingerprint (:func:`fingerprint` of ``container`` and the data's input
     digest); ``data_changed(ckpt)``: what of the data differs from what the checkpoint was trained on, if any;
     ``legacy_fp``: the fingerprint without the data's digest, which a checkpoint written before the digest was
-    recorded carries (accepted: there is nothing to compare its data with)."""
+    recorded carries (accepted: there is nothing to compare its data with); ``dtype_changed(ckpt)``: how the
+    autocast dtype it was trained in differs from this run's, if it does (trainer.dtype=auto's choice on a CPU
+    is not in the config files the refusal compares)."""
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return None
@@ -254,6 +277,14 @@ def resume_point(
                 f"{run_dir} was trained on other data: {why}. Resuming would train the rest on data it did not "
                 "start with; restore those files, or start afresh in another hydra.run.dir"
             )
+    if (
+        ckpt.get("fingerprint") != fp
+        and dtype_changed is not None
+        and _config_diff(run_dir / "config.yaml", container, ()) == ""
+    ):
+        why = dtype_changed(ckpt)  # the same config file: the dtype auto resolves to may differ
+        if why:
+            raise CheckpointError(f"{run_dir} holds a checkpoint that {why}")
     legacy = legacy_fp is not None and "data_inputs" not in ckpt and ckpt.get("fingerprint") == legacy_fp
     if ckpt.get("fingerprint") != fp and not legacy:  # legacy: written before the inputs were recorded
         raise CheckpointError(

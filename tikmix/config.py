@@ -36,6 +36,7 @@ from omegaconf.errors import (
 )
 
 from tikmix.errors import ConfigError
+from tikmix.losses import CPU_BF16_MIN_HIDDEN
 
 Number = Union[int, float]  # an int stays an int, a float a float; bools and strings are refused
 
@@ -187,7 +188,14 @@ class TrainerConfig:
     schedule: str = "cosine"  # cosine | wsd | constant (all after linear warmup: warmup_steps, else budget.warmup_frac)
     min_lr_ratio: Number = 0.1  # final LR of cosine / WSD as a fraction of peak
     wsd_decay_frac: Number = 0.2  # WSD: fraction of steps in the final linear decay
-    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    # auto | fp32 | bf16 (autocast; weights and optimiser state stay fp32). auto = bf16 on a GPU, and on a CPU with
+    # bf16 matrix instructions (AVX512-BF16 or AMX) for a model of hidden_size >= cpu_bf16_min_hidden; else fp32.
+    # The run start prints the choice and why; results.json["dtype"] records it
+    dtype: str = "auto"
+    # the model width from which auto uses bf16 on such a CPU (tests/benchmarks/bench_trainer.py --dtypes: 1.6x
+    # faster from 256 up; narrower models gain less and less reliably, and model=tiny's runs stay the fp32 runs
+    # they were). It changes what a run computes only through the resolved dtype, which the fingerprint hashes
+    cpu_bf16_min_hidden: int = CPU_BF16_MIN_HIDDEN
     log_every: int = 10  # steps between console/W&B/metrics.jsonl training logs
     eval_every: int = 50  # steps between per-domain validation losses (0 = only at the end)
     # validation / test tokens per domain (contiguous windows of the val / test split): the budget's, which
@@ -206,9 +214,16 @@ class TrainerConfig:
     # under torchrun: ddp (data parallel) | fsdp (FSDP2 sharding, for models that do not fit one device)
     parallel: str = "ddp"
     # wrap the model in torch.compile for the training forward/backward (checkpoints, probes and evaluation use
-    # the plain module; needs a C++ compiler on CPU; a failure names this key)
-    compile: bool = False
+    # the plain module; needs a C++ compiler on CPU; a failure names this key): false | true | auto = compile when
+    # it pays: one process on a GPU or on a CPU with a C++ compiler, and an estimated training time (the planned
+    # steps' FLOPs / the measured matmul peak of the run's dtype) of at least compile_min_seconds. The compile
+    # time is part of the run's wall and training time, printed and in results.json["compile"]
+    compile: Union[bool, str] = False
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    # compile=auto compiles when the estimated training time is at least this (seconds). A compile of model=tiny
+    # took 55 s on a 2-core CPU and then ran 1.28x faster, paying for itself after ~250 s of eager training;
+    # the estimate assumes the peak rate (real steps are 1.5-2x slower), so 600 leaves a margin
+    compile_min_seconds: Number = 600
     # peak FLOP/s per device for MFU (train/mfu = FLOPs/token x tokens/s / peak x ranks): null = auto (the
     # published dense bf16 peak of a known GPU when training in bf16, else a matmul peak measured once, < 1 s) |
     # a number, e.g. 989.0e12 | 0 = no MFU. Any: YAML reads 989e12 (no dot) as a string (tikmix.perf checks it)
@@ -246,6 +261,13 @@ class TrainerConfig:
         check_number("trainer.max_wall_s", self.max_wall_s, low=0, null=True)  # 0, like null, means no limit
         check_number("trainer.warmup_steps", self.warmup_steps, integer=True, low=0, null=True)
         check_number("trainer.stop_at_stage", self.stop_at_stage, integer=True, low=1, null=True)
+        check_number("trainer.cpu_bf16_min_hidden", self.cpu_bf16_min_hidden, integer=True, low=0)
+        check_number("trainer.compile_min_seconds", self.compile_min_seconds, low=0)
+        need(
+            isinstance(self.compile, bool) or self.compile in ("auto", "on", "off"),
+            "trainer.compile",
+            f"must be true (on), false (off) or auto, got {self.compile!r}",
+        )
         b = self.betas
         need(
             isinstance(b, (list, tuple)) and len(b) == 2,

@@ -9,6 +9,7 @@ cross-entropy, so a loss does not depend on which pass computed it.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Mapping
 
 import torch
@@ -27,11 +28,80 @@ MARGIN_KEYS = ("doc_index", "is_gold")
 Autocast = Callable[[], ContextManager]
 
 
-def amp_dtype_for(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``trainer.dtype``: bf16 when asked, or on a GPU under auto; None = fp32."""
+# model.hidden_size from which trainer.dtype=auto trains in bf16 autocast on a CPU with bf16 matrix instructions
+# (trainer.cpu_bf16_min_hidden; README "Performance" has the measurements behind it)
+CPU_BF16_MIN_HIDDEN = 256
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX tiles), by torch's own probes; they are
+    private, so a torch without them counts as none."""
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # noqa: BLE001 — a probe that fails says nothing about the CPU: none
+            continue
+    return False
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """What ``trainer.dtype`` resolved to on this device for this model, and why (console and results.json)."""
+
+    setting: str  # auto | fp32 | bf16, as configured
+    amp: torch.dtype | None  # the autocast dtype; None = fp32 (no autocast)
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16" if self.amp is torch.bfloat16 else "fp32"
+
+    def describe(self) -> str:
+        what = "bf16 autocast" if self.amp is torch.bfloat16 else "fp32"
+        return f"{what} ({self.reason})"
+
+    def as_dict(self) -> dict:
+        return {"setting": self.setting, "autocast": self.name, "reason": self.reason}
+
+
+def resolve_dtype(
+    setting: str,
+    device: torch.device,
+    hidden_size: int | None = None,
+    cpu_bf16_min_hidden: int = CPU_BF16_MIN_HIDDEN,
+) -> DtypeChoice:
+    """``trainer.dtype`` on ``device`` for a model of ``hidden_size``: bf16 autocast when asked; under auto, on a GPU,
+    and on a CPU with bf16 matrix instructions (:func:`cpu_has_bf16`) for a model at least ``cpu_bf16_min_hidden``
+    wide (narrower ones gain less: their matmuls are small); else fp32. Without ``hidden_size``
+    auto keeps fp32 on every CPU."""
     if setting not in DTYPES:
         raise ConfigError("trainer.dtype", f"unknown dtype {setting!r}; allowed: {', '.join(DTYPES)}")
-    return torch.bfloat16 if (setting == "bf16" or (setting == "auto" and device.type == "cuda")) else None
+    bf16 = torch.bfloat16
+    if setting != "auto":
+        return DtypeChoice(setting, bf16 if setting == "bf16" else None, f"trainer.dtype={setting}")
+    if device.type == "cuda":
+        return DtypeChoice(setting, bf16, "auto: GPU")
+    if not cpu_has_bf16():
+        return DtypeChoice(setting, None, f"auto: this {device.type} has no bf16 matrix instructions")
+    if hidden_size is None:
+        return DtypeChoice(setting, None, "auto: model width unknown")
+    if int(hidden_size) >= int(cpu_bf16_min_hidden):
+        why = f"hidden_size {hidden_size} >= trainer.cpu_bf16_min_hidden {cpu_bf16_min_hidden}"
+        return DtypeChoice(setting, bf16, f"auto: CPU with bf16 matrix units, {why}")
+    why = f"hidden_size {hidden_size} < trainer.cpu_bf16_min_hidden {cpu_bf16_min_hidden}"
+    return DtypeChoice(setting, None, f"auto: CPU with bf16 matrix units, but {why}")
+
+
+def amp_dtype_for(
+    setting: str,
+    device: torch.device,
+    hidden_size: int | None = None,
+    cpu_bf16_min_hidden: int = CPU_BF16_MIN_HIDDEN,
+) -> torch.dtype | None:
+    """The autocast dtype of ``trainer.dtype`` (:func:`resolve_dtype`); None = fp32."""
+    return resolve_dtype(setting, device, hidden_size, cpu_bf16_min_hidden).amp
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> ContextManager:

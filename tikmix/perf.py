@@ -125,6 +125,11 @@ def measure_matmul_peak(
     return flops, f"{dt} matmul {n}x{n} on {device.type}{threads}, best of {repeats}"
 
 
+def measured_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
+    """The measured matmul peak of ``device`` in ``dtype`` (FLOP/s) and how it was measured, once per process."""
+    return _measured(device, dtype)
+
+
 def _measured(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
     """measure_matmul_peak, once per (device, dtype, threads) per process: sub-runs reuse it."""
     key = (str(device), str(dtype), torch.get_num_threads())

@@ -82,7 +82,10 @@ def assemble(
         "mixer_info": mixer.info,
         "fingerprint": trainer.fingerprint,
         "world_size": world,
-        "mfu": trainer.mfu_summary(),  # the peak FLOP/s used (config / table / measured) and the mean MFU
+        "dtype": trainer.dtype_choice.as_dict(),  # trainer.dtype as set, the autocast it resolved to, and why
+        "compile": trainer.compile_summary(),  # trainer.compile as set, whether it compiled and why, compile_s
+        # the peak FLOP/s used (config / table / measured) in the run's dtype (the other dtype's on a CPU), the mean MFU
+        "mfu": trainer.mfu_summary(),
         "throughput": trainer.throughput_summary(),  # training tokens/s apart from the mixer's overhead
         # id, name, group, project: python -m eval and eval.tables attach to them
         "wandb": trainer.logger.wandb_info if trainer.logger is not None else None,
@@ -158,6 +161,14 @@ def print_summary(res: dict) -> None:
     tp = res.get("throughput") or {}
     if tp.get("train_tokens_per_s"):
         mfu = f", MFU {tp['train_mfu']:.1%}" if tp.get("train_mfu") else ""
+        m = res.get("mfu") or {}
+        if mfu and m.get("dtype"):  # which peak it is against, and on a CPU the other dtype's
+            other = m.get("other_peak")
+            also = f", {other['dtype']} peak {other['peak_flops']:.3g}" if other else ""
+            mfu += f" of the {m['dtype']} peak ({m['peak_flops']:.3g} FLOP/s{also})"
+        comp = res.get("compile") or {}
+        if comp.get("compile_s") is not None:
+            mfu += f"; compile {comp['compile_s']:.1f}s included"
         over = (
             f"; mixer overhead {tp['mixer_time_s']:.1f}s ({tp['mixer_share']:.0%} of the run)"
             if tp.get("mixer_time_s", 0) > 0.05

@@ -29,14 +29,14 @@ from eval.stage import charge, evaluate, preflight, stage_evaluator
 from eval.targets import build_targets, describe_targets, targets_auto
 from tikmix import signals
 from tikmix.budget import check_repeats, plan_steps
-from tikmix.checkpoint import branch_point, fingerprint, resume_point
+from tikmix.checkpoint import branch_point, fingerprint, fingerprint_config, resume_point
 from tikmix.config import BudgetConfig, TrainerConfig, validate
 from tikmix.console import ConsoleLog, write_hydra_record
 from tikmix.data.shards import changed_inputs, prepare_data
 from tikmix.errors import ConfigError, RunDirBusy, StorageError, TikmixError
 from tikmix.estimate import cost_estimate
 from tikmix.ledger import Ledger
-from tikmix.losses import amp_dtype_for, autocast
+from tikmix.losses import amp_dtype_for, autocast, resolve_dtype
 from tikmix.mixer import MixerContext, build_mixer, mixer_config
 from tikmix.model import build_model, flops_per_token, param_counts
 from tikmix.report import wandb_identity
@@ -44,7 +44,16 @@ from tikmix.results import assemble, final_losses, log_final, print_summary, sav
 from tikmix.rundir import clean_stale, locked, read_results
 from tikmix.runlog import RunLogger, rewind_metrics, write_json_atomic, write_text_atomic
 from tikmix.sampler import MixtureSampler
-from tikmix.trainer import Preempted, RunPlan, RunServices, TrainData, Trainer, dist_info, resolve_device
+from tikmix.trainer import (
+    Preempted,
+    RunPlan,
+    RunServices,
+    TrainData,
+    Trainer,
+    compile_setting,
+    dist_info,
+    resolve_device,
+)
 
 
 def _start_writing(run_dir: Path, container: dict, ckpt: dict | None) -> None:
@@ -116,6 +125,8 @@ def _run(
     device = resolve_device(device_name)
     settings, budget = TrainerConfig(**container["trainer"]), BudgetConfig(**container["budget"])
     final_eval, downstream_eval = what_to_evaluate(cfg, world, downstream_eval)
+    if compile_setting(settings.compile) is not False:
+        share_inductor_cache(str(cfg.data.cache_dir))
 
     shards = prepare_data(cfg.data)  # ---------------------------------------------------------------- data
     domains = list(shards.domains)
@@ -125,7 +136,9 @@ def _run(
             "trainer.stop_at_stage",
             f"{settings.stop_at_stage} is past the last stage boundary (budget.stages has {len(stage_steps)})",
         )
-    fp = fingerprint(container, shards.inputs_digest)
+    # trainer.dtype=auto hashed as the dtype it resolves to where that is not what auto meant before (bf16 on a CPU)
+    computed = fingerprint_config(container, device)
+    fp = fingerprint(computed, shards.inputs_digest)
     plan = RunPlan(domains, total_steps, stage_steps, run_dir, fp, shards.key, shards.inputs_digest)
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
@@ -145,6 +158,7 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
+    hidden = cfg.model.hidden_size
     ckpt = resume_point(
         run_dir,
         container,
@@ -154,7 +168,8 @@ def _run(
         total_steps,
         domains,
         functools.partial(data_change, shards=shards),
-        fingerprint(container),
+        fingerprint(computed),
+        lambda c: autocast_change(c, settings, hidden, device),
     )
     branch = None
     if ckpt is None and settings.init_from:  # a schedule continuing a shared prefix (eval.schedule_oracle)
@@ -171,6 +186,9 @@ def _run(
         why = data_change(branch, shards)
         if why:
             raise ConfigError("trainer.init_from", f"{settings.init_from} was trained on other data: {why}")
+        why = autocast_change(branch, settings, hidden, device)
+        if why:
+            raise ConfigError("trainer.init_from", f"{settings.init_from} {why}")
 
     run_dir.mkdir(parents=True, exist_ok=True)  # ------------------------------------- from here on, writing
     if rank == 0:
@@ -220,6 +238,46 @@ def _run(
         return res
     finally:
         logger.finish()
+
+
+_INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
+_inductor_dir_set: str | None = None  # the directory this process put there, if any
+
+
+def share_inductor_cache(cache_dir: str) -> str:
+    """Point inductor's caches at ``<data.cache_dir>/inductor`` unless the user set TORCHINDUCTOR_CACHE_DIR: the
+    compiled kernels, the FX graph cache and the AOTAutograd cache (both on by default in torch 2.13) live there,
+    so the jobs of a sweep, and a resumed run, reuse each other's compiled graphs instead of compiling again (dynamo
+    still traces the model in each process). Inductor writes its own default (under /tmp) into the environment
+    the first time anything asks for its cache, which imports do: that value, or one this process set, is not
+    the user's. Returns the directory in use."""
+    global _inductor_dir_set
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(_INDUCTOR_ENV)
+    ours = (None, _inductor_dir_set, os.path.abspath(default_cache_dir()))
+    if current is not None and os.path.abspath(current) not in ours:
+        return current
+    path = str(Path(cache_dir).resolve() / "inductor")
+    os.environ[_INDUCTOR_ENV] = _inductor_dir_set = path
+    return path
+
+
+def autocast_change(ckpt: dict, settings: TrainerConfig, hidden: int, device: torch.device) -> str | None:
+    """How the autocast dtype a checkpoint was trained in differs from this run's, and the override that continues
+    it (None: the same). Asked only of a checkpoint whose config file equals this run's: then only
+    trainer.dtype=auto can differ, which depends on the CPU and on when the run started (before auto chose bf16 on
+    a CPU, checkpoints did not record their dtype, and auto meant fp32 on every CPU)."""
+    mine = resolve_dtype(settings.dtype, device, hidden, settings.cpu_bf16_min_hidden).name
+    # no record: what the setting meant then, which is what it means without the model's width
+    theirs = ckpt.get("autocast") or resolve_dtype(settings.dtype, device).name
+    if theirs == mine:
+        return None
+    if theirs == "bf16":  # the fingerprint of auto resolved to bf16 on a CPU is explicit bf16's
+        fix = "set trainer.dtype=bf16"
+    else:  # auto stays fp32 for a model below the threshold, and fingerprints as it did
+        fix = f"set trainer.cpu_bf16_min_hidden={int(hidden) + 1} (above this model's hidden_size: auto keeps fp32)"
+    return f"was trained in {theirs}, and trainer.dtype={settings.dtype} trains this model in {mine} here: {fix} to continue it"
 
 
 def data_change(ckpt: dict, shards: Any) -> str | None:
@@ -318,7 +376,8 @@ def mixer_context(
     )
     ctx.run_subrun = make_subrun(cfg, ledger, plan.data_inputs)
     ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
-    ctx.autocast = functools.partial(autocast, device, amp_dtype_for(settings.dtype, device))
+    amp = amp_dtype_for(settings.dtype, device, cfg.model.hidden_size, settings.cpu_bf16_min_hidden)  # the trainer's
+    ctx.autocast = functools.partial(autocast, device, amp)
     return ctx
 
 
@@ -354,6 +413,7 @@ def _announce(
         f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(trainer.domains)}; device={trainer.device}{ranks}; "
         f"run dir {trainer.run_dir}"
     )
+    print(f"[tikmix] dtype: {trainer.dtype_choice.describe()}")
     if trainer.warmup_note:
         print(f"[tikmix] {trainer.warmup_note}")
     if not quiet:
@@ -435,7 +495,9 @@ def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = No
         cfg.trainer.progress = False
         cfg.trainer.save_final_model = False
         cfg.run_dir = "."
-        key = fingerprint(OmegaConf.to_container(cfg, resolve=True), data_inputs)  # edited data: another sub-run
+        # edited data: another sub-run; the sub-run's own model decides what trainer.dtype=auto computes
+        computed = fingerprint_config(OmegaConf.to_container(cfg, resolve=True), resolve_device(str(cfg.device)))
+        key = fingerprint(computed, data_inputs)
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()

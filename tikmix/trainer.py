@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,12 +25,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from tikmix import signals
+from tikmix import perf, signals
 from tikmix.checkpoint import save_checkpoint
 from tikmix.config import BudgetConfig, TrainerConfig
 from tikmix.errors import CheckpointError, ConfigError, DataError, TikmixError
 from tikmix.ledger import Ledger
-from tikmix.losses import amp_dtype_for, autocast, batch_loss_sum, causal_lm_loss
+from tikmix.losses import DtypeChoice, autocast, batch_loss_sum, causal_lm_loss, resolve_dtype
 from tikmix.mixer import DomainStats, Mixer, MixtureSample, Probe, TargetLosses
 from tikmix.mixer_helpers import take_tokens
 from tikmix.perf import Peak, check_peak_setting, resolve_peak
@@ -123,14 +125,26 @@ def adamw_extra_kwargs(device: torch.device) -> dict[str, Any]:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+_COMPILE_WORDS = {"on": True, "off": False}  # the command line passes on/off as words (YAML reads them as bools)
+
+
+def compile_setting(value: Any) -> bool | str:
+    """``trainer.compile`` as True, False or "auto"; anything else is a ConfigError."""
+    value = _COMPILE_WORDS.get(value, value) if isinstance(value, str) else value
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ConfigError("trainer.compile", f"true (on), false (off) or auto, got {value!r}")
+    return value
+
+
 def compile_module(module: torch.nn.Module, enabled: Any, mode: Any) -> torch.nn.Module:
-    """``module`` wrapped by torch.compile when ``trainer.compile`` is true, else ``module`` itself.
+    """``module`` wrapped by torch.compile when ``enabled`` (``trainer.compile`` decided: true), else ``module``.
 
     The wrapper shares the module's parameters; checkpoints, probes and evaluation keep using the module
     itself, so state_dict keys never carry the wrapper's ``_orig_mod.`` prefix.
     """
-    if not isinstance(enabled, bool):
-        raise ConfigError("trainer.compile", f"true or false, got {enabled!r}")
+    enabled = compile_setting(enabled)
+    if enabled == "auto":
+        raise ConfigError("trainer.compile", "auto is decided by the trainer (compile_decision), not here")
     if not enabled:
         return module
     mode = "default" if mode is None else mode
@@ -143,6 +157,34 @@ def compile_module(module: torch.nn.Module, enabled: Any, mode: Any) -> torch.nn
             "trainer.compile",
             f"torch.compile is unavailable here ({type(e).__name__}: {_first_line(e)}); set trainer.compile=false",
         ) from e
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor would build CPU kernels with ($CXX, else g++ / clang++ on the PATH), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        path = shutil.which(name) if name else None
+        if path:
+            return path
+    return None
+
+
+def compile_decision(
+    device: torch.device, world: int, est_train_s: float | None, min_seconds: float
+) -> tuple[bool, str]:
+    """``trainer.compile=auto``: whether to compile, and why (one line). Compile when it pays: one process (compile
+    under DDP/FSDP is untested), a GPU or a CPU with a C++ compiler, and an estimated training time (``est_train_s``,
+    the remaining steps' FLOPs over the measured peak: None = unknown) of at least ``min_seconds``."""
+    if world > 1:
+        return False, f"auto: {world} ranks (compile under DDP/FSDP is untested)"
+    if device.type == "cpu" and cpp_compiler() is None:
+        return False, "auto: no C++ compiler for inductor's CPU kernels (set $CXX)"
+    if device.type not in ("cpu", "cuda"):
+        return False, f"auto: device {device.type}"
+    if est_train_s is None:
+        return False, "auto: the training time cannot be estimated (trainer.peak_flops=0 and no measured peak)"
+    if est_train_s < float(min_seconds):
+        return False, f"auto: estimated training {est_train_s:,.0f} s < trainer.compile_min_seconds {min_seconds:g}"
+    return True, f"auto: estimated training {est_train_s:,.0f} s >= trainer.compile_min_seconds {min_seconds:g}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -281,10 +323,19 @@ class Trainer:
 
                 self.ddp = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.parallel = parallel if self.world > 1 else "none"
-        self.amp_dtype = amp_dtype_for(t.dtype, device)
-        # the training forward/backward runs through self.fwd: the (DDP-wrapped) model, compiled when asked
-        self.fwd = compile_module(self.ddp, t.compile, t.compile_mode)
+        hidden = getattr(getattr(self.model, "config", None), "hidden_size", None)
+        self.dtype_choice: DtypeChoice = resolve_dtype(t.dtype, device, hidden, t.cpu_bf16_min_hidden)
+        self.amp_dtype = self.dtype_choice.amp
+        # the training forward/backward runs through self.fwd: the (DDP-wrapped) model, compiled when asked;
+        # trainer.compile=auto is decided when training starts (decide_compile), once the steps left are known
+        self.compile_setting = compile_setting(t.compile)
+        self.compile_reason = f"trainer.compile={t.compile}"
+        self.fwd = self.ddp
+        if self.compile_setting is True:
+            self.fwd = compile_module(self.ddp, True, t.compile_mode)
         self.compiled = self.fwd is not self.ddp
+        self.compile_s: float | None = None  # the first compiled step's time over the second's (this process)
+        self._first_steps: list[float] = []  # the first compiled steps' seconds, until compile_s is known
         self.peak_setting = check_peak_setting(t.peak_flops)
         self.peak: Peak | None = None  # resolved once, lazily, when training starts (rank 0)
         self.mfu_values: list[float] = []  # per log interval, this process
@@ -375,6 +426,8 @@ class Trainer:
             "ledger": self.ledger.state_dict(),
             "domains": self.domains,
             "world_size": self.world,
+            # the autocast trainer.dtype resolved to (auto depends on the CPU and the model): a branch checks it
+            "autocast": self.dtype_choice.name,
             # CPU matmuls sum in another order with another thread count: a resume is then equal within float
             # tolerance, not bit for bit (tikmix.run says so on resume)
             "torch_threads": torch.get_num_threads(),
@@ -527,23 +580,75 @@ class Trainer:
         )
 
     def resolve_peak(self) -> Peak | None:
-        """The peak FLOP/s MFU is measured against (None: trainer.peak_flops=0, or not rank 0). Once per run."""
+        """The peak FLOP/s MFU is measured against (None: trainer.peak_flops=0, or not rank 0). Once per run. On a
+        CPU with a measured peak the other dtype's (fp32 beside bf16, and the reverse) is measured too and printed
+        beside it, so the line shows how far the run's dtype is from the CPU's other limit."""
         if self.rank != 0 or self.peak_setting == 0:
             return None
         if self.peak is None:
             self.peak = resolve_peak(self.peak_setting, self.device, self.amp_dtype or torch.float32, self.world)
+            other = ""
+            if self.peak.source == "measured" and self.device.type == "cpu":
+                flops, how = perf.measured_peak(self.device, self.other_dtype)
+                self.other_peak = Peak(flops * self.world, "measured", how)
+                other = f"; the {_short(self.other_dtype)} peak is {self.other_peak.flops:.3g} FLOP/s"
             print(
-                f"[tikmix] MFU = {self.flops_per_token:.3g} FLOPs/token x tokens/s / peak {self.peak.describe()}",
+                f"[tikmix] MFU = {self.flops_per_token:.3g} FLOPs/token x tokens/s / the "
+                f"{_short(self.amp_dtype or torch.float32)} peak {self.peak.describe()}{other}",
                 flush=True,
             )
         return self.peak
 
+    @property
+    def other_dtype(self) -> torch.dtype:
+        return torch.float32 if self.amp_dtype is torch.bfloat16 else torch.bfloat16
+
     def mfu_summary(self) -> dict:
-        """For results.json: the peak used, its source (config / table / measured), the mean logged MFU."""
+        """For results.json: the peak used, its source (config / table / measured), the training dtype it is the
+        peak of, the other dtype's measured peak on a CPU, the mean logged MFU."""
         if self.peak is None:
             return {"peak_flops": None, "source": "off" if self.peak_setting == 0 else None, "mean": None}
         mean = float(np.mean(self.mfu_values)) if self.mfu_values else None
-        return {**self.peak.as_dict(), "mean": mean, "intervals": len(self.mfu_values)}
+        out = {**self.peak.as_dict(), "dtype": _short(self.amp_dtype or torch.float32)}
+        other = getattr(self, "other_peak", None)
+        if other is not None:
+            out["other_peak"] = {"dtype": _short(self.other_dtype), **other.as_dict()}
+        return {**out, "mean": mean, "intervals": len(self.mfu_values)}
+
+    def decide_compile(self, peak: Peak | None) -> None:
+        """trainer.compile=auto, when training starts: compile the training forward/backward if the estimated time
+        of the steps left (FLOPs over ``peak``, else the configured or measured matmul peak of the run's dtype) is
+        long enough (:func:`compile_decision`); printed in one line. Under torchrun auto never compiles, so every
+        rank decides alike without measuring."""
+        if self.compile_setting != "auto" or self.compiled:
+            return
+        est = None
+        if self.world == 1:
+            flops = self.flops_per_token * self.tokens_per_step * (self.stop_step - self.state.step)
+            if peak is not None:
+                rate = peak.flops
+            elif self.peak_setting:
+                rate = self.peak_setting
+            else:
+                rate = perf.measured_peak(self.device, self.amp_dtype or torch.float32)[0]
+            est = flops / rate if rate else None
+        on, self.compile_reason = compile_decision(self.device, self.world, est, float(self.tcfg.compile_min_seconds))
+        if on:
+            self.fwd = compile_module(self.ddp, True, self.tcfg.compile_mode)
+            self.compiled = True
+        if self.rank == 0:
+            print(f"[tikmix] compile: {'on' if on else 'off'} ({self.compile_reason})", flush=True)
+
+    def compile_summary(self) -> dict:
+        """For results.json: the setting, whether training ran compiled and why, and the compile's seconds (the
+        first compiled step over the second, in each process of a resumed run: inside the wall and training
+        time)."""
+        return {
+            "setting": self.tcfg.compile,
+            "compiled": self.compiled,
+            "reason": self.compile_reason,
+            "compile_s": self.state.timing.get("compile_s") if self.compiled else None,  # summed over resumes
+        }
 
     def throughput_summary(self) -> dict:
         """For results.json: training throughput over training steps only, and where the rest of the time went
@@ -630,6 +735,8 @@ class Trainer:
         probe_at = set(self.mixer.probe_steps())
         log_every, eval_every, ckpt_every = (self.tcfg.log_every, self.tcfg.eval_every, self.tcfg.ckpt_every)
         peak = self.resolve_peak() if s.step < self.stop_step else None  # before the clock starts
+        if s.step < self.stop_step:
+            self.decide_compile(peak)
         iv = _Interval(time.perf_counter(), s.step, s.timing.get("train_s", 0.0))
         t0 = time.perf_counter() - s.wall_time
         t_proc = time.perf_counter()
@@ -720,6 +827,7 @@ class Trainer:
     def _timed_step(self, step: int, w: np.ndarray) -> tuple[float, DomainStats]:
         """One training step (timed as train_s), then the mixer's observe (timed as observe_s)."""
         tm = self.state.timing
+        t_step = time.perf_counter()
         with _timed(tm, "train_s"):
             try:
                 loss, stats = self.train_step(step, w)
@@ -732,9 +840,27 @@ class Trainer:
                         "without it",
                     ) from e
                 raise
+        if self.compiled and self.compile_s is None:
+            self._note_compile(time.perf_counter() - t_step, last=step + 1 >= self.stop_step)
         with _timed(tm, "observe_s"):
             self.mixer.observe(stats)  # a skipped batch too (stats.skipped): per-step mixers count every step
         return loss, stats
+
+    def _note_compile(self, seconds: float, last: bool) -> None:
+        """Time the compile: the first compiled step (compile and run) less the second (run; a run of one step:
+        the whole step). The run's wall and training time include it: it is charged to the run."""
+        self._first_steps.append(seconds)
+        if len(self._first_steps) < 2 and not last:
+            return
+        first, second = self._first_steps[0], self._first_steps[-1] if len(self._first_steps) > 1 else 0.0
+        self.compile_s = max(0.0, first - second)
+        self.state.timing["compile_s"] = self.state.timing.get("compile_s", 0.0) + self.compile_s
+        if self.rank == 0:
+            print(
+                f"[tikmix] compile: {self.compile_s:.1f} s (first compiled step {first:.1f} s, second {second:.2f} s; "
+                "inside the training time)",
+                flush=True,
+            )
 
     def _log_interval(
         self, iv: "_Interval", loss: float, stats: DomainStats, w: np.ndarray, peak: Peak | None, bar: Any
@@ -805,6 +931,10 @@ def _timed(timing: dict, key: str) -> Iterator[None]:
     t = time.perf_counter()
     yield
     timing[key] = timing.get(key, 0.0) + time.perf_counter() - t
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype).replace("torch.", ""))
 
 
 class TrainerProbe(Probe):
