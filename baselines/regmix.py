@@ -52,7 +52,6 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 import yaml
-from omegaconf import OmegaConf
 
 from tikmix.config import ModelConfig, Number, TrainerOverrides, check_choice, is_number, need
 from tikmix.errors import ConfigError, DataError, TikmixError
@@ -688,7 +687,7 @@ def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tup
     """Train one proxy in a worker process (fills the sub-run cache; the parent collects and charges it)."""
     torch.set_num_threads(max(1, int(threads)))
     try:
-        res = make_subrun(OmegaConf.create(parent), Ledger())(overrides, name, "regmix_proxies")
+        res = make_subrun(parent, Ledger())(overrides, name, "regmix_proxies")
         return True, "", bool(res.get("reused"))
     except TikmixError as e:
         return False, str(e), False
@@ -742,7 +741,7 @@ class RegMix(Mixer):
     def __init__(self, cfg: Mapping[str, Any] | RegMixConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
-            llama_config(dataclasses.asdict(c.proxy_model), vocab_size=2)
+            llama_config(c.proxy_model, vocab_size=2)
         except ConfigError as e:
             raise ConfigError(f"mixer.proxy_{e.field}", e.detail) from e
         self.prior = _prior_from_ctx(ctx, domains)

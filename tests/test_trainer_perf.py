@@ -13,7 +13,7 @@ from tests.conftest import compose, run_until_crash
 from tikmix import perf
 from tikmix.checkpoint import load_checkpoint
 from tikmix.errors import ConfigError
-from tikmix.model import build_model
+from tikmix.model import build_model, model_section
 from tikmix.run import run
 from tikmix.trainer import adamw_extra_kwargs, amp_dtype_for, compile_module
 
@@ -123,7 +123,7 @@ def test_gpu_path_uses_bf16_autocast_sdpa_and_fused_adamw():
     with pytest.raises(ConfigError):
         amp_dtype_for("fp16", cuda)
     assert adamw_extra_kwargs(cuda) == {"fused": True} and adamw_extra_kwargs(cpu) == {}
-    model = build_model(compose(["model=tiny"]).model, 512, 0)
+    model = build_model(model_section(compose(["model=tiny"]).model), 512, 0)
     assert model.config._attn_implementation == "sdpa"
 
 
