@@ -1,7 +1,7 @@
 """One run, end to end, as a build chain: config → data → model → mixer → trainer → evaluation → results.json.
 
 Each step lives in the module that owns it (README, "How it is built"); this module wires them, holds the run
-directory, starts sub-runs for mixers (make_subrun) and is the Hydra task (main)."""
+directory, starts sub-runs for mixers (SubRunner) and is the Hydra task (main)."""
 
 from __future__ import annotations
 
@@ -423,10 +423,18 @@ def _downstream(
     return entry
 
 
-def make_subrun(parent: dict | DictConfig, ledger: Ledger, data_inputs: str | None = None):
-    """A function mixers call to train a proxy/reference model through this same trainer.
+def make_subrun(parent: dict | DictConfig, ledger: Ledger | None, data_inputs: str | None = None) -> "SubRunner":
+    """The sub-runner mixers call (``ctx.run_subrun``) for a run whose resolved config is ``parent``."""
+    if OmegaConf.is_config(parent):  # a composed config (tests): its resolved container, as run() holds it
+        parent = resolved_container(parent)
+    return SubRunner(parent, ledger, data_inputs)
 
-    ``run_subrun(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
+
+@dataclasses.dataclass
+class SubRunner:
+    """Trains a proxy/reference model for a mixer through this same trainer (:class:`tikmix.mixer.SubRuns`).
+
+    ``runner(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
     fixed mixture, a proxy model, a smaller budget) over the parent config, runs it to the end with no
     external logger, no final-model export and no downstream evaluation, and charges all its compute to
     the parent's ledger as ``mixer/<charge_as>``. What it computes after training is the overrides'
@@ -435,13 +443,20 @@ def make_subrun(parent: dict | DictConfig, ledger: Ledger, data_inputs: str | No
     checkpoint or the mixer's record). Sub-runs live in ``<data.cache_dir>/subruns/<fingerprint>``:
     a finished sub-run with the same config is reused, not retrained (its compute is still charged: it
     was spent on this mixture search), and an unfinished one resumes from its checkpoint.
+
+    Picklable: :meth:`detached` is the same runner for a worker process (RegMix's parallel proxies), which
+    fills the sub-run cache and charges nothing; the parent charges each sub-run when it collects it.
     """
 
-    if OmegaConf.is_config(parent):  # a composed config (tests): its resolved container, as run() holds it
-        parent = resolved_container(parent)
+    parent: dict  # the parent run's resolved config (what its fingerprint hashes)
+    ledger: Ledger | None = None
+    data_inputs: str | None = None  # the parent's local input files' digest: edited data, another sub-run
 
-    def run_subrun(overrides: dict, name: str = "subrun", charge_as: str = "subruns") -> dict:
-        base = copy.deepcopy(parent)
+    def detached(self) -> "SubRunner":
+        return dataclasses.replace(self, ledger=None)
+
+    def __call__(self, overrides: dict, name: str = "subrun", charge_as: str = "subruns") -> dict:
+        base = copy.deepcopy(self.parent)
         base.pop("run_dir", None)
         overrides = dict(overrides or {})
         if "mixer" in overrides:  # a sub-run's mixer replaces the parent's whole (no leftover keys)
@@ -451,29 +466,27 @@ def make_subrun(parent: dict | DictConfig, ledger: Ledger, data_inputs: str | No
         cfg.trainer.progress = False
         cfg.trainer.save_final_model = False
         cfg.run_dir = "."
-        key = fingerprint(OmegaConf.to_container(cfg, resolve=True), data_inputs)  # edited data: another sub-run
+        key = fingerprint(OmegaConf.to_container(cfg, resolve=True), self.data_inputs)
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
+        whose = self.parent["mixer"]["name"]
         try:
             # eval config kept: it defines the task targets. Another process training the same sub-run (a
             # proxy shared by two sweep jobs) is waited for, then its results are reused
             res = run(cfg, quiet=True, downstream_eval=False, wait_for_lock=True)
         except ConfigError as e:  # the mixer's own settings made an invalid sub-run config: say whose it is
-            raise ConfigError(f"mixer ({parent['mixer']['name']} {name} run) {e.field}", e.detail) from e
+            raise ConfigError(f"mixer ({whose} {name} run) {e.field}", e.detail) from e
         except Preempted as e:  # say where: the sub-run keeps its own checkpoint, finished sub-runs are reused
             raise Preempted(
                 e.step,
                 e.reason,
-                f"during {parent['mixer']['name']}'s {name} run {cfg.run_dir} "
-                f"({e.detail}; finished sub-runs are kept and reused)",
+                f"during {whose}'s {name} run {cfg.run_dir} ({e.detail}; finished sub-runs are kept and reused)",
             ) from None
-        c = res["compute"]
-        ledger.charge_mixer(charge_as, c.get("total", 0.0))
+        if self.ledger is not None:
+            self.ledger.charge_mixer(charge_as, res["compute"].get("total", 0.0))
         res["reused"] = reused
         return res
-
-    return run_subrun
 
 
 def main(cfg: DictConfig) -> Any:
