@@ -67,7 +67,7 @@ from tikmix.errors import CheckpointError, ConfigError, TikmixError
 from tikmix.losses import Autocast, causal_lm_loss
 from tikmix.mixer import DomainStats, Mixer, MixerConfig, MixerContext, register
 from tikmix.mixer_helpers import weights_from_mapping
-from tikmix.model import build_model, flops_per_token
+from tikmix.model import build_model, flops_per_token, model_section
 from tikmix.runlog import to_builtin as _jsonable
 
 
@@ -262,7 +262,7 @@ class ReferenceModel:
         if not emb or not mcfg:
             raise CheckpointError(f"{self.run_dir}/checkpoints/last.pt is not a reference model checkpoint")
         self.vocab_size = int(sd[emb[0]].shape[0])
-        model = build_model(mcfg, self.vocab_size, seed=0)
+        model = build_model(model_section(mcfg), self.vocab_size, seed=0)
         try:
             model.load_state_dict(sd)
         except RuntimeError as e:

@@ -51,12 +51,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import yaml
-from omegaconf import OmegaConf
 
 from tikmix.config import ModelConfig, Number, TrainerOverrides, check_choice, is_number, need
 from tikmix.errors import ConfigError, DataError, TikmixError
-from tikmix.ledger import Ledger
 from tikmix.mixer import Mixer, MixerConfig, MixerContext, register
 from tikmix.model import llama_config
 from tikmix.regression import (
@@ -72,7 +69,6 @@ from tikmix.regression import (
     stopping_split,
     top_k_mean,
 )
-from tikmix.run import make_subrun
 from tikmix.runlog import to_builtin as _jsonable
 
 
@@ -684,11 +680,12 @@ def load_proxy_runs(
 # --------------------------------------------------------------------------------------------------------
 # parallel local proxies
 # --------------------------------------------------------------------------------------------------------
-def _proxy_worker(parent: dict, overrides: dict, name: str, threads: int) -> tuple[bool, str, bool]:
-    """Train one proxy in a worker process (fills the sub-run cache; the parent collects and charges it)."""
+def _proxy_worker(runner: Any, overrides: dict, name: str, threads: int) -> tuple[bool, str, bool]:
+    """Train one proxy in a worker process with the run's detached sub-runner (fills the sub-run cache; the parent
+    collects and charges it)."""
     torch.set_num_threads(max(1, int(threads)))
     try:
-        res = make_subrun(OmegaConf.create(parent), Ledger())(overrides, name, "regmix_proxies")
+        res = runner(overrides, name, "regmix_proxies")
         return True, "", bool(res.get("reused"))
     except TikmixError as e:
         return False, str(e), False
@@ -742,7 +739,7 @@ class RegMix(Mixer):
     def __init__(self, cfg: Mapping[str, Any] | RegMixConfig, domains: list[str], ctx: MixerContext):
         c = self.c = self.parse_config(cfg)
         try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
-            llama_config(dataclasses.asdict(c.proxy_model), vocab_size=2)
+            llama_config(c.proxy_model, vocab_size=2)
         except ConfigError as e:
             raise ConfigError(f"mixer.proxy_{e.field}", e.detail) from e
         self.prior = _prior_from_ctx(ctx, domains)
@@ -845,7 +842,7 @@ class RegMix(Mixer):
                 crashed.append({"index": i, "error": str(e)})
                 continue
             reused += (i in cached_before) if cached_before is not None else bool(res.get("reused"))
-            flops += proxy_flops(res["compute"])  # make_subrun charged their sum, its compute's total
+            flops += proxy_flops(res["compute"])  # the sub-runner charged their sum, its compute's total
             val = self._target_of(res)
             if val is None or not math.isfinite(float(val)):
                 crashed.append({"index": i, "error": f"target loss {val}"})
@@ -874,20 +871,19 @@ class RegMix(Mixer):
 
     def _pretrain_parallel(self, ovs: list[dict], workers: int) -> tuple[dict[int, str], set[int]]:
         """Train the proxies in ``workers`` local processes (spawned; each fills the sub-run cache). The serial
-        loop afterwards finds them finished and charges their compute. Needs the parent's config.yaml."""
-
-        cfg_path = Path(self.ctx.run_dir or ".") / "config.yaml"
-        if not cfg_path.exists():
+        loop afterwards finds them finished and charges their compute. Needs a runner that can be detached
+        (tikmix.run.SubRunner, as train.py gives it)."""
+        detach = getattr(self.ctx.run_subrun, "detached", None)
+        if detach is None:
             raise ConfigError(
-                "mixer.workers",
-                f"parallel proxies need the run's config ({cfg_path}); run through train.py or set workers=1",
+                "mixer.workers", "parallel proxies need the run's sub-runner; run through train.py or set workers=1"
             )
-        parent = yaml.safe_load(cfg_path.read_text())
+        runner = detach()
         threads = max(1, (os.cpu_count() or 1) // workers)
         failed: dict[int, str] = {}
         cached: set[int] = set()
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-            futs = {ex.submit(_proxy_worker, parent, ov, "regmix-proxy", threads): i for i, ov in enumerate(ovs)}
+            futs = {ex.submit(_proxy_worker, runner, ov, "regmix-proxy", threads): i for i, ov in enumerate(ovs)}
             try:
                 for f in cf.as_completed(futs):
                     i = futs[f]

@@ -19,11 +19,10 @@ import random
 from typing import Any, Iterable
 
 import torch
-from omegaconf import DictConfig
 
 from eval import tasks as T
 from eval.stage import _quiet
-from tikmix.config import TARGET_LOSSES, check_choice
+from tikmix.config import TARGET_LOSSES, EvalConfig, TargetsConfig, check_choice
 from tikmix.errors import ConfigError, DataError
 from tikmix.trainer import eval_windows
 
@@ -279,22 +278,24 @@ def benchmark_targets(
 
 
 # ------------------------------------------------------------------- the target sets of a run (every mixer's)
-def target_tasks(cfg: DictConfig) -> list[str]:
+def target_tasks(targets: TargetsConfig, eval_cfg: EvalConfig) -> list[str]:
     """The task targets: ``targets.tasks``, where ``auto`` = the eval preset's in-domain tasks."""
-    tasks = (cfg.get("targets") or {}).get("tasks", "auto")
+    tasks = targets.tasks
     if tasks == "auto":
-        return list(cfg.eval.get("in_domain") or []) if cfg.eval.get("name", "none") != "none" else []
+        return list(eval_cfg.in_domain or []) if eval_cfg.name != "none" else []
     if tasks is None or isinstance(tasks, str):
         raise ConfigError("targets.tasks", f"auto, or a list of in-domain task names, got {tasks!r}")
     return list(tasks)
 
 
-def targets_auto(cfg: DictConfig) -> bool:
+def targets_auto(targets: TargetsConfig, eval_cfg: EvalConfig) -> bool:
     """True when the targets are the automatic per-domain held-out texts (no task targets, domains auto)."""
-    return (cfg.get("targets") or {}).get("domains", "auto") == "auto" and not target_tasks(cfg)
+    return targets.domains == "auto" and not target_tasks(targets, eval_cfg)
 
 
-def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int) -> dict[str, list[dict]]:
+def build_targets(
+    targets: TargetsConfig, eval_cfg: EvalConfig, shards: Any, domains: list[str], seq_len: int, micro_batch: int
+) -> dict[str, list[dict]]:
     """Target sets the mixers optimise for (methods.md, "Targets"), the same for every mixer of a comparison.
 
     ``targets.tasks``: benchmark-derived sets (a task's dev split, scored by ``targets.loss``: the gold
@@ -302,13 +303,9 @@ def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int
     preset. ``targets.domains``: held-out (val split) text of domains, loss on every token whatever
     ``targets.loss`` says (text has no answer); ``auto`` = every domain when there are no task targets, else none.
     """
-    tcfg = cfg.get("targets") or {}
-    loss = tcfg.get("loss", "answer")
-    check_choice("targets.loss", loss, TARGET_LOSSES)
-    n_tokens = int(tcfg.get("tokens", 8192))
-    mb = int(cfg.budget.micro_batch)
-    tasks = target_tasks(cfg)
-    names = tcfg.get("domains", "auto")
+    loss, n_tokens, mb = targets.loss, int(targets.tokens), int(micro_batch)
+    tasks = target_tasks(targets, eval_cfg)
+    names = targets.domains
     if names == "auto":
         names = [] if tasks else domains
     elif names is None or isinstance(names, str):
@@ -325,21 +322,20 @@ def build_targets(cfg: DictConfig, shards: Any, domains: list[str], seq_len: int
         x = torch.from_numpy(w[:, :-1])
         out[f"val/{d}"] = [{"input_ids": x[i : i + mb], "labels": x[i : i + mb]} for i in range(0, len(x), mb)]
     if tasks:
-        out.update(benchmark_targets(list(tasks), cfg.eval, shards.tokenizer, seq_len, n_tokens, mb, loss=loss))
+        out.update(benchmark_targets(list(tasks), eval_cfg, shards.tokenizer, seq_len, n_tokens, mb, loss=loss))
     return out
 
 
-def describe_targets(cfg: DictConfig, targets: dict[str, list[dict]]) -> str:
+def describe_targets(targets: TargetsConfig, eval_cfg: EvalConfig, sets: dict[str, list[dict]]) -> str:
     """One console line: what the mixers optimise for (the target sets, their tokens) and where they come from."""
-    sizes = ", ".join(f"{n} ({sum(int(b['input_ids'].numel()) for b in bs):,})" for n, bs in targets.items())
-    if target_tasks(cfg):
-        why = f"targets.tasks: dev splits of eval={cfg.eval.name}'s in-domain tasks"
-        loss = (cfg.get("targets") or {}).get("loss", "answer")
-        if loss != "answer":  # the default's line is as it was
-            why += f", targets.loss={loss}"
-    elif targets_auto(cfg):
+    sizes = ", ".join(f"{n} ({sum(int(b['input_ids'].numel()) for b in bs):,})" for n, bs in sets.items())
+    if target_tasks(targets, eval_cfg):
+        why = f"targets.tasks: dev splits of eval={eval_cfg.name}'s in-domain tasks"
+        if targets.loss != "answer":  # the default's line is as it was
+            why += f", targets.loss={targets.loss}"
+    elif targets_auto(targets, eval_cfg):
         why = (
-            f"targets.domains=auto with no task targets (eval={cfg.eval.name}): every domain's held-out text; "
+            f"targets.domains=auto with no task targets (eval={eval_cfg.name}): every domain's held-out text; "
             "TiKMiX averages them into one target"
         )
     else:

@@ -16,6 +16,7 @@ Shared by the evaluation stage (:mod:`eval.stage`) and the benchmark-derived tar
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import socket
@@ -39,6 +40,8 @@ def cfg_dict(eval_cfg: Any) -> dict:
     """A plain dict of an eval config (DictConfig or mapping), interpolations resolved."""
     if eval_cfg is None:
         return {"name": "none"}
+    if dataclasses.is_dataclass(eval_cfg):  # tikmix.config.EvalConfig, the run's typed section
+        return dataclasses.asdict(eval_cfg)
     try:
         from omegaconf import DictConfig, OmegaConf
 

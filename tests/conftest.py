@@ -45,6 +45,15 @@ def compose(overrides: list[str] | None = None):
     return cfg
 
 
+def typed_cfg(cfg):
+    """A composed config (its run_dir given) as the run's typed RunConfig, as tikmix.run hands it down."""
+    from omegaconf import OmegaConf
+
+    from tikmix.run import typed_run
+
+    return typed_run(OmegaConf.to_container(cfg, resolve=True))
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")

@@ -110,11 +110,13 @@ def test_run_results_hold_the_eval_entry(eval_run):
 
 def test_trained_beats_untrained_on_a_taught_task(eval_run, trained):
     from eval.stage import evaluate
-    from tikmix.model import build_model
+    from tikmix.model import build_model, model_section
 
     rd, _, cfg = eval_run
     model, tok = trained
-    untrained = build_model(cfg.model, model.config.vocab_size, 0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    untrained = build_model(
+        model_section(cfg.model), model.config.vocab_size, 0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id
+    )
     ecfg = compose(
         ["eval=synthetic9", f"data.cache_dir={cfg.data.cache_dir}", "eval.tasks=[sorting]", "eval.bootstrap_iters=0"]
     ).eval

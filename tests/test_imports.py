@@ -97,3 +97,37 @@ def test_the_checker_finds_a_planted_cycle():
     g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert _cycle(g) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# the run's layer (README, "How it is built"): a mixer builds on the framework only and gets its sub-runs from the
+# run through its context (ctx.run_subrun, a tikmix.run.SubRunner), never by importing the run
+RUN_LAYER = {"tikmix.run", "tikmix.results", "train"}
+
+
+def _reach(g: dict[str, set[str]], m: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [m]
+    while todo:
+        for d in g.get(todo.pop(), ()):
+            if d not in seen:
+                seen.add(d)
+                todo.append(d)
+    return seen
+
+
+def test_no_mixer_builds_on_the_run():
+    """Every mixer module, as tikmix.mixer.discover finds them (importlib, entry points), imports nothing of the
+    run's layer, directly or through another module (imports inside functions included)."""
+    from tikmix import mixer
+
+    mixer.discover()
+    g = _graph(lazy=True)
+    mods = sorted({cls.__module__ for cls in mixer._REGISTRY.values()} & set(g))
+    assert "baselines.regmix" in mods and "baselines.doremi" in mods
+    bad = {m: sorted(_reach(g, m) & RUN_LAYER) for m in mods if _reach(g, m) & RUN_LAYER}
+    assert bad == {}
+
+
+def test_the_layer_check_finds_a_planted_import():
+    g = {"baselines.x": {"tikmix.mixer"}, "tikmix.mixer": {"tikmix.run"}, "tikmix.run": set()}
+    assert _reach(g, "baselines.x") & RUN_LAYER == {"tikmix.run"}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from baselines.doremi import ReferenceModel
+from tikmix.config import ModelConfig
 from tikmix.errors import ConfigError
 from tikmix.losses import amp_dtype_for, autocast, batch_loss_sum, causal_lm_loss
 from tikmix.model import build_model
@@ -20,7 +21,7 @@ def model():
     cfg = dict(
         hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position_embeddings=64
     )
-    return build_model(cfg, V, seed=0).eval()
+    return build_model(ModelConfig(name="test", **cfg), V, seed=0).eval()
 
 
 def windows(n: int = 4, seed: int = 0) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tests.conftest import compose
+from tests.conftest import compose, typed_cfg
 from tikmix.errors import ConfigError
 from tikmix.losses import IGNORE, batch_loss_sum, margin_loss_sum
 from tikmix.mixer_helpers import take_tokens
@@ -188,7 +188,7 @@ def test_margin_equals_a_direct_computation_and_its_gradient(synth):
 
     _, tok = synth
     torch.manual_seed(0)
-    cfg = compose(["model=tiny", "run_dir=/tmp"]).model
+    cfg = typed_cfg(compose(["model=tiny", "run_dir=/tmp"])).model
     model = build_model(cfg, len(tok), 0, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id).double()
     batches = _targets(synth, "margin", tasks=["fact_recall", "agreement"], n_tokens=200)
     for b in (b for bs in batches.values() for b in bs):
@@ -285,7 +285,8 @@ def test_domain_text_targets_ignore_the_loss_kind(make_cfg):
 
     cfg = make_cfg("targets.loss=margin", "targets.domains=[arith]", "targets.tasks=[]")
     shards = prepare_data(cfg.data)
-    out = build_targets(cfg, shards, list(shards.domains), 64)
+    rc = typed_cfg(cfg)
+    out = build_targets(rc.targets, rc.eval, shards, list(shards.domains), 64, rc.budget.micro_batch)
     assert list(out) == ["val/arith"]
     b = out["val/arith"][0]
     assert set(b) == {"input_ids", "labels"} and torch.equal(b["input_ids"], b["labels"])  # every token

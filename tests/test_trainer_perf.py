@@ -18,7 +18,7 @@ from tikmix import trainer as trainer_mod
 from tikmix.checkpoint import fingerprint, fingerprint_config, load_checkpoint
 from tikmix.errors import ConfigError
 from tikmix.losses import amp_dtype_for
-from tikmix.model import build_model
+from tikmix.model import build_model, model_section
 from tikmix.run import run
 from tikmix.trainer import adamw_extra_kwargs, compile_decision, compile_module
 
@@ -128,7 +128,7 @@ def test_gpu_path_uses_bf16_autocast_sdpa_and_fused_adamw():
     with pytest.raises(ConfigError):
         amp_dtype_for("fp16", cuda)
     assert adamw_extra_kwargs(cuda) == {"fused": True} and adamw_extra_kwargs(cpu) == {}
-    model = build_model(compose(["model=tiny"]).model, 512, 0)
+    model = build_model(model_section(compose(["model=tiny"]).model), 512, 0)
     assert model.config._attn_implementation == "sdpa"
 
 
@@ -422,6 +422,7 @@ def test_compiled_steps_equal_eager_steps():
             "model.intermediate_size=64",
         ]
     ).model
+    cfg = model_section(cfg)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, 64, (2, 17), generator=gen) for _ in range(3)]
 

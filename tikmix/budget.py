@@ -7,24 +7,23 @@ import sys
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
 
+from tikmix.config import BudgetConfig, TrainerConfig
 from tikmix.errors import ConfigError, DataError
 from tikmix.sampler import check_budget
 from tikmix.trainer import warmup_steps
 
 
-def plan_steps(cfg: DictConfig, shards: Any, final_eval: str, warn: bool) -> tuple[int, list[int]]:
-    """(total steps, stage-boundary steps) of the budget on this data; refuses a budget the model or the data
-    cannot hold and, with ``warn``, says on stderr what a small budget does."""
-    b = cfg.budget
-    total_steps = check_budget(
-        b.total_tokens, b.seq_len, b.batch_size, b.micro_batch, cfg.model.max_position_embeddings
-    )
-    stage_steps = stage_steps_from(b.get("stages"), total_steps)
+def plan_steps(
+    b: BudgetConfig, trainer: TrainerConfig, max_positions: int, shards: Any, final_eval: str, warn: bool
+) -> tuple[int, list[int]]:
+    """(total steps, stage-boundary steps) of the budget on this data; refuses a budget the model (its
+    ``max_positions``) or the data cannot hold and, with ``warn``, says on stderr what a small budget does."""
+    total_steps = check_budget(b.total_tokens, b.seq_len, b.batch_size, b.micro_batch, max_positions)
+    stage_steps = stage_steps_from(b.stages, total_steps)
     check_eval_splits(shards, list(shards.domains), b.seq_len, final_eval)
     if warn:
-        for line in budget_warnings(cfg, total_steps):
+        for line in budget_warnings(b, trainer, total_steps):
             print(f"[tikmix] warning: {line}", file=sys.stderr)
     return total_steps, stage_steps
 
@@ -50,10 +49,9 @@ def stage_steps_from(fracs: Any, total_steps: int) -> list[int]:
     return steps
 
 
-def budget_warnings(cfg: DictConfig, total_steps: int) -> list[str]:
+def budget_warnings(b: BudgetConfig, trainer: TrainerConfig, total_steps: int) -> list[str]:
     """What a small budget silently does: leave most of total_tokens unused, round the warmup to nothing, or
     spend the whole run in warmup."""
-    b = cfg.budget
     out = []
     per_step = int(b.seq_len) * int(b.batch_size)
     unused = int(b.total_tokens) - total_steps * per_step
@@ -62,8 +60,8 @@ def budget_warnings(cfg: DictConfig, total_steps: int) -> list[str]:
             f"budget.total_tokens={b.total_tokens} is {total_steps} step(s) of {per_step:,} tokens: "
             f"{unused:,} tokens ({unused / int(b.total_tokens):.0%}) go unused"
         )
-    warmup, _ = warmup_steps(cfg.trainer, b, total_steps)
-    asked = float(b.get("warmup_frac", 0.0) or 0.0) > 0 or bool(cfg.trainer.get("warmup_steps"))
+    warmup, _ = warmup_steps(trainer, b, total_steps)
+    asked = float(b.warmup_frac) > 0 or bool(trainer.warmup_steps)
     if asked and warmup == 0:
         out.append(f"the warmup rounds to no step at all in a {total_steps}-step budget (budget.warmup_frac)")
     elif warmup >= total_steps > 0:

@@ -18,7 +18,7 @@ import importlib
 import importlib.metadata
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 from hydra.core.config_store import ConfigStore
@@ -161,6 +161,18 @@ def build_mixer(cfg: Mapping[str, Any] | MixerConfig, domains: Sequence[str], co
     return mixer_class(c.name)(c, list(domains), context)
 
 
+class SubRuns(Protocol):
+    """Sub-runs for a mixer (implemented by :class:`tikmix.run.SubRunner`): ``run_subrun(overrides, name,
+    charge_as)`` trains the run with ``overrides`` (nested config values) merged over this run's config and returns
+    its results, cached by config fingerprint and charged to this run's ledger as ``mixer/<charge_as>``."""
+
+    def __call__(self, overrides: dict, name: str = "subrun", charge_as: str = "subruns") -> dict: ...
+
+    def detached(self) -> "SubRuns":
+        """The same runner for a worker process (picklable): it fills the sub-run cache and charges nothing."""
+        ...
+
+
 @dataclass
 class MixerContext:
     """What a mixer may know at construction: the data it mixes and the run it belongs to."""
@@ -178,9 +190,9 @@ class MixerContext:
     # mixer may combine them into one averaged target (TiKMiX: mixer.combine_targets)
     targets_auto: bool = False
     run_dir: str | None = None
-    # set by the trainer: launch a sub-run (proxy/reference model) through the same trainer, charged to
-    # the mixer. Signature: run_subrun(overrides: dict, name: str) -> dict (the sub-run's results).
-    run_subrun: Callable[..., dict] | None = None
+    # set by the run (tikmix.run.SubRunner): launch a sub-run (proxy/reference model) through the same trainer,
+    # charged to the mixer; a mixer never imports the run (README, layers)
+    run_subrun: SubRuns | None = None
     # set by the trainer: charge(flops, what) adds mixer overhead to the compute ledger as mixer/<what>
     charge: Callable[[float, str], None] | None = None
     # set by the trainer: the run's autocast policy (trainer.dtype) for a mixer's own forward passes outside a

@@ -7,13 +7,17 @@ from typing import Any, Mapping
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tikmix.config import ModelConfig
+from tikmix.config import ModelConfig, typed
 from tikmix.errors import ConfigError
 
 
-def llama_config(
-    cfg: Mapping[str, Any], vocab_size: int, pad_id: int | None = None, eos_id: int | None = None
-) -> LlamaConfig:
+def model_section(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+    """A model section as its dataclass (a plain dict, e.g. a reference run's config.yaml section, merged over
+    the schema's defaults and checked)."""
+    return typed(ModelConfig, cfg, "model")
+
+
+def llama_config(m: ModelConfig, vocab_size: int, pad_id: int | None = None, eos_id: int | None = None) -> LlamaConfig:
     for key in (
         "hidden_size",
         "num_layers",
@@ -22,31 +26,31 @@ def llama_config(
         "intermediate_size",
         "max_position_embeddings",
     ):
-        v = cfg.get(key)
+        v = getattr(m, key)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ConfigError(f"model.{key}", f"must be a positive integer, got {v!r}")
-    if cfg["hidden_size"] % cfg["num_heads"]:
-        raise ConfigError("model.num_heads", f"must divide hidden_size={cfg['hidden_size']}")
-    if cfg["num_heads"] % cfg["num_kv_heads"]:
-        raise ConfigError("model.num_kv_heads", f"must divide num_heads={cfg['num_heads']}")
-    if (cfg["hidden_size"] // cfg["num_heads"]) % 2:
+    if m.hidden_size % m.num_heads:
+        raise ConfigError("model.num_heads", f"must divide hidden_size={m.hidden_size}")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError("model.num_kv_heads", f"must divide num_heads={m.num_heads}")
+    if (m.hidden_size // m.num_heads) % 2:
         raise ConfigError(
             "model.hidden_size",
             f"hidden_size / num_heads (the head size, rotated by RoPE) must be even, got "
-            f"{cfg['hidden_size']} / {cfg['num_heads']} = {cfg['hidden_size'] // cfg['num_heads']}",
+            f"{m.hidden_size} / {m.num_heads} = {m.hidden_size // m.num_heads}",
         )
-    v = cfg.get("vocab_size") or vocab_size
+    v = m.vocab_size or vocab_size
     return LlamaConfig(
         vocab_size=int(v),
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["num_layers"],
-        num_attention_heads=cfg["num_heads"],
-        num_key_value_heads=cfg["num_kv_heads"],
-        max_position_embeddings=cfg["max_position_embeddings"],
-        rope_theta=float(cfg.get("rope_theta", ModelConfig.rope_theta)),  # a partial dict (a test's) gets the schema's
-        initializer_range=float(cfg.get("init_std", ModelConfig.init_std)),
-        tie_word_embeddings=bool(cfg.get("tie_embeddings", ModelConfig.tie_embeddings)),
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_layers,
+        num_attention_heads=m.num_heads,
+        num_key_value_heads=m.num_kv_heads,
+        max_position_embeddings=m.max_position_embeddings,
+        rope_theta=float(m.rope_theta),
+        initializer_range=float(m.init_std),
+        tie_word_embeddings=bool(m.tie_embeddings),
         rms_norm_eps=1e-5,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
@@ -56,9 +60,9 @@ def llama_config(
 
 
 def build_model(
-    cfg: Mapping[str, Any], vocab_size: int, seed: int, pad_id: int | None = None, eos_id: int | None = None
+    m: ModelConfig, vocab_size: int, seed: int, pad_id: int | None = None, eos_id: int | None = None
 ) -> LlamaForCausalLM:
-    conf = llama_config(cfg, vocab_size, pad_id, eos_id)
+    conf = llama_config(m, vocab_size, pad_id, eos_id)
     conf._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

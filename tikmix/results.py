@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from eval import figures, runs
+from tikmix.config import RunConfig
 from tikmix.data.tokenizer import save_tokenizer
 from tikmix.errors import StorageError
 from tikmix.report import log_results
@@ -38,7 +38,7 @@ def final_losses(trainer: Trainer, shards: Any, targets: dict[str, list[dict]], 
 
 
 def assemble(
-    cfg: DictConfig,
+    rc: RunConfig,
     trainer: Trainer,
     state: TrainState,
     losses: Mapping[str, dict],
@@ -53,11 +53,11 @@ def assemble(
     test_loss, target_loss = losses["test_loss"], losses["target_loss"]
     final_w = mixer.weights(trainer.total_steps)
     res = {
-        "mixer": cfg.mixer.name,
-        "seed": cfg.seed,
-        "model": cfg.model.name,
-        "budget": cfg.budget.name,
-        "data": cfg.data.source,
+        "mixer": rc.mixer.name,
+        "seed": rc.seed,
+        "model": rc.model.name,
+        "budget": rc.budget.name,
+        "data": rc.data.source,
         "run_dir": str(trainer.run_dir),
         "domains": domains,
         "steps": state.step,

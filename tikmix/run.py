@@ -1,11 +1,13 @@
 """One run, end to end, as a build chain: config → data → model → mixer → trainer → evaluation → results.json.
 
 Each step lives in the module that owns it (README, "How it is built"); this module wires them, holds the run
-directory, starts sub-runs for mixers (make_subrun) and is the Hydra task (main)."""
+directory, starts sub-runs for mixers (SubRunner) and is the Hydra task (main)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import functools
 import json
 import multiprocessing
@@ -30,7 +32,7 @@ from eval.targets import build_targets, describe_targets, targets_auto
 from tikmix import signals
 from tikmix.budget import check_repeats, plan_steps
 from tikmix.checkpoint import branch_point, fingerprint, fingerprint_config, resume_point
-from tikmix.config import BudgetConfig, TrainerConfig, validate
+from tikmix.config import EvalConfig, NoLogger, RunConfig, TrainerConfig, WandbLogger, validate
 from tikmix.console import ConsoleLog, write_hydra_record
 from tikmix.data.shards import changed_inputs, prepare_data
 from tikmix.errors import ConfigError, RunDirBusy, StorageError, TikmixError
@@ -113,24 +115,25 @@ def _run(
     that owns it. Every check that can refuse the run comes before anything is written to the run directory."""
     t_start = time.perf_counter()
     container = resolved_container(cfg)
-    rank, world, device_name = init_distributed(str(cfg.device))
-    run_dir = agreed_run_dir(cfg, world)
+    rank, world, device_name = init_distributed(str(container["device"]))
+    run_dir = agreed_run_dir(container["run_dir"], world)
     if rank == 0:
         held.enter_context(locked(run_dir, wait=wait_for_lock))
     done = finished_run(run_dir, repair=wait_for_lock, quiet=quiet)
     if done is not None:
         return done
-    validate(container)  # every section against its schema (tikmix/config.py); nothing is written before this
-    mixer_config(container["mixer"])
+    rc = typed_run(container)  # every section typed and checked (tikmix/config.py); nothing is written before this
     device = resolve_device(device_name)
-    settings, budget = TrainerConfig(**container["trainer"]), BudgetConfig(**container["budget"])
-    final_eval, downstream_eval = what_to_evaluate(cfg, world, downstream_eval)
+    settings, budget = rc.trainer, rc.budget
+    final_eval, downstream_eval = what_to_evaluate(rc.trainer, rc.eval, world, downstream_eval)
     if compile_setting(settings.compile) is not False:
-        share_inductor_cache(str(cfg.data.cache_dir))
+        share_inductor_cache(str(rc.data.cache_dir))
 
-    shards = prepare_data(cfg.data)  # ---------------------------------------------------------------- data
+    shards = prepare_data(rc.data)  # ----------------------------------------------------------------- data
     domains = list(shards.domains)
-    total_steps, stage_steps = plan_steps(cfg, shards, final_eval, warn=not quiet and rank == 0)
+    total_steps, stage_steps = plan_steps(
+        budget, settings, rc.model.max_position_embeddings, shards, final_eval, warn=not quiet and rank == 0
+    )
     if settings.stop_at_stage and settings.stop_at_stage > len(stage_steps):
         raise ConfigError(
             "trainer.stop_at_stage",
@@ -142,15 +145,15 @@ def _run(
     plan = RunPlan(domains, total_steps, stage_steps, run_dir, fp, shards.key, shards.inputs_digest)
     train_arrays = [shards.tokens(d, "train") for d in domains]
     train_tokens = {d: int(len(a)) for d, a in zip(domains, train_arrays)}
-    sampler = MixtureSampler(train_arrays, budget.seq_len, budget.batch_size, cfg.seed, domains)
+    sampler = MixtureSampler(train_arrays, budget.seq_len, budget.batch_size, rc.seed, domains)
 
-    model = build_model(cfg.model, shards.vocab_size, cfg.seed, pad_id=shards.eos_id, eos_id=shards.eos_id)  # model
+    model = build_model(rc.model, shards.vocab_size, rc.seed, pad_id=shards.eos_id, eos_id=shards.eos_id)  # model
     fpt = flops_per_token(model, budget.seq_len)
     counts = param_counts(model)
 
     ledger = Ledger()  # ------------------------------------------------------------------------------ mixer
-    mixer = build_mixer(cfg.mixer, domains, mixer_context(cfg, plan, train_tokens, ledger, device, settings))
-    targets = build_targets(cfg, shards, domains, budget.seq_len)
+    mixer = build_mixer(rc.mixer, domains, mixer_context(rc, container, plan, train_tokens, ledger, device))
+    targets = build_targets(rc.targets, rc.eval, shards, domains, budget.seq_len, budget.micro_batch)
     check_repeats(
         settings.max_repeat_epochs,
         mixer.weights(0),
@@ -158,7 +161,7 @@ def _run(
         train_tokens,
         total_steps * budget.seq_len * budget.batch_size,
     )
-    hidden = cfg.model.hidden_size
+    hidden = rc.model.hidden_size
     ckpt = resume_point(
         run_dir,
         container,
@@ -195,10 +198,10 @@ def _run(
         _start_writing(run_dir, container, ckpt)
         if on_start is not None:  # the Hydra job (main): its console log and .hydra/ record
             on_start(run_dir, ckpt is None)
-    logger = run_logger(cfg, container, run_dir, ckpt, rank)
+    logger = run_logger(rc.logger, container, run_dir, ckpt, rank)
     try:
         stage_eval = (
-            stage_evaluator(cfg.eval, shards.tokenizer, run_dir, logger, ledger, fpt)
+            stage_evaluator(rc.eval, shards.tokenizer, run_dir, logger, ledger, fpt)
             if downstream_eval and rank == 0
             else None
         )
@@ -215,18 +218,18 @@ def _run(
             fpt,
         )
         if rank == 0:
-            _announce(cfg, trainer, counts, shards, targets, final_eval, world, quiet)
+            _announce(rc, trainer, counts, shards, targets, final_eval, world, quiet)
         state = _train(trainer, mixer, ckpt, logger, branch, settings.init_from)
 
         signals.describe(f"during the final evaluation (training is complete and checkpointed at step {state.step})")
         losses = final_losses(trainer, shards, targets, final_eval)  # -------------------------------- evaluation
         if settings.save_final_model and not settings.stop_at_stage and rank == 0:
             save_hf(model, shards.tokenizer, run_dir / "final_model")
-        eval_entry = _downstream(cfg, trainer, model, shards, state, quiet, rank) if downstream_eval else None
+        eval_entry = _downstream(rc.eval, trainer, model, shards, state, quiet, rank) if downstream_eval else None
 
         # -------------------------------------------------------------------------------------------- results
         res = assemble(
-            cfg, trainer, state, losses, train_tokens, counts, eval_entry, world, time.perf_counter() - t_start
+            rc, trainer, state, losses, train_tokens, counts, eval_entry, world, time.perf_counter() - t_start
         )
         if settings.stop_at_stage or settings.init_from:  # a schedule oracle's prefix, or a run continuing one
             res["prefix"] = {"stop_at_stage": settings.stop_at_stage, "init_from": settings.init_from}
@@ -303,10 +306,18 @@ def resolved_container(cfg: DictConfig) -> dict:
         raise ConfigError(getattr(e, "full_key", None) or "config", str(e).splitlines()[0]) from None
 
 
-def agreed_run_dir(cfg: DictConfig, world: int) -> Path:
+def typed_run(container: dict) -> RunConfig:
+    """The resolved config as the typed :class:`~tikmix.config.RunConfig`, every section checked against its schema
+    (the mixer's by its own dataclass): what the build chain below hands on, section by section."""
+    rc = validate(container)
+    rc.mixer = mixer_config(container["mixer"])
+    return rc
+
+
+def agreed_run_dir(run_dir: str, world: int) -> Path:
     """The run directory; under torchrun every rank uses rank 0's (Hydra's timestamped default may differ by a
     second between ranks)."""
-    run_dir = Path(cfg.run_dir).resolve()
+    run_dir = Path(run_dir).resolve()
     if world > 1:
         obj = [str(run_dir)]
         dist.broadcast_object_list(obj, src=0)
@@ -327,20 +338,20 @@ def finished_run(run_dir: Path, repair: bool, quiet: bool) -> dict | None:
     return res
 
 
-def what_to_evaluate(cfg: DictConfig, world: int, downstream_eval: bool) -> tuple[str, bool]:
+def what_to_evaluate(
+    trainer: TrainerConfig, eval_cfg: EvalConfig, world: int, downstream_eval: bool
+) -> tuple[str, bool]:
     """(trainer.final_eval, whether the downstream tasks run). A proxy sub-run sets final_eval targets (RegMix:
     only the target loss is used) or none, and then computes and is charged for nothing else. The eval config,
     its task folders and tasks are checked now (eval.stage.preflight), not after training."""
-    final_eval = str(cfg.trainer.get("final_eval", "full"))
-    if cfg.trainer.get("stop_at_stage"):  # a prefix: checkpointed at its boundary, nothing computed after
+    final_eval = trainer.final_eval
+    if trainer.stop_at_stage:  # a prefix: checkpointed at its boundary, nothing computed after
         return "none", False
-    downstream_eval = (
-        downstream_eval and final_eval == "full" and str((cfg.get("eval") or {}).get("name") or "none") != "none"
-    )
+    downstream_eval = downstream_eval and final_eval == "full" and eval_cfg.name != "none"
     if downstream_eval:
-        if world > 1 and cfg.trainer.get("parallel") == "fsdp":
+        if world > 1 and trainer.parallel == "fsdp":
             raise ConfigError("eval", _FSDP_EVAL)
-        preflight(cfg.eval)
+        preflight(eval_cfg)
     return final_eval, downstream_eval
 
 
@@ -351,42 +362,44 @@ _FSDP_EVAL = (
 
 
 def mixer_context(
-    cfg: DictConfig,
+    rc: RunConfig,
+    container: dict,
     plan: RunPlan,
     train_tokens: dict[str, int],
     ledger: Ledger,
     device: torch.device,
-    settings: TrainerConfig,
 ) -> MixerContext:
     """What a mixer sees of the run (tikmix.mixer.MixerContext): the budget, the data, sub-runs and the ledger
     its search is charged to, and the run's autocast policy."""
-    b = cfg.budget
+    b, settings = rc.budget, rc.trainer
     ctx = MixerContext(
         domains=plan.domains,
         train_tokens=train_tokens,
         total_steps=plan.total_steps,
         tokens_per_step=b.seq_len * b.batch_size,
         seq_len=b.seq_len,
-        seed=cfg.seed,
+        seed=rc.seed,
         stage_steps=plan.stage_steps,
         stop_at_stage=settings.stop_at_stage,
-        human_weights=dict(cfg.data.human_weights) if cfg.data.get("human_weights") else None,
+        human_weights=dict(rc.data.human_weights) if rc.data.human_weights else None,
         run_dir=str(plan.run_dir),
-        targets_auto=targets_auto(cfg),
+        targets_auto=targets_auto(rc.targets, rc.eval),
     )
-    ctx.run_subrun = make_subrun(cfg, ledger, plan.data_inputs)
+    ctx.run_subrun = make_subrun(container, ledger, plan.data_inputs)
     ctx.charge = lambda flops, what: ledger.charge_mixer(what, flops)
-    amp = amp_dtype_for(settings.dtype, device, cfg.model.hidden_size, settings.cpu_bf16_min_hidden)  # the trainer's
+    amp = amp_dtype_for(settings.dtype, device, rc.model.hidden_size, settings.cpu_bf16_min_hidden)  # the trainer's
     ctx.autocast = functools.partial(autocast, device, amp)
     return ctx
 
 
-def run_logger(cfg: DictConfig, container: dict, run_dir: Path, ckpt: dict | None, rank: int) -> RunLogger:
+def run_logger(
+    logger_cfg: WandbLogger | NoLogger, container: dict, run_dir: Path, ckpt: dict | None, rank: int
+) -> RunLogger:
     """metrics.jsonl and W&B (rank 0 only): group = the Hydra sweep, job_type = the mixer, tags = the presets; a
     resumed run continues its W&B run."""
     ident = wandb_identity(container, run_dir)
     return RunLogger(
-        cfg.logger if rank == 0 else {"name": "none"},
+        dataclasses.asdict(logger_cfg) if rank == 0 else {"name": "none"},
         run_dir,
         container,
         ident["name"],
@@ -397,7 +410,7 @@ def run_logger(cfg: DictConfig, container: dict, run_dir: Path, ckpt: dict | Non
 
 
 def _announce(
-    cfg: DictConfig,
+    rc: RunConfig,
     trainer: Trainer,
     counts: dict,
     shards: Any,
@@ -408,8 +421,8 @@ def _announce(
 ) -> None:
     ranks = f" x {world} ranks ({trainer.parallel})" if world > 1 else ""
     print(
-        f"[tikmix] mixer={cfg.mixer.name} model={cfg.model.name} ({counts['total']:,} params, "
-        f"{counts['non_embedding']:,} non-embedding) budget={cfg.budget.name}: {trainer.total_steps} steps x "
+        f"[tikmix] mixer={rc.mixer.name} model={rc.model.name} ({counts['total']:,} params, "
+        f"{counts['non_embedding']:,} non-embedding) budget={rc.budget.name}: {trainer.total_steps} steps x "
         f"{trainer.tokens_per_step:,} tokens; domains: {', '.join(trainer.domains)}; device={trainer.device}{ranks}; "
         f"run dir {trainer.run_dir}"
     )
@@ -417,7 +430,7 @@ def _announce(
     if trainer.warmup_note:
         print(f"[tikmix] {trainer.warmup_note}")
     if not quiet:
-        print(describe_targets(cfg, targets))
+        print(describe_targets(rc.targets, rc.eval, targets))
         print(cost_estimate(trainer, [shards.tokens(d, "test") for d in trainer.domains], targets, final_eval))
 
 
@@ -455,7 +468,7 @@ def _note_threads(ckpt: dict) -> None:
 
 
 def _downstream(
-    cfg: DictConfig, trainer: Trainer, model: torch.nn.Module, shards: Any, state: Any, quiet: bool, rank: int
+    eval_cfg: EvalConfig, trainer: Trainer, model: torch.nn.Module, shards: Any, state: Any, quiet: bool, rank: int
 ) -> dict | None:
     """The downstream tasks on the final model (eval.stage), charged to the ledger as eval."""
     if trainer.parallel == "fsdp":
@@ -463,17 +476,25 @@ def _downstream(
     entry = None
     if rank == 0:
         entry = evaluate(
-            cfg.eval, model, shards.tokenizer, trainer.run_dir, logger=trainer.logger, step=state.step, quiet=quiet
+            eval_cfg, model, shards.tokenizer, trainer.run_dir, logger=trainer.logger, step=state.step, quiet=quiet
         )
         charge(trainer.ledger, trainer.flops_per_token, entry)
     trainer.barrier()
     return entry
 
 
-def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = None):
-    """A function mixers call to train a proxy/reference model through this same trainer.
+def make_subrun(parent: dict | DictConfig, ledger: Ledger | None, data_inputs: str | None = None) -> "SubRunner":
+    """The sub-runner mixers call (``ctx.run_subrun``) for a run whose resolved config is ``parent``."""
+    if OmegaConf.is_config(parent):  # a composed config (tests): its resolved container, as run() holds it
+        parent = resolved_container(parent)
+    return SubRunner(parent, ledger, data_inputs)
 
-    ``run_subrun(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
+
+@dataclasses.dataclass
+class SubRunner:
+    """Trains a proxy/reference model for a mixer through this same trainer (:class:`tikmix.mixer.SubRuns`).
+
+    ``runner(overrides, name, charge_as)`` merges ``overrides`` (a nested dict of config values, e.g. a
     fixed mixture, a proxy model, a smaller budget) over the parent config, runs it to the end with no
     external logger, no final-model export and no downstream evaluation, and charges all its compute to
     the parent's ledger as ``mixer/<charge_as>``. What it computes after training is the overrides'
@@ -482,10 +503,20 @@ def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = No
     checkpoint or the mixer's record). Sub-runs live in ``<data.cache_dir>/subruns/<fingerprint>``:
     a finished sub-run with the same config is reused, not retrained (its compute is still charged: it
     was spent on this mixture search), and an unfinished one resumes from its checkpoint.
+
+    Picklable: :meth:`detached` is the same runner for a worker process (RegMix's parallel proxies), which
+    fills the sub-run cache and charges nothing; the parent charges each sub-run when it collects it.
     """
 
-    def run_subrun(overrides: dict, name: str = "subrun", charge_as: str = "subruns") -> dict:
-        base = OmegaConf.to_container(parent, resolve=True)
+    parent: dict  # the parent run's resolved config (what its fingerprint hashes)
+    ledger: Ledger | None = None
+    data_inputs: str | None = None  # the parent's local input files' digest: edited data, another sub-run
+
+    def detached(self) -> "SubRunner":
+        return dataclasses.replace(self, ledger=None)
+
+    def __call__(self, overrides: dict, name: str = "subrun", charge_as: str = "subruns") -> dict:
+        base = copy.deepcopy(self.parent)
         base.pop("run_dir", None)
         overrides = dict(overrides or {})
         if "mixer" in overrides:  # a sub-run's mixer replaces the parent's whole (no leftover keys)
@@ -497,29 +528,27 @@ def make_subrun(parent: DictConfig, ledger: Ledger, data_inputs: str | None = No
         cfg.run_dir = "."
         # edited data: another sub-run; the sub-run's own model decides what trainer.dtype=auto computes
         computed = fingerprint_config(OmegaConf.to_container(cfg, resolve=True), resolve_device(str(cfg.device)))
-        key = fingerprint(computed, data_inputs)
+        key = fingerprint(computed, self.data_inputs)
         root = Path(str(cfg.data.cache_dir)).resolve() / "subruns"
         cfg.run_dir = str(root / f"{name}-{key}")
         reused = (Path(cfg.run_dir) / "results.json").exists()
+        whose = self.parent["mixer"]["name"]
         try:
             # eval config kept: it defines the task targets. Another process training the same sub-run (a
             # proxy shared by two sweep jobs) is waited for, then its results are reused
             res = run(cfg, quiet=True, downstream_eval=False, wait_for_lock=True)
         except ConfigError as e:  # the mixer's own settings made an invalid sub-run config: say whose it is
-            raise ConfigError(f"mixer ({parent.mixer.name} {name} run) {e.field}", e.detail) from e
+            raise ConfigError(f"mixer ({whose} {name} run) {e.field}", e.detail) from e
         except Preempted as e:  # say where: the sub-run keeps its own checkpoint, finished sub-runs are reused
             raise Preempted(
                 e.step,
                 e.reason,
-                f"during {parent.mixer.name}'s {name} run {cfg.run_dir} "
-                f"({e.detail}; finished sub-runs are kept and reused)",
+                f"during {whose}'s {name} run {cfg.run_dir} ({e.detail}; finished sub-runs are kept and reused)",
             ) from None
-        c = res["compute"]
-        ledger.charge_mixer(charge_as, c.get("total", 0.0))
+        if self.ledger is not None:
+            self.ledger.charge_mixer(charge_as, res["compute"].get("total", 0.0))
         res["reused"] = reused
         return res
-
-    return run_subrun
 
 
 def main(cfg: DictConfig) -> Any:

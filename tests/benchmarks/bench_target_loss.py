@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from eval.targets import build_targets  # noqa: E402
-from tikmix.config import TARGET_LOSSES  # noqa: E402
+from tikmix.config import TARGET_LOSSES, EvalConfig, TargetsConfig, typed  # noqa: E402
 from tikmix.data.synthetic import BENCHMARKS, TASK_DOMAINS  # noqa: E402
 from tikmix.method.influence import GroupInfluence  # noqa: E402
 from tikmix.mixer import Mixer, MixerConfig, register  # noqa: E402
@@ -173,10 +173,13 @@ def measure(data: str, seed: int, a: argparse.Namespace, cache: Path) -> list[di
         ]
     cfg = compose(ov)
     shards = prepare_data(cfg.data)
-    TargetLossProbe.targets = {
-        loss: build_targets(compose([*ov, f"targets.loss={loss}"]), shards, list(shards.domains), cfg.budget.seq_len)
-        for loss in a.losses.split(",")
-    }
+
+    def targets_for(loss: str) -> dict:
+        c = compose([*ov, f"targets.loss={loss}"])
+        t, e = typed(TargetsConfig, c.targets, "targets"), typed(EvalConfig, c.eval, "eval")
+        return build_targets(t, e, shards, list(shards.domains), cfg.budget.seq_len, cfg.budget.micro_batch)
+
+    TargetLossProbe.targets = {loss: targets_for(loss) for loss in a.losses.split(",")}
     TargetLossProbe.results = []
     t0 = time.perf_counter()
     try:

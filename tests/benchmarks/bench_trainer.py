@@ -43,7 +43,7 @@ from tests.conftest import compose  # noqa: E402
 from tikmix.config import BudgetConfig, TrainerConfig  # noqa: E402
 from tikmix.ledger import Ledger  # noqa: E402
 from tikmix.mixer import MixerContext, build_mixer  # noqa: E402
-from tikmix.model import build_model, flops_per_token  # noqa: E402
+from tikmix.model import build_model, flops_per_token, model_section  # noqa: E402
 from tikmix.perf import measure_matmul_peak, resolve_peak  # noqa: E402
 from tikmix.sampler import MixtureSampler  # noqa: E402
 from tikmix.trainer import RunPlan, RunServices, TrainData, Trainer, adamw_extra_kwargs  # noqa: E402
@@ -71,7 +71,7 @@ def build_trainer(model_name: str, extra: list[str], dev: torch.device, tmp: Pat
     b = cfg.budget
     arrays = [shards.tokens(d, "train") for d in doms]
     sampler = MixtureSampler(arrays, b.seq_len, b.batch_size, 0, doms)
-    model = build_model(cfg.model, shards.vocab_size, 0).to(dev)
+    model = build_model(model_section(cfg.model), shards.vocab_size, 0).to(dev)
     fpt = flops_per_token(model, b.seq_len)
     ctx = MixerContext(doms, {d: len(a) for d, a in zip(doms, arrays)}, 1000, b.seq_len * b.batch_size, b.seq_len, 0)
     mixer = build_mixer({"name": "stratified"}, doms, ctx)
@@ -103,7 +103,7 @@ def bench_model(model_name: str, args: argparse.Namespace, tmp: Path) -> dict:
     w = mixer.weights(0)
 
     # the bare loop: same model object's architecture, its own copy of weights, same batch shapes, HF loss
-    bare = build_model(cfg.model, shards.vocab_size, 0).to(dev)
+    bare = build_model(model_section(cfg.model), shards.vocab_size, 0).to(dev)
     opt = torch.optim.AdamW(bare.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, **adamw_extra_kwargs(dev))
     fixed = [torch.from_numpy(sampler.batch(i, w)[0]).to(dev) for i in range(4)]
     amp = tr.amp_dtype  # the trainer's autocast dtype (trainer.dtype resolved for this device and model)

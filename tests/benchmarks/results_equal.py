@@ -55,7 +55,10 @@ VOLATILE = (
     "lm_eval_version",
     "console_log",
     "wandb",
+    "mixer_share",
+    "train_mfu",
 )
+VOLATILE_SUFFIXES = ("_time_s", "_tokens_per_s")  # throughput.train_time_s, throughput.wall_tokens_per_s, ...
 
 
 def run(out: Path, default: bool, mixers: list[str]) -> None:
@@ -79,7 +82,8 @@ def run(out: Path, default: bool, mixers: list[str]) -> None:
 
 
 def _diff(a, b, path: str, out: list[str]) -> None:
-    if path.split(".")[-1] in VOLATILE:
+    key = path.split(".")[-1]
+    if key in VOLATILE or key.endswith(VOLATILE_SUFFIXES):
         return
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from tikmix.config import DataConfig
 from tikmix.data import sources
 from tikmix.data.sources import SPLITS, data_config, iter_documents
 from tikmix.data.tokenizer import LONG_DOC_CHARS, PIECE_CHARS, build_tokenizer, load_tokenizer, pieces, save_tokenizer
@@ -610,7 +611,9 @@ def _flock(path: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def prepare_data(data_cfg: Mapping[str, Any], verify_checksums: bool = True, rebuild_corrupt: bool = False) -> ShardSet:
+def prepare_data(
+    data_cfg: DataConfig | Mapping[str, Any], verify_checksums: bool = True, rebuild_corrupt: bool = False
+) -> ShardSet:
     """The token shards for a data config: loaded from the cache, or built once and cached.
 
     Safe to call from many processes at once (ranks, sweep jobs): one builds, the others wait and load.

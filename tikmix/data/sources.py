@@ -58,6 +58,8 @@ def _plain(value: Any) -> Any:
             return OmegaConf.to_container(value, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # DataConfig, the run's typed section
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
