@@ -6,7 +6,8 @@
 ``run`` trains a smoke run of every mixer (and with ``--default`` the default run, ``python train.py``) into
 OUT_DIR/<name>/ with logger=none, and keeps each results.json. ``compare`` prints every field that differs
 between two such folders, ignoring what legitimately varies from one execution to the next (wall times,
-run directories, throughput, MFU and its measured peak). Exit code 1 when something differs.
+run directories, throughput, MFU and its measured peak, whether a sub-run was reused from a shared cache).
+Exit code 1 when something differs.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ VOLATILE = (
     "mixer_share",
     "train_mfu",
 )
-VOLATILE_SUFFIXES = ("_time_s", "_tokens_per_s")  # throughput.train_time_s, throughput.wall_tokens_per_s, ...
+# throughput.train_time_s, throughput.wall_tokens_per_s, ...; regmix.n_reused, doremi.reference_reused,
+# doremi.proxy_reused: sub-runs found in a cache shared with an earlier execution, which compute the same result
+VOLATILE_SUFFIXES = ("_time_s", "_tokens_per_s", "_reused")
 
 
 def run(out: Path, default: bool, mixers: list[str]) -> None:
