@@ -55,7 +55,6 @@ import torch
 from tikmix.config import ModelConfig, Number, TrainerOverrides, check_choice, is_number, need
 from tikmix.errors import ConfigError, DataError, TikmixError
 from tikmix.mixer import Mixer, MixerConfig, MixerContext, register
-from tikmix.model import llama_config
 from tikmix.regression import (
     LinearLaw,
     fit_cv_trees,
@@ -737,11 +736,7 @@ class RegMix(Mixer):
     help_rank, table_rank = 1, 5
 
     def __init__(self, cfg: Mapping[str, Any] | RegMixConfig, domains: list[str], ctx: MixerContext):
-        c = self.c = self.parse_config(cfg)
-        try:  # the proxy's shape, checked now: before the run dir is written and before any proxy trains
-            llama_config(c.proxy_model, vocab_size=2)
-        except ConfigError as e:
-            raise ConfigError(f"mixer.proxy_{e.field}", e.detail) from e
+        c = self.c = self.parse_config(cfg)  # the proxy's shape is checked here too (ModelConfig), before any run
         self.prior = _prior_from_ctx(ctx, domains)
         super().__init__(c, domains, ctx)
         self.gen_kwargs()  # minimum: auto, checked now

@@ -152,13 +152,25 @@ def typed(schema: type, value: Any, prefix: str = "", what: str = "") -> Any:
         if OmegaConf.is_config(value):  # plain values: a node composed with another schema merges as well
             value = OmegaConf.to_container(value, resolve=True)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), value))
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise _rerooted(e, schema, prefix) from None
     except OmegaConfBaseException as e:
         err = omegaconf_error(e, prefix, what=what)
         if err is None:
             raise ConfigError(prefix or "config", str(e).splitlines()[0]) from None
         raise err from None
+
+
+def _rerooted(e: ConfigError, schema: type, prefix: str) -> ConfigError:
+    """A section's check names its own key (``model.num_heads``); raised by a section nested in ``schema`` (RegMix's
+    ``proxy_model``), the error names where it sits instead (``mixer.proxy_model.num_heads``)."""
+    head, _, rest = e.field.partition(".")
+    section = GROUPS.get(head)
+    if not prefix or head == prefix or section is None or not dataclasses.is_dataclass(schema):
+        return e
+    hints = typing.get_type_hints(schema)
+    holder = next((f.name for f in dataclasses.fields(schema) if hints.get(f.name) is section), None)
+    return e if holder is None else ConfigError(".".join(p for p in (prefix, holder, rest) if p), e.detail)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -318,6 +330,16 @@ class TargetsConfig:
         check_choice("targets.loss", self.loss, TARGET_LOSSES)
 
 
+MODEL_SHAPE = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "num_kv_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+
+
 @dataclass
 class ModelConfig:
     """``model``: a Llama architecture (RoPE, SwiGLU, RMSNorm), built from config, random init (conf/model/*.yaml)."""
@@ -333,6 +355,22 @@ class ModelConfig:
     tie_embeddings: bool = False
     rope_theta: Number = 10000.0
     init_std: Number = 0.02
+
+    def __post_init__(self) -> None:
+        if MISSING in (self.name, *(getattr(self, k) for k in MODEL_SHAPE)):  # a prototype; checked once given
+            return
+        for key in MODEL_SHAPE:
+            v = getattr(self, key)
+            need(is_number(v, integer=True) and v > 0, f"model.{key}", f"must be a positive integer, got {v!r}")
+        need(not self.hidden_size % self.num_heads, "model.num_heads", f"must divide hidden_size={self.hidden_size}")
+        need(not self.num_heads % self.num_kv_heads, "model.num_kv_heads", f"must divide num_heads={self.num_heads}")
+        head = self.hidden_size // self.num_heads
+        need(
+            not head % 2,
+            "model.hidden_size",
+            f"hidden_size / num_heads (the head size, rotated by RoPE) must be even, got "
+            f"{self.hidden_size} / {self.num_heads} = {head}",
+        )
 
 
 # ----------------------------------------------------------------------------------------------- budget

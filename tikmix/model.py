@@ -8,7 +8,6 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tikmix.config import ModelConfig, typed
-from tikmix.errors import ConfigError
 
 
 def model_section(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
@@ -18,27 +17,7 @@ def model_section(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
 
 
 def llama_config(m: ModelConfig, vocab_size: int, pad_id: int | None = None, eos_id: int | None = None) -> LlamaConfig:
-    for key in (
-        "hidden_size",
-        "num_layers",
-        "num_heads",
-        "num_kv_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-    ):
-        v = getattr(m, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise ConfigError(f"model.{key}", f"must be a positive integer, got {v!r}")
-    if m.hidden_size % m.num_heads:
-        raise ConfigError("model.num_heads", f"must divide hidden_size={m.hidden_size}")
-    if m.num_heads % m.num_kv_heads:
-        raise ConfigError("model.num_kv_heads", f"must divide num_heads={m.num_heads}")
-    if (m.hidden_size // m.num_heads) % 2:
-        raise ConfigError(
-            "model.hidden_size",
-            f"hidden_size / num_heads (the head size, rotated by RoPE) must be even, got "
-            f"{m.hidden_size} / {m.num_heads} = {m.hidden_size // m.num_heads}",
-        )
+    """The Transformers config of a model section (its shape checked by ModelConfig itself)."""
     v = m.vocab_size or vocab_size
     return LlamaConfig(
         vocab_size=int(v),
