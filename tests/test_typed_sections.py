@@ -25,7 +25,6 @@ DOORS = {
     "tikmix/cli.py": "Hydra's composition errors, before any config exists",
 }
 ALLOWED: dict[tuple[str, str], str] = {
-    ("tikmix/data/sources.py", "_plain"): "the data layer's functions are also called with a composed node (tests)",
     ("eval/tasks.py", "cfg_dict"): "the eval layer's functions are also called with a composed node (tests)",
 }
 

@@ -440,10 +440,27 @@ class TokenizerConfig:
     train_docs_per_domain: int = 2000  # documents per domain used to train it
 
 
+DATA_SOURCES = ("synthetic", "jsonl", "text_dir", "hf")
+
+
+def _str_list(value: Any, field_name: str, allow_none: bool) -> list[str] | None:
+    """A string or a list of strings (or numbers) as a list of strings; null as None (``allow_none``) or []."""
+    if value is None:
+        return None if allow_none else []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+        return [str(v) for v in value]
+    raise ConfigError(
+        field_name, f"must be a string or a list of strings{' or null' if allow_none else ''}, got {value!r}"
+    )
+
+
 @dataclass
 class DataConfig:
     """``data``: the source, domain field, include/exclude lists, held-out splits, tokenizer, shard cache.
-    tikmix.data.sources.data_config checks the values against the source."""
+    ``__post_init__`` checks the values and normalises them: file globs and domain lists as lists of strings,
+    the holdout fractions as floats (what tikmix.data.shards' cache key hashes)."""
 
     source: str = "synthetic"  # synthetic | jsonl | text_dir | hf
     root: Optional[str] = None  # folder or URL prefix of the files (jsonl, text_dir)
@@ -462,6 +479,62 @@ class DataConfig:
     # token shards, built once per (source, tokenizer); relative = to the launch directory
     cache_dir: str = II("oc.env:TIKMIX_CACHE,.cache/tikmix")
     human_weights: Any = None  # the dataset's published default proportions (domain -> weight), used by mixer=human
+
+    def __post_init__(self) -> None:
+        need(
+            self.source in DATA_SOURCES,
+            "data.source",
+            f"must be one of {', '.join(DATA_SOURCES)}; got {self.source!r}",
+        )
+        for key in ("train_files", "val_files", "test_files", "domains"):
+            setattr(self, key, _str_list(getattr(self, key), f"data.{key}", allow_none=True))
+        self.exclude = _str_list(self.exclude, "data.exclude", allow_none=False)
+        for key in ("text_field", "domain_field"):
+            v = getattr(self, key)
+            need(isinstance(v, str) and bool(v), f"data.{key}", f"must be a non-empty dotted field name, got {v!r}")
+        md = self.max_docs
+        need(
+            md is None or (is_number(md, integer=True) and md >= 1),
+            "data.max_docs",
+            f"must be a positive integer or null, got {md!r}",
+        )
+        self._check_holdout()
+        self._check_tokenizer()
+        # data.root, which jsonl and text_dir need, is required where the data is read (tikmix.data.sources): their
+        # presets leave it to the user, and each preset composes and checks without it (tests/test_configs.py)
+        if self.root is not None and not isinstance(self.root, str):
+            self.root = str(self.root)
+
+    def _check_holdout(self) -> None:
+        total = 0.0
+        for s in ("val", "test"):
+            v = getattr(self.holdout, s)
+            v = 0.0 if v is None else v
+            need(is_number(v) and 0.0 <= v < 1.0, f"data.holdout.{s}", f"must be a fraction in [0, 1), got {v!r}")
+            setattr(self.holdout, s, float(v))
+            total += float(v)
+        need(total < 1.0, "data.holdout", f"val + test must be below 1 (train keeps the rest), got {total}")
+
+    def _check_tokenizer(self) -> None:
+        tk = self.tokenizer
+        if tk.name is not None:
+            need(
+                isinstance(tk.name, str) and bool(tk.name),
+                "data.tokenizer.name",
+                f"must be a tokenizer name/path or null, got {tk.name!r}",
+            )
+            return
+        vs, n = tk.vocab_size, tk.train_docs_per_domain
+        need(
+            is_number(vs, integer=True) and vs >= 258,
+            "data.tokenizer.vocab_size",
+            f"must be an integer >= 258 (256 bytes + <|endoftext|> + merges), got {vs!r}",
+        )
+        need(
+            is_number(n, integer=True) and n >= 1,
+            "data.tokenizer.train_docs_per_domain",
+            f"must be a positive integer, got {n!r}",
+        )
 
 
 # ------------------------------------------------------------------------------------------------- eval

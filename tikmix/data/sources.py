@@ -16,7 +16,6 @@ loaded whole, and memory does not grow with the corpus.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gzip
 import hashlib
@@ -29,19 +28,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tikmix.config import DataConfig
+from tikmix.config import DATA_SOURCES, DataConfig, typed
 from tikmix.errors import ConfigError, DataError
 
-SOURCES = ("synthetic", "jsonl", "text_dir", "hf")
+SOURCES = DATA_SOURCES
 SPLITS = ("train", "val", "test")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
-
-# data_config's defaults: the schema's (one place), without the keys it does not read; cache_dir is resolved
-# by whoever reads it (tikmix.data.shards)
-DEFAULTS: dict[str, Any] = {
-    **{k: v for k, v in dataclasses.asdict(DataConfig()).items() if k != "human_weights"},
-    "cache_dir": None,
-}
 
 _READ_CHUNK = 1 << 20
 
@@ -49,101 +41,15 @@ _READ_CHUNK = 1 << 20
 # --------------------------------------------------------------------------------------------- config
 
 
-def _plain(value: Any) -> Any:
-    """A DictConfig / Mapping / sequence as plain dicts and lists (interpolations resolved)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+def data_config(cfg: DataConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The data config as a plain dict with every default filled in and every value checked: ``cfg`` (the run's
+    DataConfig, or a mapping of its keys) through the schema, whose ``__post_init__`` checks and normalises.
 
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # DataConfig, the run's typed section
-        return _plain(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(out.get(k), dict) and isinstance(v, Mapping):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _str_list(value: Any, field: str, allow_none: bool) -> list[str] | None:
-    if value is None:
-        if allow_none:
-            return None
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
-        return [str(v) for v in value]
-    raise ConfigError(field, f"must be a string or a list of strings{' or null' if allow_none else ''}, got {value!r}")
-
-
-def data_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The data config as a plain dict with every default filled in and every value checked.
-
-    Idempotent: calling it on its own output returns an equal dict. Unknown keys are kept and ignored.
+    Idempotent: calling it on its own output returns an equal dict.
     """
-    raw = _plain(cfg) if cfg is not None else {}
-    if not isinstance(raw, dict):
-        raise ConfigError("data", f"must be a mapping, got {type(cfg).__name__}")
-    c = _merge(DEFAULTS, raw)
-    for block in ("holdout", "hf", "synthetic", "tokenizer"):
-        if not isinstance(c[block], dict):
-            raise ConfigError(f"data.{block}", f"must be a mapping, got {c[block]!r}")
-    if not isinstance(c["hf"]["splits"], dict):
-        raise ConfigError("data.hf.splits", "must be a mapping {train: ..., val: ..., test: ...}")
-
-    if c["source"] not in SOURCES:
-        raise ConfigError("data.source", f"must be one of {', '.join(SOURCES)}; got {c['source']!r}")
-    for f in ("train_files", "val_files", "test_files"):
-        c[f] = _str_list(c[f], f"data.{f}", allow_none=True)
-    c["domains"] = _str_list(c["domains"], "data.domains", allow_none=True)
-    c["exclude"] = _str_list(c["exclude"], "data.exclude", allow_none=False)
-    for f in ("text_field", "domain_field"):
-        if not isinstance(c[f], str) or not c[f]:
-            raise ConfigError(f"data.{f}", f"must be a non-empty dotted field name, got {c[f]!r}")
-    md = c["max_docs"]
-    if md is not None and (isinstance(md, bool) or not isinstance(md, int) or md < 1):
-        raise ConfigError("data.max_docs", f"must be a positive integer or null, got {md!r}")
-    total = 0.0
-    for s in ("val", "test"):
-        v = c["holdout"].get(s, 0.0)
-        if v is None:
-            v = 0.0
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-            raise ConfigError(f"data.holdout.{s}", f"must be a fraction in [0, 1), got {v!r}")
-        c["holdout"][s] = float(v)
-        total += float(v)
-    if total >= 1.0:
-        raise ConfigError("data.holdout", f"val + test must be below 1 (train keeps the rest), got {total}")
-    tk = c["tokenizer"]
-    if tk["name"] is None:
-        vs = tk["vocab_size"]
-        if isinstance(vs, bool) or not isinstance(vs, int) or vs < 258:
-            raise ConfigError(
-                "data.tokenizer.vocab_size",
-                f"must be an integer >= 258 (256 bytes + <|endoftext|> + merges), got {vs!r}",
-            )
-        n = tk["train_docs_per_domain"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError("data.tokenizer.train_docs_per_domain", f"must be a positive integer, got {n!r}")
-    elif not isinstance(tk["name"], str) or not tk["name"]:
-        raise ConfigError("data.tokenizer.name", f"must be a tokenizer name/path or null, got {tk['name']!r}")
-    if c["source"] in ("jsonl", "text_dir") and (c["root"] is None or c["root"] == ""):
+    c = dataclasses.asdict(typed(DataConfig, {} if cfg is None else cfg, "data"))
+    if c["source"] in ("jsonl", "text_dir") and c["root"] in (None, ""):
         raise ConfigError("data.root", f"required for source={c['source']}: the folder (or URL prefix) of the data")
-    if c["root"] is not None and not isinstance(c["root"], str):
-        c["root"] = str(c["root"])
     return c
 
 
