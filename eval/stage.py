@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm as _Tqdm
 
 from eval import tasks as T
+from tikmix.config import EvalConfig
 from tikmix.errors import ConfigError
 
 PERCENT_METRICS = {
@@ -57,74 +58,15 @@ _METRIC_PREFERENCE = ("acc_norm", "acc", "exact_match", "em", "f1")
 # -------------------------------------------------------------------------------------------- config
 
 
-def check_config(cfg: Mapping[str, Any]) -> dict:
-    """Validate an eval config (a plain dict); returns normalised values. Raises ConfigError."""
-    tasks = T.as_list(cfg.get("tasks"), "eval.tasks")
-    if not tasks:
-        raise ConfigError(
-            "eval.tasks", f"eval={cfg.get('name')} names no tasks; give eval.tasks=[...] or use eval=none"
-        )
-    dup = sorted({t for t in tasks if tasks.count(t) > 1})
-    if dup:
-        raise ConfigError("eval.tasks", f"task(s) listed twice: {dup}")
-    ind = T.as_list(cfg.get("in_domain"), "eval.in_domain")
-    ood = T.as_list(cfg.get("out_of_domain"), "eval.out_of_domain")
-    both = sorted(set(ind) & set(ood))
-    if both:
-        raise ConfigError("eval.in_domain", f"task(s) {both} are listed both in-domain and out-of-domain")
-    limit = cfg.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
-        raise ConfigError(
-            "eval.limit", f"must be null (all examples), a positive integer, or a fraction in (0, 1); got {limit!r}"
-        )
-    if isinstance(limit, float) and limit >= 1:
-        limit = int(limit)
-    shots = cfg.get("num_fewshot")
-    if isinstance(shots, Mapping):
-        bad = [
-            k for k, v in shots.items() if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
-        ]
-        if bad:
-            raise ConfigError(
-                "eval.num_fewshot", f"shots must be integers >= 0 (or null = the task's default), bad for {bad}"
-            )
-    elif shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
-        raise ConfigError(
-            "eval.num_fewshot", f"must be an integer >= 0, a mapping task -> shots, or null; got {shots!r}"
-        )
-    metric = cfg.get("metric")
-    if metric is not None and not isinstance(metric, (str, Mapping)):
-        raise ConfigError("eval.metric", f"must be a metric name, a mapping task -> metric, or null; got {metric!r}")
-    bs = cfg.get("batch_size", 32)
-    if not (
-        (isinstance(bs, int) and not isinstance(bs, bool) and bs > 0) or (isinstance(bs, str) and bs.startswith("auto"))
-    ):
-        raise ConfigError("eval.batch_size", f"must be a positive integer or 'auto'; got {bs!r}")
-    for key in ("bootstrap_iters", "stage_bootstrap_iters"):
-        v = cfg.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"eval.{key}", f"must be an integer >= 0; got {v!r}")
-    if str(cfg.get("dtype", "auto")) not in ("auto", "bf16", "fp32"):
-        raise ConfigError("eval.dtype", f"must be auto, bf16 or fp32; got {cfg.get('dtype')!r}")
-    return {"tasks": tasks, "in_domain": ind, "out_of_domain": ood, "limit": limit, "batch_size": bs}
+def named_tasks(cfg: EvalConfig) -> list[str]:
+    """The tasks an evaluation scores: ``eval.tasks``, which a preset may leave to the user (eval=custom)."""
+    if not cfg.tasks:
+        raise ConfigError("eval.tasks", f"eval={cfg.name} names no tasks; give eval.tasks=[...] or use eval=none")
+    return cfg.tasks
 
 
 def task_group(name: str, ind: list[str], ood: list[str]) -> str:
     return "in_domain" if name in ind else "out_of_domain" if name in ood else "other"
-
-
-def shots_for(cfg: Mapping[str, Any], task: str) -> int | None:
-    s = cfg.get("num_fewshot")
-    if isinstance(s, Mapping):
-        return s.get(task, s.get("default"))
-    return s
-
-
-def metric_for(cfg: Mapping[str, Any], task: str) -> str | None:
-    m = cfg.get("metric")
-    if isinstance(m, Mapping):
-        return m.get(task, m.get("default"))
-    return m
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -381,7 +323,7 @@ def _by_size(weighting: Mapping[str, Mapping[str, bool]], group: str, metric: st
 
 def summarise(
     raw: Mapping[str, Any],
-    cfg: Mapping[str, Any],
+    cfg: EvalConfig,
     names: list[str],
     expand: Mapping[str, list[str]],
     ind: list[str],
@@ -400,7 +342,7 @@ def summarise(
             if results.get(leaf) is None:
                 continue
             metrics = _metrics_of(results[leaf])
-            m = _pick_metric(metric_for(cfg, name), list(metrics), leaf)
+            m = _pick_metric(cfg.metric_for(name), list(metrics), leaf)
             if m is None:
                 continue
             tasks[leaf] = _task_entry(raw, leaf, m, metrics, task_group(name, ind, ood))
@@ -494,13 +436,13 @@ def preflight(eval_cfg: Any) -> None:
     the values, the task folders, that every task name is known, and that the tasks from the user's own
     folders (``eval.include_path``) load with their data. Built-in tasks are not loaded here (that may need
     the hub). Raises ConfigError / DataError."""
-    cfg = T.cfg_dict(eval_cfg)
-    if (cfg.get("name") or "none") == "none":
+    cfg = T.eval_config(eval_cfg)
+    if cfg.name == "none":
         return
-    names = check_config(cfg)["tasks"]
+    names = named_tasks(cfg)
     paths = T.include_paths(cfg)
-    user = [Path(p).expanduser().resolve() for p in T.as_list(cfg.get("include_path"), "eval.include_path")]
-    with _quiet(cfg.get("log_level")):
+    user = [Path(p).expanduser().resolve() for p in cfg.include_path]
+    with _quiet(cfg.log_level):
         tm = T.resolve(cfg, names)
         for n in names:
             if user and T._from_folders(tm, n, user):
@@ -510,7 +452,7 @@ def preflight(eval_cfg: Any) -> None:
 # ---------------------------------------------------------------------------------------- the stage
 
 
-def _load_tasks(cfg: dict, names: list[str], tm: Any, paths: list) -> tuple[list, dict[str, list[str]]]:
+def _load_tasks(cfg: EvalConfig, names: list[str], tm: Any, paths: list) -> tuple[list, dict[str, list[str]]]:
     """The lm-eval task objects of ``names`` with their few-shot counts set, and what each name reports: itself (a
     task or a group) or, for a tag, each of its tasks."""
     objs, expand = [], {}
@@ -525,7 +467,7 @@ def _load_tasks(cfg: dict, names: list[str], tm: Any, paths: list) -> tuple[list
         else:  # a tag: its tasks, each reported on its own
             top = list(loaded["tasks"].values())
             expand[n] = list(loaded["tasks"])
-        k = shots_for(cfg, n)
+        k = cfg.shots_for(n)
         for obj in top:
             for leaf in T.leaf_tasks(obj):
                 if k is not None:
@@ -535,7 +477,7 @@ def _load_tasks(cfg: dict, names: list[str], tm: Any, paths: list) -> tuple[list
 
 
 def _score(
-    cfg: dict, chk: dict, model: torch.nn.Module, tokenizer: Any, device: Any, objs: list, tm: Any, boot: int
+    cfg: EvalConfig, model: torch.nn.Module, tokenizer: Any, device: Any, objs: list, tm: Any, boot: int
 ) -> tuple[dict | None, int]:
     """lm-eval's ``simple_evaluate`` on the model (its mode and the RNG streams restored afterwards): the raw
     results, and the tokens its forward passes saw (the compute ledger's count)."""
@@ -555,26 +497,22 @@ def _score(
     hook = model.register_forward_pre_hook(count, with_kwargs=True)
     dev = next(model.parameters()).device
     mp = None
-    if (
-        dev.type == "cuda"
-        and str(cfg.get("dtype", "auto")) in ("auto", "bf16")
-        and next(model.parameters()).dtype == torch.float32
-    ):
+    if dev.type == "cuda" and cfg.dtype in ("auto", "bf16") and next(model.parameters()).dtype == torch.float32:
         mp = torch.bfloat16
     try:
         with _rng_preserved(), _light_env_info():
             lm = HFLM(
                 pretrained=model,
                 tokenizer=tokenizer,
-                batch_size=chk["batch_size"],
-                max_batch_size=int(cfg.get("max_batch_size") or 64),
+                batch_size=cfg.batch_size,
+                max_batch_size=int(cfg.max_batch_size or 64),
                 mixed_precision_dtype=mp,
             )
             raw = simple_evaluate(
                 model=lm,
                 tasks=objs,
                 num_fewshot=None,
-                limit=chk["limit"],
+                limit=cfg.limit,
                 bootstrap_iters=boot,
                 task_manager=tm,
                 log_samples=True,
@@ -610,21 +548,20 @@ def evaluate(
     are restored afterwards. ``forward_tokens`` counts the tokens the model's forward passes saw, for the
     compute ledger (forward FLOPs ~ flops_per_token / 3 per token).
     """
-    cfg = T.cfg_dict(eval_cfg)
-    name = cfg.get("name") or "none"
+    cfg = T.eval_config(eval_cfg)
+    name = cfg.name
     if name == "none":
         return None
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return None
-    chk = check_config(cfg)
-    names, ind, ood = chk["tasks"], chk["in_domain"], chk["out_of_domain"]
+    names, ind, ood = named_tasks(cfg), cfg.in_domain, cfg.out_of_domain
     t0 = time.perf_counter()
     paths = T.include_paths(cfg)
-    with _quiet(cfg.get("log_level")):
+    with _quiet(cfg.log_level):
         tm = T.resolve(cfg, names)
         objs, expand = _load_tasks(cfg, names, tm, paths)
-        boot = int(cfg.get("bootstrap_iters", 1000) if final else cfg.get("stage_bootstrap_iters", 0))
-        raw, forward_tokens = _score(cfg, chk, model, tokenizer, device, objs, tm, boot)
+        boot = int(cfg.bootstrap_iters if final else cfg.stage_bootstrap_iters)
+        raw, forward_tokens = _score(cfg, model, tokenizer, device, objs, tm, boot)
     if raw is None:  # not rank 0 inside lm-eval's own accounting
         return None
     entry = {
@@ -635,7 +572,7 @@ def evaluate(
     entry.update(summarise(raw, cfg, names, expand, ind, ood, _pop_continuous(raw, objs), group_weighting(objs)))
     entry.update(
         {
-            "limit": chk["limit"],
+            "limit": cfg.limit,
             "bootstrap_iters": boot,
             "step": step,
             "final": final,
@@ -646,7 +583,7 @@ def evaluate(
     )
     if not quiet:
         where = f" at step {step}" if step is not None else ""
-        lim = f", limit {chk['limit']}" if chk["limit"] is not None else ""
+        lim = f", limit {cfg.limit}" if cfg.limit is not None else ""
         print(f"\n[eval] {name}{where}{lim} ({entry['wall_time_s']:.1f}s; scores in %)")
         print(format_table(entry))
     if logger is not None:
@@ -706,8 +643,8 @@ def stage_evaluator(
     Each call evaluates in-training (``final=False``: no standard errors unless
     ``eval.stage_bootstrap_iters`` > 0), logs the scores at ``step`` and charges the forward passes to
     ``ledger`` as "eval" (``flops_per_token / 3`` per token: forward only)."""
-    cfg = T.cfg_dict(eval_cfg)
-    if (cfg.get("name") or "none") == "none" or not cfg.get("every_stage"):
+    cfg = T.eval_config(eval_cfg)
+    if cfg.name == "none" or not cfg.every_stage:
         return None
 
     def run_stage_eval(model: torch.nn.Module, step: int) -> dict | None:

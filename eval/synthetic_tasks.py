@@ -23,8 +23,8 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
 
+from tikmix.config import SyntheticTasks
 from tikmix.data import synthetic as s
 from tikmix.errors import ConfigError
 
@@ -89,23 +89,23 @@ _DOCS = {
 }
 
 
-def _int(syn: Mapping[str, Any], key: str, minimum: int) -> int:
-    v = syn.get(key)
+def _int(syn: SyntheticTasks, key: str, minimum: int) -> int:
+    v = getattr(syn, key)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ConfigError(f"eval.synthetic.{key}", f"must be an integer >= {minimum}, got {v!r}")
     return v
 
 
-def synthetic_task_dir(syn: Mapping[str, Any]) -> Path:
-    """The generated task folder for ``eval.synthetic`` ({n_dev, n_test, seed, cache_dir}), built if absent."""
+def synthetic_task_dir(syn: SyntheticTasks) -> Path:
+    """The generated task folder for ``eval.synthetic`` (n_dev, n_test, seed, benchmark, cache_dir), built if absent."""
     n_dev, n_test = _int(syn, "n_dev", 1), _int(syn, "n_test", 1)
-    seed = syn.get("seed", 0)
+    seed = syn.seed
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("eval.synthetic.seed", f"must be an integer, got {seed!r}")
-    cache = syn.get("cache_dir")
+    cache = syn.cache_dir
     if not cache:
         raise ConfigError("eval.synthetic.cache_dir", "required: the folder where the generated task files are cached")
-    bm = syn.get("benchmark") or "v1"
+    bm = syn.benchmark or "v1"
     if bm not in s.KB_ENTITIES:
         raise ConfigError("eval.synthetic.benchmark", f"unknown benchmark {bm!r}; allowed: {', '.join(s.KB_ENTITIES)}")
     # v1's key is what it always was: its task files (and results made with them) stay valid

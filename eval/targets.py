@@ -210,15 +210,15 @@ def benchmark_targets(
     names = [str(n) for n in (task_names or [])]
     if not names:
         return {}
-    cfg = T.cfg_dict(eval_cfg)
-    ood = set(T.as_list(cfg.get("out_of_domain"), "eval.out_of_domain"))
+    cfg = T.eval_config(eval_cfg)
+    ood = set(cfg.out_of_domain)
     bad = [n for n in names if n in ood]
     if bad:
         raise ConfigError(
             "targets.tasks",
-            f"{bad} are out-of-domain benchmarks of eval={cfg.get('name')}: they "
+            f"{bad} are out-of-domain benchmarks of eval={cfg.name}: they "
             f"measure transfer and are never targets; in-domain ones: "
-            f"{T.as_list(cfg.get('in_domain'), 'eval.in_domain')}",
+            f"{cfg.in_domain}",
         )
     if seq_len < 2 or n_tokens < 1 or micro_batch < 1:
         raise ConfigError(
@@ -227,7 +227,7 @@ def benchmark_targets(
         )
     paths = T.include_paths(cfg)
     out: dict[str, list[dict]] = {}
-    with _quiet(cfg.get("log_level")):
+    with _quiet(cfg.log_level):
         tm = T.resolve(cfg, names, field="targets.tasks")
         pad_id = tokenizer.pad_token_id
         if pad_id is None:

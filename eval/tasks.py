@@ -16,7 +16,6 @@ Shared by the evaluation stage (:mod:`eval.stage`) and the benchmark-derived tar
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import socket
@@ -29,6 +28,7 @@ from urllib.parse import urlparse
 import yaml
 
 from eval.synthetic_tasks import synthetic_task_dir
+from tikmix.config import EvalConfig, typed
 from tikmix.errors import ConfigError, DataError
 
 _TM_CACHE: dict[tuple, Any] = {}
@@ -36,44 +36,23 @@ _HUB_PROBE: dict[str, tuple[float, bool, str]] = {}
 _TRUE = {"1", "true", "yes", "on"}
 
 
-def cfg_dict(eval_cfg: Any) -> dict:
-    """A plain dict of an eval config (DictConfig or mapping), interpolations resolved."""
+def eval_config(eval_cfg: EvalConfig | Mapping[str, Any] | None) -> EvalConfig:
+    """The eval section as its dataclass, checked (EvalConfig's ``__post_init__``): the run's typed section as it
+    is, a mapping of its keys (``python -m eval``'s composed node, a test's) through the schema; None = no eval."""
     if eval_cfg is None:
-        return {"name": "none"}
-    if dataclasses.is_dataclass(eval_cfg):  # tikmix.config.EvalConfig, the run's typed section
-        return dataclasses.asdict(eval_cfg)
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(eval_cfg, DictConfig):
-            return OmegaConf.to_container(eval_cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(eval_cfg)
-
-
-def as_list(x: Any, field: str) -> list[str]:
-    if x is None:
-        return []
-    if isinstance(x, str):
-        return [x]
-    try:
-        out = [str(v) for v in x]
-    except TypeError:
-        raise ConfigError(field, f"must be a list of task names, got {x!r}") from None
-    return out
+        return EvalConfig(name="none", limit=None)
+    return typed(EvalConfig, eval_cfg, "eval")
 
 
 # ------------------------------------------------------------------------------------------ folders
 
 
-def include_paths(cfg: Mapping[str, Any]) -> list[Path]:
+def include_paths(cfg: EvalConfig) -> list[Path]:
     """The task folders of an eval config: the generated synthetic suite first, then eval.include_path."""
     paths: list[Path] = []
-    syn = cfg.get("synthetic")
-    if syn:
-        paths.append(synthetic_task_dir(syn))
-    for p in as_list(cfg.get("include_path"), "eval.include_path"):
+    if cfg.synthetic is not None:
+        paths.append(synthetic_task_dir(cfg.synthetic))
+    for p in cfg.include_path:
         path = Path(p).expanduser().resolve()
         if not path.is_dir():
             raise ConfigError("eval.include_path", f"{path} is not a folder (it should hold lm-eval task YAMLs)")
@@ -127,7 +106,7 @@ def task_manager(paths: list[Path], include_defaults: bool):
     return tm
 
 
-def resolve(cfg: Mapping[str, Any], names: list[str], field: str = "eval.tasks"):
+def resolve(cfg: EvalConfig, names: list[str], field: str = "eval.tasks"):
     """The TaskManager that knows every name in ``names``; an unknown name is a ConfigError with the
     closest registered names (difflib)."""
     paths = include_paths(cfg)

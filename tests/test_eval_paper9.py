@@ -26,7 +26,7 @@ def paper_cfg():
 
 @pytest.fixture(scope="module")
 def registry(paper_cfg):
-    return T.resolve(T.cfg_dict(paper_cfg), PAPER_IN + PAPER_OUT)
+    return T.resolve(T.eval_config(paper_cfg), PAPER_IN + PAPER_OUT)
 
 
 def test_paper9_protocol_is_explicit(paper_cfg):
@@ -64,7 +64,7 @@ def test_paper9_names_resolve_and_metrics_exist(registry):
 
 
 def test_unknown_task_lists_close_matches(registry, paper_cfg):
-    cfg = T.cfg_dict(paper_cfg)
+    cfg = T.eval_config(paper_cfg)
     with pytest.raises(
         ConfigError, match=r"eval.tasks: unknown lm-eval task\(s\) 'hellaswg' \(did you mean: hellaswag"
     ):

@@ -146,7 +146,7 @@ def test_saved_final_model_scores_like_the_in_process_model(eval_run, trained):
         ]
     ).eval
     ours = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]["sorting"]["metrics"]["acc"]["value"]
-    tm = T.resolve(T.cfg_dict(ecfg), ["sorting"])
+    tm = T.resolve(T.eval_config(ecfg), ["sorting"])
     raw = simple_evaluate(
         model="hf",
         model_args=f"pretrained={rd / 'final_model'},device=cpu,dtype=float32",
@@ -180,7 +180,7 @@ def test_bpb_is_computed_from_lm_evals_own_samples(eval_run, trained):
         ]
     ).eval
     ours = evaluate(ecfg, model, tok, rd, quiet=True)["tasks"]
-    tm = T.resolve(T.cfg_dict(ecfg), ["fact_recall", "sorting"])
+    tm = T.resolve(T.eval_config(ecfg), ["fact_recall", "sorting"])
     raw = simple_evaluate(
         model=HFLM(pretrained=model, tokenizer=tok, batch_size=64),
         tasks=["fact_recall", "sorting"],
@@ -338,6 +338,7 @@ def test_group_and_domain_averages_by_hand():
     """A size-weighted group (as lm-eval weights mmlu's accuracy), a multiple-choice task, and a generation
     task: the generation task has no bpb and stays out of the bpb averages."""
     from eval.stage import format_table, log_entry, summarise
+    from tikmix.config import EvalConfig
 
     raw = _raw(
         {
@@ -356,7 +357,7 @@ def test_group_and_domain_averages_by_hand():
         "mc": {"bpb": 0.5, "logprob": -2.0, "n": 4},
         "gen": None,
     }
-    cfg = {"metric": {"grp": "acc", "mc": "acc_norm"}}
+    cfg = EvalConfig(name="test", metric={"grp": "acc", "mc": "acc_norm"}, limit=None)
     e = summarise(raw, cfg, ["grp", "gen", "mc"], {}, ["grp", "gen"], ["mc"], cont, {"grp": {"acc": True}})
     t = e["tasks"]
     assert t["grp"]["bpb"] == pytest.approx((3 * 1.0 + 1 * 3.0) / 4) and t["grp"]["logprob"] == pytest.approx(-2.0)

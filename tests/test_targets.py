@@ -46,9 +46,9 @@ def _old_benchmark_targets(names, eval_cfg, tokenizer, seq_len, n_tokens, micro_
     from eval.stage import _quiet
     from eval.targets import _docs_of, encode_pair, render
 
-    cfg = T.cfg_dict(eval_cfg)
+    cfg = T.eval_config(eval_cfg)
     out = {}
-    with _quiet(cfg.get("log_level")):
+    with _quiet(cfg.log_level):
         tm = T.resolve(cfg, names, field="targets.tasks")
         pad_id = tokenizer.pad_token_id
         if pad_id is None:

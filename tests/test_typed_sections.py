@@ -24,9 +24,7 @@ DOORS = {
     "tikmix/console.py": "writes Hydra's own .hydra/ record of the composed config",
     "tikmix/cli.py": "Hydra's composition errors, before any config exists",
 }
-ALLOWED: dict[tuple[str, str], str] = {
-    ("eval/tasks.py", "cfg_dict"): "the eval layer's functions are also called with a composed node (tests)",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def uses(source: str) -> list[tuple[str, int]]:

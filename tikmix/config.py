@@ -555,32 +555,117 @@ class SyntheticTasks:
     cache_dir: str = II("data.cache_dir")
 
 
+EVAL_DTYPES = ("auto", "bf16", "fp32")
+
+
+def name_list(x: Any, field_name: str) -> list[str]:
+    """One name or a list of names (task names, folders) as a list of strings; null = none."""
+    if x is None:
+        return []
+    if isinstance(x, str):
+        return [x]
+    try:
+        return [str(v) for v in x]
+    except TypeError:
+        raise ConfigError(field_name, f"must be a list of task names, got {x!r}") from None
+
+
 @dataclass
 class EvalConfig:
-    """``eval``: the downstream evaluation stage (lm-eval, in-process; conf/eval/*.yaml); eval.stage checks it."""
+    """``eval``: the downstream evaluation stage (lm-eval, in-process; conf/eval/*.yaml).
+
+    Some keys take one of two shapes OmegaConf cannot type together (it has no union of a string and a list, nor
+    of a number and a mapping): they are ``Any`` here, and ``__post_init__`` checks them and gives the lists as
+    lists (``tasks``, ``in_domain``, ``out_of_domain``, ``include_path``)."""
 
     name: str = MISSING
-    tasks: Any = field(default_factory=list)  # task names (a list, or one name)
-    in_domain: Any = field(
-        default_factory=list
-    )  # tasks averaged as in-domain (the only ones benchmark targets may use)
-    out_of_domain: Any = field(
-        default_factory=list
-    )  # averaged as out-of-domain; others count only in the overall average
-    metric: Any = None  # null = acc_norm, else acc, else exact_match, else the first metric; or {task: metric}
+    tasks: Any = field(default_factory=list)  # task names: a list, or one name
+    # tasks averaged as in-domain (the only ones benchmark targets may use): a list, or one name
+    in_domain: Any = field(default_factory=list)
+    # averaged as out-of-domain; others count only in the overall average: a list, or one name
+    out_of_domain: Any = field(default_factory=list)
+    metric: Any = None  # null = acc_norm, else acc, else exact_match, else the first metric; a name; or {task: metric}
     num_fewshot: Any = None  # null = each task's own default (0 when it has none); an integer; or {task: shots}
     include_path: Any = None  # a folder (or list of folders) of your own lm-eval task YAMLs (used as they are)
     synthetic: Optional[SyntheticTasks] = None  # eval=synthetic9 only
-    # examples per task (null = all; a fraction in (0, 1) = that share); default: the budget's eval_limit
-    # (budget=smoke: a few, to take seconds), else all
+    # examples per task: null = all, a positive integer, or a fraction in (0, 1) = that share (a float >= 1 counts
+    # as an integer); default: the budget's eval_limit (budget=smoke: a few, to take seconds), else all. Any: the
+    # budget's eval_limit is, and the check below words the refusal of a string
     limit: Any = II("budget.eval_limit")
     batch_size: Union[int, str] = 32  # sequences per forward pass, or "auto" (lm-eval finds the largest that fits)
     max_batch_size: int = 64  # upper bound when batch_size is "auto"
     bootstrap_iters: int = 1000  # the final evaluation: standard errors (mean metrics use the analytic stderr)
     stage_bootstrap_iters: int = 0  # evaluations during training: 0 = no standard errors (fast)
     every_stage: bool = False  # also evaluate at every mixture-stage boundary (logged at that step)
-    dtype: str = "auto"  # auto = bf16 autocast on GPU for fp32 weights, none on CPU | fp32
+    dtype: str = "auto"  # auto = bf16 autocast on GPU for fp32 weights, none on CPU | bf16 | fp32
     log_level: str = "ERROR"  # lm-eval's own logging during the evaluation (WARNING / INFO to see it)
+
+    def __post_init__(self) -> None:
+        if self.name == MISSING:  # a prototype; checked once the preset is chosen
+            return
+        self._check_tasks()
+        limit = self.limit
+        need(
+            limit is None or (not isinstance(limit, bool) and isinstance(limit, (int, float)) and limit > 0),
+            "eval.limit",
+            f"must be null (all examples), a positive integer, or a fraction in (0, 1); got {limit!r}",
+        )
+        if isinstance(limit, float) and limit >= 1:
+            self.limit = int(limit)
+        self._check_shots_and_metric()
+        bs = self.batch_size
+        need(
+            (is_number(bs, integer=True) and bs > 0) or (isinstance(bs, str) and bs.startswith("auto")),
+            "eval.batch_size",
+            f"must be a positive integer or 'auto'; got {bs!r}",
+        )
+        for key in ("bootstrap_iters", "stage_bootstrap_iters"):
+            v = getattr(self, key)
+            need(is_number(v, integer=True) and v >= 0, f"eval.{key}", f"must be an integer >= 0; got {v!r}")
+        need(str(self.dtype) in EVAL_DTYPES, "eval.dtype", f"must be auto, bf16 or fp32; got {self.dtype!r}")
+
+    def _check_tasks(self) -> None:
+        # an evaluation needs tasks (eval.stage asks where it evaluates): eval=custom leaves them to the user, and each
+        # preset composes and checks without them (tests/test_configs.py)
+        self.tasks = name_list(self.tasks, "eval.tasks")
+        dup = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        need(not dup, "eval.tasks", f"task(s) listed twice: {dup}")
+        self.in_domain = name_list(self.in_domain, "eval.in_domain")
+        self.out_of_domain = name_list(self.out_of_domain, "eval.out_of_domain")
+        both = sorted(set(self.in_domain) & set(self.out_of_domain))
+        need(not both, "eval.in_domain", f"task(s) {both} are listed both in-domain and out-of-domain")
+        self.include_path = name_list(self.include_path, "eval.include_path")
+
+    def _check_shots_and_metric(self) -> None:
+        shots = self.num_fewshot
+        if isinstance(shots, Mapping):
+            bad = [k for k, v in shots.items() if v is not None and not (is_number(v, integer=True) and v >= 0)]
+            need(
+                not bad,
+                "eval.num_fewshot",
+                f"shots must be integers >= 0 (or null = the task's default), bad for {bad}",
+            )
+        else:
+            need(
+                shots is None or (is_number(shots, integer=True) and shots >= 0),
+                "eval.num_fewshot",
+                f"must be an integer >= 0, a mapping task -> shots, or null; got {shots!r}",
+            )
+        need(
+            self.metric is None or isinstance(self.metric, (str, Mapping)),
+            "eval.metric",
+            f"must be a metric name, a mapping task -> metric, or null; got {self.metric!r}",
+        )
+
+    def shots_for(self, task: str) -> int | None:
+        """The few-shot count of ``task``: its own, the mapping's ``default``, or the one for every task."""
+        s = self.num_fewshot
+        return s.get(task, s.get("default")) if isinstance(s, Mapping) else s
+
+    def metric_for(self, task: str) -> str | None:
+        """The headline metric of ``task``: its own, the mapping's ``default``, or the one for every task."""
+        m = self.metric
+        return m.get(task, m.get("default")) if isinstance(m, Mapping) else m
 
 
 # ----------------------------------------------------------------------------------------------- logger
