@@ -16,6 +16,7 @@ aside to ``<key>.corrupt-<time>`` and rebuilt when ``rebuild_corrupt=True``; it 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -62,53 +63,54 @@ def _abs_root(root: str | None) -> str | None:
     return str(Path(root).expanduser().resolve())
 
 
-def cache_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+def cache_config(cfg: DataConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The config fields that determine a cache entry's content, normalised (what the key hashes).
 
     Fields a source does not read are left out, so e.g. changing ``hf`` defaults does not invalidate a
     synthetic cache; local roots are made absolute.
     """
     c = data_config(cfg)
-    src = c["source"]
-    tk = c["tokenizer"]
+    src = c.source
+    tk = c.tokenizer
     out: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "source": src,
-        "domains": sorted(c["domains"]) if c["domains"] is not None else None,
-        "exclude": sorted(c["exclude"]),
-        "max_docs": c["max_docs"],
-        "tokenizer": {"name": tk["name"]}
-        if tk["name"] is not None
-        else {"name": None, "vocab_size": tk["vocab_size"], "train_docs_per_domain": tk["train_docs_per_domain"]},
+        "domains": sorted(c.domains) if c.domains is not None else None,
+        "exclude": sorted(c.exclude),
+        "max_docs": c.max_docs,
+        "tokenizer": {"name": tk.name}
+        if tk.name is not None
+        else {"name": None, "vocab_size": tk.vocab_size, "train_docs_per_domain": tk.train_docs_per_domain},
     }
     if src == "synthetic":
         syn = sources._synthetic_module()
         out["synthetic"] = {
-            "seed": c["synthetic"].get("seed", 0),
+            "seed": c.synthetic.seed,
             "docs": sources.synthetic_docs(c),
-            **({} if c["synthetic"].get("benchmark", "v2") == "v1" else {"benchmark": c["synthetic"]["benchmark"]}),
+            **({} if c.synthetic.benchmark == "v1" else {"benchmark": c.synthetic.benchmark}),
             "version": getattr(syn, "VERSION", None),
         }
     elif src == "jsonl":
         out.update(
-            root=_abs_root(c["root"]),
-            train_files=c["train_files"],
-            val_files=c["val_files"],
-            test_files=c["test_files"],
-            text_field=c["text_field"],
-            domain_field=c["domain_field"],
+            root=_abs_root(c.root),
+            train_files=c.train_files,
+            val_files=c.val_files,
+            test_files=c.test_files,
+            text_field=c.text_field,
+            domain_field=c.domain_field,
         )
-        if c["val_files"] is None or c["test_files"] is None:
-            out["holdout"] = c["holdout"]
+        if c.val_files is None or c.test_files is None:
+            out["holdout"] = dataclasses.asdict(c.holdout)
     elif src == "text_dir":
-        out.update(root=_abs_root(c["root"]), holdout=c["holdout"])
+        out.update(root=_abs_root(c.root), holdout=dataclasses.asdict(c.holdout))
     elif src == "hf":
-        out.update(hf=c["hf"], text_field=c["text_field"], domain_field=c["domain_field"])
-        if c["hf"].get("data_files") is not None:
-            out["hf"] = dict(c["hf"], data_files=sources._hf_data_files(c))
-        out["hf"] = {k: v for k, v in out["hf"].items() if k != "streaming"}  # same rows either way
-        if any((c["hf"].get("splits") or {}).get(s) is None for s in ("val", "test")):
-            out["holdout"] = c["holdout"]
+        hf = dataclasses.asdict(c.hf)
+        if c.hf.data_files is not None:
+            hf["data_files"] = sources._hf_data_files(c)
+        hf.pop("streaming")  # same rows either way
+        out.update(hf=hf, text_field=c.text_field, domain_field=c.domain_field)
+        if c.hf.splits.val is None or c.hf.splits.test is None:
+            out["holdout"] = dataclasses.asdict(c.holdout)
     return out
 
 
@@ -116,7 +118,7 @@ _HASH_FILE_MAX = 1 << 20  # inputs up to 1 MiB are also hashed (an edit that kee
 _HASH_TOTAL_MAX = 64 << 20  # ... until 64 MiB have been read: beyond that, size and mtime (a stat per file)
 
 
-def input_signature(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+def input_signature(cfg: DataConfig | Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each local input file's path, size and modification time (and sha256 where cheap): the data itself, which
     the source config does not pin. An input edited in place changes it, so the cache key, and a resumed run's
     check, see the edit."""
@@ -148,7 +150,7 @@ def changed_inputs(old: list[dict[str, Any]], new: list[dict[str, Any]], limit: 
     return ", ".join(words[:limit]) + more
 
 
-def cache_key(cfg: Mapping[str, Any], inputs: str | None = None) -> str:
+def cache_key(cfg: DataConfig | Mapping[str, Any], inputs: str | None = None) -> str:
     """Short (16 hex) sha256 of the canonical JSON of :func:`cache_config` and, for local files, the digest of
     their :func:`input_signature` (``inputs``): an input edited in place is another entry, built afresh."""
     c = cache_config(cfg)
@@ -158,8 +160,8 @@ def cache_key(cfg: Mapping[str, Any], inputs: str | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _cache_dir(c: Mapping[str, Any]) -> Path:
-    d = c.get("cache_dir")
+def _cache_dir(c: DataConfig) -> Path:
+    d = c.cache_dir
     if d is None or d == "":
         raise ConfigError("data.cache_dir", "required: the folder where token shards are cached")
     return Path(str(d)).expanduser().resolve()
@@ -371,24 +373,24 @@ def _encoder(tok: Any) -> Any:
     return encode
 
 
-def _entry_tokenizer(c: dict[str, Any], tmp: Path) -> Any:
+def _entry_tokenizer(c: DataConfig, tmp: Path) -> Any:
     """The entry's tokenizer, trained or loaded, saved into ``tmp/tokenizer`` and read back from there."""
-    tk = c["tokenizer"]
-    if tk["name"] is None:
+    tk = c.tokenizer
+    if tk.name is None:
         _log(
-            f"training a byte-level BPE (vocab {tk['vocab_size']}) on up to {tk['train_docs_per_domain']} "
+            f"training a byte-level BPE (vocab {tk.vocab_size}) on up to {tk.train_docs_per_domain} "
             "train documents per domain"
         )
-        per = tk["train_docs_per_domain"]
+        per = tk.train_docs_per_domain
         tok_cfg = c
         # A per-domain cap saves work only where the source can stop early: synthetic and text_dir read one
         # domain at a time, jsonl/hf with an include list stop when all are full. Otherwise the sampler
         # must see every document to know when no new domain is showing up.
-        if c["source"] in ("synthetic", "text_dir") or c["domains"] is not None:
-            tok_cfg = dict(c, max_docs=min(per, c["max_docs"]) if c["max_docs"] is not None else per)
+        if c.source in ("synthetic", "text_dir") or c.domains is not None:
+            tok_cfg = dataclasses.replace(c, max_docs=min(per, c.max_docs) if c.max_docs is not None else per)
         tok = build_tokenizer(c, lambda: iter_documents(tok_cfg, "train"))
     else:
-        _log(f"loading tokenizer {tk['name']!r}")
+        _log(f"loading tokenizer {tk.name!r}")
         tok = build_tokenizer(c, lambda: iter([]))
     save_tokenizer(tok, tmp / "tokenizer")
     tok = load_tokenizer(tmp / "tokenizer")  # shards are made by exactly what the entry holds
@@ -445,16 +447,15 @@ def _write_split(
     _log(f"{split}: {docs:,} docs, {split_tokens:,} tokens in {split_domains} domains")
 
 
-def _check_every_split(c: dict[str, Any], records: dict[str, dict[str, Any]]) -> None:
+def _check_every_split(c: DataConfig, records: dict[str, dict[str, Any]]) -> None:
     """Refuse a build with no documents, or a domain (found or asked for) without all its splits."""
     if not records:
         raise DataError(
-            f"no documents found (source={c['source']}); check data.root, the file globs and "
-            "data.domains / data.exclude"
+            f"no documents found (source={c.source}); check data.root, the file globs and data.domains / data.exclude"
         )
     expected = set(records)
-    if c["domains"] is not None:
-        expected |= {d for d in c["domains"] if d not in set(c["exclude"])}
+    if c.domains is not None:
+        expected |= {d for d in c.domains if d not in set(c.exclude)}
     for domain in sorted(expected):
         for split in SPLITS:
             if split not in records.get(domain, {}):
@@ -465,10 +466,10 @@ def _check_every_split(c: dict[str, Any], records: dict[str, dict[str, Any]]) ->
                 )
 
 
-def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+def _build(c: DataConfig, key: str, tmp: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
     """Build a complete entry in `tmp` (manifest last); returns the manifest."""
     t0 = time.time()
-    tk = c["tokenizer"]
+    tk = c.tokenizer
     tok = _entry_tokenizer(c, tmp)
     eos_id = int(tok.eos_token_id)
     vocab = len(tok)
@@ -498,7 +499,7 @@ def _build(c: dict[str, Any], key: str, tmp: Path, inputs: list[dict[str, Any]])
             "dir": "tokenizer",
             "vocab_size": vocab,
             "eos_id": eos_id,
-            "name": tk["name"],
+            "name": tk.name,
             "files": tok_files,
         },
         "dtype": dtype.name,
@@ -657,7 +658,7 @@ def prepare_data(
                 _log(f"{e}\n[data] moved it aside to {aside}; rebuilding")
         tmp = cache / f"{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
-        _log(f"building token shards for source={c['source']} into {entry}")
+        _log(f"building token shards for source={c.source} into {entry}")
         try:
             _build(c, key, tmp, inputs)
             os.replace(tmp, entry)

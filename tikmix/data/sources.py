@@ -16,7 +16,6 @@ loaded whole, and memory does not grow with the corpus.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import importlib
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from tikmix.config import DATA_SOURCES, DataConfig, typed
+from tikmix.config import DATA_SOURCES, DataConfig, Holdout, typed
 from tikmix.errors import ConfigError, DataError
 
 SOURCES = DATA_SOURCES
@@ -41,15 +40,13 @@ _READ_CHUNK = 1 << 20
 # --------------------------------------------------------------------------------------------- config
 
 
-def data_config(cfg: DataConfig | Mapping[str, Any] | None) -> dict[str, Any]:
-    """The data config as a plain dict with every default filled in and every value checked: ``cfg`` (the run's
-    DataConfig, or a mapping of its keys) through the schema, whose ``__post_init__`` checks and normalises.
-
-    Idempotent: calling it on its own output returns an equal dict.
-    """
-    c = dataclasses.asdict(typed(DataConfig, {} if cfg is None else cfg, "data"))
-    if c["source"] in ("jsonl", "text_dir") and c["root"] in (None, ""):
-        raise ConfigError("data.root", f"required for source={c['source']}: the folder (or URL prefix) of the data")
+def data_config(cfg: DataConfig | Mapping[str, Any] | None) -> DataConfig:
+    """The data section as its dataclass, every default filled in and every value checked and normalised
+    (DataConfig's ``__post_init__``): the run's typed section as it is, a mapping of its keys (a test's, a composed
+    node) through the schema. ``data.root`` is required here, where the data is read, for jsonl and text_dir."""
+    c = typed(DataConfig, {} if cfg is None else cfg, "data")
+    if c.source in ("jsonl", "text_dir") and c.root in (None, ""):
+        raise ConfigError("data.root", f"required for source={c.source}: the folder (or URL prefix) of the data")
     return c
 
 
@@ -58,9 +55,9 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def _keep_domain(cfg: Mapping[str, Any]) -> Callable[[str], bool]:
-    include = set(cfg["domains"]) if cfg["domains"] is not None else None
-    exclude = set(cfg["exclude"])
+def _keep_domain(cfg: DataConfig) -> Callable[[str], bool]:
+    include = set(cfg.domains) if cfg.domains is not None else None
+    exclude = set(cfg.exclude)
     return lambda d: (include is None or d in include) and d not in exclude
 
 
@@ -70,13 +67,13 @@ def _hash_unit(key: str) -> float:
     return int.from_bytes(h, "big") / 2.0**64
 
 
-def _carve(split: str, own: Mapping[str, bool], holdout: Mapping[str, float]) -> Callable[[str], bool]:
+def _carve(split: str, own: Mapping[str, bool], holdout: Holdout) -> Callable[[str], bool]:
     """For documents read from the train source: does the document with this hash key belong to `split`?
 
     Each document falls in one bucket (val: u < h_val, test: next h_test, train: the rest); a bucket whose
     split has files of its own goes back to train.
     """
-    hv, ht = holdout["val"], holdout["test"]
+    hv, ht = holdout.val, holdout.test
 
     def bucket(key: str) -> str:
         u = _hash_unit(key)
@@ -104,7 +101,7 @@ def _get_field(row: Mapping[str, Any], dotted: str) -> Any:
 # -------------------------------------------------------------------------------------------- public
 
 
-def list_domains(cfg: Mapping[str, Any]) -> list[str] | None:
+def list_domains(cfg: DataConfig | Mapping[str, Any]) -> list[str] | None:
     """The sorted domains of the data after include/exclude, where that is cheap to know.
 
     synthetic and text_dir: always. jsonl and hf: the include list (``data.domains``) minus ``exclude`` when
@@ -113,14 +110,14 @@ def list_domains(cfg: Mapping[str, Any]) -> list[str] | None:
     """
     c = data_config(cfg)
     keep = _keep_domain(c)
-    if c["source"] == "synthetic":
+    if c.source == "synthetic":
         found = list(synthetic_domains(c))
-    elif c["source"] == "text_dir":
+    elif c.source == "text_dir":
         found = _text_dir_domains(c)
     else:
-        return sorted(d for d in c["domains"] if keep(d)) if c["domains"] is not None else None
-    if c["domains"] is not None:
-        unknown = sorted(set(c["domains"]) - set(found))
+        return sorted(d for d in c.domains if keep(d)) if c.domains is not None else None
+    if c.domains is not None:
+        unknown = sorted(set(c.domains) - set(found))
         if unknown:
             raise ConfigError(
                 "data.domains", f"unknown domain(s) {', '.join(unknown)}; available: {', '.join(sorted(found))}"
@@ -128,7 +125,7 @@ def list_domains(cfg: Mapping[str, Any]) -> list[str] | None:
     return sorted(d for d in found if keep(d))
 
 
-def iter_documents(cfg: Mapping[str, Any], split: str) -> Iterator[tuple[str, str]]:
+def iter_documents(cfg: DataConfig | Mapping[str, Any], split: str) -> Iterator[tuple[str, str]]:
     """Stream ``(domain, text)`` for one split (train | val | test), include/exclude and max_docs applied.
 
     Empty documents are skipped. Order is the source's order (deterministic for a fixed source).
@@ -136,11 +133,9 @@ def iter_documents(cfg: Mapping[str, Any], split: str) -> Iterator[tuple[str, st
     c = data_config(cfg)
     _check_split(split)
     keep = _keep_domain(c)
-    reader = {"synthetic": _iter_synthetic, "jsonl": _iter_jsonl, "text_dir": _iter_text_dir, "hf": _iter_hf}[
-        c["source"]
-    ]
-    cap = c["max_docs"]
-    wanted = {d for d in c["domains"] if keep(d)} if c["domains"] is not None else None
+    reader = {"synthetic": _iter_synthetic, "jsonl": _iter_jsonl, "text_dir": _iter_text_dir, "hf": _iter_hf}[c.source]
+    cap = c.max_docs
+    wanted = {d for d in c.domains if keep(d)} if c.domains is not None else None
     counts: Counter[str] = Counter()
     full = 0
     for domain, text in reader(c, split, keep):
@@ -165,23 +160,23 @@ def _synthetic_module() -> Any:
     return importlib.import_module("tikmix.data.synthetic")
 
 
-def synthetic_domains(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+def synthetic_domains(cfg: DataConfig | Mapping[str, Any]) -> tuple[str, ...]:
     """The domains of ``data.synthetic.benchmark`` (v3, the default, v2 or v1)."""
     syn = _synthetic_module()
-    bm = data_config(cfg)["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)
+    bm = data_config(cfg).synthetic.benchmark
     if bm not in syn.BENCHMARKS:
         raise ConfigError("data.synthetic.benchmark", f"unknown benchmark {bm!r}; allowed: {', '.join(syn.BENCHMARKS)}")
     return syn.BENCHMARKS[bm]
 
 
-def synthetic_docs(cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+def synthetic_docs(cfg: DataConfig | Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """The benchmark's default documents with ``data.synthetic.docs`` merged over it: split -> domain -> documents."""
     c = data_config(cfg)
     syn = _synthetic_module()
     domains = synthetic_domains(c)
-    default = syn.DEFAULT_DOCS_BY[c["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)]
+    default = syn.DEFAULT_DOCS_BY[c.synthetic.benchmark]
     docs = {s: dict(default.get(s, {})) for s in SPLITS}
-    over = c["synthetic"].get("docs") or {}
+    over = c.synthetic.docs or {}
     if not isinstance(over, dict):
         raise ConfigError("data.synthetic.docs", f"must be a mapping {{split: {{domain: n}}}} or null, got {over!r}")
     for split, per in over.items():
@@ -200,48 +195,44 @@ def synthetic_docs(cfg: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     return docs
 
 
-def _iter_synthetic(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+def _iter_synthetic(c: DataConfig, split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
     syn = _synthetic_module()
     list_domains(c)  # checks the include list against the known domains
     docs = synthetic_docs(c)
-    seed = c["synthetic"].get("seed", 0)
+    seed = c.synthetic.seed
     for domain in synthetic_domains(c):
         if not keep(domain):
             continue
         n = docs[split].get(domain, 0)
-        if c["max_docs"] is not None:
-            n = min(n, c["max_docs"])
-        for text in syn.iter_documents(
-            domain, split, n, seed=seed, benchmark=c["synthetic"].get("benchmark", syn.DEFAULT_BENCHMARK)
-        ):
+        if c.max_docs is not None:
+            n = min(n, c.max_docs)
+        for text in syn.iter_documents(domain, split, n, seed=seed, benchmark=c.synthetic.benchmark):
             yield domain, text
 
 
 # ------------------------------------------------------------------------------------------- text_dir
 
 
-def _text_dir_root(c: Mapping[str, Any]) -> Path:
-    root = Path(c["root"]).expanduser()
+def _text_dir_root(c: DataConfig) -> Path:
+    root = Path(c.root).expanduser()
     if not root.is_dir():
         raise ConfigError(
-            "data.root", f"{c['root']!r} is not an existing folder (source=text_dir wants root/<domain>/**/*.txt)"
+            "data.root", f"{c.root!r} is not an existing folder (source=text_dir wants root/<domain>/**/*.txt)"
         )
     return root
 
 
-def _text_dir_domains(c: Mapping[str, Any]) -> list[str]:
+def _text_dir_domains(c: DataConfig) -> list[str]:
     root = _text_dir_root(c)
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
-        raise DataError(
-            f"data.root: {c['root']!r} holds no domain folders (source=text_dir wants root/<domain>/**/*.txt)"
-        )
+        raise DataError(f"data.root: {c.root!r} holds no domain folders (source=text_dir wants root/<domain>/**/*.txt)")
     return found
 
 
-def _iter_text_dir(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+def _iter_text_dir(c: DataConfig, split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
     root = _text_dir_root(c)
-    belongs = _carve(split, {"train": True, "val": False, "test": False}, c["holdout"])
+    belongs = _carve(split, {"train": True, "val": False, "test": False}, c.holdout)
     for domain in list_domains(c) or []:
         n = 0
         files = sorted(
@@ -262,7 +253,7 @@ def _iter_text_dir(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -
                 continue
             yield domain, text
             n += 1
-            if c["max_docs"] is not None and n >= c["max_docs"]:
+            if c.max_docs is not None and n >= c.max_docs:
                 break
 
 
@@ -278,7 +269,7 @@ def _open_fs(root: str) -> tuple[Any, str]:
         raise ConfigError("data.root", f"cannot open {root!r}: {e}") from e
 
 
-def jsonl_files(cfg: Mapping[str, Any], field: str) -> list[tuple[Any, str, str]]:
+def jsonl_files(cfg: DataConfig | Mapping[str, Any], field: str) -> list[tuple[Any, str, str]]:
     """The files matched by ``data.<field>`` (train_files | val_files | test_files) under ``data.root``.
 
     Returns ``(filesystem, path, display_name)`` sorted by path. Patterns are fsspec globs (``**`` spans
@@ -287,15 +278,15 @@ def jsonl_files(cfg: Mapping[str, Any], field: str) -> list[tuple[Any, str, str]
     from fsspec.implementations.local import LocalFileSystem
 
     c = data_config(cfg)
-    patterns = c[field]
+    patterns = getattr(c, field)
     if not patterns:
         raise ConfigError(
             f"data.{field}", "required for source=jsonl: glob(s) under data.root, e.g. 'train/*.jsonl.zst'"
         )
-    fs, root_path = _open_fs(c["root"])
+    fs, root_path = _open_fs(c.root)
     local = isinstance(fs, LocalFileSystem)
     if local and not Path(root_path).is_dir():
-        raise ConfigError("data.root", f"{c['root']!r} is not an existing folder")
+        raise ConfigError("data.root", f"{c.root!r} is not an existing folder")
     out: dict[str, tuple[Any, str, str]] = {}
     for pat in patterns:
         full = posixpath.join(root_path.rstrip("/") if root_path != "/" else "/", pat)
@@ -305,30 +296,30 @@ def jsonl_files(cfg: Mapping[str, Any], field: str) -> list[tuple[Any, str, str]
             except Exception as e:  # noqa: BLE001 - remote listings fail in many ways
                 raise DataError(f"cannot list {full!r} (data.{field}={pat!r} under data.root): {e}") from e
             if not matches:
-                raise DataError(f"no {'/'.join(JSONL_SUFFIXES)} files match data.{field}={pat!r} under {c['root']}")
+                raise DataError(f"no {'/'.join(JSONL_SUFFIXES)} files match data.{field}={pat!r} under {c.root}")
         else:
             if not full.endswith(JSONL_SUFFIXES):
                 raise ConfigError(f"data.{field}", f"{pat!r}: supported files are {', '.join(JSONL_SUFFIXES)}")
             if local and not Path(full).is_file():
-                raise DataError(f"{full}: file not found (data.{field}={pat!r} under data.root={c['root']})")
+                raise DataError(f"{full}: file not found (data.{field}={pat!r} under data.root={c.root})")
             matches = [full]
         for m in matches:
             out[m] = (fs, m, m if local else fs.unstrip_protocol(m))
     return [out[k] for k in sorted(out)]
 
 
-def local_inputs(cfg: Mapping[str, Any]) -> list[Path]:
+def local_inputs(cfg: DataConfig | Mapping[str, Any]) -> list[Path]:
     """The local files a file-based source reads (jsonl's matched files, text_dir's .txt files, hf's local
     data_files), sorted: what an edit in place changes. Remote files and generated sources give none."""
     from fsspec.implementations.local import LocalFileSystem
 
     c = data_config(cfg)
     out: set[Path] = set()
-    if c["source"] == "jsonl":
+    if c.source == "jsonl":
         for field in ("train_files", "val_files", "test_files"):
-            if c[field]:
+            if getattr(c, field):
                 out |= {Path(p) for fs, p, _ in jsonl_files(c, field) if isinstance(fs, LocalFileSystem)}
-    elif c["source"] == "text_dir":
+    elif c.source == "text_dir":
         root = _text_dir_root(c)
         for domain in list_domains(c) or []:
             out |= {
@@ -336,7 +327,7 @@ def local_inputs(cfg: Mapping[str, Any]) -> list[Path]:
                 for p in (root / domain).rglob("*.txt")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
             }
-    elif c["source"] == "hf":
+    elif c.source == "hf":
         files = _hf_data_files(c)
         flat = [f for v in (files.values() if isinstance(files, dict) else [files]) for f in _as_list(v)]
         for f in flat:
@@ -425,22 +416,22 @@ def _iter_lines(fs: Any, path: str, name: str) -> Iterator[tuple[int, bytes]]:
             yield lineno + 1, b"".join(parts)
 
 
-def _row_doc(row: Any, c: Mapping[str, Any], where: str) -> tuple[str, str]:
+def _row_doc(row: Any, c: DataConfig, where: str) -> tuple[str, str]:
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
     try:
-        text = _get_field(row, c["text_field"])
+        text = _get_field(row, c.text_field)
     except KeyError:
-        raise DataError(f"{where}: row has no field {c['text_field']!r} (data.text_field)") from None
+        raise DataError(f"{where}: row has no field {c.text_field!r} (data.text_field)") from None
     try:
-        domain = _get_field(row, c["domain_field"])
+        domain = _get_field(row, c.domain_field)
     except KeyError:
-        raise DataError(f"{where}: row has no field {c['domain_field']!r} (data.domain_field)") from None
+        raise DataError(f"{where}: row has no field {c.domain_field!r} (data.domain_field)") from None
     if not isinstance(text, str):
-        raise DataError(f"{where}: field {c['text_field']!r} must be a string, got {type(text).__name__}")
+        raise DataError(f"{where}: field {c.text_field!r} must be a string, got {type(text).__name__}")
     if domain is None or isinstance(domain, (dict, list)):
-        raise DataError(f"{where}: field {c['domain_field']!r} must be a domain name, got {domain!r}")
-    for field, value in ((c["text_field"], text), (c["domain_field"], str(domain))):
+        raise DataError(f"{where}: field {c.domain_field!r} must be a domain name, got {domain!r}")
+    for field, value in ((c.text_field, text), (c.domain_field, str(domain))):
         if value.isascii():
             continue
         try:  # JSON may escape a lone surrogate ("\\ud800"), which no tokenizer (nor UTF-8) accepts
@@ -453,10 +444,10 @@ def _row_doc(row: Any, c: Mapping[str, Any], where: str) -> tuple[str, str]:
     return str(domain), text
 
 
-def _iter_jsonl(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
-    own = {"train": True, "val": c["val_files"] is not None, "test": c["test_files"] is not None}
+def _iter_jsonl(c: DataConfig, split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    own = {"train": True, "val": c.val_files is not None, "test": c.test_files is not None}
     files = jsonl_files(c, f"{split}_files" if own[split] else "train_files")
-    belongs = (lambda key: True) if own[split] and split != "train" else _carve(split, own, c["holdout"])
+    belongs = (lambda key: True) if own[split] and split != "train" else _carve(split, own, c.holdout)
     for fs, path, name in files:
         for lineno, line in _iter_lines(fs, path, name):
             if not line.strip():
@@ -474,10 +465,10 @@ def _iter_jsonl(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> I
 # ------------------------------------------------------------------------------------------------- hf
 
 
-def _hf_data_files(c: Mapping[str, Any]) -> Any:
+def _hf_data_files(c: DataConfig) -> Any:
     """``hf.data_files`` with local relative paths resolved against ``data.root`` when one is given."""
-    files = c["hf"].get("data_files")
-    root = c["root"]
+    files = c.hf.data_files
+    root = c.root
     if files is None or root is None or "://" in root:
         return files
 
@@ -497,27 +488,24 @@ _HF_HINT = (
 )
 
 
-def _iter_hf(c: dict[str, Any], split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
-    hf = c["hf"]
-    if not hf.get("path"):
+def _iter_hf(c: DataConfig, split: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+    hf = c.hf
+    if not hf.path:
         raise ConfigError("data.hf.path", "required for source=hf: a dataset name, a local folder or script, or 'json'")
-    splits = hf.get("splits") or {}
-    if splits.get("train") is None:
+    if hf.splits.train is None:
         raise ConfigError("data.hf.splits.train", "required: the dataset split to train on, e.g. 'train'")
-    own = {s: splits.get(s) is not None for s in SPLITS}
-    hf_split = splits[split] if own[split] else splits["train"]
-    belongs = (lambda key: True) if own[split] and split != "train" else _carve(split, own, c["holdout"])
-    what = (
-        f"Hugging Face dataset {hf['path']!r}" + (f" ({hf['name']})" if hf.get("name") else "") + f" split {hf_split!r}"
-    )
-    kwargs: dict[str, Any] = {"split": hf_split, "streaming": bool(hf.get("streaming", True))}
+    own = {s: getattr(hf.splits, s) is not None for s in SPLITS}
+    hf_split = getattr(hf.splits, split) if own[split] else hf.splits.train
+    belongs = (lambda key: True) if own[split] and split != "train" else _carve(split, own, c.holdout)
+    what = f"Hugging Face dataset {hf.path!r}" + (f" ({hf.name})" if hf.name else "") + f" split {hf_split!r}"
+    kwargs: dict[str, Any] = {"split": hf_split, "streaming": bool(hf.streaming)}
     data_files = _hf_data_files(c)
     if data_files is not None:
         kwargs["data_files"] = data_files
     try:
         import datasets
 
-        ds = datasets.load_dataset(hf["path"], hf.get("name"), **kwargs)
+        ds = datasets.load_dataset(hf.path, hf.name, **kwargs)
     except Exception as e:  # noqa: BLE001 - the hub, the network and dataset scripts raise anything
         msg = str(e).splitlines()[0] if str(e) else ""
         if "split" in msg.lower():

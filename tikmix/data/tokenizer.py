@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from tikmix.config import DataConfig
 from tikmix.data.sources import data_config, list_domains
 from tikmix.errors import ConfigError, DataError
 
@@ -124,7 +125,7 @@ def load_pretrained(name: str) -> PreTrainedTokenizerFast:
 
 
 def build_tokenizer(
-    cfg: Mapping[str, Any], docs_iter_factory: Callable[[], Iterable[tuple[str, str]]]
+    cfg: DataConfig | Mapping[str, Any], docs_iter_factory: Callable[[], Iterable[tuple[str, str]]]
 ) -> PreTrainedTokenizerFast:
     """The tokenizer the data config asks for.
 
@@ -134,23 +135,23 @@ def build_tokenizer(
     documents in the same order give the same tokenizer.
     """
     c = data_config(cfg)
-    tk = c["tokenizer"]
-    if tk["name"] is not None:
-        return load_pretrained(tk["name"])
+    tk = c.tokenizer
+    if tk.name is not None:
+        return load_pretrained(tk.name)
     sample_size = 0
 
     def sample() -> Iterator[str]:
         nonlocal sample_size
-        for text in _training_sample(docs_iter_factory(), tk["train_docs_per_domain"], list_domains(c)):
+        for text in _training_sample(docs_iter_factory(), tk.train_docs_per_domain, list_domains(c)):
             sample_size += 1
             if len(text) > LONG_DOC_CHARS:  # the same words, so the same merges, in flat memory
                 yield from pieces(text, PIECE_CHARS)
             else:
                 yield text
 
-    tok = train_bpe(sample(), tk["vocab_size"])
+    tok = train_bpe(sample(), tk.vocab_size)
     if sample_size == 0:
-        raise DataError(f"no train documents to train the tokenizer on (source={c['source']})")
+        raise DataError(f"no train documents to train the tokenizer on (source={c.source})")
     return tok
 
 
