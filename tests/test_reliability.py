@@ -813,3 +813,23 @@ def test_a_run_dir_that_is_a_file_and_a_refused_config_leave_nothing_behind(tmp_
         base + ["trainer.lr=-1", f"hydra.run.dir={mine}"], cwd=REPO, env=_env(), capture_output=True, text=True
     )
     assert r.returncode == 2 and mine.is_dir()
+
+
+def test_hydra_cli_leaves_hydra_full_error_as_it_found_it(monkeypatch, capsys):
+    """train.py's wrapper sets HYDRA_FULL_ERROR to catch Hydra's errors; called in-process (a test, a notebook) it
+    must put it back, or every later command started from that process shows tracebacks instead of error lines."""
+    from tikmix.cli import hydra_cli
+
+    def bad():
+        raise FileExistsError(17, "File exists", "/no/such/folder/afile")
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    hydra_cli(lambda: None)
+    assert "HYDRA_FULL_ERROR" not in os.environ
+    with pytest.raises(SystemExit) as e:
+        hydra_cli(bad)
+    assert e.value.code == 2 and "hydra.run.dir" in capsys.readouterr().err
+    assert "HYDRA_FULL_ERROR" not in os.environ
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    hydra_cli(lambda: None)
+    assert os.environ["HYDRA_FULL_ERROR"] == "0"

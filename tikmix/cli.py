@@ -53,7 +53,8 @@ def hydra_cli(hydra_main) -> None:
     (``mixer=nope``, ``trainer.lrr=1``, an unparsable override) as one ``error: ...`` line and exit 2, like
     every other user error; anything else propagates (a bug's traceback is shown whole)."""
     # Hydra prints these errors itself (several lines) unless HYDRA_FULL_ERROR=1, then it re-raises them.
-    asked_full = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user wants the whole stack: keep it
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    asked_full = before == "1"  # the user wants the whole stack: keep it
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         hydra_main()
@@ -65,6 +66,11 @@ def hydra_cli(hydra_main) -> None:
             raise
         print(f"error: {line}", file=sys.stderr)
         sys.exit(code)
+    finally:  # called in-process (tests, notebooks) it must not leave the variable set for what runs next
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def run_dir_error_line(e: BaseException) -> str | None:
