@@ -93,7 +93,8 @@ def test_mixer_presets_are_their_dataclass_defaults():
 # computed by the code before the typed configs (git 3d51f46) with the same overrides and PIN
 FINGERPRINTS = {
     (): "91ce3f20d6cdb738",
-    ("budget=smoke", "mixer=tikmix_m"): "b328a04f9996ee5a",
+    ("budget=smoke", "mixer=tikmix_m"): "6ed89cecb0ea8de3",  # lookahead_steps 0.25, a new default: a new fingerprint
+    ("budget=smoke", "mixer=tikmix_m", "mixer.lookahead_steps=1.0"): "b328a04f9996ee5a",  # the step before: as before
     ("budget=smoke", "mixer=regmix"): "7e49ee51b268f730",  # lgbm.n_trees: cv, a new default: a new fingerprint
     ("budget=smoke", "mixer=regmix", "mixer.lgbm.n_trees=holdout"): "c9382d9090652ce9",  # the rule before: as before
     ("budget=smoke", "mixer=doremi"): "bd0f99ccc76493d2",

@@ -193,11 +193,14 @@ class TiKMiXMConfig(TiKMiXDConfig):
     # REALISED composition (counts / N); noisier: see the README's measurement
     candidate_sample: str = "composed"
     # the candidates' influence is measured at the step of this many optimiser steps (our choice; the paper does
-    # not say how a candidate's "measured influence" differs from the sum of its domains'): one step is the step
-    # training takes. Measured at the demo boundary: the second-order term is 36% of S·x at 0.25 steps, 134% at
-    # 1, ~900% at 4 (beyond that every mixture hurts and the least-moving one wins). Near 0 = first order: M
-    # re-finds w_D
-    lookahead_steps: Number = 1.0
+    # not say how a candidate's "measured influence" differs from the sum of its domains'). Measured on v3 at the
+    # demo boundaries (tests/benchmarks/bench_tikmix_diagnostics.py --demo, 2 seeds x 3 boundaries, composed,
+    # quadratic): at 0.125 / 0.25 / 0.5 / 1 steps the second-order term is 27 / 52 / 89 / 174% of S·x, the step
+    # raises the target loss in 11 / 19 / 34 / 64% of candidate x target entries (it measures harm, not benefit,
+    # from 1 step on: the default before, kept as lookahead_steps=1) and the fit's held-out R² is 0.96 / 0.96 /
+    # 0.90 / 0.61. 0.25: the largest step that still measures benefit and fits as well as the smallest, with the
+    # second order half of the first (near 0 = first order only: M re-finds w_D)
+    lookahead_steps: Number = 0.25
     lookahead_lr: Optional[Number] = (
         None  # learning rate of the lookahead step; null = the optimiser's LR at the boundary
     )
