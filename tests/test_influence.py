@@ -715,7 +715,8 @@ def test_tikmix_m_mixer_runs_and_logs_fit(trained32, sample):
         np.testing.assert_array_equal(X, m["nominal"])
         np.testing.assert_allclose(np.array(m["first_order_P"]), X @ S_.T, rtol=1e-12)
         assert m["fit"]["r2_holdout"] > 0.9  # a smooth function of the mixture: the quadratic follows it
-    assert m["eta"] == pytest.approx(opt.param_groups[0]["lr"] * 1)
+    assert mixer.c.lookahead_steps == 0.25  # the default: a quarter step
+    assert m["eta"] == pytest.approx(opt.param_groups[0]["lr"] * 0.25)
     for key in ("r2_holdout", "spearman_holdout", "rmse_holdout", "r2_linear", "spearman_linear"):
         assert key in m["fit"]
     assert m["status"] in ("ok", "kept_w_D") and m["decision"]
