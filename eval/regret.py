@@ -227,7 +227,9 @@ def regret(runs: list[Run], o: dict) -> list[dict]:
     return blocks
 
 
-def _regret_notes(rs: list[Run], o: dict, ref: dict) -> list[str]:
+def _pairing_notes(rs: list[Run], ref: dict, reference: str) -> list[str]:
+    """The notes every regret table carries: evaluations cut by a limit, and runs whose seed ``reference`` (the
+    best static mixture or the best schedule) lacks, so they could not be paired."""
     notes = []
     note = limit_note(
         {
@@ -241,9 +243,12 @@ def _regret_notes(rs: list[Run], o: dict, ref: dict) -> list[str]:
         {(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref}, key=lambda x: (mixer_sort_key(x[0]), x[1])
     )
     if unpaired:
-        notes.append(
-            "not paired (the best static mixture has no such seed): " + ", ".join(f"{m} seed {s}" for m, s in unpaired)
-        )
+        notes.append(f"not paired ({reference} has no such seed): " + ", ".join(f"{m} seed {s}" for m, s in unpaired))
+    return notes
+
+
+def _regret_notes(rs: list[Run], o: dict, ref: dict) -> list[str]:
+    notes = _pairing_notes(rs, ref, "the best static mixture")
     doms = {tuple(sorted(r.res.get("final_weights") or {})) for r in rs} - {()}
     if any(set(d) != set(o["best"]["weights"]) for d in doms):
         notes.append(
@@ -497,22 +502,7 @@ def _schedule_steps(so: dict) -> int | None:
 
 
 def _schedule_notes(rs: list[Run], so: dict, ref: dict) -> list[str]:
-    notes = []
-    note = limit_note(
-        {
-            m: [(r.seed, eval_limit(r.eval), r.path) for r in g if eval_limit(r.eval) is not None]
-            for m, g in sorted(group_by(rs, lambda r: r.mixer).items(), key=lambda x: mixer_sort_key(x[0]))
-        }
-    )
-    if note:
-        notes.append(note)
-    unpaired = sorted(
-        {(r.mixer, str(r.seed)) for r in rs if str(r.seed) not in ref}, key=lambda x: (mixer_sort_key(x[0]), x[1])
-    )
-    if unpaired:
-        notes.append(
-            "not paired (the best schedule has no such seed): " + ", ".join(f"{m} seed {s}" for m, s in unpaired)
-        )
+    notes = _pairing_notes(rs, ref, "the best schedule")
     named = {d for w in so["best"]["weights"] for d in w}
     if any(not named <= set(r.res.get("domains") or r.res.get("final_weights") or named) for r in rs):
         notes.append(
