@@ -17,18 +17,17 @@ import pytest
 import torch
 from torch.func import functional_call, jvp, vjp
 
-from tests.test_influence import DOMAINS, _summed_loss, batches_of, pretrain, seqs
+from tests.test_influence import (  # noqa: F401 - _one_thread: the same autouse one-thread fixture
+    DOMAINS,
+    _one_thread,
+    _summed_loss,
+    batches_of,
+    pretrain,
+    seqs,
+)
 from tikmix.method.influence import KFAC, GroupInfluence
 
 Params = dict[str, torch.Tensor]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def exact_fisher_solver(model, batches, damping: float, probes: int = 8) -> Callable[..., Params]:
