@@ -70,6 +70,7 @@ from eval.regret import (
     OracleError,
     ScheduleOracleError,
     beats_oracle,
+    finite,
     gain_captured,
     l1,
     load_oracle,
@@ -586,6 +587,7 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     runs = collect(dirs, preset)
     blocks, notes = table1(runs)
+    notes = notes + tikmix_m_fit_notes(runs)
     reg = regret(runs, o) if o is not None else None
     sreg = schedule_regret(runs, so, o) if so is not None else None
     md = table1_markdown(blocks, notes, reg, o, sreg, so)
@@ -609,6 +611,25 @@ def build(
     files["runs"] = runs
     files["notes"] = notes
     return files
+
+
+def tikmix_m_fit_notes(runs: list[Run]) -> list[str]:
+    """Per setting, how often TiKMiX-M's fitted surface was trusted: its boundaries that moved to the fitted optimum
+    (mixer_history ... tikmix_m.status "ok") out of all, and the held-out R² of the fits; else M kept w_D."""
+    notes = []
+    for st, rs in sorted(group_by([r for r in runs if r.res and r.mixer == "tikmix_m"], lambda r: r.setting).items()):
+        recs = [h.get("tikmix_m") or {} for r in rs for h in r.res.get("mixer_history") or [] if isinstance(h, dict)]
+        recs = [m for m in recs if m.get("status")]
+        if not recs:
+            continue
+        ok = sum(m["status"] == "ok" for m in recs)
+        r2 = [float(m["fit"]["r2_holdout"]) for m in recs if finite((m.get("fit") or {}).get("r2_holdout"))]
+        span = f"; held-out R² of the fits {min(r2):.2f} to {max(r2):.2f}" if r2 else ""
+        notes.append(
+            f"TiKMiX-M ({st}): the fitted optimum was taken at {ok} of {len(recs)} boundaries over {len(rs)} runs, "
+            f"w_D kept at the others (margin × held-out RMSE not cleared, or no usable fit){span}."
+        )
+    return notes
 
 
 def _write_tables(out: Path, md: str, blocks: list[dict], p: dict, reg: list[dict] | None, o: dict | None) -> dict:

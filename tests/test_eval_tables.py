@@ -716,3 +716,23 @@ def test_a_runs_hydra_record_is_not_another_run(tmp_path):
     )
     runs = tables.collect([tmp_path])
     assert [(r.path.name, r.problem) for r in runs] == [("0_stratified_s0", None)]
+
+
+def test_tikmix_m_fit_notes_count_accepted_boundaries():
+    from eval.runs import Run
+
+    def run(seed, statuses_r2):
+        hist = [
+            {"step": 75 * (i + 1), "tikmix_m": {"status": st, "fit": {"r2_holdout": r2}}}
+            for i, (st, r2) in enumerate(statuses_r2)
+        ]
+        return Run(Path(f"m{seed}"), "tikmix_m", seed, "tiny / demo / synthetic", res={"mixer_history": hist})
+
+    runs = [
+        run(0, [("ok", 0.9), ("kept_w_D", -0.7), ("ok", 0.5)]),
+        run(1, [("ok", 0.96), ("ok", 0.41), ("kept_w_D", 0.2)]),
+        Run(Path("d0"), "tikmix_d", 0, "tiny / demo / synthetic", res={"mixer_history": [{"step": 75}]}),
+    ]
+    (note,) = tables.tikmix_m_fit_notes(runs)
+    assert "taken at 4 of 6 boundaries over 2 runs" in note and "-0.70 to 0.96" in note
+    assert tables.tikmix_m_fit_notes(runs[2:]) == []  # no TiKMiX-M run: no note
