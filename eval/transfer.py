@@ -1,4 +1,4 @@
-"""Does a comparison's ranking transfer to another scale? (README, "Does the ranking transfer?")
+"""Does a comparison's ranking transfer to another scale? (results/README.md, "Does the ranking transfer?")
 
     python -m eval.transfer multirun/scale --out results/scale_v3
 
