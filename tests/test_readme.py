@@ -48,6 +48,10 @@ SKIPS = [
         r"-m eval\.schedule_oracle\b",
         "trains or reads a schedule oracle (an hour of runs); tests/test_schedule.py runs it on a planted problem",
     ),
+    (
+        r"-m eval\.transfer\b",
+        "reads the scale sweep's folders (hours of runs); tests/test_transfer.py runs it on planted runs",
+    ),
     (r"train\.py --help$", "Hydra's help, not a run; tests/test_help.py checks what it lists"),
     (
         r"-m sweeps\.sensitivity\b",
