@@ -30,6 +30,7 @@ import numpy as np
 from eval.figures import save_figure
 from eval.regret import finite, paired_regret, shown_path
 from eval.runs import DASH, Run, collect, group_by, mean_std, mixer_sort_key
+from tikmix.data import synthetic
 from tikmix.report import _plt
 
 METRICS = ("in_domain_bpb", "in_domain_avg", "average_bpb", "average")  # the oracle's metric first
@@ -144,8 +145,6 @@ def setting_rows(rs: list[Run], metric: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------ tasks
 def chance(task: str) -> float | None:
     """1 / the number of choices of a synthetic task (None: not a synthetic task, not judged)."""
-    from tikmix.data import synthetic
-
     if task not in synthetic.TASKS:
         return None
     return 1.0 / len(synthetic.task_examples(task, "test", 1)[0]["choices"])
