@@ -30,8 +30,8 @@ import numpy as np
 import yaml
 
 from eval import figures, tables
+from eval.regret import HIGHER_IS_BETTER
 
-HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 

@@ -50,7 +50,8 @@ REGRET_METRICS = (
     ("in_domain_avg", "in-domain accuracy, pp", 2),
     ("average", "average accuracy, pp", 2),
 )
-_HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
+# the headline metrics where higher is better (accuracies); every other one (BPB, losses) is lower-is-better
+HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
 
 
 def load_oracle(path: str | Path) -> dict:
@@ -101,7 +102,7 @@ def _oracle_problem(o: Any) -> str | None:
 
 def oracle_lower_is_better(o: dict) -> bool:
     lib = o.get("lower_is_better")
-    return bool(lib) if isinstance(lib, bool) else o["metric"] not in _HIGHER_IS_BETTER
+    return bool(lib) if isinstance(lib, bool) else o["metric"] not in HIGHER_IS_BETTER
 
 
 def oracle_seed_values(o: dict) -> dict[str, dict[str, float]]:
@@ -121,7 +122,7 @@ def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _run_value(r: Run, key: str) -> float | None:
+def run_value(r: Run, key: str) -> float | None:
     """A headline number of a run: ``eval[key]``, else top-level (target_loss_mean), as eval.oracle reads it."""
     v = (r.eval or {}).get(key, (r.res or {}).get(key))
     return float(v) if finite(v) else None
@@ -184,7 +185,7 @@ def _mixer_seed_values(rs: list[Run], key: str) -> dict[str, float]:
     """{seed (str): value} of one mixer, duplicate runs of a seed averaged."""
     by: dict[str, list[float]] = {}
     for r in rs:
-        v = _run_value(r, key)
+        v = run_value(r, key)
         if v is not None and r.seed is not None:
             by.setdefault(str(r.seed), []).append(v)
     return {s: float(np.mean(vs)) for s, vs in by.items()}
@@ -268,7 +269,7 @@ def _fmt_reg(reg: dict, nd: int, n_row: int) -> str:
 
 
 def _better_side(key: str) -> str:
-    return "> 0 = better" if key in _HIGHER_IS_BETTER else "< 0 = better"
+    return "> 0 = better" if key in HIGHER_IS_BETTER else "< 0 = better"
 
 
 def regret_table_md(block: dict, o: dict) -> list[str]:

@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from eval.figures import save_figure
-from eval.regret import finite, paired_regret, shown_path
+from eval.regret import HIGHER_IS_BETTER, finite, paired_regret, run_value, shown_path
 from eval.runs import DASH, Run, collect, group_by, mean_std, mixer_sort_key
 from tikmix.data import synthetic
 from tikmix.report import _plt
 
 METRICS = ("in_domain_bpb", "in_domain_avg", "average_bpb", "average")  # the oracle's metric first
-HIGHER_IS_BETTER = {"in_domain_avg", "out_of_domain_avg", "average"}
 STATIC = "design"  # the static reference's mixer: the oracle's confirmation mixture (+sweep=oracle_confirm)
 LEARNED_SE = 3.0  # how many binomial standard errors above chance make a task "learned" (see the module's doc)
 
@@ -49,11 +48,6 @@ def label(r: Run) -> str:
     if r.mixer == STATIC:
         return f"static {((r.res or {}).get('mixer_info') or {}).get('point', '?')}"
     return r.mixer
-
-
-def _value(r: Run, metric: str) -> float | None:
-    v = (r.eval or {}).get(metric)
-    return float(v) if finite(v) else None
 
 
 def _train_flops(rs: list[Run]) -> float:
@@ -76,10 +70,15 @@ def seed_values(rs: list[Run], metric: str) -> dict[str, dict[str, float]]:
     """{label: {seed: value}} of one setting's runs."""
     out: dict[str, dict[str, float]] = {}
     for r in rs:
-        v = _value(r, metric)
+        v = run_value(r, metric)
         if v is not None:
             out.setdefault(label(r), {})[str(r.seed)] = v
     return out
+
+
+def seed_means(vals: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{label: mean over its seeds} of seed_values()."""
+    return {m: float(np.mean(list(v.values()))) for m, v in vals.items()}
 
 
 def _order(labels) -> list[str]:
@@ -131,8 +130,7 @@ def bootstrap_rho(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]
 def setting_rows(rs: list[Run], metric: str) -> list[dict]:
     """One row per mixer of a setting: mean ± std over seeds, rank, and the paired Δ to the static reference."""
     vals = seed_values(rs, metric)
-    means = {m: float(np.mean(list(v.values()))) for m, v in vals.items()}
-    rk = ranks(means, metric)
+    rk = ranks(seed_means(vals), metric)
     static = [m for m in vals if m.startswith("static")]
     rows = []
     for m in _order(vals):
@@ -201,9 +199,7 @@ def analyse(runs: list[Run], metrics=METRICS) -> dict:
         vals = {st: seed_values(by[st], metric) for st in settings}
         for i, a in enumerate(settings):
             for b in settings[i + 1 :]:
-                ma = {m: float(np.mean(list(v.values()))) for m, v in vals[a].items()}
-                mb = {m: float(np.mean(list(v.values()))) for m, v in vals[b].items()}
-                rho, n = spearman(ma, mb)
+                rho, n = spearman(seed_means(vals[a]), seed_means(vals[b]))
                 ci = bootstrap_rho(vals[a], vals[b])
                 out["rho"].append({"metric": metric, "a": a, "b": b, "rho": rho, "n": n, "ci": ci})
     out["tasks"] = task_rows(by)
