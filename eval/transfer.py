@@ -51,8 +51,8 @@ def label(r: Run) -> str:
 
 
 def _train_flops(rs: list[Run]) -> float:
-    """A setting's training compute (FLOPs per token x tokens trained), mean over its runs: the scale's order."""
-    vals = [float(r.res["flops_per_token"]) * float(r.res.get("train_tokens") or 0) for r in rs]
+    """A setting's training compute (results.json's compute.train, FLOPs), mean over its runs: the scale's order."""
+    vals = [float((r.res.get("compute") or {}).get("train") or 0) for r in rs]
     return float(np.mean(vals)) if vals else 0.0
 
 

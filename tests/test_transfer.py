@@ -27,7 +27,8 @@ def _write(root, budget, mixer, seed, bpb, tasks, tokens, point=None):
         "budget": budget,
         "data": "synthetic",
         "flops_per_token": 6e6,
-        "train_tokens": tokens,
+        "train_tokens": {"arith": tokens // 2, "copy": tokens - tokens // 2},  # per domain, as the trainer writes
+        "compute": {"train": 6e6 * tokens, "eval": 1e9, "mixer_total": 0, "total": 6e6 * tokens + 1e9},
         "total_time_s": 120.0,
         "mixer_info": {"point": point} if point else {},
         "eval": {"in_domain_bpb": bpb, "in_domain_avg": 100 - 30 * bpb, "tasks": tasks},
@@ -71,6 +72,16 @@ def test_rho_of_planted_rankings(tmp_path, large, static_large, want):
     assert r["rho"] == pytest.approx(want) and r["n"] == 5
     # the seeds only shift every mixer alike, so resampling them barely moves the ranking
     assert r["ci"][0] <= r["rho"] <= r["ci"][1]
+
+
+def test_settings_in_order_of_training_compute_not_name(tmp_path):
+    # the larger scale's name sorts first: only compute.train (as the trainer writes it) puts it second
+    for seed in range(2):
+        for m, v in SMALL.items():
+            _write(tmp_path, "b_small", m, seed, v, _tasks(50.0, 25.0), 1_000)
+            _write(tmp_path, "a_large", m, seed, v - 0.2, _tasks(50.0, 25.0), 4_000)
+    a = transfer.analyse(collect([tmp_path]), metrics=("in_domain_bpb",))
+    assert [s.split(" / ")[1] for s in a["settings"]] == ["b_small", "a_large"]
 
 
 def test_delta_to_static_is_paired_and_ranks_count_it(tmp_path):
